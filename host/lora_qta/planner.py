@@ -17,11 +17,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from .errors import LimitError
 from .hwconfig import BoardConfig, config
-from .kernel_call import GemmCall
+from .kernel_call import SCALE_MODES, GemmCall
 
 
-class PlanError(ValueError):
+class PlanError(LimitError):
     """A GEMM the configured accelerator cannot run (size, dataflow or partition)."""
 
 
@@ -225,3 +226,17 @@ def check_limits(board: BoardConfig, call: GemmCall) -> None:
         raise PlanError(f"shift = {call.shift} is outside 0..62")
     if not -(2**31) <= call.mult < 2**31:
         raise PlanError(f"multiplier {call.mult} does not fit INT32")
+
+
+def kernel_accepts(board: BoardConfig, call: GemmCall) -> bool:
+    """Whether the kernel's argument check passes (else it sets status ``bad_args``)."""
+    return (
+        1 <= call.m <= board.max_m and 1 <= call.n <= board.max_n and 1 <= call.k <= board.max_k
+        and call.lda >= (call.m if call.trans_a else call.k)
+        and call.ldb >= (call.k if call.trans_b else call.n)
+        and call.ldc >= call.n
+        and 1 <= call.tile_m <= board.tile_m_max and 1 <= call.tile_n <= board.tile_n_max
+        and 1 <= call.tile_k <= board.tile_k_max
+        and call.split in board.splits and (call.dataflow == "os" or call.split <= 0)
+        and call.scale_mode in SCALE_MODES and 0 <= call.shift <= 62
+    )
