@@ -44,10 +44,11 @@ die() {
     exit "$status"
 }
 
-# The first release number (e.g. 2024.2) in a tool's version banner, or "unknown".
+# The first release number (e.g. 2024.2) in a tool's version banner, or "unknown". Run in
+# the build folder, where the tools may leave logs.
 tool_version() {
     local banner
-    banner=$("$@" 2>/dev/null || true)
+    banner=$(cd "$build_dir" && "$@" 2>/dev/null || true)
     if [[ $banner =~ v?(20[0-9]{2}\.[0-9]+(\.[0-9]+)?) ]]; then
         echo "${BASH_REMATCH[1]}"
     else
@@ -105,7 +106,19 @@ mkdir -p "$build_dir"
 hwpy -m lora_qta.hwconfig header --board "$board" -o "$build_dir/qta_config.h"
 hwpy -m lora_qta.hwconfig tcl --board "$board" -o "$build_dir/config.tcl"
 digest=$(hwpy -m lora_qta.hwconfig digest --board "$board")
+# A value of the generated config.tcl (its lines read `set QTA_X {value}`).
+config_value() {
+    sed -n "s/^set $1 {\(.*\)}\$/\1/p" "$build_dir/config.tcl"
+}
+name=$(config_value QTA_BITSTREAM_NAME)
+vlnv=$(config_value QTA_VLNV)
 echo "build_bitstream.sh: board $board, config $digest -> $build_dir"
+# The sources the build starts from: commit, and whether tracked files differ from it.
+commit=$(git -C "$repo" rev-parse --verify -q HEAD || echo unknown)
+dirty=unknown
+if [[ $commit != unknown ]]; then
+    dirty=$([[ -z $(git -C "$repo" status --porcelain --untracked-files=no) ]] && echo false || echo true)
+fi
 
 # --- tools ---------------------------------------------------------------------------------
 
@@ -166,31 +179,24 @@ echo "build_bitstream.sh: vivado $vivado_version"
 
 # --- manifest ------------------------------------------------------------------------------
 
-name="qta_$board"
 for f in "$out_dir/$name.bit" "$out_dir/$name.hwh"; do
     [[ -f $f ]] || die 1 "the Vivado flow did not produce $f"
 done
 mkdir -p "$out_dir/reports"
 cp "$build_dir/reports/csynth.rpt" "$out_dir/reports/${name}_csynth.rpt"
-commit=$(git -C "$repo" rev-parse --verify -q HEAD || echo unknown)
-dirty=unknown
-if [[ $commit != unknown ]]; then
-    dirty=$([[ -z $(git -C "$repo" status --porcelain) ]] && echo false || echo true)
-fi
-
-hwpy - "$out_dir" "$board" "$digest" "$hls_version" "$vivado_version" "$commit" "$dirty" <<'EOF'
+"$python" - "$out_dir" "$board" "$digest" "$vlnv" "$name" "$hls_version" "$vivado_version" \
+    "$commit" "$dirty" <<'EOF'
 import hashlib, json, sys
 from datetime import datetime, timezone
 from pathlib import Path
-from lora_qta.hwconfig import config
 
-out_dir, board, digest, hls_version, vivado_version, commit, dirty = sys.argv[1:]
+out_dir, board, digest, vlnv, name, hls_version, vivado_version, commit, dirty = sys.argv[1:]
 out_dir = Path(out_dir)
-files = {"bitstream": f"qta_{board}.bit", "hwh": f"qta_{board}.hwh"}
+files = {"bitstream": f"{name}.bit", "hwh": f"{name}.hwh"}
 manifest = {
     "board": board,
     "config_digest": digest,
-    "vlnv": config().vlnv,
+    "vlnv": vlnv,
     "files": files,
     "sha256": {f: hashlib.sha256((out_dir / f).read_bytes()).hexdigest() for f in files.values()},
     "tools": {"vitis_hls": hls_version, "vivado": vivado_version},

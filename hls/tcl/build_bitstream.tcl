@@ -12,7 +12,7 @@
 #
 # Outputs, in bitstreams/<board>/:
 #   $QTA_BITSTREAM_NAME.bit, $QTA_BITSTREAM_NAME.hwh   the overlay (same base name, as PYNQ needs)
-#   reports/$QTA_BITSTREAM_NAME_{utilization,timing_summary}.rpt
+#   reports/${QTA_BITSTREAM_NAME}_{utilization,timing_summary}.rpt
 # The Vivado project is build/<board>/vivado_prj.
 #
 # Targets AMD Vivado 2024.2; 2023.2 and later should work.
@@ -40,7 +40,8 @@ proc qta_ipdef {name} {
 
 # A byte count as the K/M/G size Vivado's address commands take (65536 -> 64K).
 proc qta_size {bytes} {
-    foreach {unit scale} {G 0x40000000 M 0x100000 K 0x400} {
+    foreach {unit shift} {G 30 M 20 K 10} {
+        set scale [expr {1 << $shift}]
         if {$bytes >= $scale && $bytes % $scale == 0} {
             return "[expr {$bytes / $scale}]$unit"
         }

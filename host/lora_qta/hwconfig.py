@@ -24,11 +24,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .errors import QtaError
+
 CONFIG_PATH = Path(__file__).with_name("hardware.toml")
 DEFAULT_BOARD = "zcu104"
 
 
-class UnknownBoardError(ValueError):
+class UnknownBoardError(QtaError, ValueError):
     """A board name that ``hardware.toml`` does not describe."""
 
 
