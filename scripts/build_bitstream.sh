@@ -48,7 +48,7 @@ die() {
 # the build folder, where the tools may leave logs.
 tool_version() {
     local banner
-    banner=$(cd "$build_dir" && "$@" 2>/dev/null || true)
+    banner=$(cd "$build_dir" && { "$@" 2>/dev/null || true; })
     if [[ $banner =~ v?(20[0-9]{2}\.[0-9]+(\.[0-9]+)?) ]]; then
         echo "${BASH_REMATCH[1]}"
     else
@@ -112,6 +112,7 @@ config_value() {
 }
 name=$(config_value QTA_BITSTREAM_NAME)
 vlnv=$(config_value QTA_VLNV)
+[[ -n $name && -n $vlnv ]] || die 1 "$build_dir/config.tcl lacks QTA_BITSTREAM_NAME or QTA_VLNV"
 echo "build_bitstream.sh: board $board, config $digest -> $build_dir"
 # The sources the build starts from: commit, and whether tracked files differ from it.
 commit=$(git -C "$repo" rev-parse --verify -q HEAD || echo unknown)

@@ -254,15 +254,23 @@ _REG_DOC = {
 }
 
 
+_FLAG_DOC = {
+    "trans_a": "op(A) = A^T", "trans_b": "op(B) = B^T", "dataflow": "0 weight-stationary, 1 output-stationary",
+    "split_lsb": "4-bit signed partition exponent s (bits 4..7)", "out_int8": "1: requantized INT8 output",
+    "accumulate": "1: add the existing C", "scale_mode_lsb": "0 per tensor, 1 per row, 2 per column (bits 10..11)",
+    "stochastic": "1: stochastic rounding, 0: nearest even",
+}
+
+
 def register_table() -> str:
     """The register map as a markdown table (what the README shows)."""
     cfg = config()
     rows = ["| offset | register | meaning |", "|---|---|---|"]
     for name, off in sorted(cfg.registers.items(), key=lambda kv: kv[1]):
         rows.append(f"| 0x{off:02X} | `{name}` | {_REG_DOC.get(name, '')} |")
-    rows += ["", "| flags bit | field |", "|---|---|"]
+    rows += ["", "| flags bit | field | meaning |", "|---|---|---|"]
     for name, bit in cfg.flags.items():
-        rows.append(f"| {bit} | `{name}` |")
+        rows.append(f"| {bit} | `{name}` | {_FLAG_DOC.get(name, '')} |")
     return "\n".join(rows) + "\n"
 
 
