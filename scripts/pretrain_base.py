@@ -129,7 +129,7 @@ def train(args: argparse.Namespace, pipe: digits.DigitsPipeline) -> dict:
                         ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
                     else:
                         ema[k].copy_(v)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % args.log_every == 0 or step == args.steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-args.log_every:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
     bar.close()

@@ -1,7 +1,20 @@
-"""lora-qta: INT8 LoRA training acceleration on PYNQ FPGAs, with a bit-exact emulation."""
+"""lora-qta: INT8 LoRA training acceleration on PYNQ FPGAs, with a bit-exact emulation.
 
-from .accelerator import Accelerator, GemmResult, fixed_point_scale
-from .hwconfig import config
+The top-level names are imported lazily, so ``python -m lora_qta.hwconfig`` runs on a build
+machine that has only the standard library.
+"""
+
+from importlib import import_module
+from typing import Any
 
 __all__ = ["Accelerator", "GemmResult", "config", "fixed_point_scale"]
 __version__ = "0.1.0"
+
+_WHERE = {"Accelerator": "accelerator", "GemmResult": "accelerator", "fixed_point_scale": "accelerator",
+          "config": "hwconfig"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'lora_qta' has no attribute {name!r}")
