@@ -244,3 +244,16 @@ def test_dma_outside_unaligned_and_overlapping():
         ip.run(a.device_address + 3, a.device_address, c.device_address, 0, small)
     with pytest.raises(DMAError, match="overlaps operand a"):
         ip.run(a.device_address, a.device_address, a.device_address, 0, small)
+
+
+def test_asynchronous_device_runs_in_the_background():
+    dev = EmulatedDevice("zcu104", engine="csim", asynchronous=True)
+    ip = QtaGemmDriver(dev.ip_description())
+    a = pynq.allocate((256, 256), np.int8, target=dev)
+    c = pynq.allocate((256, 256), np.int32, target=dev)
+    a[:] = 1
+    a.flush()
+    call = plan(dev.board, GemmCall(256, 256, 256, 256, 256, 256, 1, 1, 1)).call
+    info = ip.run(a.device_address, a.device_address, c.device_address, 0, call)
+    c.invalidate()
+    assert (c == 256).all() and info.cycles == plan(dev.board, call).report.cycles

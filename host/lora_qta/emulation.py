@@ -153,7 +153,9 @@ class EmulatedDevice(pynq.Device):
     """A PYNQ device whose programmable logic holds the lora-qta kernel, in software.
 
     Parameters: ``board`` (a name from ``hardware.toml``), ``engine`` (``fast`` or ``csim``),
-    ``hang`` (fault injection: the kernel never finishes, to exercise timeouts).
+    ``asynchronous`` (run the kernel in a worker thread, so ap_done rises later, as on a board;
+    by default it completes before the ap_start write returns, which is a legal and faster
+    timing), ``hang`` (fault injection: the kernel never finishes, to exercise timeouts).
     Setting ``LORA_QTA_EMULATE=<board>`` makes ``pynq.Device.devices`` list one, so plain
     ``pynq.allocate`` works in notebooks without a board.
     """
@@ -165,7 +167,8 @@ class EmulatedDevice(pynq.Device):
         board = os.environ.get("LORA_QTA_EMULATE")
         return [cls(board or None)] if board else []
 
-    def __init__(self, board: str | None = None, engine: str = "fast", hang: bool = False):
+    def __init__(self, board: str | None = None, engine: str = "fast", asynchronous: bool = False,
+                 hang: bool = False):
         self.board = config().board(board)
         super().__init__(f"lora-qta-emulated-{self.board.name}")
         self.capabilities = {"REGISTER_RW": True}
@@ -173,6 +176,7 @@ class EmulatedDevice(pynq.Device):
         self.engine_name = engine
         self._engine = globals()["engine"](engine)
         self.hang = hang
+        self.asynchronous = asynchronous
         self.ddr = EmulatedDDR()
         self._host: dict[int, np.ndarray] = {}      # allocation address -> host (cache) bytes
         self.base = self.board.kernel_base_address
@@ -246,9 +250,12 @@ class EmulatedDevice(pynq.Device):
     def _poll_worker(self) -> None:
         if self._worker is not None and not self._worker.is_alive():
             self._worker = None
-            if self._error is not None:
-                err, self._error = self._error, None
-                raise err
+            self._poll_worker_error()
+
+    def _poll_worker_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
 
     def read_registers(self, address: int, length: int) -> bytes:
         """MMIO read; reading CTRL clears ap_done, as in Vitis HLS."""
@@ -282,6 +289,10 @@ class EmulatedDevice(pynq.Device):
         self.runs += 1
         if self.hang:
             return  # fault injection: never completes
+        if not self.asynchronous:
+            self._execute(call, mem)
+            self._poll_worker_error()
+            return
         self._worker = threading.Thread(target=self._execute, args=(call, mem), daemon=True)
         self._worker.start()
 
