@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -203,17 +204,112 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None, help="write to this file")
     s.set_defaults(func=cmd_config)
 
-    s = sub.add_parser("run", help="the main job on the embedded default (see README)")
-    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s = sub.add_parser("finetune", help="LoRA fine-tuning with the LoRA GEMMs on the accelerator")
+    _add_finetune_options(s)
+    s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("run", help="the main job: fine-tune the embedded digits model (int8, emulated) "
+                                   "with the default options; same options as finetune")
+    _add_finetune_options(s)
+    s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("evaluate", help="fp32 vs int8 LoRA quality on real data (digits), side by side")
+    s.add_argument("--output-dir", default="runs/evaluate", help="folder of the two runs and evaluate.json")
+    s.add_argument("--steps", type=int, default=150, help="fine-tuning steps of each precision")
+    s.add_argument("--samples-per-class", type=int, default=40,
+                   help="images generated per prompt for the classifier-based accuracies")
+    s.add_argument("--seed", type=int, default=0, help="seed shared by both runs and the evaluation")
+    s.add_argument("--no-reuse", action="store_true",
+                   help="retrain even if the output folder already holds finished runs with these steps")
     _add_target(s)
-    s.set_defaults(func=cmd_run)
+    s.set_defaults(func=cmd_evaluate)
     return p
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The README's main job. Until the fine-tuning lands it is the LoRA-layer demo."""
-    args.tokens, args.features, args.rank = 1024, 320, 8
-    return cmd_demo(args)
+def _add_finetune_options(s: argparse.ArgumentParser) -> None:
+    from .train import FinetuneConfig
+
+    d = FinetuneConfig()
+    s.add_argument("--output-dir", default=d.output_dir,
+                   help="run folder: adapter/, samples.png, loss.png, report.json, checkpoints/")
+    s.add_argument("--precision", default=d.precision, choices=["fp32", "int8"],
+                   help="fp32: plain peft LoRA in PyTorch (the reference); int8: the six LoRA GEMMs of "
+                        "every adapted layer run INT8 on the accelerator (board or emulation)")
+    s.add_argument("--pretrained-model", default=None,
+                   help="local diffusers Stable Diffusion folder (unet, vae, text_encoder, tokenizer, "
+                        "scheduler); default: the embedded digits model")
+    s.add_argument("--instance-data-dir", default=None,
+                   help="folder of images of the new concept (with --pretrained-model)")
+    s.add_argument("--prompt", default=d.prompt, help="prompt of the instance images (with --pretrained-model)")
+    s.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    s.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
+    s.add_argument("--learning-rate", type=float, default=d.learning_rate, help="AdamW peak learning rate")
+    s.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "linear", "cosine"],
+                   help="decay after the warm-up")
+    s.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear learning-rate warm-up steps")
+    s.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping norm")
+    s.add_argument("--rank", type=int, default=d.rank, help="LoRA rank r")
+    s.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha (scaling alpha / r)")
+    s.add_argument("--target-modules", nargs="+", default=d.target_modules,
+                   help="UNet linear layers to adapt (module name suffixes)")
+    s.add_argument("--prediction-type", default=d.prediction_type, choices=["epsilon", "v_prediction"],
+                   help="the UNet's training target")
+    s.add_argument("--num-examples", type=int, default=d.num_examples,
+                   help="digits model: images of the held-out digit to learn the new token from")
+    s.add_argument("--prior-per-class", type=int, default=d.prior_per_class,
+                   help="digits model: real images per known digit mixed in to preserve them (0: none)")
+    s.add_argument("--seed", type=int, default=d.seed, help="seed of data order, noise and stochastic rounding")
+    s.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="write a checkpoint every N steps (and on Ctrl-C)")
+    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    s.add_argument("--no-samples", action="store_true", help="skip the before/after sample grid")
+    _add_target(s)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .train import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(
+        output_dir=args.output_dir, precision=args.precision, board=args.board, backend=args.backend,
+        pretrained_model=args.pretrained_model, instance_data_dir=args.instance_data_dir, prompt=args.prompt,
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm,
+        rank=args.rank, alpha=args.alpha, target_modules=list(args.target_modules),
+        prediction_type=args.prediction_type, num_examples=args.num_examples,
+        prior_per_class=args.prior_per_class, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        resume=args.resume, samples=not args.no_samples)
+    rep = finetune(cfg)
+    if rep.get("interrupted"):
+        return 130
+    out = Path(cfg.output_dir)
+    t = rep["time_s"]
+    print(f"\nfinished {rep['steps']} steps of {cfg.precision} LoRA (rank {cfg.rank}) on {rep['model']}; "
+          f"final loss {rep['final_loss']:.4f}")
+    print(f"time (measured on this machine): total {t['total_measured']:.1f} s, accelerator "
+          f"{t['accelerator_measured']:.1f} s, quantization {t['quantization_measured']:.1f} s, "
+          f"rest {t['rest_measured']:.1f} s")
+    if "accelerator" in rep:
+        a = rep["accelerator"]
+        rows = [{"GEMM": k, "calls": v["calls"], "cycles": f"{v['cycles']:,}", "util": f"{v['utilization']:.1%}",
+                 "MB moved": f"{v['bytes_moved'] / 1e6:.1f}",
+                 "dataflow": ", ".join(f"{d} x{n}" for d, n in sorted(v["dataflows"].items()))}
+                for k, v in a["per_gemm"].items()]
+        print(f"accelerator {a['board']} ({a['backend']}): cycles from the kernel counter, modelled; "
+              f"{a['modelled_board_time_s']:.3f} s of LoRA GEMMs at {a['clock_mhz']} MHz (modelled)\n")
+        print(_table(rows, ["GEMM", "calls", "cycles", "util", "MB moved", "dataflow"]))
+    print(f"\noutputs in {out}/: adapter/ (diffusers LoRA, loads with pipeline.load_lora_weights), "
+          "samples.png, loss.png, report.json, checkpoints/")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table
+
+    res = evaluate(args.output_dir, steps=args.steps, per_class=args.samples_per_class, seed=args.seed,
+                   board=args.board, backend=args.backend, reuse=not args.no_reuse)
+    print(format_table(res))
+    print(f"\nwritten: {args.output_dir}/evaluate.json, {args.output_dir}/concept_samples.png")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

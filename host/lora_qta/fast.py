@@ -1,15 +1,23 @@
 """The fast emulation engine: the kernel's results computed with vectorized numpy.
 
 Bit-exact with the C-simulated kernel (checked on every test run): the GEMM is an exact
-integer product (float64 BLAS is exact here because every partial sum is an integer below
-2**53: K <= 131071 products of at most 2**14), the epilogue is the kernel's integer
-arithmetic on int64 arrays, and the cycle count is the planner's closed-form model of the
-kernel's schedule.
+integer product (PyTorch's INT8 x INT8 -> INT32 ``_int_mm``, exact because the configured
+K <= 131071 keeps every dot product inside INT32; float64 BLAS where ``_int_mm`` is missing,
+exact because every partial sum is an integer below 2**53), the epilogue is the kernel's
+integer arithmetic on int64 arrays, and the cycle count is the planner's closed-form model
+of the kernel's schedule.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+try:  # PyTorch's exact INT8 GEMM (same thread pool as the training loop)
+    import torch
+
+    _int_mm = getattr(torch, "_int_mm", None)
+except ImportError:  # pragma: no cover - torch is a dependency of the package
+    torch, _int_mm = None, None
 
 from .hwconfig import BoardConfig, config
 from .kernel_call import GemmCall
@@ -25,6 +33,10 @@ def _matrix(mem: np.ndarray, rows: int, cols: int, ld: int, dtype: np.dtype) -> 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """op(A) . op(B) of INT8 matrices as exact int64."""
+    if _int_mm is not None:
+        ta = torch.from_numpy(np.ascontiguousarray(a))
+        tb = torch.from_numpy(np.ascontiguousarray(b))
+        return _int_mm(ta, tb).numpy().astype(np.int64)
     return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
 
 
