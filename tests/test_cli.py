@@ -44,9 +44,15 @@ def test_errors_are_clear_and_exit_2():
     assert p.returncode == 2 and "weight-stationary needs split <= 0" in p.stderr
 
 
-@pytest.mark.parametrize("command", ["info", "gemm", "demo", "csim", "config", "run"])
+@pytest.mark.parametrize("command", ["info", "gemm", "demo", "csim", "config", "run", "finetune", "evaluate"])
 def test_every_option_has_help(command):
     sub = build_parser()._subparsers._group_actions[0].choices[command]
     for action in sub._actions:
         if action.dest != "help":
             assert action.help and len(action.help) > 10, (command, action.dest)
+
+
+@pytest.mark.parametrize("command", ["bench", "energy", "power"])
+def test_delegated_commands_explain_their_options(command):
+    p = run(command, "--help")
+    assert p.returncode == 0 and "--out" in p.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -213,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_options(s)
     s.set_defaults(func=cmd_finetune)
 
+    for name, text in (("bench", "dataflow benchmark of SD1.5/SDXL LoRA GEMMs on every board (modelled); "
+                                 "lora-qta bench --help"),
+                       ("energy", "energy per LoRA training step, INT8 vs FP16/FP32 (modelled); "
+                                  "lora-qta energy --help"),
+                       ("power", "record board power rails (or emulated sensors) over GEMM and training "
+                                 "phases; lora-qta power --help")):
+        s = sub.add_parser(name, help=text, add_help=False)
+        s.add_argument("args", nargs=argparse.REMAINDER,
+                       help=f"options of lora_qta.{name} (see lora-qta {name} --help)")
+
     s = sub.add_parser("evaluate", help="fp32 vs int8 LoRA quality on real data (digits), side by side")
     s.add_argument("--output-dir", default="runs/evaluate", help="folder of the two runs and evaluate.json")
     s.add_argument("--steps", type=int, default=150, help="fine-tuning steps of each precision")
@@ -312,7 +323,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+DELEGATED = ("bench", "energy", "power")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:  # these modules parse their own options
+        return importlib.import_module(f"lora_qta.{argv[0]}").main(argv[1:])
     args = build_parser().parse_args(argv)
     from .errors import QtaError
 
