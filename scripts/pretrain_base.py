@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -36,8 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=digits.shipped_model_dir(),
                    help="folder to write the pipeline, report and samples to (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=2400, help="optimizer steps (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per step (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=1e-4,
                    help="AdamW weight decay of the UNet (the token embeddings get none, so the "
@@ -213,6 +214,7 @@ def file_sizes(folder: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     t_start = time.perf_counter()
     pipe = digits.build_pipeline(seed=args.seed)
 
@@ -255,7 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         "file_bytes": sizes,
         "total_file_bytes": sum(sizes.values()),
         **eval_figures,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            # Other work on the machine slows the run: the 1/5/15-min load averages at start and end.
+            "load_average_start": [round(x, 2) for x in load_before],
+            "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "scikit-learn": sklearn.__version__, "numpy": np.__version__},
     }

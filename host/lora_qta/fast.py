@@ -10,6 +10,8 @@ of the kernel's schedule.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 try:  # PyTorch's exact INT8 GEMM (same thread pool as the training loop)
@@ -96,4 +98,10 @@ def run(board: BoardConfig, call: GemmCall, a: np.ndarray, b: np.ndarray, c: np.
     saturated = bool((clipped != total).any())
     cview[...] = clipped.astype(out_dtype)
     status = (1 << st["saturated"]) if saturated else 0
-    return status, model_cycles(board, call).cycles
+    return status, _cycles(board, call)
+
+
+@lru_cache(maxsize=8192)
+def _cycles(board: BoardConfig, call: GemmCall) -> int:
+    """The kernel's cycle count of ``call`` (the planner's model; cached per call)."""
+    return model_cycles(board, call).cycles

@@ -115,6 +115,7 @@ class QtaLoraFunction(torch.autograd.Function):
         y = rt.gemm(GEMM_KINDS[1], hq.q, bq.q, False, True).float() * hq.scale * bq.scale
         ctx.save_for_backward(x, a, b, h)
         ctx.scaling, ctx.rt, ctx.layer_id = scaling, rt, layer_id
+        ctx.aq, ctx.bq = aq, bq  # the weights' INT8 copies serve the backward GEMMs too
         return (y * scaling).to(x.dtype)
 
     @staticmethod
@@ -124,7 +125,7 @@ class QtaLoraFunction(torch.autograd.Function):
         g = g.contiguous()
         # dH = s . G . B           (sums over out-features: per-token scales for G)
         gq_row = rt.quant(g, "row", rt.generator(lid, 0))
-        bq = rt.quant(b, "tensor")
+        bq = ctx.bq
         dh = rt.gemm(GEMM_KINDS[2], gq_row.q, bq.q, False, False).float() * gq_row.scale * bq.scale * s
         # dB = s . G^T . H         (sums over tokens: per-channel scales for G and H)
         gq_col = rt.quant(g, "col", rt.generator(lid, 1))
@@ -138,7 +139,7 @@ class QtaLoraFunction(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[0]:
             dhq_row = rt.quant(dh, "row", rt.generator(lid, 3))
-            aq = rt.quant(a, "tensor")
+            aq = ctx.aq
             dx = (rt.gemm(GEMM_KINDS[5], dhq_row.q, aq.q, False, False).float()
                   * dhq_row.scale * aq.scale).to(x.dtype)
         return dx, da.to(a.dtype), db.to(b.dtype), None, None, None

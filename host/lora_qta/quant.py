@@ -32,16 +32,16 @@ class Quantized:
 
 def absmax_scale(x: torch.Tensor, axis: str) -> torch.Tensor:
     """The absmax scale of a 2-D tensor: ``axis`` is ``tensor``, ``row`` or ``col``."""
-    a = x.detach().abs()
+    x = x.detach()
     if axis == "tensor":
-        m = a.amax()
+        lo, hi = torch.aminmax(x)
     elif axis == "row":
-        m = a.amax(dim=1, keepdim=True)
+        lo, hi = torch.aminmax(x, dim=1, keepdim=True)
     elif axis == "col":
-        m = a.amax(dim=0, keepdim=True)
+        lo, hi = torch.aminmax(x, dim=0, keepdim=True)
     else:
         raise ValueError(f"unknown quantization axis {axis!r}: use tensor, row or col")
-    return torch.clamp(m.float(), min=EPS) / QMAX
+    return torch.clamp(torch.maximum(-lo, hi).float(), min=EPS) / QMAX
 
 
 def quantize(x: torch.Tensor, axis: str = "tensor", generator: torch.Generator | None = None) -> Quantized:
@@ -55,12 +55,12 @@ def quantize(x: torch.Tensor, axis: str = "tensor", generator: torch.Generator |
     scale = absmax_scale(xf, axis)
     if not torch.isfinite(scale).all():
         raise FloatingPointError("NaN or Inf reached the INT8 quantizer")
-    y = xf / scale
+    y = xf / scale  # a new tensor: the in-place steps below never touch x
     if generator is None:
-        y = torch.round(y)
+        y.round_()
     else:
-        y = torch.floor(y + torch.rand(y.shape, generator=generator, dtype=y.dtype))
-    return Quantized(torch.clamp(y, -QMAX, QMAX).to(torch.int8).contiguous(), scale)
+        y.add_(torch.rand(y.shape, generator=generator, dtype=y.dtype)).floor_()
+    return Quantized(y.clamp_(-QMAX, QMAX).to(torch.int8), scale)
 
 
 def dequantize_product(acc: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
