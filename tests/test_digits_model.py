@@ -165,10 +165,10 @@ def test_shipped_model_generates_deterministically(shipped, monkeypatch):
 
 def test_shipped_model_draws_the_prompted_digits(shipped):
     classes = [0, 1, 3, 6]
-    prompts = [digits.digit_prompt(c) for c in classes for _ in range(4)]
-    images = shipped(prompts, generator=torch.Generator().manual_seed(0))
+    prompts = [digits.digit_prompt(c) for c in classes for _ in range(3)]
+    images = shipped(prompts, num_inference_steps=20, generator=torch.Generator().manual_seed(0))
     predicted = digits.classify(images)
-    assert (predicted == np.repeat(classes, 4)).mean() >= 0.75
+    assert (predicted == np.repeat(classes, 3)).mean() >= 0.75
 
 
 def test_shipped_pipeline_save_load_round_trip(shipped, tmp_path):
@@ -276,3 +276,41 @@ def test_classify_rejects_model_space_images():
         digits.classify(images[:4])
     with pytest.raises(ValueError, match="16, 16"):
         digits.classify(np.zeros((2, 8, 8)))
+
+
+def test_lora_fuse_scale_unload_and_text_encoder_keys(tmp_path):
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    folder = digits.shipped_model_dir()
+    donor = digits.DigitsPipeline.from_pretrained(folder, local_files_only=True)
+    donor.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
+                                      target_modules=list(digits.LORA_TARGET_MODULES)))
+    with torch.no_grad():
+        for name, param in donor.unet.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.02)
+    state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(donor.unet).items()}
+
+    pipe = digits.DigitsPipeline.from_pretrained(folder, local_files_only=True)
+    x, t, context = _unet_inputs(pipe)
+
+    def out():
+        with torch.no_grad():
+            return pipe.unet(x, t, encoder_hidden_states=context).sample
+
+    base = out()
+    pipe.load_lora_weights(state, adapter_name="sks")
+    with_lora = out()
+    assert not torch.allclose(with_lora, base, atol=1e-4)
+    pipe.set_adapters(["sks"], [0.0])
+    torch.testing.assert_close(out(), base)
+    pipe.set_adapters(["sks"], [1.0])
+    pipe.fuse_lora()
+    torch.testing.assert_close(out(), with_lora, rtol=1e-4, atol=1e-5)
+    pipe.unfuse_lora()
+    pipe.unload_lora_weights()
+    torch.testing.assert_close(out(), base, rtol=1e-4, atol=1e-5)
+
+    with pytest.raises(ValueError, match="UNet only"):
+        pipe.load_lora_weights({"text_encoder.token_embedding.lora_A.weight": torch.zeros(2, 2)})

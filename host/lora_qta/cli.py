@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("energy", "energy per LoRA training step, INT8 vs FP16/FP32 (modelled); "
                                   "lora-qta energy --help"),
                        ("power", "record board power rails (or emulated sensors) over GEMM and training "
-                                 "phases; lora-qta power --help")):
+                                 "phases; lora-qta power --help"),
+                       ("speed", "one training step, int8 emulated vs fp32, measured side by side; "
+                                 "lora-qta speed --help")):
         s = sub.add_parser(name, help=text, add_help=False)
         s.add_argument("args", nargs=argparse.REMAINDER,
                        help=f"options of lora_qta.{name} (see lora-qta {name} --help)")
@@ -323,7 +325,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-DELEGATED = ("bench", "energy", "power")
+DELEGATED = ("bench", "energy", "power", "speed")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

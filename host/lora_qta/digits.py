@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from diffusers import DDIMScheduler, DDPMScheduler, DiffusionPipeline, ModelMixi
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
+
+if TYPE_CHECKING:
+    from sklearn.svm import SVC
 
 __all__ = [
     "IMAGE_SIZE",
@@ -59,9 +62,14 @@ __all__ = [
     "CROSS_ATTENTION_DIM",
     "LORA_TARGET_MODULES",
     "SPLIT_SEED",
+    "TRAIN_FRACTION",
+    "NUM_TRAIN_TIMESTEPS",
+    "DEFAULT_INFERENCE_STEPS",
+    "DEFAULT_GUIDANCE_SCALE",
     "digit_prompt",
     "concept_prompt",
     "split_indices",
+    "upsample_digits",
     "load_digits_dataset",
     "tokenize",
     "TokenEncoder",
@@ -342,6 +350,25 @@ class DigitsPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     """
 
     model_cpu_offload_seq = "text_encoder->unet"
+    # LoRA applies to the UNet only: the TokenEncoder is a diffusers ModelMixin without peft
+    # support, so it must not be in the list diffusers' unload/fuse/set_adapters iterate over.
+    _lora_loadable_modules = ["unet"]
+
+    @classmethod
+    def load_lora_into_text_encoder(cls, state_dict, network_alphas, text_encoder, prefix=None, **kwargs) -> None:
+        """No text-encoder LoRA here: a state dict with ``text_encoder.*`` keys is an error."""
+        prefix = cls.text_encoder_name if prefix is None else prefix
+        keys = [k for k in state_dict if k.startswith(f"{prefix}.")]
+        if keys:
+            raise ValueError(f"DigitsPipeline takes LoRA weights for the UNet only, got text encoder keys such as {keys[0]!r}")
+
+    def fuse_lora(self, components: Sequence[str] = ("unet",), lora_scale: float = 1.0, **kwargs) -> None:
+        """diffusers' ``fuse_lora``, on the UNet."""
+        super().fuse_lora(components=list(components), lora_scale=lora_scale, **kwargs)
+
+    def unfuse_lora(self, components: Sequence[str] = ("unet",), **kwargs) -> None:
+        """diffusers' ``unfuse_lora``, on the UNet."""
+        super().unfuse_lora(components=list(components), **kwargs)
 
     def __init__(
         self,
@@ -435,7 +462,7 @@ def _features(images: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1)
-def train_digit_classifier():
+def train_digit_classifier() -> SVC:
     """A deterministic classifier of 16x16 digit images (all ten classes), fit on the train split.
 
     An RBF support-vector machine (scikit-learn ``SVC`` defaults) on the 256 pixels in [0, 1];
@@ -451,7 +478,7 @@ def train_digit_classifier():
     return clf
 
 
-def classify(images: np.ndarray | torch.Tensor, classifier=None) -> np.ndarray:
+def classify(images: np.ndarray | torch.Tensor, classifier: SVC | None = None) -> np.ndarray:
     """Predicted digit (int64 ``(N,)``) of each image in [0, 1], shape ``(N, 16, 16)`` or ``(N, 1, 16, 16)``.
 
     ``classifier`` defaults to :func:`train_digit_classifier` (fit once, then cached).

@@ -18,13 +18,17 @@ import argparse
 import hashlib
 import math
 import sys
-import tomllib
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .errors import QtaError
+
+try:  # Python 3.11+; the PYNQ 3.x board images run Python 3.10, which needs the tomli backport
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
 
 CONFIG_PATH = Path(__file__).with_name("hardware.toml")
 DEFAULT_BOARD = "zcu104"
