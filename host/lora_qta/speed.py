@@ -79,7 +79,7 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
         "engine": engine, "batch_size": batch_size, "steps": steps, "threads": torch.get_num_threads(),
         "fp32_step_s": med["fp32"], "int8_step_s": med["int8"], "ratio_int8_over_fp32": med["int8"] / med["fp32"],
         "int8_split_s": {"accelerator": acc, "quantization": qua, "rest": med["int8"] - acc - qua},
-        "gemms_per_step": gemms, "target_ratio": 1.5,
+        "gemms_per_step": gemms, "lora_layers": attach_runtime(int8[0].unet, int8[1]), "target_ratio": 1.5,
     }
 
 

@@ -70,6 +70,7 @@ class FinetuneConfig:
     checkpoint_every: int = 50
     resume: bool = False
     samples: bool = True
+    threads: int | None = None
 
     def identity(self) -> dict[str, Any]:
         """The fields a resumed run must share with the run that wrote the checkpoint."""
@@ -299,7 +300,8 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
         raise CheckpointError(f"--resume given but {run / CHECKPOINTS} holds no checkpoint")
     run.mkdir(parents=True, exist_ok=True)
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     before = None
     if cfg.samples and not cfg.resume:
         before = bundle.sample(bundle.eval_prompts(), cfg.seed)
