@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             # Other work on the machine slows the run: the 1/5/15-min load averages at start and end.
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "load_average_start": [round(x, 2) for x in load_before],
             "load_average_end": [round(x, 2) for x in os.getloadavg()],
         },

@@ -62,22 +62,27 @@ class QtaGemmDriver(DefaultIP):
         check_register_map(description.get("registers"), description.get("fullpath", "qta_gemm"))
         self._r = config().registers
 
-    def _write64(self, name: str, value: int) -> None:
-        self.write(self._r[name], value & 0xFFFFFFFF)
-        self.write(self._r[name] + 4, (value >> 32) & 0xFFFFFFFF)
-
     def _read64(self, name: str) -> int:
         return self.read(self._r[name]) | (self.read(self._r[name] + 4) << 32)
 
     def start(self, a: int, b: int, c: int, scales: int, call: GemmCall) -> None:
-        """Write the arguments (device addresses and scalars) and raise ap_start."""
+        """Write the arguments (device addresses and scalars) and raise ap_start.
+
+        The argument registers form one block (``a`` .. ``seed``), written with a single MMIO
+        burst; the reserved words between them are written as zero, which the AXI-lite slave
+        ignores.
+        """
         ctrl = self.read(self._r["ctrl"])
         if ctrl & CTRL_START or not ctrl & CTRL_IDLE:
             raise DeviceBusyError("the kernel is still running a previous call; wait for it to finish")
-        for name, addr in (("a", a), ("b", b), ("c", c), ("scales", scales)):
-            self._write64(name, addr)
-        for name, value in call.scalar_registers().items():
-            self.write(self._r[name], value)
+        values = {"a": a, "b": b, "c": c, "scales": scales, **call.scalar_registers()}
+        first, last = self._r["a"], self._r["seed"]
+        block = bytearray(last + 4 - first)
+        for name, value in values.items():
+            off = self._r[name] - first
+            width = 8 if name in ("a", "b", "c", "scales") else 4
+            block[off:off + width] = int(value).to_bytes(width, "little")
+        self.write(first, bytes(block))
         self.write(self._r["ctrl"], CTRL_START)
 
     def wait(self, timeout: float = 30.0) -> RunInfo:

@@ -32,16 +32,16 @@ class Quantized:
 
 def absmax_scale(x: torch.Tensor, axis: str) -> torch.Tensor:
     """The absmax scale of a 2-D tensor: ``axis`` is ``tensor``, ``row`` or ``col``."""
-    x = x.detach()
+    a = x.detach().abs()
     if axis == "tensor":
-        lo, hi = torch.aminmax(x)
+        m = a.amax()
     elif axis == "row":
-        lo, hi = torch.aminmax(x, dim=1, keepdim=True)
+        m = a.amax(dim=1, keepdim=True)
     elif axis == "col":
-        lo, hi = torch.aminmax(x, dim=0, keepdim=True)
+        m = a.amax(dim=0, keepdim=True)
     else:
         raise ValueError(f"unknown quantization axis {axis!r}: use tensor, row or col")
-    return torch.clamp(torch.maximum(-lo, hi).float(), min=EPS) / QMAX
+    return torch.clamp(m.float(), min=EPS) / QMAX
 
 
 def quantize(x: torch.Tensor, axis: str = "tensor", generator: torch.Generator | None = None) -> Quantized:

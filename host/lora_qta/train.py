@@ -54,9 +54,9 @@ class FinetuneConfig:
     pretrained_model: str | None = None
     instance_data_dir: str | None = None
     prompt: str = "a photo of sks"
-    steps: int = 150
+    steps: int = 300
     batch_size: int = 16
-    learning_rate: float = 2e-3
+    learning_rate: float = 2e-2
     lr_schedule: str = "cosine"
     warmup_steps: int = 10
     max_grad_norm: float = 1.0
