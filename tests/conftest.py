@@ -2,7 +2,12 @@
 
 import os
 
+import torch
 from hypothesis import HealthCheck, settings
+
+# The test models are tiny: one PyTorch thread is as fast as two and immune to the
+# thread-contention slowdowns of a machine that is busy with other work.
+torch.set_num_threads(1)
 
 settings.register_profile(
     "default",

@@ -277,8 +277,9 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     s.add_argument("--no-samples", action="store_true", help="skip the before/after sample grid")
     s.add_argument("--threads", type=int, default=None,
-                   help="PyTorch CPU threads (default: PyTorch's choice; 1 is faster for the small "
-                        "default model on a machine busy with other work)")
+                   help="PyTorch CPU threads (default: 1 for the small embedded digits model, whose "
+                        "ops are too small to gain from more and lose badly to thread contention on a "
+                        "busy machine; PyTorch's choice for Stable Diffusion)")
     _add_target(s)
 
 

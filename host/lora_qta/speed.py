@@ -91,8 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="emulation engine of the int8 variant")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (the default run's)")
     p.add_argument("--board", default=None, help="board configuration to emulate")
+    p.add_argument("--threads", type=int, default=1,
+                   help="PyTorch CPU threads for both variants (1, as the default fine-tuning uses)")
     p.add_argument("--out", default=None, help="also write the figures as JSON to this file")
     a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
     r = measure(a.steps, a.warmup, a.engine, a.batch_size, a.board)
     print(f"One fine-tuning step of the default digits model, batch {r['batch_size']} "
           f"({r['note']}; {r['threads']} threads)")

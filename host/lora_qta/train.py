@@ -300,8 +300,9 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
         raise CheckpointError(f"--resume given but {run / CHECKPOINTS} holds no checkpoint")
     run.mkdir(parents=True, exist_ok=True)
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads or (1 if isinstance(bundle, DigitsBundle) else None)
+    if threads:
+        torch.set_num_threads(threads)
     before = None
     if cfg.samples and not cfg.resume:
         before = bundle.sample(bundle.eval_prompts(), cfg.seed)
