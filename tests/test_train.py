@@ -227,3 +227,22 @@ def test_stable_diffusion_bad_images(tiny_sd, tmp_path):
         run_with(wrong)
     with pytest.raises(LimitError, match="needs --instance-data-dir"):
         finetune(FinetuneConfig(output_dir=str(tmp_path / "r"), pretrained_model=str(tiny_sd), steps=1))
+
+
+def test_adapter_round_trip_keeps_alpha(tiny_digits, tmp_path):
+    """alpha != rank: the saved metadata makes load_lora_weights rebuild the same scaling."""
+    from lora_qta.models import DigitsBundle
+
+    bundle = DigitsBundle(tiny_digits)
+    run = tmp_path / "run"
+    finetune(FinetuneConfig(output_dir=str(run), precision="int8", pretrained_model=tiny_digits, rank=4,
+                            alpha=12, **{**FAST, "steps": 2}), bundle=bundle)
+    x = torch.randn(2, 1, 16, 16)
+    t = torch.tensor([5, 700])
+    ctx = bundle.text_encoder.encode(["a photo of <sks>", "a photo of digit 3"])
+    with torch.no_grad():
+        trained = bundle.unet(x, t, encoder_hidden_states=ctx).sample
+        fresh = digits.DigitsPipeline.from_pretrained(tiny_digits, local_files_only=True)
+        fresh.load_lora_weights(str(run / "adapter"))
+        loaded = fresh.unet(x, t, encoder_hidden_states=ctx).sample
+    assert torch.allclose(trained, loaded, atol=1e-5), (trained - loaded).abs().max()

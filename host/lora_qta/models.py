@@ -71,11 +71,14 @@ class ModelBundle:
         raise NotImplementedError
 
 
-def _save_unet_lora(pipeline_cls: Callable, folder: Path, state: dict[str, torch.Tensor]) -> None:
-    """Save a peft UNet LoRA state dict in the diffusers format (pytorch_lora_weights.safetensors)."""
+def _save_unet_lora(pipeline_cls: Callable, folder: Path, unet: torch.nn.Module,
+                    state: dict[str, torch.Tensor]) -> None:
+    """Save a peft UNet LoRA state dict in the diffusers format (pytorch_lora_weights.safetensors),
+    with the adapter's LoraConfig as metadata so that ``load_lora_weights`` restores alpha too."""
     from diffusers.utils import convert_state_dict_to_diffusers
 
     pipeline_cls.save_lora_weights(str(folder), unet_lora_layers=convert_state_dict_to_diffusers(state),
+                                   unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
                                    safe_serialization=True)
 
 
@@ -130,7 +133,7 @@ class DigitsBundle(ModelBundle):
         return self.pipe(list(prompts), generator=g)
 
     def save_lora(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
-        _save_unet_lora(type(self.pipe), folder, state)
+        _save_unet_lora(type(self.pipe), folder, self.unet, state)
 
     def eval_prompts(self) -> list[str]:
         d = self.d
@@ -222,7 +225,7 @@ class StableDiffusionBundle(ModelBundle):
         return out.images
 
     def save_lora(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
-        _save_unet_lora(type(self.pipe), folder, state)
+        _save_unet_lora(type(self.pipe), folder, self.unet, state)
 
     def eval_prompts(self) -> list[str]:
         return [self.prompt] * 4
