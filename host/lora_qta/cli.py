@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="fp32 vs int8 LoRA quality on real data (digits), side by side")
     s.add_argument("--output-dir", default="runs/evaluate", help="folder of the two runs and evaluate.json")
-    s.add_argument("--steps", type=int, default=150, help="fine-tuning steps of each precision")
+    s.add_argument("--steps", type=int, default=None,
+                   help="fine-tuning steps of each precision (default: the finetune default)")
     s.add_argument("--samples-per-class", type=int, default=40,
                    help="images generated per prompt for the classifier-based accuracies")
     s.add_argument("--seed", type=int, default=0, help="seed shared by both runs and the evaluation")
@@ -322,7 +323,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table
 
-    res = evaluate(args.output_dir, steps=args.steps, per_class=args.samples_per_class, seed=args.seed,
+    from .train import FinetuneConfig
+
+    res = evaluate(args.output_dir, steps=args.steps or FinetuneConfig.steps, per_class=args.samples_per_class, seed=args.seed,
                    board=args.board, backend=args.backend, reuse=not args.no_reuse)
     print(format_table(res))
     print(f"\nwritten: {args.output_dir}/evaluate.json, {args.output_dir}/concept_samples.png")

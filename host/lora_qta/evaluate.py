@@ -64,7 +64,7 @@ def sample_accuracy(pipe, classifier, per_class: int, seed: int) -> dict[str, An
     return out
 
 
-def evaluate(output_dir: str = "runs/evaluate", steps: int = 150, per_class: int = 40, seed: int = 0,
+def evaluate(output_dir: str = "runs/evaluate", steps: int = FinetuneConfig.steps, per_class: int = 40, seed: int = 0,
              board: str | None = None, backend: str | None = None, reuse: bool = True) -> dict[str, Any]:
     """Fine-tune fp32 and int8 with the same seed, measure both, write evaluate.json/.png."""
     from . import digits as d
@@ -75,7 +75,7 @@ def evaluate(output_dir: str = "runs/evaluate", steps: int = 150, per_class: int
     base = d.load_shipped_pipeline()
     rows["base (no LoRA)"] = {**sample_accuracy(base, classifier, per_class, seed),
                               "heldout_loss": heldout_loss(base, seed)}
-    grid = [("base: a photo of <sks>", rows["base (no LoRA)"].pop("concept_samples"))]
+    grid = [("base model", rows["base (no LoRA)"].pop("concept_samples"))]
     for precision in ("fp32", "int8"):
         run = root / precision
         cfg = FinetuneConfig(output_dir=str(run), precision=precision, steps=steps, seed=seed, board=board,
@@ -86,7 +86,7 @@ def evaluate(output_dir: str = "runs/evaluate", steps: int = 150, per_class: int
         pipe = d.load_shipped_pipeline()
         pipe.load_lora_weights(str(run / "adapter"))
         res = sample_accuracy(pipe, classifier, per_class, seed)
-        grid.append((f"{precision} LoRA: a photo of <sks>", res.pop("concept_samples")))
+        grid.append((f"{precision} LoRA", res.pop("concept_samples")))
         rows[precision] = {**res, "heldout_loss": heldout_loss(pipe, seed),
                            "train_report": json.loads((run / "report.json").read_text())}
     f, q = rows["fp32"], rows["int8"]
@@ -103,7 +103,7 @@ def evaluate(output_dir: str = "runs/evaluate", steps: int = 150, per_class: int
               "summary": summary}
     root.mkdir(parents=True, exist_ok=True)
     (root / "evaluate.json").write_text(json.dumps(result, indent=2))
-    grid_png(grid, root / "concept_samples.png")
+    grid_png(grid, root / "concept_samples.png", captions=["<sks>"] * 8)
     return result
 
 

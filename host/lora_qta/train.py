@@ -237,22 +237,24 @@ def loss_of_step(bundle: ModelBundle, cfg: FinetuneConfig, x0: torch.Tensor, con
     return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 
-def grid_png(rows: list[tuple[str, np.ndarray]], path: Path) -> None:
-    """A labelled grid of sample rows (PNG)."""
+def grid_png(rows: list[tuple[str, np.ndarray]], path: Path, captions: list[str] | None = None) -> None:
+    """A labelled grid of sample rows (PNG); ``captions`` name the columns (e.g. the prompts)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ncol = max(len(imgs) for _, imgs in rows)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.2 * ncol + 1.5, 1.3 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.2 * ncol + 1.5, 1.4 * len(rows)), squeeze=False)
     for r, (label, imgs) in enumerate(rows):
         for c in range(ncol):
             ax = axes[r][c]
             ax.axis("off")
             if c < len(imgs):
                 ax.imshow(imgs[c], cmap="gray" if imgs[c].ndim == 2 else None, vmin=0, vmax=1)
-        axes[r][0].set_title(label, fontsize=7, loc="left")
+            if captions and c < len(captions):
+                ax.set_title(captions[c], fontsize=6)
+        axes[r][0].text(-0.15, 0.5, label, fontsize=7, ha="right", va="center", transform=axes[r][0].transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -388,9 +390,9 @@ def write_outputs(run: Path, cfg: FinetuneConfig, bundle: ModelBundle, runtime: 
         after = bundle.sample(prompts, cfg.seed)
         rows = []
         if before is not None:
-            rows.append((f"before: {prompts[0]} | ...", before))
-        rows.append((f"after ({cfg.precision}): {prompts[0]} | ...", after))
-        grid_png(rows, run / "samples.png")
+            rows.append(("before", before))
+        rows.append((f"after\n({cfg.precision} LoRA)", after))
+        grid_png(rows, run / "samples.png", captions=[p.replace("a photo of ", "") for p in prompts])
     loss_png(history["loss"], run / "loss.png", f"LoRA fine-tuning, {cfg.precision}, rank {cfg.rank}")
     total = float(sum(history["time_step"]))
     report: dict[str, Any] = {
