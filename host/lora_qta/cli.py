@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples-per-class", type=int, default=40,
                    help="images generated per prompt for the classifier-based accuracies")
     s.add_argument("--seed", type=int, default=0, help="seed shared by both runs and the evaluation")
+    s.add_argument("--seeds", type=int, default=1,
+                   help="train and measure both precisions with this many seeds (seed, seed+1, ...) and "
+                        "report mean and standard deviation")
     s.add_argument("--no-reuse", action="store_true",
                    help="retrain even if the output folder already holds finished runs with these steps")
     _add_target(s)
@@ -326,7 +329,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import FinetuneConfig
 
     res = evaluate(args.output_dir, steps=args.steps or FinetuneConfig.steps, per_class=args.samples_per_class, seed=args.seed,
-                   board=args.board, backend=args.backend, reuse=not args.no_reuse)
+                   board=args.board, backend=args.backend, reuse=not args.no_reuse, seeds=args.seeds)
     print(format_table(res))
     print(f"\nwritten: {args.output_dir}/evaluate.json, {args.output_dir}/concept_samples.png")
     return 0

@@ -65,8 +65,13 @@ def sample_accuracy(pipe, classifier, per_class: int, seed: int) -> dict[str, An
 
 
 def evaluate(output_dir: str = "runs/evaluate", steps: int = FinetuneConfig.steps, per_class: int = 40, seed: int = 0,
-             board: str | None = None, backend: str | None = None, reuse: bool = True) -> dict[str, Any]:
-    """Fine-tune fp32 and int8 with the same seed, measure both, write evaluate.json/.png."""
+             board: str | None = None, backend: str | None = None, reuse: bool = True,
+             seeds: int = 1) -> dict[str, Any]:
+    """Fine-tune fp32 and int8 with the same seeds, measure both, write evaluate.json/.png.
+
+    With ``seeds`` > 1 both precisions are trained and sampled once per seed (``seed`` ..
+    ``seed + seeds - 1``) and the table reports means and standard deviations over seeds.
+    """
     from . import digits as d
 
     root = Path(output_dir)
@@ -76,19 +81,27 @@ def evaluate(output_dir: str = "runs/evaluate", steps: int = FinetuneConfig.step
     rows["base (no LoRA)"] = {**sample_accuracy(base, classifier, per_class, seed),
                               "heldout_loss": heldout_loss(base, seed)}
     grid = [("base model", rows["base (no LoRA)"].pop("concept_samples"))]
+    metrics = ("concept_accuracy", "known_accuracy", "heldout_loss")
     for precision in ("fp32", "int8"):
-        run = root / precision
-        cfg = FinetuneConfig(output_dir=str(run), precision=precision, steps=steps, seed=seed, board=board,
-                             backend=backend, samples=False)
-        if not (reuse and (run / "adapter" / "pytorch_lora_weights.safetensors").is_file()
-                and json.loads((run / "report.json").read_text())["config"]["steps"] == steps):
-            finetune(cfg)
-        pipe = d.load_shipped_pipeline()
-        pipe.load_lora_weights(str(run / "adapter"))
-        res = sample_accuracy(pipe, classifier, per_class, seed)
-        grid.append((f"{precision} LoRA", res.pop("concept_samples")))
-        rows[precision] = {**res, "heldout_loss": heldout_loss(pipe, seed),
-                           "train_report": json.loads((run / "report.json").read_text())}
+        per_seed = []
+        for s in range(seed, seed + seeds):
+            run = root / precision if seeds == 1 else root / f"seed{s}" / precision
+            cfg = FinetuneConfig(output_dir=str(run), precision=precision, steps=steps, seed=s, board=board,
+                                 backend=backend, samples=False)
+            if not (reuse and (run / "adapter" / "pytorch_lora_weights.safetensors").is_file()
+                    and json.loads((run / "report.json").read_text())["config"]["steps"] == steps):
+                finetune(cfg)
+            pipe = d.load_shipped_pipeline()
+            pipe.load_lora_weights(str(run / "adapter"))
+            res = sample_accuracy(pipe, classifier, per_class, s)
+            samples = res.pop("concept_samples")
+            if s == seed:
+                grid.append((f"{precision} LoRA", samples))
+            per_seed.append({**res, "heldout_loss": heldout_loss(pipe, s), "seed": s})
+        row = {m: float(np.mean([r[m] for r in per_seed])) for m in metrics}
+        row.update({f"{m}_std": float(np.std([r[m] for r in per_seed])) for m in metrics})
+        row["per_seed"] = per_seed
+        rows[precision] = row
     f, q = rows["fp32"], rows["int8"]
     summary = {
         "concept_accuracy_diff_pp": 100 * (q["concept_accuracy"] - f["concept_accuracy"]),
@@ -97,10 +110,9 @@ def evaluate(output_dir: str = "runs/evaluate", steps: int = FinetuneConfig.step
     }
     summary["within_targets"] = (abs(summary["concept_accuracy_diff_pp"]) <= TARGET_ACCURACY_PP
                                  and summary["heldout_loss_diff_pct"] <= TARGET_LOSS_PCT)
-    result = {"steps": steps, "samples_per_class": per_class, "seed": seed,
+    result = {"steps": steps, "samples_per_class": per_class, "seed": seed, "seeds": seeds,
               "note": "measured on this machine; int8 ran on the emulated accelerator (bit-exact with the kernel)",
-              "rows": {k: {kk: vv for kk, vv in v.items() if kk != "train_report"} for k, v in rows.items()},
-              "summary": summary}
+              "rows": rows, "summary": summary}
     root.mkdir(parents=True, exist_ok=True)
     (root / "evaluate.json").write_text(json.dumps(result, indent=2))
     grid_png(grid, root / "concept_samples.png", captions=["<sks>"] * 8)
@@ -110,22 +122,32 @@ def evaluate(output_dir: str = "runs/evaluate", steps: int = FinetuneConfig.step
 def format_table(result: dict[str, Any]) -> str:
     """The fp32 vs int8 table printed by ``lora-qta evaluate``."""
     r = result["rows"]
+    seeds = result.get("seeds", 1)
+
+    def cell(prec: str, m: str, pct: bool) -> str:
+        v, sd = r[prec][m], r[prec].get(m + "_std")
+        text = f"{v:.1%}" if pct else f"{v:.4f}"
+        if seeds > 1 and sd is not None:
+            text += f" ± {sd * 100:.1f}" if pct else f" ± {sd:.4f}"
+        return text
+
     lines = ["| metric | base (no LoRA) | fp32 LoRA | int8 LoRA (accelerator) | int8 - fp32 |",
              "|---|---|---|---|---|"]
     s = result["summary"]
     lines.append(f"| concept accuracy (new token -> digit 7) | {r['base (no LoRA)']['concept_accuracy']:.1%} | "
-                 f"{r['fp32']['concept_accuracy']:.1%} | {r['int8']['concept_accuracy']:.1%} | "
+                 f"{cell('fp32', 'concept_accuracy', True)} | {cell('int8', 'concept_accuracy', True)} | "
                  f"{s['concept_accuracy_diff_pp']:+.1f} pp |")
     lines.append(f"| accuracy on known digits | {r['base (no LoRA)']['known_accuracy']:.1%} | "
-                 f"{r['fp32']['known_accuracy']:.1%} | {r['int8']['known_accuracy']:.1%} | "
+                 f"{cell('fp32', 'known_accuracy', True)} | {cell('int8', 'known_accuracy', True)} | "
                  f"{s['known_accuracy_diff_pp']:+.1f} pp |")
     lines.append(f"| held-out denoising loss | {r['base (no LoRA)']['heldout_loss']:.4f} | "
-                 f"{r['fp32']['heldout_loss']:.4f} | {r['int8']['heldout_loss']:.4f} | "
+                 f"{cell('fp32', 'heldout_loss', False)} | {cell('int8', 'heldout_loss', False)} | "
                  f"{s['heldout_loss_diff_pct']:+.2f} % |")
     lines.append("")
     lines.append(f"targets: int8 within {TARGET_ACCURACY_PP:.0f} pp of fp32 on concept accuracy and within "
                  f"{TARGET_LOSS_PCT:.0f}% on held-out loss: {'met' if s['within_targets'] else 'NOT met'} "
-                 f"({result['samples_per_class']} samples per prompt, {result['steps']} steps, seed {result['seed']}; "
+                 f"({result['samples_per_class']} samples per prompt, {result['steps']} steps, "
+                 f"{seeds} training seed(s) from {result['seed']}, mean ± std over seeds; "
                  "measured on this machine)")
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -332,7 +333,7 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.__setitem__("flag", True))
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"finetune {cfg.precision}",
-               unit="step", dynamic_ncols=True)
+               unit="step", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15.0)
     try:
         for step in bar:
             t0 = time.perf_counter()
