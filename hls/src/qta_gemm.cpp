@@ -91,26 +91,30 @@ inline uint32_t beats(uint32_t len, uint32_t elem_bytes) {
 
 // ------------------------------------------------------------------------------- fill
 
-// Reads op(A)[m0:m0+mt, k0:k0+kt] into abuf[mt][kt]. Returns its cycles.
-uint32_t fill_a(const int8_t *a, opnd_t abuf[QTA_TILE_M_MAX][QTA_TILE_K_MAX], const Args &g, const Step &s) {
+// Reads the rows x cols tile at (row0, col0) of op(X) into buf[rows][cols], where X is stored
+// with leading dimension ld and op(X) = X or X^T. Memory is read along the stored rows (bursts
+// of AXI_BYTES elements per beat); a transposed operand is written transposed into the buffer.
+// Returns its cycles.
+template <int R, int C>
+uint32_t fill_tile(const int8_t *src, opnd_t buf[R][C], uint32_t ld, uint32_t row0, uint32_t col0,
+                   uint32_t rows, uint32_t cols, bool trans) {
     uint32_t cyc = QTA_DDR_LATENCY;
-    // Stored rows are A's rows (not transposed) or its columns (transposed).
-    uint32_t rows = g.trans_a ? s.kt : s.mt;
-    uint32_t len = g.trans_a ? s.mt : s.kt;
-fill_a_rows:
-    for (uint32_t r = 0; r < rows; r++) {
-#pragma HLS LOOP_TRIPCOUNT min=1 max=QTA_TILE_M_MAX
-        uint32_t base = g.trans_a ? (s.k0 + r) * g.lda + s.m0 : (s.m0 + r) * g.lda + s.k0;
-    fill_a_beats:
+    uint32_t stored_rows = trans ? cols : rows;
+    uint32_t len = trans ? rows : cols;
+fill_rows:
+    for (uint32_t r = 0; r < stored_rows; r++) {
+#pragma HLS LOOP_TRIPCOUNT min=1 max=R
+        uint32_t base = trans ? (col0 + r) * ld + row0 : (row0 + r) * ld + col0;
+    fill_beats:
         for (uint32_t e = 0; e < len; e += QTA_AXI_BYTES) {
 #pragma HLS PIPELINE II=1
-#pragma HLS LOOP_TRIPCOUNT min=1 max=QTA_TILE_K_MAX/QTA_AXI_BYTES
+#pragma HLS LOOP_TRIPCOUNT min=1 max=C/QTA_AXI_BYTES
             for (uint32_t u = 0; u < QTA_AXI_BYTES; u++) {
 #pragma HLS UNROLL
                 uint32_t x = e + u;
                 if (x < len) {
-                    if (g.trans_a) abuf[x][r] = a[base + x];
-                    else abuf[r][x] = a[base + x];
+                    if (trans) buf[x][r] = src[base + x];
+                    else buf[r][x] = src[base + x];
                 }
             }
         }
@@ -119,31 +123,13 @@ fill_a_rows:
     return cyc;
 }
 
-// Reads op(B)[k0:k0+kt, n0:n0+nt] into bbuf[kt][nt]. Returns its cycles.
-uint32_t fill_b(const int8_t *b, opnd_t bbuf[QTA_TILE_K_MAX][QTA_TILE_N_MAX], const Args &g, const Step &s) {
-    uint32_t cyc = QTA_DDR_LATENCY;
-    uint32_t rows = g.trans_b ? s.nt : s.kt;
-    uint32_t len = g.trans_b ? s.kt : s.nt;
-fill_b_rows:
-    for (uint32_t r = 0; r < rows; r++) {
-#pragma HLS LOOP_TRIPCOUNT min=1 max=QTA_TILE_K_MAX
-        uint32_t base = g.trans_b ? (s.n0 + r) * g.ldb + s.k0 : (s.k0 + r) * g.ldb + s.n0;
-    fill_b_beats:
-        for (uint32_t e = 0; e < len; e += QTA_AXI_BYTES) {
-#pragma HLS PIPELINE II=1
-#pragma HLS LOOP_TRIPCOUNT min=1 max=QTA_TILE_N_MAX/QTA_AXI_BYTES
-            for (uint32_t u = 0; u < QTA_AXI_BYTES; u++) {
-#pragma HLS UNROLL
-                uint32_t x = e + u;
-                if (x < len) {
-                    if (g.trans_b) bbuf[x][r] = b[base + x];
-                    else bbuf[r][x] = b[base + x];
-                }
-            }
-        }
-        cyc += beats(len, 1);
-    }
-    return cyc;
+// Reads the A chunk (op(A)[m0:m0+mt, k0:k0+kt]) and the B chunk (op(B)[k0:k0+kt, n0:n0+nt]) of a
+// step on their two ports in parallel; the stage lasts as long as the slower one.
+uint32_t fill(const int8_t *a, const int8_t *b, opnd_t abuf[QTA_TILE_M_MAX][QTA_TILE_K_MAX],
+              opnd_t bbuf[QTA_TILE_K_MAX][QTA_TILE_N_MAX], const Args &g, const Step &s) {
+    uint32_t ca = fill_tile<QTA_TILE_M_MAX, QTA_TILE_K_MAX>(a, abuf, g.lda, s.m0, s.k0, s.mt, s.kt, g.trans_a);
+    uint32_t cb = fill_tile<QTA_TILE_K_MAX, QTA_TILE_N_MAX>(b, bbuf, g.ldb, s.k0, s.n0, s.kt, s.nt, g.trans_b);
+    return max_u(ca, cb);
 }
 
 // ---------------------------------------------------------------------------- compute
@@ -446,10 +432,10 @@ pipeline:
         // below touch disjoint buffers, so they run concurrently.
         bool fodd = t & 1, codd = sc.block & 1;
         if (fodd) {
-            if (do_fill) lf = max_u(fill_a(a, abuf1, g, sf), fill_b(b, bbuf1, g, sf));
+            if (do_fill) lf = fill(a, b, abuf1, bbuf1, g, sf);
             if (do_comp) lc = compute(abuf0, bbuf0, codd ? acc1 : acc0, g, sc);
         } else {
-            if (do_fill) lf = max_u(fill_a(a, abuf0, g, sf), fill_b(b, bbuf0, g, sf));
+            if (do_fill) lf = fill(a, b, abuf0, bbuf0, g, sf);
             if (do_comp) lc = compute(abuf1, bbuf1, codd ? acc1 : acc0, g, sc);
         }
         if (do_store) ls = store(c, scales, (ss.block & 1) ? acc1 : acc0, g, ss, sat);
