@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import numpy as np
 import pytest
 
 from lora_qta import bench, energy, power, shapes
