@@ -108,7 +108,8 @@ def evaluate(output_dir: str = "runs/evaluate", steps: int = FinetuneConfig.step
         "known_accuracy_diff_pp": 100 * (q["known_accuracy"] - f["known_accuracy"]),
         "heldout_loss_diff_pct": 100 * (q["heldout_loss"] - f["heldout_loss"]) / f["heldout_loss"],
     }
-    summary["within_targets"] = (abs(summary["concept_accuracy_diff_pp"]) <= TARGET_ACCURACY_PP
+    # the targets bound how much int8 may lose against fp32 (being better is no failure)
+    summary["within_targets"] = (summary["concept_accuracy_diff_pp"] >= -TARGET_ACCURACY_PP
                                  and summary["heldout_loss_diff_pct"] <= TARGET_LOSS_PCT)
     result = {"steps": steps, "samples_per_class": per_class, "seed": seed, "seeds": seeds,
               "note": "measured on this machine; int8 ran on the emulated accelerator (bit-exact with the kernel)",
@@ -144,8 +145,8 @@ def format_table(result: dict[str, Any]) -> str:
                  f"{cell('fp32', 'heldout_loss', False)} | {cell('int8', 'heldout_loss', False)} | "
                  f"{s['heldout_loss_diff_pct']:+.2f} % |")
     lines.append("")
-    lines.append(f"targets: int8 within {TARGET_ACCURACY_PP:.0f} pp of fp32 on concept accuracy and within "
-                 f"{TARGET_LOSS_PCT:.0f}% on held-out loss: {'met' if s['within_targets'] else 'NOT met'} "
+    lines.append(f"targets: int8 at most {TARGET_ACCURACY_PP:.0f} pp below fp32 on concept accuracy and at most "
+                 f"{TARGET_LOSS_PCT:.0f}% above it on held-out loss: {'met' if s['within_targets'] else 'NOT met'} "
                  f"({result['samples_per_class']} samples per prompt, {result['steps']} steps, "
                  f"{seeds} training seed(s) from {result['seed']}, mean ± std over seeds; "
                  "measured on this machine)")

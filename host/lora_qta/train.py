@@ -358,7 +358,7 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
             if runtime is not None:
                 history["time_accelerator"] += runtime.time_accelerator - acc0
                 history["time_quantization"] += runtime.time_quantization - q0
-            bar.set_postfix(loss=f"{loss.item():.4f}", steps_per_s=f"{1 / dt:.2f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", steps_per_s=f"{1 / dt:.2f}", refresh=False)
             done = step + 1
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save_checkpoint(run, done, bundle, optimizer, scheduler, cfg, history)
