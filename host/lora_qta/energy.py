@@ -57,7 +57,7 @@ import numpy as np
 
 from .hwconfig import BoardConfig, config
 from .kernel_call import GemmCall
-from .planner import array_shape
+from .planner import array_shape, step_tiles
 
 LABEL = "modelled (Horowitz 45 nm table)"
 PAPER_ENERGY_EFFICIENCY = 5.50
@@ -159,14 +159,7 @@ def _ceil(a, b):
 
 def buffer_accesses(board: BoardConfig, call: GemmCall) -> dict[str, int]:
     """Element counts of the on-chip buffer accesses of ``call`` (see the module docstring)."""
-    nbm, nbn, nkc = int(_ceil(call.m, call.tile_m)), int(_ceil(call.n, call.tile_n)), int(_ceil(call.k, call.tile_k))
-    t = np.arange(nbm * nbn * nkc, dtype=np.int64)
-    kc, blk = t % nkc, t // nkc
-    bm, bn = blk // nbn, blk % nbn
-    mt = np.minimum(call.tile_m, call.m - bm * call.tile_m)
-    nt = np.minimum(call.tile_n, call.n - bn * call.tile_n)
-    kt = np.minimum(call.tile_k, call.k - kc * call.tile_k)
-    last = kc == nkc - 1
+    mt, nt, kt, last = step_tiles(call)
     lr, lc, _, _ = array_shape(board, call.split)
     if call.dataflow == "os":
         a_reads = mt * kt * _ceil(nt, lc)

@@ -92,10 +92,9 @@ class CycleReport:
         return self.roofline_cycles / self.cycles
 
 
-def model_cycles(board: BoardConfig, call: GemmCall) -> CycleReport:
-    """The kernel's cycle count and traffic for ``call`` on ``board`` (exact, vectorized)."""
-    s = config().schedule
-    bpb = board.axi_bytes
+def step_tiles(call: GemmCall) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel's steps in order: clipped tile sizes (mt, nt, kt) of each (block, K chunk)
+    and whether it is its block's last chunk."""
     nbm, nbn, nkc = (int(_ceil(call.m, call.tile_m)), int(_ceil(call.n, call.tile_n)),
                      int(_ceil(call.k, call.tile_k)))
     t = np.arange(nbm * nbn * nkc, dtype=np.int64)
@@ -104,6 +103,14 @@ def model_cycles(board: BoardConfig, call: GemmCall) -> CycleReport:
     mt = np.minimum(call.tile_m, call.m - bm * call.tile_m)
     nt = np.minimum(call.tile_n, call.n - bn * call.tile_n)
     kt = np.minimum(call.tile_k, call.k - kc * call.tile_k)
+    return mt, nt, kt, kc == nkc - 1
+
+
+def model_cycles(board: BoardConfig, call: GemmCall) -> CycleReport:
+    """The kernel's cycle count and traffic for ``call`` on ``board`` (exact, vectorized)."""
+    s = config().schedule
+    bpb = board.axi_bytes
+    mt, nt, kt, last = step_tiles(call)
 
     # fill: stored rows x beats per row on each port, in parallel
     rows_a, len_a = (kt, mt) if call.trans_a else (mt, kt)
@@ -120,7 +127,6 @@ def model_cycles(board: BoardConfig, call: GemmCall) -> CycleReport:
 
     # store: only at a block's last chunk
     eb = call.out_bytes
-    last = kc == nkc - 1
     per_row = np.maximum(_ceil(nt * eb, bpb), _ceil(nt, board.epilogue_lanes))
     store = s.ddr_latency + mt * per_row
     n_scales = 0
@@ -132,7 +138,7 @@ def model_cycles(board: BoardConfig, call: GemmCall) -> CycleReport:
         store = store + s.ddr_latency
     store = np.where(last, store, 0)
 
-    steps = len(t)
+    steps = len(mt)
     zero2 = np.zeros(2, dtype=np.int64)
     f = np.concatenate([fill, zero2])
     p = np.concatenate([[0], comp, [0]])
