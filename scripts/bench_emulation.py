@@ -12,23 +12,12 @@ table; a benchmark, not a test (no assertions on time).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from lora_qta.accelerator import Accelerator
+from lora_qta.bench import best_time
 from lora_qta.cli import lora_layer_gemms
-
-
-def best_time(fn, repeat: int) -> float:
-    """Best wall time of ``repeat`` runs (seconds), after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:

@@ -244,6 +244,17 @@ def csim_check(boards: Sequence[str], models: Sequence[str], ranks: Sequence[int
 
 # ----------------------------------------------------------------------------- training-step view
 
+def best_time(fn, repeat: int) -> float:
+    """Best wall time of ``repeat`` runs of ``fn`` (seconds), after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def measure_cpu(size: int = 1 << 22, repeat: int = 3) -> dict:
     """This machine's throughputs (measured on this machine, x86): numpy per-tensor absmax
     quantization (abs, max, scale, round, clip, cast to INT8) and dequantization (INT32 to
@@ -255,13 +266,7 @@ def measure_cpu(size: int = 1 << 22, repeat: int = 3) -> dict:
     acc = rng.integers(-2**20, 2**20, size, dtype=np.int32)
 
     def best(fn):
-        fn()
-        ts = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return min(ts)
+        return best_time(fn, repeat)
 
     def quant():
         s = float(np.abs(x).max()) / 127.0

@@ -8,7 +8,7 @@ is encoded and decoded in this one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .hwconfig import config
 
@@ -90,9 +90,6 @@ class GemmCall:
             mult=mult - (1 << 32) if mult >= 1 << 31 else mult, shift=regs["shift"], seed=regs["seed"],
         )
 
-    def with_tiles(self, tile_m: int, tile_n: int, tile_k: int) -> "GemmCall":
-        """The same call with other block sizes."""
-        return replace(self, tile_m=tile_m, tile_n=tile_n, tile_k=tile_k)
 
     @property
     def out_bytes(self) -> int:

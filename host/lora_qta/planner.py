@@ -12,7 +12,7 @@ latencies F (fill), P (PE array) and S (store, only on a block's last chunk)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -213,8 +213,7 @@ def _plan_cached(board: BoardConfig, call: GemmCall, dataflow: str, split: int |
         for tm in _tile_candidates(call.m, board.tile_m_max, gm):
             for tn in _tile_candidates(call.n, board.tile_n_max, lc):
                 for tk in _tile_candidates(call.k, board.tile_k_max, gk):
-                    cand = GemmCall(**{**call.__dict__, "tile_m": tm, "tile_n": tn, "tile_k": tk,
-                                       "dataflow": df, "split": sp})
+                    cand = replace(call, tile_m=tm, tile_n=tn, tile_k=tk, dataflow=df, split=sp)
                     rep = model_cycles(board, cand)
                     key = (rep.cycles, rep.bytes_moved)
                     if best is None or key < (best.report.cycles, best.report.bytes_moved):

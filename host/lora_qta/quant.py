@@ -61,9 +61,3 @@ def quantize(x: torch.Tensor, axis: str = "tensor", generator: torch.Generator |
     else:
         y.add_(torch.rand(y.shape, generator=generator, dtype=y.dtype)).floor_()
     return Quantized(y.clamp_(-QMAX, QMAX).to(torch.int8), scale)
-
-
-def dequantize_product(acc: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """Float result of an INT32 GEMM whose left operand had scale ``left`` (0-d or (M, 1)) and
-    right operand ``right`` (0-d or (1, N))."""
-    return acc.float() * left * right

@@ -21,7 +21,7 @@ import torch
 
 from .lora_layer import QtaRuntime, attach_runtime
 from .models import DigitsBundle
-from .train import FinetuneConfig, add_lora, loss_of_step, training_batch
+from .train import FinetuneConfig, add_lora, train_step
 
 
 def _variant(precision: str, cfg: FinetuneConfig, engine: str):
@@ -44,12 +44,7 @@ def _step(variant, cfg: FinetuneConfig, step: int) -> float:
     if runtime is not None:
         runtime.step = step
     t0 = time.perf_counter()
-    x0, prompts = training_batch(data, bundle, cfg, step)
-    loss = loss_of_step(bundle, cfg, x0, bundle.encode_prompts(prompts), step)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    train_step(bundle, cfg, data, params, opt, None, step)
     return time.perf_counter() - t0
 
 

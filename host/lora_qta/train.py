@@ -238,6 +238,26 @@ def loss_of_step(bundle: ModelBundle, cfg: FinetuneConfig, x0: torch.Tensor, con
     return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 
+def train_step(bundle: ModelBundle, cfg: FinetuneConfig, data, params: list[torch.nn.Parameter],
+               optimizer: torch.optim.Optimizer, scheduler, step: int) -> torch.Tensor:
+    """One optimizer step (batch, loss, backward, clipping, AdamW, LR schedule); returns the loss.
+
+    Raises :class:`DivergedError` before touching the weights if the loss is NaN or Inf.
+    ``scheduler`` may be None (the speed benchmark keeps the learning rate fixed).
+    """
+    x0, prompts = training_batch(data, bundle, cfg, step)
+    loss = loss_of_step(bundle, cfg, x0, bundle.encode_prompts(prompts), step)
+    if not torch.isfinite(loss):
+        raise DivergedError(f"loss became {loss.item()} at step {step}")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def grid_png(rows: list[tuple[str, np.ndarray]], path: Path, captions: list[str] | None = None) -> None:
     """A labelled grid of sample rows (PNG); ``captions`` name the columns (e.g. the prompts)."""
     import matplotlib
@@ -340,18 +360,13 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
             if runtime is not None:
                 runtime.step = step
                 acc0, q0 = runtime.time_accelerator, runtime.time_quantization
-            x0, prompts = training_batch(lat_data, bundle, cfg, step)
-            loss = loss_of_step(bundle, cfg, x0, bundle.encode_prompts(prompts), step)
-            if not torch.isfinite(loss):
+            try:
+                loss = train_step(bundle, cfg, lat_data, params, optimizer, scheduler, step)
+            except DivergedError as e:
                 last = latest_checkpoint(run)
-                raise DivergedError(f"loss became {loss.item()} at step {step}; stopped. The last good "
-                                    f"checkpoint is {last or 'none (no checkpoint written yet)'}; lower "
-                                    "--learning-rate and resume from it")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                raise DivergedError(f"{e}; stopped. The last good checkpoint is "
+                                    f"{last or 'none (no checkpoint written yet)'}; lower --learning-rate "
+                                    "and resume from it") from None
             dt = time.perf_counter() - t0
             history["loss"].append(float(loss.item()))
             history["time_step"].append(dt)
