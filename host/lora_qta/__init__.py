@@ -10,8 +10,8 @@ from typing import Any
 __all__ = ["Accelerator", "GemmResult", "config", "fixed_point_scale"]
 __version__ = "0.1.0"
 
-_WHERE = {"Accelerator": "accelerator", "GemmResult": "accelerator", "fixed_point_scale": "accelerator",
-          "config": "hwconfig"}
+_WHERE = {"Accelerator": "runtime.accelerator", "GemmResult": "runtime.accelerator", "fixed_point_scale": "runtime.accelerator",
+          "config": "hw.config"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,20 @@
+"""The emulation-speed benchmark runs and reports its figures (no timing assertions)."""
+
+from lora_qta.analysis.speed import main, measure
+
+
+def test_speed_measure_reports_both_variants_and_the_split():
+    r = measure(steps=1, warmup=0, batch_size=4)
+    assert r["fp32_step_s"] > 0 and r["int8_step_s"] > 0
+    assert r["ratio_int8_over_fp32"] == r["int8_step_s"] / r["fp32_step_s"]
+    s = r["int8_split_s"]
+    assert s["accelerator"] > 0 and s["quantization"] > 0
+    assert abs(s["accelerator"] + s["quantization"] + s["rest"] - r["int8_step_s"]) < 1e-9
+    # six GEMMs per layer, minus dX where the layer's input needs no gradient
+    assert 5 * r["lora_layers"] <= r["gemms_per_step"] <= 6 * r["lora_layers"] and r["lora_layers"] > 0
+
+
+def test_speed_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    assert main(["--steps", "1", "--warmup", "0", "--batch-size", "2", "--out", str(out)]) == 0
+    assert out.is_file() and "int8 on emulated accel." in capsys.readouterr().out
