@@ -90,7 +90,8 @@ hwpy() {
 # "unknown board ...: hardware.toml describes <boards>" message.
 if ! board=$(hwpy - "$board_arg" 2>&1 <<'EOF'
 import sys
-from lora_qta.hw.config import UnknownBoardError, config
+from lora_qta.errors import UnknownBoardError
+from lora_qta.hw.config import config
 try:
     print(config().board(sys.argv[1]).name)
 except UnknownBoardError as e:

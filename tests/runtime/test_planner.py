@@ -8,10 +8,10 @@ from hypothesis import strategies as st
 
 from lora_qta.runtime import csim
 from lora_qta.cli import lora_layer_gemms
-from lora_qta.errors import LimitError
+from lora_qta.errors import LimitError, PlanError
 from lora_qta.hw.config import config
 from lora_qta.hw.call import GemmCall
-from lora_qta.runtime.planner import PlanError, model_cycles, plan
+from lora_qta.runtime.planner import model_cycles, plan
 
 ZCU = config().board("zcu104")
 

@@ -11,9 +11,8 @@ from PIL import Image
 
 from lora_qta.training import digits
 from lora_qta.training import loop as train
-from lora_qta.errors import LimitError
-from lora_qta.training.models import InstanceDataError, ModelFolderError
-from lora_qta.training.loop import CheckpointError, DivergedError, FinetuneConfig, finetune
+from lora_qta.errors import CheckpointError, DivergedError, InstanceDataError, LimitError, ModelFolderError
+from lora_qta.training.loop import FinetuneConfig, finetune
 
 FAST = dict(steps=4, batch_size=8, checkpoint_every=2, num_examples=4, prior_per_class=2, samples=False)
 

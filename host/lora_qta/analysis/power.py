@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..errors import RailError, RecordingError
 from ..hw.config import BoardConfig, config
 
 EMULATED_LABEL = "emulated sensors: power from the energy model (modelled)"
@@ -126,14 +127,15 @@ def select_power_sensors(rails: dict, names: Sequence[str] | None = None) -> lis
     if names:
         missing = [n for n in names if n not in rails or rails[n].power is None]
         if missing:
-            raise ValueError(f"no power sensor on rail(s) {missing}; rails: {sorted(rails)}")
+            raise RailError(f"no power sensor on rail(s) {missing}; name rails among {sorted(rails)}")
         return [rails[n].power for n in names]
     for n in INPUT_RAIL_NAMES:
         if n in rails and rails[n].power is not None:
             return [rails[n].power]
     sensors = [r.power for r in rails.values() if r.power is not None]
     if not sensors:
-        raise ValueError("no rail has a power sensor")
+        raise RailError("no rail has a power sensor; record on a board with power rails, or with "
+                        "emulated sensors")
     return sensors
 
 
@@ -249,7 +251,7 @@ def record(sensors: list, workload: GemmWorkload, phases: list[tuple], interval:
     try:
         rec = DataRecorder(*sensors)
     except ImportError as e:  # DataRecorder imports pandas in its constructor
-        raise RuntimeError(f"pynq.pmbus.DataRecorder needs pandas ({e}): pip install pandas==2.2.3") from e
+        raise RecordingError(f"pynq.pmbus.DataRecorder needs pandas ({e}): pip install pandas") from e
     done = []
     with rec.record(interval):
         time.sleep(2 * interval)  # a first sample before the first mark
@@ -278,7 +280,7 @@ def analyse(frame, done, sensors: list, label: str) -> dict:
                        "modelled_seconds_per_rep": res.modelled_seconds_per_rep, "t0": t0, "t1": t1})
     idle = [p for p in phases if p["reps"] == 0 and p["samples"]]
     if not idle:
-        raise RuntimeError("no idle samples recorded: lengthen the idle phase or shorten the interval")
+        raise RecordingError("no idle samples recorded: lengthen the idle phase or shorten the interval")
     base = float(np.mean([p["mean_w"] for p in idle]))
     for p in phases:
         if p["reps"] == 0:
@@ -361,8 +363,8 @@ def measure(board_name: str = "zcu104", sensors_mode: str = "auto", rails: Seque
     board = config().board(board_name)
     found = board_rails() if sensors_mode in ("auto", "board") else {}
     if sensors_mode == "board" and not found:
-        raise RuntimeError("no PYNQ power rails found (pynq.get_rails() is empty): run on a board, "
-                           "or use --sensors emulated")
+        raise RailError("no PYNQ power rails found (pynq.get_rails() is empty): run on a board, "
+                        "or use --sensors emulated")
     emulated = not found
     source = None
     if emulated:

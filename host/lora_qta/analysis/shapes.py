@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
+from ..errors import OptionError
+
 DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 """The standard LoRA targets of diffusion UNets (peft ``target_modules`` suffixes)."""
 
@@ -185,7 +187,7 @@ def _config_of(model: str) -> dict[str, Any]:
         return copy.deepcopy(SDXL_UNET_CONFIG)
     if model == "digits":
         return dict(_digits_unet_config())
-    raise ValueError(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
+    raise OptionError(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
 
 
 def _digits_unet_config() -> dict[str, Any]:
@@ -235,7 +237,8 @@ def trace(model: str = "sd15", resolution: int | None = None,
     spec = MODELS[model]
     res = resolution or spec.resolution
     if res % spec.latent_factor:
-        raise ValueError(f"resolution {res} is not a multiple of the latent factor {spec.latent_factor}")
+        raise OptionError(f"resolution {res} is not a multiple of the latent factor {spec.latent_factor}; "
+                          f"round it to a multiple of {spec.latent_factor}")
     unet = build_meta_unet(model)
     cfg = unet.config
     side = res // spec.latent_factor
@@ -311,7 +314,7 @@ def lora_gemms(layers: Sequence[LoraLayer], rank: int, int8_outputs: str = "feed
     from ..cli import lora_layer_gemms
 
     if int8_outputs not in ("feeds", "all", "none"):
-        raise ValueError(f"int8_outputs must be feeds, all or none, not {int8_outputs!r}")
+        raise OptionError(f"int8_outputs must be feeds, all or none, not {int8_outputs!r}")
     out = []
     for layer in layers:
         for name, m, k, n, ta, tb in lora_layer_gemms(layer.tokens, layer.d_in, layer.d_out, rank):

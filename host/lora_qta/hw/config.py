@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import QtaError
+from ..errors import ConfigError, UnknownBoardError
 
 try:  # Python 3.11+; the PYNQ 3.x board images run Python 3.10, which needs the tomli backport
     import tomllib
@@ -32,10 +32,6 @@ except ModuleNotFoundError:  # pragma: no cover - exercised on Python 3.10 only
 
 CONFIG_PATH = Path(__file__).with_name("hardware.toml")
 DEFAULT_BOARD = "zcu104"
-
-
-class UnknownBoardError(QtaError, ValueError):
-    """A board name that ``hardware.toml`` does not describe."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +117,7 @@ class Config:
         key = (name or DEFAULT_BOARD).lower().replace("-", "_")
         if key not in self.boards:
             raise UnknownBoardError(
-                f"unknown board {name!r}: hardware.toml describes {', '.join(sorted(self.boards))}"
+                f"unknown board {name!r}: use one of {', '.join(sorted(self.boards))} (the boards of hardware.toml)"
             )
         return self.boards[key]
 
@@ -138,7 +134,8 @@ def config() -> Config:
         missing = board_fields - set(table)
         extra = set(table) - board_fields
         if missing or extra:
-            raise ValueError(f"hardware.toml board {name}: missing {sorted(missing)}, unknown {sorted(extra)}")
+            raise ConfigError(f"hardware.toml board {name}: missing {sorted(missing)}, unknown {sorted(extra)}; "
+                              "give every board table the same keys as the others")
         boards[name] = BoardConfig(name=name, **table)
     cfg = Config(
         top=kernel["top"],
@@ -155,7 +152,8 @@ def config() -> Config:
     for b in boards.values():
         for side in (b.array_rows, b.array_cols):
             if side & (side - 1) or side < cfg.schedule.min_subarray:
-                raise ValueError(f"board {b.name}: array sides must be powers of two >= min_subarray")
+                raise ConfigError(f"hardware.toml board {b.name}: array_rows and array_cols must be powers "
+                                  f"of two >= schedule.min_subarray ({cfg.schedule.min_subarray}); fix them")
     return cfg
 
 

@@ -30,6 +30,7 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
+from ..errors import AdapterError
 from ..runtime.accelerator import Accelerator
 from .quant import Quantized, quantize
 
@@ -160,7 +161,8 @@ class QtaLoraLinear(PeftLoraLinear):
             if name not in self.lora_A:
                 continue
             if name in self.lora_variant:
-                raise NotImplementedError("lora-qta accelerates plain LoRA only (no DoRA or other variants)")
+                raise AdapterError("lora-qta accelerates plain LoRA only (no DoRA or other variants): "
+                                   "use a plain LoraConfig, or precision fp32 for the variant")
             dropout = self.lora_dropout[name]
             xd = dropout(x).reshape(-1, x.shape[-1]).contiguous()
             y = QtaLoraFunction.apply(xd, self.lora_A[name].weight, self.lora_B[name].weight,

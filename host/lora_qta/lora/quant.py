@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import DivergedError, InputShapeError, OptionError
+
 QMAX = 127
 EPS = 1e-12
 
@@ -40,21 +42,24 @@ def absmax_scale(x: torch.Tensor, axis: str) -> torch.Tensor:
     elif axis == "col":
         m = a.amax(dim=0, keepdim=True)
     else:
-        raise ValueError(f"unknown quantization axis {axis!r}: use tensor, row or col")
+        raise OptionError(f"unknown quantization axis {axis!r}: use tensor, row or col")
     return torch.clamp(m.float(), min=EPS) / QMAX
 
 
 def quantize(x: torch.Tensor, axis: str = "tensor", generator: torch.Generator | None = None) -> Quantized:
     """Quantize a 2-D float tensor to INT8; stochastic rounding when ``generator`` is given.
 
-    Raises ``FloatingPointError`` on NaN or Inf input (a diverged training step).
+    Raises :class:`~lora_qta.errors.DivergedError` (a ``FloatingPointError``) on NaN or Inf
+    input (a diverged training step).
     """
     if x.dim() != 2:
-        raise ValueError(f"quantize takes 2-D tensors, got shape {tuple(x.shape)}")
+        raise InputShapeError(f"quantize takes 2-D tensors, got shape {tuple(x.shape)}; reshape to "
+                              "(rows, columns) first")
     xf = x.detach().float()
     scale = absmax_scale(xf, axis)
     if not torch.isfinite(scale).all():
-        raise FloatingPointError("NaN or Inf reached the INT8 quantizer")
+        raise DivergedError("NaN or Inf reached the INT8 quantizer: the training diverged; "
+                            "lower the learning rate")
     y = xf / scale  # a new tensor: the in-place steps below never touch x
     if generator is None:
         y.round_()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CsimBuildError
 from ..hw.config import BoardConfig, board_digest, config, header
 
 HLS_DIR = Path(__file__).resolve().parents[3] / "hls"
@@ -30,10 +31,6 @@ CXXFLAGS = ("-std=c++14", "-O2", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-W
             "-Wno-maybe-uninitialized")
 
 
-class CsimBuildError(RuntimeError):
-    """The C-simulation library could not be built (compiler, headers or sources missing)."""
-
-
 def ap_types_dir() -> Path:
     """The folder of ``ap_int.h`` inside the installed ``hls4ml`` package (not imported)."""
     spec = importlib.util.find_spec("hls4ml")
@@ -42,7 +39,7 @@ def ap_types_dir() -> Path:
                              "(pip install --no-deps hls4ml==1.3.0)")
     path = Path(list(spec.submodule_search_locations)[0]) / "templates" / "vivado" / "ap_types"
     if not (path / "ap_int.h").is_file():
-        raise CsimBuildError(f"ap_int.h not found under {path}")
+        raise CsimBuildError(f"ap_int.h not found under {path}; reinstall hls4ml (pip install --no-deps hls4ml)")
     return path
 
 
@@ -84,7 +81,10 @@ def build(board: BoardConfig, out_dir: Path | None = None, testbench: bool = Fal
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tmp_path.unlink(missing_ok=True)
-        raise CsimBuildError(f"compiling the kernel failed:\n{' '.join(cmd)}\n{proc.stderr[-4000:]}")
+        log = out_dir / "build.log"
+        log.write_text(f"{' '.join(cmd)}\n{proc.stderr}")
+        raise CsimBuildError(f"compiling the kernel with {cxx} failed (exit status {proc.returncode}); "
+                             f"the command and the compiler's messages are in {log}")
     tmp_path.replace(target)  # atomic: concurrent builders never see a half-written file
     return target
 
@@ -151,4 +151,4 @@ def run_testbench(board: BoardConfig) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe)], capture_output=True, text=True)
 
 
-__all__ = ["CsimKernel", "CsimBuildError", "build", "load", "run_testbench", "address", "config"]
+__all__ = ["CsimKernel", "build", "load", "run_testbench", "address"]

@@ -17,13 +17,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..errors import LimitError
+from ..errors import PlanError
 from ..hw.config import BoardConfig, config
 from ..hw.call import SCALE_MODES, GemmCall
-
-
-class PlanError(LimitError):
-    """A GEMM the configured accelerator cannot run (size, dataflow or partition)."""
 
 
 def _ceil(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:

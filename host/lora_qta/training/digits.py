@@ -45,6 +45,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..errors import AdapterError, InputShapeError, ModelFolderError, OptionError, PromptError
+
 if TYPE_CHECKING:
     from sklearn.svm import SVC
 
@@ -182,12 +184,12 @@ def load_digits_dataset(
     elif split in ("train", "test"):
         idx = split_indices()[0 if split == "train" else 1]
     else:
-        raise ValueError(f"split must be 'all', 'train' or 'test', not {split!r}")
+        raise OptionError(f"split must be 'all', 'train' or 'test', not {split!r}")
     if classes is not None:
         wanted = [int(c) for c in classes]
         bad = [c for c in wanted if not 0 <= c < NUM_CLASSES]
         if bad:
-            raise ValueError(f"digit classes are 0..9, got {bad}")
+            raise OptionError(f"digit classes are 0..9, got {bad}; pick classes from 0..9")
         idx = idx[np.isin(bunch.target[idx], wanted)]
     images = upsample_digits(bunch.images[idx])
     labels = torch.as_tensor(bunch.target[idx], dtype=torch.int64)
@@ -206,7 +208,7 @@ def tokenize(
 
     Words are lower-cased; the numerals "0".."9" map to "zero".."nine".  An empty prompt is
     all padding.  A word outside ``vocab`` or a prompt longer than ``max_length`` tokens raises
-    ``ValueError`` naming the word or the prompt.
+    :class:`~lora_qta.errors.PromptError` (a ``ValueError``) naming the word or the prompt.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -219,12 +221,13 @@ def tokenize(
             if word.isdigit() and len(word) == 1:
                 word = DIGIT_WORDS[int(word)]
             if word not in index or word == PAD_TOKEN:
-                raise ValueError(
-                    f"unknown word {word!r} in prompt {prompt!r}; the vocabulary is: {' '.join(vocab[1:])}"
+                raise PromptError(
+                    f"unknown word {word!r} in prompt {prompt!r}; use words of the vocabulary: {' '.join(vocab[1:])}"
                 )
             ids.append(index[word])
         if len(ids) > max_length:
-            raise ValueError(f"prompt {prompt!r} has {len(ids)} tokens, more than max_length={max_length}")
+            raise PromptError(f"prompt {prompt!r} has {len(ids)} tokens, more than max_length={max_length}; "
+                              "shorten it")
         rows.append(ids + [pad] * (max_length - len(ids)))
     return torch.tensor(rows, dtype=torch.int64).reshape(len(rows), max_length)
 
@@ -248,7 +251,7 @@ class TokenEncoder(ModelMixin, ConfigMixin):
     ) -> None:
         super().__init__()
         if not vocab or vocab[0] != PAD_TOKEN:
-            raise ValueError(f"the vocabulary must start with the padding token {PAD_TOKEN!r}")
+            raise OptionError(f"the vocabulary must start with the padding token {PAD_TOKEN!r}; put it first")
         self.vocab: tuple[str, ...] = tuple(vocab)
         self.max_length = int(max_length)
         self.token_embedding = torch.nn.Embedding(len(self.vocab), embed_dim)
@@ -267,7 +270,8 @@ class TokenEncoder(ModelMixin, ConfigMixin):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` token ids -> ``(B, L, embed_dim)`` encoder hidden states."""
         if input_ids.ndim != 2 or input_ids.shape[1] > self.max_length:
-            raise ValueError(f"input_ids must be (B, L<={self.max_length}), got {tuple(input_ids.shape)}")
+            raise InputShapeError(f"input_ids must be (B, L<={self.max_length}), got {tuple(input_ids.shape)}; "
+                                 "encode prompts with tokenize()")
         length = input_ids.shape[1]
         hidden = self.token_embedding(input_ids) + self.position_embedding[:length]
         return self.norm(hidden)
@@ -360,7 +364,8 @@ class DigitsPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         prefix = cls.text_encoder_name if prefix is None else prefix
         keys = [k for k in state_dict if k.startswith(f"{prefix}.")]
         if keys:
-            raise ValueError(f"DigitsPipeline takes LoRA weights for the UNet only, got text encoder keys such as {keys[0]!r}")
+            raise AdapterError(f"DigitsPipeline takes LoRA weights for the UNet only, got text encoder keys such as "
+                               f"{keys[0]!r}; save the adapter of the UNet alone")
 
     def fuse_lora(self, components: Sequence[str] = ("unet",), lora_scale: float = 1.0, **kwargs) -> None:
         """diffusers' ``fuse_lora``, on the UNet."""
@@ -439,7 +444,7 @@ def load_shipped_pipeline() -> DigitsPipeline:
     """The committed pretrained pipeline, loaded from :func:`shipped_model_dir` (offline)."""
     folder = shipped_model_dir()
     if not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(f"no pretrained digits model in {folder}; run scripts/pretrain_base.py")
+        raise ModelFolderError(f"no pretrained digits model in {folder}; run scripts/pretrain_base.py")
     return DigitsPipeline.from_pretrained(folder, local_files_only=True)
 
 
@@ -454,9 +459,10 @@ def _features(images: np.ndarray | torch.Tensor) -> np.ndarray:
     if x.ndim == 4 and x.shape[1] == 1:
         x = x[:, 0]
     if x.ndim != 3 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"expected images (N, 16, 16) or (N, 1, 16, 16), got {x.shape}")
+        raise InputShapeError(f"expected images (N, 16, 16) or (N, 1, 16, 16), got {x.shape}; pass the "
+                              "pipeline's output")
     if x.size and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
-        raise ValueError(
+        raise InputShapeError(
             "classify() expects images in [0, 1] (the pipeline's output); "
             "convert model-space [-1, 1] tensors with (x + 1) / 2"
         )

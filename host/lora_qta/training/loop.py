@@ -29,19 +29,11 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..errors import LimitError, QtaError
+from ..errors import CheckpointError, DivergedError, LimitError
 from ..lora.layer import QtaRuntime, accelerated_lora_config, attach_runtime
 from .models import DigitsBundle, ModelBundle, StableDiffusionBundle
 
 CHECKPOINTS = "checkpoints"
-
-
-class CheckpointError(QtaError, RuntimeError):
-    """A checkpoint that cannot be read or does not belong to this run's configuration."""
-
-
-class DivergedError(QtaError, FloatingPointError):
-    """The loss became NaN or Inf."""
 
 
 @dataclass

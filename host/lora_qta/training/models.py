@@ -22,17 +22,9 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from ..errors import QtaError
+from ..errors import InstanceDataError, ModelFolderError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-class ModelFolderError(QtaError, FileNotFoundError):
-    """A missing or corrupt pretrained model folder."""
-
-
-class InstanceDataError(QtaError, ValueError):
-    """An empty, unreadable or ill-formed folder of instance images."""
 
 
 @dataclass
