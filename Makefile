@@ -30,8 +30,8 @@ csim: $(STAMP)   ## build and run the C++ testbench of the kernel for BOARD
 	$(BIN)/lora-qta csim --board $(BOARD)
 
 config: $(STAMP) ## generate build/BOARD/qta_config.h and config.tcl from hardware.toml
-	$(BIN)/python -m lora_qta.hw.config header --board $(BOARD) -o build/$(BOARD)/qta_config.h
-	$(BIN)/python -m lora_qta.hw.config tcl --board $(BOARD) -o build/$(BOARD)/config.tcl
+	$(BIN)/python -m lora_qta.hw.generate header --board $(BOARD) -o build/$(BOARD)/qta_config.h
+	$(BIN)/python -m lora_qta.hw.generate tcl --board $(BOARD) -o build/$(BOARD)/config.tcl
 
 bench: $(STAMP)  ## benchmarks (print figures; not tests): dataflow/energy, emulation throughput and speed
 	$(BIN)/lora-qta bench --out runs/bench

@@ -1,6 +1,6 @@
 """lora-qta: INT8 LoRA training acceleration on PYNQ FPGAs, with a bit-exact emulation.
 
-The top-level names are imported lazily, so ``python -m lora_qta.hwconfig`` runs on a build
+The top-level names are imported lazily, so ``python -m lora_qta.hw.generate`` runs on a build
 machine that has only the standard library.
 """
 

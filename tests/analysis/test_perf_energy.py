@@ -258,7 +258,7 @@ def test_power_script_on_emulated_sensors(tmp_path, capsys):
     assert (tmp_path / "power.png").read_bytes()[:8] == PNG
     assert "energy per GEMM" in text and power.EMULATED_LABEL in text and "modelled" in text
     rep = json.loads((tmp_path / "power.json").read_text())
-    assert rep["emulated"] and rep["idle_w"] == pytest.approx(power.IDLE_WATTS["zcu104"])
+    assert rep["emulated"] and rep["idle_w"] == pytest.approx(ZCU.host.idle_watts)
     loops = [p for p in rep["phases"] if p["reps"]]
     assert loops and all(p["energy_per_gemm_j"] > 0 and p["gops"] > 0 for p in loops)
     assert all(p["modelled_energy_per_gemm_j"] > 0 for p in loops)

@@ -38,9 +38,9 @@ needs_tclsh = pytest.mark.skipif(TCLSH is None, reason="tclsh is not installed")
 
 
 def generator(*args: str) -> str:
-    """Output of ``python -m lora_qta.hw.config ARGS`` run from the checkout."""
+    """Output of ``python -m lora_qta.hw.generate ARGS`` run from the checkout."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "host"))
-    return subprocess.run([sys.executable, "-m", "lora_qta.hw.config", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "lora_qta.hw.generate", *args], env=env,
                           check=True, capture_output=True, text=True).stdout
 
 

@@ -3,7 +3,8 @@
 import re
 from pathlib import Path
 
-from lora_qta.hw import config as hwconfig
+from lora_qta.hw.config import config
+from lora_qta.hw.generate import register_table
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -11,7 +12,7 @@ README = (ROOT / "README.md").read_text()
 
 def test_readme_register_map_is_the_generated_one():
     block = re.search(r"<!-- regmap:begin -->\n(.*?)<!-- regmap:end -->", README, re.S).group(1)
-    assert block == hwconfig.register_table(), "README register map is stale: regenerate with lora-qta config regmap"
+    assert block == register_table(), "README register map is stale: regenerate with lora-qta config regmap"
 
 
 def test_readme_commands_are_make_targets_and_ci_runs_the_test_command():
@@ -25,5 +26,5 @@ def test_readme_commands_are_make_targets_and_ci_runs_the_test_command():
 
 
 def test_readme_names_every_board_of_the_configuration():
-    for b in hwconfig.config().boards.values():
+    for b in config().boards.values():
         assert b.part.split("-")[0][:7].upper()[:6] in README.upper() or b.name.upper() in README.upper()

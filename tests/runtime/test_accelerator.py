@@ -55,12 +55,12 @@ def test_cache_semantics_flush_and_invalidate():
     a[:] = 1
     b[:] = 2
     call = plan(dev.board, GemmCall(4, 4, 4, 4, 4, 4, 1, 1, 1)).call
-    ip.run(a.device_address, b.device_address, c.device_address, 0, call)
+    ip.run({"a": a.device_address, "b": b.device_address, "c": c.device_address, "scales": 0}, call)
     c.invalidate()
     assert (c == 0).all(), "without flush the kernel must see the zeros in DDR"
     a.flush()
     b.flush()
-    ip.run(a.device_address, b.device_address, c.device_address, 0, call)
+    ip.run({"a": a.device_address, "b": b.device_address, "c": c.device_address, "scales": 0}, call)
     assert (c == 0).all(), "without invalidate the host must still see its stale view"
     c.invalidate()
     assert (c == 8).all()
@@ -222,9 +222,9 @@ def test_timeout_and_busy():
     c = pynq.allocate((16,), np.int32, target=dev)
     call = plan(dev.board, GemmCall(4, 4, 4, 4, 4, 4, 1, 1, 1)).call
     with pytest.raises(DeviceTimeoutError, match="did not raise ap_done within 0.2 s"):
-        ip.run(a.device_address, a.device_address, c.device_address, 0, call, timeout=0.2)
+        ip.run({"a": a.device_address, "b": a.device_address, "c": c.device_address, "scales": 0}, call, timeout=0.2)
     with pytest.raises(DeviceBusyError):
-        ip.start(a.device_address, a.device_address, c.device_address, 0, call)
+        ip.start({"a": a.device_address, "b": a.device_address, "c": c.device_address, "scales": 0}, call)
     with pytest.raises(DeviceBusyError, match="while the kernel is running"):
         dev.write_registers(dev.base, (1).to_bytes(4, "little"))
 
@@ -237,13 +237,13 @@ def test_dma_outside_unaligned_and_overlapping():
     small = plan(dev.board, GemmCall(4, 4, 4, 4, 4, 4, 1, 1, 1)).call
     big = plan(dev.board, GemmCall(40, 40, 40, 40, 40, 40, 1, 1, 1)).call
     with pytest.raises(DMAError, match="operand a: .* past the end"):
-        ip.run(a.device_address, a.device_address, c.device_address, 0, big)
+        ip.run({"a": a.device_address, "b": a.device_address, "c": c.device_address, "scales": 0}, big)
     with pytest.raises(DMAError, match="not inside any allocated buffer"):
-        ip.run(0x1234_0000, a.device_address, c.device_address, 0, small)
+        ip.run({"a": 0x1234_0000, "b": a.device_address, "c": c.device_address, "scales": 0}, small)
     with pytest.raises(DMAError, match="not aligned"):
-        ip.run(a.device_address + 3, a.device_address, c.device_address, 0, small)
+        ip.run({"a": a.device_address + 3, "b": a.device_address, "c": c.device_address, "scales": 0}, small)
     with pytest.raises(DMAError, match="overlaps operand a"):
-        ip.run(a.device_address, a.device_address, a.device_address, 0, small)
+        ip.run({"a": a.device_address, "b": a.device_address, "c": a.device_address, "scales": 0}, small)
 
 
 def test_asynchronous_device_runs_in_the_background():
@@ -254,6 +254,6 @@ def test_asynchronous_device_runs_in_the_background():
     a[:] = 1
     a.flush()
     call = plan(dev.board, GemmCall(256, 256, 256, 256, 256, 256, 1, 1, 1)).call
-    info = ip.run(a.device_address, a.device_address, c.device_address, 0, call)
+    info = ip.run({"a": a.device_address, "b": a.device_address, "c": c.device_address, "scales": 0}, call)
     c.invalidate()
     assert (c == 256).all() and info.cycles == plan(dev.board, call).report.cycles

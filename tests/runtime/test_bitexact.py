@@ -74,9 +74,9 @@ def make_memory(call: GemmCall, extreme: str, seed: int):
 
 def run_csim(board, call, a, b, c, scales):
     c = c.copy()
-    status, cycles = csim.load(board).run(csim.address(a), csim.address(b), csim.address(c),
-                                          csim.address(scales), call.scalar_registers())
-    return c, status, cycles
+    pointers = {"a": csim.address(a), "b": csim.address(b), "c": csim.address(c), "scales": csim.address(scales)}
+    out = csim.load(board).run(pointers, call.scalar_registers())
+    return c, out["status"], out["cycles"]
 
 
 def run_fast(board, call, a, b, c, scales):

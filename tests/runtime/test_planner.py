@@ -35,9 +35,9 @@ def test_planned_cycles_equal_the_csim_counter_on_lora_shapes(board, rank):
             a = rng.integers(-128, 128, (ra, ca), dtype=np.int8)
             bb = rng.integers(-128, 128, (rb, cb), dtype=np.int8)
             c = np.zeros((m, n), np.int32)
-            status, cycles = kernel.run(csim.address(a), csim.address(bb), csim.address(c), 0,
-                                        p.call.scalar_registers())
-            assert status == 0 and cycles == p.report.cycles, (p.call, cycles, p.report.cycles)
+            out = kernel.run({"a": csim.address(a), "b": csim.address(bb), "c": csim.address(c)},
+                             p.call.scalar_registers())
+            assert out == {"status": 0, "cycles": p.report.cycles}, (p.call, out, p.report.cycles)
 
 
 @given(st.integers(1, 3000), st.integers(1, 3000), st.integers(1, 3000), st.booleans(), st.booleans(),

@@ -51,15 +51,6 @@ PAPER_SPEEDUP = 1.81
 UTILIZATION_GOAL = 0.90
 MODELLED = "modelled (cycle model = C-simulated kernel counter)"
 
-# Stated processor assumptions for the training-step view (not measured): FP32 GEMM throughput
-# of the board's ARM cores (cores x clock x NEON FP32 FLOP/cycle x an attained fraction of 30%)
-# and how much slower than this machine's x86 core its element-wise numpy passes are.
-PROCESSORS = {
-    "zcu104": {"cpu": "4x Cortex-A53 @ 1.2 GHz", "gflops": 4 * 1.2 * 8 * 0.30, "elementwise_slowdown": 8.0},
-    "kv260": {"cpu": "4x Cortex-A53 @ 1.333 GHz", "gflops": 4 * 1.333 * 8 * 0.30, "elementwise_slowdown": 8.0},
-    "pynq_z2": {"cpu": "2x Cortex-A9 @ 650 MHz", "gflops": 2 * 0.65 * 4 * 0.30, "elementwise_slowdown": 16.0},
-}
-
 
 # ----------------------------------------------------------------------------- one GEMM
 
@@ -210,6 +201,7 @@ def csim_check(boards: Sequence[str], models: Sequence[str], ranks: Sequence[int
     from ..runtime.planner import plan
 
     rng = np.random.default_rng(0)
+    bad_args = 1 << config().status["bad_args"]
     checked, mismatches, seen = 0, [], set()
     t0 = time.perf_counter()
     for bname in boards:
@@ -233,12 +225,12 @@ def csim_check(boards: Sequence[str], models: Sequence[str], ranks: Sequence[int
                             a = rng.integers(-128, 128, p.call.stored_shape_a(), dtype=np.int8)
                             b = rng.integers(-128, 128, p.call.stored_shape_b(), dtype=np.int8)
                             c = np.zeros((g.m, g.n), np.int8 if g.out_int8 else np.int32)
-                            status, cycles = kernel.run(csim.address(a), csim.address(b), csim.address(c), 0,
-                                                        p.call.scalar_registers())
+                            pointers = {"a": csim.address(a), "b": csim.address(b), "c": csim.address(c)}
+                            out = kernel.run(pointers, p.call.scalar_registers())
                             checked += 1
-                            if status & 2 or cycles != p.report.cycles:
-                                mismatches.append({"board": bname, "call": repr(p.call), "status": status,
-                                                   "csim": cycles, "model": p.report.cycles})
+                            if out["status"] & bad_args or out["cycles"] != p.report.cycles:
+                                mismatches.append({"board": bname, "call": repr(p.call), "status": out["status"],
+                                                   "csim": out["cycles"], "model": p.report.cycles})
     return {"checked": checked, "mismatches": mismatches, "seconds": time.perf_counter() - t0,
             "label": "C-simulated kernel counter vs cycle model (both modelled; run on this machine)"}
 
@@ -300,7 +292,7 @@ def quantized_elements(layers, rank: int) -> tuple[int, int]:
 
 
 def step_view(boards: Sequence[str], ranks: Sequence[int] = (4, 16), model: str = "sd15",
-              cpu: dict | None = None, processors: dict | None = None) -> dict:
+              cpu: dict | None = None) -> dict:
     """One fine-tuning step of ``model`` (shapes only, batch 1): accelerator time of the LoRA
     GEMMs, host quantization time, the frozen base model's compute on the processor, and the
     Amdahl speedup of the whole step over running the LoRA GEMMs on the processor in FP32.
@@ -310,7 +302,8 @@ def step_view(boards: Sequence[str], ranks: Sequence[int] = (4, 16), model: str 
     weights): the conv/linear MACs once more and the attention matmuls twice (both operands are
     activations), for every layer (an upper bound: layers before the first LoRA layer need
     none). FLOPs = 2 x MACs. The processor runs them and the FP32 LoRA GEMMs at its stated
-    attained throughput (the same for narrow LoRA GEMMs: favourable to the processor). Per
+    attained throughput (the same for narrow LoRA GEMMs: favourable to the processor; the
+    stated assumptions per board are the ``host`` tables of ``hardware.toml``). Per
     LoRA layer the host quantizes X (once per distinct input), G, A, B (FP32 -> INT8) and
     dequantizes Y, dX, dA, dB (INT32 -> FP32) (:func:`quantized_elements`); H and dH stay INT8
     on the device. Nothing overlaps (serial step).
@@ -318,7 +311,8 @@ def step_view(boards: Sequence[str], ranks: Sequence[int] = (4, 16), model: str 
     from . import shapes
 
     cpu = cpu or measure_cpu()
-    procs = processors or PROCESSORS
+    procs = {name: {"cpu": b.host.cpu, "gflops": b.host.gflops, "elementwise_slowdown": b.host.elementwise_slowdown}
+             for name, b in config().boards.items()}
     base = shapes.base_macs(model)
     bwd = base["conv"] + base["linear"] + 2 * base["attention"]
     base_flops = 2 * (base["total"] + bwd)

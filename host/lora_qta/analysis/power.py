@@ -11,7 +11,7 @@ On a PC (no rails) the very same code path runs against **emulated sensors**: a
 ``get_rails()``-compatible dict of ``pynq.pmbus.Rail`` objects whose ``voltage``, ``current``
 and ``power`` are duck-typed sensors (``name``, ``parents``, ``get_value()``, ``value``, as
 ``pynq.pmbus.MultiSensor`` reads them). Their power is an idle draw (a stated assumption per
-board, :data:`IDLE_WATTS`) plus, while a phase runs, the energy model's dynamic power: the
+board, ``idle_watts`` of its ``host`` table in ``hardware.toml``) plus, while a phase runs, the energy model's dynamic power: the
 modelled energy of the phase's GEMMs (:mod:`lora_qta.energy`, Horowitz 45 nm) divided by their
 modelled time at the board clock (cycles from the emulated accelerator's kernel counter). The
 emulated workload plays the modelled schedule back in real time (it holds each phase for the
@@ -42,12 +42,6 @@ from ..hw.config import BoardConfig, config
 EMULATED_LABEL = "emulated sensors: power from the energy model (modelled)"
 BOARD_LABEL = "measured on a board (PYNQ rail sensors)"
 
-IDLE_WATTS = {"zcu104": 12.0, "kv260": 4.0, "pynq_z2": 2.0}
-"""Assumed idle draw of each board's input rail for the emulated sensors, in W (not measured
-here: order-of-magnitude assumptions for a board running the PYNQ image, its fan and DDR; the
-idle phase of a real run replaces them, and the per-GEMM energies subtract the baseline)."""
-INPUT_RAIL = {"zcu104": ("12V", 12.0), "kv260": ("12V", 12.0), "pynq_z2": ("VIN", 5.0)}
-"""(name, volts) of the emulated input rail."""
 INPUT_RAIL_NAMES = ("12V", "12v", "VIN", "VCC12", "12V_IN", "PS_12V", "VCC_12V")
 """Rail names taken as a board's whole input when ``--rails`` is not given."""
 
@@ -100,7 +94,7 @@ def emulated_rails(board: BoardConfig, source: PowerSource) -> dict:
     ``source`` (power in W, fixed voltage, current = power / voltage)."""
     from pynq.pmbus import Rail
 
-    name, volts = INPUT_RAIL[board.name]
+    name, volts = board.host.input_rail, board.host.input_volts
     rail = Rail(name)
     rail.voltage = EmulatedSensor(f"{name}_voltage", "V", lambda: volts)
     rail.current = EmulatedSensor(f"{name}_current", "A", lambda: source.watts / volts)
@@ -368,7 +362,7 @@ def measure(board_name: str = "zcu104", sensors_mode: str = "auto", rails: Seque
     emulated = not found
     source = None
     if emulated:
-        source = PowerSource(IDLE_WATTS[board.name] if idle_watts is None else idle_watts)
+        source = PowerSource(board.host.idle_watts if idle_watts is None else idle_watts)
         found = emulated_rails(board, source)
         backend = backend or "emulation"
     else:
@@ -409,7 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--features", type=int, default=320, help="in = out features of the GEMM-loop layer")
     p.add_argument("--rank", type=int, default=8, help="LoRA rank of both workloads")
     p.add_argument("--idle-watts", type=float, default=None,
-                   help=f"idle draw of the emulated board in W (default, assumed: {IDLE_WATTS})")
+                   help="idle draw of the emulated board in W (default: the board's assumed idle_watts "
+                        "in hardware.toml)")
     p.add_argument("--backend", default=None, help="accelerator backend (default: board on a board, else emulation)")
     p.add_argument("--out", type=Path, default=Path("runs/power"), help="output folder (default runs/power)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..hw import config as hwconfig
+from ..hw import generate
+from ..hw.resources import estimate_resources
 from ..hw.config import DEFAULT_BOARD, config
 
 
@@ -45,12 +46,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     for k, v in info.items():
         print(f"{k:20s} {v}")
-    est = hwconfig.estimate_resources(acc.board.name)
+    est = estimate_resources(acc.board.name)
     print("resource estimate    " + ", ".join(
         f"{k} {v}" + (f" ({est[k + '_pct']:.0f}%)" if k + "_pct" in est else "")
         for k, v in est.items() if not k.endswith("_pct")) + "  (first-order estimate, not synthesized)")
     print("\nregister map (from hardware.toml)\n")
-    print(hwconfig.register_table())
+    print(generate.register_table())
     return 0
 
 
@@ -152,7 +153,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     argv = [args.what, "--board", args.board or DEFAULT_BOARD]
     if args.output:
         argv += ["-o", args.output]
-    return hwconfig.main(argv)
+    return generate.main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:

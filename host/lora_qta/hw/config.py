@@ -1,23 +1,17 @@
-"""The hardware configuration: one TOML file (``hardware.toml``) read here.
+"""The hardware configuration: ``hardware.toml`` read into typed, validated objects.
 
-Every build of the accelerator is described once in ``hardware.toml``. This module
-reads it into :class:`BoardConfig` and generates from it what other parts need:
-
-* ``header(board)``: the C++ header the HLS kernel includes (``qta_config.h``);
-* ``tcl(board)``: the Tcl variables of the Vitis HLS and Vivado flows;
-* ``register_table()``: the AXI-lite register map as a markdown table (README);
-* ``estimate_resources(board)``: a documented resource *estimate* per board.
-
-It depends on the standard library only, so build machines can run
-``python3 -m lora_qta.hwconfig header --board zcu104`` without the rest of the package.
+:func:`config` reads the file once into a :class:`Config`: the kernel's identity, its
+arguments in signature order (:class:`KernelArg`, with their s_axilite offsets), the control
+registers and the bits of ``ctrl``, the ``flags`` and ``status`` bits, the constants of the
+cycle model, and one :class:`BoardConfig` per board with its :class:`HostFacts` (what the
+analysis assumes of the board's processor and power). :func:`board_digest` hashes what makes
+a bitstream. Standard library only.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
-import sys
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +27,58 @@ except ModuleNotFoundError:  # pragma: no cover - exercised on Python 3.10 only
 CONFIG_PATH = Path(__file__).with_name("hardware.toml")
 DEFAULT_BOARD = "zcu104"
 
+ARG_WORDS = {"pointer": 3, "scalar": 2, "out32": 2, "out64": 3}
+"""32-bit s_axilite words per argument kind (Vitis HLS layout: a 64-bit address or output takes
+two data words and a reserved or ap_vld word, a 32-bit one a data word and one more)."""
+ARG_TYPES = {"scalar": ("uint32_t", "int32_t"), "out32": ("uint32_t", "int32_t"),
+             "out64": ("uint64_t", "int64_t")}
+"""The C types each value kind may have (a pointer's ``type`` is its element type)."""
+FIRST_ARG_OFFSET = 0x10
+"""Vitis HLS puts the first argument after the four control registers."""
+
+
+@dataclass(frozen=True)
+class KernelArg:
+    """One argument of the kernel's top function, as ``hardware.toml`` lists it."""
+
+    name: str
+    kind: str        # pointer, scalar, out32 or out64 (see ARG_WORDS)
+    type: str        # C type; for a pointer the element type
+    offset: int      # s_axilite offset of its first word
+    doc: str         # the register map's text
+    bundle: str = ""  # m_axi bundle (pointers)
+    depth: int = 0    # m_axi depth for co-simulation (pointers)
+
+    @property
+    def is_input(self) -> bool:
+        """Written by the host before ``ap_start`` (pointers and scalars)."""
+        return self.kind in ("pointer", "scalar")
+
+    @property
+    def wide(self) -> bool:
+        """Whether the value takes two data words (``name_1``, ``name_2`` in a ``.hwh``)."""
+        return self.kind in ("pointer", "out64")
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of the value in its data words."""
+        return 8 if self.wide else 4
+
+    @property
+    def valid_offset(self) -> int | None:
+        """Offset of an output's ap_vld word (bit 0: the value is valid), else None."""
+        return {"out32": self.offset + 4, "out64": self.offset + 8}.get(self.kind)
+
+    @property
+    def hwh_name(self) -> str:
+        """How an overlay's register map (from the ``.hwh``) names the first data word."""
+        return f"{self.name}_1" if self.wide else self.name
+
+    @property
+    def c_param(self) -> str:
+        """The parameter in the C prototype."""
+        return f"{self.type} {self.name}" if self.kind == "scalar" else f"{self.type} *{self.name}"
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -43,6 +89,33 @@ class Schedule:
     pipeline_depth: int
     ddr_latency: int
     min_subarray: int
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the analysis assumes of a board's processor and power (stated assumptions, not
+    measurements; not part of a bitstream)."""
+
+    core: str                    # ARM core, e.g. Cortex-A53
+    cores: int
+    clock_mhz: int
+    fp32_flops_per_cycle: int    # NEON FP32 FLOP per cycle and core
+    attained_fraction: float     # of the peak FP32 throughput, for GEMMs
+    elementwise_slowdown: float  # element-wise numpy passes, against this machine's x86 core
+    idle_watts: float            # idle draw of the board's input rail
+    input_rail: str              # name of the rail that feeds the whole board
+    input_volts: float
+
+    @property
+    def cpu(self) -> str:
+        """E.g. ``4x Cortex-A53 @ 1.2 GHz``."""
+        clock = f"{self.clock_mhz / 1000:g} GHz" if self.clock_mhz >= 1000 else f"{self.clock_mhz} MHz"
+        return f"{self.cores}x {self.core} @ {clock}"
+
+    @property
+    def gflops(self) -> float:
+        """Attained FP32 GEMM throughput (GFLOP/s): cores x clock x FLOP/cycle x fraction."""
+        return self.cores * (self.clock_mhz / 1000) * self.fp32_flops_per_cycle * self.attained_fraction
 
 
 @dataclass(frozen=True)
@@ -71,6 +144,7 @@ class BoardConfig:
     bram36_total: int
     uram_total: int
     lut_total: int
+    host: HostFacts
 
     @property
     def pes(self) -> int:
@@ -99,18 +173,37 @@ class BoardConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The whole ``hardware.toml``: kernel identity, schedule constants, registers, boards."""
+    """The whole ``hardware.toml``: kernel identity and arguments, registers, bits, schedule
+    constants, boards."""
 
     top: str
     vlnv: str
     address_range: int
     config_version: int
+    args: tuple[KernelArg, ...]
     schedule: Schedule
-    registers: dict[str, int]
+    registers: dict[str, int]       # every register word the map names -> offset
+    register_docs: dict[str, str]
+    ctrl_bits: dict[str, int]
     flags: dict[str, int]
+    flag_docs: dict[str, str]
     status: dict[str, int]
     boards: dict[str, BoardConfig]
     digest: str
+
+    @property
+    def inputs(self) -> tuple[KernelArg, ...]:
+        """The arguments the host writes, in signature order."""
+        return tuple(a for a in self.args if a.is_input)
+
+    @property
+    def outputs(self) -> tuple[KernelArg, ...]:
+        """The arguments the kernel writes, in signature order."""
+        return tuple(a for a in self.args if not a.is_input)
+
+    def ctrl_mask(self, bit: str) -> int:
+        """The mask of one bit of ``ctrl`` (``ap_start``, ``ap_done``, ``ap_idle``, ``ap_ready``)."""
+        return 1 << self.ctrl_bits[bit]
 
     def board(self, name: str | None = None) -> BoardConfig:
         """The configuration of ``name`` (default: ZCU104); a clear error for unknown boards."""
@@ -122,29 +215,75 @@ class Config:
         return self.boards[key]
 
 
+def _table(raw: dict[str, Any], cls: type, where: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The keys of ``raw`` checked against the fields of ``cls`` (ConfigError names the difference)."""
+    want = {f.name for f in fields(cls)} - set(exclude)
+    missing, extra = want - set(raw), set(raw) - want
+    if missing or extra:
+        raise ConfigError(f"hardware.toml {where}: missing {sorted(missing)}, unknown {sorted(extra)}; "
+                          f"give it exactly the keys {sorted(want)}")
+    return raw
+
+
+def _args(raw: list[dict[str, Any]]) -> tuple[KernelArg, ...]:
+    """The kernel's arguments, checked against the Vitis HLS s_axilite layout."""
+    args, offset = [], FIRST_ARG_OFFSET
+    for entry in raw:
+        arg = KernelArg(**entry)
+        if arg.kind not in ARG_WORDS:
+            raise ConfigError(f"hardware.toml argument {arg.name}: kind {arg.kind!r} is not one of "
+                              f"{', '.join(ARG_WORDS)}")
+        if arg.kind in ARG_TYPES and arg.type not in ARG_TYPES[arg.kind]:
+            raise ConfigError(f"hardware.toml argument {arg.name}: a {arg.kind} is "
+                              f"{' or '.join(ARG_TYPES[arg.kind])}, not {arg.type!r}")
+        if arg.kind == "pointer" and not (arg.bundle and arg.depth):
+            raise ConfigError(f"hardware.toml argument {arg.name}: a pointer needs its m_axi bundle and depth")
+        if arg.offset != offset:
+            raise ConfigError(f"hardware.toml argument {arg.name} is at 0x{arg.offset:02X}, but Vitis HLS "
+                              f"lays it out at 0x{offset:02X} after the arguments before it; fix its offset")
+        args.append(arg)
+        offset += 4 * ARG_WORDS[arg.kind]
+    return tuple(args)
+
+
+def _register_map(control: dict[str, dict], args: tuple[KernelArg, ...]) -> tuple[dict, dict]:
+    """(name -> offset, name -> doc) of every named register word: the control registers, each
+    argument's first word and each output's ap_vld word (``<name>_ctrl``)."""
+    offsets = {name: entry["offset"] for name, entry in control.items()}
+    docs = {name: entry["doc"] for name, entry in control.items()}
+    for a in args:
+        offsets[a.name], docs[a.name] = a.offset, a.doc
+        if a.valid_offset is not None:
+            offsets[f"{a.name}_ctrl"], docs[f"{a.name}_ctrl"] = a.valid_offset, f"out: bit0 {a.name} valid"
+    return offsets, docs
+
+
 @lru_cache(maxsize=1)
 def config() -> Config:
     """Read and validate ``hardware.toml`` once."""
     raw_bytes = CONFIG_PATH.read_bytes()
     raw: dict[str, Any] = tomllib.loads(raw_bytes.decode())
     kernel = raw["kernel"]
-    board_fields = {f.name for f in fields(BoardConfig)} - {"name"}
     boards = {}
     for name, table in raw["boards"].items():
-        missing = board_fields - set(table)
-        extra = set(table) - board_fields
-        if missing or extra:
-            raise ConfigError(f"hardware.toml board {name}: missing {sorted(missing)}, unknown {sorted(extra)}; "
-                              "give every board table the same keys as the others")
-        boards[name] = BoardConfig(name=name, **table)
+        host = HostFacts(**_table(table.get("host", {}), HostFacts, f"board {name} host"))
+        hw = _table({k: v for k, v in table.items() if k != "host"}, BoardConfig, f"board {name}",
+                    exclude=("name", "host"))
+        boards[name] = BoardConfig(name=name, host=host, **hw)
+    args = _args(kernel["args"])
+    registers, register_docs = _register_map(raw["control"], args)
     cfg = Config(
         top=kernel["top"],
         vlnv=kernel["vlnv"],
         address_range=kernel["address_range"],
         config_version=kernel["config_version"],
+        args=args,
         schedule=Schedule(**raw["schedule"]),
-        registers=dict(raw["registers"]),
-        flags=dict(raw["flags"]),
+        registers=registers,
+        register_docs=register_docs,
+        ctrl_bits=dict(raw["ctrl_bits"]),
+        flags={name: entry["bit"] for name, entry in raw["flags"].items()},
+        flag_docs={name: entry["doc"] for name, entry in raw["flags"].items()},
         status=dict(raw["status"]),
         boards=boards,
         digest=hashlib.sha256(raw_bytes).hexdigest()[:16],
@@ -158,179 +297,12 @@ def config() -> Config:
 
 
 def board_digest(board: BoardConfig) -> str:
-    """A hash of everything that makes a bitstream of ``board``: the board table, registers, flags."""
+    """A hash of everything that makes a bitstream of ``board``: the board's hardware table
+    (not its host facts), the kernel's arguments, registers, bits and schedule."""
     cfg = config()
-    text = repr((board, cfg.top, cfg.vlnv, cfg.config_version, sorted(cfg.registers.items()),
-                 sorted(cfg.flags.items()), sorted(cfg.status.items()), cfg.schedule))
+    hardware = tuple((f.name, getattr(board, f.name)) for f in fields(board) if f.name != "host")
+    args = tuple((a.name, a.kind, a.type, a.offset, a.bundle, a.depth) for a in cfg.args)
+    text = repr((hardware, cfg.top, cfg.vlnv, cfg.config_version, args, sorted(cfg.registers.items()),
+                 sorted(cfg.ctrl_bits.items()), sorted(cfg.flags.items()), sorted(cfg.status.items()),
+                 cfg.schedule))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------- generators
-
-def header(board_name: str | None = None) -> str:
-    """The C++ header ``qta_config.h`` for one board: sizes, limits, register offsets."""
-    cfg = config()
-    b = cfg.board(board_name)
-    s = cfg.schedule
-    lines = [
-        "// Generated from host/lora_qta/hardware.toml by `lora-qta config header`. Do not edit.",
-        f"// board {b.name}: {b.description}",
-        "#ifndef QTA_CONFIG_H",
-        "#define QTA_CONFIG_H",
-        f'#define QTA_BOARD "{b.name}"',
-        f'#define QTA_CONFIG_DIGEST "{board_digest(b)}"',
-        f"#define QTA_ROWS {b.array_rows}",
-        f"#define QTA_COLS {b.array_cols}",
-        f"#define QTA_AXI_BYTES {b.axi_bytes}",
-        f"#define QTA_AXI_BITS {b.axi_data_width}",
-        f"#define QTA_EPI_LANES {b.epilogue_lanes}",
-        f"#define QTA_ACC_IMPL {'uram' if b.uram_total else 'bram'}",
-        f"#define QTA_TILE_M_MAX {b.tile_m_max}",
-        f"#define QTA_TILE_N_MAX {b.tile_n_max}",
-        f"#define QTA_TILE_K_MAX {b.tile_k_max}",
-        f"#define QTA_MAX_M {b.max_m}",
-        f"#define QTA_MAX_N {b.max_n}",
-        f"#define QTA_MAX_K {b.max_k}",
-        f"#define QTA_SPLIT_MIN ({min(b.splits)})",
-        f"#define QTA_SPLIT_MAX ({max(b.splits)})",
-        f"#define QTA_MIN_SUB {s.min_subarray}",
-        f"#define QTA_CALL_OVERHEAD {s.call_overhead}",
-        f"#define QTA_STEP_OVERHEAD {s.step_overhead}",
-        f"#define QTA_PIPELINE_DEPTH {s.pipeline_depth}",
-        f"#define QTA_DDR_LATENCY {s.ddr_latency}",
-    ]
-    for name, bit in cfg.flags.items():
-        lines.append(f"#define QTA_FLAG_{name.upper()} {bit}")
-    for name, bit in cfg.status.items():
-        lines.append(f"#define QTA_STATUS_{name.upper()} {bit}")
-    for name, off in cfg.registers.items():
-        lines.append(f"#define QTA_REG_{name.upper()} 0x{off:02X}")
-    # Pinned s_axilite offsets, as pragmas usable inside the kernel body.
-    args = ["a", "b", "c", "scales", "m", "n", "k", "lda", "ldb", "ldc", "tile_m", "tile_n",
-            "tile_k", "flags", "mult", "shift", "seed", "status", "cycles"]
-    pragmas = [f'_Pragma("HLS INTERFACE mode=s_axilite port={a} offset=0x{cfg.registers[a]:02X} bundle=control")'
-               for a in args]
-    lines.append("#define QTA_AXILITE_PRAGMAS \\")
-    lines.extend(f"    {p} \\" for p in pragmas)
-    lines.append('    _Pragma("HLS INTERFACE mode=s_axilite port=return bundle=control")')
-    lines.append("#endif")
-    return "\n".join(lines) + "\n"
-
-
-def tcl(board_name: str | None = None) -> str:
-    """Tcl ``set`` lines for the Vitis HLS and Vivado flows of one board."""
-    cfg = config()
-    b = cfg.board(board_name)
-    values = {
-        "QTA_BOARD": b.name,
-        "QTA_FAMILY": b.family,
-        "QTA_PART": b.part,
-        "QTA_BOARD_PART": b.board_part,
-        "QTA_CLOCK_MHZ": b.clock_mhz,
-        "QTA_CLOCK_PERIOD_NS": f"{1000.0 / b.clock_mhz:.3f}",
-        "QTA_TOP": cfg.top,
-        "QTA_VLNV": cfg.vlnv,
-        "QTA_AXI_DATA_WIDTH": b.axi_data_width,
-        "QTA_KERNEL_BASE_ADDRESS": f"0x{b.kernel_base_address:08X}",
-        "QTA_ADDRESS_RANGE": cfg.address_range,
-        "QTA_BITSTREAM_NAME": f"qta_{b.name}",
-        "QTA_CONFIG_DIGEST": board_digest(b),
-    }
-    out = ["# Generated from host/lora_qta/hardware.toml by `lora-qta config tcl`. Do not edit."]
-    out += [f"set {k} {{{v}}}" for k, v in values.items()]
-    return "\n".join(out) + "\n"
-
-
-_REG_DOC = {
-    "ctrl": "bit0 ap_start, bit1 ap_done (clear on read), bit2 ap_idle, bit3 ap_ready",
-    "gie": "global interrupt enable", "ier": "interrupt enable (bit0 done)", "isr": "interrupt status",
-    "a": "address of A (64-bit, INT8)", "b": "address of B (64-bit, INT8)",
-    "c": "address of C (64-bit, INT32 or INT8)", "scales": "address of per-row/column (mult, shift) pairs",
-    "m": "rows of op(A) and C", "n": "columns of op(B) and C", "k": "inner dimension",
-    "lda": "leading dimension of A as stored", "ldb": "leading dimension of B as stored",
-    "ldc": "leading dimension of C", "tile_m": "block rows (planner)", "tile_n": "block columns (planner)",
-    "tile_k": "K chunk (planner)", "flags": "mode bits (table below)", "mult": "per-tensor requant multiplier",
-    "shift": "per-tensor requant right shift", "seed": "stochastic rounding seed",
-    "status": "out: bit0 saturated, bit1 bad arguments", "status_ctrl": "out: bit0 status valid",
-    "cycles": "out: cycle counter (64-bit, low word first)", "cycles_ctrl": "out: bit0 cycles valid",
-}
-
-
-_FLAG_DOC = {
-    "trans_a": "op(A) = A^T", "trans_b": "op(B) = B^T", "dataflow": "0 weight-stationary, 1 output-stationary",
-    "split_lsb": "4-bit signed partition exponent s (bits 4..7)", "out_int8": "1: requantized INT8 output",
-    "accumulate": "1: add the existing C", "scale_mode_lsb": "0 per tensor, 1 per row, 2 per column (bits 10..11)",
-    "stochastic": "1: stochastic rounding, 0: nearest even",
-}
-
-
-def register_table() -> str:
-    """The register map as a markdown table (what the README shows)."""
-    cfg = config()
-    rows = ["| offset | register | meaning |", "|---|---|---|"]
-    for name, off in sorted(cfg.registers.items(), key=lambda kv: kv[1]):
-        rows.append(f"| 0x{off:02X} | `{name}` | {_REG_DOC.get(name, '')} |")
-    rows += ["", "| flags bit | field | meaning |", "|---|---|---|"]
-    for name, bit in cfg.flags.items():
-        rows.append(f"| {bit} | `{name}` | {_FLAG_DOC.get(name, '')} |")
-    return "\n".join(rows) + "\n"
-
-
-def estimate_resources(board_name: str | None = None) -> dict[str, float]:
-    """A first-order resource estimate of one build (not a synthesis result).
-
-    DSP: PEs / macs_per_dsp for the array, plus 12 DSP per epilogue lane (a 32x32 multiply of
-    the requantizer, 4 DSP48, and the two 32x32 multiplies of the rounding hash, 8 DSP48).
-    Memory: A and B buffers (INT8, ping-pong) and the INT32 accumulator (ping-pong) in
-    BRAM36 (4.5 KiB usable each) or, where the board has it, the accumulator in URAM
-    (36 KiB each). LUTs: ~40 per PE for operand muxes and partition routing, plus ~300 per lane.
-    """
-    b = config().board(board_name)
-    dsp = math.ceil(b.pes / b.macs_per_dsp) + 12 * b.epilogue_lanes
-    ab_bytes = 2 * (b.tile_m_max * b.tile_k_max + b.tile_k_max * b.tile_n_max)
-    acc_bytes = 2 * b.tile_m_max * b.tile_n_max * 4
-    bram = math.ceil(ab_bytes / 4608)
-    uram = 0
-    if b.uram_total:
-        uram = math.ceil(acc_bytes / 36864)
-    else:
-        bram += math.ceil(acc_bytes / 4608)
-    lut = 40 * b.pes + 300 * b.epilogue_lanes + 8000
-    return {
-        "dsp": dsp, "dsp_pct": 100.0 * dsp / b.dsp_total,
-        "bram36": bram, "bram36_pct": 100.0 * bram / b.bram36_total,
-        "uram": uram, "uram_pct": 100.0 * uram / b.uram_total if b.uram_total else 0.0,
-        "lut": lut, "lut_pct": 100.0 * lut / b.lut_total,
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lora_qta.hwconfig {header,tcl,regmap,estimate} --board B``."""
-    p = argparse.ArgumentParser(prog="lora_qta.hwconfig", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["header", "tcl", "regmap", "estimate", "digest"],
-                   help="header: qta_config.h for HLS; tcl: variables for the Tcl flows; "
-                        "regmap: register table (markdown); estimate: resource estimate; digest: config hash")
-    p.add_argument("--board", default=DEFAULT_BOARD, help=f"board name (default {DEFAULT_BOARD})")
-    p.add_argument("-o", "--output", type=Path, help="write to this file instead of standard output")
-    a = p.parse_args(argv)
-    if a.what == "header":
-        text = header(a.board)
-    elif a.what == "tcl":
-        text = tcl(a.board)
-    elif a.what == "regmap":
-        text = register_table()
-    elif a.what == "digest":
-        text = board_digest(config().board(a.board)) + "\n"
-    else:
-        text = "".join(f"{k} {v:.1f}\n" if isinstance(v, float) else f"{k} {v}\n"
-                       for k, v in estimate_resources(a.board).items())
-    if a.output:
-        a.output.parent.mkdir(parents=True, exist_ok=True)
-        a.output.write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -274,8 +274,9 @@ class Accelerator:
         else:
             cbuf = self._buffer("c", cbytes)
         sbuf = self._upload("scales", scales) if scales is not None else None
-        info: RunInfo = self.ip.run(abuf.device_address, bbuf.device_address, cbuf.device_address,
-                                    sbuf.device_address if sbuf is not None else 0, call, self.timeout)
+        pointers = {"a": abuf.device_address, "b": bbuf.device_address, "c": cbuf.device_address,
+                    "scales": sbuf.device_address if sbuf is not None else 0}
+        info: RunInfo = self.ip.run(pointers, call, self.timeout)
         self.calls += 1
         st = config().status
         if info.status & (1 << st["bad_args"]):

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CsimBuildError
-from ..hw.config import BoardConfig, board_digest, config, header
+from ..hw.config import BoardConfig, KernelArg, board_digest, config
+from ..hw.generate import header
 
 HLS_DIR = Path(__file__).resolve().parents[3] / "hls"
 SOURCES = ("src/qta_gemm.cpp", "src/qta_csim_api.cpp")
@@ -89,41 +90,60 @@ def build(board: BoardConfig, out_dir: Path | None = None, testbench: bool = Fal
     return target
 
 
-_P = ctypes.c_void_p
-_U32 = ctypes.c_uint32
+_CTYPES = {"uint32_t": ctypes.c_uint32, "int32_t": ctypes.c_int32, "uint64_t": ctypes.c_uint64,
+           "int64_t": ctypes.c_int64}
+
+
+def _argtype(arg: KernelArg) -> type:
+    """The ctypes type of one parameter of ``qta_csim_gemm`` (the kernel's signature)."""
+    if arg.kind == "pointer":
+        return ctypes.c_void_p
+    if arg.kind == "scalar":
+        return _CTYPES[arg.type]
+    return ctypes.POINTER(_CTYPES[arg.type])
+
+
+def _signed(value: int, ctype: type) -> int:
+    """A 32-bit register value as the signed C type takes it (unchanged for unsigned types)."""
+    return value - (1 << 32) if ctype is ctypes.c_int32 and value >= 1 << 31 else value
 
 
 class CsimKernel:
-    """The C-simulated ``qta_gemm`` of one board, callable on numpy memory."""
+    """The C-simulated ``qta_gemm`` of one board, callable on numpy memory. Its ctypes signature
+    is the argument list of ``hardware.toml``, as the kernel's prototype is."""
 
     def __init__(self, board: BoardConfig):
         self.board = board
         self.path = build(board)
         lib = ctypes.CDLL(str(self.path))
-        lib.qta_csim_gemm.restype = _U32
-        lib.qta_csim_gemm.argtypes = [_P, _P, _P, _P] + [_U32] * 10 + [ctypes.c_int32, _U32, _U32,
-                                                                       ctypes.POINTER(ctypes.c_uint64)]
+        self._args = config().args
+        lib.qta_csim_gemm.restype = None
+        lib.qta_csim_gemm.argtypes = [_argtype(a) for a in self._args]
         lib.qta_csim_config_digest.restype = ctypes.c_char_p
-        lib.qta_csim_mix32.restype = _U32
-        lib.qta_csim_mix32.argtypes = [_U32]
+        lib.qta_csim_mix32.restype = ctypes.c_uint32
+        lib.qta_csim_mix32.argtypes = [ctypes.c_uint32]
         built_for = lib.qta_csim_config_digest().decode()
         if built_for != board_digest(board):
             raise CsimBuildError(f"{self.path} was built for configuration {built_for}, "
                                  f"not {board_digest(board)}; delete it to rebuild")
         self._lib = lib
 
-    def run(self, a: int, b: int, c: int, scales: int, regs: dict[str, int]) -> tuple[int, int]:
-        """Run one call on raw host addresses; ``regs`` holds the scalar registers.
-
-        Returns (status, cycles). The ctypes call releases the GIL while the kernel runs.
+    def run(self, pointers: dict[str, int], regs: dict[str, int]) -> dict[str, int]:
+        """Run one call: ``pointers`` are raw host addresses of the pointer arguments (0 for an
+        unused one), ``regs`` the 32-bit values of the scalar arguments. Returns the outputs by
+        name (``status``, ``cycles``). The ctypes call releases the GIL while the kernel runs.
         """
-        cycles = ctypes.c_uint64(0)
-        mult = regs["mult"] - (1 << 32) if regs["mult"] >= 1 << 31 else regs["mult"]
-        status = self._lib.qta_csim_gemm(
-            a, b, c, scales, regs["m"], regs["n"], regs["k"], regs["lda"], regs["ldb"], regs["ldc"],
-            regs["tile_m"], regs["tile_n"], regs["tile_k"], regs["flags"], mult, regs["shift"],
-            regs["seed"], ctypes.byref(cycles))
-        return int(status), int(cycles.value)
+        values, outputs = [], {}
+        for arg in self._args:
+            if arg.kind == "pointer":
+                values.append(pointers.get(arg.name, 0))
+            elif arg.kind == "scalar":
+                values.append(_signed(regs[arg.name], _CTYPES[arg.type]))
+            else:
+                outputs[arg.name] = _CTYPES[arg.type](0)
+                values.append(ctypes.byref(outputs[arg.name]))
+        self._lib.qta_csim_gemm(*values)
+        return {name: int(v.value) for name, v in outputs.items()}
 
     def mix32(self, x: int) -> int:
         """The kernel's rounding hash of one value."""

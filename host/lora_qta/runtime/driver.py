@@ -2,9 +2,10 @@
 
 :class:`QtaGemmDriver` is a ``pynq.DefaultIP`` that binds to the kernel's VLNV, so
 ``pynq.Overlay`` hands it out as ``overlay.qta_gemm_0`` on a board; on a PC the
-:class:`~lora_qta.emulation.EmulatedDevice` gives it the same description. It writes the
-registers through ``pynq.MMIO``, starts the kernel, polls ``ap_done`` with a timeout and
-reads the status and cycle counter. Registered as a ``pynq.lib`` entry point so that
+:class:`~lora_qta.runtime.emulation.EmulatedDevice` gives it the same description. It writes
+the argument registers through ``pynq.MMIO`` (offsets and order from the argument list of
+``hardware.toml``), starts the kernel, polls ``ap_done`` with a timeout and reads the output
+registers (status and cycle counter). Registered as a ``pynq.lib`` entry point so that
 ``Overlay`` imports it.
 """
 
@@ -19,32 +20,38 @@ from ..errors import DeviceBusyError, DeviceTimeoutError, StaleRegisterMapError
 from ..hw.config import config
 from ..hw.call import GemmCall
 
-CTRL_START, CTRL_DONE, CTRL_IDLE = 0x1, 0x2, 0x4
+CTRL_START, CTRL_DONE, CTRL_IDLE = (config().ctrl_mask(b) for b in ("ap_start", "ap_done", "ap_idle"))
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What one kernel run reports: status word, cycle counter, host wall time (seconds)."""
+    """What one kernel run reports: its output registers by name, host wall time (seconds)."""
 
-    status: int
-    cycles: int
+    outputs: dict[str, int]
     wall_s: float
+
+    @property
+    def status(self) -> int:
+        """The status word (bits in hardware.toml's ``status`` table)."""
+        return self.outputs["status"]
+
+    @property
+    def cycles(self) -> int:
+        """The kernel's cycle counter of the call."""
+        return self.outputs["cycles"]
 
 
 def check_register_map(registers: dict | None, where: str) -> None:
-    """Compare an overlay's register map (from its ``.hwh``) with ``hardware.toml``."""
+    """Compare an overlay's register map (from its ``.hwh``) with the arguments of ``hardware.toml``."""
     if not registers:
         return  # no .hwh metadata to compare (the bitstream manifest is checked instead)
-    wide = {"a", "b", "c", "scales", "cycles"}
     problems = []
-    for name, off in config().registers.items():
-        if name in ("ctrl", "gie", "ier", "isr", "status_ctrl", "cycles_ctrl"):
-            continue
-        key = f"{name}_1" if name in wide else name
+    for arg in config().args:
+        key = arg.hwh_name
         if key not in registers:
             problems.append(f"{key} missing")
-        elif int(registers[key]["address_offset"]) != off:
-            problems.append(f"{key} at 0x{int(registers[key]['address_offset']):X}, expected 0x{off:X}")
+        elif int(registers[key]["address_offset"]) != arg.offset:
+            problems.append(f"{key} at 0x{int(registers[key]['address_offset']):X}, expected 0x{arg.offset:X}")
     if problems:
         raise StaleRegisterMapError(
             f"the register map of {where} does not match hardware.toml ({'; '.join(problems)}): "
@@ -60,36 +67,35 @@ class QtaGemmDriver(DefaultIP):
     def __init__(self, description: dict):
         super().__init__(description)
         check_register_map(description.get("registers"), description.get("fullpath", "qta_gemm"))
-        self._r = config().registers
+        self._ctrl = config().registers["ctrl"]
 
-    def _read64(self, name: str) -> int:
-        return self.read(self._r[name]) | (self.read(self._r[name] + 4) << 32)
+    def start(self, pointers: dict[str, int], call: GemmCall) -> None:
+        """Write the arguments (device addresses of the pointer arguments by name, the call's
+        scalars) and raise ap_start.
 
-    def start(self, a: int, b: int, c: int, scales: int, call: GemmCall) -> None:
-        """Write the arguments (device addresses and scalars) and raise ap_start.
-
-        The argument registers form one block (``a`` .. ``seed``), written with a single MMIO
-        burst; the reserved words between them are written as zero, which the AXI-lite slave
-        ignores.
+        The input arguments form one block, from the first to the last input of hardware.toml's
+        list, written with a single MMIO burst; the reserved words between them are written as
+        zero, which the AXI-lite slave ignores.
         """
-        ctrl = self.read(self._r["ctrl"])
+        ctrl = self.read(self._ctrl)
         if ctrl & CTRL_START or not ctrl & CTRL_IDLE:
             raise DeviceBusyError("the kernel is still running a previous call; wait for it to finish")
-        values = {"a": a, "b": b, "c": c, "scales": scales, **call.scalar_registers()}
-        first, last = self._r["a"], self._r["seed"]
-        block = bytearray(last + 4 - first)
-        for name, value in values.items():
-            off = self._r[name] - first
-            width = 8 if name in ("a", "b", "c", "scales") else 4
-            block[off:off + width] = int(value).to_bytes(width, "little")
+        values = {**pointers, **call.scalar_registers()}
+        inputs = config().inputs
+        first = inputs[0].offset
+        block = bytearray(inputs[-1].offset + inputs[-1].data_bytes - first)
+        for arg in inputs:
+            at = arg.offset - first
+            block[at:at + arg.data_bytes] = int(values[arg.name]).to_bytes(arg.data_bytes, "little")
         self.write(first, bytes(block))
-        self.write(self._r["ctrl"], CTRL_START)
+        self.write(self._ctrl, CTRL_START)
 
     def wait(self, timeout: float = 30.0) -> RunInfo:
-        """Poll ap_done until ``timeout`` seconds; returns status and cycle counter."""
+        """Poll ap_done until ``timeout`` seconds; returns the output registers (status, cycle
+        counter) and the wall time."""
         t0 = time.perf_counter()
         delay = 1e-5
-        while not self.read(self._r["ctrl"]) & CTRL_DONE:
+        while not self.read(self._ctrl) & CTRL_DONE:
             elapsed = time.perf_counter() - t0
             if elapsed > timeout:
                 raise DeviceTimeoutError(
@@ -98,9 +104,15 @@ class QtaGemmDriver(DefaultIP):
             time.sleep(delay)
             delay = min(delay * 2, 1e-3)
         wall = time.perf_counter() - t0
-        return RunInfo(self.read(self._r["status"]), self._read64("cycles"), wall)
+        outputs = {}
+        for arg in config().outputs:
+            value = self.read(arg.offset)
+            if arg.wide:
+                value |= self.read(arg.offset + 4) << 32
+            outputs[arg.name] = value
+        return RunInfo(outputs, wall)
 
-    def run(self, a: int, b: int, c: int, scales: int, call: GemmCall, timeout: float = 30.0) -> RunInfo:
+    def run(self, pointers: dict[str, int], call: GemmCall, timeout: float = 30.0) -> RunInfo:
         """``start`` then ``wait``."""
-        self.start(a, b, c, scales, call)
+        self.start(pointers, call)
         return self.wait(timeout)

@@ -37,7 +37,8 @@ ENGINES = ("fast", "csim")
 DDR_BASE = 0x1000_0000
 PAGE = 4096
 
-CTRL_START, CTRL_DONE, CTRL_IDLE, CTRL_READY = 0x1, 0x2, 0x4, 0x8
+CTRL_START, CTRL_DONE, CTRL_IDLE, CTRL_READY = (
+    config().ctrl_mask(b) for b in ("ap_start", "ap_done", "ap_idle", "ap_ready"))
 
 
 class EmulatedDDR:
@@ -97,7 +98,7 @@ def hwh_register_map() -> dict[str, dict]:
     """The kernel's registers as an ``ip_dict['registers']`` entry names them (Vitis naming:
     ``a_1``/``a_2`` for the words of a 64-bit argument), generated from the configuration."""
     regs = config().registers
-    wide = {"a", "b", "c", "scales", "cycles"}
+    wide = {a.name for a in config().args if a.wide}
     out = {}
     for name, off in regs.items():
         if name in wide:
@@ -125,19 +126,19 @@ def operand_extents(call: GemmCall) -> dict[str, int]:
     return ext
 
 
-Engine = Callable[[BoardConfig, GemmCall, dict[str, np.ndarray]], tuple[int, int]]
+Engine = Callable[[BoardConfig, GemmCall, dict[str, np.ndarray]], dict[str, int]]
+"""Runs one call on the DDR views of its pointer arguments; returns the output registers by name."""
 
 
-def _fast_engine(board: BoardConfig, call: GemmCall, mem: dict[str, np.ndarray]) -> tuple[int, int]:
-    return fast.run(board, call, mem["a"], mem["b"], mem["c"], mem.get("scales"))
+def _fast_engine(board: BoardConfig, call: GemmCall, mem: dict[str, np.ndarray]) -> dict[str, int]:
+    status, cycles = fast.run(board, call, mem["a"], mem["b"], mem["c"], mem.get("scales"))
+    return {"status": status, "cycles": cycles}
 
 
-def _csim_engine(board: BoardConfig, call: GemmCall, mem: dict[str, np.ndarray]) -> tuple[int, int]:
+def _csim_engine(board: BoardConfig, call: GemmCall, mem: dict[str, np.ndarray]) -> dict[str, int]:
     from . import csim
 
-    kernel = csim.load(board)
-    ptr = {k: csim.address(v) for k, v in mem.items()}
-    return kernel.run(ptr["a"], ptr["b"], ptr["c"], ptr.get("scales", 0), call.scalar_registers())
+    return csim.load(board).run({k: csim.address(v) for k, v in mem.items()}, call.scalar_registers())
 
 
 def engine(name: str) -> Engine:
@@ -281,9 +282,7 @@ class EmulatedDevice(pynq.Device):
         self._poll_worker()
         if self._worker is not None or self._ctrl & CTRL_START:
             raise DeviceBusyError("ap_start written while the kernel is running; wait for ap_done")
-        names = ("m", "n", "k", "lda", "ldb", "ldc", "tile_m", "tile_n", "tile_k", "flags", "mult",
-                 "shift", "seed")
-        call = GemmCall.from_registers({n: self._reg(n) for n in names})
+        call = GemmCall.from_registers({a.name: self._reg(a.name) for a in config().inputs if a.kind == "scalar"})
         mem = self._dma_views(call)
         self._ctrl = CTRL_START
         self.runs += 1
@@ -321,16 +320,13 @@ class EmulatedDevice(pynq.Device):
 
     def _execute(self, call: GemmCall, mem: dict[str, np.ndarray]) -> None:
         try:
-            if not mem:
-                status = 1 << config().status["bad_args"]
-                cycles = config().schedule.call_overhead
+            if not mem:  # rejected before any memory access, as the kernel does
+                outputs = {"status": 1 << config().status["bad_args"], "cycles": config().schedule.call_overhead}
             else:
-                status, cycles = self._engine(self.board, call, mem)
-            regs = config().registers
-            struct.pack_into("<I", self._regs, regs["status"], status)
-            struct.pack_into("<I", self._regs, regs["status_ctrl"], 1)
-            struct.pack_into("<Q", self._regs, regs["cycles"], cycles)
-            struct.pack_into("<I", self._regs, regs["cycles_ctrl"], 1)
+                outputs = self._engine(self.board, call, mem)
+            for arg in config().outputs:
+                struct.pack_into("<Q" if arg.wide else "<I", self._regs, arg.offset, outputs[arg.name])
+                struct.pack_into("<I", self._regs, arg.valid_offset, 1)
         except BaseException as e:  # surfaced to the driver at its next register access
             self._error = e
         finally:
