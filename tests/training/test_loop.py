@@ -12,7 +12,8 @@ from PIL import Image
 from lora_qta.training import digits
 from lora_qta.training import loop as train
 from lora_qta.errors import CheckpointError, DivergedError, InstanceDataError, LimitError, ModelFolderError
-from lora_qta.training.loop import FinetuneConfig, finetune
+from lora_qta.training.config import FinetuneConfig
+from lora_qta.training.loop import finetune
 
 FAST = dict(steps=4, batch_size=8, checkpoint_every=2, num_examples=4, prior_per_class=2, samples=False)
 

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .loop import FinetuneConfig, finetune, grid_png, step_generator
+from .config import FinetuneConfig
+from .loop import finetune, grid_png, step_generator
 
 TARGET_ACCURACY_PP = 2.0
 TARGET_LOSS_PCT = 2.0

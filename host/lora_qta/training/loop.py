@@ -1,76 +1,37 @@
 """LoRA fine-tuning of a diffusers UNet with its LoRA GEMMs on the accelerator: one loop.
 
 ``precision="fp32"`` is plain peft LoRA in PyTorch (the reference); ``precision="int8"``
-makes every LoRA linear a :class:`~lora_qta.lora_layer.QtaLoraLinear`, so the six GEMMs of
+makes every LoRA linear a :class:`~lora_qta.lora.layer.QtaLoraLinear`, so the six GEMMs of
 each adapted layer run INT8 on the accelerator (board or emulation) in forward and backward.
 
 All randomness of a step (batch choice, noise, timesteps, stochastic rounding) is drawn from
 generators seeded by (seed, step), so a run resumed from a checkpoint ends with the same
-adapter weights as an uninterrupted one. Checkpoints are written every N steps and on Ctrl-C;
-a NaN/Inf loss stops the run and keeps the last good checkpoint.
+adapter weights as an uninterrupted one. Checkpoints (:mod:`.checkpoint`) are written every N
+steps and on Ctrl-C; a NaN/Inf loss stops the run and keeps the last good checkpoint. The
+outputs of a run (adapter, sample grid, loss curve, report) are written at its end.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, DivergedError, LimitError
 from ..lora.layer import QtaRuntime, accelerated_lora_config, attach_runtime
+from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, lora_state, save_checkpoint
+from .config import FinetuneConfig
 from .models import DigitsBundle, ModelBundle, StableDiffusionBundle
-
-CHECKPOINTS = "checkpoints"
-
-
-@dataclass
-class FinetuneConfig:
-    """Options of ``lora-qta finetune`` (see its --help)."""
-
-    output_dir: str = "runs/default"
-    precision: str = "int8"
-    board: str | None = None
-    backend: str | None = None
-    pretrained_model: str | None = None
-    instance_data_dir: str | None = None
-    prompt: str = "a photo of sks"
-    steps: int = 300
-    batch_size: int = 16
-    learning_rate: float = 2e-2
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 10
-    max_grad_norm: float = 1.0
-    rank: int = 8
-    alpha: float = 8.0
-    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    prediction_type: str = "epsilon"
-    num_examples: int = 8
-    prior_per_class: int = 8
-    seed: int = 0
-    checkpoint_every: int = 50
-    resume: bool = False
-    samples: bool = True
-    threads: int | None = None
-
-    def identity(self) -> dict[str, Any]:
-        """The fields a resumed run must share with the run that wrote the checkpoint."""
-        keep = ("precision", "pretrained_model", "instance_data_dir", "prompt", "batch_size", "learning_rate",
-                "lr_schedule", "warmup_steps", "max_grad_norm", "rank", "alpha", "target_modules",
-                "prediction_type", "num_examples", "prior_per_class", "seed", "board")
-        return {k: getattr(self, k) for k in keep}
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -140,66 +101,6 @@ def add_lora(bundle: ModelBundle, cfg: FinetuneConfig) -> None:
     bundle.unet.requires_grad_(False)
     torch.manual_seed(cfg.seed)  # the gaussian init of lora_A
     bundle.unet.add_adapter(lora_cfg)
-
-
-def lora_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's weights (peft names), as contiguous CPU tensors."""
-    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
-
-
-# -------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(run: Path, step: int, bundle: ModelBundle, optimizer, scheduler, cfg: FinetuneConfig,
-                    history: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically (temp folder, then rename); keep the last ``keep``."""
-    root = run / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:06d}"
-    tmp = root / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(lora_state(bundle.unet), str(tmp / "lora.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.identity(), "history": history}))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in sorted(root.glob("step_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(run: Path) -> Path | None:
-    """The newest complete checkpoint of a run folder, if any."""
-    found = sorted((run / CHECKPOINTS).glob("step_*"))
-    return found[-1] if found else None
-
-
-def load_checkpoint(path: Path, bundle: ModelBundle, optimizer, scheduler, cfg: FinetuneConfig) -> tuple[int, dict]:
-    """Restore adapter, optimizer and LR schedule; returns (step, history)."""
-    def unreadable(e: Exception) -> CheckpointError:
-        return CheckpointError(f"checkpoint {path} is unreadable ({e}); delete it to resume from an "
-                               "earlier one, or start without --resume")
-
-    try:
-        state = json.loads((path / "state.json").read_text())
-    except Exception as e:
-        raise unreadable(e) from e
-    if state.get("config") != cfg.identity():
-        diff = {k: (state.get("config", {}).get(k), v) for k, v in cfg.identity().items()
-                if state.get("config", {}).get(k) != v}
-        raise CheckpointError(f"checkpoint {path} was written with other options {diff}; resume with the "
-                              "same options or use another --output-dir")
-    try:
-        weights = load_file(str(path / "lora.safetensors"))
-        opt = torch.load(path / "optimizer.pt", weights_only=False)
-    except Exception as e:
-        raise unreadable(e) from e
-    result = set_peft_model_state_dict(bundle.unet, weights)
-    if getattr(result, "unexpected_keys", None):
-        raise CheckpointError(f"checkpoint {path} holds weights this adapter does not have")
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    return int(state["step"]), state["history"]
 
 
 # -------------------------------------------------------------------------- the loop
