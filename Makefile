@@ -35,7 +35,7 @@ config: $(STAMP) ## generate build/BOARD/qta_config.h and config.tcl from hardwa
 
 bench: $(STAMP)  ## benchmarks (print figures; not tests): dataflow/energy, emulation throughput and speed
 	$(BIN)/lora-qta bench --out runs/bench
-	$(BIN)/python scripts/bench_emulation.py
+	$(BIN)/lora-qta throughput
 	$(BIN)/lora-qta speed --out runs/bench/speed.json
 
 clean:           ## remove build products (not .venv)

@@ -1,6 +1,8 @@
-"""The emulation-speed benchmark runs and reports its figures (no timing assertions)."""
+"""The emulation-speed benchmarks run and report their figures (no timing assertions)."""
 
-from lora_qta.analysis.speed import main, measure
+from lora_qta.analysis import report
+from lora_qta.analysis.speed import measure, throughput
+from lora_qta.cli import main
 
 
 def test_speed_measure_reports_both_variants_and_the_split():
@@ -16,5 +18,15 @@ def test_speed_measure_reports_both_variants_and_the_split():
 
 def test_speed_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "speed.json"
-    assert main(["--steps", "1", "--warmup", "0", "--batch-size", "2", "--out", str(out)]) == 0
+    assert main(["speed", "--steps", "1", "--warmup", "0", "--batch-size", "2", "--out", str(out)]) == 0
     assert out.is_file() and "int8 on emulated accel." in capsys.readouterr().out
+
+
+def test_throughput_times_both_engines_on_the_six_gemms_of_a_layer():
+    rows = throughput("pynq_z2", repeat=1, layers=((64, 32, 4),))
+    assert [r["gemm"] for r in rows] == ["fwd  H = X.A^T", "fwd  Y = H.B^T", "bwd dH = G.B", "bwd dB = G^T.H",
+                                         "bwd dA = dH^T.X", "bwd dX = dH.A"]
+    assert all(r["fp32"] > 0 and r["fast"] > 0 and r["csim"] > 0 and r["board_us"] > 0 for r in rows)
+    table = report.throughput_markdown(rows, "pynq_z2", 1)
+    assert sum(line.startswith(("| fwd", "| bwd")) for line in table.splitlines()) == 6
+    assert "| **all** |" in table and "measured on this machine" in table

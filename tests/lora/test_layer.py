@@ -7,7 +7,8 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 
 from lora_qta.runtime.accelerator import Accelerator
-from lora_qta.lora.layer import (GEMM_KINDS, QtaLoraLinear, QtaRuntime, accelerated_lora_config,
+from lora_qta.lora.gemms import LORA_GEMMS
+from lora_qta.lora.layer import (QtaLoraLinear, QtaRuntime, accelerated_lora_config,
                                  attach_runtime)
 from lora_qta.lora.quant import quantize
 
@@ -72,8 +73,8 @@ def test_int8_gradients_match_fp32_per_layer(backend):
         assert cosine(g32[n], g8[n]) > 0.99 and rel < 0.15, (n, cosine(g32[n], g8[n]), rel)
     rep = rt.report()
     # two layers; the first layer's dX is skipped because the input needs no gradient
-    assert [rep[k]["calls"] for k in GEMM_KINDS] == [2, 2, 2, 2, 2, 1]
-    assert all(0 < rep[k]["utilization"] <= 1 for k in GEMM_KINDS)
+    assert [rep[g.key]["calls"] for g in LORA_GEMMS] == [2, 2, 2, 2, 2, 1]
+    assert all(0 < rep[g.key]["utilization"] <= 1 for g in LORA_GEMMS)
 
 
 def test_stochastic_rounding_is_seeded_and_step_dependent():

@@ -46,18 +46,17 @@ the accumulator holds FP16 or FP32. The INT8 array's accumulators are INT32 (4 b
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from ..hw.config import BoardConfig, config
 from ..hw.call import GemmCall
-from ..runtime.planner import array_shape, step_tiles
+from ..lora.gemms import lora_call
+from ..runtime.planner import array_shape, model_cycles, plan, step_tiles
+from . import shapes
 
 LABEL = "modelled (Horowitz 45 nm table)"
 PAPER_ENERGY_EFFICIENCY = 5.50
@@ -181,8 +180,6 @@ def gemm_energy(board: BoardConfig, call: GemmCall, precision: str = "int8",
                 table: EnergyTable = HOROWITZ_45NM) -> GemmEnergy:
     """Modelled energy of ``call`` (a planned call: tiles, dataflow and split set) on ``board``
     computed in ``precision`` ("int8", "fp16" or "fp32")."""
-    from ..runtime.planner import model_cycles
-
     p = PRECISIONS[precision]
     rep = model_cycles(board, call)
     acc = buffer_accesses(board, call)
@@ -207,26 +204,13 @@ def gemm_energy(board: BoardConfig, call: GemmCall, precision: str = "int8",
                       a_bytes + b_bytes + acc_bytes, ddr, acc)
 
 
-def lora_call(g) -> GemmCall:
-    """The kernel call of a :class:`lora_qta.shapes.LoraGemm` (or a (m, k, n, ta, tb, out8)
-    tuple) with operands laid out as training keeps them (tiles left to the planner)."""
-    if isinstance(g, tuple):
-        m, k, n, ta, tb, o8 = g
-    else:
-        m, k, n, ta, tb, o8 = g.key
-    return GemmCall(m=m, n=n, k=k, lda=m if ta else k, ldb=k if tb else n, ldc=n, tile_m=1, tile_n=1,
-                    tile_k=1, trans_a=ta, trans_b=tb, out_int8=o8,
-                    shift=16 if o8 else 0)
-
-
 def step_energy(board: BoardConfig, gemms: Sequence, precisions: Iterable[str] = ("int8", "fp16", "fp32"),
                 dataflow: str = "auto", table: EnergyTable = HOROWITZ_45NM,
                 by_gemm: dict | None = None) -> dict[str, GemmEnergy]:
-    """Summed modelled energy of ``gemms`` (LoraGemm list, e.g. one training step's) per precision,
+    """Summed modelled energy of ``gemms`` (:class:`~lora_qta.lora.gemms.LoraGemm` list, e.g. one
+    training step's) per precision,
     each GEMM planned with ``dataflow``; identical shapes are computed once. If ``by_gemm`` is a
     dict it receives the same sums per GEMM kind (``LoraGemm.gemm``, e.g. "Y = H.B^T")."""
-    from ..runtime.planner import plan
-
     counts: dict[tuple, int] = {}
     for g in gemms:
         key = (g.gemm, g.key)
@@ -263,13 +247,9 @@ def ratio_breakdown(base: GemmEnergy, other: GemmEnergy) -> dict[str, float]:
     }
 
 
-# ----------------------------------------------------------------------------- report
-
 def energy_report(boards: Sequence[str] = ("zcu104",), models: Sequence[str] = ("digits", "sd15"),
                   ranks: Sequence[int] = (4, 16), table: EnergyTable = HOROWITZ_45NM) -> dict:
     """Energy per LoRA training step (batch 1) for each board, model and rank, per precision."""
-    from . import shapes
-
     rows = []
     for bname in boards:
         board = config().board(bname)
@@ -296,136 +276,3 @@ def energy_report(boards: Sequence[str] = ("zcu104",), models: Sequence[str] = (
                 })
     return {"label": LABEL, "table_pj": asdict(table), "paper_energy_efficiency": PAPER_ENERGY_EFFICIENCY,
             "rows": rows}
-
-
-def _uj(pj: float) -> str:
-    return f"{pj / 1e6:,.1f}"
-
-
-def energy_markdown(rep: dict) -> str:
-    lines = [f"# Energy per LoRA training step (batch 1), {rep['label']}", "",
-             "Each GEMM planned by the planner (dataflow auto); the FP16/FP32 rows are the same array "
-             "and schedule computing in that precision. Energies in uJ.", "",
-             "| board | model | rank | precision | arithmetic | SRAM | DDR | total | total / INT8 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for row in rep["rows"]:
-        if "skipped" in row:
-            lines.append(f"| {row['board']} | {row['model']} | - | skipped: {row['skipped']} | | | | | |")
-            continue
-        base = row["energy"]["int8"]["total_pj"]
-        for p, e in row["energy"].items():
-            lines.append(f"| {row['board']} | {row['model']} | {row['rank']} | {p.upper()} | {_uj(e['arith_pj'])} | "
-                         f"{_uj(e['sram_pj'])} | {_uj(e['ddr_pj'])} | {_uj(e['total_pj'])} | "
-                         f"{e['total_pj'] / base:.2f}x |")
-    lines += ["", "Per GEMM kind (whole step, total uJ). With INT32 outputs (4 bytes) a GEMM whose output "
-              "dominates its DDR traffic (small K = rank: Y, dX) can cost more in INT8 than an FP16 array "
-              "writing 2-byte outputs; the last column requantizes every output to INT8 (fully quantized).", "",
-              "| board | model | rank | GEMM | INT8 | FP16 | FP32 | INT8 < FP16 |", "|---|---|---|---|---|---|---|---|"]
-    for row in rep["rows"]:
-        if "skipped" in row:
-            continue
-        for kind, d in row["by_gemm"].items():
-            lines.append(f"| {row['board']} | {row['model']} | {row['rank']} | {kind} | {_uj(d['int8'])} | "
-                         f"{_uj(d['fp16'])} | {_uj(d['fp32'])} | {'yes' if d['int8'] < d['fp16'] else 'no'} |")
-        a8 = row["int8_all_outputs_int8"]
-        lines.append(f"| {row['board']} | {row['model']} | {row['rank']} | step, every output INT8 | "
-                     f"{_uj(a8['total_pj'])} | {_uj(row['energy']['fp16']['total_pj'])} | "
-                     f"{_uj(row['energy']['fp32']['total_pj'])} | "
-                     f"{'yes' if a8['total_pj'] < row['energy']['fp16']['total_pj'] else 'no'} |")
-    lines += ["", "Energy ratio FP32 (and FP16) / INT8 split into contributions that add up to the ratio "
-              "(part of the float energy / INT8 total), and per-part ratios:", "",
-              "| board | model | rank | vs | ratio | = arith + SRAM + DDR | arith ratio | memory ratio |",
-              "|---|---|---|---|---|---|---|---|"]
-    for row in rep["rows"]:
-        if "skipped" in row:
-            continue
-        for key, name in (("fp32_vs_int8", "FP32"), ("fp16_vs_int8", "FP16"),
-                          ("fp32_vs_int8_all_outputs_int8", "FP32 vs INT8 every output INT8"),
-                          ("fp16_vs_int8_all_outputs_int8", "FP16 vs INT8 every output INT8")):
-            b = row[key]
-            lines.append(f"| {row['board']} | {row['model']} | {row['rank']} | {name} | {b['ratio']:.2f}x | "
-                         f"{b['arith_contribution']:.2f} + {b['sram_contribution']:.2f} + {b['ddr_contribution']:.2f} | "
-                         f"{b['arith_ratio']:.1f}x | {b['memory_ratio']:.2f}x |")
-    lines += ["", f"Reference: the CDM-QTA paper reports {rep['paper_energy_efficiency']:.2f}x energy efficiency "
-              "over its baseline (their figure, a different baseline and technology); ours above are "
-              f"{rep['label']}.", "",
-              f"Table (pJ): {', '.join(f'{k} {v:g}' for k, v in rep['table_pj'].items())}; DRAM is the midpoint "
-              "of 1300-2600 pJ per 64-bit access."]
-    return "\n".join(lines) + "\n"
-
-
-def energy_plot(rep: dict, path: Path) -> Path:
-    """Stacked bars (arithmetic, SRAM, DDR) of INT8 / INT8 with every output INT8 / FP16 / FP32
-    per model and rank."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in rep["rows"] if "skipped" not in r]
-    groups = sorted({(r["board"], r["model"]) for r in rows}, key=lambda g: [x["model"] for x in rows].index(g[1]))
-    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(6 * max(1, len(groups)), 4.4), squeeze=False)
-    colors = {"arith_pj": "#4c72b0", "sram_pj": "#dd8452", "ddr_pj": "#55a868"}
-    names = {"arith_pj": "arithmetic", "sram_pj": "on-chip SRAM", "ddr_pj": "DDR"}
-    for ax, (bname, model) in zip(axes[0], groups):
-        sel = [r for r in rows if r["board"] == bname and r["model"] == model]
-        labels, x = [], 0
-        for r in sel:
-            for p in ("int8", "int8_all", "fp16", "fp32"):
-                e = r["int8_all_outputs_int8"] if p == "int8_all" else r["energy"][p]
-                bottom = 0.0
-                for part in ("arith_pj", "sram_pj", "ddr_pj"):
-                    ax.bar(x, e[part] / 1e6, bottom=bottom, color=colors[part],
-                           label=names[part] if x == 0 else None)
-                    bottom += e[part] / 1e6
-                name = "INT8,\nall out\nINT8" if p == "int8_all" else p.upper()
-                labels.append(f"{name}\nr={r['rank']}")
-                x += 1
-            x += 0.5
-        ticks = [i + 0.5 * (i // 4) for i in range(len(labels))]
-        ax.set_xticks(ticks)
-        ax.set_xticklabels(labels, fontsize=7)
-        ax.set_ylabel("energy per LoRA training step (uJ)")
-        ax.set_title(f"{model} on {bname}", fontsize=9)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"LoRA GEMM energy per training step, batch 1 - {rep['label']}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_report(rep: dict, out: Path, plot: bool = True) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "energy.md", out / "energy.json"]
-    paths[0].write_text(energy_markdown(rep))
-    paths[1].write_text(json.dumps(rep, indent=1))
-    if plot:
-        paths.append(energy_plot(rep, out / "energy.png"))
-    return paths
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``lora-qta energy``: modelled energy per LoRA training step, INT8 vs FP16 vs FP32."""
-    p = argparse.ArgumentParser(prog="lora-qta energy", description=main.__doc__)
-    p.add_argument("--boards", default="zcu104", help="comma-separated boards (default zcu104)")
-    p.add_argument("--models", default="digits,sd15", help="comma-separated: digits, sd15, sdxl")
-    p.add_argument("--ranks", default="4,16", help="comma-separated LoRA ranks")
-    p.add_argument("--dram-pj", type=float, default=HOROWITZ_45NM.dram_64bit,
-                   help="DRAM energy per 64-bit access in pJ (Horowitz: 1300-2600; default the midpoint)")
-    p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    a = p.parse_args(argv)
-    table = EnergyTable(dram_64bit=a.dram_pj)
-    rep = energy_report([b.strip() for b in a.boards.split(",")], [m.strip() for m in a.models.split(",")],
-                        [int(r) for r in a.ranks.split(",")], table)
-    text = energy_markdown(rep)
-    print(text)
-    for path in write_report(rep, a.out, plot=not a.no_plot):
-        print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -25,19 +25,19 @@ unless it ran on a board's rails.
 
 from __future__ import annotations
 
-import argparse
-import json
 import threading
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ..errors import RailError, RecordingError
 from ..hw.config import BoardConfig, config
+from ..lora.gemms import lora_call
+from ..runtime.check import random_operands
+from . import shapes
 
 EMULATED_LABEL = "emulated sensors: power from the energy model (modelled)"
 BOARD_LABEL = "measured on a board (PYNQ rail sensors)"
@@ -148,12 +148,6 @@ class PhaseResult:
     modelled_seconds_per_rep: float     # cycle model at the board clock
 
 
-def _operands(rng, g):
-    a = rng.integers(-128, 128, (g.k, g.m) if g.trans_a else (g.m, g.k), dtype=np.int8)
-    b = rng.integers(-128, 128, (g.n, g.k) if g.trans_b else (g.k, g.n), dtype=np.int8)
-    return a, b
-
-
 class GemmWorkload:
     """Runs lists of LoRA GEMMs on an :class:`~lora_qta.accelerator.Accelerator`.
 
@@ -178,7 +172,7 @@ class GemmWorkload:
 
     def _run(self, g):
         if g.key not in self._ops:
-            self._ops[g.key] = _operands(self.rng, g)
+            self._ops[g.key] = random_operands(self.rng, g.m, g.k, g.n, g.trans_a, g.trans_b)
         a, b = self._ops[g.key]
         kw = dict(out="int8", mult=1, shift=12) if g.out_int8 else {}
         r = self.acc.gemm(a, b, trans_a=g.trans_a, trans_b=g.trans_b, **kw)
@@ -187,7 +181,7 @@ class GemmWorkload:
 
     def modelled(self, gemms) -> tuple[float, float]:
         """(dynamic energy in J, time in s) of one pass over ``gemms`` (modelled)."""
-        from .energy import gemm_energy, lora_call
+        from .energy import gemm_energy
         from ..runtime.planner import plan
 
         energy, cycles = 0.0, 0
@@ -294,66 +288,11 @@ def analyse(frame, done, sensors: list, label: str) -> dict:
     return {"label": label, "sensors": cols, "idle_w": base, "phases": phases}
 
 
-def markdown(rep: dict) -> str:
-    L = [f"# Power and energy of LoRA GEMMs on {rep['board']} - {rep['label']}", "",
-         f"Sensors: {', '.join(rep['sensors'])}; interval {rep['interval']} s; idle baseline "
-         f"{rep['idle_w']:.3f} W (mean of the idle phases){' (assumed idle draw of the emulated board)' if rep['emulated'] else ''}.", "",
-         "| phase | reps x GEMMs | seconds | mean W | above idle W | energy per GEMM (uJ) | energy per rep (uJ) | "
-         "GOPS | GOPS/W (above idle) | GOPS/W (total) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for p in rep["phases"]:
-        if p["reps"] == 0:
-            L.append(f"| {p['name']} | - | {p['seconds']:.2f} | {p['mean_w']:.3f} | - | - | - | - | - | - |")
-            continue
-        L.append(f"| {p['name']} | {p['reps']} x {p['gemms_per_rep']} | {p['seconds']:.2f} | {p['mean_w']:.3f} | "
-                 f"{p['dynamic_w']:.3f} | {p['energy_per_gemm_j'] * 1e6:,.2f} | {p['energy_per_rep_j'] * 1e6:,.1f} | "
-                 f"{p['gops']:,.1f} | {p['gops_per_w_dynamic']:,.1f} | {p['gops_per_w_total']:,.2f} |")
-    L += ["", "Energy model for the same GEMMs (modelled (Horowitz 45 nm table), dynamic only): "
-          + "; ".join(f"{p['name']}: {p['modelled_energy_per_gemm_j'] * 1e6:,.2f} uJ per GEMM"
-                      for p in rep["phases"] if p["reps"]) + ".", ""]
-    if rep["emulated"]:
-        L.append("All power figures above are " + EMULATED_LABEL + ": they restate the energy model through "
-                 "the DataRecorder path and are not measurements.")
-    return "\n".join(L) + "\n"
-
-
-def plot(frame, rep: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    power = frame[rep["sensors"]].astype(float).sum(axis=1)
-    t = np.array([ts.timestamp() for ts in frame.index])
-    t0 = t[0] if len(t) else 0.0
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    ax.plot(t - t0, power.values, "k-", lw=1, marker=".", ms=3)
-    lo, hi = float(power.min()), float(power.max())
-    ax.set_ylim(lo - 0.05 * (hi - lo + 1e-3), hi + 0.2 * (hi - lo + 1e-3))
-    colors = ["#dddddd", "#a6cee3", "#b2df8a", "#fdbf6f", "#cab2d6"]
-    for i, p in enumerate(rep["phases"]):
-        c = colors[0] if p["reps"] == 0 else colors[1 + i % 4]
-        ax.axvspan(p["t0"] - t0, p["t1"] - t0, color=c, alpha=0.6, lw=0)
-        ax.text((p["t0"] + p["t1"]) / 2 - t0, 0.97, p["name"].split(" (")[0].strip(), ha="center", va="top",
-                fontsize=8, transform=ax.get_xaxis_transform())
-    ax.axhline(rep["idle_w"], color="grey", ls="--", lw=0.8, label=f"idle baseline {rep['idle_w']:.2f} W")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("power (W): " + " + ".join(rep["sensors"]))
-    ax.set_title(f"{rep['board']}: power trace - {rep['label']}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def measure(board_name: str = "zcu104", sensors_mode: str = "auto", rails: Sequence[str] | None = None,
             interval: float = 0.05, idle_seconds: float = 2.0, phase_seconds: float = 3.0,
             tokens: int = 1024, features: int = 320, rank: int = 8, idle_watts: float | None = None,
             backend: str | None = None) -> tuple[dict, object]:
     """The whole measurement; returns (report, DataRecorder frame)."""
-    from . import shapes
-
     board = config().board(board_name)
     found = board_rails() if sensors_mode in ("auto", "board") else {}
     if sensors_mode == "board" and not found:
@@ -387,43 +326,3 @@ def measure(board_name: str = "zcu104", sensors_mode: str = "auto", rails: Seque
     rep.update({"board": board.name, "emulated": emulated, "interval": interval, "backend": backend,
                 "idle_watts_assumed": source.idle_watts if source else None})
     return rep, frame
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``lora-qta power``: power trace, energy per GEMM and per training step, GOPS/W."""
-    p = argparse.ArgumentParser(prog="lora-qta power", description=main.__doc__)
-    p.add_argument("--board", default="zcu104", help="board configuration (default zcu104)")
-    p.add_argument("--sensors", default="auto", choices=["auto", "board", "emulated"],
-                   help="auto: the board's PYNQ rails if pynq.get_rails() finds any, else emulated sensors")
-    p.add_argument("--rails", default=None, help="comma-separated rail names to sum (default: the input rail)")
-    p.add_argument("--interval", type=float, default=0.05, help="sampling interval in seconds")
-    p.add_argument("--idle-seconds", type=float, default=2.0, help="length of each idle phase")
-    p.add_argument("--phase-seconds", type=float, default=3.0, help="length of each workload phase")
-    p.add_argument("--tokens", type=int, default=1024, help="tokens of the GEMM-loop layer")
-    p.add_argument("--features", type=int, default=320, help="in = out features of the GEMM-loop layer")
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank of both workloads")
-    p.add_argument("--idle-watts", type=float, default=None,
-                   help="idle draw of the emulated board in W (default: the board's assumed idle_watts "
-                        "in hardware.toml)")
-    p.add_argument("--backend", default=None, help="accelerator backend (default: board on a board, else emulation)")
-    p.add_argument("--out", type=Path, default=Path("runs/power"), help="output folder (default runs/power)")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    a = p.parse_args(argv)
-    rep, frame = measure(a.board, a.sensors, a.rails.split(",") if a.rails else None, a.interval,
-                         a.idle_seconds, a.phase_seconds, a.tokens, a.features, a.rank, a.idle_watts, a.backend)
-    text = markdown(rep)
-    print(text)
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "power.md").write_text(text)
-    (a.out / "power.json").write_text(json.dumps(rep, indent=1))
-    frame.to_csv(a.out / "power_trace.csv")
-    written = [a.out / "power.md", a.out / "power.json", a.out / "power_trace.csv"]
-    if not a.no_plot:
-        written.append(plot(frame, rep, a.out / "power.png"))
-    for path in written:
-        print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

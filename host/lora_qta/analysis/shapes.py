@@ -31,6 +31,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 from ..errors import OptionError
+from ..lora.gemms import LoraGemm, layer_gemms
 
 DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
 """The standard LoRA targets of diffusion UNets (peft ``target_modules`` suffixes)."""
@@ -146,52 +147,26 @@ class LoraLayer:
         return rank * (self.d_in + self.d_out)
 
 
-@dataclass(frozen=True)
-class LoraGemm:
-    """One of the six GEMMs of a LoRA layer in a training step.
-
-    ``out_int8``: the result feeds another GEMM as INT8 (H feeds Y; dH feeds dA and dX), so the
-    kernel's requantizing epilogue writes INT8; the others (Y, dB, dA, dX) leave as INT32 to be
-    dequantized by the host (output added to the base path, weight gradients, input gradient).
-    """
-
-    layer: str
-    gemm: str
-    m: int
-    k: int
-    n: int
-    trans_a: bool
-    trans_b: bool
-    out_int8: bool
-
-    @property
-    def macs(self) -> int:
-        return self.m * self.k * self.n
-
-    @property
-    def key(self) -> tuple:
-        """The shape and layout of the call (what its cycle count depends on)."""
-        return (self.m, self.k, self.n, self.trans_a, self.trans_b, self.out_int8)
-
-
-INT8_OUTPUT_GEMMS = ("H = X.A^T", "dH = G.B")
-"""GEMMs whose output is requantized to INT8 by the kernel (they feed the next GEMM)."""
-
-
 # ------------------------------------------------------------------------- meta model
 
+def model_spec(model: str) -> ModelSpec:
+    """The :class:`ModelSpec` of ``model``; a clear error for an unknown one."""
+    if model not in MODELS:
+        raise OptionError(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
+    return MODELS[model]
+
+
 def _config_of(model: str) -> dict[str, Any]:
+    model_spec(model)  # refuses an unknown model
     if model == "sd15":
         return copy.deepcopy(SD15_UNET_CONFIG)
     if model == "sdxl":
         return copy.deepcopy(SDXL_UNET_CONFIG)
-    if model == "digits":
-        return dict(_digits_unet_config())
-    raise OptionError(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
+    return dict(_digits_unet_config())
 
 
 def _digits_unet_config() -> dict[str, Any]:
-    """The configuration of the project's default UNet (``lora_qta.digits.build_unet``)."""
+    """The configuration of the project's default UNet (``lora_qta.training.digits.build_unet``)."""
     from accelerate import init_empty_weights
 
     from ..training import digits  # imported lazily: it is developed alongside this module
@@ -234,7 +209,7 @@ def trace(model: str = "sd15", resolution: int | None = None,
     LoRA target linears (in forward order) and the base model's forward MACs."""
     import torch
 
-    spec = MODELS[model]
+    spec = model_spec(model)
     res = resolution or spec.resolution
     if res % spec.latent_factor:
         raise OptionError(f"resolution {res} is not a multiple of the latent factor {spec.latent_factor}; "
@@ -305,23 +280,10 @@ def lora_layers(model: str = "sd15", resolution: int | None = None,
 
 
 def lora_gemms(layers: Sequence[LoraLayer], rank: int, int8_outputs: str = "feeds") -> list[LoraGemm]:
-    """The six GEMMs of every layer at ``rank`` (:func:`lora_qta.cli.lora_layer_gemms`).
-
-    ``int8_outputs``: ``"feeds"`` (default) requantizes to INT8 the outputs that feed another
-    GEMM (H, dH; see :class:`LoraGemm`) and keeps INT32 for the others; ``"all"`` requantizes
-    every output (fully quantized training); ``"none"`` keeps every output INT32.
-    """
-    from ..cli import lora_layer_gemms
-
-    if int8_outputs not in ("feeds", "all", "none"):
-        raise OptionError(f"int8_outputs must be feeds, all or none, not {int8_outputs!r}")
-    out = []
-    for layer in layers:
-        for name, m, k, n, ta, tb in lora_layer_gemms(layer.tokens, layer.d_in, layer.d_out, rank):
-            short = name.split(None, 1)[1].strip()
-            o8 = int8_outputs == "all" or (int8_outputs == "feeds" and short in INT8_OUTPUT_GEMMS)
-            out.append(LoraGemm(layer.name, short, m, k, n, ta, tb, o8))
-    return out
+    """The six GEMMs (:data:`~lora_qta.lora.gemms.LORA_GEMMS`) of every layer at ``rank``;
+    ``int8_outputs`` as in :func:`~lora_qta.lora.gemms.layer_gemms`."""
+    return [g for layer in layers
+            for g in layer_gemms(layer.tokens, layer.d_in, layer.d_out, rank, int8_outputs, layer.name)]
 
 
 def lora_params(layers: Sequence[LoraLayer], rank: int) -> int:
@@ -348,7 +310,7 @@ def summary(model: str, rank: int = 4, resolution: int | None = None) -> dict[st
     """Counts for a quick look: layers, LoRA parameters, distinct shapes, token levels."""
     layers = lora_layers(model, resolution)
     return {
-        "model": model, "resolution": resolution or MODELS[model].resolution,
+        "model": model, "resolution": resolution or model_spec(model).resolution,
         "lora_linears": len(layers), "lora_params": lora_params(layers, rank), "rank": rank,
         "distinct_shapes": len({(l.tokens, l.d_in, l.d_out) for l in layers}),
         "token_counts": sorted({l.tokens for l in layers}, reverse=True),

@@ -1,45 +1,88 @@
-"""Emulation speed: one fine-tuning step of the default model, int8 emulated vs fp32 PyTorch.
+"""Emulation speed, measured on this machine (nothing here is a board figure).
 
-Both variants are built from the same shipped model and options and timed side by side in
-one process, alternating step by step so that drift of the machine's load hits both alike.
-The int8 step is split into accelerator (driver + emulated kernel), quantization and the
-rest. All times are measured on this machine; nothing here is a board figure.
-
-    lora-qta speed [--steps 8] [--engine fast|csim] [--batch-size 16]
+* :func:`throughput`: the emulation engines (``fast`` and ``csim``) through the whole driver
+  path (``Accelerator.gemm``: planner, pynq buffers, flush/invalidate, MMIO, kernel) on the six
+  GEMMs of LoRA layers, beside numpy float32 matmuls of the same shapes;
+* :func:`measure`: one fine-tuning step of the default model, int8 on the emulated accelerator
+  against fp32 PyTorch. Both variants are built from the same shipped model and options and
+  timed side by side in one process, alternating step by step so that drift of the machine's
+  load hits both alike; the int8 step is split into accelerator (driver + emulated kernel),
+  quantization and the rest.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable
 
 import numpy as np
-import torch
 
-from ..lora.layer import QtaRuntime, attach_runtime
-from ..training.models import DigitsBundle
-from ..training.loop import FinetuneConfig, add_lora, train_step
+from ..lora.gemms import layer_gemms
+from ..runtime.accelerator import Accelerator
+from ..runtime.check import random_operands
+from ..training.config import FinetuneConfig
+
+THROUGHPUT_LAYERS = ((4096, 320, 8), (1024, 640, 16), (4096, 320, 64))
+"""(tokens, features, rank) of the LoRA layers :func:`throughput` runs (the README's figures)."""
+QUICK_LAYERS = ((1024, 320, 8), (1024, 320, 32))
+"""Smaller layers, for a fast smoke run."""
+
+
+def best_time(fn: Callable[[], Any], repeat: int) -> float:
+    """Best wall time of ``repeat`` runs of ``fn`` (seconds), after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def throughput(board: str = "zcu104", repeat: int = 3,
+               layers: tuple[tuple[int, int, int], ...] = THROUGHPUT_LAYERS) -> list[dict[str, Any]]:
+    """Per GEMM of each layer: best wall time (s) of numpy float32, the ``fast`` and the ``csim``
+    engine, and the GEMM's modelled board time (us, the kernel's cycle count at the clock)."""
+    engines = {name: Accelerator(board, name) for name in ("fast", "csim")}
+    clock_mhz = engines["fast"].board.clock_mhz
+    rng = np.random.default_rng(0)
+    rows = []
+    for tokens, features, rank in layers:
+        for g in layer_gemms(tokens, features, features, rank, int8_outputs="none"):
+            ta, tb = g.trans_a, g.trans_b
+            a, b = random_operands(rng, g.m, g.k, g.n, ta, tb)
+            af, bf = a.astype(np.float32), b.astype(np.float32)
+            row = {"gemm": g.kind.title, "m": g.m, "k": g.k, "n": g.n,
+                   "fp32": best_time(lambda: (af.T if ta else af) @ (bf.T if tb else bf), repeat)}
+            for name, acc in engines.items():
+                row[name] = best_time(lambda: acc.gemm(a, b, trans_a=ta, trans_b=tb), repeat)
+            row["board_us"] = engines["fast"].gemm(a, b, trans_a=ta, trans_b=tb).cycles / clock_mhz
+            rows.append(row)
+    return rows
 
 
 def _variant(precision: str, cfg: FinetuneConfig, engine: str):
+    from torch.optim import AdamW
+
+    from ..lora.layer import QtaRuntime, attach_runtime
+    from ..training.loop import add_lora
+    from ..training.models import DigitsBundle
+
     bundle = DigitsBundle(cfg.pretrained_model)
     add_lora(bundle, FinetuneConfig(**{**cfg.__dict__, "precision": precision}))
     runtime = None
     if precision == "int8":
-        from ..runtime.accelerator import Accelerator
-
         runtime = QtaRuntime(Accelerator(cfg.board, engine), seed=cfg.seed)
         attach_runtime(bundle.unet, runtime)
     params = [p for p in bundle.unet.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate)
+    opt = AdamW(params, lr=cfg.learning_rate)
     data = bundle.training_data(cfg.num_examples, cfg.prior_per_class, cfg.seed)
     return bundle, runtime, params, opt, data
 
 
 def _step(variant, cfg: FinetuneConfig, step: int) -> float:
+    from ..training.loop import train_step
+
     bundle, runtime, params, opt, data = variant
     if runtime is not None:
         runtime.step = step
@@ -51,6 +94,10 @@ def _step(variant, cfg: FinetuneConfig, step: int) -> float:
 def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: int = 16,
             board: str | None = None) -> dict:
     """Median step times of fp32 and int8 (emulated) and the int8 time split."""
+    import torch
+
+    from ..lora.layer import attach_runtime
+
     cfg = FinetuneConfig(batch_size=batch_size, board=board, samples=False)
     fp32 = _variant("fp32", cfg, engine)
     int8 = _variant("int8", cfg, engine)
@@ -76,35 +123,3 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
         "int8_split_s": {"accelerator": acc, "quantization": qua, "rest": med["int8"] - acc - qua},
         "gemms_per_step": gemms, "lora_layers": attach_runtime(int8[0].unet, int8[1]), "target_ratio": 1.5,
     }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lora-qta speed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=8, help="timed steps per variant (after the warm-up)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
-    p.add_argument("--engine", default="fast", choices=["fast", "csim"],
-                   help="emulation engine of the int8 variant")
-    p.add_argument("--batch-size", type=int, default=16, help="images per step (the default run's)")
-    p.add_argument("--board", default=None, help="board configuration to emulate")
-    p.add_argument("--threads", type=int, default=1,
-                   help="PyTorch CPU threads for both variants (1, as the default fine-tuning uses)")
-    p.add_argument("--out", default=None, help="also write the figures as JSON to this file")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    r = measure(a.steps, a.warmup, a.engine, a.batch_size, a.board)
-    print(f"One fine-tuning step of the default digits model, batch {r['batch_size']} "
-          f"({r['note']}; {r['threads']} threads)")
-    print(f"  fp32 PyTorch LoRA        {r['fp32_step_s'] * 1e3:8.1f} ms")
-    print(f"  int8 on emulated accel.  {r['int8_step_s'] * 1e3:8.1f} ms  = {r['ratio_int8_over_fp32']:.2f}x fp32 "
-          f"(target <= {r['target_ratio']}x)")
-    s = r["int8_split_s"]
-    print(f"    accelerator ({r['engine']}, {r['gemms_per_step']} GEMMs) {s['accelerator'] * 1e3:.1f} ms, "
-          f"quantization {s['quantization'] * 1e3:.1f} ms, rest {s['rest'] * 1e3:.1f} ms")
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(r, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

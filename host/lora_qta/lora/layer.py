@@ -1,7 +1,8 @@
 """A peft LoRA layer whose six GEMMs run in INT8 on the accelerator (board or emulated).
 
 For one adapted linear layer with input X (tokens x in), lora_A = A (r x in),
-lora_B = B (out x r) and s = alpha / r::
+lora_B = B (out x r) and s = alpha / r, the six GEMMs of :data:`~lora_qta.lora.gemms.LORA_GEMMS`
+with the scaling in place::
 
     forward    H  = X . A^T        Y = s . H . B^T
     backward   dH = s . G . B      dB = s . G^T . H      dA = dH^T . X      dX = dH . A
@@ -32,10 +33,10 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
 from ..errors import AdapterError
 from ..runtime.accelerator import Accelerator
+from .gemms import LORA_GEMMS, LoraGemmKind
 from .quant import Quantized, quantize
 
-# The six GEMM kinds, in the order of the module docstring.
-GEMM_KINDS = ("fwd_H=X.At", "fwd_Y=H.Bt", "bwd_dH=G.B", "bwd_dB=Gt.H", "bwd_dA=dHt.X", "bwd_dX=dH.A")
+H_XAT, Y_HBT, DH_GB, DB_GTH, DA_DHTX, DX_DHA = LORA_GEMMS
 
 
 @dataclass
@@ -61,7 +62,7 @@ class QtaRuntime:
         self.acc = accelerator
         self.seed = seed
         self.step = 0
-        self.stats: dict[str, GemmStats] = {k: GemmStats() for k in GEMM_KINDS}
+        self.stats: dict[str, GemmStats] = {kind.key: GemmStats() for kind in LORA_GEMMS}
         self.time_accelerator = 0.0
         self.time_quantization = 0.0
 
@@ -77,17 +78,18 @@ class QtaRuntime:
         self.time_quantization += time.perf_counter() - t0
         return out
 
-    def gemm(self, kind: str, a: torch.Tensor, b: torch.Tensor, trans_a: bool, trans_b: bool) -> torch.Tensor:
-        """INT32 result of one INT8 GEMM on the accelerator, recording its figures."""
+    def gemm(self, kind: LoraGemmKind, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """INT32 result of one INT8 GEMM on the accelerator (operands laid out as ``kind``
+        says), recording its figures."""
         t0 = time.perf_counter()
-        r = self.acc.gemm(a, b, trans_a=trans_a, trans_b=trans_b)
+        r = self.acc.gemm(a, b, trans_a=kind.trans_a, trans_b=kind.trans_b)
         self.time_accelerator += time.perf_counter() - t0
-        st = self.stats[kind]
+        st = self.stats[kind.key]
         st.calls += 1
         st.cycles += r.cycles
         st.bytes_moved += r.bytes_moved
-        m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
-        st.macs += m * k * (b.shape[0] if trans_b else b.shape[1])
+        m, k = (a.shape[1], a.shape[0]) if kind.trans_a else a.shape
+        st.macs += m * k * (b.shape[0] if kind.trans_b else b.shape[1])
         st.dataflows[r.dataflow + (f"{r.split:+d}" if r.split else "")] += 1
         return r.output
 
@@ -110,10 +112,10 @@ class QtaLoraFunction(torch.autograd.Function):
         rt = runtime
         xq = rt.quant(x, "row")
         aq = rt.quant(a, "tensor")
-        h = rt.gemm(GEMM_KINDS[0], xq.q, aq.q, False, True).float() * xq.scale * aq.scale
+        h = rt.gemm(H_XAT, xq.q, aq.q).float() * xq.scale * aq.scale
         hq = rt.quant(h, "row")
         bq = rt.quant(b, "tensor")
-        y = rt.gemm(GEMM_KINDS[1], hq.q, bq.q, False, True).float() * hq.scale * bq.scale
+        y = rt.gemm(Y_HBT, hq.q, bq.q).float() * hq.scale * bq.scale
         ctx.save_for_backward(x, a, b, h)
         ctx.scaling, ctx.rt, ctx.layer_id = scaling, rt, layer_id
         ctx.aq, ctx.bq = aq, bq  # the weights' INT8 copies serve the backward GEMMs too
@@ -127,21 +129,21 @@ class QtaLoraFunction(torch.autograd.Function):
         # dH = s . G . B           (sums over out-features: per-token scales for G)
         gq_row = rt.quant(g, "row", rt.generator(lid, 0))
         bq = ctx.bq
-        dh = rt.gemm(GEMM_KINDS[2], gq_row.q, bq.q, False, False).float() * gq_row.scale * bq.scale * s
+        dh = rt.gemm(DH_GB, gq_row.q, bq.q).float() * gq_row.scale * bq.scale * s
         # dB = s . G^T . H         (sums over tokens: per-channel scales for G and H)
         gq_col = rt.quant(g, "col", rt.generator(lid, 1))
         hq_col = rt.quant(h, "col")
-        db = rt.gemm(GEMM_KINDS[3], gq_col.q, hq_col.q, True, False).float() * gq_col.scale.T * hq_col.scale * s
+        db = rt.gemm(DB_GTH, gq_col.q, hq_col.q).float() * gq_col.scale.T * hq_col.scale * s
         # dA = dH^T . X            (sums over tokens: per-channel scales)
         dhq_col = rt.quant(dh, "col", rt.generator(lid, 2))
         xq_col = rt.quant(x, "col")
-        da = rt.gemm(GEMM_KINDS[4], dhq_col.q, xq_col.q, True, False).float() * dhq_col.scale.T * xq_col.scale
+        da = rt.gemm(DA_DHTX, dhq_col.q, xq_col.q).float() * dhq_col.scale.T * xq_col.scale
         # dX = dH . A              (sums over the rank: per-token scales for dH)
         dx = None
         if ctx.needs_input_grad[0]:
             dhq_row = rt.quant(dh, "row", rt.generator(lid, 3))
             aq = ctx.aq
-            dx = (rt.gemm(GEMM_KINDS[5], dhq_row.q, aq.q, False, False).float()
+            dx = (rt.gemm(DX_DHA, dhq_row.q, aq.q).float()
                   * dhq_row.scale * aq.scale).to(x.dtype)
         return dx, da.to(a.dtype), db.to(b.dtype), None, None, None
 
