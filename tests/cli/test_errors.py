@@ -2,8 +2,10 @@
 traceback: unknown board, impossible shapes or modes, a C-simulation build that fails."""
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +44,22 @@ def test_bad_shapes_and_modes(args, message):
 def test_a_missing_compiler_is_one_line(args, tmp_path):
     line = one_error_line(run(*args, env={"CXX": "/nonexistent/g++", "LORA_QTA_CACHE": str(tmp_path)}))
     assert "C++ compiler '/nonexistent/g++' not found; install g++" in line
+
+
+def test_a_kernel_that_does_not_compile_is_one_line_pointing_at_the_log(tmp_path):
+    hls = tmp_path / "hls"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "hls", hls, ignore=shutil.ignore_patterns("tcl"))
+    with (hls / "src" / "qta_gemm.cpp").open("a") as f:
+        f.write("\nthis is not C++;\n")
+    cache = tmp_path / "cache"
+    line = one_error_line(run("csim", "--board", "pynq_z2",
+                              env={"LORA_QTA_HLS_DIR": str(hls), "LORA_QTA_CACHE": str(cache)}))
+    assert "compiling the kernel with" in line and "failed (exit status 1)" in line
+    log = Path(line.rsplit(" are in ", 1)[1])
+    assert log.is_file() and log.is_relative_to(cache) and "qta_gemm.cpp" in log.read_text()
+
+
+def test_a_missing_source_folder_is_one_line(tmp_path):
+    line = one_error_line(run("gemm", "8", "8", "8", "--backend", "csim",
+                              env={"LORA_QTA_HLS_DIR": str(tmp_path), "LORA_QTA_CACHE": str(tmp_path)}))
+    assert f"are not in {tmp_path}: set LORA_QTA_HLS_DIR to the repository's hls/ folder" in line

@@ -8,7 +8,8 @@ from hls_rules import violations
 from lora_qta.runtime import csim
 from lora_qta.hw.config import config
 
-KERNEL_SOURCES = [csim.HLS_DIR / "src" / "qta_gemm.cpp", csim.HLS_DIR / "src" / "qta_gemm.h"]
+HLS_SRC = Path(__file__).resolve().parents[2] / "hls" / "src"
+KERNEL_SOURCES = [HLS_SRC / "qta_gemm.cpp", HLS_SRC / "qta_gemm.h"]
 
 
 @pytest.mark.parametrize("board", sorted(config().boards))

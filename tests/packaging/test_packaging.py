@@ -1,6 +1,5 @@
 """PYNQ packaging: the ``pynq.notebooks`` entry point delivers the notebooks with
-``pynq get-notebooks``, the ``pynq.lib`` entry point registers the kernel's driver, and a wheel
-ships the notebooks.
+``pynq get-notebooks`` and the ``pynq.lib`` entry point registers the kernel's driver.
 
 The entry points are read from the installed distribution: after editing pyproject.toml the
 package must be reinstalled (``pip install --no-deps -e .``; ``make test`` does it when
@@ -15,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tomllib
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -126,37 +124,3 @@ def test_pynq_lib_entry_point_registers_the_kernel_driver():
     bound = [c for c in drivers if VLNV in c.bindto]
     assert bound, f"no driver in {ep.value} binds to the kernel VLNV {VLNV} of hardware.toml"
     assert pynq.overlay._ip_drivers[VLNV] is bound[0]  # registered by DefaultIP's metaclass
-
-
-def test_wheel_ships_the_notebooks(tmp_path):
-    setuptools = pytest.importorskip("setuptools")
-    if tuple(int(x) for x in setuptools.__version__.split(".")[:2]) < (77, 0):
-        pytest.skip(f"setuptools {setuptools.__version__} < 77 (pyproject.toml's build requirement)")
-    src = tmp_path / "src"
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "runs", ".ipynb_checkpoints", "build", "*.so")
-    shutil.copytree(ROOT / "host", src / "host", symlinks=True, ignore=ignore)
-    shutil.copytree(NB_DIR, src / "notebooks", ignore=ignore)
-    for f in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / f, src / f)
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                          "-q", "-w", str(tmp_path / "wheel"), str(src)], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
-    (wheel,) = (tmp_path / "wheel").glob("lora_qta-*.whl")
-    with zipfile.ZipFile(wheel) as z:
-        names = set(z.namelist())
-        entry_points = next(z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
-        z.extractall(tmp_path / "unpacked")
-    for name in DELIVERED + ["__init__.py"]:
-        assert f"lora_qta/notebooks/{name}" in names
-    assert "[pynq.notebooks]\nlora-qta = lora_qta.notebooks" in entry_points
-
-    # installed from the wheel, the package's folder is a real folder holding the notebooks
-    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import lora_qta.notebooks as m; "
-             "from lora_qta.delivery import shipped_files; "
-             "print(m.__path__[0]); print(*sorted(f.name for f in shipped_files(m.__path__[0])))")
-    res = subprocess.run([sys.executable, "-S", "-c", probe, str(tmp_path / "unpacked")],
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    where, files = res.stdout.splitlines()
-    assert Path(where).resolve() == (tmp_path / "unpacked" / "lora_qta" / "notebooks").resolve()
-    assert files.split() == DELIVERED

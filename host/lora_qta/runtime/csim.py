@@ -1,9 +1,13 @@
 """The HLS kernel compiled with g++ (C-simulation) and loaded through ctypes.
 
 As in hls4ml, the emulation path runs the very C++ that Vitis HLS synthesizes: this module
-generates ``qta_config.h`` for a board, compiles ``hls/src/*.cpp`` against the ``ap_int``
+generates ``qta_config.h`` for a board, compiles the kernel's sources against the ``ap_int``
 headers that the ``hls4ml`` package ships, caches the shared library by a hash of its
 inputs, and exposes :func:`load` -> :class:`CsimKernel`.
+
+The sources are the package data ``lora_qta.hls`` (setuptools maps it onto the repository's
+top-level ``hls/`` folder, and a wheel ships ``src/*.cpp|h`` and ``tb/*.cpp``), or the folder
+named by ``$LORA_QTA_HLS_DIR``.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from ..errors import CsimBuildError
 from ..hw.config import BoardConfig, KernelArg, board_digest, config
 from ..hw.generate import header
 
-HLS_DIR = Path(__file__).resolve().parents[3] / "hls"
+HLS_DIR_ENV = "LORA_QTA_HLS_DIR"
 SOURCES = ("src/qta_gemm.cpp", "src/qta_csim_api.cpp")
 HEADERS = ("src/qta_gemm.h",)
+TESTBENCH = "tb/qta_gemm_tb.cpp"
 # -Wall -Werror as the project demands; HLS pragmas and loop labels are not errors for g++,
 # and the ap_int headers trip -Wmaybe-uninitialized when inlined into our code.
 CXXFLAGS = ("-std=c++14", "-O2", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-label",
@@ -44,6 +49,23 @@ def ap_types_dir() -> Path:
     return path
 
 
+def hls_dir() -> Path:
+    """The folder of the kernel's sources (``src/``, ``tb/``): ``$LORA_QTA_HLS_DIR``, else the
+    package data ``lora_qta.hls``."""
+    override = os.environ.get(HLS_DIR_ENV)
+    if override:
+        path = Path(override)
+    else:
+        spec = importlib.util.find_spec("lora_qta.hls")
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        path = Path(locations[0]) if locations else None
+    files = SOURCES + HEADERS + (TESTBENCH,)
+    if path is None or not all((path / rel).is_file() for rel in files):
+        raise CsimBuildError(f"the kernel's sources ({', '.join(files)}) are not in {path}: set "
+                             f"{HLS_DIR_ENV} to the repository's hls/ folder, or reinstall the package")
+    return path
+
+
 def cache_dir() -> Path:
     """Where built libraries are kept (``$LORA_QTA_CACHE`` or ``~/.cache/lora_qta``)."""
     return Path(os.environ.get("LORA_QTA_CACHE", Path.home() / ".cache" / "lora_qta")) / "csim"
@@ -54,17 +76,15 @@ def build(board: BoardConfig, out_dir: Path | None = None, testbench: bool = Fal
 
     The result is cached under a hash of the sources, the generated header and the flags.
     """
-    if not HLS_DIR.is_dir():
-        raise CsimBuildError(f"HLS sources not found at {HLS_DIR}: install the package from its "
-                             "repository (pip install -e .)")
+    root = hls_dir()
     cxx = os.environ.get("CXX", "g++")
     if shutil.which(cxx) is None:
         raise CsimBuildError(f"C++ compiler {cxx!r} not found; install g++ (apt-get install g++)")
     hdr = header(board.name)
-    files = list(SOURCES) + (["tb/qta_gemm_tb.cpp"] if testbench else [])
+    files = list(SOURCES) + ([TESTBENCH] if testbench else [])
     h = hashlib.sha256(hdr.encode())
     for rel in files + list(HEADERS):
-        h.update((HLS_DIR / rel).read_bytes())
+        h.update((root / rel).read_bytes())
     h.update(" ".join(CXXFLAGS).encode())
     key = h.hexdigest()[:16]
     out_dir = out_dir or cache_dir() / f"{board.name}-{key}"
@@ -73,12 +93,12 @@ def build(board: BoardConfig, out_dir: Path | None = None, testbench: bool = Fal
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "qta_config.h").write_text(hdr)
-    srcs = [str(HLS_DIR / f) for f in files if not (testbench and f.endswith("csim_api.cpp"))]
+    srcs = [str(root / f) for f in files if not (testbench and f.endswith("csim_api.cpp"))]
     link = [] if testbench else ["-shared", "-fPIC"]
     with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".tmp", delete=False) as tmp:
         tmp_path = Path(tmp.name)
     cmd = [cxx, *CXXFLAGS, *link, "-isystem", str(ap_types_dir()), f"-I{out_dir}",
-           f"-I{HLS_DIR / 'src'}", *srcs, "-o", str(tmp_path)]
+           f"-I{root / 'src'}", *srcs, "-o", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tmp_path.unlink(missing_ok=True)
