@@ -84,6 +84,10 @@ class DMAError(QtaError, RuntimeError):
     """A kernel memory access outside allocated buffers, unaligned, or overlapping."""
 
 
+class DeviceMemoryError(QtaError, MemoryError):
+    """The emulated DDR has no room left for an allocation."""
+
+
 class BackendError(QtaError, RuntimeError):
     """An unknown or unavailable backend."""
 

@@ -29,7 +29,7 @@ import pynq
 from pynq.buffer import PynqBuffer
 
 from . import fast
-from ..errors import BackendError, DeviceBusyError, DMAError
+from ..errors import BackendError, DeviceBusyError, DeviceMemoryError, DMAError
 from ..hw.config import BoardConfig, config
 from ..hw.call import GemmCall
 
@@ -56,8 +56,9 @@ class EmulatedDDR:
         span = max(PAGE, -(-nbytes // PAGE) * PAGE)
         with self._lock:
             if self._next + span > self.base + self.size:
-                raise MemoryError(f"emulated DDR exhausted: {nbytes} bytes requested, "
-                                  f"{self.base + self.size - self._next} left")
+                raise DeviceMemoryError(f"emulated DDR exhausted: {nbytes} bytes requested, "
+                                        f"{self.base + self.size - self._next} left; allocate less, or use a "
+                                        "new EmulatedDevice (its address space is not reused)")
             addr, self._next = self._next, self._next + span
             backing = np.zeros(nbytes, dtype=np.uint8)
             bisect.insort(self._starts, addr)
