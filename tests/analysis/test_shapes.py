@@ -77,7 +77,7 @@ def test_default_model_layers_come_from_the_digits_unet():
     try:
         from lora_qta.training import digits
     except ModuleNotFoundError as e:  # developed alongside; only its absence skips
-        pytest.skip(f"lora_qta.digits is not there yet: {e}")
+        pytest.skip(f"lora_qta.training.digits is not there yet: {e}")
     layers = shapes.default_model_layers()
     assert layers and len(layers) % 8 == 0
     cross = [l for l in layers if ".attn2.to_k" in l.name]

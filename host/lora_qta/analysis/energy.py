@@ -19,7 +19,7 @@ A MAC costs one multiply and one accumulate add: INT8 with 32-bit accumulation 0
 FP16 1.1 + 0.4 (FP16 accumulation, as this table's FP16 MAC), FP32 3.7 + 0.9.
 
 **What is counted per GEMM** (from the planner's call: tiles, dataflow, partition; the
-same steps as :func:`lora_qta.planner.model_cycles`; per step (block, K chunk) with clipped
+same steps as :func:`lora_qta.runtime.planner.model_cycles`; per step (block, K chunk) with clipped
 tile mt x nt x kt on the logical LR x LC array):
 
 * arithmetic: ``m·n·k`` MACs; the INT8 epilogue of INT8-output GEMMs adds one INT32 multiply

@@ -12,7 +12,7 @@ On a PC (no rails) the very same code path runs against **emulated sensors**: a
 and ``power`` are duck-typed sensors (``name``, ``parents``, ``get_value()``, ``value``, as
 ``pynq.pmbus.MultiSensor`` reads them). Their power is an idle draw (a stated assumption per
 board, ``idle_watts`` of its ``host`` table in ``hardware.toml``) plus, while a phase runs, the energy model's dynamic power: the
-modelled energy of the phase's GEMMs (:mod:`lora_qta.energy`, Horowitz 45 nm) divided by their
+modelled energy of the phase's GEMMs (:mod:`lora_qta.analysis.energy`, Horowitz 45 nm) divided by their
 modelled time at the board clock (cycles from the emulated accelerator's kernel counter). The
 emulated workload plays the modelled schedule back in real time (it holds each phase for the
 modelled duration of a whole number of repetitions) so that the recorder samples a trace with
@@ -149,7 +149,7 @@ class PhaseResult:
 
 
 class GemmWorkload:
-    """Runs lists of LoRA GEMMs on an :class:`~lora_qta.accelerator.Accelerator`.
+    """Runs lists of LoRA GEMMs on an :class:`~lora_qta.runtime.accelerator.Accelerator`.
 
     ``emulated=False``: each phase calls ``acc.gemm`` for real, repeating the loop until
     ``seconds`` have passed. ``emulated=True``: each distinct GEMM runs once on the emulated

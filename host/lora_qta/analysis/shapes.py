@@ -17,7 +17,7 @@ at the four block levels, SDXL at 1024x1024 (latent 128x128, no attention at the
 block structure.
 
 The same pass counts the frozen base model's multiply-accumulates (convolutions, linears and
-the two attention matmuls Q.K^T and P.V) for the training-step view of :mod:`lora_qta.bench`.
+the two attention matmuls Q.K^T and P.V) for the training-step view of :mod:`lora_qta.analysis.step`.
 
 Public API: :func:`lora_layers`, :func:`lora_gemms`, :func:`base_macs`,
 :func:`default_model_layers`, :func:`build_meta_unet`.
@@ -128,7 +128,7 @@ MODELS: dict[str, ModelSpec] = {
     "sdxl": ModelSpec("SDXL base 1.0", 1024, 8, 77, True),
     "digits": ModelSpec("project default (digits UNet)", 16, 1, 8, False),
 }
-"""Models by key; ``digits`` is the project's embedded default (:mod:`lora_qta.digits`)."""
+"""Models by key; ``digits`` is the project's embedded default (:mod:`lora_qta.training.digits`)."""
 
 
 # ------------------------------------------------------------------------- data types
@@ -301,8 +301,8 @@ def base_macs(model: str = "sd15", resolution: int | None = None) -> dict[str, i
 
 
 def default_model_layers(targets: Sequence[str] = DEFAULT_TARGETS) -> list[LoraLayer]:
-    """The LoRA layers of the project's default model (``lora_qta.digits.build_unet()``, 16x16
-    images, text length ``digits.MAX_LENGTH``). Imports :mod:`lora_qta.digits` lazily."""
+    """The LoRA layers of the project's default model (``lora_qta.training.digits.build_unet()``, 16x16
+    images, text length ``digits.MAX_LENGTH``). Imports :mod:`lora_qta.training.digits` lazily."""
     return lora_layers("digits", None, targets)
 
 

@@ -436,7 +436,7 @@ def build_pipeline(seed: int = 0) -> DigitsPipeline:
 
 
 def shipped_model_dir() -> Path:
-    """Folder of the committed pretrained pipeline (``lora_qta/assets/digits_base/``)."""
+    """Folder of the committed pretrained pipeline (``lora_qta/training/assets/digits_base/``)."""
     return Path(__file__).resolve().parent / "assets" / "digits_base"
 
 

@@ -4,7 +4,7 @@ Both precisions are fine-tuned with the same options and seeds; each adapter is 
 into a fresh stock pipeline with ``pipeline.load_lora_weights`` and measured on real data:
 
 * concept accuracy: the share of images generated for the new token that a digit classifier
-  (trained on scikit-learn's digits, :func:`lora_qta.digits.train_digit_classifier`) reads as
+  (trained on scikit-learn's digits, :func:`lora_qta.training.digits.train_digit_classifier`) reads as
   the held-out digit;
 * preserved accuracy: the same for prompts of the digits the base model already knew;
 * held-out denoising loss: the noise-prediction MSE on test-split images (new concept with its

@@ -5,7 +5,7 @@ prompt encoder, image-to-latent encoder, a sampler for the before/after grid and
 saver. Two kinds exist:
 
 * :class:`DigitsBundle`: the embedded default, the project's pretrained digits UNet
-  (``lora_qta.digits``), pixel-space diffusion on 16x16 images, with a handful of examples
+  (``lora_qta.training.digits``), pixel-space diffusion on 16x16 images, with a handful of examples
   of a digit class held out of pretraining as the new concept;
 * :class:`StableDiffusionBundle`: a local diffusers Stable Diffusion folder (UNet, VAE, CLIP
   text encoder and tokenizer, scheduler) with a folder of instance images (DreamBooth-style).
