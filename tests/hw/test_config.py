@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from lora_qta.errors import ConfigError, QtaError
-from lora_qta.hw import config as hwconfig
+from lora_qta.hw import config as config_module
 from lora_qta.hw.config import board_digest, config
 
 # Bytes each argument kind takes in the Vitis HLS s_axilite layout (a 64-bit address or output:
@@ -38,11 +38,11 @@ def test_control_bits():
 def edited_config(tmp_path, monkeypatch):
     """Load a copy of hardware.toml with one text replacement (the cache is restored after)."""
     def load(old: str, new: str):
-        text = hwconfig.CONFIG_PATH.read_text()
+        text = config_module.CONFIG_PATH.read_text()
         assert old in text
         path = tmp_path / "hardware.toml"
         path.write_text(text.replace(old, new, 1))
-        monkeypatch.setattr(hwconfig, "CONFIG_PATH", path)
+        monkeypatch.setattr(config_module, "CONFIG_PATH", path)
         config.cache_clear()
         return config()
 
