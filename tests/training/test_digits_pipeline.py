@@ -115,20 +115,28 @@ def test_lora_round_trip_through_load_lora_weights(tmp_path, rank, alpha):
     torch.testing.assert_close(loaded_out, peft_out, rtol=1e-5, atol=1e-6)
 
 
+def _shipped_with_adapter(lora_b: float) -> digits.DigitsPipeline:
+    """The shipped pipeline with a rank-2 LoRA on its targets whose B matrices hold ``lora_b``
+    (peft initialises B to zero, which would leave the UNet unchanged)."""
+    from peft import LoraConfig
+
+    pipe = digits.DigitsPipeline.from_pretrained(digits.shipped_model_dir(), local_files_only=True)
+    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
+                                     target_modules=list(digits.LORA_TARGET_MODULES)))
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                param.fill_(lora_b)
+    return pipe
+
+
 def test_load_lora_weights_accepts_the_peft_key_format(tmp_path):
     """Keys like 'unet.<module>.lora_A.weight' (no diffusers conversion) load as well."""
-    from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     folder = digits.shipped_model_dir()
-    trained = digits.DigitsPipeline.from_pretrained(folder, local_files_only=True)
-    trained.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
-                                        target_modules=list(digits.LORA_TARGET_MODULES)))
-    with torch.no_grad():
-        for name, param in trained.unet.named_parameters():
-            if "lora_B" in name:
-                param.fill_(0.01)
+    trained = _shipped_with_adapter(lora_b=0.01)
     state = {f"unet.{k}": v.contiguous() for k, v in get_peft_model_state_dict(trained.unet).items()}
     assert any(k.endswith("attn1.to_q.lora_A.weight") for k in state)
     save_file(state, str(tmp_path / "pytorch_lora_weights.safetensors"))
@@ -142,17 +150,10 @@ def test_load_lora_weights_accepts_the_peft_key_format(tmp_path):
 
 
 def test_lora_fuse_scale_unload_and_text_encoder_keys(tmp_path):
-    from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     folder = digits.shipped_model_dir()
-    donor = digits.DigitsPipeline.from_pretrained(folder, local_files_only=True)
-    donor.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian",
-                                      target_modules=list(digits.LORA_TARGET_MODULES)))
-    with torch.no_grad():
-        for name, param in donor.unet.named_parameters():
-            if "lora_B" in name:
-                param.fill_(0.02)
+    donor = _shipped_with_adapter(lora_b=0.02)
     state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(donor.unet).items()}
 
     pipe = digits.DigitsPipeline.from_pretrained(folder, local_files_only=True)

@@ -21,13 +21,28 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (its folder created) and close it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 # ----------------------------------------------------------------------------- dataflow study
 
-def _rank_ticks(ax, cfgs) -> None:
+def _rank_axis(ax: Any, cfgs: list[dict], ylabel: str, title: str) -> None:
+    """A log2 axis of the LoRA ranks of ``cfgs``, labelled, with a grid."""
     ranks = sorted({c["rank"] for c in cfgs})
+    ax.set_xscale("log", base=2)
     ax.set_xticks(ranks)
     ax.set_xticklabels([str(r) for r in ranks])
     ax.minorticks_off()
+    ax.set_xlabel("LoRA rank")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
 
 
 def dataflow_plots(res: dict, out: Path) -> list[Path]:
@@ -38,7 +53,6 @@ def dataflow_plots(res: dict, out: Path) -> list[Path]:
     models = list(dict.fromkeys(c["model"] for c in cfgs))
     styles = ["-", "--", ":", "-."]
     colors = {"ws": "#4c72b0", "os": "#dd8452", "adaptive": "#55a868", "auto": "#c44e52"}
-    paths = []
 
     fig, axes = plt.subplots(1, len(boards), figsize=(5 * len(boards), 4), squeeze=False)
     for ax, b in zip(axes[0], boards):
@@ -47,18 +61,10 @@ def dataflow_plots(res: dict, out: Path) -> list[Path]:
             for mode in MODES:
                 ax.plot([c["rank"] for c in sel], [100 * c["utilization"][mode] for c in sel],
                         styles[mi % 4], marker="o", ms=3, color=colors[mode], label=f"{model} {MODE_LABELS[mode]}")
-        ax.set_xscale("log", base=2)
-        _rank_ticks(ax, cfgs)
-        ax.set_xlabel("LoRA rank")
-        ax.set_ylabel("PE utilization of the step's LoRA GEMMs (%)")
-        ax.set_title(b)
-        ax.grid(alpha=0.3)
+        _rank_axis(ax, cfgs, "PE utilization of the step's LoRA GEMMs (%)", b)
     axes[0][0].legend(fontsize=6)
     fig.suptitle(f"PE utilization per dataflow vs rank - {res['label']}", fontsize=9)
-    fig.tight_layout()
-    paths.append(out / "utilization.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths = [_save(fig, out / "utilization.png")]
 
     fig, axes = plt.subplots(1, len(boards), figsize=(5 * len(boards), 4), squeeze=False)
     for ax, b in zip(axes[0], boards):
@@ -71,18 +77,10 @@ def dataflow_plots(res: dict, out: Path) -> list[Path]:
         ax.axhline(res["paper_speedup"], color="k", lw=0.8, ls="--")
         ax.text(min(c["rank"] for c in cfgs), res["paper_speedup"] * 1.01, "CDM-QTA reported 1.81x (their array)", fontsize=7)
         ax.axhline(1.0, color="grey", lw=0.5)
-        ax.set_xscale("log", base=2)
-        _rank_ticks(ax, cfgs)
-        ax.set_xlabel("LoRA rank")
-        ax.set_ylabel("speedup (total cycles of the step)")
-        ax.set_title(b)
-        ax.grid(alpha=0.3)
+        _rank_axis(ax, cfgs, "speedup (total cycles of the step)", b)
     axes[0][0].legend(fontsize=6)
     fig.suptitle(f"Adaptive dataflow speedup over fixed WS / OS - {res['label']}", fontsize=9)
-    fig.tight_layout()
-    paths.append(out / "speedup.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "speedup.png"))
 
     fig, axes = plt.subplots(1, len(boards), figsize=(5 * len(boards), 4.2), squeeze=False)
     ranks = sorted({c["rank"] for c in cfgs})
@@ -110,10 +108,7 @@ def dataflow_plots(res: dict, out: Path) -> list[Path]:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     fig.suptitle(f"Roofline of the LoRA GEMMs (policy auto) - {res['label']}", fontsize=9)
-    fig.tight_layout()
-    paths.append(out / "roofline.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "roofline.png"))
     return paths
 
 
@@ -150,11 +145,7 @@ def energy_plot(rep: dict, path: Path) -> Path:
         ax.set_title(f"{model} on {bname}", fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(f"LoRA GEMM energy per training step, batch 1 - {rep['label']}", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- power
@@ -180,8 +171,4 @@ def power_plot(frame: Any, rep: dict, path: Path) -> Path:
     ax.set_ylabel("power (W): " + " + ".join(rep["sensors"]))
     ax.set_title(f"{rep['board']}: power trace - {rep['label']}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
