@@ -42,6 +42,10 @@ the table's 8 KB / 32 KB / 1 MB points (extrapolated along the nearest segment).
 dataflow, element counts); operands take 2 or 4 bytes, so DDR bytes of A, B and C and SRAM
 bytes scale with the width, the buffers are that much larger (higher energy per access) and
 the accumulator holds FP16 or FP32. The INT8 array's accumulators are INT32 (4 bytes).
+
+:func:`energy_report` sums this per LoRA training step for boards, models and ranks; its
+markdown is :func:`lora_qta.analysis.report.energy_markdown`, its figure
+:func:`lora_qta.analysis.plots.energy_plot`.
 """
 
 from __future__ import annotations

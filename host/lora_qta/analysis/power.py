@@ -11,14 +11,16 @@ On a PC (no rails) the very same code path runs against **emulated sensors**: a
 ``get_rails()``-compatible dict of ``pynq.pmbus.Rail`` objects whose ``voltage``, ``current``
 and ``power`` are duck-typed sensors (``name``, ``parents``, ``get_value()``, ``value``, as
 ``pynq.pmbus.MultiSensor`` reads them). Their power is an idle draw (a stated assumption per
-board, ``idle_watts`` of its ``host`` table in ``hardware.toml``) plus, while a phase runs, the energy model's dynamic power: the
-modelled energy of the phase's GEMMs (:mod:`lora_qta.analysis.energy`, Horowitz 45 nm) divided by their
-modelled time at the board clock (cycles from the emulated accelerator's kernel counter). The
+board, ``idle_watts`` of its ``host`` table in ``hardware.toml``) plus, while a phase runs, the
+energy model's dynamic power: the modelled energy of the phase's GEMMs
+(:mod:`lora_qta.analysis.energy`, Horowitz 45 nm) divided by their modelled time at the board
+clock (cycles from the emulated accelerator's kernel counter). The
 emulated workload plays the modelled schedule back in real time (it holds each phase for the
 modelled duration of a whole number of repetitions) so that the recorder samples a trace with
 the board's timing. Every figure from emulated sensors is labelled
 "emulated sensors: power from the energy model (modelled)"; nothing here is a board measurement
-unless it ran on a board's rails.
+unless it ran on a board's rails. The report and the trace's figure are
+:func:`lora_qta.analysis.report.power_markdown` and :func:`lora_qta.analysis.plots.power_plot`.
 
 ``pynq.pmbus.DataRecorder`` needs pandas (pin ``pandas==2.2.3``, compatible with numpy 1.26).
 """

@@ -180,7 +180,8 @@ def step_markdown(sv: dict) -> str:
     return "\n".join(L) + "\n"
 
 
-def write_dataflow(res: dict, out: Path, detail_board: str | None, detail_ranks: Sequence[int]) -> tuple[str, list[Path]]:
+def write_dataflow(res: dict, out: Path, detail_board: str | None,
+                   detail_ranks: Sequence[int]) -> tuple[str, list[Path]]:
     """``dataflow.md`` (the study, then its cycle-model check and training-step view when ``res``
     holds them) and ``dataflow.json`` in ``out``; returns (the markdown, the files)."""
     text = dataflow_markdown(res, detail_board, detail_ranks)
