@@ -58,8 +58,8 @@ bench: $(STAMP)  ## benchmarks (print figures; not tests): dataflow/energy, emul
 clean:           ## remove build products (not .venv)
 	rm -rf build
 
-check-board-lock: $(STAMP) ## ask PyPI for every pin of the board lock as a board would (cp310 aarch64); UPDATE=1 rewrites its metadata snapshot
-	$(BIN)/python constraints/check_locks.py board $(if $(UPDATE),--update)
+check-board-lock: $(STAMP) ## ask PyPI for the wheel and metadata of every pin of the board lock, as a board would (cp310 aarch64); UPDATE=1 rewrites the snapshot, PIP=1 lets pip pick
+	$(BIN)/python constraints/check_locks.py board $(if $(UPDATE),--update) $(if $(PIP),--pip)
 
 lock-board: $(STAMP) ## regenerate the board lock from pyproject.toml's ranges (uv, resolving for aarch64), then check it
 	$(BIN)/pip install --quiet uv==0.13.9 --target build/uv

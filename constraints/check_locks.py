@@ -1,7 +1,7 @@
 """Check the locks in this folder against pyproject.toml and against each other's metadata.
 
     python constraints/check_locks.py offline          # no network: what tests/test_locks.py runs
-    python constraints/check_locks.py board [--update] # asks PyPI for the board lock (make check-board-lock)
+    python constraints/check_locks.py board [--update] [--pip]  # asks PyPI (make check-board-lock)
 
 A lock is an exact set: it is consistent when every requirement of every member (markers
 evaluated for the lock's target: Python version and machine, with the extras asked for) is met
@@ -14,24 +14,37 @@ member's ``Requires-Dist``:
   board would install, fetched once from PyPI by ``board`` and kept in
   ``py310-aarch64.metadata.json``; ``offline`` checks against that snapshot.
 
-``board`` runs ``pip install --dry-run --no-deps --report`` with the board's platform tags
-(cp310, manylinux_2_17..2_35 aarch64, ``--only-binary=:all:``): pip picks, for every pin, the
-wheel a board would get and reads its metadata from PyPI (PEP 658 ``.metadata`` files, so no
-wheel is downloaded, torch's included), then this script compares it with the snapshot and
-checks consistency. pip's own resolver is not used for the graph because it evaluates
-environment markers for the machine it runs on (x86_64, Python 3.11), not for ``--platform``:
-it would add torch's x86-only CUDA packages and drop ``tomli``.
+``board`` does what pip on a board does, for every pin: reads the PyPI simple index
+(``https://pypi.org/simple/<name>/``, JSON), picks the wheel of the pinned version with the
+best tag for CPython 3.10 on aarch64 with glibc 2.35 (``packaging.tags`` order, as pip) whose
+``Requires-Python`` admits 3.10, and reads that wheel's metadata: its PEP 658 file
+(``<wheel url>.metadata``, a few kB) or, where the index has none, the ``METADATA`` member
+through HTTP range requests. No wheel is downloaded, torch's 146 MB included. Then it checks
+consistency on that metadata and compares it with the snapshot. ``board --pip`` lets pip pick
+the wheels instead (``pip install --dry-run --no-deps --report`` with the board's
+``--platform`` tags); it agrees, but pip reads metadata files only where the index announces
+them, and downloads every wheel elsewhere (the package proxy of the machine this was written
+on). pip's resolver is not used for the graph because it evaluates environment markers for the
+machine it runs on (x86_64, Python 3.11), not for ``--platform``: it would add torch's x86-only
+CUDA packages and drop ``tomli``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import io
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from email.parser import Parser
 from pathlib import Path
 
 from packaging.markers import default_environment
@@ -166,8 +179,9 @@ def check_image(pins: dict[str, str]) -> list[str]:
     return problems
 
 
-def board_tags() -> set:
-    return set(cpython_tags((3, 10), abis=["cp310"], platforms=BOARD_PLATFORMS)) | set(
+def board_tag_order() -> list:
+    """The tags CPython 3.10 on aarch64 (glibc 2.35) installs, most preferred first (as pip)."""
+    return list(cpython_tags((3, 10), abis=["cp310"], platforms=BOARD_PLATFORMS)) + list(
         compatible_tags((3, 10), "cp310", platforms=BOARD_PLATFORMS))
 
 
@@ -177,7 +191,7 @@ def check_snapshot(pins: dict[str, str], snap: dict[str, dict]) -> list[str]:
     if set(snap) != set(pins):
         problems.append(f"metadata snapshot and lock differ: only in lock {sorted(set(pins) - set(snap))}, "
                         f"only in snapshot {sorted(set(snap) - set(pins))} (run make check-board-lock UPDATE=1)")
-    tags = board_tags()
+    tags = set(board_tag_order())
     for name, meta in sorted(snap.items()):
         if name in pins and Version(meta["version"]) != Version(pins[name]):
             problems.append(f"snapshot has {name} {meta['version']}, the lock pins {pins[name]}")
@@ -222,8 +236,107 @@ def offline() -> list[str]:
     return problems
 
 
-def fetch_board_metadata(lock: Path) -> tuple[dict[str, dict], dict]:
-    """Ask PyPI, as a board would, for the wheel of every pin and its metadata."""
+INDEX = "https://pypi.org/simple"
+
+
+def _get(url: str, accept: str | None = None) -> bytes:
+    headers = {"Accept-Encoding": "gzip", **({"Accept": accept} if accept else {})}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=120) as resp:
+        data = resp.read()
+        return gzip.decompress(data) if resp.headers.get("Content-Encoding") == "gzip" else data
+
+
+def board_wheel(name: str, version: str, rank: dict) -> dict:
+    """The file of ``name==version`` that pip on a board picks from the index."""
+    index = json.loads(_get(f"{INDEX}/{name}/", "application/vnd.pypi.simple.v1+json"))
+    best = None
+    for f in index["files"]:
+        if not f["filename"].endswith(".whl"):
+            continue
+        try:
+            _, v, _, tags = parse_wheel_filename(f["filename"])
+        except ValueError:  # old uploads with names that break today's rules
+            continue
+        r = min((rank[t] for t in tags if t in rank), default=None)
+        rp = f.get("requires-python")
+        if v != Version(version) or r is None or (rp and not SpecifierSet(rp).contains("3.10", prereleases=True)):
+            continue
+        if best is None or r < best[0]:
+            best = (r, f)
+    if best is None:
+        raise LookupError(f"PyPI has no wheel of {name}=={version} for CPython 3.10 aarch64 (glibc 2.{BOARD_GLIBC})")
+    return best[1]
+
+
+class _RemoteFile(io.RawIOBase):
+    """A wheel on the index read through HTTP range requests, so that ``zipfile`` fetches only
+    its central directory and the METADATA member (a few requests, some kB)."""
+
+    def __init__(self, url: str, size: int):
+        self.url, self.size, self.pos = url, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: 0, 1: self.pos, 2: self.size}[whence] + offset
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self.size - self.pos)
+        if n <= 0:
+            return 0
+        req = urllib.request.Request(self.url, headers={"Range": f"bytes={self.pos}-{self.pos + n - 1}"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            if resp.status != 206:
+                raise OSError(f"{self.url}: the server ignores range requests")
+            data = resp.read()
+        buf[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def wheel_metadata(url: str, size: int | None) -> str:
+    """The METADATA of a wheel: its PEP 658 file if the index has one, else the member itself,
+    read with range requests; the whole wheel only if the server ignores ranges."""
+    try:
+        return _get(url + ".metadata").decode()
+    except urllib.error.HTTPError as e:
+        if e.code != 404:
+            raise
+    try:
+        source = io.BufferedReader(_RemoteFile(url, size), 1 << 16) if size else io.BytesIO(_get(url))
+        with zipfile.ZipFile(source) as z:
+            return z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    except OSError:
+        with zipfile.ZipFile(io.BytesIO(_get(url))) as z:
+            return z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+
+
+def fetch_board_metadata(lock: Path) -> dict[str, dict]:
+    """For every pin, the wheel a board gets from PyPI and its metadata (no wheel downloaded)."""
+    pins = read_lock(lock)
+    rank = {t: i for i, t in enumerate(board_tag_order())}
+
+    def one(name: str) -> tuple[str, dict]:
+        f = board_wheel(name, pins[name], rank)
+        meta = Parser().parsestr(wheel_metadata(f["url"], f.get("size")), headersonly=True)
+        return name, {"version": meta["Version"], "requires_dist": meta.get_all("Requires-Dist") or [],
+                      "requires_python": meta.get("Requires-Python"), "wheel": f["filename"],
+                      "sha256": f.get("hashes", {}).get("sha256")}
+
+    with ThreadPoolExecutor(8) as pool:
+        return dict(sorted(pool.map(one, pins)))
+
+
+def fetch_board_metadata_pip(lock: Path) -> dict[str, dict]:
+    """The same, asked of pip (``--dry-run --no-deps --report`` with the board's platform tags)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps",
@@ -231,13 +344,11 @@ def fetch_board_metadata(lock: Path) -> tuple[dict[str, dict], dict]:
                "--python-version", "3.10", "--abi", "cp310"]
         for p in BOARD_PLATFORMS:
             cmd += ["--platform", p]
-        cmd += ["--index-url", "https://pypi.org/simple", "-r", str(lock)]
+        cmd += ["--index-url", INDEX, "-r", str(lock)]
         # PyPI only, as on a board: no local find-links, extra indexes or machine-wide constraints
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k == "PIP_CERT"}
         env["PIP_CONFIG_FILE"] = os.devnull
-        rx0, t0 = _rx_bytes(), time.perf_counter()
         subprocess.run(cmd, check=True, env=env)
-        stats = {"seconds": round(time.perf_counter() - t0, 1), "received_bytes": _rx_bytes() - rx0}
         items = json.loads(report.read_text())["install"]
     snap = {}
     for item in items:
@@ -249,7 +360,7 @@ def fetch_board_metadata(lock: Path) -> tuple[dict[str, dict], dict]:
             "wheel": info["url"].rsplit("/", 1)[-1],
             "sha256": info.get("archive_info", {}).get("hashes", {}).get("sha256"),
         }
-    return dict(sorted(snap.items())), stats
+    return dict(sorted(snap.items()))
 
 
 def _rx_bytes() -> int:
@@ -261,12 +372,13 @@ def _rx_bytes() -> int:
     return sum(int(line.split(":", 1)[1].split()[0]) for line in lines if not line.strip().startswith("lo:"))
 
 
-def board(update: bool) -> list[str]:
+def board(update: bool, use_pip: bool = False) -> list[str]:
     lock = HERE / TARGETS["py310-aarch64"]["file"]
     pins = read_lock(lock)
-    fresh, stats = fetch_board_metadata(lock)
-    print(f"pip resolved {len(fresh)} pins to board wheels in {stats['seconds']} s, "
-          f"{stats['received_bytes'] / 1e6:.1f} MB received (metadata only)")
+    rx0, t0 = _rx_bytes(), time.perf_counter()
+    fresh = (fetch_board_metadata_pip if use_pip else fetch_board_metadata)(lock)
+    print(f"{'pip' if use_pip else 'PyPI index'}: {len(fresh)} pins -> board wheels in "
+          f"{time.perf_counter() - t0:.1f} s, {(_rx_bytes() - rx0) / 1e6:.1f} MB received by this machine")
     problems = check_snapshot(pins, fresh) + check_image(pins)
     problems += check_set("py310-aarch64", pins, {n: m["requires_dist"] for n, m in fresh.items()})
     if update:
@@ -290,8 +402,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["offline", "board"])
     ap.add_argument("--update", action="store_true", help="board: rewrite the metadata snapshot")
+    ap.add_argument("--pip", action="store_true", help="board: let pip pick the wheels (downloads them "
+                    "where the index does not announce PEP 658 metadata)")
     args = ap.parse_args(argv)
-    problems = offline() if args.what == "offline" else board(args.update)
+    problems = offline() if args.what == "offline" else board(args.update, args.pip)
     for p in problems:
         print("problem:", p)
     print(f"{args.what}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
