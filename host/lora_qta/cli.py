@@ -198,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_csim)
 
     s = sub.add_parser("config", help="generate the HLS header, Tcl variables, register map or estimate")
-    s.add_argument("what", choices=["header", "tcl", "regmap", "estimate", "digest"],
-                   help="header: qta_config.h; tcl: Tcl variables; regmap: markdown register table; "
+    s.add_argument("what", choices=["header", "vh", "tcl", "regmap", "estimate", "digest"],
+                   help="header: qta_config.h; vh: qta_config.vh (RTL array); tcl: Tcl variables; regmap: markdown register table; "
                         "estimate: resource estimate; digest: configuration hash")
     s.add_argument("--board", default=None, help="board configuration")
     s.add_argument("-o", "--output", default=None, help="write to this file")

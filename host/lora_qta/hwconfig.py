@@ -4,6 +4,7 @@ Every build of the accelerator is described once in ``hardware.toml``. This modu
 reads it into :class:`BoardConfig` and generates from it what other parts need:
 
 * ``header(board)``: the C++ header the HLS kernel includes (``qta_config.h``);
+* ``verilog_header(board)``: the Verilog header of the RTL PE array (``qta_config.vh``);
 * ``tcl(board)``: the Tcl variables of the Vitis HLS and Vivado flows;
 * ``register_table()``: the AXI-lite register map as a markdown table (README);
 * ``estimate_resources(board)``: a documented resource *estimate* per board.
@@ -219,6 +220,31 @@ def header(board_name: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The RTL PE array's parameters (hls/rtl/qta_array.v): `define name -> value of a board.
+_VH_DEFINES = {
+    "QTA_ROWS": lambda b, s: b.array_rows,
+    "QTA_COLS": lambda b, s: b.array_cols,
+    "QTA_MIN_SUB": lambda b, s: s.min_subarray,
+    "QTA_OPERAND_BITS": lambda b, s: 8,
+    "QTA_ACC_BITS": lambda b, s: 32,
+    "QTA_DIM_BITS": lambda b, s: max(b.tile_m_max, b.tile_n_max, b.tile_k_max).bit_length(),
+    "QTA_SPLIT_MIN": lambda b, s: f"({min(b.splits)})",
+    "QTA_SPLIT_MAX": lambda b, s: f"({max(b.splits)})",
+}
+
+
+def verilog_header(board_name: str | None = None) -> str:
+    """The Verilog header ``qta_config.vh`` of the RTL PE array (hls/rtl) for one board."""
+    cfg = config()
+    b = cfg.board(board_name)
+    lines = ["// Generated from host/lora_qta/hardware.toml by `lora-qta config vh`. Do not edit.",
+             f"// board {b.name}: {b.description}", "`ifndef QTA_CONFIG_VH", "`define QTA_CONFIG_VH",
+             f'`define QTA_BOARD "{b.name}"']
+    lines += [f"`define {k} {f(b, cfg.schedule)}" for k, f in _VH_DEFINES.items()]
+    lines.append("`endif")
+    return "\n".join(lines) + "\n"
+
+
 def tcl(board_name: str | None = None) -> str:
     """Tcl ``set`` lines for the Vitis HLS and Vivado flows of one board."""
     cfg = config()
@@ -309,14 +335,16 @@ def estimate_resources(board_name: str | None = None) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """``python -m lora_qta.hwconfig {header,tcl,regmap,estimate} --board B``."""
     p = argparse.ArgumentParser(prog="lora_qta.hwconfig", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["header", "tcl", "regmap", "estimate", "digest"],
-                   help="header: qta_config.h for HLS; tcl: variables for the Tcl flows; "
+    p.add_argument("what", choices=["header", "vh", "tcl", "regmap", "estimate", "digest"],
+                   help="header: qta_config.h for HLS; vh: qta_config.vh for the RTL array; tcl: variables for the Tcl flows; "
                         "regmap: register table (markdown); estimate: resource estimate; digest: config hash")
     p.add_argument("--board", default=DEFAULT_BOARD, help=f"board name (default {DEFAULT_BOARD})")
     p.add_argument("-o", "--output", type=Path, help="write to this file instead of standard output")
     a = p.parse_args(argv)
     if a.what == "header":
         text = header(a.board)
+    elif a.what == "vh":
+        text = verilog_header(a.board)
     elif a.what == "tcl":
         text = tcl(a.board)
     elif a.what == "regmap":
