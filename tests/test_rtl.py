@@ -112,3 +112,16 @@ def test_yosys_synthesizes_a_small_array():
     assert r["ff"] >= 16 * (8 + 8 + 32 + 32)      # A, B, accumulator and output register per PE
     assert r["lut"] > 0 and r["carry"] > 0
     assert r["per_pe"]["dsp"] == 1.0
+
+
+def test_one_cycle_less_per_fold_is_wrong():
+    """The fold formulas are the minimum for this array, not just enough: the same RTL with
+    folds one cycle shorter (test-only parameter FOLD_TRIM=1) loses results of full tiles."""
+    shape = SHAPES["4x4"]
+    rng = np.random.default_rng(3)
+    cases = [("os", 0, rng.integers(-128, 128, (4, 9), dtype=np.int8), rng.integers(-128, 128, (9, 4), dtype=np.int8)),
+             ("ws", 0, rng.integers(-128, 128, (6, 4), dtype=np.int8), rng.integers(-128, 128, (4, 4), dtype=np.int8))]
+    for (df, s, a, b), r in zip(cases, rtl.sim_steps(shape, cases, fold_trim=1)):
+        assert r.fold_cycles == [x - 1 for x in r.model_fold_cycles], df
+        wrong = r.deliveries.min() == 0 or r.stray or not np.array_equal(r.c, a.astype(np.int64) @ b.astype(np.int64))
+        assert wrong, f"{df}: a fold one cycle shorter than the contract still gave the right tile"

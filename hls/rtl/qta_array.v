@@ -14,7 +14,8 @@ module qta_array #(
     parameter integer MIN_SUB = `QTA_MIN_SUB,
     parameter integer OPW     = `QTA_OPERAND_BITS,
     parameter integer ACCW    = `QTA_ACC_BITS,
-    parameter integer DW      = `QTA_DIM_BITS
+    parameter integer DW      = `QTA_DIM_BITS,
+    parameter integer FOLD_TRIM = 0     // test only (see qta_array_ctrl.v); 0 in every build
 ) (
     input  wire                          clk,
     input  wire                          rst,
@@ -42,7 +43,7 @@ module qta_array #(
     wire [R/MIN_SUB-1:0] row_act;
     wire [C/MIN_SUB-1:0] col_act;
 
-    qta_array_ctrl #(.R(R), .C(C), .MIN_SUB(MIN_SUB), .DW(DW)) ctrl (
+    qta_array_ctrl #(.R(R), .C(C), .MIN_SUB(MIN_SUB), .DW(DW), .FOLD_TRIM(FOLD_TRIM)) ctrl (
         .clk(clk), .rst(rst), .start(start), .os_in(os_in), .split_in(split_in),
         .mt_in(mt_in), .nt_in(nt_in), .kt_in(kt_in),
         .busy(busy), .done(done), .phase(phase), .tau(tau), .f_row(f_row), .f_col(f_col),

@@ -21,7 +21,8 @@ module qta_array_ctrl #(
     parameter integer R       = 4,
     parameter integer C       = 4,
     parameter integer MIN_SUB = 4,
-    parameter integer DW      = 16   // bits of mt, nt, kt and of the fold offsets
+    parameter integer DW      = 16,  // bits of mt, nt, kt and of the fold offsets
+    parameter integer FOLD_TRIM = 0  // test only: folds this many cycles shorter than the contract
 ) (
     input  wire                 clk,
     input  wire                 rst,
@@ -70,8 +71,8 @@ module qta_array_ctrl #(
     wire        [4:0] lg_lc  = split_in[3] ? (LGC[4:0] + neg_s) : lg_sc;
     wire       [DW:0] sr_n   = {{DW{1'b0}}, 1'b1} << lg_sr;
     wire       [DW:0] sc_n   = {{DW{1'b0}}, 1'b1} << lg_sc;
-    wire       [DW:0] end_os = {1'b0, kt_in} + sr_n + sc_n - 3;
-    wire       [DW:0] end_ws = {1'b0, mt_in} + sr_n + sc_n - 3;
+    wire       [DW:0] end_os = {1'b0, kt_in} + sr_n + sc_n - 3 - FOLD_TRIM;
+    wire       [DW:0] end_ws = {1'b0, mt_in} + sr_n + sc_n - 3 - FOLD_TRIM;
 
     // Boundary selects: column boundary b active iff b*MIN_SUB is a multiple of SC,
     // row boundary t active iff t*MIN_SUB is a multiple of SR.

@@ -395,12 +395,15 @@ def lint(shape: ArrayShape) -> str:
     return proc.stdout + proc.stderr
 
 
-def build_sim(shape: ArrayShape) -> Path:
-    """Verilate the array for cocotb (VPI) and compile it; returns the build folder (cached)."""
+def build_sim(shape: ArrayShape, fold_trim: int = 0) -> Path:
+    """Verilate the array for cocotb (VPI) and compile it; returns the build folder (cached).
+
+    ``fold_trim`` > 0 builds a deliberately wrong array whose folds are that many cycles shorter
+    than the contract's (the tests show that it then computes wrong results)."""
     exe, env = verilator_env()
     cc = _cocotb_paths()
-    key = _hash(_vh(shape), _verilator_release(), cc["version"], MAKE_FIXES, "sim-v1")
-    out = cache_dir() / f"sim-{shape.label}-{key}"
+    key = _hash(_vh(shape), _verilator_release(), cc["version"], MAKE_FIXES, fold_trim, "sim-v1")
+    out = cache_dir() / f"sim-{shape.label}{f'-trim{fold_trim}' if fold_trim else ''}-{key}"
     if (out / TOP).exists():
         return out
     cache_dir().mkdir(parents=True, exist_ok=True)
@@ -409,7 +412,7 @@ def build_sim(shape: ArrayShape) -> Path:
     libs = cc["libs"]
     cmd = [exe, "-cc", "--exe", "-Mdir", str(tmp), "--top-module", TOP, "--vpi", "--public-flat-rw",
            "--prefix", "Vtop", "-o", TOP, "--x-assign", "unique", "--x-initial", "unique",
-           "-Wno-fatal", f"-I{tmp}",
+           "-Wno-fatal", f"-I{tmp}", f"-GFOLD_TRIM={fold_trim}",
            "-LDFLAGS", f"-Wl,-rpath,{libs} -L{libs} -lcocotbvpi_verilator",
            str(Path(cc["share"]) / "lib" / "verilator" / "verilator.cpp"), *_sources()]
     # Verilator's run-time objects do not depend on the design: compile them once and reuse them.
@@ -454,10 +457,10 @@ class StepResult:
 
 
 def sim_steps(shape: ArrayShape, cases: Sequence[tuple[str, int, np.ndarray, np.ndarray]],
-              seed: int = 1) -> list[StepResult]:
+              seed: int = 1, fold_trim: int = 0) -> list[StepResult]:
     """Run steps (dataflow, split, A: M x K int8, B: K x N int8) through one simulation of
     ``shape``; each step covers the whole tile (mt = M, nt = N, kt = K)."""
-    build = build_sim(shape)
+    build = build_sim(shape, fold_trim)
     cc = _cocotb_paths()
     limit = (1 << shape.dim_bits) - 1
     for df, s, a, b in cases:
