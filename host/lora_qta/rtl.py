@@ -56,6 +56,10 @@ class RtlToolError(QtaError, RuntimeError):
     """A tool (Verilator, cocotb, yosys, a C++ compiler) is missing or failed."""
 
 
+class RtlInputError(QtaError, ValueError):
+    """An array shape, split, dataflow or tile that the RTL array cannot take."""
+
+
 # ----------------------------------------------------------------------------- contract arithmetic
 
 @dataclass(frozen=True)
@@ -71,9 +75,9 @@ class ArrayShape:
     def __post_init__(self):
         for v in (self.rows, self.cols, self.min_sub):
             if v < 1 or v & (v - 1):
-                raise ValueError(f"array sides and min_sub must be powers of two: {self}")
+                raise RtlInputError(f"array sides and min_sub must be powers of two: {self}")
         if self.rows < self.min_sub or self.cols < self.min_sub or self.cols < 2:
-            raise ValueError(f"array sides must be >= min_sub (and cols >= 2): {self}")
+            raise RtlInputError(f"array sides must be >= min_sub (and cols >= 2): {self}")
 
     @property
     def pes(self) -> int:
@@ -113,7 +117,7 @@ def board_shape(board: str | None = None) -> ArrayShape:
 def geometry(shape: ArrayShape, split: int) -> tuple[int, int, int, int]:
     """(LR, LC, SR, SC): logical array and sub-array sides for partition exponent ``split``."""
     if split not in shape.splits("os"):
-        raise ValueError(f"split {split} is not legal on {shape.label}: {shape.splits('os')}")
+        raise RtlInputError(f"split {split} is not legal on {shape.label}: {shape.splits('os')}")
     r, c = shape.rows, shape.cols
     if split >= 0:
         return r << split, c >> split, r, c >> split
@@ -132,7 +136,7 @@ def step_folds(shape: ArrayShape, dataflow: str, split: int, mt: int, nt: int, k
     if dataflow == "os":
         return [(r0, c0) for r0 in range(0, mt, lr) for c0 in range(0, nt, lc)]
     if split > 0:
-        raise ValueError("weight-stationary folds need split <= 0")
+        raise RtlInputError("weight-stationary folds need split <= 0")
     return [(k0, c0) for k0 in range(0, kt, sr) for c0 in range(0, nt, lc)]
 
 
@@ -465,14 +469,14 @@ def sim_steps(shape: ArrayShape, cases: Sequence[tuple[str, int, np.ndarray, np.
     limit = (1 << shape.dim_bits) - 1
     for df, s, a, b in cases:
         if df not in ("os", "ws"):
-            raise ValueError(f"dataflow must be 'os' or 'ws', not {df!r}")
+            raise RtlInputError(f"dataflow must be 'os' or 'ws', not {df!r}")
         geometry(shape, s)
         if df == "ws" and s > 0:
-            raise ValueError("weight-stationary needs split <= 0")
+            raise RtlInputError("weight-stationary needs split <= 0")
         if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or 0 in a.shape + b.shape:
-            raise ValueError(f"A {a.shape} and B {b.shape} are not M x K and K x N (all >= 1)")
+            raise RtlInputError(f"A {a.shape} and B {b.shape} are not M x K and K x N (all >= 1)")
         if max(a.shape + b.shape) > limit:
-            raise ValueError(f"tile dimensions exceed the array's {shape.dim_bits}-bit counters ({limit})")
+            raise RtlInputError(f"tile dimensions exceed the array's {shape.dim_bits}-bit counters ({limit})")
     with tempfile.TemporaryDirectory(prefix="qta-rtl-") as tmp:
         job = Path(tmp) / "job.npz"
         arrays = {"shape": np.array([shape.rows, shape.cols, shape.min_sub, shape.dim_bits])}
@@ -555,7 +559,7 @@ def synth(family: str, rows: int, cols: int, min_sub: int | None = None, use_cac
     seconds, family, rows, cols, min_sub, pes): pre-place-and-route cell counts, no timing.
     """
     if family not in FAMILIES:
-        raise ValueError(f"family must be one of {sorted(FAMILIES)}, not {family!r}")
+        raise RtlInputError(f"family must be one of {sorted(FAMILIES)}, not {family!r}")
     if min_sub is None:
         min_sub = min(4, rows, cols)
     shape = ArrayShape(rows, cols, min_sub)
@@ -677,7 +681,7 @@ def sweep_markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-__all__ = ["ArrayShape", "StepResult", "RtlToolError", "board_shape", "geometry", "fold_cycles",
+__all__ = ["ArrayShape", "StepResult", "RtlToolError", "RtlInputError", "board_shape", "geometry", "fold_cycles",
            "step_folds", "model_step", "os_fold_edges", "ws_load_edges", "ws_stream_edges",
            "tap_outputs", "build_sim", "sim_steps", "sim_tile", "lint", "synth", "fit_per_pe",
            "tool_versions", "yosys_version", "cache_dir", "sweep_report", "sweep_markdown", "sources_digest"]
