@@ -35,8 +35,10 @@ def plot(report: dict, path: Path) -> None:
             for name, b in report["boards"].items():
                 if b["family"] == fam:
                     ax.plot([b["pes"]], [b["per_pe"][key]], "x", ms=9,
-                            label=f"{name} {b['rows']}x{b['cols']} ({'fit' if 'fit' in b['how'] else 'run'})")
+                            label=f"{name} {b['rows']}x{b['cols']} ({b['how']})")
             ax.axhline(fit["per_pe"], ls=":", lw=0.8, color="grey")
+        if key == "dsp":
+            ax.set_ylim(0, 1.5)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("PEs (array size)")
         ax.set_ylabel(f"{key.upper()} per PE")

@@ -634,15 +634,21 @@ def sweep_report(results: Sequence[dict]) -> dict:
         fam = BOARD_FAMILY.get(b.family)
         if fam not in fits:
             continue
-        exact = [r for r in results if r["family"] == fam and (r["rows"], r["cols"]) == (b.array_rows, b.array_cols)]
-        if exact:
-            vals = {k: exact[0][k] for k in METRICS}
-            how = "synthesized"
-        else:
-            vals = {k: round(fits[fam][k]["per_pe"] * b.pes + fits[fam][k]["fixed"]) for k in METRICS}
-            how = f"linear fit over {', '.join(fits[fam]['sizes'])}"
+        rs = [r for r in results if r["family"] == fam]
+        exact = [r for r in rs if (r["rows"], r["cols"]) == (b.array_rows, b.array_cols)]
+        # the extrapolation: a linear fit over the smaller arrays only (checked against the
+        # board's own array where that was synthesized too)
+        smaller = [r for r in rs if r["pes"] < b.pes] or rs
+        line = {k: fit_per_pe(smaller, k) for k in METRICS}
+        predicted = {k: round(line[k][0] * b.pes + line[k][1]) for k in METRICS}
+        vals = {k: exact[0][k] for k in METRICS} if exact else predicted
         boards[name] = {"family": fam, "rows": b.array_rows, "cols": b.array_cols, "pes": b.pes, **vals,
-                        "per_pe": {k: round(vals[k] / b.pes, 2) for k in METRICS}, "how": how,
+                        "per_pe": {k: round(vals[k] / b.pes, 2) for k in METRICS},
+                        "how": "synthesized" if exact else "extrapolated",
+                        "fit_sizes": [f"{r['rows']}x{r['cols']}" for r in smaller],
+                        "fit_per_pe": {k: round(line[k][0], 3) for k in METRICS},
+                        "fit_fixed": {k: round(line[k][1], 1) for k in METRICS},
+                        "extrapolated": predicted,
                         "lut_pct": round(100 * vals["lut"] / b.lut_total, 1),
                         "dsp_pct": round(100 * vals["dsp"] / b.dsp_total, 1)}
     versions = sorted({r["tool_version"] for r in results})
@@ -673,11 +679,15 @@ def sweep_markdown(report: dict) -> str:
     for f, fit in report["fits"].items():
         cells = " | ".join(f"{fit[k]['per_pe']:.2f} x PEs + {fit[k]['fixed']:.0f}" for k in METRICS)
         out.append(f"| {f} | {', '.join(fit['sizes'])} | {cells} |")
-    out += ["", "Each board's configured array:", "",
-            "| board | family | array | LUT | FF | CARRY | DSP | LUT % | DSP % | how |", "|---|---|---|---|---|---|---|---|---|---|"]
+    out += ["", "Each board's configured array (synthesized where that size was run; extrapolated: the linear fit "
+            "over the smaller arrays only, shown beside the synthesized figure as a check):", "",
+            "| board | family | array | LUT | FF | CARRY | DSP | LUT % | DSP % | how | fit over | extrapolated LUT / FF / CARRY / DSP |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, b in report["boards"].items():
+        e = b["extrapolated"]
         out.append(f"| {name} | {b['family']} | {b['rows']}x{b['cols']} | {b['lut']} | {b['ff']} | {b['carry']} "
-                   f"| {b['dsp']} | {b['lut_pct']} | {b['dsp_pct']} | {b['how']} |")
+                   f"| {b['dsp']} | {b['lut_pct']} | {b['dsp_pct']} | {b['how']} | {', '.join(b['fit_sizes'])} "
+                   f"| {e['lut']} / {e['ff']} / {e['carry']} / {e['dsp']} |")
     return "\n".join(out) + "\n"
 
 
