@@ -71,8 +71,10 @@ module qta_array_ctrl #(
     wire        [4:0] lg_lc  = split_in[3] ? (LGC[4:0] + neg_s) : lg_sc;
     wire       [DW:0] sr_n   = {{DW{1'b0}}, 1'b1} << lg_sr;
     wire       [DW:0] sc_n   = {{DW{1'b0}}, 1'b1} << lg_sc;
-    wire       [DW:0] end_os = {1'b0, kt_in} + sr_n + sc_n - 3 - FOLD_TRIM;
-    wire       [DW:0] end_ws = {1'b0, mt_in} + sr_n + sc_n - 3 - FOLD_TRIM;
+    localparam integer LAST_I = 3 + FOLD_TRIM;
+    localparam [DW:0]  LAST   = LAST_I[DW:0];  // last tau = length - 1 = kt (mt) + SR + SC - 3
+    wire       [DW:0] end_os = {1'b0, kt_in} + sr_n + sc_n - LAST;
+    wire       [DW:0] end_ws = {1'b0, mt_in} + sr_n + sc_n - LAST;
 
     // Boundary selects: column boundary b active iff b*MIN_SUB is a multiple of SC,
     // row boundary t active iff t*MIN_SUB is a multiple of SR.
