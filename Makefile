@@ -25,21 +25,22 @@ install: $(STAMP) ## create .venv with the pinned dependencies and the package
 run: $(STAMP)    ## the main job on the embedded default (emulated accelerator, no board)
 	$(BIN)/lora-qta run
 
-test: $(STAMP)   ## every test: C-simulation testbench, bit-exactness properties, runtime, training
+test: $(STAMP)   ## every test: C-simulation testbench, RTL array (Verilator + cocotb, yosys), bit-exactness properties, runtime, training
 	$(BIN)/python -m pytest -q
 
 csim: $(STAMP)   ## build and run the C++ testbench of the kernel for BOARD
 	$(BIN)/lora-qta csim --board $(BOARD)
 
 config: $(STAMP) ## generate build/BOARD/qta_config.h, qta_config.vh and config.tcl from hardware.toml
-	$(BIN)/python -m lora_qta.hwconfig header --board $(BOARD) -o build/$(BOARD)/qta_config.h
-	$(BIN)/python -m lora_qta.hwconfig vh --board $(BOARD) -o build/$(BOARD)/qta_config.vh
-	$(BIN)/python -m lora_qta.hwconfig tcl --board $(BOARD) -o build/$(BOARD)/config.tcl
+	$(BIN)/python -m lora_qta.hw.generate header --board $(BOARD) -o build/$(BOARD)/qta_config.h
+	$(BIN)/python -m lora_qta.hw.generate vh --board $(BOARD) -o build/$(BOARD)/qta_config.vh
+	$(BIN)/python -m lora_qta.hw.generate tcl --board $(BOARD) -o build/$(BOARD)/config.tcl
 
-bench: $(STAMP)  ## benchmarks (print figures; not tests): dataflow/energy, emulation throughput and speed
+bench: $(STAMP)  ## benchmarks (print figures; not tests): dataflow/energy, emulation throughput and speed, yosys sweep of the RTL array
 	$(BIN)/lora-qta bench --out runs/bench
-	$(BIN)/python scripts/bench_emulation.py
+	$(BIN)/lora-qta throughput
 	$(BIN)/lora-qta speed --out runs/bench/speed.json
+	$(BIN)/lora-qta rtl sweep
 
 clean:           ## remove build products (not .venv)
 	rm -rf build

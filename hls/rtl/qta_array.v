@@ -1,7 +1,7 @@
 // Top of the RTL PE array: the fold sequencer (qta_array_ctrl) and the PEs (qta_pe_array).
 //
-// Parameter defaults come from qta_config.vh, generated from host/lora_qta/hardware.toml
-// (`python -m lora_qta.hwconfig vh --board B`); tests and synthesis runs override R, C
+// Parameter defaults come from qta_config.vh, generated from host/lora_qta/hw/hardware.toml
+// (`lora-qta config vh --board B`); tests and synthesis runs override R, C
 // (and MIN_SUB) for small arrays. The edge feeders (the kernel's loader) sit outside:
 // each cycle they read the registered status (phase, tau, f_row, f_col) and drive the
 // edge inputs for that cycle; see hls/rtl/README.md for the edge timing.

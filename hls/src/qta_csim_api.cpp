@@ -6,16 +6,9 @@
 
 extern "C" {
 
-// Runs one kernel call on host memory. Arguments as qta_gemm; returns the status word.
-uint32_t qta_csim_gemm(const int8_t *a, const int8_t *b, uint8_t *c, const int32_t *scales,
-                       uint32_t m, uint32_t n, uint32_t k, uint32_t lda, uint32_t ldb, uint32_t ldc,
-                       uint32_t tile_m, uint32_t tile_n, uint32_t tile_k, uint32_t flags,
-                       int32_t mult, uint32_t shift, uint32_t seed, uint64_t *cycles) {
-    uint32_t status = 0;
-    qta_gemm(a, b, c, scales, m, n, k, lda, ldb, ldc, tile_m, tile_n, tile_k, flags, mult, shift,
-             seed, &status, cycles);
-    return status;
-}
+// Runs one kernel call on host memory: the top function's parameters, in the order of
+// hardware.toml (the host builds its ctypes signature from the same list).
+void qta_csim_gemm(QTA_TOP_PARAMS) { qta_gemm(QTA_TOP_ARGS); }
 
 // The configuration digest this library was built for (checked against the host's).
 const char *qta_csim_config_digest(void) { return QTA_CONFIG_DIGEST; }

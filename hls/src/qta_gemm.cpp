@@ -385,16 +385,8 @@ bool decode(Args &g, uint32_t m, uint32_t n, uint32_t k, uint32_t lda, uint32_t 
 
 }  // namespace
 
-void qta_gemm(const int8_t *a, const int8_t *b, uint8_t *c, const int32_t *scales,
-              uint32_t m, uint32_t n, uint32_t k, uint32_t lda, uint32_t ldb, uint32_t ldc,
-              uint32_t tile_m, uint32_t tile_n, uint32_t tile_k, uint32_t flags,
-              int32_t mult, uint32_t shift, uint32_t seed,
-              uint32_t *status, uint64_t *cycles) {
-    QTA_PRAGMA(HLS INTERFACE mode=m_axi port=a bundle=gmem_a offset=slave depth=1048576 max_widen_bitwidth=QTA_AXI_BITS)
-    QTA_PRAGMA(HLS INTERFACE mode=m_axi port=b bundle=gmem_b offset=slave depth=1048576 max_widen_bitwidth=QTA_AXI_BITS)
-    QTA_PRAGMA(HLS INTERFACE mode=m_axi port=c bundle=gmem_c offset=slave depth=4194304 max_widen_bitwidth=QTA_AXI_BITS)
-    QTA_PRAGMA(HLS INTERFACE mode=m_axi port=scales bundle=gmem_s offset=slave depth=131072 max_widen_bitwidth=QTA_AXI_BITS)
-    QTA_AXILITE_PRAGMAS
+void qta_gemm(QTA_TOP_PARAMS) {
+    QTA_INTERFACE_PRAGMAS
 
     // Ping-pong operand buffers (partitioned so every PE reads its operand each cycle)
     // and ping-pong block accumulators.

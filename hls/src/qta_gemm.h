@@ -3,7 +3,7 @@
 //   C = epilogue(op(A) . op(B) [+ C])
 //
 // A, B are INT8 in DDR (m_axi), C is INT32 or requantized INT8. Sizes, limits and
-// register offsets come from the generated qta_config.h (from host/lora_qta/hardware.toml).
+// register offsets come from the generated qta_config.h (from host/lora_qta/hw/hardware.toml).
 #ifndef QTA_GEMM_H
 #define QTA_GEMM_H
 
@@ -26,18 +26,16 @@ typedef ap_int<32> acc_t;
 #define QTA_SCALE_ROW 1
 #define QTA_SCALE_COL 2
 
-// The top function. Pointer arguments are byte/element addresses in DDR:
+// The top function. Its parameters, in order, are the arguments of hardware.toml
+// (QTA_TOP_PARAMS in the generated qta_config.h). Pointer arguments are addresses in DDR:
 //   a:      INT8, op(A) is m x k; stored m x lda (or k x lda when transposed)
 //   b:      INT8, op(B) is k x n; stored k x ldb (or n x ldb when transposed)
 //   c:      raw bytes of C, m x ldc elements of INT32 (little endian) or INT8
 //   scales: (multiplier, shift) INT32 pairs, one per output row or column
+// then the scalars m, n, k, lda, ldb, ldc, tile_m, tile_n, tile_k, flags, mult, shift, seed.
 // Outputs on the control interface: status (bit0 saturated, bit1 bad arguments)
 // and the cycle counter of the call.
-void qta_gemm(const int8_t *a, const int8_t *b, uint8_t *c, const int32_t *scales,
-              uint32_t m, uint32_t n, uint32_t k, uint32_t lda, uint32_t ldb, uint32_t ldc,
-              uint32_t tile_m, uint32_t tile_n, uint32_t tile_k, uint32_t flags,
-              int32_t mult, uint32_t shift, uint32_t seed,
-              uint32_t *status, uint64_t *cycles);
+void qta_gemm(QTA_TOP_PARAMS);
 
 // The rounding hash (counter-based, so any tiling gives the same random bits):
 // bits = mix32(mix32(seed) + row * n + col).

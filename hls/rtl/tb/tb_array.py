@@ -1,6 +1,6 @@
 """cocotb bench of the RTL PE array (hls/rtl/qta_array.v): whole steps, cycle by cycle.
 
-Started by ``lora_qta.rtl.sim_steps`` (environment: QTA_RTL_MODULE, the name of that module,
+Started by ``lora_qta.rtl.sim_steps`` (environment: QTA_RTL_MODULE, the name of lora_qta.rtl.contract,
 whose contract functions this bench uses as the loader; QTA_RTL_JOB, the steps; QTA_RTL_OUT, the
 results). Each cycle, at the falling clock edge, the bench reads the array's registered status
 (phase, tau, fold offsets), drives this cycle's edge values exactly as the contract defines
@@ -22,7 +22,7 @@ from cocotb.triggers import FallingEdge, ReadOnly
 
 
 def _contract():
-    """The host module that states the contract (lora_qta.rtl; its name is passed by the runner)."""
+    """The host module that states the contract (lora_qta.rtl.contract; the runner passes its name)."""
     return importlib.import_module(os.environ["QTA_RTL_MODULE"])
 
 

@@ -1,0 +1,122 @@
+"""What is generated from hardware.toml: the kernel's header (sizes, registers, its prototype and
+interface pragmas), the Verilog header of the RTL array, the Tcl variables, the resource estimate
+(the PE array's figures from the committed yosys sweep); standard library only."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lora_qta.hw.config import config
+from lora_qta.hw.generate import header, tcl, verilog_header
+from lora_qta.hw.resources import estimate_resources
+
+ROOT = Path(__file__).resolve().parents[2]
+HLS_SRC = ROOT / "hls" / "src"
+
+
+def macro(text: str, name: str) -> str:
+    """The body of a ``#define`` in ``text``, continuation lines joined."""
+    return re.search(rf"^#define {name} (.*?)(?<!\\)$", text, re.M | re.S).group(1).replace("\\\n", "")
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_header_defines_every_register_and_size(board):
+    h = header(board)
+    b = config().board(board)
+    for name, off in config().registers.items():
+        assert f"#define QTA_REG_{name.upper()} 0x{off:02X}" in h
+    assert f"#define QTA_ROWS {b.array_rows}" in h and f"#define QTA_COLS {b.array_cols}" in h
+    for name in ("m", "n", "k", "flags", "cycles", "status"):
+        assert f"port={name} offset=0x{config().registers[name]:02X}" in h
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_header_declares_the_kernel_signature_and_interface_in_argument_order(board):
+    h = header(board)
+    args = config().args
+    params = [p.strip() for p in macro(h, "QTA_TOP_PARAMS").split(",")]
+    assert [re.findall(r"(\w+)$", p)[0] for p in params] == [a.name for a in args]
+    assert params[0] == "const int8_t *a" and "int32_t mult" in params and params[-1] == "uint64_t *cycles"
+    assert [a.strip() for a in macro(h, "QTA_TOP_ARGS").split(",")] == [a.name for a in args]
+    pragmas = re.findall(r'_Pragma\("([^"]*)"\)', macro(h, "QTA_INTERFACE_PRAGMAS"))
+    pointers = [a for a in args if a.kind == "pointer"]
+    axi = config().board(board).axi_data_width
+    assert pragmas[:len(pointers)] == [
+        f"HLS INTERFACE mode=m_axi port={a.name} bundle={a.bundle} offset=slave depth={a.depth} "
+        f"max_widen_bitwidth={axi}" for a in pointers]
+    assert pragmas[len(pointers):] == [
+        f"HLS INTERFACE mode=s_axilite port={a.name} offset=0x{a.offset:02X} bundle=control" for a in args
+    ] + ["HLS INTERFACE mode=s_axilite port=return bundle=control"]
+
+
+def test_kernel_sources_take_the_signature_from_the_generated_header():
+    """No hand-written parameter list is left: the kernel, its declaration and the C-simulation
+    entry point all use the generated macros."""
+    assert "void qta_gemm(QTA_TOP_PARAMS);" in (HLS_SRC / "qta_gemm.h").read_text()
+    kernel = (HLS_SRC / "qta_gemm.cpp").read_text()
+    assert re.search(r"void qta_gemm\(QTA_TOP_PARAMS\) \{\n\s+QTA_INTERFACE_PRAGMAS\n", kernel)
+    assert "mode=m_axi" not in kernel and "mode=s_axilite" not in kernel
+    api = (HLS_SRC / "qta_csim_api.cpp").read_text()
+    assert "void qta_csim_gemm(QTA_TOP_PARAMS) { qta_gemm(QTA_TOP_ARGS); }" in api
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_tcl_sets_part_and_clock(board):
+    t = tcl(board)
+    b = config().board(board)
+    assert f"set QTA_PART {{{b.part}}}" in t
+    assert f"set QTA_CLOCK_PERIOD_NS {{{1000 / b.clock_mhz:.3f}}}" in t
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_estimate_fits_the_board(board):
+    est = estimate_resources(board)
+    for key in ("dsp_pct", "bram36_pct", "uram_pct", "lut_pct"):
+        assert 0 <= est[key] < 100, (key, est)
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_estimate_takes_the_pe_array_from_yosys(board):
+    """The PE array's figures are the committed yosys sweep's, labelled as such; the rest is
+    labelled an estimate; the hand formula for the array is gone."""
+    b = config().board(board)
+    est = estimate_resources(board)
+    sweep = json.loads((ROOT / "host" / "lora_qta" / "hw" / "pe_array_yosys.json").read_text())
+    assert est["pe_array_lut"] == sweep["boards"][board]["lut"] and est["pe_array_dsp"] == b.pes
+    assert est["pe_array_source"].startswith("yosys ") and "pre-place-and-route, no timing" in est["pe_array_source"]
+    assert "estimate" in est["rest_source"]
+    assert est["dsp"] == est["pe_array_dsp"] + est["rest_dsp"] and est["lut"] == est["pe_array_lut"] + est["rest_lut"]
+
+
+def test_verilog_header_matches_the_board():
+    for name, b in config().boards.items():
+        vh = verilog_header(name)
+        assert f"`define QTA_ROWS {b.array_rows}\n" in vh and f"`define QTA_COLS {b.array_cols}\n" in vh
+        assert f"`define QTA_MIN_SUB {config().schedule.min_subarray}\n" in vh
+        assert f"`define QTA_SPLIT_MIN ({min(b.splits)})" in vh
+        bits = max(b.tile_m_max, b.tile_n_max, b.tile_k_max).bit_length()
+        assert f"`define QTA_DIM_BITS {bits}\n" in vh   # counters hold the largest tile
+
+
+def stdlib_generator(*args: str) -> subprocess.CompletedProcess:
+    """``python -S -m lora_qta.hw.generate ARGS`` from the checkout: no site-packages at all."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "host"))
+    return subprocess.run([sys.executable, "-S", "-m", "lora_qta.hw.generate", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_generator_needs_only_the_standard_library(tmp_path):
+    out = tmp_path / "build" / "qta_config.h"
+    res = stdlib_generator("header", "--board", "pynq-z2", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    assert out.read_text() == header("pynq_z2")
+    res = stdlib_generator("tcl", "--board", "nexys")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "python -m lora_qta.hw.generate: error: unknown board 'nexys': use one of kv260, pynq_z2, zcu104 "
+        "(the boards of hardware.toml)"]
