@@ -73,7 +73,10 @@ def test_int8_gradients_match_fp32_per_layer(backend):
         assert cosine(g32[n], g8[n]) > 0.99 and rel < 0.15, (n, cosine(g32[n], g8[n]), rel)
     rep = rt.report()
     # two layers; the first layer's dX is skipped because the input needs no gradient
-    assert [rep[g.key]["calls"] for g in LORA_GEMMS] == [2, 2, 2, 2, 2, 1]
+    assert [rep[g.key]["gemms"] for g in LORA_GEMMS] == [2, 2, 2, 2, 2, 1]
+    # the weight gradients run in up to two magnitude groups (one call each)
+    assert [rep[g.key]["calls"] for g in LORA_GEMMS[:3]] == [2, 2, 2] and rep[LORA_GEMMS[5].key]["calls"] == 1
+    assert all(2 <= rep[g.key]["calls"] <= 4 for g in LORA_GEMMS[3:5])
     assert all(0 < rep[g.key]["utilization"] <= 1 for g in LORA_GEMMS)
 
 
