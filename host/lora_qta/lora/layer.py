@@ -28,7 +28,9 @@ Two exact rescalings bound the INT8 error (:mod:`.quant`; README "Quantization")
 
 :class:`QtaLoraLinear` subclasses peft's ``lora.Linear`` (same parameters and state-dict
 keys, so the adapter saves in the standard diffusers format) and is registered for
-``nn.Linear`` targets through ``LoraConfig._register_custom_module``.
+``nn.Linear`` targets through ``LoraConfig._register_custom_module``. peft's ``lora_bias``
+(a bias on lora_B) is supported: the six GEMMs run on the accelerator, the bias vector is added
+(times the scaling, as peft does) on the host in fp32, and its gradient comes from autograd.
 """
 
 from __future__ import annotations
@@ -222,8 +224,12 @@ class QtaLoraLinear(PeftLoraLinear):
                                    "use a plain LoraConfig, or precision fp32 for the variant")
             dropout = self.lora_dropout[name]
             xd = dropout(x).reshape(-1, x.shape[-1]).contiguous()
+            scaling = float(self.scaling[name])
             y = QtaLoraFunction.apply(xd, self.lora_A[name].weight, self.lora_B[name].weight,
-                                      float(self.scaling[name]), rt, self.qta_layer_id)
+                                      scaling, rt, self.qta_layer_id)
+            bias = self.lora_B[name].bias  # peft's lora_bias: a vector add, on the host in fp32
+            if bias is not None:
+                y = y + bias * scaling
             result = result + y.reshape(*x.shape[:-1], -1).to(result.dtype)
         return result
 
