@@ -155,6 +155,21 @@ class QtaRuntime:
             out += acc.double() * pq.scale.T.double() * qq.scale.double()
         return out.float()
 
+    def state(self) -> dict[str, Any]:
+        """The accumulated figures, JSON-able, for a checkpoint (a resumed run continues them)."""
+        return {kind: {"gemms": st.gemms, "calls": st.calls, "cycles": st.cycles, "macs": st.macs,
+                       "bytes_moved": st.bytes_moved, "dataflows": dict(st.dataflows)}
+                for kind, st in self.stats.items()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue the figures of :meth:`state`."""
+        for kind, v in state.items():
+            if kind in self.stats:
+                st = self.stats[kind]
+                st.gemms, st.calls, st.cycles = int(v["gemms"]), int(v["calls"]), int(v["cycles"])
+                st.macs, st.bytes_moved = int(v["macs"]), int(v["bytes_moved"])
+                st.dataflows = defaultdict(int, {k: int(n) for k, n in v["dataflows"].items()})
+
     def report(self) -> dict[str, Any]:
         """Per-GEMM-kind figures (cycles are the kernel's counter: modelled under emulation)."""
         pes = self.acc.board.pes

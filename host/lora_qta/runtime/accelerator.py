@@ -72,6 +72,24 @@ def check_manifest(board: BoardConfig, manifest: Path) -> dict:
     return data
 
 
+def resolve_backend(board: BoardConfig, backend: str | None = None,
+                    bitstream: str | os.PathLike | None = None) -> str:
+    """What ``backend`` (default ``$LORA_QTA_BACKEND`` or ``auto``) means on this machine for
+    ``board``: ``board``, ``fast`` or ``csim`` (``auto``: the board when PYNQ finds one and the
+    bitstream is there, else ``fast``; ``emulation`` is ``fast``)."""
+    backend = (backend or os.environ.get("LORA_QTA_BACKEND") or "auto").lower()
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        found = True
+        try:
+            find_bitstream(board, bitstream)
+        except BitstreamNotFoundError:
+            found = False
+        backend = "board" if pynq.ps.ON_TARGET and found else "fast"
+    return "fast" if backend == "emulation" else backend
+
+
 def fixed_point_scale(scale: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(multiplier, shift) with multiplier * 2**-shift ~= scale, multiplier < 2**31.
 
@@ -159,13 +177,7 @@ class Accelerator:
     def __init__(self, board: str | None = None, backend: str | None = None,
                  bitstream: str | os.PathLike | None = None, timeout: float = 60.0):
         self.board = config().board(board or os.environ.get("LORA_QTA_BOARD"))
-        backend = (backend or os.environ.get("LORA_QTA_BACKEND") or "auto").lower()
-        if backend not in BACKENDS:
-            raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-        if backend == "auto":
-            backend = "board" if pynq.ps.ON_TARGET and self._has_bitstream(bitstream) else "fast"
-        if backend == "emulation":
-            backend = "fast"
+        backend = resolve_backend(self.board, backend, bitstream)
         self.backend = backend
         self.timeout = timeout
         if backend == "board":
@@ -181,13 +193,6 @@ class Accelerator:
             self.ip = QtaGemmDriver(self.device.ip_description())
         self._buffers: dict[str, Any] = {}
         self.calls = 0
-
-    def _has_bitstream(self, bitstream: str | os.PathLike | None) -> bool:
-        try:
-            find_bitstream(self.board, bitstream)
-            return True
-        except BitstreamNotFoundError:
-            return False
 
     # -- buffers -----------------------------------------------------------------------
     def _buffer(self, role: str, nbytes: int) -> Any:
