@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -141,6 +142,56 @@ def validate(cfg: FinetuneConfig, bundle: ModelBundle) -> None:
         raise LimitError(f"rank {cfg.rank} is not supported: it must be 1..{narrowest} (the narrowest targeted "
                          f"layer has {narrowest} features); lower --rank")
     config().board(cfg.board)  # an unknown --board fails here, before training
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable), if the system says."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@torch.no_grad()
+def activation_bytes_per_image(bundle: ModelBundle, data) -> int:
+    """Bytes of the UNet's layer outputs for one training image (measured with one forward pass):
+    a lower bound of what training keeps for the backward pass per image of a batch."""
+    x0 = bundle.to_latents(data.images[:1])
+    ctx = bundle.encode_prompts(data.prompts[:1])
+    total = 0
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in bundle.unet.modules() if not any(m.children())]
+    try:
+        bundle.unet(x0, torch.tensor([0]), encoder_hidden_states=ctx)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def check_memory(cfg: FinetuneConfig, bundle: ModelBundle, data) -> None:
+    """The limit that remains for a batch (the accelerator splits what exceeds its own): memory.
+    Refuse a --batch-size whose activations alone exceed the memory available."""
+    avail = available_memory()
+    if avail is None:
+        return
+    per = activation_bytes_per_image(bundle, data)
+    need = per * cfg.batch_size
+    if need > avail:
+        raise LimitError(f"--batch-size {cfg.batch_size} needs at least {need / 1e9:.1f} GB for the UNet's "
+                         f"activations ({per / 1e6:.1f} MB per image, measured), more than the {avail / 1e9:.1f} GB "
+                         f"of memory available; lower --batch-size (at most about {max(1, avail // per)})")
 
 
 def add_lora(bundle: ModelBundle, cfg: FinetuneConfig) -> None:
@@ -380,6 +431,7 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
         data = bundle.training_data(cfg.num_examples, cfg.prior_per_class, cfg.seed)
     if cfg.resume and latest_checkpoint(run) is None:
         raise CheckpointError(f"--resume given but {run / CHECKPOINTS} holds no checkpoint")
+    check_memory(cfg, bundle, data)
     identity = cfg.identity(run_target(cfg))
     with RunFolder(run) as folder:
         folder.prepare(cfg.resume, cfg.overwrite)
@@ -452,6 +504,11 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
                 loss = train_step(bundle, cfg, lat_data, params, optimizer, scheduler, step)
             except DivergedError as e:
                 raise DivergedError(_divergence_message(e, run, step, cfg)) from None
+            except (MemoryError, RuntimeError) as e:
+                if not isinstance(e, MemoryError) and "allocate" not in str(e):
+                    raise
+                raise LimitError(f"step {step + 1} ran out of memory at --batch-size {cfg.batch_size} ({e}); "
+                                 "lower --batch-size") from None
             dt = time.perf_counter() - t0
             history["loss"].append(float(loss.item()))
             history["time_step"].append(dt)
