@@ -56,11 +56,15 @@ class GemmStats:
 
 class QtaRuntime:
     """What the accelerated LoRA layers share: the accelerator, the seed and step counter
-    for stochastic rounding, and the per-GEMM-kind figures and time split of a run."""
+    for stochastic rounding, and the per-GEMM-kind figures and time split of a run.
 
-    def __init__(self, accelerator: Accelerator, seed: int = 0):
+    ``stream`` tells the stochastic-rounding streams of data-parallel ranks apart (the rank;
+    0 is the single-process stream)."""
+
+    def __init__(self, accelerator: Accelerator, seed: int = 0, stream: int = 0):
         self.acc = accelerator
         self.seed = seed
+        self.stream = stream
         self.step = 0
         self.stats: dict[str, GemmStats] = {kind.key: GemmStats() for kind in LORA_GEMMS}
         self.time_accelerator = 0.0
@@ -69,7 +73,8 @@ class QtaRuntime:
     def generator(self, layer_id: int, kind: int) -> torch.Generator:
         """The stochastic-rounding generator of one GEMM operand in this step."""
         g = torch.Generator()
-        g.manual_seed(zlib.crc32(f"{self.seed}/{self.step}/{layer_id}/{kind}".encode()))
+        key = f"{self.seed}/{self.step}/{layer_id}/{kind}" + (f"/rank{self.stream}" if self.stream else "")
+        g.manual_seed(zlib.crc32(key.encode()))
         return g
 
     def quant(self, x: torch.Tensor, axis: str, generator: torch.Generator | None = None) -> Quantized:

@@ -9,6 +9,10 @@ generators seeded by (seed, step), so a run resumed from a checkpoint ends with 
 adapter weights as an uninterrupted one. Checkpoints (:mod:`.checkpoint`) are written every N
 steps and on Ctrl-C; a NaN/Inf loss stops the run and keeps the last good checkpoint. The
 outputs of a run (adapter, sample grid, loss curve, report) are written at its end.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop runs data parallel through the explicit
+``dist`` hooks of :mod:`.distributed`: each process computes its rows of the global batch, the
+LoRA gradients are all-reduced before clipping, and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..errors import CheckpointError, DivergedError, LimitError
 from ..lora.layer import QtaRuntime, accelerated_lora_config, attach_runtime
 from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, lora_state, save_checkpoint
 from .config import FinetuneConfig
+from .distributed import DataParallel
 from .models import DigitsBundle, ModelBundle, StableDiffusionBundle
 
 
@@ -119,12 +124,17 @@ def training_batch(data, bundle: ModelBundle, cfg: FinetuneConfig, step: int) ->
 
 
 def loss_of_step(bundle: ModelBundle, cfg: FinetuneConfig, x0: torch.Tensor, context: torch.Tensor,
-                 step: int) -> torch.Tensor:
-    """The diffusers noise-prediction (or v-prediction) loss of one batch."""
+                 step: int, part: slice = slice(None)) -> torch.Tensor:
+    """The diffusers noise-prediction (or v-prediction) loss of one batch.
+
+    ``part``: the rows of the global batch ``x0`` this process computes (data parallel; the
+    noise and timesteps are drawn for the whole batch first); ``context`` holds those rows only.
+    """
     sched = bundle.noise_scheduler
     g = step_generator(cfg.seed, step, 1)
     noise = torch.randn(x0.shape, generator=g)
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=g)
+    x0, noise, t = x0[part], noise[part], t[part]
     noisy = sched.add_noise(x0, noise, t)
     target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
     pred = bundle.unet(noisy, t, encoder_hidden_states=context).sample
@@ -132,17 +142,30 @@ def loss_of_step(bundle: ModelBundle, cfg: FinetuneConfig, x0: torch.Tensor, con
 
 
 def train_step(bundle: ModelBundle, cfg: FinetuneConfig, data, params: list[torch.nn.Parameter],
-               optimizer: torch.optim.Optimizer, scheduler, step: int) -> torch.Tensor:
+               optimizer: torch.optim.Optimizer, scheduler, step: int,
+               dist: DataParallel | None = None) -> torch.Tensor:
     """One optimizer step (batch, loss, backward, clipping, AdamW, LR schedule); returns the loss.
 
     Raises :class:`DivergedError` before touching the weights if the loss is NaN or Inf.
-    ``scheduler`` may be None (the speed benchmark keeps the learning rate fixed).
+    ``scheduler`` may be None (the speed benchmark keeps the learning rate fixed). With ``dist``
+    this process computes its rows of the global batch, with its loss weighted by their share,
+    and the LoRA gradients of every rank are summed before clipping; a NaN/Inf on any rank
+    raises :class:`DivergedError` on every rank.
     """
     x0, prompts = training_batch(data, bundle, cfg, step)
-    loss = loss_of_step(bundle, cfg, x0, bundle.encode_prompts(prompts), step)
-    if not torch.isfinite(loss):
-        raise DivergedError(f"loss became {loss.item()} at step {step}")
-    loss.backward()
+    part = slice(None) if dist is None else dist.rows(len(prompts))
+    loss, failure = None, None
+    try:
+        loss = loss_of_step(bundle, cfg, x0, bundle.encode_prompts(prompts[part]), step, part)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"loss became {loss.item()} at step {step}")
+        (loss if dist is None else loss * dist.share(len(prompts))).backward()
+    except DivergedError as e:
+        if dist is None:
+            raise
+        failure = e  # the other ranks learn of it in the all-reduce
+    if dist is not None:
+        loss = dist.all_reduce_gradients(params, loss, step, failure)
     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     optimizer.step()
     if scheduler is not None:
@@ -199,11 +222,22 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
     """Run (or resume) a fine-tuning; returns the run report (also written to report.json).
 
     ``stop_after`` ends the run early after that many steps as if interrupted (tests use it
-    to exercise resume).
+    to exercise resume). Under ``torchrun`` (``WORLD_SIZE`` > 1) the run is data parallel
+    (:mod:`.distributed`); ranks other than 0 write nothing and return
+    ``{"rank": r, "writer": False, "steps": n}``.
     """
+    dist = DataParallel.from_environment()
+    if dist is None:
+        return _finetune(cfg, bundle, stop_after, None)
+    return dist.run(lambda: _finetune(cfg, bundle, stop_after, dist))
+
+
+def _finetune(cfg: FinetuneConfig, bundle: ModelBundle | None, stop_after: int | None,
+              dist: DataParallel | None) -> dict[str, Any]:
     from ..runtime.accelerator import Accelerator
 
     run = Path(cfg.output_dir)
+    writer = dist is None or dist.rank == 0  # rank 0 alone writes the run folder
     bundle = bundle or load_bundle(cfg)
     validate(cfg, bundle)
     if cfg.pretrained_model is not None and isinstance(bundle, StableDiffusionBundle):
@@ -212,22 +246,28 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
         data = bundle.training_data(Path(cfg.instance_data_dir), cfg.prompt)
     else:
         data = bundle.training_data(cfg.num_examples, cfg.prior_per_class, cfg.seed)
-    if cfg.resume and latest_checkpoint(run) is None:
-        raise CheckpointError(f"--resume given but {run / CHECKPOINTS} holds no checkpoint")
-    run.mkdir(parents=True, exist_ok=True)
+    accelerator = None if dist is None else dist.agree(cfg, bundle, data, lambda: Accelerator(cfg.board, cfg.backend))
+    resume_from = None
+    if cfg.resume:
+        resume_from = latest_checkpoint(run) if dist is None else dist.checkpoint_from_rank0(run)
+        if resume_from is None:
+            raise CheckpointError(f"--resume given but {run / CHECKPOINTS} holds no checkpoint")
+    if writer:
+        run.mkdir(parents=True, exist_ok=True)
 
     threads = cfg.threads or (1 if isinstance(bundle, DigitsBundle) else None)
     if threads:
         torch.set_num_threads(threads)
     before = None
-    if cfg.samples and not cfg.resume:
+    if cfg.samples and not cfg.resume and writer:
         before = bundle.sample(bundle.eval_prompts(), cfg.seed)
         np.save(run / "samples_before.npy", before)
 
     add_lora(bundle, cfg)
     runtime = None
     if cfg.precision == "int8":
-        runtime = QtaRuntime(Accelerator(cfg.board, cfg.backend), seed=cfg.seed)
+        runtime = QtaRuntime(accelerator or Accelerator(cfg.board, cfg.backend), seed=cfg.seed,
+                             stream=0 if dist is None else dist.rank)
         n_layers = attach_runtime(bundle.unet, runtime)
     else:
         n_layers = sum(1 for m in bundle.unet.modules() if hasattr(m, "lora_A"))
@@ -237,16 +277,25 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
 
     start, history = 0, {"loss": [], "time_step": [], "time_accelerator": 0.0, "time_quantization": 0.0}
     if cfg.resume:
-        start, history = load_checkpoint(latest_checkpoint(run), bundle, optimizer, scheduler, cfg)
+        start, history = load_checkpoint(resume_from, bundle, optimizer, scheduler, cfg)
     latents = bundle.to_latents(data.images)
     prior_latents = bundle.to_latents(data.prior_images) if data.prior_images is not None else None
     lat_data = type(data)(latents, data.prompts, prior_latents, data.prior_prompts)
 
     interrupted = {"flag": False}
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.__setitem__("flag", True))
+    if dist is not None:
+        dist.start(params, interrupted)
+
+    def checkpoint(done: int) -> None:
+        if dist is not None:
+            dist.check_replicas(params, done)
+        if writer:
+            save_checkpoint(run, done, bundle, optimizer, scheduler, cfg, history)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"finetune {cfg.precision}",
-               unit="step", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15.0)
+               unit="step", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15.0,
+               disable=not writer)
     try:
         for step in bar:
             t0 = time.perf_counter()
@@ -254,9 +303,9 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
                 runtime.step = step
                 acc0, q0 = runtime.time_accelerator, runtime.time_quantization
             try:
-                loss = train_step(bundle, cfg, lat_data, params, optimizer, scheduler, step)
+                loss = train_step(bundle, cfg, lat_data, params, optimizer, scheduler, step, dist)
             except DivergedError as e:
-                last = latest_checkpoint(run)
+                last = latest_checkpoint(run) if writer else f"the newest in {run / CHECKPOINTS} on rank 0"
                 raise DivergedError(f"{e}; stopped. The last good checkpoint is "
                                     f"{last or 'none (no checkpoint written yet)'}; lower --learning-rate "
                                     "and resume from it") from None
@@ -269,24 +318,30 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
             bar.set_postfix(loss=f"{loss.item():.4f}", steps_per_s=f"{1 / dt:.2f}", refresh=False)
             done = step + 1
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                save_checkpoint(run, done, bundle, optimizer, scheduler, cfg, history)
-            if interrupted["flag"]:
-                save_checkpoint(run, done, bundle, optimizer, scheduler, cfg, history)
+                checkpoint(done)
+            if (interrupted["flag"] if dist is None else dist.stop):
+                checkpoint(done)
                 bar.close()
-                print(f"\ninterrupted: checkpoint saved at step {done}; continue with --resume")
+                if writer:
+                    print(f"\ninterrupted: checkpoint saved at step {done}; continue with --resume")
                 return {"interrupted": True, "step": done}
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()
     if end < cfg.steps:  # stop_after
-        save_checkpoint(run, end, bundle, optimizer, scheduler, cfg, history)
+        checkpoint(end)
         return {"interrupted": True, "step": end}
-    return write_outputs(run, cfg, bundle, runtime, history, before, n_layers)
+    distributed = None if dist is None else dist.finish(cfg, runtime, params)
+    if not writer:
+        return {"rank": dist.rank, "writer": False, "steps": len(history["loss"])}
+    return write_outputs(run, cfg, bundle, runtime, history, before, n_layers, distributed)
 
 
 def write_outputs(run: Path, cfg: FinetuneConfig, bundle: ModelBundle, runtime: QtaRuntime | None,
-                  history: dict[str, Any], before: np.ndarray | None, n_layers: int) -> dict[str, Any]:
-    """Adapter (diffusers format), sample grid, loss curve and report.json."""
+                  history: dict[str, Any], before: np.ndarray | None, n_layers: int,
+                  distributed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Adapter (diffusers format), sample grid, loss curve and report.json (with the
+    ``distributed`` section of a data-parallel run)."""
     adapter = run / "adapter"
     adapter.mkdir(parents=True, exist_ok=True)
     bundle.save_lora(adapter, lora_state(bundle.unet))
@@ -312,7 +367,10 @@ def write_outputs(run: Path, cfg: FinetuneConfig, bundle: ModelBundle, runtime: 
                    "quantization_measured": history["time_quantization"],
                    "rest_measured": total - history["time_accelerator"] - history["time_quantization"]},
         "steps_per_s_measured": len(history["time_step"]) / total if total else None,
+        "world_size": 1 if distributed is None else distributed["world_size"],
     }
+    if distributed is not None:
+        report["distributed"] = distributed
     if runtime is not None:
         b = runtime.acc.board
         gemms = runtime.report()
