@@ -144,7 +144,10 @@ class DataParallel:
         self.host = socket.gethostname()
         self.hosts: list[str] | None = None
         self.phase = "setting up"
-        self.step: int | None = None
+        self.step: int | None = None  # the last step whose all-reduce completed
+        self.output_dir: str | None = None
+        self.last_checkpoint: int | None = None  # steps done at the last checkpoint rank 0 surely wrote
+        self._pending_checkpoint: int | None = None  # one rank 0 may still be writing
         self.steps_run = 0
         self.stop = False             # agreed stop request (Ctrl-C on any rank), read by the loop
         self.stop_wanted = False      # this rank's own request, sent until agreed
@@ -302,7 +305,7 @@ class DataParallel:
         """Why the run broke, as seen from this surviving rank: a rank that posted its failure,
         else ranks whose heartbeat stopped, else the error itself."""
         self._raise_on_term = False
-        where = self.phase if self.step is None else f"at step {self.step}"
+        where = self.phase if self.step is None else f"after {self.step + 1} steps"
         others = [r for r in range(self.world) if r != self.rank]
         failed: dict[int, str] = {}
         silent: list[int] = []
@@ -335,9 +338,18 @@ class DataParallel:
             cause = "the launcher stopped it (SIGTERM) while no other rank reported a failure"
         else:
             cause = f"a collective operation failed ({_first_line(error.__cause__ or error)})"
-        advice = ("; fix the cause and start the run again" if self.step is None else
-                  "; the last checkpoint (rank 0's output folder) stays valid: start every rank again with "
-                  "--resume")
+        folder = Path(self.output_dir or ".") / "checkpoints"
+        if self._pending_checkpoint is not None:
+            earlier = f"step_{self.last_checkpoint:06d}" if self.last_checkpoint is not None else "none"
+            advice = (f"; the last checkpoint on rank 0, {folder}/step_{self._pending_checkpoint:06d} (or {earlier} "
+                      "if rank 0 died while writing it), stays valid: start every rank again with --resume")
+        elif self.last_checkpoint is not None:
+            advice = (f"; the last checkpoint, {folder}/step_{self.last_checkpoint:06d} on rank 0, stays valid: "
+                      "start every rank again with --resume")
+        elif self.step is not None:
+            advice = "; no checkpoint was written yet: start the run again"
+        else:
+            advice = "; fix the cause and start the run again"
         return RankLostError(f"rank {self.rank} stopped {where}: {cause}{advice}")
 
     def _collective(self, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -391,6 +403,7 @@ class DataParallel:
                 acc = open_accelerator()
             except QtaError as e:
                 error = f"{type(e).__name__}: {e}"
+        self.output_dir = cfg.output_dir
         facts = self.facts(cfg, bundle, data, acc)
         everyone: list[Any] = [None] * self.world
         self._collective("exchanging the ranks' configurations", tdist.all_gather_object, everyone,
@@ -447,6 +460,8 @@ class DataParallel:
                                                         if p.is_file()}}
         box = [payload]
         self._collective("broadcasting the checkpoint", tdist.broadcast_object_list, box, src=0)
+        if box[0] is not None:
+            self.last_checkpoint = int(box[0]["name"].rsplit("_", 1)[-1])
         if self.rank == 0 or box[0] is None:
             return last
         folder = Path(tempfile.mkdtemp(prefix=f"lora_qta_rank{self.rank}_"))
@@ -501,6 +516,8 @@ class DataParallel:
         t0 = time.perf_counter()
         self._collective(f"the gradient all-reduce of step {step}", tdist.all_reduce, flat)
         self.time_allreduce += time.perf_counter() - t0
+        if self._pending_checkpoint is not None:
+            self.last_checkpoint, self._pending_checkpoint = self._pending_checkpoint, None
         self.steps_run += 1
         self.stop = bool(flat[n + 1] > 0)
         if self.stop:
@@ -528,6 +545,7 @@ class DataParallel:
                 + ", ".join(f"rank {r} {d}" for r, d in enumerate(digests)) + "): the replicas drifted apart "
                 "(different PyTorch builds or a nondeterministic accelerator?); resume from the previous checkpoint "
                 "with identical software on every rank")
+        self._pending_checkpoint = step  # rank 0 writes it next; the next collective confirms it
 
     # ------------------------------------------------------------------ the end
     def finish(self, cfg: FinetuneConfig, runtime: Any, params: list[torch.nn.Parameter]) -> dict[str, Any] | None:

@@ -159,7 +159,9 @@ def train_step(bundle: ModelBundle, cfg: FinetuneConfig, data, params: list[torc
         loss = loss_of_step(bundle, cfg, x0, bundle.encode_prompts(prompts[part]), step, part)
         if not torch.isfinite(loss):
             raise DivergedError(f"loss became {loss.item()} at step {step}")
-        (loss if dist is None else loss * dist.share(len(prompts))).backward()
+        if dist is not None:
+            loss = loss * dist.share(len(prompts))  # summed over the ranks: the global batch's mean
+        loss.backward()
     except DivergedError as e:
         if dist is None:
             raise
