@@ -305,7 +305,8 @@ class DataParallel:
         """Why the run broke, as seen from this surviving rank: a rank that posted its failure,
         else ranks whose heartbeat stopped, else the error itself."""
         self._raise_on_term = False
-        where = self.phase if self.step is None else f"after {self.step + 1} steps"
+        where = (f"after {self.step + 1} steps" if self.step is not None else
+                 "in its first step" if self.phase == "training" else self.phase)
         others = [r for r in range(self.world) if r != self.rank]
         failed: dict[int, str] = {}
         silent: list[int] = []
@@ -346,7 +347,7 @@ class DataParallel:
         elif self.last_checkpoint is not None:
             advice = (f"; the last checkpoint, {folder}/step_{self.last_checkpoint:06d} on rank 0, stays valid: "
                       "start every rank again with --resume")
-        elif self.step is not None:
+        elif self.phase == "training":
             advice = "; no checkpoint was written yet: start the run again"
         else:
             advice = "; fix the cause and start the run again"
@@ -497,7 +498,6 @@ class DataParallel:
         """Sum the ranks' LoRA gradients (each from a weighted loss) in one all-reduce, with the
         weighted loss, the stop request and the divergence flags; returns the global batch's
         loss. Raises :class:`DivergedError` on every rank if any rank diverged (``failure``)."""
-        self.step = step
         n = sum(p.numel() for p in params)
         flat = torch.zeros(n + 2 + self.world, dtype=torch.float32)
         if failure is None:
@@ -516,6 +516,7 @@ class DataParallel:
         t0 = time.perf_counter()
         self._collective(f"the gradient all-reduce of step {step}", tdist.all_reduce, flat)
         self.time_allreduce += time.perf_counter() - t0
+        self.step = step
         if self._pending_checkpoint is not None:
             self.last_checkpoint, self._pending_checkpoint = self._pending_checkpoint, None
         self.steps_run += 1
