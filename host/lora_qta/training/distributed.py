@@ -131,6 +131,17 @@ def params_digest(params: list[torch.nn.Parameter]) -> str:
     return _digest(*(p.detach() for p in params))
 
 
+def disagreements(facts: list[dict[str, Any]]) -> list[str]:
+    """What the ranks' facts (:meth:`DataParallel.facts`, one dict per rank) disagree on, each as
+    ``key: rank 0 value, rank 1 value, ...``."""
+    diffs = []
+    for key in dict.fromkeys(k for f in facts for k in f):
+        values = [f.get(key) for f in facts]
+        if any(v != values[0] for v in values):
+            diffs.append(f"{key}: " + ", ".join(f"rank {r} {v}" for r, v in enumerate(values)))
+    return diffs
+
+
 class DataParallel:
     """This process's place in a data-parallel run: rank, world size, the process group and the
     store, and the hooks the training loop calls (module docstring)."""
@@ -306,7 +317,7 @@ class DataParallel:
         else ranks whose heartbeat stopped, else the error itself."""
         self._raise_on_term = False
         where = (f"after {self.step + 1} steps" if self.step is not None else
-                 "in its first step" if self.phase == "training" else self.phase)
+                 "in its first step" if self.phase == "training" else f"while {self.phase}")
         others = [r for r in range(self.world) if r != self.rank]
         failed: dict[int, str] = {}
         silent: list[int] = []
@@ -416,11 +427,7 @@ class DataParallel:
                 "; ".join(f"{self._name(r)}: {err}" for r, err in errors)
                 + " -- every rank needs its own accelerator: its board with the bitstream in bitstreams/<board>/, "
                   "or --backend emulation on every rank")
-        diffs = []
-        for key, mine in everyone[0]["facts"].items():
-            values = [e["facts"].get(key) for e in everyone]
-            if any(v != mine for v in values):
-                diffs.append(f"{key}: " + ", ".join(f"rank {r} {v}" for r, v in enumerate(values)))
+        diffs = disagreements([e["facts"] for e in everyone])
         if diffs:
             raise RankMismatchError(
                 "the ranks disagree on " + "; ".join(diffs) + " -- start every rank with the same options, package "

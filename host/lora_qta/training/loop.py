@@ -294,6 +294,7 @@ def _finetune(cfg: FinetuneConfig, bundle: ModelBundle | None, stop_after: int |
             dist.check_replicas(params, done)
         if writer:
             save_checkpoint(run, done, bundle, optimizer, scheduler, cfg, history)
+
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"finetune {cfg.precision}",
                unit="step", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15.0,
