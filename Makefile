@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv with the pinned dependencies and the package
 
 run: $(STAMP)    ## the main job on the embedded default (emulated accelerator, no board)
-	$(BIN)/lora-qta run
+	$(BIN)/lora-qta run --overwrite   # replaces runs/default (one run per folder)
 
 test: $(STAMP)   ## every test: C-simulation testbench, bit-exactness properties, runtime, training
 	$(BIN)/python -m pytest -q

@@ -2,7 +2,8 @@
 
 Launched by torchrun, or directly with the env:// variables (RANK, WORLD_SIZE, MASTER_ADDR,
 MASTER_PORT). ``python worker.py SPEC OUT``: SPEC is a JSON list of runs, each
-``{"name", "argv", "argv_rank": {"1": [...]}, "kill": [rank, step], "nan": [rank, step]}``; the
+``{"name", "argv", "argv_rank": {"1": [...]}, "kill": [rank, step], "nan": [rank, step],
+"nangrad": [rank, step]}`` (NaN loss, or a finite loss with a NaN gradient, on that rank); the
 runs go one after the other in this process. With more than one run the worker initializes the
 gloo process group itself (lora-qta then uses it and leaves it open), else lora-qta joins the
 run itself. Each rank writes ``OUT/<name>.rank<r>.json``: the exit status, the last stderr line,
@@ -43,6 +44,7 @@ def one_run(run: dict, rank: int, out: Path) -> None:
     real_step, real_loss = loop.train_step, loop.loss_of_step
     kill = run.get("kill")
     nan = run.get("nan")
+    nangrad = run.get("nangrad")
 
     def traced_step(bundle, cfg, data, params, optimizer, scheduler, step, dist=None):
         if kill and kill[0] == rank and step == kill[1]:
@@ -55,9 +57,18 @@ def one_run(run: dict, rank: int, out: Path) -> None:
         loss = real_loss(bundle, cfg, x0, context, step, part)
         return loss * float("nan") if rank == nan[0] and step == nan[1] else loss
 
+    def nan_gradient(bundle, cfg, x0, context, step, part=slice(None)):
+        loss = real_loss(bundle, cfg, x0, context, step, part)
+        if rank == nangrad[0] and step == nangrad[1]:  # d sqrt(x)/dx at 0 is inf, times 0: NaN
+            p = next(p for n, p in bundle.unet.named_parameters() if "lora_B" in n)
+            loss = loss + 0.0 * torch.sqrt(p.sum() * 0)
+        return loss
+
     loop.train_step = traced_step
     if nan:
         loop.loss_of_step = nan_loss
+    if nangrad:
+        loop.loss_of_step = nan_gradient
     argv = list(run["argv"]) + list(run.get("argv_rank", {}).get(str(rank), []))
     err = Tee(sys.stderr)
     try:

@@ -28,6 +28,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("resource estimate    " + ", ".join(
         f"{k} {v}" + (f" ({est[k + '_pct']:.0f}%)" if k + "_pct" in est else "")
         for k, v in est.items() if not k.endswith("_pct")) + "  (first-order estimate, not synthesized)")
+    notebooks = ("pynq get-notebooks lora-qta -p DIR" if acc.backend == "board"
+                 else "pynq get-notebooks lora-qta -p DIR --ignore-overlays   (no FPGA here: PYNQ needs the flag)")
+    print(f"{'notebooks':20s} {notebooks}")
     print("\nregister map (from hardware.toml)\n")
     print(generate.register_table())
     return 0
@@ -46,6 +49,9 @@ def cmd_gemm(args: argparse.Namespace) -> int:
     print(f"GEMM {args.M}x{args.K}x{args.N} on {acc.board.name} [{acc.backend}]: "
           f"{'bit-exact with numpy' if checked.exact else 'MISMATCH with numpy'}")
     print(f"  dataflow     {mode}, tiles m/n/k = {r.tiles}")
+    if r.calls > 1:
+        print(f"  calls        {r.calls} kernel calls (a dimension exceeds the configured limits "
+              f"{acc.board.max_m}/{acc.board.max_n}/{acc.board.max_k}; summed exactly on the host)")
     print(f"  cycles       {r.cycles:,} (kernel cycle counter; {'modelled schedule' if acc.backend != 'board' else 'board'})")
     print(f"  utilization  {r.utilization:.1%} of {acc.board.pes} PEs; {r.bound}-bound, "
           f"{r.roofline_fraction:.1%} of the roofline")

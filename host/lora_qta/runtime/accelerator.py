@@ -25,6 +25,8 @@ from ..errors import (BackendError, BitstreamNotFoundError, InputDTypeError, Inp
                      StaleBitstreamError)
 from ..hw.config import BoardConfig, board_digest, config
 from ..hw.call import ROUNDINGS, SCALE_MODES, GemmCall
+from ..hw.reference import requantize as reference_requantize
+from ..hw.reference import rounding_bits
 
 BACKENDS = ("auto", "board", "emulation", "csim", "fast")
 REPO_BITSTREAMS = Path(__file__).resolve().parents[3] / "bitstreams"
@@ -70,6 +72,24 @@ def check_manifest(board: BoardConfig, manifest: Path) -> dict:
     return data
 
 
+def resolve_backend(board: BoardConfig, backend: str | None = None,
+                    bitstream: str | os.PathLike | None = None) -> str:
+    """What ``backend`` (default ``$LORA_QTA_BACKEND`` or ``auto``) means on this machine for
+    ``board``: ``board``, ``fast`` or ``csim`` (``auto``: the board when PYNQ finds one and the
+    bitstream is there, else ``fast``; ``emulation`` is ``fast``)."""
+    backend = (backend or os.environ.get("LORA_QTA_BACKEND") or "auto").lower()
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        found = True
+        try:
+            find_bitstream(board, bitstream)
+        except BitstreamNotFoundError:
+            found = False
+        backend = "board" if pynq.ps.ON_TARGET and found else "fast"
+    return "fast" if backend == "emulation" else backend
+
+
 def fixed_point_scale(scale: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(multiplier, shift) with multiplier * 2**-shift ~= scale, multiplier < 2**31.
 
@@ -101,11 +121,28 @@ class GemmResult:
     bound: str
     roofline_fraction: float
     wall_s: float
+    calls: int = 1  # kernel calls: more than one when a dimension exceeded the configured limits
 
     @property
     def partitioned(self) -> bool:
         """Whether the array ran as independent sub-arrays."""
         return self.split != 0
+
+
+def _blocks(dim: int, limit: int) -> list[tuple[int, int]]:
+    """``dim`` cut into the fewest balanced blocks of at most ``limit``: (start, end) pairs."""
+    nb = -(-dim // limit)
+    edges = [dim * i // nb for i in range(nb + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _check_integers(name: str, value: Any) -> None:
+    """The requantizer's multiplier and shift are integers: refuse floats (they would be truncated)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" or isinstance(value, (bool, np.bool_)):
+        raise InputDTypeError(f"{name} must be an integer (or integers), got {value!r}: the kernel's requantizer "
+                              "takes a fixed-point scale; convert a float scale with "
+                              "fixed_point_scale(scale) -> (mult, shift)")
 
 
 def _as_numpy(x: Any, name: str) -> tuple[np.ndarray, bool]:
@@ -140,13 +177,7 @@ class Accelerator:
     def __init__(self, board: str | None = None, backend: str | None = None,
                  bitstream: str | os.PathLike | None = None, timeout: float = 60.0):
         self.board = config().board(board or os.environ.get("LORA_QTA_BOARD"))
-        backend = (backend or os.environ.get("LORA_QTA_BACKEND") or "auto").lower()
-        if backend not in BACKENDS:
-            raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-        if backend == "auto":
-            backend = "board" if pynq.ps.ON_TARGET and self._has_bitstream(bitstream) else "fast"
-        if backend == "emulation":
-            backend = "fast"
+        backend = resolve_backend(self.board, backend, bitstream)
         self.backend = backend
         self.timeout = timeout
         if backend == "board":
@@ -162,13 +193,6 @@ class Accelerator:
             self.ip = QtaGemmDriver(self.device.ip_description())
         self._buffers: dict[str, Any] = {}
         self.calls = 0
-
-    def _has_bitstream(self, bitstream: str | os.PathLike | None) -> bool:
-        try:
-            find_bitstream(self.board, bitstream)
-            return True
-        except BitstreamNotFoundError:
-            return False
 
     # -- buffers -----------------------------------------------------------------------
     def _buffer(self, role: str, nbytes: int) -> Any:
@@ -233,6 +257,8 @@ class Accelerator:
         if scale_mode not in SCALE_MODES:
             raise LimitError(f"scale_mode must be one of {SCALE_MODES}, not {scale_mode!r}")
         out8 = out == "int8"
+        for name, v in (("mult", mult), ("shift", shift)):
+            _check_integers(name, v)
         scales = None
         if out8 and scale_mode != "tensor":
             cnt = m if scale_mode == "row" else n
@@ -257,6 +283,13 @@ class Accelerator:
                 raise InputDTypeError(f"c must be {np.dtype(want)} for out={out!r}, got {c_np.dtype}")
             if c_np.shape != (m, n):
                 raise InputShapeError(f"c must be {m}x{n} to accumulate into, got {c_np.shape}")
+
+        b_cfg = self.board
+        if m > b_cfg.max_m or n > b_cfg.max_n or k > b_cfg.max_k:
+            return self._gemm_in_pieces(
+                a_np, b_np, a_torch, (m, k, n), trans_a=trans_a, trans_b=trans_b, dataflow=dataflow, split=split,
+                out8=out8, scale_mode=scale_mode, mult=mult_t, shift=shift_t, scales=scales,
+                stochastic=rounding == "stochastic", seed=int(seed) & 0xFFFFFFFF, c_np=c_np, strict=strict)
 
         call = GemmCall(m=m, n=n, k=k, lda=a_np.shape[1], ldb=b_np.shape[1], ldc=n, tile_m=1, tile_n=1,
                         tile_k=1, trans_a=trans_a, trans_b=trans_b, out_int8=out8, accumulate=c is not None,
@@ -297,6 +330,72 @@ class Accelerator:
             saturated=saturated, bound=rep.bound, roofline_fraction=rep.roofline_cycles / info.cycles,
             wall_s=info.wall_s,
         )
+
+    def _gemm_in_pieces(self, a_np: np.ndarray, b_np: np.ndarray, a_torch: bool, mkn: tuple[int, int, int], *,
+                        trans_a: bool, trans_b: bool, dataflow: str, split: int | None, out8: bool,
+                        scale_mode: str, mult: int, shift: int, scales: np.ndarray | None, stochastic: bool,
+                        seed: int, c_np: np.ndarray | None, strict: bool) -> GemmResult:
+        """A GEMM with M, N or K beyond the configured limits, as several kernel calls.
+
+        Each piece (balanced blocks of M, N and K within the limits) runs on the kernel with INT32
+        output, which is exact; the pieces' K partial sums are added exactly in int64 on the host,
+        and the epilogue (accumulating ``c``, requantization with the kernel's rounding, including
+        its stochastic bits at the output's global indices, and saturation) runs on the host with
+        the kernel's integer arithmetic. The result equals what one kernel call without the limits
+        would compute.
+        """
+        from .fast import requantize  # the kernel's epilogue arithmetic, vectorized
+
+        m, k, n = mkn
+        bd = self.board
+        acc = np.zeros((m, n), dtype=np.int64)
+        pieces: list[GemmResult] = []
+        for i0, i1 in _blocks(m, bd.max_m):
+            for j0, j1 in _blocks(n, bd.max_n):
+                for k0, k1 in _blocks(k, bd.max_k):
+                    ap = a_np[k0:k1, i0:i1] if trans_a else a_np[i0:i1, k0:k1]
+                    bp = b_np[j0:j1, k0:k1] if trans_b else b_np[k0:k1, j0:j1]
+                    r = self.gemm(np.ascontiguousarray(ap), np.ascontiguousarray(bp), trans_a=trans_a,
+                                  trans_b=trans_b, dataflow=dataflow, split=split)
+                    acc[i0:i1, j0:j1] += r.output
+                    pieces.append(r)
+        if not out8:
+            total = acc + (c_np.astype(np.int64) if c_np is not None else 0)
+            lo, hi, out_dtype = -(2**31), 2**31 - 1, np.int32
+        else:
+            if scale_mode == "tensor":
+                mu, sh = np.int64(mult), np.int64(shift)
+            else:
+                shape = (m, 1) if scale_mode == "row" else (1, n)
+                mu = scales[:, 0].astype(np.int64).reshape(shape)
+                sh = scales[:, 1].astype(np.int64).reshape(shape)
+            bits = None
+            if stochastic:
+                rows, cols = np.meshgrid(np.arange(m), np.arange(n), indexing="ij", sparse=True)
+                bits = rounding_bits(seed, rows, cols, n)
+            if np.abs(acc).max(initial=0) < 2**31:  # acc * mult fits int64, as in the kernel
+                total = requantize(acc, mu, sh, stochastic, bits)
+            else:  # K beyond the INT32 range of a dot product: exact Python integers
+                full = (m, n)
+                total = reference_requantize(acc, np.broadcast_to(mu, full), np.broadcast_to(sh, full),
+                                             stochastic, np.broadcast_to(bits if bits is not None else 0, full))
+            if c_np is not None:
+                total = total + c_np.astype(np.int64)
+            lo, hi, out_dtype = -128, 127, np.int8
+        clipped = np.clip(total, lo, hi)
+        saturated = bool((clipped != total).any())
+        if strict and saturated:
+            raise SaturationError(f"an output of the {m}x{k}x{n} GEMM saturated to "
+                                  f"{'INT8' if out8 else 'INT32'}; lower the scale or raise the shift")
+        result = clipped.astype(out_dtype)
+        cycles = sum(p.cycles for p in pieces)
+        first = max(pieces, key=lambda p: p.cycles)
+        return GemmResult(
+            output=torch.from_numpy(result) if a_torch else result, cycles=cycles, dataflow=first.dataflow,
+            split=first.split, tiles=first.tiles, utilization=m * n * k / (cycles * bd.pes),
+            bytes_moved=sum(p.bytes_moved for p in pieces), saturated=saturated, bound=first.bound,
+            roofline_fraction=sum(p.roofline_fraction * p.cycles for p in pieces) / cycles,
+            wall_s=sum(p.wall_s for p in pieces), calls=len(pieces))
 
     def info(self) -> dict[str, Any]:
         """Configuration and backend, for ``lora-qta info``."""

@@ -33,13 +33,26 @@ def _matrix(mem: np.ndarray, rows: int, cols: int, ld: int, dtype: np.dtype) -> 
     return np.ndarray((rows, cols), dtype=dtype, buffer=mem, strides=(ld * item, item))
 
 
+def _row_major(x: np.ndarray) -> "torch.Tensor":
+    """A torch view of a 2-D array with canonical row-major strides (row stride = columns).
+
+    The stride of a size-1 dimension is arbitrary (a transposed 1 x K view of a K x 1 operand
+    has strides (1, 1) and still counts as contiguous), and the oneDNN INT8 GEMM behind
+    ``torch._int_mm`` takes the leading dimension from it on some CPUs: below the row length
+    the call silently leaves the output unwritten (pytorch/pytorch#195066).
+    """
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    rows, cols = t.shape
+    if t.stride() != (cols, 1):
+        t = t.as_strided((rows, cols), (cols, 1))  # same elements: the array is contiguous
+    return t
+
+
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """op(A) . op(B) of INT8 matrices, exact (int32 from ``_int_mm``, else int64; the values
     always fit INT32 for K within the configured limit)."""
     if _int_mm is not None:
-        ta = torch.from_numpy(np.ascontiguousarray(a))
-        tb = torch.from_numpy(np.ascontiguousarray(b))
-        return _int_mm(ta, tb).numpy()
+        return _int_mm(_row_major(a), _row_major(b)).numpy()
     return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
 
 

@@ -20,10 +20,15 @@ The loop (:mod:`.loop`) calls a few explicit hooks of :class:`DataParallel`:
   loss, a stop-request flag (Ctrl-C on any rank) and one divergence flag per rank riding in the
   same buffer; SUM over gloo, copied back before clipping. Clipping, AdamW and the schedule then
   run on identical gradients on every rank, so the replicas stay identical (checked at every
-  checkpoint: :meth:`~DataParallel.check_replicas`).
-* **rank 0 writes** checkpoints, samples, report and adapter; on ``--resume`` rank 0 reads the
-  newest checkpoint and broadcasts its files (:meth:`~DataParallel.checkpoint_from_rank0`), so
-  ranks on other boards need no shared filesystem.
+  checkpoint: :meth:`~DataParallel.check_replicas`); a non-finite norm of the summed gradients is
+  the same on every rank, so the loop's check stops every rank at the same step, before AdamW.
+* **rank 0 writes** checkpoints, samples, report and adapter: it alone takes the run folder's
+  lock and applies the one-run-per-folder rule (:mod:`.rundir`); the other ranks never touch
+  their --output-dir. A refusal there (or any check one rank fails before training) stops every
+  rank with it (:meth:`~DataParallel.together`). On ``--resume`` rank 0 reads the newest
+  checkpoint under its lock and broadcasts its files (:meth:`~DataParallel.checkpoint_from_rank0`),
+  so ranks on other boards need no shared filesystem; every rank checks the run's identity
+  against it.
 * **failures name the rank.** Accelerator errors and each rank's configuration are gathered
   before training (:meth:`~DataParallel.agree`); during the run each rank keeps a heartbeat and a
   state in the rendezvous store, so when a collective breaks or torchrun's agent sends SIGTERM
@@ -53,8 +58,9 @@ import torch
 import torch.distributed as tdist
 
 from .. import __version__
-from ..errors import (CollectiveError, DivergedError, LimitError, QtaError, RankLostError, RankMismatchError,
-                      RankSetupError, RankStoppedError, RendezvousError)
+from .. import errors as error_classes
+from ..errors import (CollectiveError, DistributedError, DivergedError, LimitError, QtaError, RankLostError,
+                      RankMismatchError, RankSetupError, RankStoppedError, RendezvousError)
 from ..hw.config import board_digest, config
 from .checkpoint import latest_checkpoint, lora_state
 from .config import FinetuneConfig
@@ -156,7 +162,7 @@ class DataParallel:
         self.hosts: list[str] | None = None
         self.phase = "setting up"
         self.step: int | None = None  # the last step whose all-reduce completed
-        self.output_dir: str | None = None
+        self.output_dir: str | None = None  # rank 0's --output-dir (the run folder), once known
         self.last_checkpoint: int | None = None  # steps done at the last checkpoint rank 0 surely wrote
         self._pending_checkpoint: int | None = None  # one rank 0 may still be writing
         self.steps_run = 0
@@ -170,6 +176,7 @@ class DataParallel:
         self._lock = threading.Lock()
         self._beat = threading.Event()
         self._tmp: list[str] = []
+        self._gemms_at_start: dict[str, Any] | None = None  # accelerator counters restored by --resume
         self._previous_term: Any = None
         self._kv_set(f"host/{rank}", self.host)
         self._kv_set(f"state/{rank}", "running")
@@ -419,8 +426,9 @@ class DataParallel:
         facts = self.facts(cfg, bundle, data, acc)
         everyone: list[Any] = [None] * self.world
         self._collective("exchanging the ranks' configurations", tdist.all_gather_object, everyone,
-                         {"host": self.host, "error": error, "facts": facts})
+                         {"host": self.host, "error": error, "facts": facts, "output_dir": cfg.output_dir})
         self.hosts = [e["host"] for e in everyone]
+        self.output_dir = everyone[0]["output_dir"]  # the run folder: rank 0's, the one that is written
         errors = [(r, e["error"]) for r, e in enumerate(everyone) if e["error"]]
         if errors:
             raise RankSetupError(
@@ -455,6 +463,30 @@ class DataParallel:
         facts.update({"--" + k.replace("_", "-"): v for k, v in options.items()})
         return facts
 
+    def together(self, what: str, check: Callable[[], Any] | None) -> None:
+        """Run ``check`` on this rank (None: nothing to check here) and stop every rank if it
+        refused on any: the refusing rank raises its own error, the others the same class of
+        error naming that rank, so no rank waits in a collective for one that gave up (e.g. rank
+        0's run folder locked or holding another run, one board short of memory)."""
+        mine: QtaError | None = None
+        if check is not None:
+            try:
+                check()
+            except QtaError as e:
+                mine = e
+        posted = None if mine is None else (type(mine).__name__, str(mine))
+        everyone: list[Any] = [None] * self.world
+        self._collective(f"comparing the ranks' {what}", tdist.all_gather_object, everyone, posted)
+        if mine is not None:
+            raise mine
+        failed = [(r, p) for r, p in enumerate(everyone) if p]
+        if failed:
+            r, (name, message) = failed[0]
+            cls = getattr(error_classes, name, None)
+            if not (isinstance(cls, type) and issubclass(cls, QtaError)):
+                cls = DistributedError
+            raise cls(f"{self._name(r)}: {message}")
+
     def checkpoint_from_rank0(self, run: Path) -> Path | None:
         """The newest checkpoint of rank 0's run folder, on every rank: rank 0 reads its files
         and broadcasts them; the other ranks load a temporary copy (no shared filesystem
@@ -480,9 +512,11 @@ class DataParallel:
             (copy / name).write_bytes(content)
         return copy
 
-    def start(self, params: list[torch.nn.Parameter], interrupted: dict) -> None:
-        """Wait for every rank (rank 0 may have sampled alone), give every rank rank 0's LoRA
-        weights, and watch the loop's Ctrl-C flag."""
+    def start(self, params: list[torch.nn.Parameter], interrupted: dict, runtime: Any = None) -> None:
+        """Wait for every rank (rank 0 may have measured its held-out loss alone), give every rank
+        rank 0's LoRA weights, and watch the loop's Ctrl-C flag. ``runtime``'s counters now (a
+        resumed run's, from the checkpoint) are left out of this launch's per-rank figures."""
+        self._gemms_at_start = runtime.state() if runtime is not None else None
         self._wait_for_everyone("start")
         for p in params:
             self._collective("broadcasting the LoRA weights", tdist.broadcast, p.data, src=0)
@@ -534,8 +568,8 @@ class DataParallel:
         if diverged:
             if failure is not None:
                 raise DivergedError(f"{failure} (on rank {self.rank})")
-            raise DivergedError(f"{', '.join(self._name(r) for r in diverged)} diverged at step {step} (NaN or Inf "
-                                "in its loss or in a tensor reaching the INT8 quantizer)")
+            raise DivergedError(f"{', '.join(self._name(r) for r in diverged)} diverged (NaN or Inf in its loss or "
+                                "in a tensor reaching the INT8 quantizer)")
         offset = 0
         for p in params:
             k = p.numel()
@@ -567,7 +601,7 @@ class DataParallel:
         }
         if runtime is not None:
             b = runtime.acc.board
-            gemms = runtime.report()
+            gemms = runtime.report(since=self._gemms_at_start)
             cycles = sum(v["cycles"] for v in gemms.values())
             mine.update({"board": b.name, "backend": runtime.acc.backend,
                          "time_accelerator_measured_s": runtime.time_accelerator,
