@@ -265,7 +265,8 @@ def plot_differences(result: dict[str, Any], path: Path) -> None:
         ax.set_title(m.label, fontsize=8)
         ax.set_ylabel(f"difference to fp32 ({m.unit})", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7)
+    if names:
+        axes[0][0].legend(fontsize=7)
     fig.suptitle(f"paired differences to fp32 per training seed ({result['label']}; {result['steps']} steps, "
                  f"{result['samples']['concept']} concept samples, {result['samples']['per_known_digit']} per known "
                  "digit; shaded: beyond the target margin)", fontsize=8)
