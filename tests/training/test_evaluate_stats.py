@@ -163,3 +163,18 @@ def test_int8_all_is_offered_with_the_offload_option():
 def test_bad_variant_lists(text, message):
     with pytest.raises(OptionError, match=message):
         parse_variants(text)
+
+
+def test_digit_probabilities_score_real_test_images():
+    """The continuous score: calibrated probabilities that agree with the classifier's reading."""
+    import numpy as np
+
+    from lora_qta.training import digits as d
+
+    images, labels = d.load_digits_dataset(split="test")
+    x = ((images + 1) / 2)[:, 0].numpy()
+    p = d.digit_probabilities(x)
+    assert p.shape == (len(x), 10) and np.allclose(p.sum(1), 1)
+    assert np.mean(p.argmax(1) == labels.numpy()) > 0.95
+    sevens = labels.numpy() == d.HELD_OUT_CLASS
+    assert p[sevens, d.HELD_OUT_CLASS].mean() > 0.8 and p[~sevens, d.HELD_OUT_CLASS].mean() < 0.1
