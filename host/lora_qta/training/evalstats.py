@@ -197,8 +197,9 @@ def compare(metric: Metric, reference: dict, other: dict, confidence: float = CO
     if ci["std"] is not None and ci["std"] > 0:
         share = min(1.0, vs / ci["std"] ** 2)
         out["sampling_share_of_variance"] = share
-        out["advice"] = ("more samples per seed (sampling explains most of the seed-to-seed variance of the "
-                         "difference)" if share > 0.5 else
+        out["advice"] = ("more samples per seed (sampling can explain most of the seed-to-seed variance of the "
+                         "difference by the independent-sample bound, which overstates it: the variants share "
+                         "each seed's sampling noise)" if share > 0.5 else
                          "more seeds (training explains most of the seed-to-seed variance of the difference)")
     else:
         out["sampling_share_of_variance"] = None

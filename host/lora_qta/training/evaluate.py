@@ -225,7 +225,7 @@ def command_line(names, seeds, steps, samples_per_class, concept_samples, board=
 
 
 def plot_differences(result: dict[str, Any], path: Path) -> None:
-    """Per-seed paired differences to fp32 (error bars: ±1.96 sampling SE) and their mean with the
+    """Per-seed paired differences to fp32 (error bars: ±1.96 sampling SE, independent-sample bound) and their mean with the
     95 % t interval, per metric; the shaded band is beyond the target margin."""
     import matplotlib
 
@@ -269,7 +269,8 @@ def plot_differences(result: dict[str, Any], path: Path) -> None:
         axes[0][0].legend(fontsize=7)
     fig.suptitle(f"paired differences to fp32 per training seed ({result['label']}; {result['steps']} steps, "
                  f"{result['samples']['concept']} concept samples, {result['samples']['per_known_digit']} per known "
-                 "digit; shaded: beyond the target margin)", fontsize=8)
+                 "digit; per-seed bars: ±1.96 sampling SE, independent-sample bound; shaded: beyond the "
+                 "target margin)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
