@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..errors import InputShapeError
+
 CONFIDENCE = 0.95
 MIN_SEEDS_FOR_VERDICT = 3
 TARGET_LOSS_PCT = 2.0
@@ -93,7 +95,7 @@ def mean_se(values: Sequence[float]) -> float:
 def paired_differences(reference: Sequence[float], other: Sequence[float], relative: bool) -> list[float]:
     """Per-seed ``other - reference``, in points (x100) or in % of the reference (``relative``)."""
     if len(reference) != len(other):
-        raise ValueError(f"paired differences need one value per seed in both: {len(reference)} vs {len(other)}")
+        raise InputShapeError(f"paired differences need one value per seed in both: {len(reference)} vs {len(other)}")
     if relative:
         return [100.0 * (o - r) / r for r, o in zip(reference, other)]
     return [100.0 * (o - r) for r, o in zip(reference, other)]
