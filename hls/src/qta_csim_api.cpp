@@ -1,20 +1,20 @@
 // C entry points of the C-simulated kernel, for the host's emulation path (ctypes).
 //
-// The shared library built from this file and qta_gemm.cpp *is* the HLS kernel compiled
-// with g++: the emulated PYNQ device calls qta_csim_gemm when the driver writes ap_start.
+// The shared library built from this file and qta_gemm.cpp *is* the HLS kernel compiled with
+// g++: the emulated PYNQ device calls qta_csim_gemm when the driver writes ap_start. With
+// unified addressing every m_axi pointer of the kernel is the same memory base (the emulated
+// DDR); a, b, c and scales are byte offsets from it. Its parameters after `base` are generated
+// from the argument table of hardware.toml (QTA_CSIM_PARAMS), in the kernel's order.
 #include "qta_gemm.h"
 
 extern "C" {
 
-// Runs one kernel call on host memory. Arguments as qta_gemm; returns the status word.
-uint32_t qta_csim_gemm(const int8_t *a, const int8_t *b, uint8_t *c, const int32_t *scales,
-                       uint32_t m, uint32_t n, uint32_t k, uint32_t lda, uint32_t ldb, uint32_t ldc,
-                       uint32_t tile_m, uint32_t tile_n, uint32_t tile_k, uint32_t flags,
-                       int32_t mult, uint32_t shift, uint32_t seed, uint64_t *cycles) {
-    uint32_t status = 0;
-    qta_gemm(a, b, c, scales, m, n, k, lda, ldb, ldc, tile_m, tile_n, tile_k, flags, mult, shift,
-             seed, &status, cycles);
-    return status;
+// Runs one kernel call on the memory at `base` (beat-aligned). The outputs (status, sat_count,
+// amax, cycles_model, cycles_measured) are written through their pointers.
+void qta_csim_gemm(void *base, QTA_CSIM_PARAMS) {
+    qta_beat_t *mem = static_cast<qta_beat_t *>(base);
+    QTA_CSIM_POINTERS(mem)
+    qta_gemm(QTA_TOP_ARGS);
 }
 
 // The configuration digest this library was built for (checked against the host's).

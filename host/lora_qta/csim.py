@@ -23,7 +23,7 @@ from .hwconfig import BoardConfig, board_digest, config, header
 
 HLS_DIR = Path(__file__).resolve().parents[2] / "hls"
 SOURCES = ("src/qta_gemm.cpp", "src/qta_csim_api.cpp")
-HEADERS = ("src/qta_gemm.h",)
+HEADERS = ("src/qta_gemm.h", "src/qta_blocks.h")
 # -Wall -Werror as the project demands; HLS pragmas and loop labels are not errors for g++,
 # and the ap_int headers trip -Wmaybe-uninitialized when inlined into our code.
 CXXFLAGS = ("-std=c++14", "-O2", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-label",
