@@ -370,7 +370,7 @@ rows:
             out.write(unpack(rd[base + e]));
         }
         base += stride;
-        beats += nb;
+        beats += nb + QTA_BURST_OVERHEAD;
     }
     return beats;
 }
@@ -421,7 +421,7 @@ conv_rows:
                     out.write(zero);
                 }
             }
-            beats += nbt;
+            beats += nbt + QTA_BURST_OVERHEAD;
             rem -= len;
             ci = 0;
             kx++;
@@ -461,7 +461,7 @@ fetch_blocks:
 #pragma HLS PIPELINE II=1
                     scl.write(unpack(rd[base + (uint64_t)e * P]));
                 }
-                beats += mine;
+                beats += mine + QTA_BURST_OVERHEAD;
             }
             if (h.conv) {
                 beats += fetch_conv_rows<PORT>(rd, ops, h, st);
@@ -495,7 +495,7 @@ fetch_blocks:
                         if (slot == SWB - 1 || e == nbc - 1) cold.write(w);
                     }
                     base += (uint64_t)(ldc_b >> LGBB) * P;
-                    beats += nbc;
+                    beats += nbc + QTA_BURST_OVERHEAD;
                 }
             }
             cnt.write(beats);
@@ -558,90 +558,103 @@ Lay layout_b(const Hdr &h, const Step &st) {  // words are k-slices of C columns
     return ly;
 }
 
-// Writes the feeder words of one operand of a step from the fetched beats. Phases x = 0..ngroups:
-// the beats of group x fill row buffer x mod 2 while the words of group x-1 are emitted from the
-// other, one word per cycle. Returns the cycles (loop iterations) it took.
+// Phase lengths of one operand's load (hls/README.md, "Load"): the groups of stored rows are
+// filled into one row buffer while the previous group is emitted from the other; every group
+// but the last is full, so a phase has one of four lengths, known before the loop starts.
+struct Phases {
+    uint32_t fill_full[P], fill_last[P];  // beats each port delivers for a full / the last group
+    uint32_t nfill_full, nfill_last;      // the longest of them
+    uint32_t emit_full, emit_last;        // words (cycles) emitted for a full / the last group
+    uint32_t total;                       // cycles of the whole load: sum of max(fill, emit)
+};
+
+Phases phases(const Lay &ly) {
+    Phases ph;
+    const uint32_t W = 1u << ly.lgw;
+    const uint32_t g = ly.natural ? P : W;                 // stored rows per group
+    const uint32_t vl = ly.nrows - (ly.ngroups - 1) * g;   // stored rows of the last group
+    const uint32_t nw = ceil_shift(ly.seg, ly.lgw);        // natural: words per stored row
+    for (int p = 0; p < P; p++) {
+#pragma HLS UNROLL
+        if (ly.natural) {
+            ph.fill_full[p] = ly.nb;
+            ph.fill_last[p] = (uint32_t)p < vl ? ly.nb : 0;
+        } else {
+            ph.fill_full[p] = (W >> LGP) * ly.nb;
+            ph.fill_last[p] = (uint32_t)p < vl ? ((vl - p + P - 1) >> LGP) * ly.nb : 0;
+        }
+    }
+    ph.nfill_full = ph.fill_full[0];
+    ph.nfill_last = ph.fill_last[0];
+    ph.emit_full = ly.natural ? P * nw : TROWS + ly.seg;
+    ph.emit_last = ly.natural ? vl * nw : TROWS + ly.seg;
+    if (ly.ngroups == 1) {
+        ph.total = ph.nfill_last + ph.emit_last;
+    } else {
+        ph.total = ph.nfill_full + (ly.ngroups - 2) * umax(ph.nfill_full, ph.emit_full) +
+                   umax(ph.nfill_last, ph.emit_full) + ph.emit_last;
+    }
+    return ph;
+}
+
+// Writes the feeder words of one operand of a step from the fetched beats, one pipelined loop:
+// in phase x = 0..ngroups the beats of group x fill row buffer x mod 2 (one beat per port per
+// cycle) while the words of group x-1 are emitted from the other (one word per cycle).
+// Returns the cycles it took (its trip count plus the pipeline depth).
 template <int L, typename WordT, int NX, int D0, int DX>
 uint32_t load_operand(hls::stream<Beat> ops[P], const Lay &ly, WordT prim[D0], WordT side[NX][2 * DX],
                       Beat tbuf[P][2][TROWS * TBEATS]) {
 #pragma HLS INLINE
     const uint32_t W = 1u << ly.lgw;
     const uint32_t nw = ceil_shift(ly.seg, ly.lgw);  // natural: words per stored row
+    const Phases pz = phases(ly);
     Beat cur[P][TROWS], nxt[P][TROWS];  // transposer: the beat column being emitted, and the next
 #pragma HLS ARRAY_PARTITION variable=cur type=complete dim=0
 #pragma HLS ARRAY_PARTITION variable=nxt type=complete dim=0
-    uint32_t total = 0;
-phases:
-    for (uint32_t ph = 0; ph <= ly.ngroups; ph++) {
-#pragma HLS LOOP_TRIPCOUNT min=2 max=65
-        // fill counts of group ph per port, emit count of group ph - 1
-        uint32_t fill[P];
-#pragma HLS ARRAY_PARTITION variable=fill type=complete
-        uint32_t nfill = 0;
-        const uint32_t fx = ph, ex = ph - 1;
-        for (int p = 0; p < P; p++) {
-#pragma HLS UNROLL
-            uint32_t rows_p = 0;
-            if (ph < ly.ngroups) {
-                if (ly.natural) {
-                    rows_p = (fx * P + p < ly.nrows) ? 1 : 0;
-                } else {
-                    const uint32_t vr = umin(W, ly.nrows - fx * W);
-                    rows_p = (uint32_t)p < vr ? (vr - p + P - 1) >> LGP : 0;
-                }
-            }
-            fill[p] = rows_p * ly.nb;
-            nfill = umax(nfill, fill[p]);
-        }
-        uint32_t nemit = 0, evr = 0;
-        if (ph >= 1) {
-            if (ly.natural) {
-                evr = umin(P, ly.nrows - ex * P);  // stored rows of group ex
-                nemit = evr * nw;
-            } else {
-                evr = umin(W, ly.nrows - ex * W);
-                nemit = TROWS + ly.seg;  // column prefetch, then one word per segment byte
-            }
-        }
-        const uint32_t n = umax(nfill, nemit);
-        const uint32_t fb = ph & 1, eb = (ph - 1) & 1;
-        uint32_t fslot[P], fbeat[P];
+    uint32_t ph = 0, i = 0;            // phase, cycle within the phase
+    uint32_t fslot[P], fbeat[P];       // fill position per port: row slot, beat
 #pragma HLS ARRAY_PARTITION variable=fslot type=complete
 #pragma HLS ARRAY_PARTITION variable=fbeat type=complete
+    for (int p = 0; p < P; p++) {
+#pragma HLS UNROLL
+        fslot[p] = 0;
+        fbeat[p] = 0;
+    }
+    uint32_t rho = 0, xw = 0;  // natural emit: row of the group, word of the row
+load_cycles:
+    for (uint32_t it = 0; it < pz.total; it++) {
+#pragma HLS LOOP_TRIPCOUNT min=2 max=70000
+#pragma HLS PIPELINE II=1
+        const bool fill_last = ph == ly.ngroups - 1, emit_last = ph == ly.ngroups;
+        const uint32_t nfill = ph < ly.ngroups ? (fill_last ? pz.nfill_last : pz.nfill_full) : 0;
+        const uint32_t nemit = ph == 0 ? 0 : (emit_last ? pz.emit_last : pz.emit_full);
+        const uint32_t n = umax(nfill, nemit);
+        const uint32_t fb = ph & 1, eb = (ph - 1) & 1, ex = ph - 1;
+        // fill: one beat per port per cycle, rows in fetch order
         for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
-            fslot[p] = 0;
-            fbeat[p] = 0;
-        }
-        uint32_t rho = 0, xw = 0;  // natural emit: row of the group, word of the row
-    phase:
-        for (uint32_t i = 0; i < n; i++) {
-#pragma HLS LOOP_TRIPCOUNT min=1 max=1032
-#pragma HLS PIPELINE II=1
-            // fill: one beat per port per cycle, rows in fetch order
-            for (int p = 0; p < P; p++) {
-#pragma HLS UNROLL
-                if (i < fill[p]) {
-                    tbuf[p][fb][fslot[p] * TBEATS + fbeat[p]] = ops[p].read();
-                    if (fbeat[p] == ly.nb - 1) {
-                        fbeat[p] = 0;
-                        fslot[p]++;
-                    } else {
-                        fbeat[p]++;
-                    }
+            const uint32_t fp = ph < ly.ngroups ? (fill_last ? pz.fill_last[p] : pz.fill_full[p]) : 0;
+            if (i < fp) {
+                tbuf[p][fb][fslot[p] * TBEATS + fbeat[p]] = ops[p].read();
+                if (fbeat[p] == ly.nb - 1) {
+                    fbeat[p] = 0;
+                    fslot[p]++;
+                } else {
+                    fbeat[p]++;
                 }
             }
-            if (i >= nemit) continue;
-            // emit: build one word of distinct lanes v[0..W-1]
+        }
+        // emit: build one word of distinct lanes v[0..W-1]
+        if (i < nemit) {
             int8_t v[L];
 #pragma HLS ARRAY_PARTITION variable=v type=complete
-            uint32_t g, idx;
+            uint32_t g = 0, idx = 0;
             bool write = true;
             if (ly.natural) {
                 // word xw of stored row ex * P + rho: bytes [xw * W, xw * W + W) of its segment
                 const uint32_t o = xw << ly.lgw, e0 = o >> LGBB, sh = o & (BB - 1);
-                Beat w0 = tbuf[rho][eb][e0];
-                Beat w1 = tbuf[rho][eb][(e0 + 1 < (uint32_t)TBEATS) ? e0 + 1 : e0];
+                const Beat w0 = tbuf[rho][eb][e0];
+                const Beat w1 = tbuf[rho][eb][(e0 + 1 < (uint32_t)TBEATS) ? e0 + 1 : e0];
                 uint8_t win[2 * BB];
 #pragma HLS ARRAY_PARTITION variable=win type=complete
                 for (int q = 0; q < BB; q++) {
@@ -670,8 +683,6 @@ phases:
                     cur[p][i] = tbuf[p][eb][i * TBEATS];
                 }
                 write = false;
-                g = 0;
-                idx = 0;
             } else {
                 // transposer: word e = byte e of the W stored rows of group ex
                 const uint32_t e = i - TROWS, col = e >> LGBB, jj = e & (BB - 1);
@@ -698,24 +709,38 @@ phases:
                 g = ex;
                 idx = e;
             }
-            if (!write) continue;
-            // replicate the W distinct lanes over the word, then write it to its bank
-            WordT word;
-            for (int l = 0; l < L; l++) {
+            if (write) {
+                // replicate the W distinct lanes over the word, then write it to its bank
+                WordT word;
+                for (int l = 0; l < L; l++) {
 #pragma HLS UNROLL
-                word.l[l] = v[l & (W - 1)];
-            }
-            const uint32_t f = g >> ly.es, q = g & ((1u << ly.es) - 1);
-            const uint32_t bank = q << ly.bsh, addr = f * ly.span + idx;
-            if (bank == 0) {
-                prim[addr] = word;
-            } else {
-                side[(bank - 1) >> 1][((bank - 1) & 1) * DX + addr] = word;
+                    word.l[l] = v[l & (W - 1)];
+                }
+                const uint32_t f = g >> ly.es, q = g & ((1u << ly.es) - 1);
+                const uint32_t bank = q << ly.bsh, addr = f * ly.span + idx;
+                if (bank == 0) {
+                    prim[addr] = word;
+                } else {
+                    side[(bank - 1) >> 1][((bank - 1) & 1) * DX + addr] = word;
+                }
             }
         }
-        total += n;
+        // next cycle, next phase
+        if (i == n - 1) {
+            i = 0;
+            ph++;
+            rho = 0;
+            xw = 0;
+            for (int p = 0; p < P; p++) {
+#pragma HLS UNROLL
+                fslot[p] = 0;
+                fbeat[p] = 0;
+            }
+        } else {
+            i++;
+        }
     }
-    return total;
+    return pz.total + QTA_LOAD_PIPELINE;
 }
 
 void load(hls::stream<Hdr> &hs, hls::stream<Step> &ss, hls::stream<Beat> ops[P], QTA_BLOCKS(A0Block, ) &a0s,
@@ -1116,7 +1141,7 @@ array_blocks:
             QTA_READ_LOCK(BXBlock, bx, bxs);
             const uint32_t it = h.os ? os_step(h, ac, st, a0, ax, b0, bx, accp, accx)
                                      : ws_step(h, ac, st, a0, b0, bx, accp, accx);
-            cnt.write(it);
+            cnt.write(it + QTA_ARRAY_PIPELINE);
         }
     }
 }
@@ -1181,11 +1206,11 @@ store_blocks:
                     ssh[idx] = bt.b[8 * q + 4];
                 }
             }
-            iters += nsb;
+            iters += nsb + QTA_BURST_OVERHEAD;
         }
         const uint32_t nrp = ceil_shift(st.mt, LGER), ncg = ceil_shift(st.nt, LGMS);
         const uint32_t nfc = ceil_shift(st.nt, h.lglc);
-        const uint32_t wpos_mask = SW / h.eb - 1;  // outputs per store word - 1
+        const uint32_t wpos_mask = (h.out8 ? SW : SW >> 2) - 1;  // outputs per store word - 1
         SWord sw[ER], cw[ER];
 #pragma HLS ARRAY_PARTITION variable=sw type=complete dim=0
 #pragma HLS ARRAY_PARTITION variable=cw type=complete dim=0
@@ -1288,7 +1313,7 @@ store_blocks:
                 g++;
             }
         }
-        iters += nrp * ncg;
+        iters += nrp * ncg + QTA_STORE_PIPELINE;
         cnt.write(iters);
     }
     *status = (h.ok ? 0u : (1u << QTA_STATUS_BAD_ARGS)) | (sat ? (1u << QTA_STATUS_SATURATED) : 0u);
@@ -1327,7 +1352,7 @@ write_blocks:
                 wr[base + e] = x;
             }
             base += (uint64_t)(ldc_b >> LGBB) * P;
-            beats += nbw;
+            beats += nbw + QTA_BURST_OVERHEAD;
         }
         cnt.write(beats);
     }
@@ -1354,8 +1379,8 @@ model_blocks:
 #pragma HLS UNROLL
                 lf = umax(lf, fcnt[p].read());
             }
-            const uint64_t L = (uint64_t)lf + QTA_DDR_LATENCY + QTA_LOAD_PIPELINE;
-            const uint64_t Pc = (uint64_t)pcnt.read() + QTA_ARRAY_PIPELINE;
+            const uint64_t L = (uint64_t)lf + QTA_DDR_LATENCY;
+            const uint64_t Pc = pcnt.read();
             lend = (lend > pend2 ? lend : pend2) + L;  // slot of step t-2 free
             uint64_t start = lend > pend1 ? lend : pend1;
             if (kc == 0 && send2 > start) start = send2;  // accumulator slot of block b-2 free
@@ -1367,7 +1392,7 @@ model_blocks:
 #pragma HLS UNROLL
             sw = umax(sw, wcnt[p].read());
         }
-        const uint64_t S = (uint64_t)sw + QTA_DDR_LATENCY + QTA_STORE_PIPELINE;
+        const uint64_t S = (uint64_t)sw + QTA_DDR_LATENCY;
         const uint64_t send = (pend1 > send1 ? pend1 : send1) + S;
         send2 = send1;
         send1 = send;

@@ -97,6 +97,7 @@ class Schedule:
 
     call_overhead: int
     ddr_latency: int
+    burst_overhead: int
     load_pipeline: int
     array_pipeline: int
     store_pipeline: int
@@ -335,6 +336,7 @@ def header(board_name: str | None = None) -> str:
         "MAX_M": b.max_m, "MAX_N": b.max_n, "MAX_K": b.max_k,
         "SPLIT_MIN": f"({min(b.splits)})", "SPLIT_MAX": f"({max(b.splits)})",
         "MIN_SUB": s.min_subarray, "CALL_OVERHEAD": s.call_overhead, "DDR_LATENCY": s.ddr_latency,
+        "BURST_OVERHEAD": s.burst_overhead,
         "LOAD_PIPELINE": s.load_pipeline, "ARRAY_PIPELINE": s.array_pipeline,
         "STORE_PIPELINE": s.store_pipeline,
         "OPND_IMPL": "uram" if b.uram_total else "bram", "ACC_IMPL": "uram" if b.uram_total else "bram",
