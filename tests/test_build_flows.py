@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 TCL_DIR = REPO / "hls" / "tcl"
 SCRIPT = REPO / "scripts" / "build_bitstream.sh"
 TCL_SCRIPTS = ("run_hls.tcl", "build_bitstream.tcl", "bd_zynq_us.tcl", "bd_zynq7.tcl")
+CSYNTH_STANDINS = REPO / "tests" / "data" / "csynth"
+GATE = REPO / "hls" / "tcl" / "csynth_gate.py"
 TOOLS = ("vitis_hls", "vitis-run", "vivado")
 TARGET_VERSION = "2024.2"
 
@@ -144,10 +146,10 @@ def referenced_vars(name: str) -> set[str]:
 # What each script must take from config.tcl rather than spell out itself.
 REQUIRED_REFS = {
     "run_hls.tcl": {"QTA_BOARD", "QTA_PART", "QTA_CLOCK_PERIOD_NS", "QTA_TOP", "QTA_VLNV",
-                    "QTA_AXI_DATA_WIDTH"},
+                    "QTA_AXI_DATA_WIDTH", "QTA_BUDGET"},
     "build_bitstream.tcl": {"QTA_BOARD", "QTA_FAMILY", "QTA_PART", "QTA_BOARD_PART", "QTA_VLNV",
                             "QTA_KERNEL_BASE_ADDRESS", "QTA_ADDRESS_RANGE", "QTA_BITSTREAM_NAME",
-                            "QTA_CLOCK_MHZ"},
+                            "QTA_CLOCK_MHZ", "QTA_AXI_PORTS"},
     "bd_zynq_us.tcl": {"QTA_CLOCK_MHZ", "QTA_AXI_DATA_WIDTH"},
     "bd_zynq7.tcl": {"QTA_CLOCK_MHZ", "QTA_AXI_DATA_WIDTH"},
 }
@@ -202,10 +204,10 @@ def copy_repo(dst: Path, git: bool = True) -> Path:
     """The files the flow reads, in a fresh directory (kernel sources are placeholders)."""
     shutil.copytree(REPO / "host" / "lora_qta", dst / "host" / "lora_qta",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    for rel in ("scripts/build_bitstream.sh", *(f"hls/tcl/{n}" for n in TCL_SCRIPTS)):
+    for rel in ("scripts/build_bitstream.sh", "hls/tcl/csynth_gate.py", *(f"hls/tcl/{n}" for n in TCL_SCRIPTS)):
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dst / rel)
-    for rel in ("hls/src/qta_gemm.cpp", "hls/src/qta_gemm.h", "hls/tb/qta_gemm_tb.cpp"):
+    for rel in ("hls/src/qta_gemm.cpp", "hls/src/qta_gemm.h", "hls/src/qta_blocks.h", "hls/tb/qta_gemm_tb.cpp"):
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         (dst / rel).write_text("// placeholder: the stand-in tools compile nothing\n")
     if git:
@@ -361,7 +363,12 @@ proc open_solution {args} { mock_record open_solution {*}$args; set ::mock_solut
 proc mock_solution_dir {} { file join [pwd] $::mock_project $::mock_solution }
 proc csynth_design {args} {
     mock_record csynth_design {*}$args
-    foreach f {csynth.rpt csynth.xml} { mock_write [file join [mock_solution_dir] syn report $f] }
+    # the synthesis reports: stand-ins from tests/data/csynth ($MOCK_CSYNTH picks one)
+    set report [file join [mock_solution_dir] syn report]
+    mock_write [file join $report csynth.rpt]
+    foreach f [glob -directory [mock_env MOCK_CSYNTH $::mock_csynth_default] *.xml] {
+        file copy -force $f [file join $report [file tail $f]]
+    }
 }
 proc cosim_design {args} {
     mock_record cosim_design {*}$args
@@ -398,7 +405,7 @@ VERSION_BANNERS = {
 def mock_tools(tmp_path: Path, tools: tuple[str, ...]) -> tuple[str, Path]:
     """A PATH whose vitis_hls / vitis-run / vivado (those in ``tools``) are stand-ins."""
     mock = tmp_path / "mock_tool.tcl"
-    mock.write_text(MOCK_TOOL)
+    mock.write_text(f"set mock_csynth_default {{{CSYNTH_STANDINS / 'meets'}}}\n" + MOCK_TOOL)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     logs = tmp_path / "logs"
@@ -442,10 +449,11 @@ def test_full_flow_with_stand_in_tools(tmp_path, board, hls_tool, board_files):
 
     # HLS: project, part, clock, interface width, steps, export identity, outputs
     hls = log_lines(logs, hls_tool)
-    cflags = f"-std=c++14 -I{build} -I{repo / 'hls' / 'src'}"
+    cflags = f"-std=c++14 -DQTA_VITIS_BLOCKS -I{build} -I{repo / 'hls' / 'src'}"
     assert f"set_part {cfg['QTA_PART']}" in hls
     assert f"create_clock -period {cfg['QTA_CLOCK_PERIOD_NS']} -name default" in hls
-    assert f"config_interface -m_axi_max_widen_bitwidth {cfg['QTA_AXI_DATA_WIDTH']}" in hls
+    assert f"config_interface -m_axi_alignment_byte_size {int(cfg['QTA_AXI_DATA_WIDTH']) // 8}" in hls
+    assert "csynth gate" not in res.stderr and "GATE PASS" in res.stdout
     assert f"open_solution -reset -flow_target vivado sol_{board}" in hls
     assert f"add_files -cflags {{{cflags}}} {repo / 'hls/src/qta_gemm.cpp'}" in hls
     assert f"add_files -tb -cflags {{{cflags}}} {repo / 'hls/tb/qta_gemm_tb.cpp'}" in hls
@@ -454,7 +462,7 @@ def test_full_flow_with_stand_in_tools(tmp_path, board, hls_tool, board_files):
     assert steps == ["csim_design", "csynth_design", "export_design"]
     (export,) = logged(hls, "export_design")
     assert ("-format ip_catalog" in export and "-vendor xilinx.com -library hls -ipname qta_gemm "
-            "-version 1.0" in export)
+            "-version 2.0" in export)
     assert (build / "ip" / "component.xml").is_file()
     assert (build / "reports" / "csynth.rpt").is_file()
 
@@ -489,7 +497,7 @@ def test_full_flow_with_stand_in_tools(tmp_path, board, hls_tool, board_files):
         assert f"apply_board_preset {int(board_files)}" in automation
     assert f"connect_bd_net qta_gemm_0/interrupt {ps}/{irq}" in viv
     assert f"connect_bd_intf_net {ps}/{ctrl} smartconnect_ctrl/S00_AXI" in viv
-    for bundle, port in zip(("gmem_a", "gmem_b", "gmem_c", "gmem_s"), hp):
+    for bundle, port in zip(("gmem0", "gmem1", "gmem2", "gmem3"), hp):
         assert f"connect_bd_intf_net qta_gemm_0/m_axi_{bundle} smartconnect_{bundle}/S00_AXI" in viv
         assert f"connect_bd_intf_net smartconnect_{bundle}/M00_AXI {ps}/{port}" in viv
         space = f"qta_gemm_0/Data_m_axi_{bundle}"
@@ -591,3 +599,56 @@ def test_hls_flow_checks_its_steps(tmp_path):
     res = run(["vitis_hls", "-f", str(repo / "hls/tcl/run_hls.tcl"), "-tclargs", "kv260"],
               path=path, cwd=build)
     assert res.returncode == 1 and "build/kv260/config.tcl is missing" in res.stderr
+
+
+# ------------------------------------------------------------------------- the csynth gate
+
+BUDGET_ZCU104 = "DSP 1728 BRAM_18K 624 URAM 96 LUT 230400 FF 460800"
+
+
+@pytest.mark.parametrize("report,passes,miss", [
+    ("meets", True, None),
+    ("misses_ii", False, "II: loop os_step/os_cycles reached II=2, target 1"),
+    ("over_budget", False, "resources: DSP 1856 exceeds the budget 1728"),
+    ("slow_clock", False, "clock: estimated period 4.407 ns exceeds the target 4.000 ns"),
+])
+def test_csynth_gate_on_stand_in_reports(report, passes, miss):
+    res = run([sys.executable, str(GATE), str(CSYNTH_STANDINS / report), "--period", "4.000",
+               "--budget", BUDGET_ZCU104])
+    assert res.returncode == (0 if passes else 1), res.stdout + res.stderr
+    if miss:
+        assert f"GATE FAIL: {miss}" in res.stdout
+    else:
+        assert "GATE PASS" in res.stdout
+
+
+def test_csynth_gate_reads_target_ii_and_budget(tmp_path):
+    xml = (CSYNTH_STANDINS / "misses_ii" / "os_step_csynth.xml").read_text()
+    (tmp_path / "csynth.xml").write_text((CSYNTH_STANDINS / "meets" / "csynth.xml").read_text())
+    (tmp_path / "os_step_csynth.xml").write_text(xml.replace("<PipelineII>2", "<TargetII>2</TargetII><PipelineII>2"))
+    ok = run([sys.executable, str(GATE), str(tmp_path), "--budget", BUDGET_ZCU104])
+    assert ok.returncode == 0, ok.stdout  # II 2 was the target; period from the report (4.00)
+    small = run([sys.executable, str(GATE), str(tmp_path), "--budget", "LUT 30000"])
+    assert small.returncode == 1 and "LUT 40000 exceeds the budget 30000" in small.stdout
+    empty = run([sys.executable, str(GATE), str(tmp_path / "nothing")])
+    assert empty.returncode == 2
+
+
+@needs_tclsh
+@pytest.mark.parametrize("report", ["misses_ii", "over_budget", "slow_clock"])
+def test_hls_flow_stops_before_export_when_csynth_misses(tmp_path, report):
+    repo = copy_repo(tmp_path / "repo")
+    path, logs = mock_tools(tmp_path, ("vitis_hls", "vivado"))
+    res = run(["bash", str(repo / "scripts/build_bitstream.sh"), "zcu104"], path=path, cwd=repo,
+              env_extra={"MOCK_CSYNTH": str(CSYNTH_STANDINS / report)})
+    assert res.returncode != 0
+    assert "csynth gate: synthesis missed its targets" in res.stderr and "GATE FAIL" in res.stderr
+    hls = log_lines(logs, "vitis_hls")
+    assert logged(hls, "csynth_design") and not logged(hls, "export_design")
+    assert not (repo / "build/zcu104/ip").exists()
+    assert not (logs / "vivado.log").exists()
+    # an export of the same solution without synthesizing again is refused too
+    build = repo / "build" / "zcu104"
+    again = run(["vitis_hls", "-f", str(repo / "hls/tcl/run_hls.tcl"), "-tclargs", "zcu104", "export"],
+                path=path, cwd=build)
+    assert again.returncode == 1 and "GATE FAIL" in again.stderr
