@@ -70,7 +70,7 @@ static_assert(MS % P == 0 && MS >= 4 && (MS & (MS - 1)) == 0, "min_subarray: pow
 static_assert(R >= 2 * MS && C >= 2 * MS, "at least two sub-arrays per side");
 static_assert((R > C ? R : C) <= 2 * BB, "a feeder word spans at most two beats");
 static_assert(SW % BB == 0, "a store word holds whole beats");
-static_assert(TROWS <= BB, "the transposer prefetches a column of its row slots during one beat column");
+static_assert(2 * TROWS <= BB, "the transposer prefetches a column of its row slots while emitting the previous one, two bytes per cycle");
 static_assert(ER == 1 || ER == 2, "epilogue rows");
 
 // Feeder words, unpacked beats, store words and accumulator words. Structs of byte arrays,
@@ -586,8 +586,9 @@ Phases phases(const Lay &ly) {
     }
     ph.nfill_full = ph.fill_full[0];
     ph.nfill_last = ph.fill_last[0];
-    ph.emit_full = ly.natural ? P * nw : TROWS + ly.seg;
-    ph.emit_last = ly.natural ? vl * nw : TROWS + ly.seg;
+    // two words per cycle: two stored rows (natural) or two segment bytes (transposed)
+    ph.emit_full = ly.natural ? (P / 2) * nw : TROWS + ((ly.seg + 1) >> 1);
+    ph.emit_last = ly.natural ? ((vl + 1) >> 1) * nw : TROWS + ((ly.seg + 1) >> 1);
     if (ly.ngroups == 1) {
         ph.total = ph.nfill_last + ph.emit_last;
     } else {
@@ -599,7 +600,8 @@ Phases phases(const Lay &ly) {
 
 // Writes the feeder words of one operand of a step from the fetched beats, one pipelined loop:
 // in phase x = 0..ngroups the beats of group x fill row buffer x mod 2 (one beat per port per
-// cycle) while the words of group x-1 are emitted from the other (one word per cycle).
+// cycle) while the words of group x-1 are emitted from the other, two words per cycle into the
+// two write ports of their bank (consecutive addresses).
 // Returns the cycles it took (its trip count plus the pipeline depth).
 template <int L, typename WordT, int NX, int D0, int DX>
 uint32_t load_operand(hls::stream<Beat> ops[P], const Lay &ly, WordT prim[D0], WordT side[NX][2 * DX],
@@ -644,35 +646,42 @@ load_cycles:
                 }
             }
         }
-        // emit: build one word of distinct lanes v[0..W-1]
+        // emit: two words of distinct lanes v[0..W-1] (the second may be past the group's end)
         if (i < nemit) {
-            int8_t v[L];
-#pragma HLS ARRAY_PARTITION variable=v type=complete
+            int8_t v[2][L];
+#pragma HLS ARRAY_PARTITION variable=v type=complete dim=0
+            bool val[2] = {true, true};
             uint32_t g = 0, idx = 0;
             bool write = true;
             if (ly.natural) {
-                // word xw of stored row ex * P + rho: bytes [xw * W, xw * W + W) of its segment
+                // word xw of stored rows ex * P + rho and + rho + 1: bytes [xw W, xw W + W) of their segments
                 const uint32_t o = xw << ly.lgw, e0 = o >> LGBB, sh = o & (BB - 1);
-                const Beat w0 = tbuf[rho][eb][e0];
-                const Beat w1 = tbuf[rho][eb][(e0 + 1 < (uint32_t)TBEATS) ? e0 + 1 : e0];
-                uint8_t win[2 * BB];
+                const uint32_t e1 = (e0 + 1 < (uint32_t)TBEATS) ? e0 + 1 : e0;
+                for (int y = 0; y < 2; y++) {
+#pragma HLS UNROLL
+                    const uint32_t port = rho + y;
+                    const Beat w0 = tbuf[port][eb][e0];
+                    const Beat w1 = tbuf[port][eb][e1];
+                    uint8_t win[2 * BB];
 #pragma HLS ARRAY_PARTITION variable=win type=complete
-                for (int q = 0; q < BB; q++) {
+                    for (int q = 0; q < BB; q++) {
 #pragma HLS UNROLL
-                    win[q] = w0.b[q];
-                    win[BB + q] = w1.b[q];
-                }
-                for (int w = 0; w < L; w++) {
+                        win[q] = w0.b[q];
+                        win[BB + q] = w1.b[q];
+                    }
+                    for (int w = 0; w < L; w++) {
 #pragma HLS UNROLL
-                    const uint32_t at = sh + w;
-                    const bool ok = (uint32_t)w < W && o + w < ly.seg && at < 2 * BB;
-                    v[w] = ok ? (int8_t)win[at < 2 * BB ? at : 0] : (int8_t)0;
+                        const uint32_t at = sh + w;
+                        const bool ok = (uint32_t)w < W && o + w < ly.seg && at < 2 * BB;
+                        v[y][w] = ok ? (int8_t)win[at < 2 * BB ? at : 0] : (int8_t)0;
+                    }
                 }
+                val[1] = ex * P + rho + 1 < ly.nrows;
                 g = xw;
                 idx = ex * P + rho;
                 if (xw == nw - 1) {
                     xw = 0;
-                    rho++;
+                    rho += 2;
                 } else {
                     xw++;
                 }
@@ -684,20 +693,25 @@ load_cycles:
                 }
                 write = false;
             } else {
-                // transposer: word e = byte e of the W stored rows of group ex
-                const uint32_t e = i - TROWS, col = e >> LGBB, jj = e & (BB - 1);
-                for (int w = 0; w < L; w++) {
+                // transposer: words e, e + 1 = bytes e, e + 1 of the W stored rows of group ex
+                const uint32_t e = (i - TROWS) << 1, col = e >> LGBB, jj = (e & (BB - 1)) >> 1;
+                for (int y = 0; y < 2; y++) {
 #pragma HLS UNROLL
-                    const bool ok = (uint32_t)w < W && ex * W + w < ly.nrows;
-                    v[w] = ok ? (int8_t)cur[w & (P - 1)][(w >> LGP) < TROWS ? (w >> LGP) : 0].b[jj] : (int8_t)0;
+                    for (int w = 0; w < L; w++) {
+#pragma HLS UNROLL
+                        const bool ok = (uint32_t)w < W && ex * W + w < ly.nrows;
+                        const int slot = (w >> LGP) < TROWS ? (w >> LGP) : 0;
+                        v[y][w] = ok ? (int8_t)cur[w & (P - 1)][slot].b[(e & (BB - 1)) + y] : (int8_t)0;
+                    }
                 }
+                val[1] = e + 1 < ly.seg;
                 if (jj < (uint32_t)TROWS && col + 1 < (uint32_t)TBEATS) {
                     for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
                         nxt[p][jj] = tbuf[p][eb][jj * TBEATS + col + 1];
                     }
                 }
-                if (jj == BB - 1) {
+                if (jj == BB / 2 - 1) {
                     for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
                         for (int j = 0; j < TROWS; j++) {
@@ -710,18 +724,22 @@ load_cycles:
                 idx = e;
             }
             if (write) {
-                // replicate the W distinct lanes over the word, then write it to its bank
-                WordT word;
-                for (int l = 0; l < L; l++) {
-#pragma HLS UNROLL
-                    word.l[l] = v[l & (W - 1)];
-                }
+                // replicate the W distinct lanes over each word, then write both to their bank
                 const uint32_t f = g >> ly.es, q = g & ((1u << ly.es) - 1);
                 const uint32_t bank = q << ly.bsh, addr = f * ly.span + idx;
-                if (bank == 0) {
-                    prim[addr] = word;
-                } else {
-                    side[(bank - 1) >> 1][((bank - 1) & 1) * DX + addr] = word;
+                for (int y = 0; y < 2; y++) {
+#pragma HLS UNROLL
+                    if (!val[y]) continue;
+                    WordT word;
+                    for (int l = 0; l < L; l++) {
+#pragma HLS UNROLL
+                        word.l[l] = v[y][l & (W - 1)];
+                    }
+                    if (bank == 0) {
+                        prim[addr + y] = word;
+                    } else {
+                        side[(bank - 1) >> 1][((bank - 1) & 1) * DX + addr + y] = word;
+                    }
                 }
             }
         }

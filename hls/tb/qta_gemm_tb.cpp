@@ -24,7 +24,7 @@ namespace {
 
 const int BB = QTA_AXI_BYTES;
 const int P = QTA_AXI_PORTS;
-const size_t DEPTH = 65536;  // beats behind every m_axi pointer (= the m_axi depth)
+const size_t DEPTH = QTA_M_AXI_DEPTH;  // beats behind every m_axi pointer (its co-simulation depth)
 const size_t MEM = DEPTH * BB;
 
 uint32_t rng_state = 12345u;

@@ -340,6 +340,7 @@ def header(board_name: str | None = None) -> str:
         "LOAD_PIPELINE": s.load_pipeline, "ARRAY_PIPELINE": s.array_pipeline,
         "STORE_PIPELINE": s.store_pipeline,
         "OPND_IMPL": "uram" if b.uram_total else "bram", "ACC_IMPL": "uram" if b.uram_total else "bram",
+        "M_AXI_DEPTH": max(a.depth for a in cfg.args if a.kind == "pointer"),
     }
     lines = [
         "// Generated from host/lora_qta/hardware.toml by `lora-qta config header`. Do not edit.",
