@@ -113,3 +113,11 @@ def test_unknown_board_is_a_clear_error():
 def test_digest_changes_with_the_board():
     digests = {hwconfig.board_digest(config().board(b)) for b in config().boards}
     assert len(digests) == len(config().boards)
+
+
+def test_hls_readme_resource_tables_are_current():
+    text = (hwconfig.Path(__file__).resolve().parents[1] / "hls" / "README.md").read_text()
+    start = text.index("-->", text.index("<!-- resources:begin")) + 3
+    end = text.index("<!-- resources:end -->")
+    assert text[start:end].strip() == hwconfig.resource_markdown().strip(), \
+        "hls/README.md resource tables are stale: regenerate from lora_qta.hwconfig.resource_markdown()"

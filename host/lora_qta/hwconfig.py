@@ -488,9 +488,9 @@ def resource_table(board_name: str | None = None) -> list[dict[str, Any]]:
         "multiplies (3 DSP each), one 64-bit shifter, rounding, saturation, amax; accumulator "
         "read mux over tap rows and column groups",
         dsp=10 * lanes, lut=700 * lanes + 64 * 4 * nbb * (c // 4) // 4, ff=600 * lanes)
-    add("fetch_write", f"{b.axi_ports} read + {b.axi_ports} write processes: conv address multiplies "
-        "(2 x 32-bit per fetcher), burst counters", dsp=6 * b.axi_ports, lut=800 * 2 * b.axi_ports,
-        ff=900 * 2 * b.axi_ports)
+    add("fetch_write", f"{b.axi_ports} fetch + {b.axi_ports} write processes: per fetcher one shared 32x32 "
+        "multiplier for the conv pixel address (4 DSP) and 64-bit address adders (2 DSP), burst counters",
+        dsp=6 * b.axi_ports, lut=800 * 2 * b.axi_ports, ff=900 * 2 * b.axi_ports)
     fifo_bits = b.axi_ports * (64 * b.axi_data_width + 32 * 128) + 4 * 128 * 32
     add("fifos", "beat FIFOs (depth 64) per port, store-word FIFOs (depth 32), descriptor and count "
         "FIFOs (depth 4-64) in BRAM18/SRL", bram36=math.ceil(fifo_bits / 36864) + b.axi_ports,
@@ -499,6 +499,26 @@ def resource_table(board_name: str | None = None) -> list[dict[str, Any]]:
         "s_axilite with the register map, descriptor/model/counter processes",
         lut=3500 * b.axi_ports + 3000, ff=4000 * b.axi_ports + 3000, bram36=b.axi_ports)
     return rows
+
+
+def resource_markdown() -> str:
+    """The hand-count tables of every board as markdown (hls/README.md shows them)."""
+    out = []
+    for name in config().boards:
+        b = config().board(name)
+        rows = resource_table(name)
+        est = estimate_resources(name)
+        out += [f"**{name}** ({b.part}, {b.array_rows}x{b.array_cols} PEs @ {b.clock_mhz} MHz)", "",
+                "| part | DSP | BRAM36 | URAM | LUT | FF | how the figure was obtained |",
+                "|---|---:|---:|---:|---:|---:|---|"]
+        for r in rows:
+            out.append(f"| {r['part']} | {r['dsp']} | {r['bram36']} | {r['uram']} | {r['lut']} | {r['ff']} | {r['how']} |")
+        out.append(f"| **total** | {est['dsp']:.0f} ({est['dsp_pct']:.0f}%) | {est['bram36']:.0f} ({est['bram36_pct']:.0f}%) | "
+                   f"{est['uram']:.0f} ({est['uram_pct']:.0f}%) | {est['lut']:.0f} ({est['lut_pct']:.0f}%) | "
+                   f"{est['ff']:.0f} ({est['ff_pct']:.0f}%) | of {b.dsp_total} DSP, {b.bram36_total} BRAM36, "
+                   f"{b.uram_total} URAM, {b.lut_total} LUT, {b.ff_total} FF |")
+        out.append("")
+    return "\n".join(out)
 
 
 def estimate_resources(board_name: str | None = None) -> dict[str, float]:
