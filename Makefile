@@ -30,12 +30,12 @@ csim: $(STAMP)   ## build and run the C++ testbench of the kernel for BOARD
 	$(BIN)/lora-qta csim --board $(BOARD)
 
 config: $(STAMP) ## generate build/BOARD/qta_config.h and config.tcl from hardware.toml
-	$(BIN)/python -m lora_qta.hwconfig header --board $(BOARD) -o build/$(BOARD)/qta_config.h
-	$(BIN)/python -m lora_qta.hwconfig tcl --board $(BOARD) -o build/$(BOARD)/config.tcl
+	$(BIN)/python -m lora_qta.hw.generate header --board $(BOARD) -o build/$(BOARD)/qta_config.h
+	$(BIN)/python -m lora_qta.hw.generate tcl --board $(BOARD) -o build/$(BOARD)/config.tcl
 
 bench: $(STAMP)  ## benchmarks (print figures; not tests): dataflow/energy, emulation throughput and speed
 	$(BIN)/lora-qta bench --out runs/bench
-	$(BIN)/python scripts/bench_emulation.py
+	$(BIN)/lora-qta throughput
 	$(BIN)/lora-qta speed --out runs/bench/speed.json
 
 clean:           ## remove build products (not .venv)

@@ -14,7 +14,7 @@ usage() {
     cat <<EOF
 usage: scripts/build_bitstream.sh <board> [--hls-only] [--cosim]
 
-Builds the lora-qta overlay of <board> (a board of host/lora_qta/hardware.toml) with
+Builds the lora-qta overlay of <board> (a board of host/lora_qta/hw/hardware.toml) with
 AMD Vitis HLS and Vivado $TARGET_VERSION (2023.2 and later should work):
 
   1. build/<board>/qta_config.h, build/<board>/config.tcl  from hardware.toml
@@ -81,7 +81,7 @@ command -v "$python" >/dev/null 2>&1 ||
 "$python" -c 'import tomllib' 2>/dev/null ||
     die "$EXIT_TOOL_MISSING" "'$python' lacks tomllib; the generators need Python 3.11+ (set QTA_PYTHON)"
 
-# Python with the stdlib-only lora_qta.hwconfig importable (the package lives in host/).
+# Python with the stdlib-only lora_qta.hw generators importable (the package lives in host/).
 hwpy() {
     PYTHONPATH="$repo/host${PYTHONPATH:+:$PYTHONPATH}" "$python" "$@"
 }
@@ -90,7 +90,8 @@ hwpy() {
 # "unknown board ...: hardware.toml describes <boards>" message.
 if ! board=$(hwpy - "$board_arg" 2>&1 <<'EOF'
 import sys
-from lora_qta.hwconfig import UnknownBoardError, config
+from lora_qta.errors import UnknownBoardError
+from lora_qta.hw.config import config
 try:
     print(config().board(sys.argv[1]).name)
 except UnknownBoardError as e:
@@ -103,9 +104,9 @@ fi
 build_dir="$repo/build/$board"
 out_dir="$repo/bitstreams/$board"
 mkdir -p "$build_dir"
-hwpy -m lora_qta.hwconfig header --board "$board" -o "$build_dir/qta_config.h"
-hwpy -m lora_qta.hwconfig tcl --board "$board" -o "$build_dir/config.tcl"
-digest=$(hwpy -m lora_qta.hwconfig digest --board "$board")
+hwpy -m lora_qta.hw.generate header --board "$board" -o "$build_dir/qta_config.h"
+hwpy -m lora_qta.hw.generate tcl --board "$board" -o "$build_dir/config.tcl"
+digest=$(hwpy -m lora_qta.hw.generate digest --board "$board")
 # A value of the generated config.tcl (its lines read `set QTA_X {value}`).
 config_value() {
     sed -n "s/^set $1 {\(.*\)}\$/\1/p" "$build_dir/config.tcl"

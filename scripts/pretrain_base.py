@@ -8,8 +8,10 @@ classifier-free guidance works.  Writes the pipeline (``DigitsPipeline.save_pret
 ``--output``, and beside it ``pretrain_report.json`` (run figures, and the accuracy of a digit
 classifier on generated samples of each class) and ``samples.png`` (a grid of samples).
 
-Example (the committed model):  PYTHONPATH=host python scripts/pretrain_base.py
-Quick smoke run:               PYTHONPATH=host python scripts/pretrain_base.py --steps 20 --output /tmp/digits
+It imports the installed package (``make install``, or ``pip install -e .``).
+
+Example (the committed model):  .venv/bin/python scripts/pretrain_base.py
+Quick smoke run:               .venv/bin/python scripts/pretrain_base.py --steps 20 --output /tmp/digits
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -33,9 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
-
-from lora_qta import digits  # noqa: E402
+from lora_qta.training import digits
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

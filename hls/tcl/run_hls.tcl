@@ -10,8 +10,8 @@
 # run in that order. cosim and export without csynth reuse the solution's last synthesis.
 #
 # Inputs, written by `scripts/build_bitstream.sh` (or by hand with
-# `PYTHONPATH=host python3 -m lora_qta.hwconfig {tcl,header} --board <board> -o ...`):
-#   build/<board>/config.tcl   QTA_* variables from host/lora_qta/hardware.toml
+# `PYTHONPATH=host python3 -m lora_qta.hw.generate {tcl,header} --board <board> -o ...`):
+#   build/<board>/config.tcl   QTA_* variables from host/lora_qta/hw/hardware.toml
 #   build/<board>/qta_config.h the header the kernel includes
 # Outputs:
 #   build/<board>/hls_prj/     the Vitis HLS project, solution sol_<board>
@@ -114,7 +114,7 @@ proc qta_hls_main {args} {
     foreach f [list $config_tcl [file join $build_dir qta_config.h]] {
         if {![file exists $f]} {
             error "$f is missing: run scripts/build_bitstream.sh $board --hls-only, or\
-                PYTHONPATH=host python3 -m lora_qta.hwconfig {tcl,header} --board $board -o ..."
+                PYTHONPATH=host python3 -m lora_qta.hw.generate {tcl,header} --board $board -o ..."
         }
     }
     uplevel #0 [list source $config_tcl]

@@ -1,4 +1,11 @@
-"""The exceptions of lora-qta: each names one problem and says what to do about it."""
+"""The exceptions of lora-qta: every one is a :class:`QtaError`, names one problem, and its
+message says what to do about it. The command line prints them as one line
+``lora-qta: error: ...`` with exit status 2.
+
+Each class also derives from the built-in exception a caller would expect (``ValueError`` for
+a bad value, ``FileNotFoundError`` for a missing file, ...), so ``except ValueError`` keeps
+working. This module imports nothing of the package: every layer may raise these.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,28 @@ class QtaError(Exception):
     """Base of every lora-qta error."""
 
 
+# ----------------------------------------------------------------------------- configuration
+
+class ConfigError(QtaError, ValueError):
+    """``hardware.toml`` is malformed or inconsistent."""
+
+
+class UnknownBoardError(QtaError, ValueError):
+    """A board name that ``hardware.toml`` does not describe."""
+
+
+class OptionError(QtaError, ValueError):
+    """An option or argument value outside the choices the function or command accepts."""
+
+
+# ----------------------------------------------------------------------------- GEMM calls
+
 class InputDTypeError(QtaError, TypeError):
     """An operand of the wrong element type (the accelerator takes INT8 / INT32)."""
 
 
 class InputShapeError(QtaError, ValueError):
-    """Operands whose shapes do not make a GEMM, or that are not 2-D."""
+    """Operands or images whose shapes do not fit (not 2-D, no GEMM, wrong image size)."""
 
 
 class InputLayoutError(QtaError, ValueError):
@@ -23,9 +46,15 @@ class LimitError(QtaError, ValueError):
     """A dimension or parameter beyond what the configured accelerator supports."""
 
 
+class PlanError(LimitError):
+    """A GEMM the configured accelerator cannot run (size, dataflow or partition)."""
+
+
 class SaturationError(QtaError, ArithmeticError):
     """The kernel saturated an output while the caller asked for strict overflow checks."""
 
+
+# ----------------------------------------------------------------------------- devices
 
 class KernelArgumentError(QtaError, RuntimeError):
     """The kernel refused its arguments (status bit ``bad_args``)."""
@@ -55,5 +84,49 @@ class DMAError(QtaError, RuntimeError):
     """A kernel memory access outside allocated buffers, unaligned, or overlapping."""
 
 
+class DeviceMemoryError(QtaError, MemoryError):
+    """The emulated DDR has no room left for an allocation."""
+
+
 class BackendError(QtaError, RuntimeError):
     """An unknown or unavailable backend."""
+
+
+class CsimBuildError(QtaError, RuntimeError):
+    """The C-simulation library could not be built (compiler, headers or sources missing)."""
+
+
+# ----------------------------------------------------------------------------- training
+
+class ModelFolderError(QtaError, FileNotFoundError):
+    """A missing or corrupt pretrained model folder."""
+
+
+class InstanceDataError(QtaError, ValueError):
+    """An empty, unreadable or ill-formed folder of instance images."""
+
+
+class PromptError(QtaError, ValueError):
+    """A prompt the digits model's tokenizer cannot encode."""
+
+
+class AdapterError(QtaError, ValueError):
+    """LoRA weights or an adapter kind that the model or the accelerated layer does not take."""
+
+
+class CheckpointError(QtaError, RuntimeError):
+    """A checkpoint that cannot be read or does not belong to this run's configuration."""
+
+
+class DivergedError(QtaError, FloatingPointError):
+    """The loss, or a tensor reaching the INT8 quantizer, became NaN or Inf."""
+
+
+# ----------------------------------------------------------------------------- power
+
+class RailError(QtaError, ValueError):
+    """No power rail (or no power sensor on the named rails) to record."""
+
+
+class RecordingError(QtaError, RuntimeError):
+    """A power recording that cannot run or recorded too little."""

@@ -1,0 +1,125 @@
+"""Emulation speed, measured on this machine (nothing here is a board figure).
+
+* :func:`throughput`: the emulation engines (``fast`` and ``csim``) through the whole driver
+  path (``Accelerator.gemm``: planner, pynq buffers, flush/invalidate, MMIO, kernel) on the six
+  GEMMs of LoRA layers, beside numpy float32 matmuls of the same shapes;
+* :func:`measure`: one fine-tuning step of the default model, int8 on the emulated accelerator
+  against fp32 PyTorch. Both variants are built from the same shipped model and options and
+  timed side by side in one process, alternating step by step so that drift of the machine's
+  load hits both alike; the int8 step is split into accelerator (driver + emulated kernel),
+  quantization and the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ..lora.gemms import layer_gemms
+from ..runtime.accelerator import Accelerator
+from ..runtime.check import random_operands
+from ..training.config import FinetuneConfig
+
+THROUGHPUT_LAYERS = ((4096, 320, 8), (1024, 640, 16), (4096, 320, 64))
+"""(tokens, features, rank) of the LoRA layers :func:`throughput` runs (the README's figures)."""
+QUICK_LAYERS = ((1024, 320, 8), (1024, 320, 32))
+"""Smaller layers, for a fast smoke run."""
+
+
+def best_time(fn: Callable[[], Any], repeat: int) -> float:
+    """Best wall time of ``repeat`` runs of ``fn`` (seconds), after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def throughput(board: str = "zcu104", repeat: int = 3,
+               layers: tuple[tuple[int, int, int], ...] = THROUGHPUT_LAYERS) -> list[dict[str, Any]]:
+    """Per GEMM of each layer: best wall time (s) of numpy float32, the ``fast`` and the ``csim``
+    engine, and the GEMM's modelled board time (us, the kernel's cycle count at the clock)."""
+    engines = {name: Accelerator(board, name) for name in ("fast", "csim")}
+    clock_mhz = engines["fast"].board.clock_mhz
+    rng = np.random.default_rng(0)
+    rows = []
+    for tokens, features, rank in layers:
+        for g in layer_gemms(tokens, features, features, rank, int8_outputs="none"):
+            ta, tb = g.trans_a, g.trans_b
+            a, b = random_operands(rng, g.m, g.k, g.n, ta, tb)
+            af, bf = a.astype(np.float32), b.astype(np.float32)
+            row = {"gemm": g.kind.title, "m": g.m, "k": g.k, "n": g.n,
+                   "fp32": best_time(lambda: (af.T if ta else af) @ (bf.T if tb else bf), repeat)}
+            for name, acc in engines.items():
+                row[name] = best_time(lambda: acc.gemm(a, b, trans_a=ta, trans_b=tb), repeat)
+            row["board_us"] = engines["fast"].gemm(a, b, trans_a=ta, trans_b=tb).cycles / clock_mhz
+            rows.append(row)
+    return rows
+
+
+def _variant(precision: str, cfg: FinetuneConfig, engine: str):
+    from torch.optim import AdamW
+
+    from ..lora.layer import QtaRuntime, attach_runtime
+    from ..training.loop import add_lora
+    from ..training.models import DigitsBundle
+
+    bundle = DigitsBundle(cfg.pretrained_model)
+    add_lora(bundle, FinetuneConfig(**{**cfg.__dict__, "precision": precision}))
+    runtime = None
+    if precision == "int8":
+        runtime = QtaRuntime(Accelerator(cfg.board, engine), seed=cfg.seed)
+        attach_runtime(bundle.unet, runtime)
+    params = [p for p in bundle.unet.parameters() if p.requires_grad]
+    opt = AdamW(params, lr=cfg.learning_rate)
+    data = bundle.training_data(cfg.num_examples, cfg.prior_per_class, cfg.seed)
+    return bundle, runtime, params, opt, data
+
+
+def _step(variant, cfg: FinetuneConfig, step: int) -> float:
+    from ..training.loop import train_step
+
+    bundle, runtime, params, opt, data = variant
+    if runtime is not None:
+        runtime.step = step
+    t0 = time.perf_counter()
+    train_step(bundle, cfg, data, params, opt, None, step)
+    return time.perf_counter() - t0
+
+
+def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: int = 16,
+            board: str | None = None) -> dict:
+    """Median step times of fp32 and int8 (emulated) and the int8 time split."""
+    import torch
+
+    from ..lora.layer import attach_runtime
+
+    cfg = FinetuneConfig(batch_size=batch_size, board=board, samples=False)
+    fp32 = _variant("fp32", cfg, engine)
+    int8 = _variant("int8", cfg, engine)
+    times = {"fp32": [], "int8": []}
+    split = {"accelerator": [], "quantization": []}
+    for i in range(warmup + steps):
+        for name, var in (("fp32", fp32), ("int8", int8)):
+            rt = var[1]
+            a0, q0 = (rt.time_accelerator, rt.time_quantization) if rt else (0.0, 0.0)
+            dt = _step(var, cfg, i)
+            if i >= warmup:
+                times[name].append(dt)
+                if rt:
+                    split["accelerator"].append(rt.time_accelerator - a0)
+                    split["quantization"].append(rt.time_quantization - q0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    acc, qua = float(np.median(split["accelerator"])), float(np.median(split["quantization"]))
+    gemms = sum(s.calls for s in int8[1].stats.values()) // (warmup + steps)
+    return {
+        "note": "measured on this machine, side by side in one process (median of alternating steps)",
+        "engine": engine, "batch_size": batch_size, "steps": steps, "threads": torch.get_num_threads(),
+        "fp32_step_s": med["fp32"], "int8_step_s": med["int8"], "ratio_int8_over_fp32": med["int8"] / med["fp32"],
+        "int8_split_s": {"accelerator": acc, "quantization": qua, "rest": med["int8"] - acc - qua},
+        "gemms_per_step": gemms, "lora_layers": attach_runtime(int8[0].unet, int8[1]), "target_ratio": 1.5,
+    }

@@ -1,0 +1,38 @@
+"""The ``lora-qta`` command line: parsing and dispatch only.
+
+One module per command group: :mod:`.hardware` (info, gemm, demo, csim, config; none needs
+PyTorch), :mod:`.training` (finetune, run, evaluate) and :mod:`.analysis` (bench, energy, power,
+speed, throughput); :mod:`.common` holds the shared ``--board`` / ``--backend`` options.
+``lora-qta <command> --help`` explains each option. Every :class:`~lora_qta.errors.QtaError`
+is printed as one line ``lora-qta: error: ...`` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from ..errors import QtaError
+from . import analysis, hardware, training
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command (building it does not import PyTorch)."""
+    p = argparse.ArgumentParser(prog="lora-qta", description=(
+        "INT8 LoRA training acceleration on PYNQ FPGAs, with a bit-exact emulation of the accelerator."))
+    sub = p.add_subparsers(dest="command", required=True)
+    hardware.add_commands(sub)
+    training.add_commands(sub)
+    analysis.add_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except QtaError as e:
+        print(f"lora-qta: error: {e}", file=sys.stderr)
+        return 2

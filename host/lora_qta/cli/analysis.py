@@ -1,0 +1,169 @@
+"""Report commands: ``bench`` (dataflow study, cycle-model check, training-step view, energy),
+``energy``, ``power``, ``speed`` and ``throughput``. Each runs the models of
+:mod:`lora_qta.analysis`, prints their report and writes its files."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..analysis.energy import HOROWITZ_45NM
+from ..hw.config import DEFAULT_BOARD, config
+from .common import add_board, add_target, comma_list
+
+INTS = comma_list(int)
+NAMES = comma_list()
+
+
+def _print_written(paths: list[Path]) -> None:
+    for path in paths:
+        print(f"wrote {path}")
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from ..analysis import dataflow, energy, plots, report, step
+
+    t0 = time.perf_counter()
+    res = dataflow.run_dataflow(a.boards, a.models, a.ranks, a.resolution)
+    if a.csim_ranks:
+        res["csim_check"] = dataflow.csim_check(a.boards, a.models, a.csim_ranks, limit=a.csim_limit)
+    if a.step_model:
+        res["training_step"] = step.step_view(a.boards, a.step_ranks, a.step_model)
+    res["seconds"] = time.perf_counter() - t0
+    detail = a.detail_board if a.detail_board in a.boards else None
+    text, written = report.write_dataflow(res, a.out, detail, a.detail_ranks)
+    print(text)
+    if not a.no_plots:
+        written += plots.dataflow_plots(res, a.out)
+    if a.energy_models:
+        rep = energy.energy_report(a.energy_boards, a.energy_models, a.energy_ranks)
+        print(report.energy_markdown(rep))
+        written += report.write_energy(rep, a.out)
+        if not a.no_plots:
+            written.append(plots.energy_plot(rep, a.out / "energy.png"))
+    _print_written(written)
+    print(f"({time.perf_counter() - t0:.1f} s on this machine)")
+    return 1 if res.get("csim_check", {}).get("mismatches") else 0
+
+
+def cmd_energy(a: argparse.Namespace) -> int:
+    from ..analysis import energy, plots, report
+
+    rep = energy.energy_report(a.boards, a.models, a.ranks, energy.EnergyTable(dram_64bit=a.dram_pj))
+    print(report.energy_markdown(rep))
+    written = report.write_energy(rep, a.out)
+    if not a.no_plot:
+        written.append(plots.energy_plot(rep, a.out / "energy.png"))
+    _print_written(written)
+    return 0
+
+
+def cmd_power(a: argparse.Namespace) -> int:
+    from ..analysis import plots, power, report
+
+    rep, frame = power.measure(a.board, a.sensors, a.rails, a.interval, a.idle_seconds, a.phase_seconds,
+                               a.tokens, a.features, a.rank, a.idle_watts, a.backend)
+    print(report.power_markdown(rep))
+    written = report.write_power(rep, frame, a.out)
+    if not a.no_plot:
+        written.append(plots.power_plot(frame, rep, a.out / "power.png"))
+    _print_written(written)
+    return 0
+
+
+def cmd_speed(a: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from ..analysis import report, speed
+
+    torch.set_num_threads(a.threads)
+    r = speed.measure(a.steps, a.warmup, a.engine, a.batch_size, a.board)
+    print(report.speed_summary(r), end="")
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(r, indent=2))
+    return 0
+
+
+def cmd_throughput(a: argparse.Namespace) -> int:
+    from ..analysis import report, speed
+
+    rows = speed.throughput(a.board, a.repeat, speed.QUICK_LAYERS if a.quick else speed.THROUGHPUT_LAYERS)
+    print(report.throughput_markdown(rows, a.board, a.repeat), end="")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The report subcommands."""
+    s = sub.add_parser("bench", help="dataflow benchmark of SD1.5/SDXL LoRA GEMMs on every board, cycle-model "
+                                     "check, training-step view and energy (modelled)")
+    s.add_argument("--boards", type=NAMES, default=list(config().boards), help="comma-separated boards (default: all)")
+    s.add_argument("--models", type=NAMES, default=["sd15", "sdxl"], help="comma-separated models: sd15, sdxl, digits")
+    s.add_argument("--ranks", type=INTS, default=[4, 8, 16, 32, 64, 128], help="comma-separated LoRA ranks")
+    s.add_argument("--resolution", type=int, default=None,
+                   help="image side in pixels (default 512 for SD1.5, 1024 for SDXL)")
+    s.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
+    s.add_argument("--csim-ranks", type=INTS, default=[4, 16, 64],
+                   help="ranks whose scaled-down shapes are checked on the C-simulated kernel ('' to skip)")
+    s.add_argument("--csim-limit", type=int, default=None, help="at most this many C-simulated calls")
+    s.add_argument("--step-model", default="sd15", help="model of the training-step view ('' to skip)")
+    s.add_argument("--step-ranks", type=INTS, default=[4, 16], help="ranks of the training-step view")
+    s.add_argument("--energy-models", type=NAMES, default=["digits", "sd15"],
+                   help="models of the energy report ('' to skip); digits = the project's default model")
+    s.add_argument("--energy-ranks", type=INTS, default=[4, 16], help="ranks of the energy report")
+    s.add_argument("--energy-boards", type=NAMES, default=[DEFAULT_BOARD], help="boards of the energy report")
+    s.add_argument("--detail-board", default=DEFAULT_BOARD, help="board whose per-GEMM table goes into dataflow.md")
+    s.add_argument("--detail-ranks", type=INTS, default=[4, 16], help="ranks of the per-GEMM table")
+    s.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("energy", help="energy per LoRA training step, INT8 vs FP16/FP32 (modelled)")
+    s.add_argument("--boards", type=NAMES, default=[DEFAULT_BOARD], help=f"comma-separated boards (default {DEFAULT_BOARD})")
+    s.add_argument("--models", type=NAMES, default=["digits", "sd15"], help="comma-separated: digits, sd15, sdxl")
+    s.add_argument("--ranks", type=INTS, default=[4, 16], help="comma-separated LoRA ranks")
+    s.add_argument("--dram-pj", type=float, default=HOROWITZ_45NM.dram_64bit,
+                   help="DRAM energy per 64-bit access in pJ (Horowitz: 1300-2600; default the midpoint)")
+    s.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
+    s.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    s.set_defaults(func=cmd_energy)
+
+    s = sub.add_parser("power", help="record board power rails (or emulated sensors) over GEMM and training "
+                                     "phases: energy per GEMM and per step, GOPS/W")
+    add_target(s, board_default=DEFAULT_BOARD, backend_default="board on a board, else emulation")
+    s.add_argument("--sensors", default="auto", choices=["auto", "board", "emulated"],
+                   help="auto: the board's PYNQ rails if pynq.get_rails() finds any, else emulated sensors")
+    s.add_argument("--rails", type=NAMES, default=None,
+                   help="comma-separated rail names to sum (default: the input rail)")
+    s.add_argument("--interval", type=float, default=0.05, help="sampling interval in seconds")
+    s.add_argument("--idle-seconds", type=float, default=2.0, help="length of each idle phase")
+    s.add_argument("--phase-seconds", type=float, default=3.0, help="length of each workload phase")
+    s.add_argument("--tokens", type=int, default=1024, help="tokens of the GEMM-loop layer")
+    s.add_argument("--features", type=int, default=320, help="in = out features of the GEMM-loop layer")
+    s.add_argument("--rank", type=int, default=8, help="LoRA rank of both workloads")
+    s.add_argument("--idle-watts", type=float, default=None,
+                   help="idle draw of the emulated board in W (default: the board's assumed idle_watts "
+                        "in hardware.toml)")
+    s.add_argument("--out", type=Path, default=Path("runs/power"), help="output folder (default runs/power)")
+    s.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    s.set_defaults(func=cmd_power)
+
+    s = sub.add_parser("speed", help="one training step, int8 emulated vs fp32, measured side by side")
+    s.add_argument("--steps", type=int, default=8, help="timed steps per variant (after the warm-up)")
+    s.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    s.add_argument("--engine", default="fast", choices=["fast", "csim"], help="emulation engine of the int8 variant")
+    s.add_argument("--batch-size", type=int, default=16, help="images per step (the default run's)")
+    add_board(s)
+    s.add_argument("--threads", type=int, default=1,
+                   help="PyTorch CPU threads for both variants (1, as the default fine-tuning uses)")
+    s.add_argument("--out", type=Path, default=None, help="also write the figures as JSON to this file")
+    s.set_defaults(func=cmd_speed)
+
+    s = sub.add_parser("throughput", help="emulation engines (fast, csim) against numpy float32 on the GEMMs "
+                                          "of LoRA layers, measured")
+    add_board(s, DEFAULT_BOARD)
+    s.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (the best is reported)")
+    s.add_argument("--quick", action="store_true", help="smaller layers, for a fast smoke run")
+    s.set_defaults(func=cmd_throughput)

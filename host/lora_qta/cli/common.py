@@ -1,0 +1,46 @@
+"""What the command groups share: the ``--board`` / ``--backend`` options, comma-separated list
+arguments and plain-text tables."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Sequence
+
+from ..hw.config import DEFAULT_BOARD, config
+
+BACKENDS = ("auto", "board", "emulation", "csim", "fast")
+BACKEND_HELP = ("auto: the board if one is found with its bitstream, else emulation; board: PYNQ overlay; "
+                "emulation/fast: emulated device with the vectorized bit-exact engine; csim: emulated device "
+                "running the HLS C++ compiled with g++")
+
+
+def add_board(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--board``: a board of hardware.toml (``default`` None: ``$LORA_QTA_BOARD`` or the default board)."""
+    fallback = default or f"$LORA_QTA_BOARD or {DEFAULT_BOARD}"
+    p.add_argument("--board", default=default,
+                   help=f"board configuration from hardware.toml ({', '.join(config().boards)}); default {fallback}")
+
+
+def add_target(p: argparse.ArgumentParser, board_default: str | None = None,
+               backend_default: str = "$LORA_QTA_BACKEND or auto") -> None:
+    """``--board`` and ``--backend``: where the accelerator runs."""
+    add_board(p, board_default)
+    p.add_argument("--backend", default=None, choices=BACKENDS, help=f"{BACKEND_HELP} (default {backend_default})")
+
+
+def comma_list(convert: Callable[[str], object] = str) -> Callable[[str], list]:
+    """An argparse type: ``a,b,c`` -> ``[convert(a), convert(b), convert(c)]`` (empty items dropped)."""
+    def parse(text: str) -> list:
+        return [convert(x.strip()) for x in text.split(",") if x.strip()]
+
+    parse.__name__ = f"comma-separated {getattr(convert, '__name__', 'value')} list"
+    return parse
+
+
+def table(rows: list[dict], cols: Sequence[str]) -> str:
+    """``rows`` as an aligned plain-text table of the columns ``cols``."""
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    line = "  ".join(c.ljust(widths[c]) for c in cols)
+    sep = "  ".join("-" * widths[c] for c in cols)
+    body = ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join([line, sep, *body])

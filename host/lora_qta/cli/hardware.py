@@ -1,0 +1,141 @@
+"""Hardware-side commands: ``info``, ``gemm``, ``demo``, ``csim``, ``config``. None of them needs
+PyTorch: this module and what its commands import stay clear of the training stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from ..hw import generate
+from ..hw.config import DEFAULT_BOARD, config
+from .common import add_board, add_target, table
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..hw.resources import estimate_resources
+    from ..runtime.accelerator import Accelerator
+
+    acc = Accelerator(args.board, args.backend)
+    info = acc.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for k, v in info.items():
+        print(f"{k:20s} {v}")
+    est = estimate_resources(acc.board.name)
+    print("resource estimate    " + ", ".join(
+        f"{k} {v}" + (f" ({est[k + '_pct']:.0f}%)" if k + "_pct" in est else "")
+        for k, v in est.items() if not k.endswith("_pct")) + "  (first-order estimate, not synthesized)")
+    print("\nregister map (from hardware.toml)\n")
+    print(generate.register_table())
+    return 0
+
+
+def cmd_gemm(args: argparse.Namespace) -> int:
+    from ..runtime.accelerator import Accelerator
+    from ..runtime.check import checked_random_gemm
+
+    acc = Accelerator(args.board, args.backend)
+    checked = checked_random_gemm(acc, args.M, args.K, args.N, trans_a=args.trans_a, trans_b=args.trans_b,
+                                  dataflow=args.dataflow, split=args.split, out=args.out, rounding=args.rounding,
+                                  seed=args.seed)
+    r = checked.result
+    mode = r.dataflow.upper() + (f" partitioned (split {r.split:+d})" if r.split else "")
+    print(f"GEMM {args.M}x{args.K}x{args.N} on {acc.board.name} [{acc.backend}]: "
+          f"{'bit-exact with numpy' if checked.exact else 'MISMATCH with numpy'}")
+    print(f"  dataflow     {mode}, tiles m/n/k = {r.tiles}")
+    print(f"  cycles       {r.cycles:,} (kernel cycle counter; {'modelled schedule' if acc.backend != 'board' else 'board'})")
+    print(f"  utilization  {r.utilization:.1%} of {acc.board.pes} PEs; {r.bound}-bound, "
+          f"{r.roofline_fraction:.1%} of the roofline")
+    print(f"  DDR traffic  {r.bytes_moved:,} bytes; time at {acc.board.clock_mhz} MHz "
+          f"{r.cycles / acc.board.clock_mhz:.1f} us (modelled); host wall {r.wall_s * 1e3:.2f} ms (measured)")
+    if r.saturated:
+        print("  status       saturated outputs")
+    return 0 if checked.exact else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..lora.gemms import check_layer
+    from ..runtime.accelerator import Accelerator
+
+    acc = Accelerator(args.board, args.backend)
+    t0 = time.perf_counter()
+    checks = check_layer(acc, args.tokens, args.features, args.rank, args.seed)
+    rows = []
+    for c in checks:
+        g, r = c.gemm, c.result
+        row = {"GEMM": g.kind.title, "M,K,N": f"{g.m},{g.k},{g.n}", "dataflow": c.dataflow}
+        if r is None:
+            row.update({"chosen": "-", "cycles": c.refused[:30], "util": "-", "bound": "-", "exact": "-"})
+        else:
+            row.update({"chosen": r.dataflow + (f"{r.split:+d}" if r.split else ""), "cycles": f"{r.cycles:,}",
+                        "util": f"{r.utilization:.1%}", "bound": r.bound, "exact": "yes" if c.exact else "NO"})
+        rows.append(row)
+    ok = all(c.exact for c in checks if c.result is not None)
+    print(f"One LoRA layer (tokens {args.tokens}, features {args.features}, rank {args.rank}) on "
+          f"{acc.board.name}, {acc.board.array_rows}x{acc.board.array_cols} PEs, backend {acc.backend}")
+    print("cycles: the kernel's cycle counter (modelled schedule under emulation)\n")
+    print(table(rows, ["GEMM", "M,K,N", "dataflow", "chosen", "cycles", "util", "bound", "exact"]))
+    print(f"\n{'all outputs bit-exact with the numpy reference' if ok else 'MISMATCHES found'} "
+          f"({time.perf_counter() - t0:.1f} s on this machine)")
+    return 0 if ok else 1
+
+
+def cmd_csim(args: argparse.Namespace) -> int:
+    from ..runtime import csim
+
+    proc = csim.run_testbench(config().board(args.board))
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    return proc.returncode
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    generate.write(args.what, args.board, args.output)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The hardware-side subcommands."""
+    s = sub.add_parser("info", help="configuration, backend found and register map")
+    add_target(s)
+    s.add_argument("--json", action="store_true", help="print the configuration as JSON only")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("gemm", help="run one random GEMM, check it against numpy, print its figures")
+    s.add_argument("M", type=int, help="rows of op(A) and of the output")
+    s.add_argument("K", type=int, help="inner (summed) dimension")
+    s.add_argument("N", type=int, help="columns of op(B) and of the output")
+    s.add_argument("--dataflow", default="auto", choices=["auto", "ws", "os", "partitioned"],
+                   help="auto: the planner picks the fastest by its cycle model; ws: weight-stationary; "
+                        "os: output-stationary; partitioned: the best split of the array into sub-arrays")
+    s.add_argument("--split", type=int, default=None,
+                   help="force the partition exponent s (s>0: 2^s sub-arrays side by side, OS only; "
+                        "s<0: 2^-s stacked; 0: whole array)")
+    s.add_argument("--trans-a", action="store_true", help="A is stored transposed (K x M)")
+    s.add_argument("--trans-b", action="store_true", help="B is stored transposed (N x K)")
+    s.add_argument("--out", default="int32", choices=["int32", "int8"],
+                   help="int32 accumulators, or INT8 requantized by the epilogue")
+    s.add_argument("--rounding", default="nearest_even", choices=["nearest_even", "stochastic"],
+                   help="rounding of the INT8 epilogue")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random operands and of stochastic rounding")
+    add_target(s)
+    s.set_defaults(func=cmd_gemm)
+
+    s = sub.add_parser("demo", help="the six GEMMs of one LoRA layer in WS, OS and auto, checked")
+    s.add_argument("--tokens", type=int, default=1024, help="tokens per sample (M of the forward GEMMs)")
+    s.add_argument("--features", type=int, default=320, help="in = out features of the adapted layer")
+    s.add_argument("--rank", type=int, default=8, help="LoRA rank r (narrow dimension of four of the six GEMMs)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random operands")
+    add_target(s)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("csim", help="build and run the kernel's C++ testbench with g++")
+    add_board(s, DEFAULT_BOARD)
+    s.set_defaults(func=cmd_csim)
+
+    s = sub.add_parser("config", help="generate the HLS header, Tcl variables, register map or estimate")
+    generate.add_arguments(s)
+    s.set_defaults(func=cmd_config)

@@ -1,0 +1,120 @@
+"""Training commands: ``finetune``, ``run`` (the main job, finetune with its defaults) and
+``evaluate``. The training stack (PyTorch, diffusers, peft) is imported when one of them runs,
+not when the parser is built."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from ..training.config import FinetuneConfig
+from .common import add_target, table
+
+
+def _add_finetune_options(s: argparse.ArgumentParser) -> None:
+    """The options of ``finetune`` and ``run``, with the defaults of :class:`FinetuneConfig`."""
+    d = FinetuneConfig()
+    s.add_argument("--output-dir", default=d.output_dir,
+                   help="run folder: adapter/, samples.png, loss.png, report.json, checkpoints/")
+    s.add_argument("--precision", default=d.precision, choices=["fp32", "int8"],
+                   help="fp32: plain peft LoRA in PyTorch (the reference); int8: the six LoRA GEMMs of "
+                        "every adapted layer run INT8 on the accelerator (board or emulation)")
+    s.add_argument("--pretrained-model", default=None,
+                   help="local diffusers Stable Diffusion folder (unet, vae, text_encoder, tokenizer, "
+                        "scheduler); default: the embedded digits model")
+    s.add_argument("--instance-data-dir", default=None,
+                   help="folder of images of the new concept (with --pretrained-model)")
+    s.add_argument("--prompt", default=d.prompt, help="prompt of the instance images (with --pretrained-model)")
+    s.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    s.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
+    s.add_argument("--learning-rate", type=float, default=d.learning_rate, help="AdamW peak learning rate")
+    s.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "linear", "cosine"],
+                   help="decay after the warm-up")
+    s.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear learning-rate warm-up steps")
+    s.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping norm")
+    s.add_argument("--rank", type=int, default=d.rank, help="LoRA rank r")
+    s.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha (scaling alpha / r)")
+    s.add_argument("--target-modules", nargs="+", default=d.target_modules,
+                   help="UNet linear layers to adapt (module name suffixes)")
+    s.add_argument("--prediction-type", default=d.prediction_type, choices=["epsilon", "v_prediction"],
+                   help="the UNet's training target")
+    s.add_argument("--num-examples", type=int, default=d.num_examples,
+                   help="digits model: images of the held-out digit to learn the new token from")
+    s.add_argument("--prior-per-class", type=int, default=d.prior_per_class,
+                   help="digits model: real images per known digit mixed in to preserve them (0: none)")
+    s.add_argument("--seed", type=int, default=d.seed, help="seed of data order, noise and stochastic rounding")
+    s.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="write a checkpoint every N steps (and on Ctrl-C)")
+    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    s.add_argument("--no-samples", action="store_true", help="skip the before/after sample grid")
+    s.add_argument("--threads", type=int, default=None,
+                   help="PyTorch CPU threads (default: 1 for the small embedded digits model, whose "
+                        "ops are too small to gain from more and lose badly to thread contention on a "
+                        "busy machine; PyTorch's choice for Stable Diffusion)")
+    add_target(s)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from ..training.loop import finetune
+
+    values = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig) if f.name in vars(args)}
+    cfg = FinetuneConfig(**values, samples=not args.no_samples)
+    rep = finetune(cfg)
+    if rep.get("interrupted"):
+        return 130
+    t = rep["time_s"]
+    print(f"\nfinished {rep['steps']} steps of {cfg.precision} LoRA (rank {cfg.rank}) on {rep['model']}; "
+          f"final loss {rep['final_loss']:.4f}")
+    print(f"time (measured on this machine): total {t['total_measured']:.1f} s, accelerator "
+          f"{t['accelerator_measured']:.1f} s, quantization {t['quantization_measured']:.1f} s, "
+          f"rest {t['rest_measured']:.1f} s")
+    if "accelerator" in rep:
+        a = rep["accelerator"]
+        rows = [{"GEMM": k, "calls": v["calls"], "cycles": f"{v['cycles']:,}", "util": f"{v['utilization']:.1%}",
+                 "MB moved": f"{v['bytes_moved'] / 1e6:.1f}",
+                 "dataflow": ", ".join(f"{d} x{n}" for d, n in sorted(v["dataflows"].items()))}
+                for k, v in a["per_gemm"].items()]
+        print(f"accelerator {a['board']} ({a['backend']}): cycles from the kernel counter, modelled; "
+              f"{a['modelled_board_time_s']:.3f} s of LoRA GEMMs at {a['clock_mhz']} MHz (modelled)\n")
+        print(table(rows, ["GEMM", "calls", "cycles", "util", "MB moved", "dataflow"]))
+    print(f"\noutputs in {Path(cfg.output_dir)}/: adapter/ (diffusers LoRA, loads with pipeline.load_lora_weights), "
+          "samples.png, loss.png, report.json, checkpoints/")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..training.evaluate import evaluate, format_table
+
+    res = evaluate(args.output_dir, steps=args.steps or FinetuneConfig.steps, per_class=args.samples_per_class,
+                   seed=args.seed, board=args.board, backend=args.backend, reuse=not args.no_reuse, seeds=args.seeds)
+    print(format_table(res))
+    print(f"\nwritten: {args.output_dir}/evaluate.json, {args.output_dir}/concept_samples.png")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The training subcommands."""
+    s = sub.add_parser("finetune", help="LoRA fine-tuning with the LoRA GEMMs on the accelerator")
+    _add_finetune_options(s)
+    s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("run", help="the main job: fine-tune the embedded digits model (int8, emulated) "
+                                   "with the default options; same options as finetune")
+    _add_finetune_options(s)
+    s.set_defaults(func=cmd_finetune)
+
+    s = sub.add_parser("evaluate", help="fp32 vs int8 LoRA quality on real data (digits), side by side")
+    s.add_argument("--output-dir", default="runs/evaluate", help="folder of the two runs and evaluate.json")
+    s.add_argument("--steps", type=int, default=None,
+                   help="fine-tuning steps of each precision (default: the finetune default)")
+    s.add_argument("--samples-per-class", type=int, default=40,
+                   help="images generated per prompt for the classifier-based accuracies")
+    s.add_argument("--seed", type=int, default=0, help="seed shared by both runs and the evaluation")
+    s.add_argument("--seeds", type=int, default=1,
+                   help="train and measure both precisions with this many seeds (seed, seed+1, ...) and "
+                        "report mean and standard deviation")
+    s.add_argument("--no-reuse", action="store_true",
+                   help="retrain even if the output folder already holds finished runs with these steps")
+    add_target(s)
+    s.set_defaults(func=cmd_evaluate)

@@ -1,0 +1,334 @@
+"""An emulated PYNQ device: the accelerator on a PC, plugged into the real ``pynq`` package.
+
+:class:`EmulatedDevice` is a ``pynq.Device`` with the ``REGISTER_RW`` capability, so every
+``pynq.MMIO`` access of the driver reaches :meth:`EmulatedDevice.read_registers` /
+:meth:`write_registers`, and ``pynq.allocate(..., target=device)`` returns real
+``PynqBuffer`` objects whose ``device_address`` lies in an emulated DDR.
+
+The emulation keeps the host's view of a buffer (the CPU cache) apart from the DDR copy the
+kernel reads: ``flush()`` copies host -> DDR and ``invalidate()`` DDR -> host, so a driver
+that forgets either sees stale data here as it would on a board.
+
+Writing ``ap_start`` checks every DMA range the registers describe (inside one allocated
+buffer, aligned, output not overlapping the inputs), then runs the kernel in a worker thread
+with one of two engines: ``csim`` (the HLS C++ compiled with g++) or ``fast`` (vectorized,
+bit-exact). ``ap_done``/``ap_idle`` behave as the Vitis HLS control register does.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import struct
+import threading
+import weakref
+from typing import Callable
+
+import numpy as np
+import pynq
+from pynq.buffer import PynqBuffer
+
+from . import fast
+from ..errors import BackendError, DeviceBusyError, DeviceMemoryError, DMAError
+from ..hw.config import BoardConfig, config
+from ..hw.call import GemmCall
+
+ENGINES = ("fast", "csim")
+DDR_BASE = 0x1000_0000
+PAGE = 4096
+
+CTRL_START, CTRL_DONE, CTRL_IDLE, CTRL_READY = (
+    config().ctrl_mask(b) for b in ("ap_start", "ap_done", "ap_idle", "ap_ready"))
+
+
+class EmulatedDDR:
+    """A sparse physical memory: page-aligned allocations, each with its own backing array."""
+
+    def __init__(self, size: int = 4 << 30, base: int = DDR_BASE):
+        self.base, self.size = base, size
+        self._starts: list[int] = []          # sorted allocation start addresses
+        self._blocks: dict[int, np.ndarray] = {}
+        self._next = base
+        self._lock = threading.Lock()
+
+    def alloc(self, nbytes: int) -> tuple[int, np.ndarray]:
+        """Reserve ``nbytes`` (rounded to pages); returns (address, backing uint8 array)."""
+        span = max(PAGE, -(-nbytes // PAGE) * PAGE)
+        with self._lock:
+            if self._next + span > self.base + self.size:
+                raise DeviceMemoryError(f"emulated DDR exhausted: {nbytes} bytes requested, "
+                                        f"{self.base + self.size - self._next} left; allocate less, or use a "
+                                        "new EmulatedDevice (its address space is not reused)")
+            addr, self._next = self._next, self._next + span
+            backing = np.zeros(nbytes, dtype=np.uint8)
+            bisect.insort(self._starts, addr)
+            self._blocks[addr] = backing
+        return addr, backing
+
+    def free(self, addr: int) -> None:
+        """Release the allocation at ``addr`` (its addresses are never reused)."""
+        with self._lock:
+            if self._blocks.pop(addr, None) is not None:
+                self._starts.remove(addr)
+
+    def block(self, addr: int) -> tuple[int, np.ndarray]:
+        """The allocation containing ``addr``: (start, backing)."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0:
+            start = self._starts[i]
+            backing = self._blocks[start]
+            if addr < start + backing.size:
+                return start, backing
+        raise DMAError(f"address 0x{addr:X} is not inside any allocated buffer")
+
+    def view(self, addr: int, nbytes: int, what: str) -> np.ndarray:
+        """``nbytes`` of DDR from ``addr`` as a writable uint8 view; a DMAError names ``what``
+        if the range leaves its buffer."""
+        try:
+            start, backing = self.block(addr)
+        except DMAError as e:
+            raise DMAError(f"{what}: {e}") from None
+        off = addr - start
+        if off + nbytes > backing.size:
+            raise DMAError(f"{what}: {nbytes} bytes from 0x{addr:X} run {off + nbytes - backing.size} "
+                           f"bytes past the end of the buffer at 0x{start:X} ({backing.size} bytes)")
+        return backing[off:off + nbytes]
+
+
+def hwh_register_map() -> dict[str, dict]:
+    """The kernel's registers as an ``ip_dict['registers']`` entry names them (Vitis naming:
+    ``a_1``/``a_2`` for the words of a 64-bit argument), generated from the configuration."""
+    regs = config().registers
+    wide = {a.name for a in config().args if a.wide}
+    out = {}
+    for name, off in regs.items():
+        if name in wide:
+            for i in (1, 2):
+                out[f"{name}_{i}"] = {"address_offset": off + 4 * (i - 1), "size": 32,
+                                      "access": "read-write", "description": name, "fields": {}}
+        else:
+            vitis = {"ctrl": "CTRL", "gie": "GIER", "ier": "IP_IER", "isr": "IP_ISR"}.get(name, name)
+            out[vitis] = {"address_offset": off, "size": 32, "access": "read-write",
+                          "description": name, "fields": {}}
+    return out
+
+
+def operand_extents(call: GemmCall) -> dict[str, int]:
+    """Bytes each operand of ``call`` spans in memory from its address."""
+    ra, ca = call.stored_shape_a()
+    rb, cb = call.stored_shape_b()
+    ext = {
+        "a": (ra - 1) * call.lda + ca,
+        "b": (rb - 1) * call.ldb + cb,
+        "c": ((call.m - 1) * call.ldc + call.n) * call.out_bytes,
+    }
+    if call.out_int8 and call.scale_mode in ("row", "col"):
+        ext["scales"] = 8 * (call.m if call.scale_mode == "row" else call.n)
+    return ext
+
+
+Engine = Callable[[BoardConfig, GemmCall, dict[str, np.ndarray]], dict[str, int]]
+"""Runs one call on the DDR views of its pointer arguments; returns the output registers by name."""
+
+
+def _fast_engine(board: BoardConfig, call: GemmCall, mem: dict[str, np.ndarray]) -> dict[str, int]:
+    status, cycles = fast.run(board, call, mem["a"], mem["b"], mem["c"], mem.get("scales"))
+    return {"status": status, "cycles": cycles}
+
+
+def _csim_engine(board: BoardConfig, call: GemmCall, mem: dict[str, np.ndarray]) -> dict[str, int]:
+    from . import csim
+
+    return csim.load(board).run({k: csim.address(v) for k, v in mem.items()}, call.scalar_registers())
+
+
+def engine(name: str) -> Engine:
+    """The emulation engine called ``name`` (``fast`` or ``csim``)."""
+    if name == "fast":
+        return _fast_engine
+    if name == "csim":
+        return _csim_engine
+    raise BackendError(f"unknown emulation engine {name!r}: use one of {', '.join(ENGINES)}")
+
+
+class EmulatedDevice(pynq.Device):
+    """A PYNQ device whose programmable logic holds the lora-qta kernel, in software.
+
+    Parameters: ``board`` (a name from ``hardware.toml``), ``engine`` (``fast`` or ``csim``),
+    ``asynchronous`` (run the kernel in a worker thread, so ap_done rises later, as on a board;
+    by default it completes before the ap_start write returns, which is a legal and faster
+    timing), ``hang`` (fault injection: the kernel never finishes, to exercise timeouts).
+    Setting ``LORA_QTA_EMULATE=<board>`` makes ``pynq.Device.devices`` list one, so plain
+    ``pynq.allocate`` works in notebooks without a board.
+    """
+
+    _probe_priority_ = 900  # after every real device class of pynq
+
+    @classmethod
+    def _probe_(cls) -> list["EmulatedDevice"]:
+        board = os.environ.get("LORA_QTA_EMULATE")
+        return [cls(board or None)] if board else []
+
+    def __init__(self, board: str | None = None, engine: str = "fast", asynchronous: bool = False,
+                 hang: bool = False):
+        self.board = config().board(board)
+        super().__init__(f"lora-qta-emulated-{self.board.name}")
+        self.capabilities = {"REGISTER_RW": True}
+        self.name = f"lora-qta emulated {self.board.name}"
+        self.engine_name = engine
+        self._engine = globals()["engine"](engine)
+        self.hang = hang
+        self.asynchronous = asynchronous
+        self.ddr = EmulatedDDR()
+        self._host: dict[int, np.ndarray] = {}      # allocation address -> host (cache) bytes
+        self.base = self.board.kernel_base_address
+        self._regs = bytearray(config().address_range)
+        self._ctrl = CTRL_IDLE
+        self._worker: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.ip_dict = {"qta_gemm_0": self.ip_description()}
+        self.mem_dict: dict = {}
+        self.runs = 0
+
+    # -- what an overlay's ip_dict would say -------------------------------------------
+    def ip_description(self) -> dict:
+        """The ``ip_dict`` entry of the kernel, as ``Overlay`` builds it from a ``.hwh``."""
+        return {
+            "phys_addr": self.base, "addr_range": config().address_range, "type": config().vlnv,
+            "fullpath": "qta_gemm_0", "registers": hwh_register_map(), "device": self,
+            "parameters": {}, "interrupts": {}, "gpio": {},
+        }
+
+    # -- memory ------------------------------------------------------------------------
+    def allocate(self, shape, dtype="u4", **kwargs) -> PynqBuffer:
+        """A ``PynqBuffer`` in emulated DDR (host view and DDR copy kept apart)."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        addr, _ = self.ddr.alloc(nbytes)
+        host = np.zeros(max(nbytes, 1), dtype=np.uint8)
+        buf = PynqBuffer(shape, dtype, buffer=host, device_address=addr, bo=addr, device=self,
+                         coherent=False)
+        self._host[addr] = host
+        weakref.finalize(buf, self._release, addr)
+        return buf
+
+    def _release(self, addr: int) -> None:
+        self._host.pop(addr, None)
+        self.ddr.free(addr)
+
+    def _sync(self, bo: int, offset: int, nbytes: int, to_device: bool) -> None:
+        host = self._host[bo]
+        _, ddr = self.ddr.block(bo)
+        if to_device:
+            ddr[offset:offset + nbytes] = host[offset:offset + nbytes]
+        else:
+            host[offset:offset + nbytes] = ddr[offset:offset + nbytes]
+
+    def flush(self, bo, offset, ptr, size) -> None:
+        """Write the host's view of a buffer range to DDR (cache flush)."""
+        self._sync(bo, offset, size, to_device=True)
+
+    def invalidate(self, bo, offset, ptr, size) -> None:
+        """Refresh the host's view of a buffer range from DDR (cache invalidate)."""
+        self._sync(bo, offset, size, to_device=False)
+
+    # -- registers ---------------------------------------------------------------------
+    def _offset(self, address: int, length: int) -> int:
+        off = address - self.base
+        if off < 0 or off + length > len(self._regs):
+            raise DMAError(f"register access at 0x{address:X} is outside the kernel's aperture "
+                           f"0x{self.base:X}..0x{self.base + len(self._regs):X}")
+        return off
+
+    def _reg(self, name: str) -> int:
+        off = config().registers[name]
+        return struct.unpack_from("<I", self._regs, off)[0]
+
+    def _reg64(self, name: str) -> int:
+        off = config().registers[name]
+        lo, hi = struct.unpack_from("<II", self._regs, off)
+        return lo | (hi << 32)
+
+    def _poll_worker(self) -> None:
+        if self._worker is not None and not self._worker.is_alive():
+            self._worker = None
+            self._poll_worker_error()
+
+    def _poll_worker_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def read_registers(self, address: int, length: int) -> bytes:
+        """MMIO read; reading CTRL clears ap_done, as in Vitis HLS."""
+        off = self._offset(address, length)
+        self._poll_worker()
+        if off == config().registers["ctrl"]:
+            value = self._ctrl
+            self._ctrl &= ~CTRL_DONE
+            return struct.pack("<I", value)[:length]
+        return bytes(self._regs[off:off + length])
+
+    def write_registers(self, address: int, data: bytes) -> None:
+        """MMIO write; writing ap_start to CTRL launches the kernel."""
+        off = self._offset(address, len(data))
+        if off == config().registers["ctrl"]:
+            if struct.unpack("<I", data[:4])[0] & CTRL_START:
+                self._start()
+            return
+        self._regs[off:off + len(data)] = data
+
+    # -- the kernel ----------------------------------------------------------------------
+    def _start(self) -> None:
+        self._poll_worker()
+        if self._worker is not None or self._ctrl & CTRL_START:
+            raise DeviceBusyError("ap_start written while the kernel is running; wait for ap_done")
+        call = GemmCall.from_registers({a.name: self._reg(a.name) for a in config().inputs if a.kind == "scalar"})
+        mem = self._dma_views(call)
+        self._ctrl = CTRL_START
+        self.runs += 1
+        if self.hang:
+            return  # fault injection: never completes
+        if not self.asynchronous:
+            self._execute(call, mem)
+            self._poll_worker_error()
+            return
+        self._worker = threading.Thread(target=self._execute, args=(call, mem), daemon=True)
+        self._worker.start()
+
+    def _dma_views(self, call: GemmCall) -> dict[str, np.ndarray]:
+        """Check every range the kernel will touch and return DDR views of them."""
+        from .planner import kernel_accepts
+
+        if not kernel_accepts(self.board, call):
+            return {}  # the kernel rejects its arguments before any memory access
+        align = self.board.axi_bytes
+        ranges = {}
+        for name, nbytes in operand_extents(call).items():
+            addr = self._reg64(name)
+            if addr % align:
+                raise DMAError(f"operand {name} at 0x{addr:X} is not aligned to the {align}-byte AXI beat")
+            ranges[name] = (addr, nbytes)
+        mem = {name: self.ddr.view(addr, nbytes, f"operand {name}") for name, (addr, nbytes) in ranges.items()}
+        c0, c1 = ranges["c"][0], ranges["c"][0] + ranges["c"][1]
+        for name in ("a", "b", "scales"):
+            if name in ranges:
+                s0, s1 = ranges[name][0], ranges[name][0] + ranges[name][1]
+                if s0 < c1 and c0 < s1:
+                    raise DMAError(f"output C [0x{c0:X}, 0x{c1:X}) overlaps operand {name} "
+                                   f"[0x{s0:X}, 0x{s1:X}); give C its own buffer")
+        return mem
+
+    def _execute(self, call: GemmCall, mem: dict[str, np.ndarray]) -> None:
+        try:
+            if not mem:  # rejected before any memory access, as the kernel does
+                outputs = {"status": 1 << config().status["bad_args"], "cycles": config().schedule.call_overhead}
+            else:
+                outputs = self._engine(self.board, call, mem)
+            for arg in config().outputs:
+                struct.pack_into("<Q" if arg.wide else "<I", self._regs, arg.offset, outputs[arg.name])
+                struct.pack_into("<I", self._regs, arg.valid_offset, 1)
+        except BaseException as e:  # surfaced to the driver at its next register access
+            self._error = e
+        finally:
+            self._ctrl = CTRL_DONE | CTRL_IDLE | CTRL_READY

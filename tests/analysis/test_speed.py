@@ -1,0 +1,32 @@
+"""The emulation-speed benchmarks run and report their figures (no timing assertions)."""
+
+from lora_qta.analysis import report
+from lora_qta.analysis.speed import measure, throughput
+from lora_qta.cli import main
+
+
+def test_speed_measure_reports_both_variants_and_the_split():
+    r = measure(steps=1, warmup=0, batch_size=4)
+    assert r["fp32_step_s"] > 0 and r["int8_step_s"] > 0
+    assert r["ratio_int8_over_fp32"] == r["int8_step_s"] / r["fp32_step_s"]
+    s = r["int8_split_s"]
+    assert s["accelerator"] > 0 and s["quantization"] > 0
+    assert abs(s["accelerator"] + s["quantization"] + s["rest"] - r["int8_step_s"]) < 1e-9
+    # six GEMMs per layer, minus dX where the layer's input needs no gradient
+    assert 5 * r["lora_layers"] <= r["gemms_per_step"] <= 6 * r["lora_layers"] and r["lora_layers"] > 0
+
+
+def test_speed_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    assert main(["speed", "--steps", "1", "--warmup", "0", "--batch-size", "2", "--out", str(out)]) == 0
+    assert out.is_file() and "int8 on emulated accel." in capsys.readouterr().out
+
+
+def test_throughput_times_both_engines_on_the_six_gemms_of_a_layer():
+    rows = throughput("pynq_z2", repeat=1, layers=((64, 32, 4),))
+    assert [r["gemm"] for r in rows] == ["fwd  H = X.A^T", "fwd  Y = H.B^T", "bwd dH = G.B", "bwd dB = G^T.H",
+                                         "bwd dA = dH^T.X", "bwd dX = dH.A"]
+    assert all(r["fp32"] > 0 and r["fast"] > 0 and r["csim"] > 0 and r["board_us"] > 0 for r in rows)
+    table = report.throughput_markdown(rows, "pynq_z2", 1)
+    assert sum(line.startswith(("| fwd", "| bwd")) for line in table.splitlines()) == 6
+    assert "| **all** |" in table and "measured on this machine" in table

@@ -1,0 +1,65 @@
+"""Bad input reaches the user as one line ``lora-qta: error: ...`` with exit status 2, never a
+traceback: unknown board, impossible shapes or modes, a C-simulation build that fails."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "lora_qta.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def one_error_line(p: subprocess.CompletedProcess) -> str:
+    """The single ``lora-qta: error:`` line of a failed command's stderr."""
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lora-qta: error: "), p.stderr
+    return lines[0]
+
+
+def test_unknown_board():
+    assert "unknown board 'zedboard'" in one_error_line(run("gemm", "8", "8", "8", "--board", "zedboard"))
+    assert "use one of kv260, pynq_z2, zcu104" in one_error_line(run("csim", "--board", "zedboard"))
+    assert "unknown board 'nexys'" in one_error_line(run("config", "tcl", "--board", "nexys"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["gemm", "0", "8", "8"], "GEMM dimensions must be at least 1, got M=0"),
+    (["gemm", "-3", "8", "8"], "GEMM dimensions must be at least 1, got M=-3"),
+    (["gemm", "70000", "8", "8"], "M = 70000 is outside 1..65536"),
+    (["gemm", "8", "8", "8", "--dataflow", "ws", "--split", "1"], "weight-stationary needs split <= 0"),
+    (["energy", "--models", "sd21", "--no-plot"], "unknown model 'sd21'"),
+])
+def test_bad_shapes_and_modes(args, message):
+    assert message in one_error_line(run(*args))
+
+
+@pytest.mark.parametrize("args", [["csim"], ["gemm", "16", "16", "16", "--backend", "csim"]])
+def test_a_missing_compiler_is_one_line(args, tmp_path):
+    line = one_error_line(run(*args, env={"CXX": "/nonexistent/g++", "LORA_QTA_CACHE": str(tmp_path)}))
+    assert "C++ compiler '/nonexistent/g++' not found; install g++" in line
+
+
+def test_a_kernel_that_does_not_compile_is_one_line_pointing_at_the_log(tmp_path):
+    hls = tmp_path / "hls"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "hls", hls, ignore=shutil.ignore_patterns("tcl"))
+    with (hls / "src" / "qta_gemm.cpp").open("a") as f:
+        f.write("\nthis is not C++;\n")
+    cache = tmp_path / "cache"
+    line = one_error_line(run("csim", "--board", "pynq_z2",
+                              env={"LORA_QTA_HLS_DIR": str(hls), "LORA_QTA_CACHE": str(cache)}))
+    assert "compiling the kernel with" in line and "failed (exit status 1)" in line
+    log = Path(line.rsplit(" are in ", 1)[1])
+    assert log.is_file() and log.is_relative_to(cache) and "qta_gemm.cpp" in log.read_text()
+
+
+def test_a_missing_source_folder_is_one_line(tmp_path):
+    line = one_error_line(run("gemm", "8", "8", "8", "--backend", "csim",
+                              env={"LORA_QTA_HLS_DIR": str(tmp_path), "LORA_QTA_CACHE": str(tmp_path)}))
+    assert f"are not in {tmp_path}: set LORA_QTA_HLS_DIR to the repository's hls/ folder" in line

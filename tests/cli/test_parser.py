@@ -1,0 +1,29 @@
+"""Every command is reachable as ``lora-qta <command>`` and explains each of its options."""
+
+import subprocess
+import sys
+
+import pytest
+
+from lora_qta.cli import build_parser
+
+COMMANDS = ["info", "gemm", "demo", "csim", "config", "run", "finetune", "evaluate", "bench", "energy",
+            "power", "speed", "throughput"]
+
+
+def test_the_parser_has_every_command():
+    assert sorted(build_parser()._subparsers._group_actions[0].choices) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_has_help(command):
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help and len(action.help) > 10, (command, action.dest)
+
+
+@pytest.mark.parametrize("command", ["bench", "energy", "power", "speed"])
+def test_report_commands_explain_their_options(command):
+    p = subprocess.run([sys.executable, "-m", "lora_qta.cli", command, "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "--out" in p.stdout

@@ -1,0 +1,122 @@
+"""What is generated from hardware.toml: the kernel's header (sizes, registers, its prototype and
+interface pragmas), the Tcl variables, the resource estimate; standard library only."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lora_qta.hw.config import config
+from lora_qta.hw.generate import header, tcl
+from lora_qta.hw.resources import estimate_resources, resource_markdown, resource_table
+
+ROOT = Path(__file__).resolve().parents[2]
+HLS_SRC = ROOT / "hls" / "src"
+
+
+def macro(text: str, name: str) -> str:
+    """The body of a ``#define`` in ``text``, continuation lines joined."""
+    return re.search(rf"^#define {name} (.*?)(?<!\\)$", text, re.M | re.S).group(1).replace("\\\n", "")
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_header_defines_every_register_and_size(board):
+    h = header(board)
+    b = config().board(board)
+    for name, off in config().registers.items():
+        assert f"#define QTA_REG_{name.upper()} 0x{off:02X}" in h
+    assert f"#define QTA_ROWS {b.array_rows}" in h and f"#define QTA_COLS {b.array_cols}" in h
+    for name in ("m", "n", "k", "flags", "cycles_model", "status", "sat_count", "amax"):
+        assert f"port={name} offset=0x{config().registers[name]:02X}" in h
+    for key in ("AXI_PORTS", "EPI_ROWS", "A_DEPTH", "A_SIDE_DEPTH", "B_DEPTH", "B_SIDE_DEPTH", "ACC_DEPTH",
+                "ACC_SIDE_DEPTH", "BURST_OVERHEAD", "LOAD_PIPELINE", "ARRAY_PIPELINE", "STORE_PIPELINE",
+                "M_AXI_DEPTH", "CONFIG_VERSION"):
+        assert f"#define QTA_{key} " in h
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_header_declares_the_kernel_signature_and_interface_in_argument_order(board):
+    h = header(board)
+    args = config().args
+    params = [p.strip() for p in macro(h, "QTA_TOP_PARAMS").split(",")]
+    assert [re.findall(r"(\w+)$", p)[0] for p in params] == [a.name for a in args]
+    assert params[0] == "const qta_beat_t *rd0" and params[4] == "qta_beat_t *wr0" and "uint64_t a" in params
+    assert "int32_t mult" in params and params[-1] == "uint64_t *cycles_measured"
+    csim_params = [p.strip() for p in macro(h, "QTA_CSIM_PARAMS").split(",")]
+    assert csim_params == [p for p in params if "qta_beat_t" not in p]
+    assert macro(h, "QTA_CSIM_POINTERS\\(mem\\)").split() == " ".join(
+        f"{a.type} *{a.name} = mem;" for a in args if a.kind == "pointer").split()
+    assert [a.strip() for a in macro(h, "QTA_TOP_ARGS").split(",")] == [a.name for a in args]
+    pragmas = re.findall(r'_Pragma\("([^"]*)"\)', macro(h, "QTA_INTERFACE_PRAGMAS"))
+    pointers = [a for a in args if a.kind == "pointer"]
+    axi = config().board(board).axi_data_width
+    assert axi in (64, 128)
+    assert pragmas[:len(pointers)] == [
+        f"HLS INTERFACE mode=m_axi port={a.name} bundle={a.bundle} offset=slave depth={a.depth} "
+        "max_read_burst_length=64 max_write_burst_length=64 num_read_outstanding=8 num_write_outstanding=8"
+        for a in pointers]
+    assert pragmas[len(pointers):] == [
+        f"HLS INTERFACE mode=s_axilite port={a.name} offset=0x{a.offset:02X} bundle=control" for a in args
+    ] + ["HLS INTERFACE mode=s_axilite port=return bundle=control"]
+
+
+def test_kernel_sources_take_the_signature_from_the_generated_header():
+    """No hand-written parameter list is left: the kernel, its declaration and the C-simulation
+    entry point all use the generated macros."""
+    assert "void qta_gemm(QTA_TOP_PARAMS);" in (HLS_SRC / "qta_gemm.h").read_text()
+    kernel = (HLS_SRC / "qta_gemm.cpp").read_text()
+    assert re.search(r"void qta_gemm\(QTA_TOP_PARAMS\) \{\n\s+QTA_INTERFACE_PRAGMAS\n", kernel)
+    assert "mode=m_axi" not in kernel and "mode=s_axilite" not in kernel
+    api = (HLS_SRC / "qta_csim_api.cpp").read_text()
+    assert "void qta_csim_gemm(void *base, QTA_CSIM_PARAMS) {" in api
+    assert "QTA_CSIM_POINTERS(mem)" in api and "qta_gemm(QTA_TOP_ARGS);" in api
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_tcl_sets_part_clock_and_budget(board):
+    t = tcl(board)
+    b = config().board(board)
+    assert f"set QTA_PART {{{b.part}}}" in t
+    assert f"set QTA_CLOCK_PERIOD_NS {{{1000 / b.clock_mhz:.3f}}}" in t
+    assert (f"set QTA_BUDGET {{DSP {b.dsp_total} BRAM_18K {2 * b.bram36_total} URAM {b.uram_total} "
+            f"LUT {b.lut_total} FF {b.ff_total}}}") in t
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_hand_count_fits_the_board_and_says_how(board):
+    est = estimate_resources(board)
+    for key in ("dsp_pct", "bram36_pct", "uram_pct", "lut_pct", "ff_pct"):
+        assert 0 <= est[key] < 100, (key, est)
+    rows = resource_table(board)
+    assert rows[0]["part"] == "pe_array" and all(r["how"] for r in rows)
+    assert rows[0]["dsp"] == config().board(board).pes  # one MAC per DSP: no packing is claimed
+
+
+def test_hls_readme_resource_tables_are_current():
+    text = (ROOT / "hls" / "README.md").read_text()
+    start = text.index("-->", text.index("<!-- resources:begin")) + 3
+    end = text.index("<!-- resources:end -->")
+    assert text[start:end].strip() == resource_markdown().strip(), \
+        "hls/README.md resource tables are stale: regenerate with `lora-qta config resources`"
+
+
+def stdlib_generator(*args: str) -> subprocess.CompletedProcess:
+    """``python -S -m lora_qta.hw.generate ARGS`` from the checkout: no site-packages at all."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "host"))
+    return subprocess.run([sys.executable, "-S", "-m", "lora_qta.hw.generate", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_generator_needs_only_the_standard_library(tmp_path):
+    out = tmp_path / "build" / "qta_config.h"
+    res = stdlib_generator("header", "--board", "pynq-z2", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    assert out.read_text() == header("pynq_z2")
+    res = stdlib_generator("tcl", "--board", "nexys")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "python -m lora_qta.hw.generate: error: unknown board 'nexys': use one of kv260, pynq_z2, zcu104 "
+        "(the boards of hardware.toml)"]
