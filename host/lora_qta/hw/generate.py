@@ -4,8 +4,7 @@ flows, the register map of the README.
 * :func:`header`: ``qta_config.h``, which the HLS kernel, its C-simulation entry points and the
   testbench include: sizes, limits, register offsets, bits, and from the argument list the
   kernel's parameter list (``QTA_TOP_PARAMS``), the matching argument list (``QTA_TOP_ARGS``),
-  its INTERFACE pragmas (``QTA_INTERFACE_PRAGMAS``) and the C-simulation entry point's parameters
-  (``QTA_CSIM_PARAMS``, ``QTA_CSIM_POINTERS``: one memory base for every pointer);
+  and its INTERFACE pragmas (``QTA_INTERFACE_PRAGMAS``);
 * :func:`tcl`: ``set`` lines for the Vitis HLS and Vivado flows, with the part's resources as the
   budget of the csynth gate (``QTA_BUDGET``);
 * :func:`register_table`: the register map as markdown (README).
@@ -85,11 +84,6 @@ def header(board_name: str | None = None) -> str:
         "// the arguments of a call (for the C-simulation entry point that forwards to it).",
         f"#define QTA_TOP_PARAMS {', '.join(a.c_param for a in cfg.args)}",
         f"#define QTA_TOP_ARGS {', '.join(a.name for a in cfg.args)}",
-        "// The C-simulation entry point takes one memory base for every pointer (unified",
-        "// addressing) and the other arguments in signature order.",
-        f"#define QTA_CSIM_PARAMS {', '.join(a.c_param for a in cfg.args if a.kind != 'pointer')}",
-        "#define QTA_CSIM_POINTERS(mem) "
-        + " ".join(f"{a.type} *{a.name} = mem;" for a in cfg.args if a.kind == "pointer"),
         "// Its interface: m_axi ports and s_axilite registers at the offsets of hardware.toml.",
         "#define QTA_INTERFACE_PRAGMAS \\",
         " \\\n".join(f'    _Pragma("{p}")' for p in _pragmas()),
