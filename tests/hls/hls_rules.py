@@ -268,7 +268,7 @@ def violations(src: str) -> list[str]:
     for name, (_, body) in funcs.items():
         if re.search(rf"(?<![\w.]){name}\s*(<[^>]*>)?\s*\(", body):
             found.append(f"recursion in {name}")
-    if re.search(r"#pragma\s+HLS\s+DATAFLOW", code) or re.search(r"\(\s*QTA_TOP_PARAMS\s*\)\s*\{", code):
+    if re.search(r"#pragma\s+HLS\s+DATAFLOW", code) or re.search(r"\bqta_gemm\s*\(\s*QTA_TOP_PARAMS\s*\)\s*\{", code):
         found += check_dataflow(code, funcs)
     found += check_static(funcs)
     found += check_division(code, funcs)

@@ -66,6 +66,7 @@ VIOLATIONS = [
     ("void top(int a) {\n#pragma HLS DATAFLOW\n  hls::stream<int> s;\n  if (a) produce(a, s);\n  consume(s);\n}",
      "control flow inside the DATAFLOW region"),
     ("void top(int a) {\n#pragma HLS DATAFLOW\n  int x = a + 1;\n}", "no process calls"),
+    ("void qta_gemm(QTA_TOP_PARAMS) {\n  descriptors(m);\n  load(m);\n}", "no function with #pragma HLS DATAFLOW"),
     ("void fill(int a) {\n  static int buf[16];\n  buf[0] = a;\n}", "static variable"),
     ("void load_x(int n, int d, int *x) {\n  for (int i = 0; i < n; i++) {\n#pragma HLS LOOP_TRIPCOUNT max=4\n"
      "    x[i] = i / d;\n  }\n}", "runtime / by 'd'"),
