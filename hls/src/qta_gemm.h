@@ -6,7 +6,7 @@
 // A, B are INT8, C is INT32 or requantized INT8, all in DDR behind four m_axi bundles that share
 // one memory base (unified addressing: a, b, c, scales are byte offsets from it). The argument
 // list, register offsets, sizes and schedule constants come from the generated qta_config.h
-// (host/lora_qta/hardware.toml); the architecture is described in hls/README.md.
+// (host/lora_qta/hw/hardware.toml); the architecture is described in hls/README.md.
 #ifndef QTA_GEMM_H
 #define QTA_GEMM_H
 

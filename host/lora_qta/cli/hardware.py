@@ -25,9 +25,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     for k, v in info.items():
         print(f"{k:20s} {v}")
     est = estimate_resources(acc.board.name)
-    print("resource estimate    " + ", ".join(
-        f"{k} {v}" + (f" ({est[k + '_pct']:.0f}%)" if k + "_pct" in est else "")
-        for k, v in est.items() if not k.endswith("_pct")) + "  (hand count, not synthesized: hls/README.md)")
+    print(f"resources            DSP {est['dsp']} ({est['dsp_pct']:.0f}%), LUT {est['lut']} ({est['lut_pct']:.0f}%), "
+          f"FF {est['ff']} ({est['ff_pct']:.0f}%), BRAM36 {est['bram36']} ({est['bram36_pct']:.0f}%), "
+          f"URAM {est['uram']} ({est['uram_pct']:.0f}%)  (not synthesized)")
+    print(f"  PE array           DSP {est['pe_array_dsp']}, LUT {est['pe_array_lut']}, FF {est['pe_array_ff']}: "
+          f"{est['pe_array_source']}")
+    print(f"  rest               DSP {est['rest_dsp']}, LUT {est['rest_lut']}, FF {est['rest_ff']}: {est['rest_source']}")
     print("\nregister map (from hardware.toml)\n")
     print(generate.register_table())
     return 0
