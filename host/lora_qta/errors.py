@@ -132,6 +132,42 @@ class DivergedError(QtaError, FloatingPointError):
     """The loss, or a tensor reaching the INT8 quantizer, became NaN or Inf."""
 
 
+# ----------------------------------------------------------------------------- several processes
+
+class DistributedError(QtaError, RuntimeError):
+    """Base of the errors of a data-parallel run over several processes (boards)."""
+
+
+class RendezvousError(DistributedError):
+    """The processes of a data-parallel run could not meet (address, port, a rank that never
+    started, a backend without CPU collectives)."""
+
+
+class RankSetupError(DistributedError):
+    """One or more ranks could not open their accelerator (board or bitstream missing); the
+    message names every such rank."""
+
+
+class RankMismatchError(DistributedError):
+    """The ranks of one run disagree (board, hardware configuration, package version, backend,
+    options, model or data), or their LoRA weights drifted apart."""
+
+
+class CollectiveError(DistributedError):
+    """A collective operation failed because another rank failed, died or stopped answering
+    (turned into a :class:`RankLostError` naming that rank)."""
+
+
+class RankStoppedError(DistributedError):
+    """The launcher (torchrun's elastic agent) stopped this rank with SIGTERM (turned into a
+    :class:`RankLostError` naming the rank that failed, when it can be known)."""
+
+
+class RankLostError(DistributedError):
+    """A data-parallel run stopped because a rank failed, died or was stopped; the message names
+    it, and the last checkpoint stays valid for ``--resume``."""
+
+
 # ----------------------------------------------------------------------------- power
 
 class RailError(QtaError, ValueError):

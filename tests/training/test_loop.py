@@ -101,8 +101,8 @@ def test_ctrl_c_saves_a_checkpoint(tiny_digits, tmp_path, monkeypatch):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_digits, tmp_path, monkeypatch):
     real = train.loss_of_step
 
-    def diverge_at_step_3(bundle, cfg, x0, context, step):
-        loss = real(bundle, cfg, x0, context, step)
+    def diverge_at_step_3(bundle, cfg, x0, context, step, *part):
+        loss = real(bundle, cfg, x0, context, step, *part)
         return loss * float("nan") if step == 3 else loss
 
     monkeypatch.setattr(train, "loss_of_step", diverge_at_step_3)

@@ -128,11 +128,11 @@ def test_a_second_run_in_the_same_folder_says_who_holds_it(tiny_digits_model, tm
 def _poison_a_lora_weight_at(step_to_poison, monkeypatch):
     real = train.loss_of_step
 
-    def poisoned(bundle, cfg, x0, context, step):
+    def poisoned(bundle, cfg, x0, context, step, *part):
         if step == step_to_poison:
             with torch.no_grad():
                 next(p for n, p in bundle.unet.named_parameters() if "lora_A" in n).fill_(float("nan"))
-        return real(bundle, cfg, x0, context, step)
+        return real(bundle, cfg, x0, context, step, *part)
 
     monkeypatch.setattr(train, "loss_of_step", poisoned)
 
@@ -162,8 +162,8 @@ def test_nan_in_an_int8_run_stops_with_the_documented_message(tiny_digits_model,
 def test_nan_gradient_stops_before_the_weights_change(tiny_digits_model, tmp_path, monkeypatch):
     real = train.loss_of_step
 
-    def nan_gradient(bundle, cfg, x0, context, step):
-        loss = real(bundle, cfg, x0, context, step)
+    def nan_gradient(bundle, cfg, x0, context, step, *part):
+        loss = real(bundle, cfg, x0, context, step, *part)
         if step == 3:  # finite loss, NaN gradient: d sqrt(x)/dx at 0 is inf, times 0
             p = next(p for n, p in bundle.unet.named_parameters() if "lora_B" in n)
             loss = loss + 0.0 * torch.sqrt(p.sum() * 0)

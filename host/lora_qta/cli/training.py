@@ -76,6 +76,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     rep = finetune(cfg)
     if rep.get("interrupted"):
         return 130
+    if rep.get("writer") is False:  # a data-parallel rank other than 0: rank 0 reports
+        return 0
     t = rep["time_s"]
     print(f"\nfinished {rep['steps']} steps of {cfg.precision} LoRA (rank {cfg.rank}) on {rep['model']}; "
           f"final loss {rep['final_loss']:.4f}")

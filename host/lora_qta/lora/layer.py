@@ -71,17 +71,23 @@ class GemmStats:
 
 class QtaRuntime:
     """What the accelerated LoRA layers share: the accelerator, the seed and step counter
-    for stochastic rounding, and the per-GEMM-kind figures and time split of a run."""
+    for stochastic rounding, and the per-GEMM-kind figures and time split of a run.
+
+    ``smooth_alpha`` and ``wgrad_groups`` select the exact rescalings of the module docstring
+    (SmoothQuant for H = X.A^T, balanced magnitude groups for dB and dA). ``stream`` tells the
+    stochastic-rounding streams of data-parallel ranks apart (the rank; 0 is the single-process
+    stream)."""
 
     SMOOTH_ALPHA = 0.5
     GROUP_RATIO = 16.0
 
     def __init__(self, accelerator: Accelerator, seed: int = 0, smooth_alpha: float | None = SMOOTH_ALPHA,
-                 wgrad_groups: bool = True):
+                 wgrad_groups: bool = True, stream: int = 0):
         self.acc = accelerator
         self.seed = seed
         self.smooth_alpha = smooth_alpha
         self.wgrad_groups = wgrad_groups
+        self.stream = stream
         self.step = 0
         self.stats: dict[str, GemmStats] = {kind.key: GemmStats() for kind in LORA_GEMMS}
         self.time_accelerator = 0.0
@@ -90,7 +96,8 @@ class QtaRuntime:
     def generator(self, layer_id: int, kind: int) -> torch.Generator:
         """The stochastic-rounding generator of one GEMM operand in this step."""
         g = torch.Generator()
-        g.manual_seed(zlib.crc32(f"{self.seed}/{self.step}/{layer_id}/{kind}".encode()))
+        key = f"{self.seed}/{self.step}/{layer_id}/{kind}" + (f"/rank{self.stream}" if self.stream else "")
+        g.manual_seed(zlib.crc32(key.encode()))
         return g
 
     def quant(self, x: torch.Tensor, axis: str, generator: torch.Generator | None = None) -> Quantized:
@@ -170,14 +177,22 @@ class QtaRuntime:
                 st.macs, st.bytes_moved = int(v["macs"]), int(v["bytes_moved"])
                 st.dataflows = defaultdict(int, {k: int(n) for k, n in v["dataflows"].items()})
 
-    def report(self) -> dict[str, Any]:
-        """Per-GEMM-kind figures (cycles are the kernel's counter: modelled under emulation)."""
+    def report(self, since: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Per-GEMM-kind figures (cycles are the kernel's counter: modelled under emulation);
+        ``since``: a :meth:`state` taken earlier, to count only what came after it."""
         pes = self.acc.board.pes
-        return {
-            kind: {"gemms": s.gemms, "calls": s.calls, "cycles": s.cycles, "macs": s.macs, "bytes_moved": s.bytes_moved,
-                   "utilization": round(s.utilization(pes), 4), "dataflows": dict(s.dataflows)}
-            for kind, s in self.stats.items()
-        }
+        out = {}
+        for kind, s in self.stats.items():
+            b = (since or {}).get(kind)
+            if b:
+                flows = {k: n - int(b["dataflows"].get(k, 0)) for k, n in s.dataflows.items()}
+                s = GemmStats(s.gemms - int(b["gemms"]), s.calls - int(b["calls"]), s.cycles - int(b["cycles"]),
+                              s.macs - int(b["macs"]), s.bytes_moved - int(b["bytes_moved"]),
+                              defaultdict(int, {k: n for k, n in flows.items() if n}))
+            out[kind] = {"gemms": s.gemms, "calls": s.calls, "cycles": s.cycles, "macs": s.macs,
+                         "bytes_moved": s.bytes_moved, "utilization": round(s.utilization(pes), 4),
+                         "dataflows": dict(s.dataflows)}
+        return out
 
 
 class QtaLoraFunction(torch.autograd.Function):

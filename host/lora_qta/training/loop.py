@@ -11,6 +11,11 @@ One run per output folder, one process at a time (:mod:`.rundir`). Checkpoints
 (:mod:`.checkpoint`) are written every N steps and on Ctrl-C; a NaN/Inf loss, gradient or
 quantizer input stops the run before the weights change and names the last good checkpoint.
 The outputs of a run (adapter, sample grid, loss curve, report) are written at its end.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop runs data parallel through the explicit
+``dist`` hooks of :mod:`.distributed`: each process computes its rows of the global batch, the
+LoRA gradients are all-reduced before clipping (a divergence on any rank stops every rank), and
+rank 0 alone takes the run folder's lock and writes.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ import numpy as np
 import torch
 from peft import LoraConfig
 
-from ..errors import CheckpointError, DivergedError, LimitError, OptionError
+from ..errors import CheckpointError, DivergedError, LimitError, OptionError, QtaError
 from ..lora.layer import QtaRuntime, accelerated_lora_config, attach_runtime
 from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, lora_state, non_finite, save_checkpoint
 from .config import DEFAULT_SD_PROMPT, FinetuneConfig
+from .distributed import DataParallel
 from .models import DigitsBundle, ModelBundle, StableDiffusionBundle
 from .rundir import RunFolder
 
@@ -85,8 +91,9 @@ def _positive_number(name: str, value: float) -> None:
         raise LimitError(f"{name} must be a positive number, not {value}")
 
 
-def check_options(cfg: FinetuneConfig) -> None:
-    """Refuse bad option values before anything is loaded or written."""
+def check_options(cfg: FinetuneConfig, writer: bool = True) -> None:
+    """Refuse bad option values before anything is loaded or written. ``writer``: this process
+    writes --output-dir (False on data-parallel ranks other than 0, which never use it)."""
     if cfg.precision not in ("fp32", "int8"):
         raise LimitError(f"--precision must be fp32 or int8, not {cfg.precision!r}")
     if cfg.lr_schedule not in ("constant", "linear", "cosine"):
@@ -107,15 +114,16 @@ def check_options(cfg: FinetuneConfig) -> None:
     if cfg.resume and cfg.overwrite:
         raise OptionError("--resume and --overwrite contradict each other: --resume continues the run in "
                           "--output-dir, --overwrite replaces it")
-    RunFolder(cfg.output_dir).check_usable()
+    if writer:
+        RunFolder(cfg.output_dir).check_usable()
 
 
-def validate(cfg: FinetuneConfig, bundle: ModelBundle) -> None:
+def validate(cfg: FinetuneConfig, bundle: ModelBundle, writer: bool = True) -> None:
     """Refuse bad options before any training starts (:func:`check_options` plus what depends on
     the model)."""
     from ..hw.config import config
 
-    check_options(cfg)
+    check_options(cfg, writer)
     if isinstance(bundle, DigitsBundle):
         given = [opt for opt, v in (("--instance-data-dir", cfg.instance_data_dir), ("--prompt", cfg.prompt)) if v]
         if given:
@@ -180,18 +188,22 @@ def activation_bytes_per_image(bundle: ModelBundle, data) -> int:
     return total
 
 
-def check_memory(cfg: FinetuneConfig, bundle: ModelBundle, data) -> None:
+def check_memory(cfg: FinetuneConfig, bundle: ModelBundle, data, world: int = 1) -> None:
     """The limit that remains for a batch (the accelerator splits what exceeds its own): memory.
-    Refuse a --batch-size whose activations alone exceed the memory available."""
+    Refuse a --batch-size whose activations alone exceed the memory available. ``world``: the
+    data-parallel processes sharing the global batch (each computes at most ceil(B / world)
+    rows)."""
     avail = available_memory()
     if avail is None:
         return
     per = activation_bytes_per_image(bundle, data)
-    need = per * cfg.batch_size
+    rows = -(-cfg.batch_size // world)
+    need = per * rows
     if need > avail:
-        raise LimitError(f"--batch-size {cfg.batch_size} needs at least {need / 1e9:.1f} GB for the UNet's "
+        split = "" if world == 1 else f" ({rows} rows of the global batch on this process of {world})"
+        raise LimitError(f"--batch-size {cfg.batch_size}{split} needs at least {need / 1e9:.1f} GB for the UNet's "
                          f"activations ({per / 1e6:.1f} MB per image, measured), more than the {avail / 1e9:.1f} GB "
-                         f"of memory available; lower --batch-size (at most about {max(1, avail // per)})")
+                         f"of memory available; lower --batch-size (at most about {max(1, avail // per) * world})")
 
 
 def add_lora(bundle: ModelBundle, cfg: FinetuneConfig) -> None:
@@ -219,12 +231,17 @@ def training_batch(data, bundle: ModelBundle, cfg: FinetuneConfig, step: int) ->
 
 
 def loss_of_step(bundle: ModelBundle, cfg: FinetuneConfig, x0: torch.Tensor, context: torch.Tensor,
-                 step: int) -> torch.Tensor:
-    """The diffusers noise-prediction (or v-prediction) loss of one batch."""
+                 step: int, part: slice = slice(None)) -> torch.Tensor:
+    """The diffusers noise-prediction (or v-prediction) loss of one batch.
+
+    ``part``: the rows of the global batch ``x0`` this process computes (data parallel; the
+    noise and timesteps are drawn for the whole batch first); ``context`` holds those rows only.
+    """
     sched = bundle.noise_scheduler
     g = step_generator(cfg.seed, step, 1)
     noise = torch.randn(x0.shape, generator=g)
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=g)
+    x0, noise, t = x0[part], noise[part], t[part]
     noisy = sched.add_noise(x0, noise, t)
     target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
     pred = bundle.unet(noisy, t, encoder_hidden_states=context).sample
@@ -232,18 +249,34 @@ def loss_of_step(bundle: ModelBundle, cfg: FinetuneConfig, x0: torch.Tensor, con
 
 
 def train_step(bundle: ModelBundle, cfg: FinetuneConfig, data, params: list[torch.nn.Parameter],
-               optimizer: torch.optim.Optimizer, scheduler, step: int) -> torch.Tensor:
+               optimizer: torch.optim.Optimizer, scheduler, step: int,
+               dist: DataParallel | None = None) -> torch.Tensor:
     """One optimizer step (batch, loss, backward, clipping, AdamW, LR schedule); returns the loss.
 
     Raises :class:`DivergedError` before touching the weights if the loss or the gradient norm
     is NaN or Inf (or a NaN/Inf reaches an INT8 quantizer). ``scheduler`` may be None (the speed
-    benchmark keeps the learning rate fixed).
+    benchmark keeps the learning rate fixed). With ``dist`` this process computes its rows of the
+    global batch, with its loss weighted by their share, and the LoRA gradients of every rank are
+    summed before clipping; a NaN/Inf loss or quantizer input on any rank raises
+    :class:`DivergedError` on every rank (carried by the all-reduce), and so does a non-finite
+    norm of the summed gradients (the same on every rank).
     """
     x0, prompts = training_batch(data, bundle, cfg, step)
-    loss = loss_of_step(bundle, cfg, x0, bundle.encode_prompts(prompts), step)
-    if not torch.isfinite(loss):
-        raise DivergedError(f"the loss became {loss.item()}")
-    loss.backward()
+    part = slice(None) if dist is None else dist.rows(len(prompts))
+    loss, failure = None, None
+    try:
+        loss = loss_of_step(bundle, cfg, x0, bundle.encode_prompts(prompts[part]), step, part)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"the loss became {loss.item()}")
+        if dist is not None:
+            loss = loss * dist.share(len(prompts))  # summed over the ranks: the global batch's mean
+        loss.backward()
+    except DivergedError as e:
+        if dist is None:
+            raise
+        failure = e  # the other ranks learn of it in the all-reduce
+    if dist is not None:
+        loss = dist.all_reduce_gradients(params, loss, step, failure)
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
@@ -350,17 +383,21 @@ def loss_png(losses: list[float], path: Path, title: str, heldout: list | None =
 
 class Progress:
     """A tqdm bar on a terminal; elsewhere (logs, pipes, CI) a plain line every ``every`` steps or
-    30 s, so that the output grows line by line instead of one carriage-return line."""
+    30 s, so that the output grows line by line instead of one carriage-return line.
+    ``disable``: print nothing (data-parallel ranks other than 0; rank 0 shows the progress)."""
 
-    def __init__(self, start: int, total: int, desc: str, stream=None):
+    def __init__(self, start: int, total: int, desc: str, stream=None, disable: bool = False):
         self.stream = stream or sys.stderr
         self.start, self.total, self.desc = start, total, desc
+        self.disable = disable
         self.tty = self.stream.isatty()
         self.every = max(1, total // 20)
         self.last_print = time.monotonic()
         self.t0 = time.monotonic()
         self.bar = None
-        if self.tty:
+        if disable:
+            pass
+        elif self.tty:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(initial=start, total=total, desc=desc, unit="step", dynamic_ncols=True,
@@ -369,6 +406,8 @@ class Progress:
             print(f"{desc}: steps {start}..{total}", file=self.stream, flush=True)
 
     def update(self, done: int, loss: float, dt: float) -> None:
+        if self.disable:
+            return
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{1 / dt:.2f}", refresh=False)
@@ -381,6 +420,8 @@ class Progress:
             self.last_print = now
 
     def note(self, text: str) -> None:
+        if self.disable:
+            return
         if self.bar is not None:
             self.bar.write(text, file=self.stream)
         else:
@@ -392,8 +433,9 @@ class Progress:
             self.bar = None
 
 
-def _divergence_message(e: DivergedError, run: Path, step: int, cfg: FinetuneConfig) -> str:
-    last = latest_checkpoint(run)
+def _divergence_message(e: DivergedError, step: int, cfg: FinetuneConfig, last: Path | str | None) -> str:
+    """The one-line message of a divergence at ``step`` (0-based), ``last`` the last good
+    checkpoint (None: none written yet)."""
     if last is None:
         advice = (f"No checkpoint was written yet: start again with a lower --learning-rate (e.g. "
                   f"{cfg.learning_rate / 10:g}) and --overwrite")
@@ -417,38 +459,78 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
     """Run (or resume) a fine-tuning; returns the run report (also written to report.json).
 
     ``stop_after`` ends the run early after that many steps as if interrupted (tests use it
-    to exercise resume).
+    to exercise resume). Under ``torchrun`` (``WORLD_SIZE`` > 1) the run is data parallel
+    (:mod:`.distributed`); ranks other than 0 neither lock nor write their --output-dir and
+    return ``{"rank": r, "writer": False, "steps": n}``.
     """
+    dist = DataParallel.from_environment()
+    if dist is None:
+        return _finetune(cfg, bundle, stop_after, None)
+    return dist.run(lambda: _finetune(cfg, bundle, stop_after, dist))
+
+
+def _finetune(cfg: FinetuneConfig, bundle: ModelBundle | None, stop_after: int | None,
+              dist: DataParallel | None) -> dict[str, Any]:
+    from ..runtime.accelerator import Accelerator
+
     run = Path(cfg.output_dir)
-    check_options(cfg)
+    writer = dist is None or dist.rank == 0  # rank 0 alone locks and writes the run folder
+    check_options(cfg, writer)
     bundle = bundle or load_bundle(cfg)
-    validate(cfg, bundle)
+    validate(cfg, bundle, writer)
     if isinstance(bundle, StableDiffusionBundle):
         if not cfg.instance_data_dir:
             raise LimitError("--pretrained-model with a Stable Diffusion folder needs --instance-data-dir")
         data = bundle.training_data(Path(cfg.instance_data_dir), cfg.prompt or DEFAULT_SD_PROMPT)
     else:
         data = bundle.training_data(cfg.num_examples, cfg.prior_per_class, cfg.seed)
-    if cfg.resume and latest_checkpoint(run) is None:
-        raise CheckpointError(f"--resume given but {run / CHECKPOINTS} holds no checkpoint")
-    check_memory(cfg, bundle, data)
+    accelerator = None if dist is None else dist.agree(cfg, bundle, data, lambda: Accelerator(cfg.board, cfg.backend))
     identity = cfg.identity(run_target(cfg))
-    with RunFolder(run) as folder:
-        folder.prepare(cfg.resume, cfg.overwrite)
-        return _train(cfg, run, bundle, data, identity, stop_after)
+    folder = RunFolder(run) if writer else None
+
+    def claim() -> None:
+        """The writer's run folder: one run per folder (resume or overwrite), one process at a time."""
+        if cfg.resume and latest_checkpoint(run) is None:
+            raise CheckpointError(f"--resume given but {run / CHECKPOINTS} holds no checkpoint")
+        folder.lock()
+        try:
+            folder.prepare(cfg.resume, cfg.overwrite)
+        except BaseException:
+            folder.unlock()
+            raise
+
+    if dist is None:
+        check_memory(cfg, bundle, data)
+        claim()
+    else:  # a refusal on one rank stops every rank with it (no rank waits for one that gave up)
+        dist.together("memory check", lambda: check_memory(cfg, bundle, data, dist.world))
+        dist.together("run folder", claim if writer else None)
+    try:
+        resume_from = None
+        if cfg.resume:  # rank 0 holds the lock: its newest checkpoint cannot change under it
+            resume_from = latest_checkpoint(run) if dist is None else dist.checkpoint_from_rank0(run)
+            if resume_from is None:
+                raise CheckpointError(f"--resume given but {run / CHECKPOINTS} holds no checkpoint")
+        return _train(cfg, run, bundle, data, identity, stop_after, dist, accelerator, resume_from)
+    finally:
+        if folder is not None:
+            folder.unlock()
 
 
 def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: dict[str, Any],
-           stop_after: int | None) -> dict[str, Any]:
+           stop_after: int | None, dist: DataParallel | None = None, accelerator=None,
+           resume_from: Path | None = None) -> dict[str, Any]:
     from ..runtime.accelerator import Accelerator
 
+    writer = dist is None or dist.rank == 0
     threads = cfg.threads or (1 if isinstance(bundle, DigitsBundle) else None)
     if threads:
         torch.set_num_threads(threads)
     add_lora(bundle, cfg)
     runtime = None
     if cfg.precision == "int8":
-        runtime = QtaRuntime(Accelerator(cfg.board, cfg.backend), seed=cfg.seed)
+        runtime = QtaRuntime(accelerator or Accelerator(cfg.board, cfg.backend), seed=cfg.seed,
+                             stream=0 if dist is None else dist.rank)
         n_layers = attach_runtime(bundle.unet, runtime)
     else:
         n_layers = sum(1 for m in bundle.unet.modules() if hasattr(m, "lora_A"))
@@ -460,8 +542,7 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
     history: dict[str, Any] = {"loss": [], "time_step": [], "time_accelerator": 0.0, "time_quantization": 0.0,
                                "heldout": [], "accelerator": None}
     if cfg.resume:
-        path = latest_checkpoint(run)
-        state = load_checkpoint(path, bundle, optimizer, scheduler, identity)
+        state = load_checkpoint(resume_from, bundle, optimizer, scheduler, identity)
         start, history, overrides = int(state["step"]), state["history"], state.get("overrides", [])
         was = state["identity"]["learning_rate"]
         if cfg.learning_rate != was:
@@ -472,7 +553,7 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
     latents = bundle.to_latents(data.images)
     prior_latents = bundle.to_latents(data.prior_images) if data.prior_images is not None else None
     lat_data = type(data)(latents, data.prompts, prior_latents, data.prior_prompts)
-    heldout = bundle.heldout_batch() if cfg.eval_every else None
+    heldout = bundle.heldout_batch() if cfg.eval_every and writer else None  # for rank 0's report
 
     def evaluate_heldout(step: int) -> None:
         if heldout is None or any(s == step for s, _ in history["heldout"]):
@@ -484,16 +565,32 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
             attach_runtime(bundle.unet, runtime)
 
     def checkpoint(step: int) -> None:
+        if dist is not None:
+            bad = non_finite(lora_state(bundle.unet))  # checked on every rank (the replicas are equal)
+            if bad:
+                raise DivergedError(f"the adapter's weights became non-finite ({bad[0]}, ...) by step {step}")
+            dist.check_replicas(params, step)
+        if not writer:
+            return
         if runtime is not None:
             history["accelerator"] = runtime.state()
         save_checkpoint(run, step, bundle, optimizer, scheduler,
                         {"identity": identity, "overrides": overrides, "history": history})
 
+    def last_good() -> Path | str | None:
+        if writer:
+            return latest_checkpoint(run)
+        if dist.last_checkpoint is None:
+            return None
+        return f"{Path(dist.output_dir) / CHECKPOINTS / f'step_{dist.last_checkpoint:06d}'} on rank 0"
+
     evaluate_heldout(start)
     interrupted = {"flag": False}
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.__setitem__("flag", True))
+    if dist is not None:
+        dist.start(params, interrupted, runtime)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    progress = Progress(start, cfg.steps, f"finetune {cfg.precision}")
+    progress = Progress(start, cfg.steps, f"finetune {cfg.precision}", disable=not writer)
     try:
         for step in range(start, end):
             t0 = time.perf_counter()
@@ -501,11 +598,11 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
                 runtime.step = step
                 acc0, q0 = runtime.time_accelerator, runtime.time_quantization
             try:
-                loss = train_step(bundle, cfg, lat_data, params, optimizer, scheduler, step)
+                loss = train_step(bundle, cfg, lat_data, params, optimizer, scheduler, step, dist)
             except DivergedError as e:
-                raise DivergedError(_divergence_message(e, run, step, cfg)) from None
+                raise DivergedError(_divergence_message(e, step, cfg, last_good())) from None
             except (MemoryError, RuntimeError) as e:
-                if not isinstance(e, MemoryError) and "allocate" not in str(e):
+                if isinstance(e, QtaError) or (not isinstance(e, MemoryError) and "allocate" not in str(e)):
                     raise
                 raise LimitError(f"step {step + 1} ran out of memory at --batch-size {cfg.batch_size} ({e}); "
                                  "lower --batch-size") from None
@@ -521,10 +618,11 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
                 evaluate_heldout(done)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 checkpoint(done)
-            if interrupted["flag"]:
+            if (interrupted["flag"] if dist is None else dist.stop):
                 checkpoint(done)
                 progress.close()
-                print(f"\ninterrupted: checkpoint saved at step {done}; continue with --resume")
+                if writer:
+                    print(f"\ninterrupted: checkpoint saved at step {done}; continue with --resume")
                 return {"interrupted": True, "step": done}
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -532,7 +630,11 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
     if end < cfg.steps:  # stop_after
         checkpoint(end)
         return {"interrupted": True, "step": end}
-    return write_outputs(run, cfg, bundle, runtime, history, n_layers, identity, overrides, data, heldout)
+    distributed = None if dist is None else dist.finish(cfg, runtime, params)
+    if not writer:
+        return {"rank": dist.rank, "writer": False, "steps": len(history["loss"])}
+    return write_outputs(run, cfg, bundle, runtime, history, n_layers, identity, overrides, data, heldout,
+                         distributed)
 
 
 def finished_run(cfg: FinetuneConfig) -> bool:
@@ -564,8 +666,9 @@ FIGURES_BOARD = {**FIGURES_EMULATED,
 
 def write_outputs(run: Path, cfg: FinetuneConfig, bundle: ModelBundle, runtime: QtaRuntime | None,
                   history: dict[str, Any], n_layers: int, identity: dict[str, Any], overrides: list,
-                  data=None, heldout=None) -> dict[str, Any]:
-    """Adapter (diffusers format), sample grid, loss curve and report.json."""
+                  data=None, heldout=None, distributed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Adapter (diffusers format), sample grid, loss curve and report.json (with the
+    ``distributed`` section of a data-parallel run)."""
     state = lora_state(bundle.unet)
     bad = non_finite(state)
     if bad:
@@ -615,6 +718,9 @@ def write_outputs(run: Path, cfg: FinetuneConfig, bundle: ModelBundle, runtime: 
                         "quantization_measured": history["time_quantization"],
                         "rest_measured": total - history["time_accelerator"] - history["time_quantization"]}
     report["steps_per_s_measured"] = len(history["time_step"]) / total if total else None
+    report["world_size"] = 1 if distributed is None else distributed["world_size"]
+    if distributed is not None:
+        report["distributed"] = distributed
     if runtime is not None:
         b = runtime.acc.board
         gemms = runtime.report()
@@ -628,6 +734,9 @@ def write_outputs(run: Path, cfg: FinetuneConfig, bundle: ModelBundle, runtime: 
             "per_gemm": gemms, "total_cycles": cycles,
             "modelled_board_time_s": cycles / (b.clock_mhz * 1e6),
         }
+        if distributed is not None:
+            report["accelerator"]["counted_on"] = ("rank 0's accelerator only (its rows of every global batch); each "
+                                                   "rank's figures of this launch are in distributed.per_rank")
     else:
         report["accelerator"] = None
     (run / "report.json").write_text(json.dumps(report, indent=2, default=str))
