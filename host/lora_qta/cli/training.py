@@ -5,11 +5,12 @@ not when the parser is built."""
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 from ..training.config import FinetuneConfig
-from .common import add_target, table
+from .common import add_target, comma_list, table
 
 
 def _add_finetune_options(s: argparse.ArgumentParser) -> None:
@@ -108,13 +109,31 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_seeds(args: argparse.Namespace) -> list[int]:
+    """The training seeds of ``evaluate``: --seeds LIST, or --num-seeds N from --seed."""
+    from ..errors import OptionError
+
+    if args.seeds is not None:
+        return args.seeds
+    n = 3 if args.num_seeds is None else args.num_seeds
+    if n < 1:
+        raise OptionError(f"--num-seeds must be at least 1, not {n}")
+    return list(range(args.seed, args.seed + n))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..training.evaluate import evaluate, format_table
+    from ..training.variants import parse_variants
 
-    res = evaluate(args.output_dir, steps=args.steps or FinetuneConfig.steps, per_class=args.samples_per_class,
-                   seed=args.seed, board=args.board, backend=args.backend, reuse=not args.no_reuse, seeds=args.seeds)
+    names = parse_variants(args.variants)  # before anything is loaded
+    res = evaluate(args.output_dir, variants=names, seeds=evaluate_seeds(args),
+                   steps=args.steps or FinetuneConfig.steps, samples_per_class=args.samples_per_class,
+                   concept_samples=args.concept_samples, board=args.board, backend=args.backend,
+                   reuse=not args.no_reuse, threads=args.threads,
+                   log=lambda text: print(text, file=sys.stderr, flush=True))
     print(format_table(res))
-    print(f"\nwritten: {args.output_dir}/evaluate.json, {args.output_dir}/concept_samples.png")
+    print(f"\nwritten: {args.output_dir}/evaluate.json, evaluate_diffs.png (paired differences per seed), "
+          f"concept_samples.png; runs in {args.output_dir}/runs/<variant>/seed<s>/")
     return 0
 
 
@@ -129,18 +148,37 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_finetune_options(s)
     s.set_defaults(func=cmd_finetune)
 
-    s = sub.add_parser("evaluate", help="fp32 vs int8 LoRA quality on real data (digits), side by side")
-    s.add_argument("--output-dir", default="runs/evaluate", help="folder of the two runs and evaluate.json")
+    from ..training.variants import variants_help
+
+    s = sub.add_parser("evaluate", help="LoRA quality of fp32 vs int8 (and other variants) on real data (digits), "
+                                        "paired per training seed, with 95% confidence intervals")
+    s.add_argument("--output-dir", default="runs/evaluate",
+                   help="folder of evaluate.json, evaluate_diffs.png, concept_samples.png and the runs "
+                        "(runs/<variant>/seed<s>/, one run per folder)")
+    s.add_argument("--variants", default="fp32,int8",
+                   help="comma-separated variants to train and compare, fp32 included (default fp32,int8): "
+                        + variants_help())
+    seeds = s.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=comma_list(int), default=None,
+                       help="training seeds, comma-separated (default 0,1,2); each variant is trained and "
+                            "sampled with each seed, so differences to fp32 are paired per seed; 2+ seeds for a "
+                            "confidence interval, 3+ for the target verdict")
+    seeds.add_argument("--num-seeds", type=int, default=None,
+                       help="instead of --seeds: this many seeds from --seed (--seed, --seed+1, ...; default 3)")
+    s.add_argument("--seed", type=int, default=0, help="first seed of --num-seeds")
     s.add_argument("--steps", type=int, default=None,
-                   help="fine-tuning steps of each precision (default: the finetune default)")
-    s.add_argument("--samples-per-class", type=int, default=40,
-                   help="images generated per prompt for the classifier-based accuracies")
-    s.add_argument("--seed", type=int, default=0, help="seed shared by both runs and the evaluation")
-    s.add_argument("--seeds", type=int, default=1,
-                   help="train and measure both precisions with this many seeds (seed, seed+1, ...) and "
-                        "report mean and standard deviation")
+                   help="fine-tuning steps of each run (default: the finetune default)")
+    s.add_argument("--samples-per-class", type=int, default=20,
+                   help="images generated per known digit for the known-digit accuracy")
+    s.add_argument("--concept-samples", type=int, default=100,
+                   help="images generated for the new token per run (concept accuracy and probability; the "
+                        "binomial sampling error of the accuracy is about 50/sqrt(N) pp at most)")
     s.add_argument("--no-reuse", action="store_true",
-                   help="retrain even if the output folder already holds finished runs with these options "
-                        "(reuse needs every option that defines a run to match, the seed included)")
+                   help="retrain even if a run folder already holds a finished run with these options "
+                        "(reuse needs every option that defines a run to match, the seed included; the report "
+                        "lists reused runs)")
+    s.add_argument("--threads", type=int, default=1,
+                   help="PyTorch CPU threads (default 1: the digits model's ops are too small to gain from more "
+                        "and lose badly to thread contention on a busy machine)")
     add_target(s)
     s.set_defaults(func=cmd_evaluate)

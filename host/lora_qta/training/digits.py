@@ -84,6 +84,8 @@ __all__ = [
     "load_shipped_pipeline",
     "train_digit_classifier",
     "classify",
+    "train_digit_probability_model",
+    "digit_probabilities",
 ]
 
 IMAGE_SIZE: int = 16
@@ -496,3 +498,30 @@ def classify(images: np.ndarray | torch.Tensor, classifier: SVC | None = None) -
     """
     clf = classifier if classifier is not None else train_digit_classifier()
     return np.asarray(clf.predict(_features(images)), dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def train_digit_probability_model():
+    """Class probabilities for 16x16 digit images: the classifier of :func:`train_digit_classifier`
+    (RBF ``SVC``) with Platt (sigmoid) calibration fit by 5-fold cross-validation on the train split
+    (scikit-learn ``CalibratedClassifierCV(SVC(), ensemble=False)``; deterministic, unshuffled
+    folds). Cached. Its ``predict_proba`` takes ``(N, 256)`` features and returns ``(N, 10)``.
+    """
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+
+    images, labels = load_digits_dataset(split="train")
+    model = CalibratedClassifierCV(SVC(), method="sigmoid", cv=5, ensemble=False)
+    model.fit(_features((images + 1) / 2), labels.numpy())
+    return model
+
+
+def digit_probabilities(images: np.ndarray | torch.Tensor, model=None) -> np.ndarray:
+    """``(N, 10)`` float64 probabilities of the digits 0..9 for images in [0, 1] (a continuous score
+    beside :func:`classify`'s thresholded reading); ``model`` defaults to
+    :func:`train_digit_probability_model`."""
+    m = model if model is not None else train_digit_probability_model()
+    proba = np.asarray(m.predict_proba(_features(images)), dtype=np.float64)
+    out = np.zeros((len(proba), NUM_CLASSES))
+    out[:, np.asarray(m.classes_, dtype=np.int64)] = proba
+    return out

@@ -1,31 +1,48 @@
-"""Offline quality of fp32 vs int8 LoRA fine-tuning of the default digits model.
+"""Offline quality of LoRA fine-tuning variants (fp32, int8, ...) of the default digits model.
 
-Both precisions are fine-tuned with the same options and seeds; each adapter is then loaded
-into a fresh stock pipeline with ``pipeline.load_lora_weights`` and measured on real data:
+Every variant of :mod:`.variants` is fine-tuned once per training seed with the same options,
+data order, noise, timesteps and LoRA initialisation (all drawn from the seed); each adapter is
+then loaded into a fresh stock pipeline with ``pipeline.load_lora_weights`` and measured on real
+data with the sampling noise of that seed (identical for every variant of a seed):
 
 * concept accuracy: the share of images generated for the new token that a digit classifier
   (trained on scikit-learn's digits, :func:`lora_qta.training.digits.train_digit_classifier`) reads as
   the held-out digit;
-* preserved accuracy: the same for prompts of the digits the base model already knew;
+* concept probability: the calibrated classifier's mean probability of the held-out digit on
+  those images (:func:`lora_qta.training.digits.digit_probabilities`), a continuous score that
+  moves before an image crosses the classifier's decision boundary;
+* known-digit accuracy: the concept accuracy's counterpart for prompts of the digits the base
+  model already knew (mean over the nine);
 * held-out denoising loss: the noise-prediction MSE on test-split images (new concept with its
   token, known digits with their prompts) at fixed, seeded noise and timesteps.
+
+The statistics (paired differences to fp32 per seed, t intervals, the target verdict, the
+sampling error) are :mod:`.evalstats`. One run per folder: ``<output>/runs/<variant>/seed<s>``;
+a folder is reused only if it holds a finished run with every option that defines the run
+(:func:`lora_qta.training.loop.finished_run`), and the report says which runs were reused.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+import platform
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ..errors import OptionError
+from . import evalstats as st
 from .config import FinetuneConfig
 from .loop import finetune, finished_run, grid_png, step_generator
+from .variants import REFERENCE, available_variants, parse_variants, variant_config
 
-TARGET_ACCURACY_PP = 2.0
-TARGET_LOSS_PCT = 2.0
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_SAMPLES_PER_CLASS = 20
+DEFAULT_CONCEPT_SAMPLES = 100
 
 
 def heldout_loss(pipe, seed: int, repeats: int = 4) -> float:
@@ -48,110 +65,269 @@ def heldout_loss(pipe, seed: int, repeats: int = 4) -> float:
     return total / count
 
 
-def sample_accuracy(pipe, classifier, per_class: int, seed: int) -> dict[str, Any]:
-    """Concept accuracy (new token -> held-out digit) and accuracy on the known digits."""
+def measure(pipe, seed: int, concept_samples: int, per_class: int, classifier=None, prob_model=None) -> dict[str, Any]:
+    """Every metric of one pipeline (with or without an adapter) at the sampling noise of ``seed``,
+    with the sampling standard error of each (none for the held-out loss: fixed noise)."""
     from . import digits as d
 
-    out: dict[str, Any] = {}
     g = torch.Generator().manual_seed(seed)
-    concept = pipe([d.concept_prompt()] * per_class, generator=g)
-    out["concept_accuracy"] = float(np.mean(d.classify(concept, classifier) == d.HELD_OUT_CLASS))
+    concept = pipe([d.concept_prompt()] * concept_samples, generator=g)
+    hits = d.classify(concept, classifier) == d.HELD_OUT_CLASS
+    p7 = d.digit_probabilities(concept, prob_model)[:, d.HELD_OUT_CLASS]
     per = {}
     for c in d.KNOWN_CLASSES:
         imgs = pipe([d.digit_prompt(c)] * per_class, generator=g)
         per[str(c)] = float(np.mean(d.classify(imgs, classifier) == c))
-    out["known_accuracy"] = float(np.mean(list(per.values())))
-    out["known_accuracy_per_class"] = per
-    out["concept_samples"] = concept[:8]
+    out = {
+        "concept_accuracy": float(np.mean(hits)),
+        "concept_probability": float(np.mean(p7)),
+        "known_accuracy": float(np.mean(list(per.values()))),
+        "heldout_loss": heldout_loss(pipe, seed),
+        "known_accuracy_per_class": per,
+        "samples": {"concept": concept_samples, "per_known_digit": per_class},
+    }
+    out["sampling_se"] = {
+        "concept_accuracy": st.binomial_se(out["concept_accuracy"], concept_samples),
+        "concept_probability": st.mean_se([float(x) for x in p7]),
+        "known_accuracy": st.mean_of_shares_se(list(per.values()), per_class),
+        "heldout_loss": 0.0,
+    }
+    out["concept_images"] = concept[:8]
     return out
 
 
-def evaluate(output_dir: str = "runs/evaluate", steps: int = FinetuneConfig.steps, per_class: int = 40, seed: int = 0,
-             board: str | None = None, backend: str | None = None, reuse: bool = True,
-             seeds: int = 1) -> dict[str, Any]:
-    """Fine-tune fp32 and int8 with the same seeds, measure both, write evaluate.json/.png.
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise OptionError("no training seed given: --seeds 0,1,2 or --num-seeds 3")
+    if len(set(seeds)) != len(seeds):
+        raise OptionError(f"--seeds repeats a seed ({','.join(map(str, seeds))}): a repeated seed trains the "
+                          "same run again and is no independent pair")
+    if any(s < 0 for s in seeds):
+        raise OptionError(f"seeds must be 0 or more, not {min(seeds)}")
+    return seeds
 
-    With ``seeds`` > 1 both precisions are trained and sampled once per seed (``seed`` ..
-    ``seed + seeds - 1``) and the table reports means and standard deviations over seeds.
-    """
+
+def _run(name: str, seed: int, root: Path, steps: int, board, backend, reuse: bool) -> tuple[Path, str]:
+    """Train (or reuse) one run of variant ``name`` with ``seed``; returns its folder and status."""
+    run = root / "runs" / name / f"seed{seed}"
+    cfg = variant_config(name, FinetuneConfig(output_dir=str(run), steps=steps, seed=seed, board=board,
+                                              backend=backend, samples=False))
+    if reuse and finished_run(cfg):  # every option that defines the run must match, no resume overrides
+        return run, "reused (finished run with the same options)"
+    had = (run / "report.json").is_file() or (run / "checkpoints").is_dir()
+    finetune(replace(cfg, overwrite=True))
+    if not had:
+        return run, "trained"
+    return run, "trained (replaced a run with other options or unfinished)" if reuse else "trained (--no-reuse)"
+
+
+def evaluate(output_dir: str = "runs/evaluate", variants: Sequence[str] | str = ("fp32", "int8"),
+             seeds: Sequence[int] = DEFAULT_SEEDS, steps: int = FinetuneConfig.steps,
+             samples_per_class: int = DEFAULT_SAMPLES_PER_CLASS, concept_samples: int = DEFAULT_CONCEPT_SAMPLES,
+             board: str | None = None, backend: str | None = None, reuse: bool = True,
+             threads: int = 1, log=print) -> dict[str, Any]:
+    """Fine-tune every variant with every seed, measure them, compare each to fp32 paired per
+    seed; write evaluate.json, evaluate_diffs.png and concept_samples.png into ``output_dir``."""
     from . import digits as d
 
+    names = parse_variants(list(variants) if not isinstance(variants, str) else variants)
+    seeds = check_seeds(seeds)
+    for opt, v in (("--samples-per-class", samples_per_class), ("--concept-samples", concept_samples),
+                   ("--steps", steps)):
+        if v < 1:
+            raise OptionError(f"{opt} must be at least 1, not {v}")
     root = Path(output_dir)
-    classifier = d.train_digit_classifier()
-    rows: dict[str, dict[str, Any]] = {}
-    base = d.load_shipped_pipeline()
-    rows["base (no LoRA)"] = {**sample_accuracy(base, classifier, per_class, seed),
-                              "heldout_loss": heldout_loss(base, seed)}
-    grid = [("base model", rows["base (no LoRA)"].pop("concept_samples"))]
-    metrics = ("concept_accuracy", "known_accuracy", "heldout_loss")
-    for precision in ("fp32", "int8"):
-        per_seed = []
-        for s in range(seed, seed + seeds):
-            run = root / precision if seeds == 1 else root / f"seed{s}" / precision
-            cfg = FinetuneConfig(output_dir=str(run), precision=precision, steps=steps, seed=s, board=board,
-                                 backend=backend, samples=False)
-            if not (reuse and finished_run(cfg)):  # every option that defines the run must match
-                finetune(replace(cfg, overwrite=True))
+    t0 = time.perf_counter()
+    torch.set_num_threads(threads)  # the digits model's ops are too small to gain from more (see finetune --threads)
+    log(f"evaluate: base model, {concept_samples} concept samples and {samples_per_class} per known digit")
+    classifier, prob_model = d.train_digit_classifier(), d.train_digit_probability_model()
+    base = measure(d.load_shipped_pipeline(), seeds[0], concept_samples, samples_per_class, classifier, prob_model)
+    grid = [("base model", base.pop("concept_images"))]
+    runs: dict[str, dict[str, Any]] = {}
+    times = {"train_s": 0.0, "measure_s": 0.0}
+    for name in names:
+        runs[name] = {}
+        for s in seeds:
+            log(f"evaluate: {name}, seed {s} ({time.perf_counter() - t0:.0f} s so far)")
+            t = time.perf_counter()
+            folder, status = _run(name, s, root, steps, board, backend, reuse)
+            t_train = time.perf_counter() - t
             pipe = d.load_shipped_pipeline()
-            pipe.load_lora_weights(str(run / "adapter"))
-            res = sample_accuracy(pipe, classifier, per_class, s)
-            samples = res.pop("concept_samples")
-            if s == seed:
-                grid.append((f"{precision} LoRA", samples))
-            per_seed.append({**res, "heldout_loss": heldout_loss(pipe, s), "seed": s})
-        row = {m: float(np.mean([r[m] for r in per_seed])) for m in metrics}
-        row.update({f"{m}_std": float(np.std([r[m] for r in per_seed])) for m in metrics})
-        row["per_seed"] = per_seed
-        rows[precision] = row
-    f, q = rows["fp32"], rows["int8"]
-    summary = {
-        "concept_accuracy_diff_pp": 100 * (q["concept_accuracy"] - f["concept_accuracy"]),
-        "known_accuracy_diff_pp": 100 * (q["known_accuracy"] - f["known_accuracy"]),
-        "heldout_loss_diff_pct": 100 * (q["heldout_loss"] - f["heldout_loss"]) / f["heldout_loss"],
+            pipe.load_lora_weights(str(folder / "adapter"))
+            t = time.perf_counter()
+            res = measure(pipe, s, concept_samples, samples_per_class, classifier, prob_model)
+            t_measure = time.perf_counter() - t
+            images = res.pop("concept_images")
+            if s == seeds[0]:
+                grid.append((f"{name} LoRA\nseed {s}", images))
+            report = json.loads((folder / "report.json").read_text())
+            res.update(folder=str(folder), status=status, seed=s,
+                       train_time_s_measured=report.get("time_s", {}).get("total_measured"),
+                       wall_time_s_measured={"train_or_reuse": t_train, "measure": t_measure})
+            times["train_s"] += t_train
+            times["measure_s"] += t_measure
+            runs[name][str(s)] = res
+    summaries, comparisons, target = summarize(runs, names, seeds)
+    opts = {n: {**available_variants()[n].overrides} for n in names}
+    result = {
+        "label": "measured on this machine",
+        "machine": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": command_line(names, seeds, steps, samples_per_class, concept_samples, board, backend),
+        "accelerator": "int8 variants ran on the emulated accelerator (bit-exact with the kernel) unless --backend "
+                       "board",
+        "reference": REFERENCE, "variants": names, "variant_options": opts, "seeds": seeds, "steps": steps,
+        "samples": {"concept": concept_samples, "per_known_digit": samples_per_class},
+        "finetune_defaults": {k: v for k, v in asdict(FinetuneConfig()).items()
+                              if k not in ("output_dir", "seed", "steps", "samples", "resume", "overwrite")},
+        "target": {"rule": ("concept accuracy and held-out loss differences to fp32 inside fp32's seed-to-seed "
+                            "standard deviation (held-out loss also within 2 %), with 95 % confidence and 3+ "
+                            "seeds; one-sided: being better than fp32 is no failure"),
+                   "per_variant": target},
+        "statistics": st.__doc__.split("\n\n", 1)[1].strip(),
+        "base": {k: v for k, v in base.items()},
+        "metrics": summaries, "comparisons": comparisons, "runs": runs,
+        "time_s_measured": {**times, "total": time.perf_counter() - t0},
     }
-    # the targets bound how much int8 may lose against fp32 (being better is no failure)
-    summary["within_targets"] = (summary["concept_accuracy_diff_pp"] >= -TARGET_ACCURACY_PP
-                                 and summary["heldout_loss_diff_pct"] <= TARGET_LOSS_PCT)
-    result = {"steps": steps, "samples_per_class": per_class, "seed": seed, "seeds": seeds,
-              "note": "measured on this machine; int8 ran on the emulated accelerator (bit-exact with the kernel)",
-              "rows": rows, "summary": summary}
     root.mkdir(parents=True, exist_ok=True)
     (root / "evaluate.json").write_text(json.dumps(result, indent=2))
     grid_png(grid, root / "concept_samples.png", captions=["<sks>"] * 8)
+    plot_differences(result, root / "evaluate_diffs.png")
     return result
 
 
+def summarize(runs: dict[str, dict[str, Any]], names: Sequence[str], seeds: Sequence[int]) -> tuple[dict, dict, dict]:
+    """The statistics of measured runs (``runs[variant][str(seed)]`` as :func:`measure` returns):
+    per-variant summaries, paired comparisons of each non-reference variant to ``names[0]``, and
+    the target verdict per variant. Pure: recomputes evaluate.json's statistics from its ``runs``."""
+    summaries = {name: {m.key: st.variant_summary([runs[name][str(s)][m.key] for s in seeds],
+                                                  [runs[name][str(s)]["sampling_se"][m.key] for s in seeds])
+                        for m in st.METRICS} for name in names}
+    comparisons, target = {}, {}
+    in_target = [m.key for m in st.METRICS if m.in_target]
+    for name in names[1:]:
+        comparisons[name] = {m.key: st.compare(m, summaries[names[0]][m.key], summaries[name][m.key])
+                             for m in st.METRICS}
+        target[name] = {"verdict": st.combine_verdicts([comparisons[name][k]["verdict"] for k in in_target]),
+                        "metrics": in_target}
+    return summaries, comparisons, target
+
+
+def command_line(names, seeds, steps, samples_per_class, concept_samples, board=None, backend=None) -> str:
+    """The ``lora-qta evaluate`` command line that reproduces a result."""
+    cmd = (f"lora-qta evaluate --variants {','.join(names)} --seeds {','.join(map(str, seeds))} --steps {steps} "
+           f"--samples-per-class {samples_per_class} --concept-samples {concept_samples}")
+    if board:
+        cmd += f" --board {board}"
+    if backend:
+        cmd += f" --backend {backend}"
+    return cmd
+
+
+def plot_differences(result: dict[str, Any], path: Path) -> None:
+    """Per-seed paired differences to fp32 (error bars: ±1.96 sampling SE, independent-sample bound) and their mean with the
+    95 % t interval, per metric; the shaded band is beyond the target margin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = result["variants"][1:]
+    seeds = result["seeds"]
+    fig, axes = plt.subplots(1, len(st.METRICS), figsize=(3.4 * len(st.METRICS), 3.4), squeeze=False)
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    for ax, m in zip(axes[0], st.METRICS):
+        ax.axhline(0, color="gray", lw=0.8)
+        for k, name in enumerate(names):
+            c = result["comparisons"][name][m.key]
+            off = (k - (len(names) - 1) / 2) * 0.15
+            ref_se = result["metrics"][REFERENCE][m.key]["sampling_se"]
+            oth_se = result["metrics"][name][m.key]["sampling_se"]
+            err = [0.0 if m.relative else 196 * (a * a + b * b) ** 0.5 for a, b in zip(ref_se, oth_se)]
+            xs = [i + off for i in range(len(seeds))]
+            ax.errorbar(xs, c["per_seed"], yerr=err, fmt="o", ms=4, color=colors[k % 4], capsize=2,
+                        label=f"{name} - fp32")
+            if c["ci_low"] is not None:
+                ax.errorbar([len(seeds) + off], [c["mean"]], yerr=[[c["mean"] - c["ci_low"]], [c["ci_high"] - c["mean"]]],
+                            fmt="D", ms=6, color=colors[k % 4], capsize=4)
+            else:
+                ax.plot([len(seeds) + off], [c["mean"]], "D", ms=6, color=colors[k % 4])
+        margin = result["comparisons"][names[0]][m.key]["margin"] if names else None
+        if margin is not None:
+            lo, hi = ax.get_ylim()
+            lo, hi = min(lo, -1.3 * margin), max(hi, 1.3 * margin)
+            if m.higher_is_better:
+                ax.axhspan(lo, -margin, color="red", alpha=0.08, lw=0)
+            else:
+                ax.axhspan(margin, hi, color="red", alpha=0.08, lw=0)
+            ax.set_ylim(lo, hi)
+        ax.set_xticks(range(len(seeds) + 1), [f"seed {s}" for s in seeds] + ["mean\n95% CI"], fontsize=7)
+        ax.set_title(m.label, fontsize=8)
+        ax.set_ylabel(f"difference to fp32 ({m.unit})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if names:
+        axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"paired differences to fp32 per training seed ({result['label']}; {result['steps']} steps, "
+                 f"{result['samples']['concept']} concept samples, {result['samples']['per_known_digit']} per known "
+                 "digit; per-seed bars: ±1.96 sampling SE, independent-sample bound; shaded: beyond the "
+                 "target margin)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(v: float | None, unit: str, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{v:+.{digits}f} {unit}"
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """The fp32 vs int8 table printed by ``lora-qta evaluate``."""
-    r = result["rows"]
-    seeds = result.get("seeds", 1)
+    """The tables printed by ``lora-qta evaluate``."""
+    names, n = result["variants"], len(result["seeds"])
+    m_rows = []
 
-    def cell(prec: str, m: str, pct: bool) -> str:
-        v, sd = r[prec][m], r[prec].get(m + "_std")
-        text = f"{v:.1%}" if pct else f"{v:.4f}"
-        if seeds > 1 and sd is not None:
-            text += f" ± {sd * 100:.1f}" if pct else f" ± {sd:.4f}"
-        return text
+    def value(m: st.Metric, x: float) -> str:
+        return f"{x:.4f}" if m.relative else f"{100 * x:.1f}%"
 
-    lines = ["| metric | base (no LoRA) | fp32 LoRA | int8 LoRA (accelerator) | int8 - fp32 |",
-             "|---|---|---|---|---|"]
-    s = result["summary"]
-    lines.append(f"| concept accuracy (new token -> digit 7) | {r['base (no LoRA)']['concept_accuracy']:.1%} | "
-                 f"{cell('fp32', 'concept_accuracy', True)} | {cell('int8', 'concept_accuracy', True)} | "
-                 f"{s['concept_accuracy_diff_pp']:+.1f} pp |")
-    lines.append(f"| accuracy on known digits | {r['base (no LoRA)']['known_accuracy']:.1%} | "
-                 f"{cell('fp32', 'known_accuracy', True)} | {cell('int8', 'known_accuracy', True)} | "
-                 f"{s['known_accuracy_diff_pp']:+.1f} pp |")
-    lines.append(f"| held-out denoising loss | {r['base (no LoRA)']['heldout_loss']:.4f} | "
-                 f"{cell('fp32', 'heldout_loss', False)} | {cell('int8', 'heldout_loss', False)} | "
-                 f"{s['heldout_loss_diff_pct']:+.2f} % |")
-    lines.append("")
-    lines.append(f"targets: int8 at most {TARGET_ACCURACY_PP:.0f} pp below fp32 on concept accuracy and at most "
-                 f"{TARGET_LOSS_PCT:.0f}% above it on held-out loss: {'met' if s['within_targets'] else 'NOT met'} "
-                 f"({result['samples_per_class']} samples per prompt, {result['steps']} steps, "
-                 f"{seeds} training seed(s) from {result['seed']}, mean ± std over seeds; "
-                 "measured on this machine)")
+    head = "| metric | base (no LoRA) | " + " | ".join(f"{v} LoRA" for v in names) + " |"
+    m_rows += [head, "|---" * (len(names) + 2) + "|"]
+    for m in st.METRICS:
+        cells = []
+        for v in names:
+            s = result["metrics"][v][m.key]
+            text = value(m, s["mean"])
+            if s["seed_std"] is not None:
+                text += f" ± {s['seed_std']:.4f}" if m.relative else f" ± {100 * s['seed_std']:.1f}"
+            if not m.relative:
+                text += f" (sampling ± {100 * s['sampling_se_mean']:.1f})"
+            cells.append(text)
+        m_rows.append(f"| {m.label} | {value(m, result['base'][m.key])} | " + " | ".join(cells) + " |")
+    lines = m_rows + ["", f"mean ± seed std over {n} seed(s) {','.join(map(str, result['seeds']))} (ddof 1); "
+                          "sampling: standard error of one seed's measurement from the finite samples"]
+    for v in names[1:]:
+        lines += ["", f"| {v} - fp32, paired per seed | mean | 95% CI | per seed | fp32 spread (margin) | verdict |"
+                      " seeds for CI inside margin | sampling share |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for m in st.METRICS:
+            c = result["comparisons"][v][m.key]
+            ci = "n/a (needs 2+ seeds)" if c["ci_low"] is None else f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
+            per = ", ".join(f"{x:+.1f}" for x in c["per_seed"])
+            margin = "n/a" if c["margin"] is None else f"{c['margin']:.2f} {c['unit']}"
+            share = "n/a" if c["sampling_share_of_variance"] is None else f"{c['sampling_share_of_variance']:.0%}"
+            need = c["seeds_for_margin"] if c["seeds_for_margin"] is not None else "n/a"
+            tag = "" if m.in_target else " (info)"
+            lines.append(f"| {m.label}{tag} | {_fmt(c['mean'], c['unit'], 2)} | {ci} | {per} | {margin} | "
+                         f"{c['verdict']} | {need} | {share} |")
+        t = result["target"]["per_variant"][v]
+        lines.append("")
+        lines.append(f"target for {v}: {t['verdict'].upper()} ({result['target']['rule']})")
+    if n < 2:
+        lines.append(f"\n1 seed: no seed-to-seed spread and no confidence interval (--seeds takes a list such as "
+                     "0,1,2; --num-seeds N takes a count)")
+    reused = [f"{v}/seed{s}" for v in names for s, r in result["runs"][v].items() if r["status"].startswith("reused")]
+    lines.append(f"\n{result['label']}: {result['command']}; runs reused: {', '.join(reused) or 'none'}; "
+                 f"{result['time_s_measured']['total']:.0f} s")
     return "\n".join(lines)
 
 
-__all__ = ["evaluate", "format_table", "heldout_loss", "sample_accuracy"]
+__all__ = ["DEFAULT_CONCEPT_SAMPLES", "DEFAULT_SAMPLES_PER_CLASS", "DEFAULT_SEEDS", "command_line", "evaluate",
+           "format_table", "heldout_loss", "measure", "plot_differences", "summarize"]
