@@ -1,9 +1,13 @@
-"""The public API: ``Accelerator(board, backend).gemm(a, b, ...)``.
+"""The public API: ``Accelerator(board, backend)`` with :meth:`~Accelerator.gemm`,
+:meth:`~Accelerator.batched_gemm` and :meth:`~Accelerator.conv2d`.
 
 The same code runs on a PYNQ board (``pynq.Overlay`` + :class:`QtaGemmDriver`) and on a PC
 (:class:`EmulatedDevice` under the same driver). Each call validates its operands, asks the
-planner for tiles and a dataflow, moves the operands into ``pynq.allocate``'d buffers with
-flush/invalidate, runs the kernel and returns a :class:`GemmResult`.
+planner for tiles and a dataflow, moves the operands into ``pynq.allocate``'d buffers with their
+leading dimensions padded to the AXI beat (kernel v2 reads and writes whole beats), programs the
+memory base and the operands' offsets (unified addressing), runs the kernel and returns a
+:class:`GemmResult` with the output, the kernel's status outputs, its modelled and measured cycle
+counts and the host's wall time.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import pynq
 from . import planner
 from .driver import QtaGemmDriver, RunInfo
 from .emulation import EmulatedDevice
-from ..errors import (BackendError, BitstreamNotFoundError, InputDTypeError, InputLayoutError,
+from ..errors import (BackendError, BitstreamNotFoundError, DMAError, InputDTypeError, InputLayoutError,
                      InputShapeError, KernelArgumentError, LimitError, SaturationError,
                      StaleBitstreamError)
 from ..hw.config import BoardConfig, board_digest, config
-from ..hw.call import ROUNDINGS, SCALE_MODES, GemmCall
+from ..hw.call import ROUNDINGS, SCALE_MODES, ConvGeometry, GemmCall
+from ..hw.reference import AMAX_CAP, effective_shift, rounding_bits
 from ..hw.reference import requantize as reference_requantize
-from ..hw.reference import rounding_bits
 
 BACKENDS = ("auto", "board", "emulation", "csim", "fast")
 REPO_BITSTREAMS = Path(__file__).resolve().parents[3] / "bitstreams"
@@ -107,21 +111,33 @@ def fixed_point_scale(scale: float | np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 @dataclass
 class GemmResult:
-    """One GEMM's output and its figures. ``cycles`` come from the kernel's cycle counter
-    (modelled schedule in emulation); ``wall_s`` is host time around the run."""
+    """One call's output and its figures.
+
+    ``cycles_model`` is the kernel's modelled count (trip counts and the overlap recurrence, the
+    planner's formula); ``cycles_measured`` the kernel's counter process on a board, ``None`` where
+    it cannot measure (emulation, C-simulation); ``cycles`` is the measured count where there is
+    one, else the modelled one. ``wall_s`` is host time from ap_start to ap_done. ``sat_count``
+    and ``amax`` are the kernel's outputs (saturated outputs, max |value before saturation|).
+    ``calls`` is the number of kernel calls: more than one when a dimension of a GEMM exceeded the
+    configured limits and :meth:`Accelerator.gemm` split it (cycles and times are then sums).
+    """
 
     output: Any
     cycles: int
+    cycles_model: int
+    cycles_measured: int | None
     dataflow: str
     split: int
     tiles: tuple[int, int, int]
     utilization: float
     bytes_moved: int
     saturated: bool
+    sat_count: int
+    amax: int
     bound: str
     roofline_fraction: float
     wall_s: float
-    calls: int = 1  # kernel calls: more than one when a dimension exceeded the configured limits
+    calls: int = 1
 
     @property
     def partitioned(self) -> bool:
@@ -145,7 +161,7 @@ def _check_integers(name: str, value: Any) -> None:
                               "fixed_point_scale(scale) -> (mult, shift)")
 
 
-def _as_numpy(x: Any, name: str) -> tuple[np.ndarray, bool]:
+def _as_numpy(x: Any, name: str, ndim: tuple[int, ...] = (2,)) -> tuple[np.ndarray, bool]:
     """(array, was_torch); clear errors for dtype, rank and layout."""
     is_torch = torch is not None and isinstance(x, torch.Tensor)
     if is_torch:
@@ -158,12 +174,37 @@ def _as_numpy(x: Any, name: str) -> tuple[np.ndarray, bool]:
         arr = x
     else:
         raise InputDTypeError(f"{name} must be a numpy array or torch tensor, not {type(x).__name__}")
-    if arr.ndim != 2:
-        raise InputShapeError(f"{name} must be 2-D, got shape {tuple(arr.shape)}")
+    if arr.ndim not in ndim:
+        raise InputShapeError(f"{name} must be {' or '.join(f'{d}-D' for d in ndim)}, got shape {tuple(arr.shape)}")
     if not arr.flags.c_contiguous:
         raise InputLayoutError(f"{name} is not C-contiguous (strides {arr.strides}); "
                                "pass np.ascontiguousarray(...) or use trans_a/trans_b instead of .T")
     return arr, is_torch
+
+
+def _ceil_to(x: int, step: int) -> int:
+    return -(-x // step) * step
+
+
+def check_alignment(board: BoardConfig, call: GemmCall, offsets: dict[str, int]) -> None:
+    """Raise :class:`KernelArgumentError` naming what breaks kernel v2's alignment rules: every
+    operand offset and leading dimension (in bytes) and batch stride a multiple of the AXI beat,
+    every tile a multiple of the beat or the whole dimension."""
+    beat = board.axi_bytes
+    problems = []
+    for name in ("a", "b", "c") + (("scales",) if call.scaled else ()):
+        off = offsets.get(name, 0)
+        if off % beat:
+            problems.append(f"operand {name} at offset 0x{off:X} is not a multiple of the {beat}-byte beat")
+    for name, value in (("lda", call.lda), ("ldb", call.ldb), ("ldc * element size", call.ldc * call.out_bytes),
+                        ("stride_a", call.stride_a), ("stride_b", call.stride_b), ("stride_c", call.stride_c)):
+        if value % beat:
+            problems.append(f"{name} = {value} bytes is not a multiple of the {beat}-byte beat (pad it)")
+    for name, t, d in (("tile_m", call.tile_m, call.m), ("tile_n", call.tile_n, call.n), ("tile_k", call.tile_k, call.k)):
+        if t % beat and t < d:
+            problems.append(f"{name} = {t} is neither a multiple of the {beat}-byte beat nor the whole dimension {d}")
+    if problems:
+        raise KernelArgumentError(f"{board.name}: " + "; ".join(problems))
 
 
 def on_target() -> bool:
@@ -198,6 +239,9 @@ class Accelerator:
             self.overlay = None
             self.device = EmulatedDevice(self.board.name, engine=backend)
             self.ip = QtaGemmDriver(self.device.ip_description())
+        # unified addressing: the HP ports see physical DDR (base 0); the emulated DDR has its own base
+        self.memory_base = int(getattr(self.device, "memory_base", 0))
+        self.measures_cycles = bool(getattr(self.device, "measures_cycles", True))
         self._buffers: dict[str, Any] = {}
         self.calls = 0
 
@@ -211,31 +255,33 @@ class Accelerator:
             self._buffers[role] = buf
         return buf[:max(nbytes, 1)]
 
-    def _upload(self, role: str, arr: np.ndarray) -> Any:
-        view = self._buffer(role, arr.nbytes)
-        view[: arr.nbytes] = arr.reshape(-1).view(np.uint8)
-        view.flush()
-        return view
+    def _padded(self, role: str, items: int, rows: int, cols: int, dtype) -> tuple[Any, np.ndarray, int, int]:
+        """A device buffer holding ``items`` matrices of ``rows`` x ``cols`` ``dtype`` elements
+        with each row padded to the AXI beat: (buffer, its host view items x rows x ld, ld in
+        elements, bytes per item)."""
+        item = np.dtype(dtype).itemsize
+        ld_bytes = _ceil_to(max(cols * item, 1), self.board.axi_bytes)
+        stride = rows * ld_bytes
+        buf = self._buffer(role, items * stride)
+        view = np.ndarray((items, rows, ld_bytes // item), dtype=dtype, buffer=buf, offset=0,
+                          strides=(stride, ld_bytes, item))
+        return buf, view, ld_bytes // item, stride
+
+    def _upload(self, role: str, arr: np.ndarray) -> tuple[Any, int, int]:
+        """``arr`` (items x rows x cols) into a padded device buffer: (buffer, ld, bytes per item)."""
+        buf, view, ld, stride = self._padded(role, *arr.shape, arr.dtype)
+        view[:, :, :arr.shape[2]] = arr
+        buf.flush()
+        return buf, ld, stride
+
+    def _offset(self, buf: Any) -> int:
+        return int(buf.device_address) - self.memory_base
 
     # -- the API -----------------------------------------------------------------------
-    def gemm(
-        self,
-        a: Any,
-        b: Any,
-        *,
-        trans_a: bool = False,
-        trans_b: bool = False,
-        dataflow: str = "auto",
-        split: int | None = None,
-        out: str = "int32",
-        mult: int | Sequence[int] | np.ndarray = 1,
-        shift: int | Sequence[int] | np.ndarray = 0,
-        scale_mode: str = "tensor",
-        rounding: str = "nearest_even",
-        seed: int = 0,
-        c: Any = None,
-        strict: bool = False,
-    ) -> GemmResult:
+    def gemm(self, a: Any, b: Any, *, trans_a: bool = False, trans_b: bool = False, dataflow: str = "auto",
+             split: int | None = None, out: str = "int32", mult: int | Sequence[int] | np.ndarray = 1,
+             shift: int | Sequence[int] | np.ndarray = 0, scale_mode: str = "tensor",
+             rounding: str = "nearest_even", seed: int = 0, c: Any = None, strict: bool = False) -> GemmResult:
         """C = epilogue(op(A) . op(B) [+ c]) on the accelerator.
 
         ``a``, ``b``: INT8 2-D arrays/tensors as stored (``trans_*`` selects op()). ``dataflow``:
@@ -245,115 +291,60 @@ class Accelerator:
         ``rounding`` ``nearest_even`` or ``stochastic`` (with ``seed``). ``c`` accumulates into
         an existing output (INT32 for ``int32``, INT8 for ``int8``). ``strict`` raises
         :class:`SaturationError` when an output saturates.
+
+        A GEMM with M, N or K beyond the board's limits (``max_m``, ``max_n``, ``max_k``) runs as
+        several kernel calls whose results are combined exactly on the host
+        (:meth:`_gemm_in_pieces`; ``GemmResult.calls`` says how many).
         """
         a_np, a_torch = _as_numpy(a, "a")
         b_np, _ = _as_numpy(b, "b")
-        for name, arr in (("a", a_np), ("b", b_np)):
-            if arr.dtype != np.int8:
-                raise InputDTypeError(f"{name} must be int8, got {arr.dtype}; quantize it first")
-        m, k = (a_np.shape[1], a_np.shape[0]) if trans_a else a_np.shape
-        k2, n = (b_np.shape[1], b_np.shape[0]) if trans_b else b_np.shape
-        if k != k2:
-            raise InputShapeError(
-                f"inner dimensions differ: op(a) is {m}x{k} (a {a_np.shape}, trans_a={trans_a}) but "
-                f"op(b) is {k2}x{n} (b {b_np.shape}, trans_b={trans_b})")
-        if out not in ("int32", "int8"):
-            raise LimitError(f"out must be 'int32' or 'int8', not {out!r}")
-        if rounding not in ROUNDINGS:
-            raise LimitError(f"rounding must be one of {ROUNDINGS}, not {rounding!r}")
-        if scale_mode not in SCALE_MODES:
-            raise LimitError(f"scale_mode must be one of {SCALE_MODES}, not {scale_mode!r}")
-        out8 = out == "int8"
-        for name, v in (("mult", mult), ("shift", shift)):
-            _check_integers(name, v)
-        scales = None
-        if out8 and scale_mode != "tensor":
-            cnt = m if scale_mode == "row" else n
-            mu, sh = np.asarray(mult, dtype=np.int64), np.asarray(shift, dtype=np.int64)
-            if mu.shape != (cnt,) or sh.shape != (cnt,):
-                raise InputShapeError(f"scale_mode={scale_mode!r} needs {cnt} multipliers and shifts, "
-                                      f"got {mu.shape} and {sh.shape}")
-            if np.any(sh < 0) or np.any(sh > 62) or np.any(np.abs(mu) >= 2**31):
-                raise LimitError("per-row/column shifts must be 0..62 and multipliers fit INT32")
-            scales = np.stack([mu, sh], axis=1).astype(np.int32)
-            mult_t, shift_t = 1, 0
-        else:
-            if not np.isscalar(mult) or not np.isscalar(shift):
-                raise InputShapeError("per-tensor scaling takes scalar mult and shift; "
-                                      "use scale_mode='row' or 'col' for vectors")
-            mult_t, shift_t = int(mult), int(shift)
+        m = a_np.shape[1] if trans_a else a_np.shape[0]
+        n = b_np.shape[0] if trans_b else b_np.shape[1]
         c_np = None
         if c is not None:
-            c_np, _ = _as_numpy(c, "c")
-            want = np.int8 if out8 else np.int32
-            if c_np.dtype != want:
-                raise InputDTypeError(f"c must be {np.dtype(want)} for out={out!r}, got {c_np.dtype}")
+            c_np = _as_numpy(c, "c")[0]
             if c_np.shape != (m, n):
                 raise InputShapeError(f"c must be {m}x{n} to accumulate into, got {c_np.shape}")
-
-        b_cfg = self.board
-        if m > b_cfg.max_m or n > b_cfg.max_n or k > b_cfg.max_k:
-            return self._gemm_in_pieces(
-                a_np, b_np, a_torch, (m, k, n), trans_a=trans_a, trans_b=trans_b, dataflow=dataflow, split=split,
-                out8=out8, scale_mode=scale_mode, mult=mult_t, shift=shift_t, scales=scales,
-                stochastic=rounding == "stochastic", seed=int(seed) & 0xFFFFFFFF, c_np=c_np, strict=strict)
-
-        call = GemmCall(m=m, n=n, k=k, lda=a_np.shape[1], ldb=b_np.shape[1], ldc=n, tile_m=1, tile_n=1,
-                        tile_k=1, trans_a=trans_a, trans_b=trans_b, out_int8=out8, accumulate=c is not None,
-                        scale_mode=scale_mode if out8 else "tensor", stochastic=rounding == "stochastic",
-                        mult=mult_t, shift=shift_t, seed=int(seed) & 0xFFFFFFFF)
-        chosen = planner.plan(self.board, call, dataflow=dataflow, split=split)
-        call = chosen.call
-
-        abuf = self._upload("a", a_np)
-        bbuf = self._upload("b", b_np)
-        out_dtype = np.int8 if out8 else np.int32
-        cbytes = m * n * np.dtype(out_dtype).itemsize
+        k = a_np.shape[0] if trans_a else a_np.shape[1]
+        k2 = b_np.shape[1] if trans_b else b_np.shape[0]
+        bd = self.board
+        if k == k2 and (m > bd.max_m or n > bd.max_n or k > bd.max_k):
+            return self._gemm_in_pieces(a_np, b_np, a_torch, (m, k, n), trans_a=trans_a, trans_b=trans_b,
+                                        dataflow=dataflow, split=split, out=out, mult=mult, shift=shift,
+                                        scale_mode=scale_mode, rounding=rounding, seed=seed, c_np=c_np,
+                                        strict=strict)
         if c_np is not None:
-            cbuf = self._upload("c", np.ascontiguousarray(c_np))
-        else:
-            cbuf = self._buffer("c", cbytes)
-        sbuf = self._upload("scales", scales) if scales is not None else None
-        pointers = {"a": abuf.device_address, "b": bbuf.device_address, "c": cbuf.device_address,
-                    "scales": sbuf.device_address if sbuf is not None else 0}
-        info: RunInfo = self.ip.run(pointers, call, self.timeout)
-        self.calls += 1
-        st = config().status
-        if info.status & (1 << st["bad_args"]):
-            raise KernelArgumentError(f"the kernel rejected {call}; the planner and the bitstream disagree "
-                                      "about the limits (stale bitstream?)")
-        cbuf.invalidate()
-        result = np.array(cbuf[:cbytes].view(out_dtype).reshape(m, n))
-        saturated = bool(info.status & (1 << st["saturated"]))
-        if strict and saturated:
-            raise SaturationError(f"an output of the {m}x{k}x{n} GEMM saturated to "
-                                  f"{'INT8' if out8 else 'INT32'}; lower the scale or raise the shift")
-        rep = chosen.report
-        output = torch.from_numpy(result) if a_torch else result
-        return GemmResult(
-            output=output, cycles=info.cycles, dataflow=call.dataflow, split=call.split,
-            tiles=(call.tile_m, call.tile_n, call.tile_k),
-            utilization=call.macs / (info.cycles * self.board.pes), bytes_moved=rep.bytes_moved,
-            saturated=saturated, bound=rep.bound, roofline_fraction=rep.roofline_cycles / info.cycles,
-            wall_s=info.wall_s,
-        )
+            c_np = c_np[None]
+        r = self.batched_gemm(a_np[None], b_np[None], trans_a=trans_a, trans_b=trans_b, dataflow=dataflow,
+                              split=split, out=out, mult=mult, shift=shift, scale_mode=scale_mode,
+                              rounding=rounding, seed=seed, c=c_np, strict=strict)
+        r.output = r.output[0]
+        if a_torch:
+            r.output = torch.from_numpy(np.ascontiguousarray(r.output))
+        return r
 
     def _gemm_in_pieces(self, a_np: np.ndarray, b_np: np.ndarray, a_torch: bool, mkn: tuple[int, int, int], *,
-                        trans_a: bool, trans_b: bool, dataflow: str, split: int | None, out8: bool,
-                        scale_mode: str, mult: int, shift: int, scales: np.ndarray | None, stochastic: bool,
-                        seed: int, c_np: np.ndarray | None, strict: bool) -> GemmResult:
+                        trans_a: bool, trans_b: bool, dataflow: str, split: int | None, out: str, mult, shift,
+                        scale_mode: str, rounding: str, seed: int, c_np: np.ndarray | None,
+                        strict: bool) -> GemmResult:
         """A GEMM with M, N or K beyond the configured limits, as several kernel calls.
 
         Each piece (balanced blocks of M, N and K within the limits) runs on the kernel with INT32
         output, which is exact; the pieces' K partial sums are added exactly in int64 on the host,
         and the epilogue (accumulating ``c``, requantization with the kernel's rounding, including
-        its stochastic bits at the output's global indices, and saturation) runs on the host with
-        the kernel's integer arithmetic. The result equals what one kernel call without the limits
-        would compute.
+        its stochastic bits at the output's global indices, saturation, ``sat_count`` and ``amax``)
+        runs on the host with the kernel's integer arithmetic. The result equals what one kernel
+        call without the limits would compute.
         """
-        from .fast import requantize  # the kernel's epilogue arithmetic, vectorized
+        from .fast import requantize  # the kernel's epilogue arithmetic, vectorized on int64
 
         m, k, n = mkn
+        out8, mult_t, shift_t, scales = self._epilogue_args(m, n, out, mult, shift, scale_mode, rounding)
+        if c_np is not None and c_np.dtype != (np.int8 if out8 else np.int32):
+            raise InputDTypeError(f"c must be {'int8' if out8 else 'int32'} for out={out!r}, got {c_np.dtype}")
+        if not 0 <= shift_t <= 62 or abs(mult_t) >= 2**31:
+            raise LimitError(f"the per-tensor shift must be 0..62 and the multiplier fit INT32, got "
+                             f"mult={mult_t}, shift={shift_t}")
         bd = self.board
         acc = np.zeros((m, n), dtype=np.int64)
         pieces: list[GemmResult] = []
@@ -370,39 +361,232 @@ class Accelerator:
             total = acc + (c_np.astype(np.int64) if c_np is not None else 0)
             lo, hi, out_dtype = -(2**31), 2**31 - 1, np.int32
         else:
-            if scale_mode == "tensor":
-                mu, sh = np.int64(mult), np.int64(shift)
+            if scales is None:
+                mu, sh = np.int64(mult_t), np.int64(shift_t)
             else:
+                pairs = scales.reshape(-1, 2).astype(np.int64)
                 shape = (m, 1) if scale_mode == "row" else (1, n)
-                mu = scales[:, 0].astype(np.int64).reshape(shape)
-                sh = scales[:, 1].astype(np.int64).reshape(shape)
+                mu, sh = pairs[:, 0].reshape(shape), effective_shift(pairs[:, 1]).reshape(shape)
+            stochastic = rounding == "stochastic"
             bits = None
             if stochastic:
                 rows, cols = np.meshgrid(np.arange(m), np.arange(n), indexing="ij", sparse=True)
-                bits = rounding_bits(seed, rows, cols, n)
+                bits = rounding_bits(int(seed) & 0xFFFFFFFF, rows, cols, n)
             if np.abs(acc).max(initial=0) < 2**31:  # acc * mult fits int64, as in the kernel
                 total = requantize(acc, mu, sh, stochastic, bits)
             else:  # K beyond the INT32 range of a dot product: exact Python integers
                 full = (m, n)
-                total = reference_requantize(acc, np.broadcast_to(mu, full), np.broadcast_to(sh, full),
-                                             stochastic, np.broadcast_to(bits if bits is not None else 0, full))
+                total = reference_requantize(acc, np.broadcast_to(mu, full), np.broadcast_to(sh, full), stochastic,
+                                             np.broadcast_to(bits if bits is not None else 0, full))
             if c_np is not None:
                 total = total + c_np.astype(np.int64)
             lo, hi, out_dtype = -128, 127, np.int8
         clipped = np.clip(total, lo, hi)
-        saturated = bool((clipped != total).any())
-        if strict and saturated:
-            raise SaturationError(f"an output of the {m}x{k}x{n} GEMM saturated to "
-                                  f"{'INT8' if out8 else 'INT32'}; lower the scale or raise the shift")
+        nsat = int(np.count_nonzero(clipped != total))
+        amax = min(int(np.abs(total).max(initial=0)), AMAX_CAP)
+        if strict and nsat:
+            raise SaturationError(f"{nsat} outputs of the {m}x{k}x{n} GEMM ({len(pieces)} kernel calls) saturated "
+                                  f"to {'INT8' if out8 else 'INT32'} (max |value| {amax}); lower the scale or "
+                                  "raise the shift")
         result = clipped.astype(out_dtype)
         cycles = sum(p.cycles for p in pieces)
+        measured = [p.cycles_measured for p in pieces]
         first = max(pieces, key=lambda p: p.cycles)
         return GemmResult(
-            output=torch.from_numpy(result) if a_torch else result, cycles=cycles, dataflow=first.dataflow,
-            split=first.split, tiles=first.tiles, utilization=m * n * k / (cycles * bd.pes),
-            bytes_moved=sum(p.bytes_moved for p in pieces), saturated=saturated, bound=first.bound,
+            output=torch.from_numpy(result) if a_torch else result, cycles=cycles,
+            cycles_model=sum(p.cycles_model for p in pieces),
+            cycles_measured=None if None in measured else sum(measured),
+            dataflow=first.dataflow, split=first.split, tiles=first.tiles,
+            utilization=m * n * k / (cycles * bd.pes), bytes_moved=sum(p.bytes_moved for p in pieces),
+            saturated=nsat > 0, sat_count=min(nsat, 2**32 - 1), amax=amax, bound=first.bound,
             roofline_fraction=sum(p.roofline_fraction * p.cycles for p in pieces) / cycles,
             wall_s=sum(p.wall_s for p in pieces), calls=len(pieces))
+
+    def batched_gemm(self, a: Any, b: Any, *, trans_a: bool = False, trans_b: bool = False,
+                     dataflow: str = "auto", split: int | None = None, out: str = "int32",
+                     mult: int | Sequence[int] | np.ndarray = 1, shift: int | Sequence[int] | np.ndarray = 0,
+                     scale_mode: str = "tensor", rounding: str = "nearest_even", seed: int = 0, c: Any = None,
+                     strict: bool = False) -> GemmResult:
+        """``C[i] = epilogue(op(A[i]) . op(B[i]) [+ c[i]])`` for every item ``i`` of a batch, in one
+        kernel call. ``a``: batch x stored A (3-D); ``b``: batch x stored B (3-D), or one stored B
+        (2-D) that every item shares; ``c``: batch x m x n. Options as :meth:`gemm`; per-row or
+        per-column scales are shared by the items. The output is batch x m x n (a tensor when
+        ``a`` is one)."""
+        a_np, a_torch = _as_numpy(a, "a", (3,))
+        b_np, _ = _as_numpy(b, "b", (2, 3))
+        shared_b = b_np.ndim == 2
+        if shared_b:
+            b_np = b_np[None]
+        elif b_np.shape[0] != a_np.shape[0]:
+            raise InputShapeError(f"a holds {a_np.shape[0]} items but b {b_np.shape[0]}; pass one b (2-D) to share it")
+        for name, arr in (("a", a_np), ("b", b_np)):
+            if arr.dtype != np.int8:
+                raise InputDTypeError(f"{name} must be int8, got {arr.dtype}; quantize it first")
+        m, k = (a_np.shape[2], a_np.shape[1]) if trans_a else a_np.shape[1:]
+        k2, n = (b_np.shape[2], b_np.shape[1]) if trans_b else b_np.shape[1:]
+        if k != k2:
+            raise InputShapeError(
+                f"inner dimensions differ: op(a) is {m}x{k} (a {a_np.shape[1:]}, trans_a={trans_a}) but "
+                f"op(b) is {k2}x{n} (b {b_np.shape[1:]}, trans_b={trans_b})")
+        batch = a_np.shape[0]
+        return self._run(a_np, b_np, batch, m, n, k, trans_a, trans_b, None, shared_b, dataflow, split, out, mult,
+                         shift, scale_mode, rounding, seed, c, strict, a_torch)
+
+    def conv2d(self, x: Any, w: Any, *, kernel_size: int | tuple[int, int] = 3, stride: int = 1, padding: int = 0,
+               dilation: int = 1, out_size: tuple[int, int] | None = None, trans_w: bool = False,
+               dataflow: str = "auto", split: int | None = None, out: str = "int32",
+               mult: int | Sequence[int] | np.ndarray = 1, shift: int | Sequence[int] | np.ndarray = 0,
+               scale_mode: str = "tensor", rounding: str = "nearest_even", seed: int = 0, c: Any = None,
+               strict: bool = False) -> GemmResult:
+        """A convolution as an implicit GEMM: the kernel reads the NHWC INT8 map ``x`` (images x H x
+        W x cin) through its window (no im2col copy is made).
+
+        ``w``: the weights as a (K = kh*kw*cin) x cout matrix with K in (ky, kx, ci) order, or
+        cout x K with ``trans_w``. ``stride``, ``padding`` (top/left; bottom/right follow from
+        ``out_size``), ``dilation``: input dilation 1, or 2 for the input gradient of a stride-2
+        convolution (the input is read at the even coordinates of a map twice as large).
+        ``out_size`` (Ho, Wo) defaults to PyTorch's output size. Channels are padded to the AXI beat
+        with zeros (and the weights' K rows with them). Epilogue options as :meth:`gemm`; ``c`` is
+        images x Ho x Wo x cout. The output is images x Ho x Wo x cout."""
+        x_np, x_torch = _as_numpy(x, "x", (4,))
+        w_np, _ = _as_numpy(w, "w", (2,))
+        for name, arr in (("x", x_np), ("w", w_np)):
+            if arr.dtype != np.int8:
+                raise InputDTypeError(f"{name} must be int8, got {arr.dtype}; quantize it first")
+        kh, kw = (kernel_size, kernel_size) if np.isscalar(kernel_size) else tuple(kernel_size)
+        imgs, h, wd, cin = x_np.shape
+        k = kh * kw * cin
+        kdim, cout = (w_np.shape[1], w_np.shape[0]) if trans_w else w_np.shape
+        if kdim != k:
+            raise InputShapeError(f"w must have K = kh*kw*cin = {kh}*{kw}*{cin} = {k} rows"
+                                  f"{' (columns with trans_w)' if trans_w else ''}, got {w_np.shape}")
+        if dilation not in (1, 2):
+            raise LimitError(f"input dilation must be 1 or 2, not {dilation}")
+        ho, wo = out_size or (ConvGeometry.output_size(h, kh, stride, padding, dilation),
+                              ConvGeometry.output_size(wd, kw, stride, padding, dilation))
+        if min(ho, wo) < 1:
+            raise InputShapeError(f"a {kh}x{kw} window with padding {padding} does not fit the {h}x{wd} input")
+        beat = self.board.axi_bytes
+        cin_p = _ceil_to(cin, beat)
+        if cin_p != cin:  # pad the channels (and the weights' K rows) with zeros
+            x_np = np.concatenate([x_np, np.zeros(x_np.shape[:3] + (cin_p - cin,), np.int8)], axis=3)
+            wk = (w_np.T if trans_w else w_np).reshape(kh, kw, cin, cout)
+            wk = np.concatenate([wk, np.zeros((kh, kw, cin_p - cin, cout), np.int8)], axis=2).reshape(-1, cout)
+            w_np = np.ascontiguousarray(wk.T) if trans_w else wk
+        geo = ConvGeometry(h=h, w=wd, ho=ho, wo=wo, cin=cin_p, kh=kh, kw=kw, stride=stride, pad=padding, dil=dilation)
+        m = imgs * ho * wo
+        c_np = None
+        if c is not None:
+            c_np = _as_numpy(c, "c", (4,))[0]
+            if c_np.shape != (imgs, ho, wo, cout):
+                raise InputShapeError(f"c must be {imgs}x{ho}x{wo}x{cout} to accumulate into, got {c_np.shape}")
+            c_np = c_np.reshape(1, m, cout)
+        r = self._run(x_np.reshape(1, imgs * h * wd, cin_p), w_np[None], 1, m, cout, geo.k, False, trans_w, geo, True,
+                      dataflow, split, out, mult, shift, scale_mode, rounding, seed, c_np, strict, x_torch)
+        r.output = r.output.reshape(imgs, ho, wo, cout)
+        return r
+
+    @staticmethod
+    def _epilogue_args(m: int, n: int, out: str, mult, shift, scale_mode: str,
+                       rounding: str) -> tuple[bool, int, int, np.ndarray | None]:
+        """Check the epilogue options: (out8, per-tensor mult, per-tensor shift, the per-row/column
+        (mult, shift) pairs as a 1 x 1 x 2*count INT32 array or None)."""
+        if out not in ("int32", "int8"):
+            raise LimitError(f"out must be 'int32' or 'int8', not {out!r}")
+        if rounding not in ROUNDINGS:
+            raise LimitError(f"rounding must be one of {ROUNDINGS}, not {rounding!r}")
+        if scale_mode not in SCALE_MODES:
+            raise LimitError(f"scale_mode must be one of {SCALE_MODES}, not {scale_mode!r}")
+        for name, v in (("mult", mult), ("shift", shift)):
+            _check_integers(name, v)
+        out8 = out == "int8"
+        if out8 and scale_mode != "tensor":
+            cnt = m if scale_mode == "row" else n
+            mu, sh = np.asarray(mult, dtype=np.int64), np.asarray(shift, dtype=np.int64)
+            if mu.shape != (cnt,) or sh.shape != (cnt,):
+                raise InputShapeError(f"scale_mode={scale_mode!r} needs {cnt} multipliers and shifts, "
+                                      f"got {mu.shape} and {sh.shape}")
+            if np.any(sh < 0) or np.any(sh > 62) or np.any(np.abs(mu) >= 2**31):
+                raise LimitError("per-row/column shifts must be 0..62 and multipliers fit INT32")
+            return out8, 1, 0, np.stack([mu, sh], axis=1).astype(np.int32).reshape(1, 1, 2 * cnt)
+        if not np.isscalar(mult) and np.ndim(mult) or not np.isscalar(shift) and np.ndim(shift):
+            raise InputShapeError("per-tensor scaling takes scalar mult and shift; "
+                                  "use scale_mode='row' or 'col' for vectors")
+        return out8, int(mult), int(shift), None
+
+    def _run(self, a_np: np.ndarray, b_np: np.ndarray, batch: int, m: int, n: int, k: int, trans_a: bool,
+             trans_b: bool, conv: ConvGeometry | None, shared_b: bool, dataflow: str, split: int | None, out: str,
+             mult, shift, scale_mode: str, rounding: str, seed: int, c: Any, strict: bool,
+             as_torch: bool) -> GemmResult:
+        out8, mult_t, shift_t, scales = self._epilogue_args(m, n, out, mult, shift, scale_mode, rounding)
+        out_dtype = np.int8 if out8 else np.int32
+        c_np = None
+        if c is not None:
+            c_np = c if isinstance(c, np.ndarray) and c.ndim == 3 else _as_numpy(c, "c", (3,))[0]
+            if c_np.dtype != out_dtype:
+                raise InputDTypeError(f"c must be {np.dtype(out_dtype)} for out={out!r}, got {c_np.dtype}")
+            if c_np.shape != (batch, m, n):
+                raise InputShapeError(f"c must be {batch}x{m}x{n} to accumulate into, got {c_np.shape}")
+
+        abuf, lda, stride_a = self._upload("a", a_np)
+        bbuf, ldb, stride_b = self._upload("b", b_np)
+        if c_np is not None:
+            cbuf, ldc, stride_c = self._upload("c", np.ascontiguousarray(c_np))
+            cview = np.ndarray((batch, m, ldc), dtype=out_dtype, buffer=cbuf, strides=(stride_c, ldc * c_np.itemsize,
+                                                                                       c_np.itemsize))
+        else:
+            cbuf, cview, ldc, stride_c = self._padded("c", batch, m, n, out_dtype)
+        offsets = {"a": self._offset(abuf), "b": self._offset(bbuf), "c": self._offset(cbuf)}
+        if scales is not None:
+            sbuf, _, _ = self._upload("scales", scales)
+            offsets["scales"] = self._offset(sbuf)
+        if conv is not None:
+            stride_a = 0
+        call = GemmCall(m=m, n=n, k=k, lda=lda, ldb=ldb, ldc=ldc, tile_m=1, tile_n=1, tile_k=1, trans_a=trans_a,
+                        trans_b=trans_b, out_int8=out8, accumulate=c_np is not None,
+                        scale_mode=scale_mode if out8 else "tensor", stochastic=rounding == "stochastic",
+                        mult=mult_t, shift=shift_t, seed=int(seed) & 0xFFFFFFFF, batch=batch,
+                        stride_a=stride_a if batch > 1 else 0, stride_b=0 if shared_b else stride_b,
+                        stride_c=stride_c if batch > 1 else 0, conv=conv)
+        chosen = planner.plan(self.board, call, dataflow=dataflow, split=split)
+        return self._launch(chosen, offsets, cbuf, cview[:, :, :n], strict, as_torch)
+
+    def run_call(self, call: GemmCall, offsets: dict[str, int]) -> RunInfo:
+        """Run one planned call on operands already in device memory (``offsets``: byte offsets
+        of ``a``, ``b``, ``c`` and, if used, ``scales`` from :attr:`memory_base`), after checking
+        the alignment rules (errors name the operand and the beat). Returns the kernel's outputs."""
+        check_alignment(self.board, call, offsets)
+        if not planner.kernel_accepts(self.board, call):
+            raise KernelArgumentError(f"the kernel would reject {call} on {self.board.name} (limits, tiles or "
+                                      "buffer capacity); plan the call with lora_qta.runtime.planner.plan")
+        info = self.ip.run(self.memory_base, offsets, call, self.timeout)
+        self.calls += 1
+        if info.status & (1 << config().status["bad_args"]):
+            raise KernelArgumentError(f"the kernel rejected {call}; the planner and the bitstream disagree "
+                                      "about the limits (stale bitstream?)")
+        return info
+
+    def _launch(self, chosen: planner.Plan, offsets: dict[str, int], cbuf: Any, cview: np.ndarray, strict: bool,
+                as_torch: bool) -> GemmResult:
+        call, rep = chosen.call, chosen.report
+        info = self.run_call(call, offsets)
+        cbuf.invalidate()
+        result = np.array(cview)
+        saturated = bool(info.status & (1 << config().status["saturated"]))
+        if strict and saturated:
+            raise SaturationError(f"{info.sat_count} outputs of the {call.m}x{call.k}x{call.n} GEMM saturated to "
+                                  f"{'INT8' if call.out_int8 else 'INT32'} (max |value| {info.amax}); lower the "
+                                  "scale or raise the shift")
+        measured = info.cycles_measured if self.measures_cycles else None
+        cycles = measured if measured else info.cycles_model
+        output = torch.from_numpy(result) if as_torch else result
+        return GemmResult(
+            output=output, cycles=cycles, cycles_model=info.cycles_model, cycles_measured=measured,
+            dataflow=call.dataflow, split=call.split, tiles=(call.tile_m, call.tile_n, call.tile_k),
+            utilization=call.macs / (cycles * self.board.pes), bytes_moved=rep.bytes_moved, saturated=saturated,
+            sat_count=info.sat_count, amax=info.amax, bound=rep.bound,
+            roofline_fraction=rep.roofline_cycles / cycles, wall_s=info.wall_s,
+        )
 
     def info(self) -> dict[str, Any]:
         """Configuration and backend, for ``lora-qta info``."""
@@ -415,4 +599,6 @@ class Accelerator:
             "tiles_max": [b.tile_m_max, b.tile_n_max, b.tile_k_max],
             "limits": [b.max_m, b.max_n, b.max_k], "config_digest": board_digest(b),
             "vlnv": config().vlnv, "kernel_base_address": hex(b.kernel_base_address),
+            "axi_ports": b.axi_ports, "memory_base": hex(self.memory_base),
+            "cycles_measured": "kernel counter" if self.measures_cycles else "unavailable (emulated: modelled only)",
         }
