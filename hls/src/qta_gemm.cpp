@@ -791,47 +791,49 @@ load_blocks:
 
 // ---------------------------------------------------------------------------------- array
 
-// Per-call configuration of the array: which boundaries start a sub-array, lane skews.
+// Per-call configuration of the array, as scalars set once per call: every per-PE or per-lane
+// constant (boundary selects, lane skews, tap sub-arrays) is a function of these and of the
+// compile-time PE/lane index, so no per-call array has to be partitioned (review S6).
 struct ArrayCfg {
-    bool a_edge_col[C];   // column j takes A from boundary feeder j / MS
-    bool b_edge_row[R];   // row i takes B (weights) from boundary feeder i / MS, and starts a partial sum
-    bool a_act[NBA], b_act[NBB], tap_act[NBB];
-    uint32_t a_q[NBA];    // sub-array served by A boundary b (side by side)
-    uint32_t b_p[NBB];    // sub-array served by B boundary b (stacked)
-    uint32_t tap_p[NBB];  // sub-array whose bottom row is above tap row t
-    uint8_t a_dly[R];     // skew of lane i at A boundary 0 (i mod SR); other boundaries: i
-    uint8_t b_dly[C];     // skew of lane j at B boundary 0 (j mod SC); other boundaries: j
+    bool os;                  // output-stationary (else weight-stationary)
+    uint32_t ea, eb;          // sub-array exponents: side by side (A), stacked (B)
+    uint32_t lgsr, lgsc;      // log2 of the sub-array sides
+    uint32_t lglr, lglc;      // log2 of the logical sides
+    uint32_t amask, bmask;    // A / B boundaries active: b & mask == 0
 };
 
 ArrayCfg array_cfg(const Hdr &h) {
     ArrayCfg ac;
     const int s = h.split;
-    const uint32_t sr = 1u << h.lgsr, sc = 1u << h.lgsc;
-    const uint32_t ea = s > 0 ? s : 0, eb = s < 0 ? -s : 0;
-    for (int b = 0; b < NBA; b++) {
-#pragma HLS UNROLL
-        ac.a_act[b] = (b & ((1 << (SMAXC - ea)) - 1)) == 0;
-        ac.a_q[b] = b >> (SMAXC - ea);
-    }
-    for (int b = 0; b < NBB; b++) {
-#pragma HLS UNROLL
-        ac.b_act[b] = (b & ((1 << (SMAXR - eb)) - 1)) == 0;
-        ac.b_p[b] = b >> (SMAXR - eb);
-        const uint32_t bottom = (uint32_t)(b + 1) * MS;  // one past the row above tap row b
-        ac.tap_act[b] = (bottom & (sr - 1)) == 0;
-        ac.tap_p[b] = (bottom >> h.lgsr) - 1;
-    }
-    for (int j = 0; j < C; j++) {
-#pragma HLS UNROLL
-        ac.a_edge_col[j] = (j & (MS - 1)) == 0 && ac.a_act[j >> LGMS];
-        ac.b_dly[j] = (uint8_t)(j & (sc - 1));
-    }
-    for (int i = 0; i < R; i++) {
-#pragma HLS UNROLL
-        ac.b_edge_row[i] = (i & (MS - 1)) == 0 && ac.b_act[i >> LGMS];
-        ac.a_dly[i] = (uint8_t)(i & (sr - 1));
-    }
+    ac.os = h.os;
+    ac.ea = s > 0 ? s : 0;
+    ac.eb = s < 0 ? -s : 0;
+    ac.lgsr = h.lgsr;
+    ac.lgsc = h.lgsc;
+    ac.lglr = h.lglr;
+    ac.lglc = h.lglc;
+    ac.amask = (1u << (SMAXC - ac.ea)) - 1;
+    ac.bmask = (1u << (SMAXR - ac.eb)) - 1;
     return ac;
+}
+
+// Compile-time boundary/lane index b, i, j; per-call scalars: these are the 2:1 selects and
+// per-lane constants of the PEs.
+inline bool a_act(const ArrayCfg &ac, int b) { return ((uint32_t)b & ac.amask) == 0; }
+inline bool b_act(const ArrayCfg &ac, int b) { return ((uint32_t)b & ac.bmask) == 0; }
+inline uint32_t a_q(const ArrayCfg &ac, int b) { return (uint32_t)b >> (SMAXC - ac.ea); }
+inline uint32_t b_p(const ArrayCfg &ac, int b) { return (uint32_t)b >> (SMAXR - ac.eb); }
+inline bool a_edge_col(const ArrayCfg &ac, int j) { return (j & (MS - 1)) == 0 && a_act(ac, j >> LGMS); }
+inline bool b_edge_row(const ArrayCfg &ac, int i) { return (i & (MS - 1)) == 0 && b_act(ac, i >> LGMS); }
+// tap row t (below physical row (t + 1) MS - 1) is the bottom of a sub-array, and which one
+inline bool tap_act(const ArrayCfg &ac, int t) { return (((uint32_t)(t + 1) * MS) & ((1u << ac.lgsr) - 1)) == 0; }
+inline uint32_t tap_p(const ArrayCfg &ac, int t) { return (((uint32_t)(t + 1) * MS) >> ac.lgsr) - 1; }
+// skew of lane i at A boundary b (WS: the same), of lane j at B boundary b (WS weights: none)
+inline uint32_t a_dly(const ArrayCfg &ac, int b, int i) {
+    return b == 0 ? ((uint32_t)i & ((1u << ac.lgsr) - 1)) : (uint32_t)i;
+}
+inline uint32_t b_dly(const ArrayCfg &ac, int b, int j) {
+    return !ac.os ? 0u : (b == 0 ? ((uint32_t)j & ((1u << ac.lgsc) - 1)) : (uint32_t)j);
 }
 
 // Accumulator read-modify-write of one column pair (assign on the block's first contribution).
@@ -846,24 +848,36 @@ inline void acc_rmw(AccW &w, int32_t v0, int32_t v1, bool assign) {
     }
 }
 
-// Output-stationary step: folds (fr, fc) of kt + SR + SC - 2 cycles back to back, each drained
-// during the first SR cycles of the next, then a final drain of SR cycles. Returns its cycles.
-uint32_t os_step(const Hdr &h, const ArrayCfg &ac, const Step &st, const A0Block &a0, const AXBlock &ax,
-                 const B0Block &b0, const BXBlock &bx, AccPBlock &accp, AccXBlock &accx) {
-    const int s = h.split;
-    const uint32_t sr = 1u << h.lgsr, sc = 1u << h.lgsc;
-    const uint32_t ea = s > 0 ? s : 0, eb = s < 0 ? -s : 0;
-    const uint32_t nfr = ceil_shift(st.mt, h.lglr), nfc = ceil_shift(st.nt, h.lglc);
-    const uint32_t nga = ceil_shift(st.mt, s >= 0 ? LGR : h.lgsr);   // A groups (feeder words per k)
-    const uint32_t ngb = ceil_shift(st.nt, s <= 0 ? LGC : h.lgsc);   // B groups
-    const uint32_t fl = st.kt + sr + sc - 2;
-    const uint32_t fold_cycles = nfr * nfc * fl, total = fold_cycles + sr;
+// One step of the PE array, OS or WS: ONE pipelined loop over ONE set of R x C PEs, each with one
+// multiply-add whose operands are per-call mode selects (review B1):
+//   product = a_in * (os ? b_in : weight),   sum = (os ? acc : (top of sub-array ? 0 : acc above)) + product
+// The schedule is a sequence of folds (fo, fc) (OS: fold row x fold column, WS: K fold x fold
+// column) of fl cycles each:
+//   OS  fl = kt + SR + SC - 2; at a fold's last cycle the accumulators move to the drain
+//       registers and restart; the drain runs during the first SR cycles of the next fold (and
+//       SR cycles after the last fold);
+//   WS  fl = 2 SR + SC + mt - 2: SR weight-load cycles (weights shift down from the top of each
+//       sub-array, the A path and partial sums are zeroed), then mt + SR + SC - 2 stream cycles.
+// Every address is a counter (no runtime multiply in the loop, review S4). Returns its cycles.
+uint32_t array_step(const ArrayCfg &ac, const Step &st, const A0Block &a0, const AXBlock &ax, const B0Block &b0,
+                    const BXBlock &bx, AccPBlock &accp, AccXBlock &accx) {
+    const bool os = ac.os;
+    const uint32_t sr = 1u << ac.lgsr, sc = 1u << ac.lgsc;
+    const uint32_t LGLR = ac.lglr, LGLC = ac.lglc;  // log2 of the logical sides
+    const uint32_t alen = os ? st.kt : st.mt;  // A words per fold in a bank
+    const uint32_t lp = os ? 0u : sr;          // weight-load cycles at the start of a fold
+    const uint32_t nfo = os ? ceil_shift(st.mt, LGLR) : ceil_shift(st.kt, ac.lgsr);
+    const uint32_t nfc = ceil_shift(st.nt, LGLC);
+    const uint32_t nga = ceil_shift(st.mt, ac.ea > 0 || ac.eb == 0 ? (uint32_t)LGR : ac.lgsr);  // OS A groups
+    const uint32_t ngb = ceil_shift(st.nt, ac.eb > 0 || ac.ea == 0 ? (uint32_t)LGC : ac.lgsc);  // B groups
+    const uint32_t fl = lp + alen + sr + sc - 2;
+    const uint32_t total = nfo * nfc * fl + (os ? sr : 0u);  // once per step
 
-    int8_t areg[R][C], breg[R][C];
-    int32_t pacc[R][C], pout[R][C];
+    int8_t areg[R][C], breg[R][C];   // A moving right; B moving down (OS) or the weight (WS)
+    int32_t acc[R][C], pout[R][C];   // accumulator / partial sum; OS drain register
 #pragma HLS ARRAY_PARTITION variable=areg type=complete dim=0
 #pragma HLS ARRAY_PARTITION variable=breg type=complete dim=0
-#pragma HLS ARRAY_PARTITION variable=pacc type=complete dim=0
+#pragma HLS ARRAY_PARTITION variable=acc type=complete dim=0
 #pragma HLS ARRAY_PARTITION variable=pout type=complete dim=0
     uint8_t ha[NBA][R][R], hb[NBB][C][C];  // skew histories (LUTRAM per lane), read masked
 #pragma HLS ARRAY_PARTITION variable=ha type=complete dim=1
@@ -873,77 +887,75 @@ uint32_t os_step(const Hdr &h, const ArrayCfg &ac, const Step &st, const A0Block
     int8_t ea_v[NBA][R], eb_v[NBB][C];  // edge inputs of this cycle
 #pragma HLS ARRAY_PARTITION variable=ea_v type=complete dim=0
 #pragma HLS ARRAY_PARTITION variable=eb_v type=complete dim=0
+    int32_t even[NBB][C / 2];  // WS: the even column of each pair, one cycle late (pair alignment)
+#pragma HLS ARRAY_PARTITION variable=even type=complete dim=0
     for (int i = 0; i < R; i++) {
 #pragma HLS UNROLL
         for (int j = 0; j < C; j++) {
 #pragma HLS UNROLL
-            areg[i][j] = 0; breg[i][j] = 0; pacc[i][j] = 0; pout[i][j] = 0;
+            areg[i][j] = 0; breg[i][j] = 0; acc[i][j] = 0; pout[i][j] = 0;
         }
     }
-    uint32_t tau = 0, fr = 0, fc = 0, hp = 0;
-    uint32_t dd = sr, dfr = 0, dfc = 0;  // drain cycle (sr: idle) and the fold being drained
-os_cycles:
+    // fold sequencer: cycle c of fold (fo, fc); every base address a counter
+    uint32_t c = 0, fo = 0, fc = 0, hp = 0;
+    uint32_t abase = 0;               // fo * alen: A word of the fold
+    uint32_t bbase = 0;               // fc * kt: B word of the fold
+    uint32_t wk0 = sr - 1;            // WS: (fo << lgsr) + SR - 1, the K index of the first weight row
+    uint32_t cbase = 0;               // WS: fc * mt, accumulator row base of the fold
+    uint32_t fcol = 0;                // fc << LGLC: first tile column of the fold
+    uint32_t frow = 0;                // OS: fo << LGLR: first tile row of the fold
+    uint32_t fidx = 0;                // OS: fo * nfc + fc, the fold's accumulator block
+    uint32_t dd = sr, dbase = 0, drow = 0, dcol = 0;  // OS drain: cycle (sr: idle), fold being drained
+array_cycles:
     for (uint32_t cyc = 0; cyc < total; cyc++) {
 #pragma HLS LOOP_TRIPCOUNT min=64 max=32768
 #pragma HLS PIPELINE II=1
 #pragma HLS DEPENDENCE variable=accp type=inter false
 #pragma HLS DEPENDENCE variable=accx type=inter false
-        const bool infold = cyc < fold_cycles;
-        // ---- drain: taps below the bottom row of each sub-array, then shift down one row
-        if (dd < sr) {
-            const uint32_t il = sr - 1 - dd;
-            const uint32_t addr = ((dfr * nfc + dfc) << h.lgsr) + il;
-            for (int t = 0; t < NBB; t++) {
+        const bool infold = cyc < total - (os ? sr : 0u);
+        const bool draining = os && dd < sr;
+        const uint32_t il = sr - 1 - dd;  // OS: local row the taps deliver this drain cycle
+        // ---- OS drain values of this cycle (before the shift), then shift down inside each sub-array
+        int32_t dv[NBB][C];
+#pragma HLS ARRAY_PARTITION variable=dv type=complete dim=0
+        for (int t = 0; t < NBB; t++) {
 #pragma HLS UNROLL
-                if (!ac.tap_act[t]) continue;
-                const int bt = (t + 1) * MS - 1;
-                for (int jp = 0; jp < C / 2; jp++) {
+            for (int j = 0; j < C; j++) {
 #pragma HLS UNROLL
-                    const int j = 2 * jp;
-                    uint32_t row, col;
-                    if (s >= 0) {
-                        row = (dfr << h.lglr) + ((uint32_t)(j >> h.lgsc) << LGR) + il;
-                        col = (dfc << h.lgsc) + (j & (sc - 1));
-                    } else {
-                        row = (dfr << h.lgsr) + il;
-                        col = (dfc << h.lglc) + (ac.tap_p[t] << LGC) + j;
-                    }
-                    if (row >= st.mt || col >= st.nt) continue;
-                    if (t == NBB - 1) {
-                        acc_rmw(accp[jp / PG][jp % PG][addr], pout[bt][j], pout[bt][j + 1], st.first);
-                    } else {
-                        acc_rmw(accx[t < NBB - 1 ? t : 0][jp / PG][jp % PG][addr], pout[bt][j], pout[bt][j + 1],
-                                st.first);
-                    }
-                }
+                dv[t][j] = pout[(t + 1) * MS - 1][j];
             }
+        }
+        if (draining) {
             for (int i = R - 1; i >= 0; i--) {
 #pragma HLS UNROLL
-                const bool top = (i & (sr - 1)) == 0;
+                const bool top = ((uint32_t)i & (sr - 1)) == 0;
                 for (int j = 0; j < C; j++) {
 #pragma HLS UNROLL
                     pout[i][j] = top ? 0 : pout[i - 1 >= 0 ? i - 1 : 0][j];
                 }
             }
-            dd++;
         }
-        if (!infold) continue;
-        // ---- feeders: one word per active bank at k = tau, skewed per lane through the history
-        const bool kin = tau < st.kt;
+        // ---- feeders: A one word per active bank per cycle (OS: every fold cycle, WS: stream
+        //      cycles), skewed per lane through the history; B one word per active bank (OS: every
+        //      fold cycle, skewed; WS: the weight rows of the load phase, not skewed)
+        const bool afeed = infold && c >= lp;
+        const uint32_t tau = c - lp;
+        const uint32_t bk = os ? c : wk0 - c;
+        const bool bfeed = infold && (os || c < lp);
         for (int b = 0; b < NBA; b++) {
 #pragma HLS UNROLL
-            if (!ac.a_act[b]) continue;
-            const uint32_t g = (fr << ea) + ac.a_q[b];
-            const uint32_t addr = fr * st.kt + tau;
+            if (!a_act(ac, b)) continue;
+            const bool gok = !os || (fo << ac.ea) + a_q(ac, b) < nga;
+            const uint32_t addr = abase + tau;
             AWord w;
-            if (kin && g < nga) {
+            if (afeed && tau < alen && gok) {
                 w = b == 0 ? a0[addr] : ax[(b - 1) >> 1][((b - 1) & 1) * QTA_A_SIDE_DEPTH + addr];
             } else {
                 for (int i = 0; i < R; i++) w.l[i] = 0;
             }
             for (int i = 0; i < R; i++) {
 #pragma HLS UNROLL
-                const uint32_t d = b == 0 ? ac.a_dly[i] : (uint32_t)i;
+                const uint32_t d = a_dly(ac, b, i);
                 const int8_t old = (int8_t)ha[b][i][(hp - d) & (R - 1)];
                 ea_v[b][i] = d == 0 ? w.l[i] : (tau >= d ? old : (int8_t)0);
                 ha[b][i][hp & (R - 1)] = (uint8_t)w.l[i];
@@ -951,189 +963,117 @@ os_cycles:
         }
         for (int b = 0; b < NBB; b++) {
 #pragma HLS UNROLL
-            if (!ac.b_act[b]) continue;
-            const uint32_t g = (fc << eb) + ac.b_p[b];
-            const uint32_t addr = fc * st.kt + tau;
+            if (!b_act(ac, b)) continue;
+            const uint32_t g = (fc << ac.eb) + b_p(ac, b);
+            const uint32_t addr = bbase + bk;
             BWord w;
-            if (kin && g < ngb) {
+            if (bfeed && bk < st.kt && g < ngb) {
                 w = b == 0 ? b0[addr] : bx[(b - 1) >> 1][((b - 1) & 1) * QTA_B_SIDE_DEPTH + addr];
             } else {
                 for (int j = 0; j < C; j++) w.l[j] = 0;
             }
             for (int j = 0; j < C; j++) {
 #pragma HLS UNROLL
-                const uint32_t d = b == 0 ? ac.b_dly[j] : (uint32_t)j;
+                const uint32_t d = b_dly(ac, b, j);
                 const int8_t old = (int8_t)hb[b][j][(hp - d) & (C - 1)];
-                eb_v[b][j] = d == 0 ? w.l[j] : (tau >= d ? old : (int8_t)0);
+                eb_v[b][j] = d == 0 ? w.l[j] : (c >= d ? old : (int8_t)0);
                 hb[b][j][hp & (C - 1)] = (uint8_t)w.l[j];
             }
         }
-        hp++;
-        // ---- PEs: A from the left neighbour or a boundary feeder, B from above; MAC
-        const bool fold_end = tau == fl - 1;
-        for (int i = R - 1; i >= 0; i--) {
-#pragma HLS UNROLL
-            for (int j = C - 1; j >= 0; j--) {
-#pragma HLS UNROLL
-                const int8_t av = ac.a_edge_col[j] ? ea_v[j >> LGMS][i] : areg[i][j - 1 >= 0 ? j - 1 : 0];
-                const int8_t bv = ac.b_edge_row[i] ? eb_v[i >> LGMS][j] : breg[i - 1 >= 0 ? i - 1 : 0][j];
-                areg[i][j] = av;
-                breg[i][j] = bv;
-                const int32_t sum = pacc[i][j] + (int32_t)((int16_t)av * (int16_t)bv);
-                pacc[i][j] = fold_end ? 0 : sum;
-                if (fold_end) pout[i][j] = sum;
-            }
-        }
-        if (fold_end) {
-            dd = 0;
-            dfr = fr;
-            dfc = fc;
-            tau = 0;
-            if (fc == nfc - 1) {
-                fc = 0;
-                fr++;
-            } else {
-                fc++;
-            }
-        } else {
-            tau++;
-        }
-    }
-    return total;
-}
-
-// Weight-stationary step: folds (fk, fc) of 2 SR + SC + mt - 2 cycles (weight load, stream,
-// skew), partial sums cascading down the columns to the taps. Returns its cycles.
-uint32_t ws_step(const Hdr &h, const ArrayCfg &ac, const Step &st, const A0Block &a0, const B0Block &b0,
-                 const BXBlock &bx, AccPBlock &accp, AccXBlock &accx) {
-    const int s = h.split;  // <= 0
-    const uint32_t sr = 1u << h.lgsr;
-    const uint32_t eb = -s;
-    const uint32_t nfk = ceil_shift(st.kt, h.lgsr), nfc = ceil_shift(st.nt, h.lglc);
-    const uint32_t ngb = ceil_shift(st.nt, LGC);
-    const uint32_t fl = 2 * sr + C + st.mt - 2;
-    const uint32_t total = nfk * nfc * fl;
-
-    int8_t areg[R][C], wreg[R][C];
-    int32_t psum[R][C];
-#pragma HLS ARRAY_PARTITION variable=areg type=complete dim=0
-#pragma HLS ARRAY_PARTITION variable=wreg type=complete dim=0
-#pragma HLS ARRAY_PARTITION variable=psum type=complete dim=0
-    int32_t even[NBB][C / 2];  // the even column of each pair, one cycle late (pair alignment)
-#pragma HLS ARRAY_PARTITION variable=even type=complete dim=0
-    uint8_t ha[R][R];  // skew history of A boundary 0
-#pragma HLS ARRAY_PARTITION variable=ha type=complete dim=1
-    int8_t ea_v[R], eb_v[NBB][C];
-#pragma HLS ARRAY_PARTITION variable=ea_v type=complete
-#pragma HLS ARRAY_PARTITION variable=eb_v type=complete dim=0
-    for (int i = 0; i < R; i++) {
-#pragma HLS UNROLL
-        for (int j = 0; j < C; j++) {
-#pragma HLS UNROLL
-            wreg[i][j] = 0;
-        }
-    }
-    uint32_t c = 0, fk = 0, fc = 0, hp = 0;
-ws_cycles:
-    for (uint32_t cyc = 0; cyc < total; cyc++) {
-#pragma HLS LOOP_TRIPCOUNT min=64 max=32768
-#pragma HLS PIPELINE II=1
-#pragma HLS DEPENDENCE variable=accp type=inter false
-#pragma HLS DEPENDENCE variable=accx type=inter false
-        if (c < sr) {
-            // ---- weight load: row SR-1-c of the fold's K slice enters at the top of each sub-array
-            const uint32_t kk = (fk << h.lgsr) + sr - 1 - c;
-            for (int b = 0; b < NBB; b++) {
-#pragma HLS UNROLL
-                if (!ac.b_act[b]) continue;
-                const uint32_t g = (fc << eb) + ac.b_p[b];
-                const uint32_t addr = fc * st.kt + kk;
-                BWord w;
-                if (kk < st.kt && g < ngb) {
-                    w = b == 0 ? b0[addr] : bx[(b - 1) >> 1][((b - 1) & 1) * QTA_B_SIDE_DEPTH + addr];
-                } else {
-                    for (int j = 0; j < C; j++) w.l[j] = 0;
-                }
-                for (int j = 0; j < C; j++) {
-#pragma HLS UNROLL
-                    eb_v[b][j] = w.l[j];
-                }
-            }
-            for (int i = R - 1; i >= 0; i--) {
-#pragma HLS UNROLL
-                for (int j = 0; j < C; j++) {
-#pragma HLS UNROLL
-                    wreg[i][j] = ac.b_edge_row[i] ? eb_v[i >> LGMS][j] : wreg[i - 1 >= 0 ? i - 1 : 0][j];
-                    areg[i][j] = 0;
-                    psum[i][j] = 0;
-                }
-            }
-            for (int t = 0; t < NBB; t++) {
-#pragma HLS UNROLL
-                for (int jp = 0; jp < C / 2; jp++) {
-#pragma HLS UNROLL
-                    even[t][jp] = 0;
-                }
-            }
-        } else {
-            // ---- stream: row tau of op(A) enters row i at tau + i' (skew), moves right
-            const uint32_t tau = c - sr;
-            AWord w;
-            if (tau < st.mt) {
-                w = a0[fk * st.mt + tau];
-            } else {
-                for (int i = 0; i < R; i++) w.l[i] = 0;
-            }
-            for (int i = 0; i < R; i++) {
-#pragma HLS UNROLL
-                const uint32_t d = ac.a_dly[i];
-                const int8_t old = (int8_t)ha[i][(hp - d) & (R - 1)];
-                ea_v[i] = d == 0 ? w.l[i] : (tau >= d ? old : (int8_t)0);
-                ha[i][hp & (R - 1)] = (uint8_t)w.l[i];
-            }
-            hp++;
+        if (infold) hp++;
+        // ---- PEs: one multiply-add each; A from the left neighbour or a boundary feeder, B from
+        //      above or a boundary feeder (2:1 selects), mode selects on the multiplier and adder inputs
+        const bool fold_end = c == fl - 1;
+        const bool wload = !os && c < lp;
+        if (infold) {
             for (int i = R - 1; i >= 0; i--) {
 #pragma HLS UNROLL
                 for (int j = C - 1; j >= 0; j--) {
 #pragma HLS UNROLL
-                    const int8_t av = j == 0 ? ea_v[i] : areg[i][j - 1 >= 0 ? j - 1 : 0];
-                    const int32_t pin = ac.b_edge_row[i] ? 0 : psum[i - 1 >= 0 ? i - 1 : 0][j];
-                    areg[i][j] = av;
-                    psum[i][j] = pin + (int32_t)((int16_t)av * (int16_t)wreg[i][j]);
-                }
-            }
-            // ---- taps: column pair jp delivers output row tau - SR - 2 jp (even column delayed)
-            const bool assign = st.first && fk == 0;
-            for (int t = 0; t < NBB; t++) {
-#pragma HLS UNROLL
-                if (!ac.tap_act[t]) continue;
-                const int bt = (t + 1) * MS - 1;
-                for (int jp = 0; jp < C / 2; jp++) {
-#pragma HLS UNROLL
-                    const int32_t ve = even[t][jp], vo = psum[bt][2 * jp + 1];
-                    even[t][jp] = psum[bt][2 * jp];
-                    const int32_t mrow = (int32_t)tau - (int32_t)sr - 2 * jp;
-                    const uint32_t col = (fc << h.lglc) + (ac.tap_p[t] << LGC) + 2 * jp;
-                    if (mrow < 0 || (uint32_t)mrow >= st.mt || col >= st.nt) continue;
-                    const uint32_t addr = fc * st.mt + (uint32_t)mrow;
-                    if (t == NBB - 1) {
-                        acc_rmw(accp[jp / PG][jp % PG][addr], ve, vo, assign);
-                    } else {
-                        acc_rmw(accx[t < NBB - 1 ? t : 0][jp / PG][jp % PG][addr], ve, vo, assign);
-                    }
+                    const int8_t av = a_edge_col(ac, j) ? ea_v[j >> LGMS][i] : areg[i][j - 1 >= 0 ? j - 1 : 0];
+                    const int8_t bin = b_edge_row(ac, i) ? eb_v[i >> LGMS][j] : breg[i - 1 >= 0 ? i - 1 : 0][j];
+                    const int8_t bop = os ? bin : breg[i][j];
+                    const int32_t add = os ? acc[i][j] : (b_edge_row(ac, i) ? 0 : acc[i - 1 >= 0 ? i - 1 : 0][j]);
+                    const int32_t sum = add + (int32_t)((int16_t)av * (int16_t)bop);
+                    areg[i][j] = wload ? (int8_t)0 : av;
+                    if (os || wload) breg[i][j] = bin;
+                    acc[i][j] = (os ? fold_end : wload) ? 0 : sum;
+                    if (os && fold_end) pout[i][j] = sum;
                 }
             }
         }
-        if (c == fl - 1) {
-            c = 0;
-            if (fc == nfc - 1) {
-                fc = 0;
-                fk++;
-            } else {
-                fc++;
+        // ---- taps: one accumulator read-modify-write per pair bank per cycle.
+        //      OS: the drained local row il of fold (drow, dcol); WS: column pair jp delivers output
+        //      row tau - SR - 2 jp (its even column delayed one cycle).
+        const bool wstream = !os && infold && c >= lp;
+        const bool assign = os ? st.first : (st.first && fo == 0);
+        for (int t = 0; t < NBB; t++) {
+#pragma HLS UNROLL
+            if (!tap_act(ac, t)) continue;
+            const int bt = (t + 1) * MS - 1;
+            for (int jp = 0; jp < C / 2; jp++) {
+#pragma HLS UNROLL
+                const int j = 2 * jp;
+                int32_t v0, v1;
+                uint32_t row, col, addr;
+                bool en;
+                if (os) {
+                    v0 = dv[t][j];
+                    v1 = dv[t][j + 1];
+                    if (ac.eb == 0) {
+                        row = drow + ((uint32_t)(j >> ac.lgsc) << LGR) + il;
+                        col = dcol + ((uint32_t)j & (sc - 1));
+                    } else {
+                        row = drow + il;
+                        col = dcol + (tap_p(ac, t) << LGC) + j;
+                    }
+                    addr = dbase + il;
+                    en = draining;
+                } else {
+                    v0 = even[t][jp];
+                    v1 = acc[bt][j + 1];
+                    even[t][jp] = acc[bt][j];
+                    const int32_t mrow = (int32_t)tau - (int32_t)sr - 2 * jp;
+                    row = (uint32_t)mrow;
+                    col = fcol + (tap_p(ac, t) << LGC) + j;
+                    addr = cbase + (uint32_t)mrow;
+                    en = wstream && mrow >= 0;
+                }
+                if (!en || row >= st.mt || col >= st.nt) continue;
+                if (t == NBB - 1) {
+                    acc_rmw(accp[jp / PG][jp % PG][addr], v0, v1, assign);
+                } else {
+                    acc_rmw(accx[t < NBB - 1 ? t : 0][jp / PG][jp % PG][addr], v0, v1, assign);
+                }
             }
-        } else {
-            c++;
+        }
+        if (draining) dd++;
+        // ---- fold sequencer (counters only)
+        if (infold) {
+            if (fold_end) {
+                c = 0;
+                if (os) {
+                    dd = 0;
+                    dbase = fidx << ac.lgsr;
+                    drow = frow;
+                    dcol = fcol;
+                }
+                fidx++;
+                if (fc == nfc - 1) {
+                    fc = 0; fcol = 0; bbase = 0; cbase = 0;
+                    fo++;
+                    abase += alen;
+                    wk0 += sr;
+                    frow += 1u << LGLR;
+                } else {
+                    fc++;
+                    fcol += 1u << LGLC;
+                    bbase += st.kt;
+                    cbase += st.mt;
+                }
+            } else {
+                c++;
+            }
         }
     }
     return total;
@@ -1157,8 +1097,7 @@ array_blocks:
             QTA_READ_LOCK(AXBlock, ax, axs);
             QTA_READ_LOCK(B0Block, b0, b0s);
             QTA_READ_LOCK(BXBlock, bx, bxs);
-            const uint32_t it = h.os ? os_step(h, ac, st, a0, ax, b0, bx, accp, accx)
-                                     : ws_step(h, ac, st, a0, b0, bx, accp, accx);
+            const uint32_t it = array_step(ac, st, a0, ax, b0, bx, accp, accx);
             cnt.write(it + QTA_ARRAY_PIPELINE);
         }
     }

@@ -44,8 +44,9 @@ RUNTIME_DIVISION_OK = ("decode", "descriptors")
 """Functions that run once per call (argument decoding, block counts): a divider there is
 a one-off, not a loop's critical path."""
 
-PE_FUNCTIONS = ("os_step", "ws_step")
-"""The PE-array functions whose partitioned arrays must be indexed at compile time."""
+PE_FUNCTIONS = ("array_step",)
+"""The PE-array function (one PE array for both dataflows) whose partitioned arrays must be indexed
+at compile time."""
 
 PE_BANKS = {"ax": 1, "bx": 1, "accp": 2, "accx": 3}
 """Feeder-bank and accumulator arrays of the PE functions and how many leading dimensions are
