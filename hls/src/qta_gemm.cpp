@@ -72,32 +72,82 @@ static_assert((R > C ? R : C) <= 2 * BB, "a feeder word spans at most two beats"
 static_assert(SW % BB == 0, "a store word holds whole beats");
 static_assert(2 * TROWS <= BB, "the transposer prefetches a column of its row slots while emitting the previous one, two bytes per cycle");
 static_assert(ER == 1 || ER == 2, "epilogue rows");
+static_assert(NAX == 1 || NAX == 2 || NAX == 4, "A side-bank pairs: one stream_of_blocks each (QTA_IF_AX*)");
+static_assert(NBX == 1 || NBX == 2 || NBX == 4, "B side-bank pairs: one stream_of_blocks each (QTA_IF_BX*)");
 
-// Feeder words, unpacked beats, store words and accumulator words. Structs of byte arrays,
-// aggregated by HLS into one wide memory word.
-struct AWord {
-    int8_t l[R];  // lane i feeds physical row i
-};
-struct BWord {
-    int8_t l[C];  // lane j feeds physical column j
-};
-struct Beat {
-    uint8_t b[BB];
-};
-struct SWord {
-    uint8_t b[SW];
-};
-struct AccW {
-    int32_t v[2];  // two adjacent columns
-};
+// One hls::stream_of_blocks per pair of side banks (a stream of blocks cannot be partitioned):
+// the processes take NAX (NBX) of them; QTA_IF_AX2 / QTA_IF_AX4 keep the declarations, locks and
+// arguments of pairs 1 and 2..3 when they exist, QTA_AXk names pair k or, when it does not
+// exist, pair 0 (only ever passed to a branch that NAX > k removes at compile time).
+#if QTA_COLS / QTA_MIN_SUB / 2 >= 2
+#define QTA_IF_AX2(...) __VA_ARGS__
+#define QTA_AX1 ax1
+#else
+#define QTA_IF_AX2(...)
+#define QTA_AX1 ax0
+#endif
+#if QTA_COLS / QTA_MIN_SUB / 2 >= 4
+#define QTA_IF_AX4(...) __VA_ARGS__
+#define QTA_AX2 ax2
+#define QTA_AX3 ax3
+#else
+#define QTA_IF_AX4(...)
+#define QTA_AX2 ax0
+#define QTA_AX3 ax0
+#endif
+#if QTA_ROWS / QTA_MIN_SUB / 2 >= 2
+#define QTA_IF_BX2(...) __VA_ARGS__
+#define QTA_BX1 bx1
+#else
+#define QTA_IF_BX2(...)
+#define QTA_BX1 bx0
+#endif
+#if QTA_ROWS / QTA_MIN_SUB / 2 >= 4
+#define QTA_IF_BX4(...) __VA_ARGS__
+#define QTA_BX2 bx2
+#define QTA_BX3 bx3
+#else
+#define QTA_IF_BX4(...)
+#define QTA_BX2 bx0
+#define QTA_BX3 bx0
+#endif
 
-// Ping-pong blocks: the feeder banks of a step and the accumulators of a block.
-typedef AWord A0Block[QTA_A_DEPTH];                         // A bank of sub-array 0
-typedef AWord AXBlock[NAX][2 * QTA_A_SIDE_DEPTH];           // A banks 1..NBA-1, two per memory
-typedef BWord B0Block[QTA_B_DEPTH];                         // B bank of sub-array 0
-typedef BWord BXBlock[NBX][2 * QTA_B_SIDE_DEPTH];           // B banks 1..NBB-1, two per memory
-typedef AccW AccPBlock[CG][PG][QTA_ACC_DEPTH];              // bottom tap row
-typedef AccW AccXBlock[NBB - 1][CG][PG][QTA_ACC_SIDE_DEPTH];  // tap rows 0..NBB-2
+// Every internal word is a hand-packed ap_uint (review B2): what a memory or FIFO word holds is
+// its bit width, with no dependence on how HLS disaggregates or aggregates structs.
+typedef ap_uint<8 * R> AWord;        // A feeder word: lane i (bits 8i..8i+7) feeds physical row i
+typedef ap_uint<8 * C> BWord;        // B feeder word: lane j feeds physical column j
+typedef qta_beat_t Beat;             // one AXI beat, byte q at bits 8q..8q+7
+typedef ap_uint<8 * SW> SWord;       // store word: MS INT32 or 4 MS INT8 outputs
+typedef ap_uint<32 * C> AccRow;      // accumulator word: one row of a tap row, lane j = column j (INT32)
+typedef ap_uint<32 * C * (NBB - 1)> AccXRow;  // the same row of tap rows 0..NBB-2 side by side
+
+// Ping-pong blocks: the feeder banks of a step and the accumulators of a block. No block is
+// partitioned (ARRAY_PARTITION/RESHAPE are not supported on hls::stream_of_blocks, UG1399): each
+// is one memory whose accesses per cycle fit its two ports:
+//   A0/B0   the array reads one word per cycle, the loader writes two (other slot);
+//   AX/BX   one block per PAIR of side banks (two banks per memory, one port each for the array's
+//           reads; the loader writes two words per cycle into one bank of the other slot);
+//   AccP    the bottom tap row, one row word (C INT32) per address: the array does one
+//           read-modify-write per cycle (every tap column delivers the same row: OS drain by
+//           construction, WS after the de-skew below), the store reads ER rows of the other slot;
+//   AccX    the other tap rows, one word of (NBB-1) x C INT32 per address, likewise.
+typedef AWord A0Block[QTA_A_DEPTH];                // A bank of sub-array 0
+typedef AWord AXBlock[2 * QTA_A_SIDE_DEPTH];       // a pair of A side banks (banks 2x+1, 2x+2)
+typedef BWord B0Block[QTA_B_DEPTH];                // B bank of sub-array 0
+typedef BWord BXBlock[2 * QTA_B_SIDE_DEPTH];       // a pair of B side banks
+typedef AccRow AccPBlock[QTA_ACC_DEPTH];           // bottom tap row
+typedef AccXRow AccXBlock[QTA_ACC_SIDE_DEPTH];     // tap rows 0..NBB-2
+
+template <int W>
+inline int8_t lane8(const ap_uint<W> &w, int i) {
+#pragma HLS INLINE
+    return (int8_t)(uint8_t)w.range(8 * i + 7, 8 * i);
+}
+template <int W>
+inline uint8_t byte_at(const ap_uint<W> &w, uint32_t i) {  // runtime byte position: a mux
+#pragma HLS INLINE
+    return (uint8_t)(w >> (8 * i));
+}
 
 // The call, validated and decoded once by the descriptor process and sent to every process.
 struct Hdr {
@@ -148,14 +198,25 @@ inline void mixed_add(uint32_t &hi, uint32_t &mid, uint32_t &lo, uint32_t dhi, u
     hi += dhi + c2;
 }
 
-inline Beat unpack(const qta_beat_t &x) {
+// Word `addr` of side-bank pair bp (compile-time after unrolling; pairs >= NX do not exist).
+template <int NX, typename WordT>
+inline WordT side_read(uint32_t bp, uint32_t addr, const WordT *s0, const WordT *s1, const WordT *s2,
+                       const WordT *s3) {
 #pragma HLS INLINE
-    Beat b;
-    for (int i = 0; i < BB; i++) {
-#pragma HLS UNROLL
-        b.b[i] = (uint8_t)x.range(8 * i + 7, 8 * i);
+    return (NX > 1 && bp == 1) ? s1[addr] : (NX > 2 && bp == 2) ? s2[addr] : (NX > 3 && bp == 3) ? s3[addr] : s0[addr];
+}
+template <int NX, typename WordT>
+inline void side_write(uint32_t bp, uint32_t addr, const WordT &w, WordT *s0, WordT *s1, WordT *s2, WordT *s3) {
+#pragma HLS INLINE
+    if (NX > 1 && bp == 1) {
+        s1[addr] = w;
+    } else if (NX > 2 && bp == 2) {
+        s2[addr] = w;
+    } else if (NX > 3 && bp == 3) {
+        s3[addr] = w;
+    } else {
+        s0[addr] = w;
     }
-    return b;
 }
 
 // ----------------------------------------------------------------------------- descriptors
@@ -367,7 +428,7 @@ rows:
         for (uint32_t e = 0; e < nb; e++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=TBEATS
 #pragma HLS PIPELINE II=1
-            out.write(unpack(rd[base + e]));
+            out.write(rd[base + e]);
         }
         base += stride;
         beats += nb + QTA_BURST_OVERHEAD;
@@ -385,11 +446,7 @@ uint32_t fetch_conv_rows(const qta_beat_t *rd, hls::stream<Beat> &out, const Hdr
     mixed_add(img, ho, wo, h.dimg[PORT], h.dho[PORT], h.dwo[PORT], h.Ho, h.Wo);
     const int32_t hmax = (int32_t)((h.H - 1) << h.dsh), wmax = (int32_t)((h.W - 1) << h.dsh);
     const uint32_t dmask = (1u << h.dsh) - 1;
-    Beat zero;
-    for (int i = 0; i < BB; i++) {
-#pragma HLS UNROLL
-        zero.b[i] = 0;
-    }
+    const Beat zero = 0;
     uint32_t beats = 0;
 conv_rows:
     for (uint32_t r = PORT; r < st.mt; r += P) {
@@ -411,7 +468,7 @@ conv_rows:
                 for (uint32_t e = 0; e < nbt; e++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=TBEATS
 #pragma HLS PIPELINE II=1
-                    out.write(unpack(rd[base + e]));
+                    out.write(rd[base + e]);
                 }
             } else {
             pad_beats:
@@ -459,7 +516,7 @@ fetch_blocks:
                 for (uint32_t e = 0; e < mine; e++) {
 #pragma HLS LOOP_TRIPCOUNT min=0 max=SCALE_MAX*8/BB/P
 #pragma HLS PIPELINE II=1
-                    scl.write(unpack(rd[base + (uint64_t)e * P]));
+                    scl.write(rd[base + (uint64_t)e * P]);
                 }
                 beats += mine + QTA_BURST_OVERHEAD;
             }
@@ -486,11 +543,11 @@ fetch_blocks:
                     for (uint32_t e = 0; e < nbc; e++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=QTA_TILE_N_MAX*4/BB
 #pragma HLS PIPELINE II=1
-                        const Beat bt = unpack(rd[base + e]);
+                        const Beat bt = rd[base + e];
                         const uint32_t slot = e & (SWB - 1);
-                        for (int i = 0; i < BB; i++) {
+                        for (int q = 0; q < SWB; q++) {
 #pragma HLS UNROLL
-                            w.b[slot * BB + i] = bt.b[i];
+                            if ((uint32_t)q == slot) w.range(8 * BB * q + 8 * BB - 1, 8 * BB * q) = bt;
                         }
                         if (slot == SWB - 1 || e == nbc - 1) cold.write(w);
                     }
@@ -604,8 +661,8 @@ Phases phases(const Lay &ly) {
 // two write ports of their bank (consecutive addresses).
 // Returns the cycles it took (its trip count plus the pipeline depth).
 template <int L, typename WordT, int NX, int D0, int DX>
-uint32_t load_operand(hls::stream<Beat> ops[P], const Lay &ly, WordT prim[D0], WordT side[NX][2 * DX],
-                      Beat tbuf[P][2][TROWS * TBEATS]) {
+uint32_t load_operand(hls::stream<Beat> ops[P], const Lay &ly, WordT prim[D0], WordT s0[2 * DX], WordT s1[2 * DX],
+                      WordT s2[2 * DX], WordT s3[2 * DX], Beat tbuf[P][2][TROWS * TBEATS]) {
 #pragma HLS INLINE
     const uint32_t W = 1u << ly.lgw;
     const uint32_t nw = ceil_shift(ly.seg, ly.lgw);  // natural: words per stored row
@@ -666,8 +723,8 @@ load_cycles:
 #pragma HLS ARRAY_PARTITION variable=win type=complete
                     for (int q = 0; q < BB; q++) {
 #pragma HLS UNROLL
-                        win[q] = w0.b[q];
-                        win[BB + q] = w1.b[q];
+                        win[q] = (uint8_t)w0.range(8 * q + 7, 8 * q);
+                        win[BB + q] = (uint8_t)w1.range(8 * q + 7, 8 * q);
                     }
                     for (int w = 0; w < L; w++) {
 #pragma HLS UNROLL
@@ -701,7 +758,7 @@ load_cycles:
 #pragma HLS UNROLL
                         const bool ok = (uint32_t)w < W && ex * W + w < ly.nrows;
                         const int slot = (w >> LGP) < TROWS ? (w >> LGP) : 0;
-                        v[y][w] = ok ? (int8_t)cur[w & (P - 1)][slot].b[(e & (BB - 1)) + y] : (int8_t)0;
+                        v[y][w] = ok ? (int8_t)byte_at(cur[w & (P - 1)][slot], (e & (BB - 1)) + y) : (int8_t)0;
                     }
                 }
                 val[1] = e + 1 < ly.seg;
@@ -733,12 +790,12 @@ load_cycles:
                     WordT word;
                     for (int l = 0; l < L; l++) {
 #pragma HLS UNROLL
-                        word.l[l] = v[y][l & (W - 1)];
+                        word.range(8 * l + 7, 8 * l) = (uint8_t)v[y][l & (W - 1)];
                     }
                     if (bank == 0) {
                         prim[addr + y] = word;
                     } else {
-                        side[(bank - 1) >> 1][((bank - 1) & 1) * DX + addr + y] = word;
+                        side_write<NX>((bank - 1) >> 1, ((bank - 1) & 1) * DX + addr + y, word, s0, s1, s2, s3);
                     }
                 }
             }
@@ -762,7 +819,9 @@ load_cycles:
 }
 
 void load(hls::stream<Hdr> &hs, hls::stream<Step> &ss, hls::stream<Beat> ops[P], QTA_BLOCKS(A0Block, ) &a0s,
-          QTA_BLOCKS(AXBlock, ) &axs, QTA_BLOCKS(B0Block, ) &b0s, QTA_BLOCKS(BXBlock, ) &bxs,
+          QTA_BLOCKS(AXBlock, ) &ax0s QTA_IF_AX2(, QTA_BLOCKS(AXBlock, ) &ax1s) QTA_IF_AX4(, QTA_BLOCKS(AXBlock, ) &ax2s, QTA_BLOCKS(AXBlock, ) &ax3s),
+          QTA_BLOCKS(B0Block, ) &b0s,
+          QTA_BLOCKS(BXBlock, ) &bx0s QTA_IF_BX2(, QTA_BLOCKS(BXBlock, ) &bx1s) QTA_IF_BX4(, QTA_BLOCKS(BXBlock, ) &bx2s, QTA_BLOCKS(BXBlock, ) &bx3s),
           hls::stream<uint32_t> &cnt) {
     const Hdr h = hs.read();
     // the row buffers of the beat transposer: per port two slots of TROWS rows
@@ -778,12 +837,18 @@ load_blocks:
 #pragma HLS LOOP_TRIPCOUNT min=1 max=128
             const Step st = ss.read();
             QTA_WRITE_LOCK(A0Block, a0, a0s);
-            QTA_WRITE_LOCK(AXBlock, ax, axs);
+            QTA_WRITE_LOCK(AXBlock, ax0, ax0s);
+            QTA_IF_AX2(QTA_WRITE_LOCK(AXBlock, ax1, ax1s);)
+            QTA_IF_AX4(QTA_WRITE_LOCK(AXBlock, ax2, ax2s); QTA_WRITE_LOCK(AXBlock, ax3, ax3s);)
             QTA_WRITE_LOCK(B0Block, b0, b0s);
-            QTA_WRITE_LOCK(BXBlock, bx, bxs);
+            QTA_WRITE_LOCK(BXBlock, bx0, bx0s);
+            QTA_IF_BX2(QTA_WRITE_LOCK(BXBlock, bx1, bx1s);)
+            QTA_IF_BX4(QTA_WRITE_LOCK(BXBlock, bx2, bx2s); QTA_WRITE_LOCK(BXBlock, bx3, bx3s);)
             const Lay la = layout_a(h, st), lb = layout_b(h, st);
-            uint32_t it = load_operand<R, AWord, NAX, QTA_A_DEPTH, QTA_A_SIDE_DEPTH>(ops, la, a0, ax, tbuf);
-            it += load_operand<C, BWord, NBX, QTA_B_DEPTH, QTA_B_SIDE_DEPTH>(ops, lb, b0, bx, tbuf);
+            uint32_t it = load_operand<R, AWord, NAX, QTA_A_DEPTH, QTA_A_SIDE_DEPTH>(ops, la, a0, ax0, QTA_AX1, QTA_AX2,
+                                                                                   QTA_AX3, tbuf);
+            it += load_operand<C, BWord, NBX, QTA_B_DEPTH, QTA_B_SIDE_DEPTH>(ops, lb, b0, bx0, QTA_BX1, QTA_BX2,
+                                                                           QTA_BX3, tbuf);
             cnt.write(it);
         }
     }
@@ -836,18 +901,6 @@ inline uint32_t b_dly(const ArrayCfg &ac, int b, int j) {
     return !ac.os ? 0u : (b == 0 ? ((uint32_t)j & ((1u << ac.lgsc) - 1)) : (uint32_t)j);
 }
 
-// Accumulator read-modify-write of one column pair (assign on the block's first contribution).
-inline void acc_rmw(AccW &w, int32_t v0, int32_t v1, bool assign) {
-#pragma HLS INLINE
-    if (assign) {
-        w.v[0] = v0;
-        w.v[1] = v1;
-    } else {
-        w.v[0] += v0;
-        w.v[1] += v1;
-    }
-}
-
 // One step of the PE array, OS or WS: ONE pipelined loop over ONE set of R x C PEs, each with one
 // multiply-add whose operands are per-call mode selects (review B1):
 //   product = a_in * (os ? b_in : weight),   sum = (os ? acc : (top of sub-array ? 0 : acc above)) + product
@@ -859,8 +912,9 @@ inline void acc_rmw(AccW &w, int32_t v0, int32_t v1, bool assign) {
 //   WS  fl = 2 SR + SC + mt - 2: SR weight-load cycles (weights shift down from the top of each
 //       sub-array, the A path and partial sums are zeroed), then mt + SR + SC - 2 stream cycles.
 // Every address is a counter (no runtime multiply in the loop, review S4). Returns its cycles.
-uint32_t array_step(const ArrayCfg &ac, const Step &st, const A0Block &a0, const AXBlock &ax, const B0Block &b0,
-                    const BXBlock &bx, AccPBlock &accp, AccXBlock &accx) {
+uint32_t array_step(const ArrayCfg &ac, const Step &st, const A0Block &a0, const AXBlock &ax0, const AXBlock &ax1,
+                    const AXBlock &ax2, const AXBlock &ax3, const B0Block &b0, const BXBlock &bx0,
+                    const BXBlock &bx1, const BXBlock &bx2, const BXBlock &bx3, AccPBlock &accp, AccXBlock &accx) {
     const bool os = ac.os;
     const uint32_t sr = 1u << ac.lgsr, sc = 1u << ac.lgsc;
     const uint32_t LGLR = ac.lglr, LGLC = ac.lglc;  // log2 of the logical sides
@@ -887,13 +941,23 @@ uint32_t array_step(const ArrayCfg &ac, const Step &st, const A0Block &a0, const
     int8_t ea_v[NBA][R], eb_v[NBB][C];  // edge inputs of this cycle
 #pragma HLS ARRAY_PARTITION variable=ea_v type=complete dim=0
 #pragma HLS ARRAY_PARTITION variable=eb_v type=complete dim=0
-    int32_t even[NBB][C / 2];  // WS: the even column of each pair, one cycle late (pair alignment)
-#pragma HLS ARRAY_PARTITION variable=even type=complete dim=0
+    int32_t dsk[NBB][C][C - 1];  // WS de-skew shift registers: column j uses C - 1 - j stages
+#pragma HLS ARRAY_PARTITION variable=dsk type=complete dim=0
     for (int i = 0; i < R; i++) {
 #pragma HLS UNROLL
         for (int j = 0; j < C; j++) {
 #pragma HLS UNROLL
             areg[i][j] = 0; breg[i][j] = 0; acc[i][j] = 0; pout[i][j] = 0;
+        }
+    }
+    for (int t = 0; t < NBB; t++) {
+#pragma HLS UNROLL
+        for (int j = 0; j < C; j++) {
+#pragma HLS UNROLL
+            for (int k = 0; k < C - 1; k++) {
+#pragma HLS UNROLL
+                dsk[t][j][k] = 0;
+            }
         }
     }
     // fold sequencer: cycle c of fold (fo, fc); every base address a counter
@@ -902,10 +966,8 @@ uint32_t array_step(const ArrayCfg &ac, const Step &st, const A0Block &a0, const
     uint32_t bbase = 0;               // fc * kt: B word of the fold
     uint32_t wk0 = sr - 1;            // WS: (fo << lgsr) + SR - 1, the K index of the first weight row
     uint32_t cbase = 0;               // WS: fc * mt, accumulator row base of the fold
-    uint32_t fcol = 0;                // fc << LGLC: first tile column of the fold
-    uint32_t frow = 0;                // OS: fo << LGLR: first tile row of the fold
     uint32_t fidx = 0;                // OS: fo * nfc + fc, the fold's accumulator block
-    uint32_t dd = sr, dbase = 0, drow = 0, dcol = 0;  // OS drain: cycle (sr: idle), fold being drained
+    uint32_t dd = sr, dbase = 0;      // OS drain: cycle (sr: idle), accumulator block being drained
 array_cycles:
     for (uint32_t cyc = 0; cyc < total; cyc++) {
 #pragma HLS LOOP_TRIPCOUNT min=64 max=32768
@@ -949,16 +1011,17 @@ array_cycles:
             const uint32_t addr = abase + tau;
             AWord w;
             if (afeed && tau < alen && gok) {
-                w = b == 0 ? a0[addr] : ax[(b - 1) >> 1][((b - 1) & 1) * QTA_A_SIDE_DEPTH + addr];
+                w = b == 0 ? a0[addr]
+                           : side_read<NAX>((b - 1) >> 1, ((b - 1) & 1) * QTA_A_SIDE_DEPTH + addr, ax0, ax1, ax2, ax3);
             } else {
-                for (int i = 0; i < R; i++) w.l[i] = 0;
+                w = 0;
             }
             for (int i = 0; i < R; i++) {
 #pragma HLS UNROLL
                 const uint32_t d = a_dly(ac, b, i);
                 const int8_t old = (int8_t)ha[b][i][(hp - d) & (R - 1)];
-                ea_v[b][i] = d == 0 ? w.l[i] : (tau >= d ? old : (int8_t)0);
-                ha[b][i][hp & (R - 1)] = (uint8_t)w.l[i];
+                ea_v[b][i] = d == 0 ? lane8(w, i) : (tau >= d ? old : (int8_t)0);
+                ha[b][i][hp & (R - 1)] = (uint8_t)lane8(w, i);
             }
         }
         for (int b = 0; b < NBB; b++) {
@@ -968,16 +1031,17 @@ array_cycles:
             const uint32_t addr = bbase + bk;
             BWord w;
             if (bfeed && bk < st.kt && g < ngb) {
-                w = b == 0 ? b0[addr] : bx[(b - 1) >> 1][((b - 1) & 1) * QTA_B_SIDE_DEPTH + addr];
+                w = b == 0 ? b0[addr]
+                           : side_read<NBX>((b - 1) >> 1, ((b - 1) & 1) * QTA_B_SIDE_DEPTH + addr, bx0, bx1, bx2, bx3);
             } else {
-                for (int j = 0; j < C; j++) w.l[j] = 0;
+                w = 0;
             }
             for (int j = 0; j < C; j++) {
 #pragma HLS UNROLL
                 const uint32_t d = b_dly(ac, b, j);
                 const int8_t old = (int8_t)hb[b][j][(hp - d) & (C - 1)];
-                eb_v[b][j] = d == 0 ? w.l[j] : (c >= d ? old : (int8_t)0);
-                hb[b][j][hp & (C - 1)] = (uint8_t)w.l[j];
+                eb_v[b][j] = d == 0 ? lane8(w, j) : (c >= d ? old : (int8_t)0);
+                hb[b][j][hp & (C - 1)] = (uint8_t)lane8(w, j);
             }
         }
         if (infold) hp++;
@@ -1002,49 +1066,56 @@ array_cycles:
                 }
             }
         }
-        // ---- taps: one accumulator read-modify-write per pair bank per cycle.
-        //      OS: the drained local row il of fold (drow, dcol); WS: column pair jp delivers output
-        //      row tau - SR - 2 jp (its even column delayed one cycle).
-        const bool wstream = !os && infold && c >= lp;
-        const bool assign = os ? st.first : (st.first && fo == 0);
+        // ---- taps: ONE read-modify-write of one accumulator row word per cycle (and of the other
+        //      tap rows' word in stacked modes). OS: the drained local row il of fold (drow, dcol),
+        //      the same address for every tap column. WS: column j of a tap row holds output row m
+        //      after stream cycle m + SR + j - 1; a de-skew of C - 1 - j cycles per column makes every
+        //      column deliver row tau - SR - (C - 2) at stream cycle tau (shift registers).
+        //      Lanes past the tile (rows >= mt in side-by-side OS, columns >= nt) are written too:
+        //      each lane is the only place its (row, column) lives and the store never reads them.
+        int32_t tv[NBB][C];
+#pragma HLS ARRAY_PARTITION variable=tv type=complete dim=0
         for (int t = 0; t < NBB; t++) {
 #pragma HLS UNROLL
-            if (!tap_act(ac, t)) continue;
             const int bt = (t + 1) * MS - 1;
-            for (int jp = 0; jp < C / 2; jp++) {
+            for (int j = 0; j < C; j++) {
 #pragma HLS UNROLL
-                const int j = 2 * jp;
-                int32_t v0, v1;
-                uint32_t row, col, addr;
-                bool en;
-                if (os) {
-                    v0 = dv[t][j];
-                    v1 = dv[t][j + 1];
-                    if (ac.eb == 0) {
-                        row = drow + ((uint32_t)(j >> ac.lgsc) << LGR) + il;
-                        col = dcol + ((uint32_t)j & (sc - 1));
-                    } else {
-                        row = drow + il;
-                        col = dcol + (tap_p(ac, t) << LGC) + j;
+                const int len = C - 1 - j;  // de-skew stages of column j
+                const int32_t ws_out = len == 0 ? acc[bt][j] : dsk[t][j][len - 1 >= 0 ? len - 1 : 0];
+                for (int k = C - 2; k > 0; k--) {
+#pragma HLS UNROLL
+                    if (k < len) dsk[t][j][k] = dsk[t][j][k - 1];
+                }
+                if (len > 0) dsk[t][j][0] = acc[bt][j];
+                tv[t][j] = os ? dv[t][j] : ws_out;
+            }
+        }
+        const int32_t mrow = (int32_t)tau - (int32_t)sr - (C - 2);  // WS: the row the taps deliver
+        const bool wstream = !os && infold && c >= lp && mrow >= 0 && (uint32_t)mrow < st.mt;
+        const bool assign = st.first && (os || fo == 0);
+        const uint32_t taddr = os ? dbase + il : cbase + (uint32_t)mrow;
+        if (os ? draining : wstream) {
+            const AccRow old = accp[taddr];
+            AccRow nw;
+            for (int j = 0; j < C; j++) {
+#pragma HLS UNROLL
+                const uint32_t o = (uint32_t)old.range(32 * j + 31, 32 * j);
+                nw.range(32 * j + 31, 32 * j) = assign ? (uint32_t)tv[NBB - 1][j] : o + (uint32_t)tv[NBB - 1][j];
+            }
+            accp[taddr] = nw;
+            if (ac.eb > 0) {  // stacked: the other tap rows (capacity: acc_side_depth)
+                const AccXRow oldx = accx[taddr];
+                AccXRow nx;
+                for (int t = 0; t < NBB - 1; t++) {
+#pragma HLS UNROLL
+                    for (int j = 0; j < C; j++) {
+#pragma HLS UNROLL
+                        const int lo = 32 * (t * C + j);
+                        const uint32_t o = (uint32_t)oldx.range(lo + 31, lo);
+                        nx.range(lo + 31, lo) = assign ? (uint32_t)tv[t][j] : o + (uint32_t)tv[t][j];
                     }
-                    addr = dbase + il;
-                    en = draining;
-                } else {
-                    v0 = even[t][jp];
-                    v1 = acc[bt][j + 1];
-                    even[t][jp] = acc[bt][j];
-                    const int32_t mrow = (int32_t)tau - (int32_t)sr - 2 * jp;
-                    row = (uint32_t)mrow;
-                    col = fcol + (tap_p(ac, t) << LGC) + j;
-                    addr = cbase + (uint32_t)mrow;
-                    en = wstream && mrow >= 0;
                 }
-                if (!en || row >= st.mt || col >= st.nt) continue;
-                if (t == NBB - 1) {
-                    acc_rmw(accp[jp / PG][jp % PG][addr], v0, v1, assign);
-                } else {
-                    acc_rmw(accx[t < NBB - 1 ? t : 0][jp / PG][jp % PG][addr], v0, v1, assign);
-                }
+                accx[taddr] = nx;
             }
         }
         if (draining) dd++;
@@ -1055,19 +1126,15 @@ array_cycles:
                 if (os) {
                     dd = 0;
                     dbase = fidx << ac.lgsr;
-                    drow = frow;
-                    dcol = fcol;
                 }
                 fidx++;
                 if (fc == nfc - 1) {
-                    fc = 0; fcol = 0; bbase = 0; cbase = 0;
+                    fc = 0; bbase = 0; cbase = 0;
                     fo++;
                     abase += alen;
                     wk0 += sr;
-                    frow += 1u << LGLR;
                 } else {
                     fc++;
-                    fcol += 1u << LGLC;
                     bbase += st.kt;
                     cbase += st.mt;
                 }
@@ -1079,9 +1146,11 @@ array_cycles:
     return total;
 }
 
-void array(hls::stream<Hdr> &hs, hls::stream<Step> &ss, QTA_BLOCKS(A0Block, ) &a0s, QTA_BLOCKS(AXBlock, ) &axs,
-           QTA_BLOCKS(B0Block, ) &b0s, QTA_BLOCKS(BXBlock, ) &bxs, QTA_BLOCKS(AccPBlock, ) &accps,
-           QTA_BLOCKS(AccXBlock, ) &accxs, hls::stream<uint32_t> &cnt) {
+void array(hls::stream<Hdr> &hs, hls::stream<Step> &ss, QTA_BLOCKS(A0Block, ) &a0s,
+           QTA_BLOCKS(AXBlock, ) &ax0s QTA_IF_AX2(, QTA_BLOCKS(AXBlock, ) &ax1s) QTA_IF_AX4(, QTA_BLOCKS(AXBlock, ) &ax2s, QTA_BLOCKS(AXBlock, ) &ax3s),
+           QTA_BLOCKS(B0Block, ) &b0s,
+           QTA_BLOCKS(BXBlock, ) &bx0s QTA_IF_BX2(, QTA_BLOCKS(BXBlock, ) &bx1s) QTA_IF_BX4(, QTA_BLOCKS(BXBlock, ) &bx2s, QTA_BLOCKS(BXBlock, ) &bx3s),
+           QTA_BLOCKS(AccPBlock, ) &accps, QTA_BLOCKS(AccXBlock, ) &accxs, hls::stream<uint32_t> &cnt) {
     const Hdr h = hs.read();
     const ArrayCfg ac = array_cfg(h);
 array_blocks:
@@ -1094,10 +1163,15 @@ array_blocks:
 #pragma HLS LOOP_TRIPCOUNT min=1 max=128
             const Step st = ss.read();
             QTA_READ_LOCK(A0Block, a0, a0s);
-            QTA_READ_LOCK(AXBlock, ax, axs);
+            QTA_READ_LOCK(AXBlock, ax0, ax0s);
+            QTA_IF_AX2(QTA_READ_LOCK(AXBlock, ax1, ax1s);)
+            QTA_IF_AX4(QTA_READ_LOCK(AXBlock, ax2, ax2s); QTA_READ_LOCK(AXBlock, ax3, ax3s);)
             QTA_READ_LOCK(B0Block, b0, b0s);
-            QTA_READ_LOCK(BXBlock, bx, bxs);
-            const uint32_t it = array_step(ac, st, a0, ax, b0, bx, accp, accx);
+            QTA_READ_LOCK(BXBlock, bx0, bx0s);
+            QTA_IF_BX2(QTA_READ_LOCK(BXBlock, bx1, bx1s);)
+            QTA_IF_BX4(QTA_READ_LOCK(BXBlock, bx2, bx2s); QTA_READ_LOCK(BXBlock, bx3, bx3s);)
+            const uint32_t it = array_step(ac, st, a0, ax0, QTA_AX1, QTA_AX2, QTA_AX3, b0, bx0, QTA_BX1, QTA_BX2,
+                                           QTA_BX3, accp, accx);
             cnt.write(it + QTA_ARRAY_PIPELINE);
         }
     }
@@ -1157,10 +1231,8 @@ store_blocks:
 #pragma HLS UNROLL
                     const uint32_t idx = e * (BB / 8) + q;
                     if (idx >= (uint32_t)SCALE_MAX) continue;
-                    uint32_t mu = 0;
-                    for (int y = 0; y < 4; y++) mu |= (uint32_t)bt.b[8 * q + y] << (8 * y);
-                    smul[idx] = (int32_t)mu;
-                    ssh[idx] = bt.b[8 * q + 4];
+                    smul[idx] = (int32_t)(uint32_t)bt.range(64 * q + 31, 64 * q);
+                    ssh[idx] = (uint8_t)bt.range(64 * q + 39, 64 * q + 32);
                 }
             }
             iters += nsb + QTA_BURST_OVERHEAD;
@@ -1204,36 +1276,48 @@ store_blocks:
                 const uint32_t r = row + v;
                 const bool rv = r < st.mt;
                 if (wpos == 0) {
-                    for (int q = 0; q < SW; q++) sw[v].b[q] = 0;
+                    sw[v] = 0;
                     if (h.accum && rv) cw[v] = cold[(st.m0 + r) & (P - 1)].read();
+                }
+                // the row word of tap row t, then the MS columns of group jg (muxes)
+                AccRow rw = 0;
+                if (rv) {
+                    if (t == NBB - 1) {
+                        rw = accp[addr + v];
+                    } else {
+                        const AccXRow xw = accx[addr + v];
+                        for (int tt = 0; tt < NBB - 1; tt++) {
+#pragma HLS UNROLL
+                            if ((uint32_t)tt == t) rw = xw.range(32 * C * tt + 32 * C - 1, 32 * C * tt);
+                        }
+                    }
+                }
+                ap_uint<32 * MS> gw = 0;
+                for (int gg = 0; gg < CG; gg++) {
+#pragma HLS UNROLL
+                    if ((uint32_t)gg == jg) gw = rw.range(32 * MS * gg + 32 * MS - 1, 32 * MS * gg);
                 }
                 for (int hh = 0; hh < PG; hh++) {
 #pragma HLS UNROLL
-                    AccW aw;
-                    aw.v[0] = 0;
-                    aw.v[1] = 0;
-                    if (rv) aw = t == NBB - 1 ? accp[jg][hh][addr + v] : accx[t < NBB - 1 ? t : 0][jg][hh][addr + v];
                     for (int y = 0; y < 2; y++) {
 #pragma HLS UNROLL
                         const int u = 2 * hh + y;
                         const uint32_t cc = col + u;
                         if (!rv || cc >= st.nt) continue;
-                        const int32_t acc = aw.v[y];
+                        const int32_t acc = (int32_t)(uint32_t)gw.range(32 * u + 31, 32 * u);
                         const uint32_t byte = (wpos * MS + u) * h.eb;  // position in the store word
                         int64_t pre;
                         bool s8;
                         if (!h.out8) {
                             int64_t tot = acc;
                             if (h.accum) {
-                                uint32_t old = 0;
-                                for (int q = 0; q < 4; q++) old |= (uint32_t)cw[v].b[byte + q] << (8 * q);
-                                tot += (int32_t)old;
+                                tot += (int32_t)(uint32_t)cw[v].range(32 * u + 31, 32 * u);  // INT32: byte = 4 u
                             }
                             pre = tot;
                             const int64_t o = tot < INT32_MIN ? INT32_MIN : (tot > INT32_MAX ? INT32_MAX : tot);
                             s8 = o != tot;
                             const uint32_t ou = (uint32_t)(int32_t)o;
-                            for (int q = 0; q < 4; q++) sw[v].b[byte + q] = (uint8_t)(ou >> (8 * q));
+                            sw[v].range(32 * u + 31, 32 * u) = ou;
                         } else {
                             int32_t mu = h.mult;
                             uint32_t sh = h.shift;
@@ -1246,11 +1330,11 @@ store_blocks:
                             }
                             const uint32_t bits = qta_mix32(h.seed_hash + hrow + v * h.n + cc);
                             int64_t q8 = round_shift((int64_t)acc * mu, sh > 62 ? 62 : sh, h.stoch, bits);
-                            if (h.accum) q8 += (int8_t)cw[v].b[byte];
+                            if (h.accum) q8 += (int8_t)byte_at(cw[v], byte);
                             pre = q8;
                             const int64_t o = q8 < -128 ? -128 : (q8 > 127 ? 127 : q8);
                             s8 = o != q8;
-                            sw[v].b[byte] = (uint8_t)(int8_t)o;
+                            sw[v].range(8 * byte + 7, 8 * byte) = (uint8_t)(int8_t)o;
                         }
                         const uint32_t ab = cap_abs(pre);
                         mx = ab > mx ? ab : mx;
@@ -1301,10 +1385,10 @@ write_blocks:
 #pragma HLS PIPELINE II=1
                 const uint32_t slot = e & (SWB - 1);
                 if (slot == 0) w = win.read();
-                qta_beat_t x;
-                for (int i = 0; i < BB; i++) {
+                qta_beat_t x = 0;
+                for (int q = 0; q < SWB; q++) {
 #pragma HLS UNROLL
-                    x.range(8 * i + 7, 8 * i) = w.b[slot * BB + i];
+                    if ((uint32_t)q == slot) x = w.range(8 * BB * q + 8 * BB - 1, 8 * BB * q);
                 }
                 wr[base + e] = x;
             }
@@ -1404,29 +1488,29 @@ void qta_gemm(QTA_TOP_PARAMS) {
 #pragma HLS STREAM variable=fcnt depth=64
 #pragma HLS STREAM variable=lcnt depth=64
 #pragma HLS STREAM variable=pcnt depth=64
+    // Every block is one memory of ap_uint words (no partition or aggregate on a stream of blocks)
     QTA_BLOCKS(A0Block, a0s);
-    QTA_BLOCKS(AXBlock, axs);
+    QTA_BLOCKS(AXBlock, ax0s);
+    QTA_IF_AX2(QTA_BLOCKS(AXBlock, ax1s);)
+    QTA_IF_AX4(QTA_BLOCKS(AXBlock, ax2s); QTA_BLOCKS(AXBlock, ax3s);)
     QTA_BLOCKS(B0Block, b0s);
-    QTA_BLOCKS(BXBlock, bxs);
+    QTA_BLOCKS(BXBlock, bx0s);
+    QTA_IF_BX2(QTA_BLOCKS(BXBlock, bx1s);)
+    QTA_IF_BX4(QTA_BLOCKS(BXBlock, bx2s); QTA_BLOCKS(BXBlock, bx3s);)
     QTA_BLOCKS(AccPBlock, accps);
     QTA_BLOCKS(AccXBlock, accxs);
     QTA_PRAGMA(HLS BIND_STORAGE variable=a0s type=ram_t2p impl=QTA_OPND_IMPL)
     QTA_PRAGMA(HLS BIND_STORAGE variable=b0s type=ram_t2p impl=QTA_OPND_IMPL)
-#pragma HLS BIND_STORAGE variable=axs type=ram_t2p impl=bram
-#pragma HLS BIND_STORAGE variable=bxs type=ram_t2p impl=bram
+    QTA_PRAGMA(HLS BIND_STORAGE variable=ax0s type=ram_t2p impl=bram)
+    QTA_IF_AX2(QTA_PRAGMA(HLS BIND_STORAGE variable=ax1s type=ram_t2p impl=bram))
+    QTA_IF_AX4(QTA_PRAGMA(HLS BIND_STORAGE variable=ax2s type=ram_t2p impl=bram)
+               QTA_PRAGMA(HLS BIND_STORAGE variable=ax3s type=ram_t2p impl=bram))
+    QTA_PRAGMA(HLS BIND_STORAGE variable=bx0s type=ram_t2p impl=bram)
+    QTA_IF_BX2(QTA_PRAGMA(HLS BIND_STORAGE variable=bx1s type=ram_t2p impl=bram))
+    QTA_IF_BX4(QTA_PRAGMA(HLS BIND_STORAGE variable=bx2s type=ram_t2p impl=bram)
+               QTA_PRAGMA(HLS BIND_STORAGE variable=bx3s type=ram_t2p impl=bram))
     QTA_PRAGMA(HLS BIND_STORAGE variable=accps type=ram_t2p impl=QTA_ACC_IMPL)
 #pragma HLS BIND_STORAGE variable=accxs type=ram_1wnr impl=lutram
-#pragma HLS ARRAY_PARTITION variable=axs type=complete dim=1
-#pragma HLS ARRAY_PARTITION variable=bxs type=complete dim=1
-#pragma HLS ARRAY_PARTITION variable=accps type=complete dim=1
-#pragma HLS ARRAY_PARTITION variable=accps type=complete dim=2
-#pragma HLS ARRAY_PARTITION variable=accxs type=complete dim=1
-#pragma HLS ARRAY_PARTITION variable=accxs type=complete dim=2
-#pragma HLS ARRAY_PARTITION variable=accxs type=complete dim=3
-#pragma HLS AGGREGATE variable=a0s compact=bit
-#pragma HLS AGGREGATE variable=axs compact=bit
-#pragma HLS AGGREGATE variable=b0s compact=bit
-#pragma HLS AGGREGATE variable=bxs compact=bit
 
     descriptors(a, b, c, scales, m, n, k, lda, ldb, ldc, tile_m, tile_n, tile_k, flags, mult, shift, seed, batch,
                 stride_a, stride_b, stride_c, conv_in, conv_out, conv_cin, conv_win, conv_dil, h_fetch, h_load,
@@ -1435,8 +1519,10 @@ void qta_gemm(QTA_TOP_PARAMS) {
     fetch<1>(rd1, h_fetch[1], s_fetch[1], ops[1], cold[1], scl[1], fcnt[1]);
     fetch<2>(rd2, h_fetch[2], s_fetch[2], ops[2], cold[2], scl[2], fcnt[2]);
     fetch<3>(rd3, h_fetch[3], s_fetch[3], ops[3], cold[3], scl[3], fcnt[3]);
-    load(h_load, s_load, ops, a0s, axs, b0s, bxs, lcnt);
-    array(h_array, s_array, a0s, axs, b0s, bxs, accps, accxs, pcnt);
+    load(h_load, s_load, ops, a0s, ax0s QTA_IF_AX2(, ax1s) QTA_IF_AX4(, ax2s, ax3s), b0s,
+         bx0s QTA_IF_BX2(, bx1s) QTA_IF_BX4(, bx2s, bx3s), lcnt);
+    array(h_array, s_array, a0s, ax0s QTA_IF_AX2(, ax1s) QTA_IF_AX4(, ax2s, ax3s), b0s,
+          bx0s QTA_IF_BX2(, bx1s) QTA_IF_BX4(, bx2s, bx3s), accps, accxs, pcnt);
     store(h_store, s_store, accps, accxs, cold, scl, wout, scnt, status, sat_count, amax);
     write<0>(wr0, h_write[0], s_write[0], wout[0], wcnt[0], done[0]);
     write<1>(wr1, h_write[1], s_write[1], wout[1], wcnt[1], done[1]);

@@ -12,6 +12,12 @@
 
 #include <stdint.h>
 
+// The accumulator row words of the kernel are up to (R/MS - 1) x C x 32 bits wide (7168 for a
+// 32 x 32 array, MS = 4): raise ap_[u]int's width limit before its first inclusion (Vitis HLS
+// accepts up to 32768).
+#ifndef AP_INT_MAX_W
+#define AP_INT_MAX_W 8192
+#endif
 #include "ap_int.h"
 #include "hls_stream.h"
 #include "qta_config.h"

@@ -61,6 +61,20 @@ def test_one_pe_array_with_one_mac_per_pe():
     assert array_body.count("array_step(") == 1
 
 
+def test_internal_words_are_packed_ap_uint():
+    """Review B2: beats, feeder words, store words and accumulator rows are hand-packed ap_uint
+    words (no struct whose memory binding depends on HLS's disaggregation), and every block is
+    one stream of blocks per bank (pair) or wide word, with no partition pragma on it."""
+    code = strip_comments((HLS_SRC / "qta_gemm.cpp").read_text())
+    for word in ("AWord", "BWord", "Beat", "SWord", "AccRow", "AccXRow"):
+        assert re.search(rf"typedef\s+(ap_uint<[^;]*>|qta_beat_t)\s+{word}\s*;", code), word
+        assert not re.search(rf"struct\s+{word}\b", code), word
+    for block in ("A0Block", "AXBlock", "B0Block", "BXBlock", "AccPBlock", "AccXBlock"):
+        m = re.search(rf"typedef\s+\w+\s+{block}((?:\[[^\]]*\])+)\s*;", code)
+        assert m and m.group(1).count("[") == 1, f"{block}: one memory dimension, no bank dimension"
+    assert "check_blocks" in violations.__code__.co_names
+
+
 def test_m_axi_ports_are_beat_wide():
     pointers = [a for a in config().args if a.kind == "pointer"]
     assert len(pointers) == 8 and {a.type for a in pointers} == {"qta_beat_t", "const qta_beat_t"}
@@ -91,7 +105,11 @@ VIOLATIONS = [
     ("void fetch_x(int n, int w) {\n  int r = n % w;\n}", "runtime % by 'w'"),
     ("void array_step(int s) {\n  int pacc[4][4];\n#pragma HLS ARRAY_PARTITION variable=pacc type=complete dim=0\n"
      "  for (int i = 0; i < 4; i++) {\n#pragma HLS UNROLL\n    pacc[i][s] = 0;\n  }\n}", "pe index"),
-    ("void array_step(int b, AccW accp[8][2][64]) {\n  accp[b][0][3].v[0] = 1;\n}", "pe index"),
+    ("void array_step(int b) {\n  int pout[4][4];\n#pragma HLS ARRAY_PARTITION variable=pout type=complete dim=1\n"
+     "  pout[b][0] = 1;\n}", "pe index"),
+    ("void top() {\n  QTA_BLOCKS(AccPBlock, accps);\n#pragma HLS ARRAY_PARTITION variable=accps type=complete dim=1\n}",
+     "blocks: ARRAY_PARTITION on the stream of blocks accps"),
+    ("void top() {\n  QTA_BLOCKS(A0Block, a0s);\n#pragma HLS AGGREGATE variable=a0s compact=bit\n}", "blocks: AGGREGATE"),
     ("void fetch(const int8_t *rd0, int n) {\n}", "m_axi"),
     ("void write(ap_uint<32> *wr1) {\n}", "m_axi: port wr1"),
     ("typedef ap_uint<64> qta_beat_t;", "m_axi: qta_beat_t is"),
