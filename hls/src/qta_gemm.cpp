@@ -63,6 +63,7 @@ constexpr int SEG_MAX = QTA_TILE_K_MAX > QTA_TILE_M_MAX
                             ? (QTA_TILE_K_MAX > QTA_TILE_N_MAX ? QTA_TILE_K_MAX : QTA_TILE_N_MAX)
                             : (QTA_TILE_M_MAX > QTA_TILE_N_MAX ? QTA_TILE_M_MAX : QTA_TILE_N_MAX);
 constexpr int TBEATS = SEG_MAX / BB;  // beats per row slot
+constexpr int TSLOT = TROWS * TBEATS;  // beats per ping-pong slot of a port's row buffer
 constexpr int SCALE_MAX = QTA_TILE_M_MAX > QTA_TILE_N_MAX ? QTA_TILE_M_MAX : QTA_TILE_N_MAX;
 
 static_assert(P == 4, "four m_axi bundles rd0..3 / wr0..3");
@@ -662,7 +663,7 @@ Phases phases(const Lay &ly) {
 // Returns the cycles it took (its trip count plus the pipeline depth).
 template <int L, typename WordT, int NX, int D0, int DX>
 uint32_t load_operand(hls::stream<Beat> ops[P], const Lay &ly, WordT prim[D0], WordT s0[2 * DX], WordT s1[2 * DX],
-                      WordT s2[2 * DX], WordT s3[2 * DX], Beat tbuf[P][2][TROWS * TBEATS]) {
+                      WordT s2[2 * DX], WordT s3[2 * DX], Beat tb0[P][2 * TSLOT], Beat tb1[P][2 * TSLOT]) {
 #pragma HLS INLINE
     const uint32_t W = 1u << ly.lgw;
     const uint32_t nw = ceil_shift(ly.seg, ly.lgw);  // natural: words per stored row
@@ -689,12 +690,33 @@ load_cycles:
         const uint32_t nemit = ph == 0 ? 0 : (emit_last ? pz.emit_last : pz.emit_full);
         const uint32_t n = umax(nfill, nemit);
         const uint32_t fb = ph & 1, eb = (ph - 1) & 1, ex = ph - 1;
+        // Row buffers (review B3): per port two copies tb0/tb1, the slot in the address MSB. Each
+        // copy sees per cycle one write (the fill, both copies) and one read (the emit: copy 0 at
+        // rd0 / the transposer's address, copy 1 at the beat after), each from its own port p
+        // (compile-time); the emit then selects ports rho, rho + 1 among the read registers.
+        const bool tpre = !ly.natural && i < (uint32_t)TROWS;  // transposer prefetch cycle
+        const uint32_t o = xw << ly.lgw, e0 = o >> LGBB, sh = o & (BB - 1);  // natural: word xw
+        const uint32_t e1 = (e0 + 1 < (uint32_t)TBEATS) ? e0 + 1 : e0;
+        const uint32_t te = (i - TROWS) << 1, tcol = te >> LGBB, tjj = (te & (BB - 1)) >> 1;  // transposer
+        const bool tnext = !ly.natural && !tpre && tjj < (uint32_t)TROWS && tcol + 1 < (uint32_t)TBEATS;
+        const uint32_t ra0 = ly.natural ? e0 : (tpre ? i * TBEATS : (tnext ? tjj * TBEATS + tcol + 1 : 0u));
+        const uint32_t ebase = eb * TSLOT, fbase = fb * TSLOT;
+        Beat r0[P], r1[P];
+#pragma HLS ARRAY_PARTITION variable=r0 type=complete
+#pragma HLS ARRAY_PARTITION variable=r1 type=complete
+        for (int p = 0; p < P; p++) {
+#pragma HLS UNROLL
+            r0[p] = tb0[p][ebase + ra0];
+            r1[p] = tb1[p][ebase + e1];
+        }
         // fill: one beat per port per cycle, rows in fetch order
         for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
             const uint32_t fp = ph < ly.ngroups ? (fill_last ? pz.fill_last[p] : pz.fill_full[p]) : 0;
             if (i < fp) {
-                tbuf[p][fb][fslot[p] * TBEATS + fbeat[p]] = ops[p].read();
+                const Beat x = ops[p].read();
+                tb0[p][fbase + fslot[p] * TBEATS + fbeat[p]] = x;
+                tb1[p][fbase + fslot[p] * TBEATS + fbeat[p]] = x;
                 if (fbeat[p] == ly.nb - 1) {
                     fbeat[p] = 0;
                     fslot[p]++;
@@ -712,13 +734,10 @@ load_cycles:
             bool write = true;
             if (ly.natural) {
                 // word xw of stored rows ex * P + rho and + rho + 1: bytes [xw W, xw W + W) of their segments
-                const uint32_t o = xw << ly.lgw, e0 = o >> LGBB, sh = o & (BB - 1);
-                const uint32_t e1 = (e0 + 1 < (uint32_t)TBEATS) ? e0 + 1 : e0;
                 for (int y = 0; y < 2; y++) {
 #pragma HLS UNROLL
-                    const uint32_t port = rho + y;
-                    const Beat w0 = tbuf[port][eb][e0];
-                    const Beat w1 = tbuf[port][eb][e1];
+                    const Beat w0 = rho == 0 ? r0[y] : r0[2 + y];
+                    const Beat w1 = rho == 0 ? r1[y] : r1[2 + y];
                     uint8_t win[2 * BB];
 #pragma HLS ARRAY_PARTITION variable=win type=complete
                     for (int q = 0; q < BB; q++) {
@@ -746,26 +765,26 @@ load_cycles:
                 // transposer: prefetch beat column 0 of every row slot
                 for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
-                    cur[p][i] = tbuf[p][eb][i * TBEATS];
+                    cur[p][i] = r0[p];
                 }
                 write = false;
             } else {
                 // transposer: words e, e + 1 = bytes e, e + 1 of the W stored rows of group ex
-                const uint32_t e = (i - TROWS) << 1, col = e >> LGBB, jj = (e & (BB - 1)) >> 1;
+                const uint32_t e = te, jj = tjj;
                 for (int y = 0; y < 2; y++) {
 #pragma HLS UNROLL
                     for (int w = 0; w < L; w++) {
 #pragma HLS UNROLL
-                        const bool ok = (uint32_t)w < W && ex * W + w < ly.nrows;
+                        const bool ok = (uint32_t)w < W && (ex << ly.lgw) + w < ly.nrows;
                         const int slot = (w >> LGP) < TROWS ? (w >> LGP) : 0;
                         v[y][w] = ok ? (int8_t)byte_at(cur[w & (P - 1)][slot], (e & (BB - 1)) + y) : (int8_t)0;
                     }
                 }
                 val[1] = e + 1 < ly.seg;
-                if (jj < (uint32_t)TROWS && col + 1 < (uint32_t)TBEATS) {
+                if (tnext) {
                     for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
-                        nxt[p][jj] = tbuf[p][eb][jj * TBEATS + col + 1];
+                        nxt[p][jj] = r0[p];
                     }
                 }
                 if (jj == BB / 2 - 1) {
@@ -825,10 +844,12 @@ void load(hls::stream<Hdr> &hs, hls::stream<Step> &ss, hls::stream<Beat> ops[P],
           hls::stream<uint32_t> &cnt) {
     const Hdr h = hs.read();
     // the row buffers of the beat transposer: per port two slots of TROWS rows
-    Beat tbuf[P][2][TROWS * TBEATS];
-#pragma HLS ARRAY_PARTITION variable=tbuf type=complete dim=1
-#pragma HLS ARRAY_PARTITION variable=tbuf type=complete dim=2
-#pragma HLS BIND_STORAGE variable=tbuf type=ram_t2p impl=bram
+    // (local arrays, not blocks: partitioning them by port is supported; two copies, see load_operand)
+    Beat tb0[P][2 * TSLOT], tb1[P][2 * TSLOT];
+#pragma HLS ARRAY_PARTITION variable=tb0 type=complete dim=1
+#pragma HLS ARRAY_PARTITION variable=tb1 type=complete dim=1
+#pragma HLS BIND_STORAGE variable=tb0 type=ram_t2p impl=bram
+#pragma HLS BIND_STORAGE variable=tb1 type=ram_t2p impl=bram
 load_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=1024
@@ -846,9 +867,9 @@ load_blocks:
             QTA_IF_BX4(QTA_WRITE_LOCK(BXBlock, bx2, bx2s); QTA_WRITE_LOCK(BXBlock, bx3, bx3s);)
             const Lay la = layout_a(h, st), lb = layout_b(h, st);
             uint32_t it = load_operand<R, AWord, NAX, QTA_A_DEPTH, QTA_A_SIDE_DEPTH>(ops, la, a0, ax0, QTA_AX1, QTA_AX2,
-                                                                                   QTA_AX3, tbuf);
+                                                                                   QTA_AX3, tb0, tb1);
             it += load_operand<C, BWord, NBX, QTA_B_DEPTH, QTA_B_SIDE_DEPTH>(ops, lb, b0, bx0, QTA_BX1, QTA_BX2,
-                                                                           QTA_BX3, tbuf);
+                                                                           QTA_BX3, tb0, tb1);
             cnt.write(it);
         }
     }
@@ -1209,8 +1230,11 @@ void store(hls::stream<Hdr> &hs, hls::stream<Step> &ss, QTA_BLOCKS(AccPBlock, ) 
     uint8_t ssh[SCALE_MAX];
 #pragma HLS ARRAY_PARTITION variable=smul type=cyclic factor=MS
 #pragma HLS ARRAY_PARTITION variable=ssh type=cyclic factor=MS
-    bool sat = false;
-    uint32_t nsat = 0, mx = 0;
+    // amax and sat_count (review B4): per iteration the ER x MS lanes are reduced by a max tree and
+    // a sum of the saturation flags; the only loop-carried operations are one compare/select and
+    // one 64-bit add (the 32-bit cap is applied after the loop).
+    uint64_t nsat = 0;
+    uint32_t mx = 0;
     const uint32_t ers = ER * h.n;
 store_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
@@ -1271,13 +1295,32 @@ store_blocks:
                 }
             }
             const uint32_t wpos = g & (wpos_mask >> LGMS);  // group within the store word
+            // Output row r lives on port r mod P. m0 is a multiple of P (tiles are beat multiples,
+            // BB >= 8, or start at 0), so row (rp ER + v) is on port pq + v with pq = (rp ER) mod P
+            // a multiple of ER: each FIFO cold[x] / wout[x] has ONE access site per iteration (v =
+            // x mod ER), selected by the runtime pq (review B4).
+            const uint32_t pq = (rp << LGER) & (P - 1);
+            uint32_t lab[ER * MS];
+            bool lsat[ER * MS];
+#pragma HLS ARRAY_PARTITION variable=lab type=complete
+#pragma HLS ARRAY_PARTITION variable=lsat type=complete
+            for (int l = 0; l < ER * MS; l++) {
+#pragma HLS UNROLL
+                lab[l] = 0;
+                lsat[l] = false;
+            }
             for (int v = 0; v < ER; v++) {
 #pragma HLS UNROLL
                 const uint32_t r = row + v;
                 const bool rv = r < st.mt;
                 if (wpos == 0) {
                     sw[v] = 0;
-                    if (h.accum && rv) cw[v] = cold[(st.m0 + r) & (P - 1)].read();
+                    if (h.accum && rv) {
+                        for (int x = 0; x < P; x += ER) {
+#pragma HLS UNROLL
+                            if (pq == (uint32_t)x) cw[v] = cold[x + v].read();
+                        }
+                    }
                 }
                 // the row word of tap row t, then the MS columns of group jg (muxes)
                 AccRow rw = 0;
@@ -1336,16 +1379,32 @@ store_blocks:
                             s8 = o != q8;
                             sw[v].range(8 * byte + 7, 8 * byte) = (uint8_t)(int8_t)o;
                         }
-                        const uint32_t ab = cap_abs(pre);
-                        mx = ab > mx ? ab : mx;
-                        if (s8) {
-                            sat = true;
-                            nsat = nsat == 0xFFFFFFFFu ? nsat : nsat + 1;
-                        }
+                        lab[v * MS + u] = cap_abs(pre);
+                        lsat[v * MS + u] = s8;
                     }
                 }
-                if (rv && (wpos == (wpos_mask >> LGMS) || g == ncg - 1)) wout[(st.m0 + r) & (P - 1)].write(sw[v]);
+                if (rv && (wpos == (wpos_mask >> LGMS) || g == ncg - 1)) {
+                    for (int x = 0; x < P; x += ER) {
+#pragma HLS UNROLL
+                        if (pq == (uint32_t)x) wout[x + v].write(sw[v]);
+                    }
+                }
             }
+            // lane reductions: a max tree and a flag count, then one carried max and one add
+            for (int w = ER * MS / 2; w >= 1; w >>= 1) {
+#pragma HLS UNROLL
+                for (int l = 0; l < w; l++) {
+#pragma HLS UNROLL
+                    lab[l] = lab[l] > lab[l + w] ? lab[l] : lab[l + w];
+                }
+            }
+            uint32_t nit = 0;
+            for (int l = 0; l < ER * MS; l++) {
+#pragma HLS UNROLL
+                nit += lsat[l] ? 1u : 0u;
+            }
+            mx = lab[0] > mx ? lab[0] : mx;
+            nsat += nit;
             if (g == ncg - 1) {
                 g = 0;
                 rp++;
@@ -1357,8 +1416,8 @@ store_blocks:
         iters += nrp * ncg + QTA_STORE_PIPELINE;
         cnt.write(iters);
     }
-    *status = (h.ok ? 0u : (1u << QTA_STATUS_BAD_ARGS)) | (sat ? (1u << QTA_STATUS_SATURATED) : 0u);
-    *sat_count = nsat;
+    *status = (h.ok ? 0u : (1u << QTA_STATUS_BAD_ARGS)) | (nsat != 0 ? (1u << QTA_STATUS_SATURATED) : 0u);
+    *sat_count = nsat > 0xFFFFFFFFull ? 0xFFFFFFFFu : (uint32_t)nsat;
     *amax = mx;
 }
 
