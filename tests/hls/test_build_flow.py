@@ -234,7 +234,8 @@ BUDGET_ZCU104 = "DSP 1728 BRAM_18K 624 URAM 96 LUT 230400 FF 460800"
 
 @pytest.mark.parametrize("report,passes,miss", [
     ("meets", True, None),
-    ("misses_ii", False, "II: loop os_step/os_cycles reached II=2, target 1"),
+    ("misses_ii", False, "II: loop array_step/array_cycles reached II=2, target 1"),
+    ("relaxed", True, None),  # control loops at their declared II=4 / PIPELINE off do not stop the build (B7)
     ("over_budget", False, "resources: DSP 1856 exceeds the budget 1728"),
     ("slow_clock", False, "clock: estimated period 4.407 ns exceeds the target 4.000 ns"),
 ])
@@ -249,9 +250,9 @@ def test_csynth_gate_on_stand_in_reports(report, passes, miss):
 
 
 def test_csynth_gate_reads_target_ii_and_budget(tmp_path):
-    xml = (CSYNTH_STANDINS / "misses_ii" / "os_step_csynth.xml").read_text()
+    xml = (CSYNTH_STANDINS / "misses_ii" / "array_step_csynth.xml").read_text()
     (tmp_path / "csynth.xml").write_text((CSYNTH_STANDINS / "meets" / "csynth.xml").read_text())
-    (tmp_path / "os_step_csynth.xml").write_text(xml.replace("<PipelineII>2", "<TargetII>2</TargetII><PipelineII>2"))
+    (tmp_path / "array_step_csynth.xml").write_text(xml.replace("<PipelineII>2", "<TargetII>2</TargetII><PipelineII>2"))
     ok = run([sys.executable, str(GATE), str(tmp_path), "--budget", BUDGET_ZCU104])
     assert ok.returncode == 0, ok.stdout  # II 2 was the target; the period comes from the report
     small = run([sys.executable, str(GATE), str(tmp_path), "--budget", "LUT 30000"])
@@ -277,3 +278,41 @@ def test_hls_flow_stops_before_export_when_csynth_misses(tmp_path, report):
     again = run(["vitis_hls", "-f", str(repo / "hls/tcl/run_hls.tcl"), "-tclargs", "zcu104", "export"],
                 path=path, cwd=repo / "build" / "zcu104", env_extra=stand_in)
     assert again.returncode == 1 and "GATE FAIL" in again.stderr
+
+
+def test_csynth_gate_holds_relaxed_loops_to_their_target(tmp_path):
+    for f in (CSYNTH_STANDINS / "relaxed").iterdir():
+        (tmp_path / f.name).write_text(f.read_text())
+    desc = tmp_path / "descriptors_csynth.xml"
+    desc.write_text(desc.read_text().replace("<PipelineII>4", "<PipelineII>5"))
+    res = run([sys.executable, str(GATE), str(tmp_path), "--budget", BUDGET_ZCU104])
+    assert res.returncode == 1 and "II: loop descriptors/steps reached II=5, target 4" in res.stdout
+
+
+def test_csynth_gate_checks_dataflow_dsp_and_pipeline_depths(tmp_path):
+    """Review S7: DATAFLOW applied, R x C <= DSP <= R x C + margin, reported depths of the loops
+    the cycle model charges a constant for within hardware.toml's [schedule]."""
+    for f in (CSYNTH_STANDINS / "meets").iterdir():
+        (tmp_path / f.name).write_text(f.read_text())
+    header = tmp_path / "qta_config.h"
+    header.write_text("#define QTA_ROWS 32\n#define QTA_COLS 32\n#define QTA_ARRAY_PIPELINE 12\n")
+    top = tmp_path / "csynth.xml"
+    top.write_text(top.read_text().replace("<DSP>150</DSP>", "<DSP>1100</DSP>", 1))
+    ok = run([sys.executable, str(GATE), str(tmp_path), "--budget", BUDGET_ZCU104, "--config", str(header)])
+    assert ok.returncode == 0, ok.stdout
+    two_arrays = top.read_text().replace("<DSP>1100</DSP>", "<DSP>2048</DSP>", 1)
+    top.write_text(two_arrays)
+    res = run([sys.executable, str(GATE), str(tmp_path), "--config", str(header)])
+    assert res.returncode == 1 and "dsp: DSP 2048 > 1024 PEs" in res.stdout
+    top.write_text(two_arrays.replace("<DSP>2048</DSP>", "<DSP>600</DSP>", 1))
+    res = run([sys.executable, str(GATE), str(tmp_path), "--config", str(header)])
+    assert "dsp: DSP 600 < 1024 PEs" in res.stdout
+    top.write_text(two_arrays.replace("<DSP>2048</DSP>", "<DSP>1100</DSP>", 1).replace("dataflow", "none"))
+    arr = tmp_path / "array_step_csynth.xml"
+    arr.write_text(arr.read_text().replace("<PipelineDepth>12", "<PipelineDepth>14"))
+    res = run([sys.executable, str(GATE), str(tmp_path), "--config", str(header)])
+    assert "dataflow: the top's PipelineType is not dataflow" in res.stdout
+    assert "depth: loop array_cycles has PipelineDepth 14 > QTA_ARRAY_PIPELINE = 12" in res.stdout
+    arr.write_text(arr.read_text().replace("<PipelineII>1", "<PipelineII>undef"))
+    res = run([sys.executable, str(GATE), str(tmp_path), "--config", str(header)])
+    assert "has no numeric II" in res.stdout
