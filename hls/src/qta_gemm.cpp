@@ -232,6 +232,9 @@ Hdr decode(uint64_t a, uint64_t b, uint64_t c, uint64_t scales, uint32_t m, uint
            uint32_t flags, int32_t mult, uint32_t shift, uint32_t seed, uint32_t batch, uint32_t stride_a,
            uint32_t stride_b, uint32_t stride_c, uint32_t conv_in, uint32_t conv_out, uint32_t conv_cin,
            uint32_t conv_win, uint32_t conv_dil) {
+#pragma HLS ALLOCATION operation instances=mul limit=1
+#pragma HLS ALLOCATION operation instances=udiv limit=1
+#pragma HLS ALLOCATION operation instances=urem limit=1
     Hdr h;
     h.scales = scales;
     h.m = m; h.n = n; h.k = k; h.lda = lda; h.ldb = ldb; h.ldc = ldc;
@@ -333,6 +336,11 @@ void descriptors(uint64_t a, uint64_t b, uint64_t c, uint64_t scales, uint32_t m
                  hls::stream<Hdr> h_write[P], hls::stream<Hdr> &h_model, hls::stream<Step> s_fetch[P],
                  hls::stream<Step> &s_load, hls::stream<Step> &s_array, hls::stream<Step> &s_store,
                  hls::stream<Step> s_write[P]) {
+    // Once-per-call arithmetic (decode) and the per-step counters: one multiplier, one divider and
+    // one remainder unit shared by all of them (the resource count assumes it, review B6, S9).
+#pragma HLS ALLOCATION operation instances=mul limit=1
+#pragma HLS ALLOCATION operation instances=udiv limit=1
+#pragma HLS ALLOCATION operation instances=urem limit=1
     Hdr h = decode(a, b, c, scales, m, n, k, lda, ldb, ldc, tile_m, tile_n, tile_k, flags, mult, shift, seed,
                    batch, stride_a, stride_b, stride_c, conv_in, conv_out, conv_cin, conv_win, conv_dil);
     for (int p = 0; p < P; p++) {
@@ -500,6 +508,9 @@ conv_rows:
 template <int PORT>
 void fetch(const qta_beat_t *rd, hls::stream<Hdr> &hs, hls::stream<Step> &ss, hls::stream<Beat> &ops,
            hls::stream<SWord> &cold, hls::stream<Beat> &scl, hls::stream<uint32_t> &cnt) {
+    // Every runtime multiply of a fetcher is in its per-row / per-tap control code (none in an
+    // II=1 loop): one shared multiplier per fetcher (the resource count assumes it, review B6).
+#pragma HLS ALLOCATION operation instances=mul limit=1
     const Hdr h = hs.read();
 fetch_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
@@ -629,6 +640,7 @@ struct Phases {
 };
 
 Phases phases(const Lay &ly) {
+#pragma HLS ALLOCATION operation instances=mul limit=1
     Phases ph;
     const uint32_t W = 1u << ly.lgw;
     const uint32_t g = ly.natural ? P : W;                 // stored rows per group
@@ -1428,6 +1440,7 @@ store_blocks:
 template <int PORT>
 void write(qta_beat_t *wr, hls::stream<Hdr> &hs, hls::stream<Step> &ss, hls::stream<SWord> &win,
            hls::stream<uint32_t> &cnt, hls::stream<bool> &done) {
+#pragma HLS ALLOCATION operation instances=mul limit=1
     const Hdr h = hs.read();
 write_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
