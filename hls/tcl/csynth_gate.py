@@ -179,7 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     for m in misses:
         print(f"GATE FAIL: {m}")
     if not misses:
-        print(f"GATE PASS: {len(reports)} report(s): every loop at its II, clock and resources within target")
+        extra = ""
+        if cfg:
+            macs = cfg.get("QTA_ROWS", 0) * cfg.get("QTA_COLS", 0)
+            extra = (f"; DSP within [{macs}, {macs + a.dsp_margin}] ({cfg.get('QTA_ROWS')}x{cfg.get('QTA_COLS')} PEs) "
+                     "and pipeline depths within [schedule]")
+        print(f"GATE PASS: {len(reports)} report(s): every loop at its II, clock and resources within target{extra}")
     return 1 if misses else 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lora_qta.hw.config import config
 from flow_helpers import (BOARDS, CSYNTH_STANDINS, REPO, TARGET_VERSION, TCLSH, config_vars, copy_repo, fake_tool,
                           generator, needs_tclsh, run, tool_free_path)
 
@@ -79,6 +80,9 @@ def test_full_flow_with_stand_in_tools(tmp_path, board, hls_tool, board_files):
     assert f"create_clock -period {cfg['QTA_CLOCK_PERIOD_NS']} -name default" in hls
     assert f"config_interface -m_axi_alignment_byte_size {int(cfg['QTA_AXI_DATA_WIDTH']) // 8}" in hls
     assert "csynth gate" not in res.stderr and "GATE PASS" in res.stdout
+    # the gate ran with this board's qta_config.h: its DSP window and the [schedule] depths (review S7)
+    pes = config().board(board).pes
+    assert f"DSP within [{pes}, {pes + 256}]" in res.stdout and "pipeline depths within [schedule]" in res.stdout
     assert f"open_solution -reset -flow_target vivado sol_{board}" in hls
     assert f"add_files -cflags {{{cflags}}} {repo / 'hls/src/qta_gemm.cpp'}" in hls
     assert f"add_files -tb -cflags {{{cflags}}} {repo / 'hls/tb/qta_gemm_tb.cpp'}" in hls
@@ -316,3 +320,34 @@ def test_csynth_gate_checks_dataflow_dsp_and_pipeline_depths(tmp_path):
     arr.write_text(arr.read_text().replace("<PipelineII>1", "<PipelineII>undef"))
     res = run([sys.executable, str(GATE), str(tmp_path), "--config", str(header)])
     assert "has no numeric II" in res.stdout
+
+
+@needs_tclsh
+@pytest.mark.parametrize("board", sorted(BOARDS))
+@pytest.mark.parametrize("case,miss", [
+    ("fabric_macs", "dsp: DSP {low} < {pes} PEs"),
+    ("deep_array", "depth: loop array_cycles has PipelineDepth 99 > QTA_ARRAY_PIPELINE"),
+])
+def test_flow_gate_checks_the_board_dsp_window_and_depths(tmp_path, board, case, miss):
+    """Review S7 in the real flow: run_hls.tcl passes the board's qta_config.h to the gate, so a
+    synthesis with fewer DSPs than the board's PEs (MACs in fabric) or a deeper array pipeline than
+    [schedule] stops the build before export, on every board."""
+    stand_in = tmp_path / "stand_in"
+    stand_in.mkdir()
+    for f in MEETS.iterdir():
+        (stand_in / f.name).write_text(f.read_text())
+    top = stand_in / "csynth.xml"
+    if case == "fabric_macs":   # the mock adds the board's R x C: a negative rest leaves DSP < R x C
+        top.write_text(top.read_text().replace("<DSP>150</DSP>", "<DSP>-8</DSP>", 1))
+    else:
+        arr = stand_in / "array_step_csynth.xml"
+        arr.write_text(arr.read_text().replace("<PipelineDepth>12", "<PipelineDepth>99"))
+    repo = copy_repo(tmp_path / "repo")
+    path, logs = mock_tools(tmp_path, ("vitis_hls",))
+    res = run(["bash", str(repo / "scripts/build_bitstream.sh"), board, "--hls-only"], path=path, cwd=repo,
+              env_extra={"MOCK_CSYNTH": str(stand_in)})
+    pes = config().board(board).pes
+    assert res.returncode != 0
+    assert "GATE FAIL: " + miss.format(low=pes - 8, pes=pes) in res.stderr, res.stderr
+    assert not logged(log_lines(logs, "vitis_hls"), "export_design")
+    assert not (repo / f"build/{board}/ip").exists()
