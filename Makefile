@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml $(LOCK)
 install: $(STAMP) ## create .venv with the locked dependencies (constraints/py311.txt) and the package
 
 run: $(STAMP)    ## the main job on the embedded default (emulated accelerator, no board)
-	$(BIN)/lora-qta run
+	$(BIN)/lora-qta run --overwrite   # replaces runs/default (one run per folder)
 
 test: $(STAMP)   ## every test: C-simulation testbench, RTL array (Verilator + cocotb, yosys), bit-exactness properties, runtime, training
 	$(BIN)/python -m pytest -q

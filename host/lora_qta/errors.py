@@ -115,7 +115,17 @@ class AdapterError(QtaError, ValueError):
 
 
 class CheckpointError(QtaError, RuntimeError):
-    """A checkpoint that cannot be read or does not belong to this run's configuration."""
+    """A checkpoint that cannot be read, holds non-finite weights, or does not belong to this
+    run's configuration."""
+
+
+class OutputDirError(QtaError, OSError):
+    """An output folder that cannot be used: a file, unwritable, or holding another run's files
+    (without ``--resume`` or ``--overwrite``)."""
+
+
+class RunLockedError(QtaError, RuntimeError):
+    """Another process holds the output folder's lock (a run is writing there)."""
 
 
 class DivergedError(QtaError, FloatingPointError):

@@ -98,6 +98,30 @@ def test_contract_formulas():
         rtl.step_folds(s, "ws", 1, 4, 4, 4)
 
 
+def test_the_contract_takes_its_cycle_formulas_from_the_planner():
+    """One fold-cycle formula exists: the RTL contract uses the planner's, so the Verilator cycle
+    checks above and the planner == kernel cycles_model tests check the same arithmetic. On
+    every board and mode, a step's array cycles are the contract's plus the array process's
+    pipeline depth."""
+    from lora_qta.hw.call import GemmCall
+    from lora_qta.runtime import planner
+
+    assert rtl.fold_cycles is planner.fold_cycles
+    pipe = config().schedule.array_pipeline
+    for name in config().boards:
+        b = config().board(name)
+        shape = rtl.board_shape(name)
+        for df, s in planner.valid_modes(b):
+            assert rtl.geometry(shape, s) == planner.array_shape(b, s)
+            for mt, nt, kt in ((1, 1, 1), (33, 17, 40), (b.array_rows * 2 + 3, b.array_cols + 5, 96)):
+                call = GemmCall(m=mt, n=nt, k=kt, lda=kt, ldb=nt, ldc=nt, tile_m=mt, tile_n=nt, tile_k=kt,
+                                dataflow=df, split=s)
+                _, p = planner.step_costs(b, call, mt, nt, kt, 0, True, True)
+                per, total = rtl.model_step(shape, df, s, mt, nt, kt)
+                drain = rtl.geometry(shape, s)[2] if df == "os" else 0
+                assert int(p) == total + pipe and total == sum(per) + drain, (name, df, s, mt, nt, kt)
+
+
 @pytest.mark.parametrize("name", ["8x8", "pynq_z2"])
 def test_verilator_lint_is_clean(name):
     rtl.lint(SHAPES[name])   # -Wall; raises on any warning

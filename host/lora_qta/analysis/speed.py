@@ -115,7 +115,7 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
                     split["quantization"].append(rt.time_quantization - q0)
     med = {k: float(np.median(v)) for k, v in times.items()}
     acc, qua = float(np.median(split["accelerator"])), float(np.median(split["quantization"]))
-    gemms = sum(s.calls for s in int8[1].stats.values()) // (warmup + steps)
+    gemms = sum(s.gemms for s in int8[1].stats.values()) // (warmup + steps)
     return {
         "note": "measured on this machine, side by side in one process (median of alternating steps)",
         "engine": engine, "batch_size": batch_size, "steps": steps, "threads": torch.get_num_threads(),

@@ -17,10 +17,15 @@ from ..errors import QtaError
 from . import analysis, hardware, rtl, training
 
 
+NOTEBOOKS_HINT = ("notebooks: `pynq get-notebooks lora-qta -p DIR` on a board; on a PC add --ignore-overlays "
+                  "(PYNQ finds no FPGA there and stops with 'No device found in the system')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (building it does not import PyTorch)."""
     p = argparse.ArgumentParser(prog="lora-qta", description=(
-        "INT8 LoRA training acceleration on PYNQ FPGAs, with a bit-exact emulation of the accelerator."))
+        "INT8 LoRA training acceleration on PYNQ FPGAs, with a bit-exact emulation of the accelerator."),
+        epilog=NOTEBOOKS_HINT)
     sub = p.add_subparsers(dest="command", required=True)
     hardware.add_commands(sub)
     training.add_commands(sub)

@@ -31,6 +31,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  PE array           DSP {est['pe_array_dsp']}, LUT {est['pe_array_lut']}, FF {est['pe_array_ff']}: "
           f"{est['pe_array_source']}")
     print(f"  rest               DSP {est['rest_dsp']}, LUT {est['rest_lut']}, FF {est['rest_ff']}: {est['rest_source']}")
+    notebooks = ("pynq get-notebooks lora-qta -p DIR" if acc.backend == "board"
+                 else "pynq get-notebooks lora-qta -p DIR --ignore-overlays   (no FPGA here: PYNQ needs the flag)")
+    print(f"{'notebooks':20s} {notebooks}")
     print("\nregister map (from hardware.toml)\n")
     print(generate.register_table())
     return 0
@@ -49,6 +52,9 @@ def cmd_gemm(args: argparse.Namespace) -> int:
     print(f"GEMM {args.M}x{args.K}x{args.N} on {acc.board.name} [{acc.backend}]: "
           f"{'bit-exact with numpy' if checked.exact else 'MISMATCH with numpy'}")
     print(f"  dataflow     {mode}, tiles m/n/k = {r.tiles}")
+    if r.calls > 1:
+        print(f"  calls        {r.calls} kernel calls (a dimension exceeds the configured limits "
+              f"{acc.board.max_m}/{acc.board.max_n}/{acc.board.max_k}; summed exactly on the host)")
     measured = f"{r.cycles_measured:,}" if r.cycles_measured is not None else "unavailable (emulated)"
     print(f"  cycles       modelled {r.cycles_model:,} (the kernel's trip counts); measured {measured}")
     print(f"  utilization  {r.utilization:.1%} of {acc.board.pes} PEs; {r.bound}-bound, "

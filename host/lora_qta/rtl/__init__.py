@@ -5,8 +5,8 @@ R x C PEs, OS and WS folds, the run-time partition into sub-arrays as 2:1 select
 boundaries, edge inputs per (row, boundary) and (boundary, column), output taps per (boundary,
 column), and a fold sequencer. This part
 
-* states the contract's arithmetic once (:mod:`.contract`: geometry, folds and their lengths,
-  edge values, tap positions);
+* states the contract's arithmetic for the bench (:mod:`.contract`: folds, edge values, tap
+  positions; the geometry and the fold lengths are the planner's, ``lora_qta.runtime.planner``);
 * runs whole steps through the array under Verilator + cocotb, cycle by cycle (:mod:`.sim`:
   :func:`sim_steps`, :func:`sim_tile`, :func:`lint`);
 * synthesizes it with yosys and reports cell counts, per-PE fits and board extrapolations

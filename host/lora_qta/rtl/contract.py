@@ -1,10 +1,15 @@
-"""The contract's arithmetic of the PE array (design contract v2, section 1), stated once.
+"""The contract's arithmetic of the PE array (design contract v2, section 1), as the RTL bench uses it.
 
 Geometry of the partition modes (:func:`geometry`), the folds of a step in order and their
 lengths (:func:`step_folds`, :func:`fold_cycles`, :func:`model_step`), the edge values the
 loader feeds each cycle (:func:`os_fold_edges`, :func:`ws_load_edges`, :func:`ws_stream_edges`)
 and where each tap value belongs in the output tile (:func:`tap_outputs`). The cocotb bench
 drives the RTL array with these functions; numpy only.
+
+The sub-array geometry, the fold length and the step's array cycles are not restated here: they
+are the planner's (:func:`lora_qta.runtime.planner.split_geometry`, ``fold_cycles``,
+``array_step_cycles``), the same formulas the HLS kernel's ``cycles_model`` is tested against,
+so the Verilator cycle checks hold the RTL array to the one cycle model of the package.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 
 from ..errors import RtlInputError
 from ..hw.config import config
+from ..runtime.planner import array_step_cycles, fold_cycles, split_geometry
 
 # The array's phase output (hls/rtl/qta_array_ctrl.v).
 PHASE_IDLE, PHASE_FOLD, PHASE_LOAD, PHASE_DRAIN = 0, 1, 2, 3
@@ -73,15 +79,7 @@ def geometry(shape: ArrayShape, split: int) -> tuple[int, int, int, int]:
     """(LR, LC, SR, SC): logical array and sub-array sides for partition exponent ``split``."""
     if split not in shape.splits("os"):
         raise RtlInputError(f"split {split} is not legal on {shape.label}: {shape.splits('os')}")
-    r, c = shape.rows, shape.cols
-    if split >= 0:
-        return r << split, c >> split, r, c >> split
-    return r >> -split, c << -split, r >> -split, c
-
-
-def fold_cycles(dataflow: str, sr: int, sc: int, kt: int, mt: int) -> int:
-    """The contract's fold length: OS kt + SR + SC - 2, WS 2*SR + SC + mt - 2."""
-    return kt + sr + sc - 2 if dataflow == "os" else 2 * sr + sc + mt - 2
+    return split_geometry(shape.rows, shape.cols, split)
 
 
 def step_folds(shape: ArrayShape, dataflow: str, split: int, mt: int, nt: int, kt: int) -> list[tuple[int, int]]:
@@ -98,10 +96,10 @@ def step_folds(shape: ArrayShape, dataflow: str, split: int, mt: int, nt: int, k
 def model_step(shape: ArrayShape, dataflow: str, split: int, mt: int, nt: int, kt: int) -> tuple[list[int], int]:
     """(cycles of each fold, cycles of the step): the step is the sum of its folds, plus SR for
     the OS drain phase (the per-step constant latency of the HLS loop is not part of the array)."""
-    _, _, sr, sc = geometry(shape, split)
+    lr, lc, sr, sc = geometry(shape, split)
     folds = step_folds(shape, dataflow, split, mt, nt, kt)
-    per = [fold_cycles(dataflow, sr, sc, kt, mt)] * len(folds)
-    return per, sum(per) + (sr if dataflow == "os" else 0)
+    per = [int(fold_cycles(dataflow, sr, sc, kt, mt))] * len(folds)
+    return per, int(array_step_cycles(dataflow, lr, lc, sr, sc, mt, nt, kt))
 
 
 def os_fold_edges(shape: ArrayShape, split: int, a: np.ndarray, b: np.ndarray, r0: int, c0: int):

@@ -1,11 +1,16 @@
 """The fast emulation engine: the kernel's results computed with vectorized numpy and PyTorch.
 
 Bit-exact with the C-simulated kernel (checked on every test run) on the same memory image:
-the GEMM is an exact integer product (PyTorch's INT8 x INT8 -> INT32 ``_int_mm``, exact because
-the configured K <= 131071 keeps every dot product inside INT32; float64 BLAS where ``_int_mm``
-is missing, exact because every partial sum is an integer below 2**53), handed the operands'
-strided views in the emulated DDR rather than copies; a convolution's op(A) is built from the
-NHWC map with stride tricks (one INT8 copy). The epilogue is the kernel's integer arithmetic on
+the GEMM is an exact integer product computed by float32 GEMMs over K chunks of at most 1024
+(every product of two INT8 values is at most 2**14 in magnitude, so every partial sum of a chunk,
+in whatever order the BLAS adds it, is an integer of at most 2**24 and exact in float32), the
+chunks summed in INT32 (the configured K <= 131071 keeps every dot product inside INT32); float64
+where PyTorch is missing. The operands are read from their strided views in the emulated DDR; a
+convolution's op(A) is built from the NHWC map with stride tricks (one INT8 copy).
+PyTorch's own INT8 GEMM (``torch._int_mm``) is not used: on an AMD EPYC with AVX2 and no
+AVX-512/VNNI it ran 15-65x slower than this float32 path on LoRA shapes (about 0.2 GMAC/s;
+measured with torch 2.13, one thread), and oneDNN mis-reads the strides of its 1 x K views on
+some CPUs (issue 9, pytorch/pytorch#195066). The epilogue is the kernel's integer arithmetic on
 int64 arrays; INT32 outputs without accumulation are written straight from the product. Every
 output row is written in whole beats, its padding with zeros, as the kernel does. The modelled
 cycle count is the planner's (:func:`~lora_qta.runtime.planner.model_cycles`); the measured count
@@ -18,12 +23,13 @@ from functools import lru_cache
 
 import numpy as np
 
-try:  # PyTorch's exact INT8 GEMM (same thread pool as the training loop)
+try:  # PyTorch's float32 GEMM (the same thread pool as the training loop)
     import torch
-
-    _int_mm = getattr(torch, "_int_mm", None)
 except ImportError:  # pragma: no cover - torch is a dependency of the package
-    torch, _int_mm = None, None
+    torch = None
+
+K_CHUNK = 1024
+"""K of one float32 GEMM: 1024 products of at most 2**14 keep every partial sum within 2**24."""
 
 from ..hw.call import ConvGeometry, GemmCall
 from ..hw.config import BoardConfig, config
@@ -36,22 +42,25 @@ def _view(mem: np.ndarray, offset: int, shape: tuple, strides: tuple, dtype) -> 
     return np.ndarray(shape, dtype=dtype, buffer=mem, offset=offset, strides=strides)
 
 
-def _canonical(x: np.ndarray) -> np.ndarray:
-    """A view ``torch._int_mm`` reads correctly. A matrix with a dimension of size 1 is copied
-    (it is a vector): numpy calls such views contiguous whatever their other stride, which PyTorch
-    releases have read wrongly (issue 9: garbage for the 1 x K views of trans_a with M = 1 or
-    trans_b with K = 1); every other strided view is handed over as it is."""
-    if 1 in x.shape:
-        return np.ascontiguousarray(x)
-    return x
+def _f32(x: np.ndarray) -> "torch.Tensor":
+    return torch.from_numpy(x.astype(np.float32))
 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """op(A) . op(B) of INT8 matrices (views allowed), exact: int32 from ``_int_mm``, else
-    int64; the values always fit INT32 for K within the configured limit."""
-    if _int_mm is not None:
-        return _int_mm(torch.from_numpy(_canonical(a)), torch.from_numpy(_canonical(b))).numpy()
-    return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    """op(A) . op(B) of INT8 matrices (views allowed), exact, as INT32 (int64 without PyTorch):
+    float32 GEMMs over K chunks of :data:`K_CHUNK`, whose results are exact integers, summed in
+    INT32."""
+    k = a.shape[1]
+    if torch is None:  # pragma: no cover - float64 holds every partial sum (< 2**53) exactly
+        return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    out = None
+    for k0 in range(0, k, K_CHUNK):
+        part = torch.mm(_f32(a[:, k0:k0 + K_CHUNK]), _f32(b[k0:k0 + K_CHUNK])).numpy().astype(np.int32)
+        if out is None:
+            out = part
+        else:
+            out += part
+    return out
 
 
 def im2col(x: np.ndarray, geo: ConvGeometry, m: int) -> np.ndarray:

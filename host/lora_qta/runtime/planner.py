@@ -54,12 +54,49 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def split_geometry(rows: int, cols: int, split: int) -> tuple[int, int, int, int]:
+    """(LR, LC, SR, SC): logical array sides and physical sub-array sides of a ``rows`` x ``cols``
+    PE array at partition exponent ``split`` (design contract v2, section 1; legality is the
+    caller's: :func:`valid_modes`, or the RTL contract's own check)."""
+    if split >= 0:
+        return rows << split, cols >> split, rows, cols >> split
+    return rows >> -split, cols << -split, rows >> -split, cols
+
+
 def array_shape(board: BoardConfig, split: int) -> tuple[int, int, int, int]:
     """(LR, LC, SR, SC): logical array sides and physical sub-array sides for ``split``."""
-    r, c = board.array_rows, board.array_cols
-    if split >= 0:
-        return r << split, c >> split, r, c >> split
-    return r >> -split, c << -split, r >> -split, c
+    return split_geometry(board.array_rows, board.array_cols, split)
+
+
+def fold_cycles(dataflow: str, sr, sc, kt, mt):
+    """Cycles of one fold of the PE array (design contract v2, section 1), ints or arrays:
+    OS ``kt + SR + SC - 2`` (stream the K chunk, then the skew across the sub-array), WS
+    ``2*SR + SC + mt - 2`` (SR cycles of weight load, then mt rows streamed through the skew).
+    The one statement of the fold length: the array cost of :func:`step_costs` and the RTL
+    contract (``lora_qta.rtl.contract``, which the Verilator bench checks the RTL against) use it."""
+    if dataflow == "os":
+        return kt + sr + sc - 2
+    return 2 * sr + sc + mt - 2
+
+
+def fold_count(dataflow: str, lr, lc, sr, mt, nt, kt):
+    """Folds of one step: OS one per LR x LC output tile, WS one per SR-deep K slice and LC
+    columns (ints or arrays)."""
+    if dataflow == "os":
+        return _ceil(mt, lr) * _ceil(nt, lc)
+    return _ceil(kt, sr) * _ceil(nt, lc)
+
+
+def drain_cycles(dataflow: str, sr: int) -> int:
+    """Cycles after a step's last fold: the OS drain shifts SR rows of accumulators out; WS has none."""
+    return sr if dataflow == "os" else 0
+
+
+def array_step_cycles(dataflow: str, lr, lc, sr, sc, mt, nt, kt):
+    """Cycles of the PE array for one step, without the array process's pipeline depth: its folds
+    back to back, then the drain."""
+    return (fold_count(dataflow, lr, lc, sr, mt, nt, kt) * fold_cycles(dataflow, sr, sc, kt, mt)
+            + drain_cycles(dataflow, sr))
 
 
 # ----------------------------------------------------------------------------------- costs
@@ -127,10 +164,7 @@ def step_costs(board: BoardConfig, call: GemmCall, mt, nt, kt, k0, first, last):
     nrb, segb = (nt, kt) if call.trans_b else (kt, nt)
     load_b = load_phases(board, not call.trans_b, nrb, segb, c if sp <= 0 else sc) + s.load_pipeline
     lcost = np.maximum(load_a + load_b, fetch) + s.ddr_latency
-    if call.dataflow == "os":
-        pcost = _ceil(mt, lr) * _ceil(nt, lc) * (kt + sr + sc - 2) + sr
-    else:
-        pcost = _ceil(kt, sr) * _ceil(nt, lc) * (2 * sr + sc + mt - 2)
+    pcost = array_step_cycles(call.dataflow, lr, lc, sr, sc, mt, nt, kt)
     return lcost, pcost + s.array_pipeline
 
 
