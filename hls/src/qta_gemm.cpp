@@ -63,6 +63,7 @@ constexpr int SEG_MAX = QTA_TILE_K_MAX > QTA_TILE_M_MAX
                             ? (QTA_TILE_K_MAX > QTA_TILE_N_MAX ? QTA_TILE_K_MAX : QTA_TILE_N_MAX)
                             : (QTA_TILE_M_MAX > QTA_TILE_N_MAX ? QTA_TILE_M_MAX : QTA_TILE_N_MAX);
 constexpr int TBEATS = SEG_MAX / BB;  // beats per row slot
+constexpr int TSLOT = TROWS * TBEATS;  // beats per ping-pong slot of a port's row buffer
 constexpr int SCALE_MAX = QTA_TILE_M_MAX > QTA_TILE_N_MAX ? QTA_TILE_M_MAX : QTA_TILE_N_MAX;
 
 static_assert(P == 4, "four m_axi bundles rd0..3 / wr0..3");
@@ -72,32 +73,82 @@ static_assert((R > C ? R : C) <= 2 * BB, "a feeder word spans at most two beats"
 static_assert(SW % BB == 0, "a store word holds whole beats");
 static_assert(2 * TROWS <= BB, "the transposer prefetches a column of its row slots while emitting the previous one, two bytes per cycle");
 static_assert(ER == 1 || ER == 2, "epilogue rows");
+static_assert(NAX == 1 || NAX == 2 || NAX == 4, "A side-bank pairs: one stream_of_blocks each (QTA_IF_AX*)");
+static_assert(NBX == 1 || NBX == 2 || NBX == 4, "B side-bank pairs: one stream_of_blocks each (QTA_IF_BX*)");
 
-// Feeder words, unpacked beats, store words and accumulator words. Structs of byte arrays,
-// aggregated by HLS into one wide memory word.
-struct AWord {
-    int8_t l[R];  // lane i feeds physical row i
-};
-struct BWord {
-    int8_t l[C];  // lane j feeds physical column j
-};
-struct Beat {
-    uint8_t b[BB];
-};
-struct SWord {
-    uint8_t b[SW];
-};
-struct AccW {
-    int32_t v[2];  // two adjacent columns
-};
+// One hls::stream_of_blocks per pair of side banks (a stream of blocks cannot be partitioned):
+// the processes take NAX (NBX) of them; QTA_IF_AX2 / QTA_IF_AX4 keep the declarations, locks and
+// arguments of pairs 1 and 2..3 when they exist, QTA_AXk names pair k or, when it does not
+// exist, pair 0 (only ever passed to a branch that NAX > k removes at compile time).
+#if QTA_COLS / QTA_MIN_SUB / 2 >= 2
+#define QTA_IF_AX2(...) __VA_ARGS__
+#define QTA_AX1 ax1
+#else
+#define QTA_IF_AX2(...)
+#define QTA_AX1 ax0
+#endif
+#if QTA_COLS / QTA_MIN_SUB / 2 >= 4
+#define QTA_IF_AX4(...) __VA_ARGS__
+#define QTA_AX2 ax2
+#define QTA_AX3 ax3
+#else
+#define QTA_IF_AX4(...)
+#define QTA_AX2 ax0
+#define QTA_AX3 ax0
+#endif
+#if QTA_ROWS / QTA_MIN_SUB / 2 >= 2
+#define QTA_IF_BX2(...) __VA_ARGS__
+#define QTA_BX1 bx1
+#else
+#define QTA_IF_BX2(...)
+#define QTA_BX1 bx0
+#endif
+#if QTA_ROWS / QTA_MIN_SUB / 2 >= 4
+#define QTA_IF_BX4(...) __VA_ARGS__
+#define QTA_BX2 bx2
+#define QTA_BX3 bx3
+#else
+#define QTA_IF_BX4(...)
+#define QTA_BX2 bx0
+#define QTA_BX3 bx0
+#endif
 
-// Ping-pong blocks: the feeder banks of a step and the accumulators of a block.
-typedef AWord A0Block[QTA_A_DEPTH];                         // A bank of sub-array 0
-typedef AWord AXBlock[NAX][2 * QTA_A_SIDE_DEPTH];           // A banks 1..NBA-1, two per memory
-typedef BWord B0Block[QTA_B_DEPTH];                         // B bank of sub-array 0
-typedef BWord BXBlock[NBX][2 * QTA_B_SIDE_DEPTH];           // B banks 1..NBB-1, two per memory
-typedef AccW AccPBlock[CG][PG][QTA_ACC_DEPTH];              // bottom tap row
-typedef AccW AccXBlock[NBB - 1][CG][PG][QTA_ACC_SIDE_DEPTH];  // tap rows 0..NBB-2
+// Every internal word is a hand-packed ap_uint (review B2): what a memory or FIFO word holds is
+// its bit width, with no dependence on how HLS disaggregates or aggregates structs.
+typedef ap_uint<8 * R> AWord;        // A feeder word: lane i (bits 8i..8i+7) feeds physical row i
+typedef ap_uint<8 * C> BWord;        // B feeder word: lane j feeds physical column j
+typedef qta_beat_t Beat;             // one AXI beat, byte q at bits 8q..8q+7
+typedef ap_uint<8 * SW> SWord;       // store word: MS INT32 or 4 MS INT8 outputs
+typedef ap_uint<32 * C> AccRow;      // accumulator word: one row of a tap row, lane j = column j (INT32)
+typedef ap_uint<32 * C * (NBB - 1)> AccXRow;  // the same row of tap rows 0..NBB-2 side by side
+
+// Ping-pong blocks: the feeder banks of a step and the accumulators of a block. No block is
+// partitioned (ARRAY_PARTITION/RESHAPE are not supported on hls::stream_of_blocks, UG1399): each
+// is one memory whose accesses per cycle fit its two ports:
+//   A0/B0   the array reads one word per cycle, the loader writes two (other slot);
+//   AX/BX   one block per PAIR of side banks (two banks per memory, one port each for the array's
+//           reads; the loader writes two words per cycle into one bank of the other slot);
+//   AccP    the bottom tap row, one row word (C INT32) per address: the array does one
+//           read-modify-write per cycle (every tap column delivers the same row: OS drain by
+//           construction, WS after the de-skew below), the store reads ER rows of the other slot;
+//   AccX    the other tap rows, one word of (NBB-1) x C INT32 per address, likewise.
+typedef AWord A0Block[QTA_A_DEPTH];                // A bank of sub-array 0
+typedef AWord AXBlock[2 * QTA_A_SIDE_DEPTH];       // a pair of A side banks (banks 2x+1, 2x+2)
+typedef BWord B0Block[QTA_B_DEPTH];                // B bank of sub-array 0
+typedef BWord BXBlock[2 * QTA_B_SIDE_DEPTH];       // a pair of B side banks
+typedef AccRow AccPBlock[QTA_ACC_DEPTH];           // bottom tap row
+typedef AccXRow AccXBlock[QTA_ACC_SIDE_DEPTH];     // tap rows 0..NBB-2
+
+template <int W>
+inline int8_t lane8(const ap_uint<W> &w, int i) {
+#pragma HLS INLINE
+    return (int8_t)(uint8_t)w.range(8 * i + 7, 8 * i);
+}
+template <int W>
+inline uint8_t byte_at(const ap_uint<W> &w, uint32_t i) {  // runtime byte position: a mux
+#pragma HLS INLINE
+    return (uint8_t)(w >> (8 * i));
+}
 
 // The call, validated and decoded once by the descriptor process and sent to every process.
 struct Hdr {
@@ -148,14 +199,25 @@ inline void mixed_add(uint32_t &hi, uint32_t &mid, uint32_t &lo, uint32_t dhi, u
     hi += dhi + c2;
 }
 
-inline Beat unpack(const qta_beat_t &x) {
+// Word `addr` of side-bank pair bp (compile-time after unrolling; pairs >= NX do not exist).
+template <int NX, typename WordT>
+inline WordT side_read(uint32_t bp, uint32_t addr, const WordT *s0, const WordT *s1, const WordT *s2,
+                       const WordT *s3) {
 #pragma HLS INLINE
-    Beat b;
-    for (int i = 0; i < BB; i++) {
-#pragma HLS UNROLL
-        b.b[i] = (uint8_t)x.range(8 * i + 7, 8 * i);
+    return (NX > 1 && bp == 1) ? s1[addr] : (NX > 2 && bp == 2) ? s2[addr] : (NX > 3 && bp == 3) ? s3[addr] : s0[addr];
+}
+template <int NX, typename WordT>
+inline void side_write(uint32_t bp, uint32_t addr, const WordT &w, WordT *s0, WordT *s1, WordT *s2, WordT *s3) {
+#pragma HLS INLINE
+    if (NX > 1 && bp == 1) {
+        s1[addr] = w;
+    } else if (NX > 2 && bp == 2) {
+        s2[addr] = w;
+    } else if (NX > 3 && bp == 3) {
+        s3[addr] = w;
+    } else {
+        s0[addr] = w;
     }
-    return b;
 }
 
 // ----------------------------------------------------------------------------- descriptors
@@ -170,6 +232,9 @@ Hdr decode(uint64_t a, uint64_t b, uint64_t c, uint64_t scales, uint32_t m, uint
            uint32_t flags, int32_t mult, uint32_t shift, uint32_t seed, uint32_t batch, uint32_t stride_a,
            uint32_t stride_b, uint32_t stride_c, uint32_t conv_in, uint32_t conv_out, uint32_t conv_cin,
            uint32_t conv_win, uint32_t conv_dil) {
+#pragma HLS ALLOCATION operation instances=mul limit=1
+#pragma HLS ALLOCATION operation instances=udiv limit=1
+#pragma HLS ALLOCATION operation instances=urem limit=1
     Hdr h;
     h.scales = scales;
     h.m = m; h.n = n; h.k = k; h.lda = lda; h.ldb = ldb; h.ldc = ldc;
@@ -271,6 +336,11 @@ void descriptors(uint64_t a, uint64_t b, uint64_t c, uint64_t scales, uint32_t m
                  hls::stream<Hdr> h_write[P], hls::stream<Hdr> &h_model, hls::stream<Step> s_fetch[P],
                  hls::stream<Step> &s_load, hls::stream<Step> &s_array, hls::stream<Step> &s_store,
                  hls::stream<Step> s_write[P]) {
+    // Once-per-call arithmetic (decode) and the per-step counters: one multiplier, one divider and
+    // one remainder unit shared by all of them (the resource count assumes it, review B6, S9).
+#pragma HLS ALLOCATION operation instances=mul limit=1
+#pragma HLS ALLOCATION operation instances=udiv limit=1
+#pragma HLS ALLOCATION operation instances=urem limit=1
     Hdr h = decode(a, b, c, scales, m, n, k, lda, ldb, ldc, tile_m, tile_n, tile_k, flags, mult, shift, seed,
                    batch, stride_a, stride_b, stride_c, conv_in, conv_out, conv_cin, conv_win, conv_dil);
     for (int p = 0; p < P; p++) {
@@ -302,7 +372,9 @@ void descriptors(uint64_t a, uint64_t b, uint64_t c, uint64_t scales, uint32_t m
 steps:
     for (uint32_t t = 0; t < nsteps; t++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=4096
-#pragma HLS PIPELINE II=1
+        // II=4 (review B7): the carried mixed-radix counters are ~7 dependent 32-bit operations;
+        // one step feeds 100+ array cycles, so the step rate is irrelevant
+#pragma HLS PIPELINE II=4
         Step st;
         st.m0 = m0; st.n0 = n0; st.k0 = k0;
         st.mt = umin(tile_m, m - m0); st.nt = umin(tile_n, n - n0); st.kt = umin(tile_k, k - k0);
@@ -367,7 +439,7 @@ rows:
         for (uint32_t e = 0; e < nb; e++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=TBEATS
 #pragma HLS PIPELINE II=1
-            out.write(unpack(rd[base + e]));
+            out.write(rd[base + e]);
         }
         base += stride;
         beats += nb + QTA_BURST_OVERHEAD;
@@ -385,11 +457,7 @@ uint32_t fetch_conv_rows(const qta_beat_t *rd, hls::stream<Beat> &out, const Hdr
     mixed_add(img, ho, wo, h.dimg[PORT], h.dho[PORT], h.dwo[PORT], h.Ho, h.Wo);
     const int32_t hmax = (int32_t)((h.H - 1) << h.dsh), wmax = (int32_t)((h.W - 1) << h.dsh);
     const uint32_t dmask = (1u << h.dsh) - 1;
-    Beat zero;
-    for (int i = 0; i < BB; i++) {
-#pragma HLS UNROLL
-        zero.b[i] = 0;
-    }
+    const Beat zero = 0;
     uint32_t beats = 0;
 conv_rows:
     for (uint32_t r = PORT; r < st.mt; r += P) {
@@ -411,7 +479,7 @@ conv_rows:
                 for (uint32_t e = 0; e < nbt; e++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=TBEATS
 #pragma HLS PIPELINE II=1
-                    out.write(unpack(rd[base + e]));
+                    out.write(rd[base + e]);
                 }
             } else {
             pad_beats:
@@ -440,6 +508,9 @@ conv_rows:
 template <int PORT>
 void fetch(const qta_beat_t *rd, hls::stream<Hdr> &hs, hls::stream<Step> &ss, hls::stream<Beat> &ops,
            hls::stream<SWord> &cold, hls::stream<Beat> &scl, hls::stream<uint32_t> &cnt) {
+    // Every runtime multiply of a fetcher is in its per-row / per-tap control code (none in an
+    // II=1 loop): one shared multiplier per fetcher (the resource count assumes it, review B6).
+#pragma HLS ALLOCATION operation instances=mul limit=1
     const Hdr h = hs.read();
 fetch_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
@@ -459,7 +530,7 @@ fetch_blocks:
                 for (uint32_t e = 0; e < mine; e++) {
 #pragma HLS LOOP_TRIPCOUNT min=0 max=SCALE_MAX*8/BB/P
 #pragma HLS PIPELINE II=1
-                    scl.write(unpack(rd[base + (uint64_t)e * P]));
+                    scl.write(rd[base + (uint64_t)e * P]);
                 }
                 beats += mine + QTA_BURST_OVERHEAD;
             }
@@ -486,11 +557,11 @@ fetch_blocks:
                     for (uint32_t e = 0; e < nbc; e++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=QTA_TILE_N_MAX*4/BB
 #pragma HLS PIPELINE II=1
-                        const Beat bt = unpack(rd[base + e]);
+                        const Beat bt = rd[base + e];
                         const uint32_t slot = e & (SWB - 1);
-                        for (int i = 0; i < BB; i++) {
+                        for (int q = 0; q < SWB; q++) {
 #pragma HLS UNROLL
-                            w.b[slot * BB + i] = bt.b[i];
+                            if ((uint32_t)q == slot) w.range(8 * BB * q + 8 * BB - 1, 8 * BB * q) = bt;
                         }
                         if (slot == SWB - 1 || e == nbc - 1) cold.write(w);
                     }
@@ -569,6 +640,7 @@ struct Phases {
 };
 
 Phases phases(const Lay &ly) {
+#pragma HLS ALLOCATION operation instances=mul limit=1
     Phases ph;
     const uint32_t W = 1u << ly.lgw;
     const uint32_t g = ly.natural ? P : W;                 // stored rows per group
@@ -604,8 +676,8 @@ Phases phases(const Lay &ly) {
 // two write ports of their bank (consecutive addresses).
 // Returns the cycles it took (its trip count plus the pipeline depth).
 template <int L, typename WordT, int NX, int D0, int DX>
-uint32_t load_operand(hls::stream<Beat> ops[P], const Lay &ly, WordT prim[D0], WordT side[NX][2 * DX],
-                      Beat tbuf[P][2][TROWS * TBEATS]) {
+uint32_t load_operand(hls::stream<Beat> ops[P], const Lay &ly, WordT prim[D0], WordT s0[2 * DX], WordT s1[2 * DX],
+                      WordT s2[2 * DX], WordT s3[2 * DX], Beat tb0[P][2 * TSLOT], Beat tb1[P][2 * TSLOT]) {
 #pragma HLS INLINE
     const uint32_t W = 1u << ly.lgw;
     const uint32_t nw = ceil_shift(ly.seg, ly.lgw);  // natural: words per stored row
@@ -632,12 +704,33 @@ load_cycles:
         const uint32_t nemit = ph == 0 ? 0 : (emit_last ? pz.emit_last : pz.emit_full);
         const uint32_t n = umax(nfill, nemit);
         const uint32_t fb = ph & 1, eb = (ph - 1) & 1, ex = ph - 1;
+        // Row buffers (review B3): per port two copies tb0/tb1, the slot in the address MSB. Each
+        // copy sees per cycle one write (the fill, both copies) and one read (the emit: copy 0 at
+        // rd0 / the transposer's address, copy 1 at the beat after), each from its own port p
+        // (compile-time); the emit then selects ports rho, rho + 1 among the read registers.
+        const bool tpre = !ly.natural && i < (uint32_t)TROWS;  // transposer prefetch cycle
+        const uint32_t o = xw << ly.lgw, e0 = o >> LGBB, sh = o & (BB - 1);  // natural: word xw
+        const uint32_t e1 = (e0 + 1 < (uint32_t)TBEATS) ? e0 + 1 : e0;
+        const uint32_t te = (i - TROWS) << 1, tcol = te >> LGBB, tjj = (te & (BB - 1)) >> 1;  // transposer
+        const bool tnext = !ly.natural && !tpre && tjj < (uint32_t)TROWS && tcol + 1 < (uint32_t)TBEATS;
+        const uint32_t ra0 = ly.natural ? e0 : (tpre ? i * TBEATS : (tnext ? tjj * TBEATS + tcol + 1 : 0u));
+        const uint32_t ebase = eb * TSLOT, fbase = fb * TSLOT;
+        Beat r0[P], r1[P];
+#pragma HLS ARRAY_PARTITION variable=r0 type=complete
+#pragma HLS ARRAY_PARTITION variable=r1 type=complete
+        for (int p = 0; p < P; p++) {
+#pragma HLS UNROLL
+            r0[p] = tb0[p][ebase + ra0];
+            r1[p] = tb1[p][ebase + e1];
+        }
         // fill: one beat per port per cycle, rows in fetch order
         for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
             const uint32_t fp = ph < ly.ngroups ? (fill_last ? pz.fill_last[p] : pz.fill_full[p]) : 0;
             if (i < fp) {
-                tbuf[p][fb][fslot[p] * TBEATS + fbeat[p]] = ops[p].read();
+                const Beat x = ops[p].read();
+                tb0[p][fbase + fslot[p] * TBEATS + fbeat[p]] = x;
+                tb1[p][fbase + fslot[p] * TBEATS + fbeat[p]] = x;
                 if (fbeat[p] == ly.nb - 1) {
                     fbeat[p] = 0;
                     fslot[p]++;
@@ -655,19 +748,16 @@ load_cycles:
             bool write = true;
             if (ly.natural) {
                 // word xw of stored rows ex * P + rho and + rho + 1: bytes [xw W, xw W + W) of their segments
-                const uint32_t o = xw << ly.lgw, e0 = o >> LGBB, sh = o & (BB - 1);
-                const uint32_t e1 = (e0 + 1 < (uint32_t)TBEATS) ? e0 + 1 : e0;
                 for (int y = 0; y < 2; y++) {
 #pragma HLS UNROLL
-                    const uint32_t port = rho + y;
-                    const Beat w0 = tbuf[port][eb][e0];
-                    const Beat w1 = tbuf[port][eb][e1];
+                    const Beat w0 = rho == 0 ? r0[y] : r0[2 + y];
+                    const Beat w1 = rho == 0 ? r1[y] : r1[2 + y];
                     uint8_t win[2 * BB];
 #pragma HLS ARRAY_PARTITION variable=win type=complete
                     for (int q = 0; q < BB; q++) {
 #pragma HLS UNROLL
-                        win[q] = w0.b[q];
-                        win[BB + q] = w1.b[q];
+                        win[q] = (uint8_t)w0.range(8 * q + 7, 8 * q);
+                        win[BB + q] = (uint8_t)w1.range(8 * q + 7, 8 * q);
                     }
                     for (int w = 0; w < L; w++) {
 #pragma HLS UNROLL
@@ -689,26 +779,26 @@ load_cycles:
                 // transposer: prefetch beat column 0 of every row slot
                 for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
-                    cur[p][i] = tbuf[p][eb][i * TBEATS];
+                    cur[p][i] = r0[p];
                 }
                 write = false;
             } else {
                 // transposer: words e, e + 1 = bytes e, e + 1 of the W stored rows of group ex
-                const uint32_t e = (i - TROWS) << 1, col = e >> LGBB, jj = (e & (BB - 1)) >> 1;
+                const uint32_t e = te, jj = tjj;
                 for (int y = 0; y < 2; y++) {
 #pragma HLS UNROLL
                     for (int w = 0; w < L; w++) {
 #pragma HLS UNROLL
-                        const bool ok = (uint32_t)w < W && ex * W + w < ly.nrows;
+                        const bool ok = (uint32_t)w < W && (ex << ly.lgw) + w < ly.nrows;
                         const int slot = (w >> LGP) < TROWS ? (w >> LGP) : 0;
-                        v[y][w] = ok ? (int8_t)cur[w & (P - 1)][slot].b[(e & (BB - 1)) + y] : (int8_t)0;
+                        v[y][w] = ok ? (int8_t)byte_at(cur[w & (P - 1)][slot], (e & (BB - 1)) + y) : (int8_t)0;
                     }
                 }
                 val[1] = e + 1 < ly.seg;
-                if (jj < (uint32_t)TROWS && col + 1 < (uint32_t)TBEATS) {
+                if (tnext) {
                     for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
-                        nxt[p][jj] = tbuf[p][eb][jj * TBEATS + col + 1];
+                        nxt[p][jj] = r0[p];
                     }
                 }
                 if (jj == BB / 2 - 1) {
@@ -733,12 +823,12 @@ load_cycles:
                     WordT word;
                     for (int l = 0; l < L; l++) {
 #pragma HLS UNROLL
-                        word.l[l] = v[y][l & (W - 1)];
+                        word.range(8 * l + 7, 8 * l) = (uint8_t)v[y][l & (W - 1)];
                     }
                     if (bank == 0) {
                         prim[addr + y] = word;
                     } else {
-                        side[(bank - 1) >> 1][((bank - 1) & 1) * DX + addr + y] = word;
+                        side_write<NX>((bank - 1) >> 1, ((bank - 1) & 1) * DX + addr + y, word, s0, s1, s2, s3);
                     }
                 }
             }
@@ -762,14 +852,18 @@ load_cycles:
 }
 
 void load(hls::stream<Hdr> &hs, hls::stream<Step> &ss, hls::stream<Beat> ops[P], QTA_BLOCKS(A0Block, ) &a0s,
-          QTA_BLOCKS(AXBlock, ) &axs, QTA_BLOCKS(B0Block, ) &b0s, QTA_BLOCKS(BXBlock, ) &bxs,
+          QTA_BLOCKS(AXBlock, ) &ax0s QTA_IF_AX2(, QTA_BLOCKS(AXBlock, ) &ax1s) QTA_IF_AX4(, QTA_BLOCKS(AXBlock, ) &ax2s, QTA_BLOCKS(AXBlock, ) &ax3s),
+          QTA_BLOCKS(B0Block, ) &b0s,
+          QTA_BLOCKS(BXBlock, ) &bx0s QTA_IF_BX2(, QTA_BLOCKS(BXBlock, ) &bx1s) QTA_IF_BX4(, QTA_BLOCKS(BXBlock, ) &bx2s, QTA_BLOCKS(BXBlock, ) &bx3s),
           hls::stream<uint32_t> &cnt) {
     const Hdr h = hs.read();
     // the row buffers of the beat transposer: per port two slots of TROWS rows
-    Beat tbuf[P][2][TROWS * TBEATS];
-#pragma HLS ARRAY_PARTITION variable=tbuf type=complete dim=1
-#pragma HLS ARRAY_PARTITION variable=tbuf type=complete dim=2
-#pragma HLS BIND_STORAGE variable=tbuf type=ram_t2p impl=bram
+    // (local arrays, not blocks: partitioning them by port is supported; two copies, see load_operand)
+    Beat tb0[P][2 * TSLOT], tb1[P][2 * TSLOT];
+#pragma HLS ARRAY_PARTITION variable=tb0 type=complete dim=1
+#pragma HLS ARRAY_PARTITION variable=tb1 type=complete dim=1
+#pragma HLS BIND_STORAGE variable=tb0 type=ram_t2p impl=bram
+#pragma HLS BIND_STORAGE variable=tb1 type=ram_t2p impl=bram
 load_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=1024
@@ -778,12 +872,18 @@ load_blocks:
 #pragma HLS LOOP_TRIPCOUNT min=1 max=128
             const Step st = ss.read();
             QTA_WRITE_LOCK(A0Block, a0, a0s);
-            QTA_WRITE_LOCK(AXBlock, ax, axs);
+            QTA_WRITE_LOCK(AXBlock, ax0, ax0s);
+            QTA_IF_AX2(QTA_WRITE_LOCK(AXBlock, ax1, ax1s);)
+            QTA_IF_AX4(QTA_WRITE_LOCK(AXBlock, ax2, ax2s); QTA_WRITE_LOCK(AXBlock, ax3, ax3s);)
             QTA_WRITE_LOCK(B0Block, b0, b0s);
-            QTA_WRITE_LOCK(BXBlock, bx, bxs);
+            QTA_WRITE_LOCK(BXBlock, bx0, bx0s);
+            QTA_IF_BX2(QTA_WRITE_LOCK(BXBlock, bx1, bx1s);)
+            QTA_IF_BX4(QTA_WRITE_LOCK(BXBlock, bx2, bx2s); QTA_WRITE_LOCK(BXBlock, bx3, bx3s);)
             const Lay la = layout_a(h, st), lb = layout_b(h, st);
-            uint32_t it = load_operand<R, AWord, NAX, QTA_A_DEPTH, QTA_A_SIDE_DEPTH>(ops, la, a0, ax, tbuf);
-            it += load_operand<C, BWord, NBX, QTA_B_DEPTH, QTA_B_SIDE_DEPTH>(ops, lb, b0, bx, tbuf);
+            uint32_t it = load_operand<R, AWord, NAX, QTA_A_DEPTH, QTA_A_SIDE_DEPTH>(ops, la, a0, ax0, QTA_AX1, QTA_AX2,
+                                                                                   QTA_AX3, tb0, tb1);
+            it += load_operand<C, BWord, NBX, QTA_B_DEPTH, QTA_B_SIDE_DEPTH>(ops, lb, b0, bx0, QTA_BX1, QTA_BX2,
+                                                                           QTA_BX3, tb0, tb1);
             cnt.write(it);
         }
     }
@@ -791,79 +891,82 @@ load_blocks:
 
 // ---------------------------------------------------------------------------------- array
 
-// Per-call configuration of the array: which boundaries start a sub-array, lane skews.
+// Per-call configuration of the array, as scalars set once per call: every per-PE or per-lane
+// constant (boundary selects, lane skews, tap sub-arrays) is a function of these and of the
+// compile-time PE/lane index, so no per-call array has to be partitioned (review S6).
 struct ArrayCfg {
-    bool a_edge_col[C];   // column j takes A from boundary feeder j / MS
-    bool b_edge_row[R];   // row i takes B (weights) from boundary feeder i / MS, and starts a partial sum
-    bool a_act[NBA], b_act[NBB], tap_act[NBB];
-    uint32_t a_q[NBA];    // sub-array served by A boundary b (side by side)
-    uint32_t b_p[NBB];    // sub-array served by B boundary b (stacked)
-    uint32_t tap_p[NBB];  // sub-array whose bottom row is above tap row t
-    uint8_t a_dly[R];     // skew of lane i at A boundary 0 (i mod SR); other boundaries: i
-    uint8_t b_dly[C];     // skew of lane j at B boundary 0 (j mod SC); other boundaries: j
+    bool os;                  // output-stationary (else weight-stationary)
+    uint32_t ea, eb;          // sub-array exponents: side by side (A), stacked (B)
+    uint32_t lgsr, lgsc;      // log2 of the sub-array sides
+    uint32_t lglr, lglc;      // log2 of the logical sides
+    uint32_t amask, bmask;    // A / B boundaries active: b & mask == 0
 };
 
 ArrayCfg array_cfg(const Hdr &h) {
     ArrayCfg ac;
     const int s = h.split;
-    const uint32_t sr = 1u << h.lgsr, sc = 1u << h.lgsc;
-    const uint32_t ea = s > 0 ? s : 0, eb = s < 0 ? -s : 0;
-    for (int b = 0; b < NBA; b++) {
-#pragma HLS UNROLL
-        ac.a_act[b] = (b & ((1 << (SMAXC - ea)) - 1)) == 0;
-        ac.a_q[b] = b >> (SMAXC - ea);
-    }
-    for (int b = 0; b < NBB; b++) {
-#pragma HLS UNROLL
-        ac.b_act[b] = (b & ((1 << (SMAXR - eb)) - 1)) == 0;
-        ac.b_p[b] = b >> (SMAXR - eb);
-        const uint32_t bottom = (uint32_t)(b + 1) * MS;  // one past the row above tap row b
-        ac.tap_act[b] = (bottom & (sr - 1)) == 0;
-        ac.tap_p[b] = (bottom >> h.lgsr) - 1;
-    }
-    for (int j = 0; j < C; j++) {
-#pragma HLS UNROLL
-        ac.a_edge_col[j] = (j & (MS - 1)) == 0 && ac.a_act[j >> LGMS];
-        ac.b_dly[j] = (uint8_t)(j & (sc - 1));
-    }
-    for (int i = 0; i < R; i++) {
-#pragma HLS UNROLL
-        ac.b_edge_row[i] = (i & (MS - 1)) == 0 && ac.b_act[i >> LGMS];
-        ac.a_dly[i] = (uint8_t)(i & (sr - 1));
-    }
+    ac.os = h.os;
+    ac.ea = s > 0 ? s : 0;
+    ac.eb = s < 0 ? -s : 0;
+    ac.lgsr = h.lgsr;
+    ac.lgsc = h.lgsc;
+    ac.lglr = h.lglr;
+    ac.lglc = h.lglc;
+    ac.amask = (1u << (SMAXC - ac.ea)) - 1;
+    ac.bmask = (1u << (SMAXR - ac.eb)) - 1;
     return ac;
 }
 
-// Accumulator read-modify-write of one column pair (assign on the block's first contribution).
-inline void acc_rmw(AccW &w, int32_t v0, int32_t v1, bool assign) {
-#pragma HLS INLINE
-    if (assign) {
-        w.v[0] = v0;
-        w.v[1] = v1;
-    } else {
-        w.v[0] += v0;
-        w.v[1] += v1;
-    }
+// Compile-time boundary/lane index b, i, j; per-call scalars: these are the 2:1 selects and
+// per-lane constants of the PEs.
+inline bool a_act(const ArrayCfg &ac, int b) { return ((uint32_t)b & ac.amask) == 0; }
+inline bool b_act(const ArrayCfg &ac, int b) { return ((uint32_t)b & ac.bmask) == 0; }
+inline uint32_t a_q(const ArrayCfg &ac, int b) { return (uint32_t)b >> (SMAXC - ac.ea); }
+inline uint32_t b_p(const ArrayCfg &ac, int b) { return (uint32_t)b >> (SMAXR - ac.eb); }
+inline bool a_edge_col(const ArrayCfg &ac, int j) { return (j & (MS - 1)) == 0 && a_act(ac, j >> LGMS); }
+inline bool b_edge_row(const ArrayCfg &ac, int i) { return (i & (MS - 1)) == 0 && b_act(ac, i >> LGMS); }
+// tap row t (below physical row (t + 1) MS - 1) is the bottom of a sub-array, and which one
+inline bool tap_act(const ArrayCfg &ac, int t) { return (((uint32_t)(t + 1) * MS) & ((1u << ac.lgsr) - 1)) == 0; }
+inline uint32_t tap_p(const ArrayCfg &ac, int t) { return (((uint32_t)(t + 1) * MS) >> ac.lgsr) - 1; }
+// skew of lane i at A boundary b (WS: the same), of lane j at B boundary b (WS weights: none)
+inline uint32_t a_dly(const ArrayCfg &ac, int b, int i) {
+    return b == 0 ? ((uint32_t)i & ((1u << ac.lgsr) - 1)) : (uint32_t)i;
+}
+inline uint32_t b_dly(const ArrayCfg &ac, int b, int j) {
+    return !ac.os ? 0u : (b == 0 ? ((uint32_t)j & ((1u << ac.lgsc) - 1)) : (uint32_t)j);
 }
 
-// Output-stationary step: folds (fr, fc) of kt + SR + SC - 2 cycles back to back, each drained
-// during the first SR cycles of the next, then a final drain of SR cycles. Returns its cycles.
-uint32_t os_step(const Hdr &h, const ArrayCfg &ac, const Step &st, const A0Block &a0, const AXBlock &ax,
-                 const B0Block &b0, const BXBlock &bx, AccPBlock &accp, AccXBlock &accx) {
-    const int s = h.split;
-    const uint32_t sr = 1u << h.lgsr, sc = 1u << h.lgsc;
-    const uint32_t ea = s > 0 ? s : 0, eb = s < 0 ? -s : 0;
-    const uint32_t nfr = ceil_shift(st.mt, h.lglr), nfc = ceil_shift(st.nt, h.lglc);
-    const uint32_t nga = ceil_shift(st.mt, s >= 0 ? LGR : h.lgsr);   // A groups (feeder words per k)
-    const uint32_t ngb = ceil_shift(st.nt, s <= 0 ? LGC : h.lgsc);   // B groups
-    const uint32_t fl = st.kt + sr + sc - 2;
-    const uint32_t fold_cycles = nfr * nfc * fl, total = fold_cycles + sr;
+// One step of the PE array, OS or WS: ONE pipelined loop over ONE set of R x C PEs, each with one
+// multiply-add whose operands are per-call mode selects (review B1):
+//   product = a_in * (os ? b_in : weight),   sum = (os ? acc : (top of sub-array ? 0 : acc above)) + product
+// The schedule is a sequence of folds (fo, fc) (OS: fold row x fold column, WS: K fold x fold
+// column) of fl cycles each:
+//   OS  fl = kt + SR + SC - 2; at a fold's last cycle the accumulators move to the drain
+//       registers and restart; the drain runs during the first SR cycles of the next fold (and
+//       SR cycles after the last fold);
+//   WS  fl = 2 SR + SC + mt - 2: SR weight-load cycles (weights shift down from the top of each
+//       sub-array, the A path and partial sums are zeroed), then mt + SR + SC - 2 stream cycles.
+// Every address is a counter (no runtime multiply in the loop, review S4). Returns its cycles.
+uint32_t array_step(const ArrayCfg &ac, const Step &st, const A0Block &a0, const AXBlock &ax0, const AXBlock &ax1,
+                    const AXBlock &ax2, const AXBlock &ax3, const B0Block &b0, const BXBlock &bx0,
+                    const BXBlock &bx1, const BXBlock &bx2, const BXBlock &bx3, AccPBlock &accp, AccXBlock &accx) {
+    const bool os = ac.os;
+    const uint32_t sr = 1u << ac.lgsr, sc = 1u << ac.lgsc;
+    const uint32_t LGLR = ac.lglr, LGLC = ac.lglc;  // log2 of the logical sides
+    const uint32_t alen = os ? st.kt : st.mt;  // A words per fold in a bank
+    const uint32_t lp = os ? 0u : sr;          // weight-load cycles at the start of a fold
+    const uint32_t nfo = os ? ceil_shift(st.mt, LGLR) : ceil_shift(st.kt, ac.lgsr);
+    const uint32_t nfc = ceil_shift(st.nt, LGLC);
+    const uint32_t nga = ceil_shift(st.mt, ac.ea > 0 || ac.eb == 0 ? (uint32_t)LGR : ac.lgsr);  // OS A groups
+    const uint32_t ngb = ceil_shift(st.nt, ac.eb > 0 || ac.ea == 0 ? (uint32_t)LGC : ac.lgsc);  // B groups
+    const uint32_t fl = lp + alen + sr + sc - 2;
+    const uint32_t total = nfo * nfc * fl + (os ? sr : 0u);  // once per step
 
-    int8_t areg[R][C], breg[R][C];
-    int32_t pacc[R][C], pout[R][C];
+    int8_t areg[R][C], breg[R][C];   // A moving right; B moving down (OS) or the weight (WS)
+    int32_t acc[R][C], pout[R][C];   // accumulator / partial sum; OS drain register
 #pragma HLS ARRAY_PARTITION variable=areg type=complete dim=0
 #pragma HLS ARRAY_PARTITION variable=breg type=complete dim=0
-#pragma HLS ARRAY_PARTITION variable=pacc type=complete dim=0
+#pragma HLS ARRAY_PARTITION variable=acc type=complete dim=0
 #pragma HLS ARRAY_PARTITION variable=pout type=complete dim=0
     uint8_t ha[NBA][R][R], hb[NBB][C][C];  // skew histories (LUTRAM per lane), read masked
 #pragma HLS ARRAY_PARTITION variable=ha type=complete dim=1
@@ -873,275 +976,216 @@ uint32_t os_step(const Hdr &h, const ArrayCfg &ac, const Step &st, const A0Block
     int8_t ea_v[NBA][R], eb_v[NBB][C];  // edge inputs of this cycle
 #pragma HLS ARRAY_PARTITION variable=ea_v type=complete dim=0
 #pragma HLS ARRAY_PARTITION variable=eb_v type=complete dim=0
+    int32_t dsk[NBB][C][C - 1];  // WS de-skew shift registers: column j uses C - 1 - j stages
+#pragma HLS ARRAY_PARTITION variable=dsk type=complete dim=0
     for (int i = 0; i < R; i++) {
 #pragma HLS UNROLL
         for (int j = 0; j < C; j++) {
 #pragma HLS UNROLL
-            areg[i][j] = 0; breg[i][j] = 0; pacc[i][j] = 0; pout[i][j] = 0;
+            areg[i][j] = 0; breg[i][j] = 0; acc[i][j] = 0; pout[i][j] = 0;
         }
     }
-    uint32_t tau = 0, fr = 0, fc = 0, hp = 0;
-    uint32_t dd = sr, dfr = 0, dfc = 0;  // drain cycle (sr: idle) and the fold being drained
-os_cycles:
+    for (int t = 0; t < NBB; t++) {
+#pragma HLS UNROLL
+        for (int j = 0; j < C; j++) {
+#pragma HLS UNROLL
+            for (int k = 0; k < C - 1; k++) {
+#pragma HLS UNROLL
+                dsk[t][j][k] = 0;
+            }
+        }
+    }
+    // fold sequencer: cycle c of fold (fo, fc); every base address a counter
+    uint32_t c = 0, fo = 0, fc = 0, hp = 0;
+    uint32_t abase = 0;               // fo * alen: A word of the fold
+    uint32_t bbase = 0;               // fc * kt: B word of the fold
+    uint32_t wk0 = sr - 1;            // WS: (fo << lgsr) + SR - 1, the K index of the first weight row
+    uint32_t cbase = 0;               // WS: fc * mt, accumulator row base of the fold
+    uint32_t fidx = 0;                // OS: fo * nfc + fc, the fold's accumulator block
+    uint32_t dd = sr, dbase = 0;      // OS drain: cycle (sr: idle), accumulator block being drained
+array_cycles:
     for (uint32_t cyc = 0; cyc < total; cyc++) {
 #pragma HLS LOOP_TRIPCOUNT min=64 max=32768
 #pragma HLS PIPELINE II=1
 #pragma HLS DEPENDENCE variable=accp type=inter false
 #pragma HLS DEPENDENCE variable=accx type=inter false
-        const bool infold = cyc < fold_cycles;
-        // ---- drain: taps below the bottom row of each sub-array, then shift down one row
-        if (dd < sr) {
-            const uint32_t il = sr - 1 - dd;
-            const uint32_t addr = ((dfr * nfc + dfc) << h.lgsr) + il;
-            for (int t = 0; t < NBB; t++) {
+        const bool infold = cyc < total - (os ? sr : 0u);
+        const bool draining = os && dd < sr;
+        const uint32_t il = sr - 1 - dd;  // OS: local row the taps deliver this drain cycle
+        // ---- OS drain values of this cycle (before the shift), then shift down inside each sub-array
+        int32_t dv[NBB][C];
+#pragma HLS ARRAY_PARTITION variable=dv type=complete dim=0
+        for (int t = 0; t < NBB; t++) {
 #pragma HLS UNROLL
-                if (!ac.tap_act[t]) continue;
-                const int bt = (t + 1) * MS - 1;
-                for (int jp = 0; jp < C / 2; jp++) {
+            for (int j = 0; j < C; j++) {
 #pragma HLS UNROLL
-                    const int j = 2 * jp;
-                    uint32_t row, col;
-                    if (s >= 0) {
-                        row = (dfr << h.lglr) + ((uint32_t)(j >> h.lgsc) << LGR) + il;
-                        col = (dfc << h.lgsc) + (j & (sc - 1));
-                    } else {
-                        row = (dfr << h.lgsr) + il;
-                        col = (dfc << h.lglc) + (ac.tap_p[t] << LGC) + j;
-                    }
-                    if (row >= st.mt || col >= st.nt) continue;
-                    if (t == NBB - 1) {
-                        acc_rmw(accp[jp / PG][jp % PG][addr], pout[bt][j], pout[bt][j + 1], st.first);
-                    } else {
-                        acc_rmw(accx[t < NBB - 1 ? t : 0][jp / PG][jp % PG][addr], pout[bt][j], pout[bt][j + 1],
-                                st.first);
-                    }
-                }
+                dv[t][j] = pout[(t + 1) * MS - 1][j];
             }
+        }
+        if (draining) {
             for (int i = R - 1; i >= 0; i--) {
 #pragma HLS UNROLL
-                const bool top = (i & (sr - 1)) == 0;
+                const bool top = ((uint32_t)i & (sr - 1)) == 0;
                 for (int j = 0; j < C; j++) {
 #pragma HLS UNROLL
                     pout[i][j] = top ? 0 : pout[i - 1 >= 0 ? i - 1 : 0][j];
                 }
             }
-            dd++;
         }
-        if (!infold) continue;
-        // ---- feeders: one word per active bank at k = tau, skewed per lane through the history
-        const bool kin = tau < st.kt;
+        // ---- feeders: A one word per active bank per cycle (OS: every fold cycle, WS: stream
+        //      cycles), skewed per lane through the history; B one word per active bank (OS: every
+        //      fold cycle, skewed; WS: the weight rows of the load phase, not skewed)
+        const bool afeed = infold && c >= lp;
+        const uint32_t tau = c - lp;
+        const uint32_t bk = os ? c : wk0 - c;
+        const bool bfeed = infold && (os || c < lp);
         for (int b = 0; b < NBA; b++) {
 #pragma HLS UNROLL
-            if (!ac.a_act[b]) continue;
-            const uint32_t g = (fr << ea) + ac.a_q[b];
-            const uint32_t addr = fr * st.kt + tau;
+            if (!a_act(ac, b)) continue;
+            const bool gok = !os || (fo << ac.ea) + a_q(ac, b) < nga;
+            const uint32_t addr = abase + tau;
             AWord w;
-            if (kin && g < nga) {
-                w = b == 0 ? a0[addr] : ax[(b - 1) >> 1][((b - 1) & 1) * QTA_A_SIDE_DEPTH + addr];
+            if (afeed && tau < alen && gok) {
+                w = b == 0 ? a0[addr]
+                           : side_read<NAX>((b - 1) >> 1, ((b - 1) & 1) * QTA_A_SIDE_DEPTH + addr, ax0, ax1, ax2, ax3);
             } else {
-                for (int i = 0; i < R; i++) w.l[i] = 0;
+                w = 0;
             }
             for (int i = 0; i < R; i++) {
 #pragma HLS UNROLL
-                const uint32_t d = b == 0 ? ac.a_dly[i] : (uint32_t)i;
+                const uint32_t d = a_dly(ac, b, i);
                 const int8_t old = (int8_t)ha[b][i][(hp - d) & (R - 1)];
-                ea_v[b][i] = d == 0 ? w.l[i] : (tau >= d ? old : (int8_t)0);
-                ha[b][i][hp & (R - 1)] = (uint8_t)w.l[i];
+                ea_v[b][i] = d == 0 ? lane8(w, i) : (tau >= d ? old : (int8_t)0);
+                ha[b][i][hp & (R - 1)] = (uint8_t)lane8(w, i);
             }
         }
         for (int b = 0; b < NBB; b++) {
 #pragma HLS UNROLL
-            if (!ac.b_act[b]) continue;
-            const uint32_t g = (fc << eb) + ac.b_p[b];
-            const uint32_t addr = fc * st.kt + tau;
+            if (!b_act(ac, b)) continue;
+            const uint32_t g = (fc << ac.eb) + b_p(ac, b);
+            const uint32_t addr = bbase + bk;
             BWord w;
-            if (kin && g < ngb) {
-                w = b == 0 ? b0[addr] : bx[(b - 1) >> 1][((b - 1) & 1) * QTA_B_SIDE_DEPTH + addr];
+            if (bfeed && bk < st.kt && g < ngb) {
+                w = b == 0 ? b0[addr]
+                           : side_read<NBX>((b - 1) >> 1, ((b - 1) & 1) * QTA_B_SIDE_DEPTH + addr, bx0, bx1, bx2, bx3);
             } else {
-                for (int j = 0; j < C; j++) w.l[j] = 0;
+                w = 0;
             }
             for (int j = 0; j < C; j++) {
 #pragma HLS UNROLL
-                const uint32_t d = b == 0 ? ac.b_dly[j] : (uint32_t)j;
+                const uint32_t d = b_dly(ac, b, j);
                 const int8_t old = (int8_t)hb[b][j][(hp - d) & (C - 1)];
-                eb_v[b][j] = d == 0 ? w.l[j] : (tau >= d ? old : (int8_t)0);
-                hb[b][j][hp & (C - 1)] = (uint8_t)w.l[j];
+                eb_v[b][j] = d == 0 ? lane8(w, j) : (c >= d ? old : (int8_t)0);
+                hb[b][j][hp & (C - 1)] = (uint8_t)lane8(w, j);
             }
         }
-        hp++;
-        // ---- PEs: A from the left neighbour or a boundary feeder, B from above; MAC
-        const bool fold_end = tau == fl - 1;
-        for (int i = R - 1; i >= 0; i--) {
-#pragma HLS UNROLL
-            for (int j = C - 1; j >= 0; j--) {
-#pragma HLS UNROLL
-                const int8_t av = ac.a_edge_col[j] ? ea_v[j >> LGMS][i] : areg[i][j - 1 >= 0 ? j - 1 : 0];
-                const int8_t bv = ac.b_edge_row[i] ? eb_v[i >> LGMS][j] : breg[i - 1 >= 0 ? i - 1 : 0][j];
-                areg[i][j] = av;
-                breg[i][j] = bv;
-                const int32_t sum = pacc[i][j] + (int32_t)((int16_t)av * (int16_t)bv);
-                pacc[i][j] = fold_end ? 0 : sum;
-                if (fold_end) pout[i][j] = sum;
-            }
-        }
-        if (fold_end) {
-            dd = 0;
-            dfr = fr;
-            dfc = fc;
-            tau = 0;
-            if (fc == nfc - 1) {
-                fc = 0;
-                fr++;
-            } else {
-                fc++;
-            }
-        } else {
-            tau++;
-        }
-    }
-    return total;
-}
-
-// Weight-stationary step: folds (fk, fc) of 2 SR + SC + mt - 2 cycles (weight load, stream,
-// skew), partial sums cascading down the columns to the taps. Returns its cycles.
-uint32_t ws_step(const Hdr &h, const ArrayCfg &ac, const Step &st, const A0Block &a0, const B0Block &b0,
-                 const BXBlock &bx, AccPBlock &accp, AccXBlock &accx) {
-    const int s = h.split;  // <= 0
-    const uint32_t sr = 1u << h.lgsr;
-    const uint32_t eb = -s;
-    const uint32_t nfk = ceil_shift(st.kt, h.lgsr), nfc = ceil_shift(st.nt, h.lglc);
-    const uint32_t ngb = ceil_shift(st.nt, LGC);
-    const uint32_t fl = 2 * sr + C + st.mt - 2;
-    const uint32_t total = nfk * nfc * fl;
-
-    int8_t areg[R][C], wreg[R][C];
-    int32_t psum[R][C];
-#pragma HLS ARRAY_PARTITION variable=areg type=complete dim=0
-#pragma HLS ARRAY_PARTITION variable=wreg type=complete dim=0
-#pragma HLS ARRAY_PARTITION variable=psum type=complete dim=0
-    int32_t even[NBB][C / 2];  // the even column of each pair, one cycle late (pair alignment)
-#pragma HLS ARRAY_PARTITION variable=even type=complete dim=0
-    uint8_t ha[R][R];  // skew history of A boundary 0
-#pragma HLS ARRAY_PARTITION variable=ha type=complete dim=1
-    int8_t ea_v[R], eb_v[NBB][C];
-#pragma HLS ARRAY_PARTITION variable=ea_v type=complete
-#pragma HLS ARRAY_PARTITION variable=eb_v type=complete dim=0
-    for (int i = 0; i < R; i++) {
-#pragma HLS UNROLL
-        for (int j = 0; j < C; j++) {
-#pragma HLS UNROLL
-            wreg[i][j] = 0;
-        }
-    }
-    uint32_t c = 0, fk = 0, fc = 0, hp = 0;
-ws_cycles:
-    for (uint32_t cyc = 0; cyc < total; cyc++) {
-#pragma HLS LOOP_TRIPCOUNT min=64 max=32768
-#pragma HLS PIPELINE II=1
-#pragma HLS DEPENDENCE variable=accp type=inter false
-#pragma HLS DEPENDENCE variable=accx type=inter false
-        if (c < sr) {
-            // ---- weight load: row SR-1-c of the fold's K slice enters at the top of each sub-array
-            const uint32_t kk = (fk << h.lgsr) + sr - 1 - c;
-            for (int b = 0; b < NBB; b++) {
-#pragma HLS UNROLL
-                if (!ac.b_act[b]) continue;
-                const uint32_t g = (fc << eb) + ac.b_p[b];
-                const uint32_t addr = fc * st.kt + kk;
-                BWord w;
-                if (kk < st.kt && g < ngb) {
-                    w = b == 0 ? b0[addr] : bx[(b - 1) >> 1][((b - 1) & 1) * QTA_B_SIDE_DEPTH + addr];
-                } else {
-                    for (int j = 0; j < C; j++) w.l[j] = 0;
-                }
-                for (int j = 0; j < C; j++) {
-#pragma HLS UNROLL
-                    eb_v[b][j] = w.l[j];
-                }
-            }
-            for (int i = R - 1; i >= 0; i--) {
-#pragma HLS UNROLL
-                for (int j = 0; j < C; j++) {
-#pragma HLS UNROLL
-                    wreg[i][j] = ac.b_edge_row[i] ? eb_v[i >> LGMS][j] : wreg[i - 1 >= 0 ? i - 1 : 0][j];
-                    areg[i][j] = 0;
-                    psum[i][j] = 0;
-                }
-            }
-            for (int t = 0; t < NBB; t++) {
-#pragma HLS UNROLL
-                for (int jp = 0; jp < C / 2; jp++) {
-#pragma HLS UNROLL
-                    even[t][jp] = 0;
-                }
-            }
-        } else {
-            // ---- stream: row tau of op(A) enters row i at tau + i' (skew), moves right
-            const uint32_t tau = c - sr;
-            AWord w;
-            if (tau < st.mt) {
-                w = a0[fk * st.mt + tau];
-            } else {
-                for (int i = 0; i < R; i++) w.l[i] = 0;
-            }
-            for (int i = 0; i < R; i++) {
-#pragma HLS UNROLL
-                const uint32_t d = ac.a_dly[i];
-                const int8_t old = (int8_t)ha[i][(hp - d) & (R - 1)];
-                ea_v[i] = d == 0 ? w.l[i] : (tau >= d ? old : (int8_t)0);
-                ha[i][hp & (R - 1)] = (uint8_t)w.l[i];
-            }
-            hp++;
+        if (infold) hp++;
+        // ---- PEs: one multiply-add each; A from the left neighbour or a boundary feeder, B from
+        //      above or a boundary feeder (2:1 selects), mode selects on the multiplier and adder inputs
+        const bool fold_end = c == fl - 1;
+        const bool wload = !os && c < lp;
+        if (infold) {
             for (int i = R - 1; i >= 0; i--) {
 #pragma HLS UNROLL
                 for (int j = C - 1; j >= 0; j--) {
 #pragma HLS UNROLL
-                    const int8_t av = j == 0 ? ea_v[i] : areg[i][j - 1 >= 0 ? j - 1 : 0];
-                    const int32_t pin = ac.b_edge_row[i] ? 0 : psum[i - 1 >= 0 ? i - 1 : 0][j];
-                    areg[i][j] = av;
-                    psum[i][j] = pin + (int32_t)((int16_t)av * (int16_t)wreg[i][j]);
-                }
-            }
-            // ---- taps: column pair jp delivers output row tau - SR - 2 jp (even column delayed)
-            const bool assign = st.first && fk == 0;
-            for (int t = 0; t < NBB; t++) {
-#pragma HLS UNROLL
-                if (!ac.tap_act[t]) continue;
-                const int bt = (t + 1) * MS - 1;
-                for (int jp = 0; jp < C / 2; jp++) {
-#pragma HLS UNROLL
-                    const int32_t ve = even[t][jp], vo = psum[bt][2 * jp + 1];
-                    even[t][jp] = psum[bt][2 * jp];
-                    const int32_t mrow = (int32_t)tau - (int32_t)sr - 2 * jp;
-                    const uint32_t col = (fc << h.lglc) + (ac.tap_p[t] << LGC) + 2 * jp;
-                    if (mrow < 0 || (uint32_t)mrow >= st.mt || col >= st.nt) continue;
-                    const uint32_t addr = fc * st.mt + (uint32_t)mrow;
-                    if (t == NBB - 1) {
-                        acc_rmw(accp[jp / PG][jp % PG][addr], ve, vo, assign);
-                    } else {
-                        acc_rmw(accx[t < NBB - 1 ? t : 0][jp / PG][jp % PG][addr], ve, vo, assign);
-                    }
+                    const int8_t av = a_edge_col(ac, j) ? ea_v[j >> LGMS][i] : areg[i][j - 1 >= 0 ? j - 1 : 0];
+                    const int8_t bin = b_edge_row(ac, i) ? eb_v[i >> LGMS][j] : breg[i - 1 >= 0 ? i - 1 : 0][j];
+                    const int8_t bop = os ? bin : breg[i][j];
+                    const int32_t add = os ? acc[i][j] : (b_edge_row(ac, i) ? 0 : acc[i - 1 >= 0 ? i - 1 : 0][j]);
+                    const int32_t sum = add + (int32_t)((int16_t)av * (int16_t)bop);
+                    areg[i][j] = wload ? (int8_t)0 : av;
+                    if (os || wload) breg[i][j] = bin;
+                    acc[i][j] = (os ? fold_end : wload) ? 0 : sum;
+                    if (os && fold_end) pout[i][j] = sum;
                 }
             }
         }
-        if (c == fl - 1) {
-            c = 0;
-            if (fc == nfc - 1) {
-                fc = 0;
-                fk++;
-            } else {
-                fc++;
+        // ---- taps: ONE read-modify-write of one accumulator row word per cycle (and of the other
+        //      tap rows' word in stacked modes). OS: the drained local row il of fold (drow, dcol),
+        //      the same address for every tap column. WS: column j of a tap row holds output row m
+        //      after stream cycle m + SR + j - 1; a de-skew of C - 1 - j cycles per column makes every
+        //      column deliver row tau - SR - (C - 2) at stream cycle tau (shift registers).
+        //      Lanes past the tile (rows >= mt in side-by-side OS, columns >= nt) are written too:
+        //      each lane is the only place its (row, column) lives and the store never reads them.
+        int32_t tv[NBB][C];
+#pragma HLS ARRAY_PARTITION variable=tv type=complete dim=0
+        for (int t = 0; t < NBB; t++) {
+#pragma HLS UNROLL
+            const int bt = (t + 1) * MS - 1;
+            for (int j = 0; j < C; j++) {
+#pragma HLS UNROLL
+                const int len = C - 1 - j;  // de-skew stages of column j
+                const int32_t ws_out = len == 0 ? acc[bt][j] : dsk[t][j][len - 1 >= 0 ? len - 1 : 0];
+                for (int k = C - 2; k > 0; k--) {
+#pragma HLS UNROLL
+                    if (k < len) dsk[t][j][k] = dsk[t][j][k - 1];
+                }
+                if (len > 0) dsk[t][j][0] = acc[bt][j];
+                tv[t][j] = os ? dv[t][j] : ws_out;
             }
-        } else {
-            c++;
+        }
+        const int32_t mrow = (int32_t)tau - (int32_t)sr - (C - 2);  // WS: the row the taps deliver
+        const bool wstream = !os && infold && c >= lp && mrow >= 0 && (uint32_t)mrow < st.mt;
+        const bool assign = st.first && (os || fo == 0);
+        const uint32_t taddr = os ? dbase + il : cbase + (uint32_t)mrow;
+        if (os ? draining : wstream) {
+            const AccRow old = accp[taddr];
+            AccRow nw;
+            for (int j = 0; j < C; j++) {
+#pragma HLS UNROLL
+                const uint32_t o = (uint32_t)old.range(32 * j + 31, 32 * j);
+                nw.range(32 * j + 31, 32 * j) = assign ? (uint32_t)tv[NBB - 1][j] : o + (uint32_t)tv[NBB - 1][j];
+            }
+            accp[taddr] = nw;
+            if (ac.eb > 0) {  // stacked: the other tap rows (capacity: acc_side_depth)
+                const AccXRow oldx = accx[taddr];
+                AccXRow nx;
+                for (int t = 0; t < NBB - 1; t++) {
+#pragma HLS UNROLL
+                    for (int j = 0; j < C; j++) {
+#pragma HLS UNROLL
+                        const int lo = 32 * (t * C + j);
+                        const uint32_t o = (uint32_t)oldx.range(lo + 31, lo);
+                        nx.range(lo + 31, lo) = assign ? (uint32_t)tv[t][j] : o + (uint32_t)tv[t][j];
+                    }
+                }
+                accx[taddr] = nx;
+            }
+        }
+        if (draining) dd++;
+        // ---- fold sequencer (counters only)
+        if (infold) {
+            if (fold_end) {
+                c = 0;
+                if (os) {
+                    dd = 0;
+                    dbase = fidx << ac.lgsr;
+                }
+                fidx++;
+                if (fc == nfc - 1) {
+                    fc = 0; bbase = 0; cbase = 0;
+                    fo++;
+                    abase += alen;
+                    wk0 += sr;
+                } else {
+                    fc++;
+                    bbase += st.kt;
+                    cbase += st.mt;
+                }
+            } else {
+                c++;
+            }
         }
     }
     return total;
 }
 
-void array(hls::stream<Hdr> &hs, hls::stream<Step> &ss, QTA_BLOCKS(A0Block, ) &a0s, QTA_BLOCKS(AXBlock, ) &axs,
-           QTA_BLOCKS(B0Block, ) &b0s, QTA_BLOCKS(BXBlock, ) &bxs, QTA_BLOCKS(AccPBlock, ) &accps,
-           QTA_BLOCKS(AccXBlock, ) &accxs, hls::stream<uint32_t> &cnt) {
+void array(hls::stream<Hdr> &hs, hls::stream<Step> &ss, QTA_BLOCKS(A0Block, ) &a0s,
+           QTA_BLOCKS(AXBlock, ) &ax0s QTA_IF_AX2(, QTA_BLOCKS(AXBlock, ) &ax1s) QTA_IF_AX4(, QTA_BLOCKS(AXBlock, ) &ax2s, QTA_BLOCKS(AXBlock, ) &ax3s),
+           QTA_BLOCKS(B0Block, ) &b0s,
+           QTA_BLOCKS(BXBlock, ) &bx0s QTA_IF_BX2(, QTA_BLOCKS(BXBlock, ) &bx1s) QTA_IF_BX4(, QTA_BLOCKS(BXBlock, ) &bx2s, QTA_BLOCKS(BXBlock, ) &bx3s),
+           QTA_BLOCKS(AccPBlock, ) &accps, QTA_BLOCKS(AccXBlock, ) &accxs, hls::stream<uint32_t> &cnt) {
     const Hdr h = hs.read();
     const ArrayCfg ac = array_cfg(h);
 array_blocks:
@@ -1154,11 +1198,15 @@ array_blocks:
 #pragma HLS LOOP_TRIPCOUNT min=1 max=128
             const Step st = ss.read();
             QTA_READ_LOCK(A0Block, a0, a0s);
-            QTA_READ_LOCK(AXBlock, ax, axs);
+            QTA_READ_LOCK(AXBlock, ax0, ax0s);
+            QTA_IF_AX2(QTA_READ_LOCK(AXBlock, ax1, ax1s);)
+            QTA_IF_AX4(QTA_READ_LOCK(AXBlock, ax2, ax2s); QTA_READ_LOCK(AXBlock, ax3, ax3s);)
             QTA_READ_LOCK(B0Block, b0, b0s);
-            QTA_READ_LOCK(BXBlock, bx, bxs);
-            const uint32_t it = h.os ? os_step(h, ac, st, a0, ax, b0, bx, accp, accx)
-                                     : ws_step(h, ac, st, a0, b0, bx, accp, accx);
+            QTA_READ_LOCK(BXBlock, bx0, bx0s);
+            QTA_IF_BX2(QTA_READ_LOCK(BXBlock, bx1, bx1s);)
+            QTA_IF_BX4(QTA_READ_LOCK(BXBlock, bx2, bx2s); QTA_READ_LOCK(BXBlock, bx3, bx3s);)
+            const uint32_t it = array_step(ac, st, a0, ax0, QTA_AX1, QTA_AX2, QTA_AX3, b0, bx0, QTA_BX1, QTA_BX2,
+                                           QTA_BX3, accp, accx);
             cnt.write(it + QTA_ARRAY_PIPELINE);
         }
     }
@@ -1196,8 +1244,11 @@ void store(hls::stream<Hdr> &hs, hls::stream<Step> &ss, QTA_BLOCKS(AccPBlock, ) 
     uint8_t ssh[SCALE_MAX];
 #pragma HLS ARRAY_PARTITION variable=smul type=cyclic factor=MS
 #pragma HLS ARRAY_PARTITION variable=ssh type=cyclic factor=MS
-    bool sat = false;
-    uint32_t nsat = 0, mx = 0;
+    // amax and sat_count (review B4): per iteration the ER x MS lanes are reduced by a max tree and
+    // a sum of the saturation flags; the only loop-carried operations are one compare/select and
+    // one 64-bit add (the 32-bit cap is applied after the loop).
+    uint64_t nsat = 0;
+    uint32_t mx = 0;
     const uint32_t ers = ER * h.n;
 store_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
@@ -1218,10 +1269,8 @@ store_blocks:
 #pragma HLS UNROLL
                     const uint32_t idx = e * (BB / 8) + q;
                     if (idx >= (uint32_t)SCALE_MAX) continue;
-                    uint32_t mu = 0;
-                    for (int y = 0; y < 4; y++) mu |= (uint32_t)bt.b[8 * q + y] << (8 * y);
-                    smul[idx] = (int32_t)mu;
-                    ssh[idx] = bt.b[8 * q + 4];
+                    smul[idx] = (int32_t)(uint32_t)bt.range(64 * q + 31, 64 * q);
+                    ssh[idx] = (uint8_t)bt.range(64 * q + 39, 64 * q + 32);
                 }
             }
             iters += nsb + QTA_BURST_OVERHEAD;
@@ -1260,41 +1309,72 @@ store_blocks:
                 }
             }
             const uint32_t wpos = g & (wpos_mask >> LGMS);  // group within the store word
+            // Output row r lives on port r mod P. m0 is a multiple of P (tiles are beat multiples,
+            // BB >= 8, or start at 0), so row (rp ER + v) is on port pq + v with pq = (rp ER) mod P
+            // a multiple of ER: each FIFO cold[x] / wout[x] has ONE access site per iteration (v =
+            // x mod ER), selected by the runtime pq (review B4).
+            const uint32_t pq = (rp << LGER) & (P - 1);
+            uint32_t lab[ER * MS];
+            bool lsat[ER * MS];
+#pragma HLS ARRAY_PARTITION variable=lab type=complete
+#pragma HLS ARRAY_PARTITION variable=lsat type=complete
+            for (int l = 0; l < ER * MS; l++) {
+#pragma HLS UNROLL
+                lab[l] = 0;
+                lsat[l] = false;
+            }
             for (int v = 0; v < ER; v++) {
 #pragma HLS UNROLL
                 const uint32_t r = row + v;
                 const bool rv = r < st.mt;
                 if (wpos == 0) {
-                    for (int q = 0; q < SW; q++) sw[v].b[q] = 0;
-                    if (h.accum && rv) cw[v] = cold[(st.m0 + r) & (P - 1)].read();
+                    sw[v] = 0;
+                    if (h.accum && rv) {
+                        for (int x = 0; x < P; x += ER) {
+#pragma HLS UNROLL
+                            if (pq == (uint32_t)x) cw[v] = cold[x + v].read();
+                        }
+                    }
+                }
+                // the row word of tap row t, then the MS columns of group jg (muxes)
+                AccRow rw = 0;
+                if (rv) {
+                    if (t == NBB - 1) {
+                        rw = accp[addr + v];
+                    } else {
+                        const AccXRow xw = accx[addr + v];
+                        for (int tt = 0; tt < NBB - 1; tt++) {
+#pragma HLS UNROLL
+                            if ((uint32_t)tt == t) rw = xw.range(32 * C * tt + 32 * C - 1, 32 * C * tt);
+                        }
+                    }
+                }
+                ap_uint<32 * MS> gw = 0;
+                for (int gg = 0; gg < CG; gg++) {
+#pragma HLS UNROLL
+                    if ((uint32_t)gg == jg) gw = rw.range(32 * MS * gg + 32 * MS - 1, 32 * MS * gg);
                 }
                 for (int hh = 0; hh < PG; hh++) {
 #pragma HLS UNROLL
-                    AccW aw;
-                    aw.v[0] = 0;
-                    aw.v[1] = 0;
-                    if (rv) aw = t == NBB - 1 ? accp[jg][hh][addr + v] : accx[t < NBB - 1 ? t : 0][jg][hh][addr + v];
                     for (int y = 0; y < 2; y++) {
 #pragma HLS UNROLL
                         const int u = 2 * hh + y;
                         const uint32_t cc = col + u;
                         if (!rv || cc >= st.nt) continue;
-                        const int32_t acc = aw.v[y];
+                        const int32_t acc = (int32_t)(uint32_t)gw.range(32 * u + 31, 32 * u);
                         const uint32_t byte = (wpos * MS + u) * h.eb;  // position in the store word
                         int64_t pre;
                         bool s8;
                         if (!h.out8) {
                             int64_t tot = acc;
                             if (h.accum) {
-                                uint32_t old = 0;
-                                for (int q = 0; q < 4; q++) old |= (uint32_t)cw[v].b[byte + q] << (8 * q);
-                                tot += (int32_t)old;
+                                tot += (int32_t)(uint32_t)cw[v].range(32 * u + 31, 32 * u);  // INT32: byte = 4 u
                             }
                             pre = tot;
                             const int64_t o = tot < INT32_MIN ? INT32_MIN : (tot > INT32_MAX ? INT32_MAX : tot);
                             s8 = o != tot;
                             const uint32_t ou = (uint32_t)(int32_t)o;
-                            for (int q = 0; q < 4; q++) sw[v].b[byte + q] = (uint8_t)(ou >> (8 * q));
+                            sw[v].range(32 * u + 31, 32 * u) = ou;
                         } else {
                             int32_t mu = h.mult;
                             uint32_t sh = h.shift;
@@ -1307,22 +1387,38 @@ store_blocks:
                             }
                             const uint32_t bits = qta_mix32(h.seed_hash + hrow + v * h.n + cc);
                             int64_t q8 = round_shift((int64_t)acc * mu, sh > 62 ? 62 : sh, h.stoch, bits);
-                            if (h.accum) q8 += (int8_t)cw[v].b[byte];
+                            if (h.accum) q8 += (int8_t)byte_at(cw[v], byte);
                             pre = q8;
                             const int64_t o = q8 < -128 ? -128 : (q8 > 127 ? 127 : q8);
                             s8 = o != q8;
-                            sw[v].b[byte] = (uint8_t)(int8_t)o;
+                            sw[v].range(8 * byte + 7, 8 * byte) = (uint8_t)(int8_t)o;
                         }
-                        const uint32_t ab = cap_abs(pre);
-                        mx = ab > mx ? ab : mx;
-                        if (s8) {
-                            sat = true;
-                            nsat = nsat == 0xFFFFFFFFu ? nsat : nsat + 1;
-                        }
+                        lab[v * MS + u] = cap_abs(pre);
+                        lsat[v * MS + u] = s8;
                     }
                 }
-                if (rv && (wpos == (wpos_mask >> LGMS) || g == ncg - 1)) wout[(st.m0 + r) & (P - 1)].write(sw[v]);
+                if (rv && (wpos == (wpos_mask >> LGMS) || g == ncg - 1)) {
+                    for (int x = 0; x < P; x += ER) {
+#pragma HLS UNROLL
+                        if (pq == (uint32_t)x) wout[x + v].write(sw[v]);
+                    }
+                }
             }
+            // lane reductions: a max tree and a flag count, then one carried max and one add
+            for (int w = ER * MS / 2; w >= 1; w >>= 1) {
+#pragma HLS UNROLL
+                for (int l = 0; l < w; l++) {
+#pragma HLS UNROLL
+                    lab[l] = lab[l] > lab[l + w] ? lab[l] : lab[l + w];
+                }
+            }
+            uint32_t nit = 0;
+            for (int l = 0; l < ER * MS; l++) {
+#pragma HLS UNROLL
+                nit += lsat[l] ? 1u : 0u;
+            }
+            mx = lab[0] > mx ? lab[0] : mx;
+            nsat += nit;
             if (g == ncg - 1) {
                 g = 0;
                 rp++;
@@ -1334,8 +1430,8 @@ store_blocks:
         iters += nrp * ncg + QTA_STORE_PIPELINE;
         cnt.write(iters);
     }
-    *status = (h.ok ? 0u : (1u << QTA_STATUS_BAD_ARGS)) | (sat ? (1u << QTA_STATUS_SATURATED) : 0u);
-    *sat_count = nsat;
+    *status = (h.ok ? 0u : (1u << QTA_STATUS_BAD_ARGS)) | (nsat != 0 ? (1u << QTA_STATUS_SATURATED) : 0u);
+    *sat_count = nsat > 0xFFFFFFFFull ? 0xFFFFFFFFu : (uint32_t)nsat;
     *amax = mx;
 }
 
@@ -1344,6 +1440,7 @@ store_blocks:
 template <int PORT>
 void write(qta_beat_t *wr, hls::stream<Hdr> &hs, hls::stream<Step> &ss, hls::stream<SWord> &win,
            hls::stream<uint32_t> &cnt, hls::stream<bool> &done) {
+#pragma HLS ALLOCATION operation instances=mul limit=1
     const Hdr h = hs.read();
 write_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
@@ -1362,10 +1459,10 @@ write_blocks:
 #pragma HLS PIPELINE II=1
                 const uint32_t slot = e & (SWB - 1);
                 if (slot == 0) w = win.read();
-                qta_beat_t x;
-                for (int i = 0; i < BB; i++) {
+                qta_beat_t x = 0;
+                for (int q = 0; q < SWB; q++) {
 #pragma HLS UNROLL
-                    x.range(8 * i + 7, 8 * i) = w.b[slot * BB + i];
+                    if ((uint32_t)q == slot) x = w.range(8 * BB * q + 8 * BB - 1, 8 * BB * q);
                 }
                 wr[base + e] = x;
             }
@@ -1392,6 +1489,7 @@ model_blocks:
     model_steps:
         for (uint32_t kc = 0; kc < h.nkc; kc++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=128
+#pragma HLS PIPELINE off
             uint32_t lf = lcnt.read();
             for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
@@ -1465,29 +1563,29 @@ void qta_gemm(QTA_TOP_PARAMS) {
 #pragma HLS STREAM variable=fcnt depth=64
 #pragma HLS STREAM variable=lcnt depth=64
 #pragma HLS STREAM variable=pcnt depth=64
+    // Every block is one memory of ap_uint words (no partition or aggregate on a stream of blocks)
     QTA_BLOCKS(A0Block, a0s);
-    QTA_BLOCKS(AXBlock, axs);
+    QTA_BLOCKS(AXBlock, ax0s);
+    QTA_IF_AX2(QTA_BLOCKS(AXBlock, ax1s);)
+    QTA_IF_AX4(QTA_BLOCKS(AXBlock, ax2s); QTA_BLOCKS(AXBlock, ax3s);)
     QTA_BLOCKS(B0Block, b0s);
-    QTA_BLOCKS(BXBlock, bxs);
+    QTA_BLOCKS(BXBlock, bx0s);
+    QTA_IF_BX2(QTA_BLOCKS(BXBlock, bx1s);)
+    QTA_IF_BX4(QTA_BLOCKS(BXBlock, bx2s); QTA_BLOCKS(BXBlock, bx3s);)
     QTA_BLOCKS(AccPBlock, accps);
     QTA_BLOCKS(AccXBlock, accxs);
     QTA_PRAGMA(HLS BIND_STORAGE variable=a0s type=ram_t2p impl=QTA_OPND_IMPL)
     QTA_PRAGMA(HLS BIND_STORAGE variable=b0s type=ram_t2p impl=QTA_OPND_IMPL)
-#pragma HLS BIND_STORAGE variable=axs type=ram_t2p impl=bram
-#pragma HLS BIND_STORAGE variable=bxs type=ram_t2p impl=bram
+    QTA_PRAGMA(HLS BIND_STORAGE variable=ax0s type=ram_t2p impl=bram)
+    QTA_IF_AX2(QTA_PRAGMA(HLS BIND_STORAGE variable=ax1s type=ram_t2p impl=bram))
+    QTA_IF_AX4(QTA_PRAGMA(HLS BIND_STORAGE variable=ax2s type=ram_t2p impl=bram)
+               QTA_PRAGMA(HLS BIND_STORAGE variable=ax3s type=ram_t2p impl=bram))
+    QTA_PRAGMA(HLS BIND_STORAGE variable=bx0s type=ram_t2p impl=bram)
+    QTA_IF_BX2(QTA_PRAGMA(HLS BIND_STORAGE variable=bx1s type=ram_t2p impl=bram))
+    QTA_IF_BX4(QTA_PRAGMA(HLS BIND_STORAGE variable=bx2s type=ram_t2p impl=bram)
+               QTA_PRAGMA(HLS BIND_STORAGE variable=bx3s type=ram_t2p impl=bram))
     QTA_PRAGMA(HLS BIND_STORAGE variable=accps type=ram_t2p impl=QTA_ACC_IMPL)
 #pragma HLS BIND_STORAGE variable=accxs type=ram_1wnr impl=lutram
-#pragma HLS ARRAY_PARTITION variable=axs type=complete dim=1
-#pragma HLS ARRAY_PARTITION variable=bxs type=complete dim=1
-#pragma HLS ARRAY_PARTITION variable=accps type=complete dim=1
-#pragma HLS ARRAY_PARTITION variable=accps type=complete dim=2
-#pragma HLS ARRAY_PARTITION variable=accxs type=complete dim=1
-#pragma HLS ARRAY_PARTITION variable=accxs type=complete dim=2
-#pragma HLS ARRAY_PARTITION variable=accxs type=complete dim=3
-#pragma HLS AGGREGATE variable=a0s compact=bit
-#pragma HLS AGGREGATE variable=axs compact=bit
-#pragma HLS AGGREGATE variable=b0s compact=bit
-#pragma HLS AGGREGATE variable=bxs compact=bit
 
     descriptors(a, b, c, scales, m, n, k, lda, ldb, ldc, tile_m, tile_n, tile_k, flags, mult, shift, seed, batch,
                 stride_a, stride_b, stride_c, conv_in, conv_out, conv_cin, conv_win, conv_dil, h_fetch, h_load,
@@ -1496,8 +1594,10 @@ void qta_gemm(QTA_TOP_PARAMS) {
     fetch<1>(rd1, h_fetch[1], s_fetch[1], ops[1], cold[1], scl[1], fcnt[1]);
     fetch<2>(rd2, h_fetch[2], s_fetch[2], ops[2], cold[2], scl[2], fcnt[2]);
     fetch<3>(rd3, h_fetch[3], s_fetch[3], ops[3], cold[3], scl[3], fcnt[3]);
-    load(h_load, s_load, ops, a0s, axs, b0s, bxs, lcnt);
-    array(h_array, s_array, a0s, axs, b0s, bxs, accps, accxs, pcnt);
+    load(h_load, s_load, ops, a0s, ax0s QTA_IF_AX2(, ax1s) QTA_IF_AX4(, ax2s, ax3s), b0s,
+         bx0s QTA_IF_BX2(, bx1s) QTA_IF_BX4(, bx2s, bx3s), lcnt);
+    array(h_array, s_array, a0s, ax0s QTA_IF_AX2(, ax1s) QTA_IF_AX4(, ax2s, ax3s), b0s,
+          bx0s QTA_IF_BX2(, bx1s) QTA_IF_BX4(, bx2s, bx3s), accps, accxs, pcnt);
     store(h_store, s_store, accps, accxs, cold, scl, wout, scnt, status, sat_count, amax);
     write<0>(wr0, h_write[0], s_write[0], wout[0], wcnt[0], done[0]);
     write<1>(wr1, h_write[1], s_write[1], wout[1], wcnt[1], done[1]);

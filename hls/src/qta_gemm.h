@@ -12,6 +12,19 @@
 
 #include <stdint.h>
 
+// Co-simulation: Vitis HLS compiles the testbench with __RTL_SIMULATION__ defined when it drives
+// the RTL (to be confirmed by the first cosim run; -DQTA_COSIM forces it). The testbench then
+// expects a real cycles_measured (> 0, >= model / 4) instead of the C-simulation's 0.
+#if defined(__RTL_SIMULATION__) && !defined(QTA_COSIM)
+#define QTA_COSIM 1
+#endif
+
+// The accumulator row words of the kernel are up to (R/MS - 1) x C x 32 bits wide (7168 for a
+// 32 x 32 array, MS = 4): raise ap_[u]int's width limit before its first inclusion (Vitis HLS
+// accepts up to 32768).
+#ifndef AP_INT_MAX_W
+#define AP_INT_MAX_W 8192
+#endif
 #include "ap_int.h"
 #include "hls_stream.h"
 #include "qta_config.h"

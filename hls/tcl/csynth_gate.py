@@ -10,7 +10,19 @@ stops the flow when it exits non-zero. It reads the synthesis reports of a solut
   II=1 every pipelined loop of this kernel asks for);
 * the estimated clock period is within the target period (``--period``, else the report's);
 * each resource of the top (BRAM_18K, DSP, URAM, LUT, FF) is within ``--budget``, the part's
-  totals from hardware.toml (``QTA_BUDGET`` of config.tcl).
+  totals from hardware.toml (``QTA_BUDGET`` of config.tcl);
+* the top's DATAFLOW was applied (``PerformanceEstimates/PipelineType`` is ``dataflow``: HLS
+  falls back to sequential execution with only a warning);
+* with ``--config qta_config.h`` (the generated header): DSP >= QTA_ROWS x QTA_COLS (one MAC per
+  DSP: fewer means MACs went to fabric) and <= that plus ``--dsp-margin``, and the reported
+  PipelineDepth of the loops the cycle model charges a fixed depth for (load_cycles,
+  array_cycles, outputs) is at most the [schedule] constant (QTA_LOAD/ARRAY/STORE_PIPELINE);
+* a loop whose PipelineII is not a number is a miss, and the clock estimate is compared with the
+  period minus the report's clock uncertainty.
+
+Control loops that run once per step or block (descriptors/steps, model_steps) are declared at a
+relaxed II (``PIPELINE II=4``) or not pipelined in the kernel; the report's ``TargetII`` is what
+they are held to.
 
 Usage: ``csynth_gate.py REPORT_DIR_OR_CSYNTH_XML --period NS --budget "DSP 1728 BRAM_18K 624 ..."``.
 Exit status: 0 all met, 1 a target missed (each miss printed), 2 no readable report.
@@ -43,33 +55,72 @@ def _loops(root: ET.Element, module: str) -> list[tuple[str, int | None, int]]:
             node, path = stack.pop()
             ii = node.findtext("PipelineII")
             achieved = _float(ii)
-            if achieved is not None:
+            if ii is not None:
                 target = _float(node.findtext("TargetII"))
-                out.append((f"{module}/{path}", int(target) if target else None, int(achieved)))
+                # a non-numeric II (e.g. "undef") is reported as a miss (-1)
+                out.append((f"{module}/{path}", int(target) if target else None,
+                            int(achieved) if achieved is not None else -1))
             for child in node:
                 if len(child):
                     stack.append((child, f"{path}/{child.tag}"))
     return out
 
 
-def check(reports: list[Path], period: float | None, budget: dict[str, float]) -> list[str]:
+DEPTH_LOOPS = {"load_cycles": "QTA_LOAD_PIPELINE", "array_cycles": "QTA_ARRAY_PIPELINE",
+               "outputs": "QTA_STORE_PIPELINE"}
+"""Loops whose pipeline depth the cycle model charges as a constant of hardware.toml [schedule]."""
+
+
+def read_config(path: Path) -> dict[str, int]:
+    """The integer #defines of a generated qta_config.h."""
+    out = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "#define":
+            try:
+                out[parts[1]] = int(parts[2], 0)
+            except ValueError:
+                pass
+    return out
+
+
+def _depths(root: ET.Element) -> dict[str, int]:
+    out = {}
+    for summary in root.iter("SummaryOfLoopLatency"):
+        for node in summary.iter():
+            depth = _float(node.findtext("PipelineDepth")) if len(node) else None
+            if depth is not None:
+                out[node.tag] = int(depth)
+    return out
+
+
+def check(reports: list[Path], period: float | None, budget: dict[str, float],
+          config: dict[str, int] | None = None, dsp_margin: int = 256) -> list[str]:
     """Every target the reports miss (empty: all met)."""
     misses = []
     top = next((p for p in reports if p.name == "csynth.xml"), reports[0])
+    depths: dict[str, int] = {}
     for path in reports:
         root = ET.parse(path).getroot()
         module = root.findtext("UserAssignments/TopModelName") or path.stem.replace("_csynth", "")
         for loop, target, achieved in _loops(root, module):
             want = target if target is not None else 1
-            if achieved > want:
+            if achieved < 0:
+                misses.append(f"II: loop {loop} has no numeric II (not pipelined as asked)")
+            elif achieved > want:
                 misses.append(f"II: loop {loop} reached II={achieved}, target {want}")
+        depths.update(_depths(root))
     root = ET.parse(top).getroot()
+    if (root.findtext("PerformanceEstimates/PipelineType") or "").strip().lower() != "dataflow":
+        misses.append("dataflow: the top's PipelineType is not dataflow (DATAFLOW was not applied)")
     target_period = period or _float(root.findtext("UserAssignments/TargetClockPeriod"))
+    uncertainty = _float(root.findtext("UserAssignments/ClockUncertainty")) or 0.0
     est = _float(root.findtext("PerformanceEstimates/SummaryOfTimingAnalysis/EstimatedClockPeriod"))
     if est is None or target_period is None:
         misses.append("clock: the report has no estimated or target clock period")
-    elif est > target_period:
-        misses.append(f"clock: estimated period {est:.3f} ns exceeds the target {target_period:.3f} ns")
+    elif est > target_period - uncertainty:
+        misses.append(f"clock: estimated period {est:.3f} ns exceeds the target {target_period:.3f} ns "
+                      f"minus the uncertainty {uncertainty:.3f} ns")
     used: dict[str, float] = {}
     for node in root.findall("AreaEstimates/Resources/*"):
         value = _float(node.text)
@@ -80,6 +131,17 @@ def check(reports: list[Path], period: float | None, budget: dict[str, float]) -
     for name, limit in budget.items():
         if used.get(name, 0) > limit:
             misses.append(f"resources: {name} {used[name]:.0f} exceeds the budget {limit:.0f}")
+    if config:
+        macs = config.get("QTA_ROWS", 0) * config.get("QTA_COLS", 0)
+        dsp = used.get("DSP", 0)
+        if macs and dsp < macs:
+            misses.append(f"dsp: DSP {dsp:.0f} < {macs} PEs (MACs bound to fabric?)")
+        elif macs and dsp > macs + dsp_margin:
+            misses.append(f"dsp: DSP {dsp:.0f} > {macs} PEs + {dsp_margin} (a second MAC array or runtime multipliers?)")
+        for loop, name in DEPTH_LOOPS.items():
+            if loop in depths and name in config and depths[loop] > config[name]:
+                misses.append(f"depth: loop {loop} has PipelineDepth {depths[loop]} > {name} = {config[name]} "
+                              "(the cycle model charges the constant)")
     return misses
 
 
@@ -95,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("report", type=Path, help="syn/report folder of a solution, or its csynth.xml")
     p.add_argument("--period", type=float, default=None, help="target clock period in ns")
     p.add_argument("--budget", default="", help='resource budget, e.g. "DSP 1728 BRAM_18K 624 URAM 96"')
+    p.add_argument("--config", type=Path, default=None, help="the generated qta_config.h (DSP and depth checks)")
+    p.add_argument("--dsp-margin", type=int, default=256, help="DSPs allowed beyond one per PE")
     a = p.parse_args(argv)
     if not a.report.exists():
         print(f"GATE ERROR: {a.report} does not exist", file=sys.stderr)
@@ -107,14 +171,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GATE ERROR: no csynth.xml in {folder}", file=sys.stderr)
         return 2
     try:
-        misses = check(reports, a.period, parse_budget(a.budget))
+        cfg = read_config(a.config) if a.config else None
+        misses = check(reports, a.period, parse_budget(a.budget), cfg, a.dsp_margin)
     except (ET.ParseError, ValueError) as e:
         print(f"GATE ERROR: {e}", file=sys.stderr)
         return 2
     for m in misses:
         print(f"GATE FAIL: {m}")
     if not misses:
-        print(f"GATE PASS: {len(reports)} report(s): every loop at its II, clock and resources within target")
+        extra = ""
+        if cfg:
+            macs = cfg.get("QTA_ROWS", 0) * cfg.get("QTA_COLS", 0)
+            extra = (f"; DSP within [{macs}, {macs + a.dsp_margin}] ({cfg.get('QTA_ROWS')}x{cfg.get('QTA_COLS')} PEs) "
+                     "and pipeline depths within [schedule]")
+        print(f"GATE PASS: {len(reports)} report(s): every loop at its II, clock and resources within target{extra}")
     return 1 if misses else 0
 
 

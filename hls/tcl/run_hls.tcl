@@ -73,11 +73,14 @@ proc qta_copy_reports {from to names} {
 
 # Runs the csynth gate on a solution's reports; an error (stopping the flow before export)
 # lists every target synthesis missed.
-proc qta_csynth_gate {report_dir} {
+# The csynth gate (csynth_gate.py): II, clock, resources within the part, DATAFLOW applied, and
+# with the board's generated qta_config.h the DSP window [R x C, R x C + margin] and the pipeline
+# depths the cycle model charges ([schedule]).
+proc qta_csynth_gate {report_dir config_h} {
     set gate [file join $::qta_repo hls tcl csynth_gate.py]
     set python [expr {[info exists ::env(QTA_PYTHON)] ? $::env(QTA_PYTHON) : "python3"}]
     if {[catch {exec $python $gate $report_dir --period $::QTA_CLOCK_PERIOD_NS \
-            --budget $::QTA_BUDGET 2>@1} out]} {
+            --budget $::QTA_BUDGET --config $config_h 2>@1} out]} {
         error "csynth gate: synthesis missed its targets, nothing exported:\n$out"
     }
     puts "INFO: \[qta\] $out"
@@ -173,7 +176,7 @@ proc qta_hls_main {args} {
         error "solution $sol_dir has no synthesis results: add the csynth step"
     }
     if {"csynth" in $steps || "export" in $steps} {
-        qta_csynth_gate $syn_reports
+        qta_csynth_gate $syn_reports [file join $build_dir qta_config.h]
     }
     if {"cosim" in $steps} {
         cosim_design -rtl verilog

@@ -44,12 +44,17 @@ RUNTIME_DIVISION_OK = ("decode", "descriptors")
 """Functions that run once per call (argument decoding, block counts): a divider there is
 a one-off, not a loop's critical path."""
 
-PE_FUNCTIONS = ("os_step", "ws_step")
-"""The PE-array functions whose partitioned arrays must be indexed at compile time."""
+PE_FUNCTIONS = ("array_step",)
+"""The PE-array function (one PE array for both dataflows) whose partitioned arrays must be indexed
+at compile time."""
 
-PE_BANKS = {"ax": 1, "bx": 1, "accp": 2, "accx": 3}
+PE_BANKS: dict[str, int] = {}
 """Feeder-bank and accumulator arrays of the PE functions and how many leading dimensions are
-banks (partitioned at the top of the dataflow region)."""
+banks. None since the review's B2: every bank is its own stream of blocks (side-bank pairs) or a
+wide word (accumulator rows), so no memory of the PE function is indexed by a bank dimension."""
+
+UNPARTITIONABLE = ("ARRAY_PARTITION", "ARRAY_RESHAPE", "AGGREGATE", "DISAGGREGATE")
+"""Pragmas UG1399 does not support (or does not document) on an hls::stream_of_blocks."""
 
 M_AXI_POINTERS = re.compile(r"\b(rd\d*|wr\d*)\b")
 
@@ -172,7 +177,7 @@ def check_dataflow(code: str, funcs: dict[str, tuple[str, str]]) -> list[str]:
         for stmt in region.split(";"):
             stmt = re.sub(r"#pragma[^\n]*|QTA_PRAGMA\([^\n]*\)", "", stmt).strip()
             m = re.match(r"([A-Za-z_]\w*(?:<[^>]*>)?)\s*\(", stmt)
-            if m and not re.match(r"(QTA_BLOCKS|hls::)", stmt):
+            if m and not re.match(r"(QTA_\w+|hls::)", stmt):
                 key = re.sub(r"\s+", "", m.group(1))
                 calls[key] = calls.get(key, 0) + 1
         for key, n in calls.items():
@@ -231,6 +236,17 @@ def check_pe_index(code: str, funcs: dict[str, tuple[str, str]]) -> list[str]:
     return found
 
 
+def check_blocks(code: str) -> list[str]:
+    """No partition/reshape/aggregate pragma on a stream of blocks (``QTA_BLOCKS(T, name)``):
+    UG1399 lists ARRAY_PARTITION and ARRAY_RESHAPE as unsupported for stream-of-blocks."""
+    names = set(re.findall(r"QTA_BLOCKS\(\s*\w+\s*,\s*(\w+)\s*\)", code))
+    found = []
+    for m in re.finditer(r"HLS\s+(%s)\s+variable=(\w+)" % "|".join(UNPARTITIONABLE), code):
+        if m.group(2) in names:
+            found.append(f"blocks: {m.group(1)} on the stream of blocks {m.group(2)} (unsupported, UG1399)")
+    return found
+
+
 def check_m_axi(code: str, funcs: dict[str, tuple[str, str]]) -> list[str]:
     found = []
     for m in re.finditer(r"typedef\s+([^;]*?)\s+qta_beat_t\s*;", code):
@@ -274,4 +290,5 @@ def violations(src: str) -> list[str]:
     found += check_division(code, funcs)
     found += check_pe_index(code, funcs)
     found += check_m_axi(code, funcs)
+    found += check_blocks(code)
     return found

@@ -97,6 +97,20 @@ proc csynth_design {args} {
     foreach f [glob -directory $::env(MOCK_CSYNTH) *.xml] {
         file copy -force $f [file join $report [file tail $f]]
     }
+    # The stand-ins count the DSPs beyond the PE array; a synthesis of this board adds its
+    # QTA_ROWS x QTA_COLS MACs (read from the build's qta_config.h, the flow's working folder), so
+    # one stand-in meets (or misses) the gate's DSP window on every board.
+    if {[file exists qta_config.h]} {
+        set fh [open qta_config.h r]; set hdr [read $fh]; close $fh
+        regexp {#define QTA_ROWS (\d+)} $hdr -> rows
+        regexp {#define QTA_COLS (\d+)} $hdr -> cols
+        set top [file join $report csynth.xml]
+        set fh [open $top r]; set xml [read $fh]; close $fh
+        if {[regexp {<Resources>.*?<DSP>(-?\d+)</DSP>} $xml -> rest]} {
+            set xml [regsub {<DSP>-?\d+</DSP>} $xml "<DSP>[expr {$rows * $cols + $rest}]</DSP>"]
+            set fh [open $top w]; puts -nonewline $fh $xml; close $fh
+        }
+    }
 }
 proc cosim_design {args} {
     mock_record cosim_design {*}$args

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lora_qta.hw.config import config
 from flow_helpers import (BOARDS, CSYNTH_STANDINS, REPO, TARGET_VERSION, TCLSH, config_vars, copy_repo, fake_tool,
                           generator, needs_tclsh, run, tool_free_path)
 
@@ -79,6 +80,9 @@ def test_full_flow_with_stand_in_tools(tmp_path, board, hls_tool, board_files):
     assert f"create_clock -period {cfg['QTA_CLOCK_PERIOD_NS']} -name default" in hls
     assert f"config_interface -m_axi_alignment_byte_size {int(cfg['QTA_AXI_DATA_WIDTH']) // 8}" in hls
     assert "csynth gate" not in res.stderr and "GATE PASS" in res.stdout
+    # the gate ran with this board's qta_config.h: its DSP window and the [schedule] depths (review S7)
+    pes = config().board(board).pes
+    assert f"DSP within [{pes}, {pes + 256}]" in res.stdout and "pipeline depths within [schedule]" in res.stdout
     assert f"open_solution -reset -flow_target vivado sol_{board}" in hls
     assert f"add_files -cflags {{{cflags}}} {repo / 'hls/src/qta_gemm.cpp'}" in hls
     assert f"add_files -tb -cflags {{{cflags}}} {repo / 'hls/tb/qta_gemm_tb.cpp'}" in hls
@@ -234,7 +238,8 @@ BUDGET_ZCU104 = "DSP 1728 BRAM_18K 624 URAM 96 LUT 230400 FF 460800"
 
 @pytest.mark.parametrize("report,passes,miss", [
     ("meets", True, None),
-    ("misses_ii", False, "II: loop os_step/os_cycles reached II=2, target 1"),
+    ("misses_ii", False, "II: loop array_step/array_cycles reached II=2, target 1"),
+    ("relaxed", True, None),  # control loops at their declared II=4 / PIPELINE off do not stop the build (B7)
     ("over_budget", False, "resources: DSP 1856 exceeds the budget 1728"),
     ("slow_clock", False, "clock: estimated period 4.407 ns exceeds the target 4.000 ns"),
 ])
@@ -249,9 +254,9 @@ def test_csynth_gate_on_stand_in_reports(report, passes, miss):
 
 
 def test_csynth_gate_reads_target_ii_and_budget(tmp_path):
-    xml = (CSYNTH_STANDINS / "misses_ii" / "os_step_csynth.xml").read_text()
+    xml = (CSYNTH_STANDINS / "misses_ii" / "array_step_csynth.xml").read_text()
     (tmp_path / "csynth.xml").write_text((CSYNTH_STANDINS / "meets" / "csynth.xml").read_text())
-    (tmp_path / "os_step_csynth.xml").write_text(xml.replace("<PipelineII>2", "<TargetII>2</TargetII><PipelineII>2"))
+    (tmp_path / "array_step_csynth.xml").write_text(xml.replace("<PipelineII>2", "<TargetII>2</TargetII><PipelineII>2"))
     ok = run([sys.executable, str(GATE), str(tmp_path), "--budget", BUDGET_ZCU104])
     assert ok.returncode == 0, ok.stdout  # II 2 was the target; the period comes from the report
     small = run([sys.executable, str(GATE), str(tmp_path), "--budget", "LUT 30000"])
@@ -277,3 +282,72 @@ def test_hls_flow_stops_before_export_when_csynth_misses(tmp_path, report):
     again = run(["vitis_hls", "-f", str(repo / "hls/tcl/run_hls.tcl"), "-tclargs", "zcu104", "export"],
                 path=path, cwd=repo / "build" / "zcu104", env_extra=stand_in)
     assert again.returncode == 1 and "GATE FAIL" in again.stderr
+
+
+def test_csynth_gate_holds_relaxed_loops_to_their_target(tmp_path):
+    for f in (CSYNTH_STANDINS / "relaxed").iterdir():
+        (tmp_path / f.name).write_text(f.read_text())
+    desc = tmp_path / "descriptors_csynth.xml"
+    desc.write_text(desc.read_text().replace("<PipelineII>4", "<PipelineII>5"))
+    res = run([sys.executable, str(GATE), str(tmp_path), "--budget", BUDGET_ZCU104])
+    assert res.returncode == 1 and "II: loop descriptors/steps reached II=5, target 4" in res.stdout
+
+
+def test_csynth_gate_checks_dataflow_dsp_and_pipeline_depths(tmp_path):
+    """Review S7: DATAFLOW applied, R x C <= DSP <= R x C + margin, reported depths of the loops
+    the cycle model charges a constant for within hardware.toml's [schedule]."""
+    for f in (CSYNTH_STANDINS / "meets").iterdir():
+        (tmp_path / f.name).write_text(f.read_text())
+    header = tmp_path / "qta_config.h"
+    header.write_text("#define QTA_ROWS 32\n#define QTA_COLS 32\n#define QTA_ARRAY_PIPELINE 12\n")
+    top = tmp_path / "csynth.xml"
+    top.write_text(top.read_text().replace("<DSP>150</DSP>", "<DSP>1100</DSP>", 1))
+    ok = run([sys.executable, str(GATE), str(tmp_path), "--budget", BUDGET_ZCU104, "--config", str(header)])
+    assert ok.returncode == 0, ok.stdout
+    two_arrays = top.read_text().replace("<DSP>1100</DSP>", "<DSP>2048</DSP>", 1)
+    top.write_text(two_arrays)
+    res = run([sys.executable, str(GATE), str(tmp_path), "--config", str(header)])
+    assert res.returncode == 1 and "dsp: DSP 2048 > 1024 PEs" in res.stdout
+    top.write_text(two_arrays.replace("<DSP>2048</DSP>", "<DSP>600</DSP>", 1))
+    res = run([sys.executable, str(GATE), str(tmp_path), "--config", str(header)])
+    assert "dsp: DSP 600 < 1024 PEs" in res.stdout
+    top.write_text(two_arrays.replace("<DSP>2048</DSP>", "<DSP>1100</DSP>", 1).replace("dataflow", "none"))
+    arr = tmp_path / "array_step_csynth.xml"
+    arr.write_text(arr.read_text().replace("<PipelineDepth>12", "<PipelineDepth>14"))
+    res = run([sys.executable, str(GATE), str(tmp_path), "--config", str(header)])
+    assert "dataflow: the top's PipelineType is not dataflow" in res.stdout
+    assert "depth: loop array_cycles has PipelineDepth 14 > QTA_ARRAY_PIPELINE = 12" in res.stdout
+    arr.write_text(arr.read_text().replace("<PipelineII>1", "<PipelineII>undef"))
+    res = run([sys.executable, str(GATE), str(tmp_path), "--config", str(header)])
+    assert "has no numeric II" in res.stdout
+
+
+@needs_tclsh
+@pytest.mark.parametrize("board", sorted(BOARDS))
+@pytest.mark.parametrize("case,miss", [
+    ("fabric_macs", "dsp: DSP {low} < {pes} PEs"),
+    ("deep_array", "depth: loop array_cycles has PipelineDepth 99 > QTA_ARRAY_PIPELINE"),
+])
+def test_flow_gate_checks_the_board_dsp_window_and_depths(tmp_path, board, case, miss):
+    """Review S7 in the real flow: run_hls.tcl passes the board's qta_config.h to the gate, so a
+    synthesis with fewer DSPs than the board's PEs (MACs in fabric) or a deeper array pipeline than
+    [schedule] stops the build before export, on every board."""
+    stand_in = tmp_path / "stand_in"
+    stand_in.mkdir()
+    for f in MEETS.iterdir():
+        (stand_in / f.name).write_text(f.read_text())
+    top = stand_in / "csynth.xml"
+    if case == "fabric_macs":   # the mock adds the board's R x C: a negative rest leaves DSP < R x C
+        top.write_text(top.read_text().replace("<DSP>150</DSP>", "<DSP>-8</DSP>", 1))
+    else:
+        arr = stand_in / "array_step_csynth.xml"
+        arr.write_text(arr.read_text().replace("<PipelineDepth>12", "<PipelineDepth>99"))
+    repo = copy_repo(tmp_path / "repo")
+    path, logs = mock_tools(tmp_path, ("vitis_hls",))
+    res = run(["bash", str(repo / "scripts/build_bitstream.sh"), board, "--hls-only"], path=path, cwd=repo,
+              env_extra={"MOCK_CSYNTH": str(stand_in)})
+    pes = config().board(board).pes
+    assert res.returncode != 0
+    assert "GATE FAIL: " + miss.format(low=pes - 8, pes=pes) in res.stderr, res.stderr
+    assert not logged(log_lines(logs, "vitis_hls"), "export_design")
+    assert not (repo / f"build/{board}/ip").exists()

@@ -1,5 +1,6 @@
 """The HLS kernel itself: its C++ testbench under g++, and the static rules of hls_rules.py."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,37 @@ def test_kernel_top_is_one_dataflow_region_of_single_call_site_processes():
         assert region.count(process) == 1, process
 
 
+def test_one_pe_array_with_one_mac_per_pe():
+    """Review B1: OS and WS share ONE R x C array: one function, one pipelined loop, and one
+    INT8 x INT8 multiply in the whole kernel (inside the fully unrolled PE loops), with the
+    dataflow as per-PE operand selects; the old per-mode functions are gone."""
+    code = strip_comments((HLS_SRC / "qta_gemm.cpp").read_text())
+    funcs = functions("\n" + code)
+    assert "os_step" not in funcs and "ws_step" not in funcs
+    body = funcs["array_step"][1]
+    assert body.count("#pragma HLS PIPELINE") == 1
+    macs = re.findall(r"\(int16_t\)\s*\w+\s*\*\s*\(int16_t\)\s*\w+", code)
+    assert len(macs) == 1 and macs[0] in body, macs
+    # the mode selects feed the one multiplier and the one adder
+    assert re.search(r"bop\s*=\s*os\s*\?", body) and re.search(r"add\s*=\s*os\s*\?", body)
+    array_body = funcs["array"][1]
+    assert array_body.count("array_step(") == 1
+
+
+def test_internal_words_are_packed_ap_uint():
+    """Review B2: beats, feeder words, store words and accumulator rows are hand-packed ap_uint
+    words (no struct whose memory binding depends on HLS's disaggregation), and every block is
+    one stream of blocks per bank (pair) or wide word, with no partition pragma on it."""
+    code = strip_comments((HLS_SRC / "qta_gemm.cpp").read_text())
+    for word in ("AWord", "BWord", "Beat", "SWord", "AccRow", "AccXRow"):
+        assert re.search(rf"typedef\s+(ap_uint<[^;]*>|qta_beat_t)\s+{word}\s*;", code), word
+        assert not re.search(rf"struct\s+{word}\b", code), word
+    for block in ("A0Block", "AXBlock", "B0Block", "BXBlock", "AccPBlock", "AccXBlock"):
+        m = re.search(rf"typedef\s+\w+\s+{block}((?:\[[^\]]*\])+)\s*;", code)
+        assert m and m.group(1).count("[") == 1, f"{block}: one memory dimension, no bank dimension"
+    assert "check_blocks" in violations.__code__.co_names
+
+
 def test_m_axi_ports_are_beat_wide():
     pointers = [a for a in config().args if a.kind == "pointer"]
     assert len(pointers) == 8 and {a.type for a in pointers} == {"qta_beat_t", "const qta_beat_t"}
@@ -71,9 +103,13 @@ VIOLATIONS = [
     ("void load_x(int n, int d, int *x) {\n  for (int i = 0; i < n; i++) {\n#pragma HLS LOOP_TRIPCOUNT max=4\n"
      "    x[i] = i / d;\n  }\n}", "runtime / by 'd'"),
     ("void fetch_x(int n, int w) {\n  int r = n % w;\n}", "runtime % by 'w'"),
-    ("void os_step(int s) {\n  int pacc[4][4];\n#pragma HLS ARRAY_PARTITION variable=pacc type=complete dim=0\n"
+    ("void array_step(int s) {\n  int pacc[4][4];\n#pragma HLS ARRAY_PARTITION variable=pacc type=complete dim=0\n"
      "  for (int i = 0; i < 4; i++) {\n#pragma HLS UNROLL\n    pacc[i][s] = 0;\n  }\n}", "pe index"),
-    ("void ws_step(int b, AccW accp[8][2][64]) {\n  accp[b][0][3].v[0] = 1;\n}", "pe index"),
+    ("void array_step(int b) {\n  int pout[4][4];\n#pragma HLS ARRAY_PARTITION variable=pout type=complete dim=1\n"
+     "  pout[b][0] = 1;\n}", "pe index"),
+    ("void top() {\n  QTA_BLOCKS(AccPBlock, accps);\n#pragma HLS ARRAY_PARTITION variable=accps type=complete dim=1\n}",
+     "blocks: ARRAY_PARTITION on the stream of blocks accps"),
+    ("void top() {\n  QTA_BLOCKS(A0Block, a0s);\n#pragma HLS AGGREGATE variable=a0s compact=bit\n}", "blocks: AGGREGATE"),
     ("void fetch(const int8_t *rd0, int n) {\n}", "m_axi"),
     ("void write(ap_uint<32> *wr1) {\n}", "m_axi: port wr1"),
     ("typedef ap_uint<64> qta_beat_t;", "m_axi: qta_beat_t is"),
@@ -86,7 +122,7 @@ def test_rules_catch_violations(snippet, rule):
 
 
 def test_rules_accept_compile_time_pe_indices_and_constant_divisions():
-    ok = ("constexpr int MS = 4, PG = 2;\nvoid os_step(int s, AccW accp[8][2][64]) {\n  int pacc[4][4];\n"
+    ok = ("constexpr int MS = 4, PG = 2;\nvoid array_step(int s, AccW accp[8][2][64]) {\n  int pacc[4][4];\n"
           "#pragma HLS ARRAY_PARTITION variable=pacc type=complete dim=0\n  for (int i = 0; i < 4; i++) {\n"
           "#pragma HLS UNROLL\n    const int j = (i + 1) * MS - 1;\n    pacc[i][j % 4] = s;\n"
           "    accp[i / PG][i % PG][s] = pacc[i][0];\n  }\n}")

@@ -73,8 +73,9 @@ def test_a_malformed_configuration_is_refused(edited_config, old, new, message):
 def test_three_boards_and_splits():
     assert {"zcu104", "kv260", "pynq_z2"} <= set(config().boards)
     b = config().board("zcu104")
-    assert b.splits == (-3, -2, -1, 0, 1, 2, 3)
-    assert config().board("pynq_z2").splits == (-2, -1, 0, 1)
+    assert b.splits == (-3, -2, -1, 0, 1, 2)           # 32x16
+    assert config().board("kv260").splits == (-2, -1, 0, 1, 2)  # 16x16
+    assert config().board("pynq_z2").splits == (-1, 0, 1)       # 8x8
 
 
 def test_unknown_board_is_a_clear_error():

@@ -82,17 +82,21 @@ def test_tcl_sets_part_clock_and_budget(board):
             f"LUT {b.lut_total} FF {b.ff_total}}}") in t
 
 
-KV260_LUT = ("the yosys figure of the 32x32 array (89 LUT per PE: the 32-bit accumulators and the OS/WS "
-             "adder-input muxes in fabric) leaves KV260's 117k LUTs too few for the rest of the kernel; "
-             "Vivado may fold the accumulators into the DSP48E2s, the csynth gate decides (reported to the lead)")
+PYNQ_Z2_LUT = ("PYNQ-Z2 (53k LUTs): even the smallest array (8x8) leaves the part short, because the control "
+               "FIFOs (12 Hdr of 1544 bit, 11 Step of 610 bit, counted at full width: 26k LUTs) and the four "
+               "m_axi adapters (17k) alone take 80% of it; narrowing the per-process headers is the open fix "
+               "(hls/README.md, Resources)")
 
 
-@pytest.mark.parametrize("board", [pytest.param(b, marks=pytest.mark.xfail(strict=True, reason=KV260_LUT))
-                                   if b == "kv260" else b for b in sorted(config().boards)])
-def test_estimate_fits_the_board(board):
+@pytest.mark.parametrize("board", [pytest.param(b, marks=pytest.mark.xfail(strict=True, reason=PYNQ_Z2_LUT))
+                                   if b == "pynq_z2" else b for b in sorted(config().boards)])
+def test_estimate_fits_the_board_with_margin(board):
+    """Review B6: every board's configuration fits with margin by the resource count: DSP, BRAM
+    and URAM <= 90%, LUT < 85% (the csynth gate is the check that counts)."""
     est = estimate_resources(board)
-    for key in ("dsp_pct", "bram36_pct", "uram_pct", "lut_pct", "ff_pct"):
-        assert 0 <= est[key] < 100, (key, est)
+    for key in ("dsp_pct", "bram36_pct", "uram_pct", "ff_pct"):
+        assert 0 <= est[key] <= 90, (key, est)
+    assert 0 <= est["lut_pct"] < 85, est
 
 
 @pytest.mark.parametrize("board", sorted(config().boards))
@@ -120,7 +124,18 @@ def test_estimate_takes_the_pe_array_from_yosys(board):
     b = config().board(board)
     est = estimate_resources(board)
     sweep = json.loads((ROOT / "host" / "lora_qta" / "hw" / "pe_array_yosys.json").read_text())
-    assert est["pe_array_lut"] == sweep["boards"][board]["lut"] and est["pe_array_dsp"] == b.pes
+    fam = {"zynq_us": "xcup", "zynq7": "xc7"}[b.family]
+    same = [x for x in sweep["results"] if x["family"] == fam and (x["rows"], x["cols"]) == (b.array_rows, b.array_cols)]
+    row = sweep["boards"].get(board)
+    if row and (row["rows"], row["cols"]) == (b.array_rows, b.array_cols):
+        want = row["lut"]                      # the board's own synthesized array
+    elif same:
+        want = same[0]["lut"]                  # a size the sweep synthesized for the family
+    else:                                      # the family's per-PE fit
+        fit = sweep["fits"][fam]["lut"]
+        want = round(fit["per_pe"] * b.pes + fit["fixed"])
+        assert "per-PE fit" in est["pe_array_source"]
+    assert est["pe_array_lut"] == want and est["pe_array_dsp"] == b.pes
     assert est["pe_array_source"].startswith("yosys ") and "pre-place-and-route, no timing" in est["pe_array_source"]
     assert "estimate" in est["rest_source"]
     assert est["dsp"] == est["pe_array_dsp"] + est["rest_dsp"] and est["lut"] == est["pe_array_lut"] + est["rest_lut"]

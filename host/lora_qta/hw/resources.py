@@ -28,6 +28,11 @@ from .config import config
 
 YOSYS_JSON = Path(__file__).with_name("pe_array_yosys.json")
 FAMILY = {"zynq_us": "xcup", "zynq7": "xc7"}   # hardware.toml family -> synth_xilinx family
+HDR_BITS = 1544
+"""Bits of the kernel's ``Hdr`` (qta_gemm.cpp): 1 + 2x32 + 64 + 9x32 + 7 + 32 + 3x32 + 32 + 32 + 4x32 +
+10x32 + 3 x (P+1) x 32 with P = 4, counted field by field."""
+STEP_BITS = 610
+"""Bits of the kernel's ``Step``: 6x32 + 2 + 3x64 + 32 + 6x32, counted field by field."""
 
 @lru_cache(maxsize=1)
 def _sweep() -> dict:
@@ -45,6 +50,10 @@ def pe_array_figures(board_name: str | None = None) -> dict:
     if row and (row["rows"], row["cols"]) == (b.array_rows, b.array_cols):
         how = f"{row['rows']}x{row['cols']} {row['how']}"
         vals = {k: row[k] for k in ("lut", "ff", "carry", "dsp")}
+    elif (hit := next((x for x in sweep["results"] if x["family"] == FAMILY.get(b.family)
+                       and (x["rows"], x["cols"]) == (b.array_rows, b.array_cols)), None)):
+        how = f"{b.array_rows}x{b.array_cols} synthesized for {hit['family']}"   # a size of the sweep
+        vals = {k: hit[k] for k in ("lut", "ff", "carry", "dsp")}
     else:   # a board or an array size the sweep did not see: the family's per-PE fit
         fam = FAMILY.get(b.family)
         if fam not in sweep["fits"]:
@@ -96,49 +105,78 @@ def resource_rows(board_name: str | None = None) -> list[dict[str, Any]]:
     add("pe_array", f"{pe['label']} (hls/rtl: the {r}x{c} PEs with their 2:1 boundary selects and taps, and "
         "the fold sequencer; one MAC per DSP48, no WP486 packing)",
         dsp=pe["dsp"], lut=pe["lut"], ff=pe["ff"])
-    # feeders: skew histories (LUTRAM, depth = side, one byte lane each) and WS tap de-skew SRLs
-    add("feeders", f"A: {nba} boundary feeders x {r} lanes, B: {nbb} x {c} lanes, each a {max(r, c)}-deep "
-        f"byte history in LUTRAM (one write, one read at the lane's skew); WS de-skew of {nbb} tap "
-        f"rows x {c} INT32 columns in SRL32 (1 LUT per bit)",
-        lut=_lutram(8, max(r, c)) * (nba * r + nbb * c) + nbb * c * 32, ff=8 * (nba * r + nbb * c))
+    # array_step: skew histories ha[NBA][R][R], hb[NBB][C][C] (one byte lane each, LUTRAM), the WS
+    # de-skew dsk[NBB][C][C-1] (column j: C-1-j INT32 stages, zeroed at every step, so registers
+    # with a synchronous reset, not SRLs) and the OS/WS tap select per tap column.
+    dsk_bits = nbb * 32 * c * (c - 1) // 2
+    add("feeders", f"histories: A {nba} boundaries x {r} lanes of a {r}-deep byte, B {nbb} x {c} lanes of a "
+        f"{c}-deep byte, LUTRAM (one write, one read at the lane's skew); WS de-skew registers "
+        f"dsk[{nbb}][{c}][{c}-1], column j uses {c}-1-j INT32 stages: {dsk_bits} FF (zeroed per step, so "
+        f"not SRLs); tap select OS drain / WS de-skew: {nbb} x {c} x 32 bit 2:1 muxes",
+        lut=_lutram(8, r) * nba * r + _lutram(8, c) * nbb * c + nbb * c * 32,
+        ff=8 * (nba * r + nbb * c) + dsk_bits)
     slots = 2
     a_prim = (_uram(8 * r, b.a_depth) if uram else 0, 0 if uram else _bram36(8 * r, b.a_depth))
     b_prim = (_uram(8 * c, b.b_depth) if uram else 0, 0 if uram else _bram36(8 * c, b.b_depth))
     add("operand_banks", f"2 slots x (A bank 0: {b.a_depth} x {8 * r} bit in "
-        f"{'URAM' if uram else 'BRAM'}, B bank 0: {b.b_depth} x {8 * c} bit; side banks paired two "
-        f"per dual-port BRAM: {(nba - 1 + 1) // 2} x {2 * b.a_side_depth} x {8 * r} bit (A), "
-        f"{(nbb - 1 + 1) // 2} x {2 * b.b_side_depth} x {8 * c} bit (B))",
+        f"{'URAM' if uram else 'BRAM'}, B bank 0: {b.b_depth} x {8 * c} bit; side banks one memory per pair: "
+        f"{nba // 2} x {2 * b.a_side_depth} x {8 * r} bit (A), {nbb // 2} x {2 * b.b_side_depth} x {8 * c} bit "
+        "(B) in BRAM), ram_t2p",
         uram_=slots * (a_prim[0] + b_prim[0]),
         bram36=slots * (a_prim[1] + b_prim[1] + (nba // 2) * _bram36(8 * r, 2 * b.a_side_depth)
                         + (nbb // 2) * _bram36(8 * c, 2 * b.b_side_depth)))
-    acc_prim = (_uram(64, b.acc_depth) if uram else 0, 0 if uram else _bram36(64, b.acc_depth))
-    add("accumulators", f"2 slots x (bottom tap row: {c // 2} pair banks of {b.acc_depth} x 64 bit in "
-        f"{'URAM' if uram else 'BRAM'}; {nbb - 1} other tap rows x {c // 2} pair banks of "
-        f"{b.acc_side_depth} x 64 bit in LUTRAM with {b.epilogue_rows} read port(s))",
-        uram_=slots * (c // 2) * acc_prim[0], bram36=slots * (c // 2) * acc_prim[1],
-        lut=slots * (nbb - 1) * (c // 2) * _lutram(64, b.acc_side_depth, b.epilogue_rows))
+    # accumulators: AccPBlock = acc_depth row words of C INT32 (ram_t2p, URAM/BRAM); AccXBlock =
+    # acc_side_depth words of (NBB-1) C INT32 (ram_1wnr LUTRAM: one write, the array's read and the
+    # store's ER reads, every read port a copy); the read-modify-write adds C NBB INT32 per cycle.
+    accp_w, accx_w = 32 * c, 32 * c * (nbb - 1)
+    acc_prim = (_uram(accp_w, b.acc_depth) if uram else 0, 0 if uram else _bram36(accp_w, b.acc_depth))
+    xports = 1 + b.epilogue_rows
+    add("accumulators", f"2 slots x (bottom tap row: {b.acc_depth} x {accp_w} bit row words in "
+        f"{'URAM' if uram else 'BRAM'}; other {nbb - 1} tap rows side by side: {b.acc_side_depth} x {accx_w} "
+        f"bit in LUTRAM with {xports} read ports (array 1, store {b.epilogue_rows}), each a copy); "
+        f"read-modify-write adders {nbb} x {c} x 32 bit (1 LUT per bit)",
+        uram_=slots * acc_prim[0], bram36=slots * acc_prim[1],
+        lut=slots * _lutram(accx_w, b.acc_side_depth, xports) + nbb * c * 32)
     seg = max(b.tile_k_max, b.tile_m_max, b.tile_n_max)
     trows = max(r, c) // b.axi_ports
-    add("loader", f"per port 2 row buffers of {trows} rows x {seg // bb} beats ({8 * bb}-bit words) in "
-        f"BRAM, a {trows}-beat prefetch register for the transposed emit; word assembly, lane "
-        "replication, bank-address counters",
-        bram36=b.axi_ports * 2 * _bram36(8 * bb, trows * seg // bb), lut=3000 + 600 * b.axi_ports,
-        ff=4000 + b.axi_ports * 2 * trows * 8 * bb)
-    lanes = b.epilogue_rows * sub
+    tslot = trows * seg // bb
+    add("loader", f"per port tb0 and tb1 (the duplicated row buffer), each 2 slots x {trows} rows x {seg // bb} "
+        f"beats of {8 * bb} bit in BRAM ({4 * b.axi_ports} memories); transposer registers cur/nxt "
+        f"{2 * b.axi_ports} x {trows} beats; word assembly, lane replication, bank-address counters "
+        "(per-unit LUT figure)",
+        bram36=b.axi_ports * 2 * _bram36(8 * bb, 2 * tslot), lut=3000 + 600 * b.axi_ports,
+        ff=4000 + 2 * b.axi_ports * trows * 8 * bb)
+    lanes = b.epilogue_lanes
     add("epilogue", f"{lanes} lanes: 32x32 signed multiply (4 DSP), hash mix32 two 32-bit constant "
-        "multiplies (3 DSP each), one 64-bit shifter, rounding, saturation, amax; accumulator "
-        "read mux over tap rows and column groups",
-        dsp=10 * lanes, lut=700 * lanes + 64 * 4 * nbb * (c // 4) // 4, ff=600 * lanes)
-    add("fetch_write", f"{b.axi_ports} fetch + {b.axi_ports} write processes: per fetcher one shared 32x32 "
-        "multiplier for the conv pixel address (4 DSP) and 64-bit address adders (2 DSP), burst counters",
-        dsp=6 * b.axi_ports, lut=800 * 2 * b.axi_ports, ff=900 * 2 * b.axi_ports)
-    fifo_bits = b.axi_ports * (64 * b.axi_data_width + 32 * 128) + 4 * 128 * 32
-    add("fifos", "beat FIFOs (depth 64) per port, store-word FIFOs (depth 32), descriptor and count "
-        "FIFOs (depth 4-64) in BRAM18/SRL", bram36=math.ceil(fifo_bits / 36864) + b.axi_ports,
-        lut=2000)
-    add("axi_control", f"{b.axi_ports} m_axi adapters (read + write channels, 64-beat bursts), "
-        "s_axilite with the register map, descriptor/model/counter processes",
-        lut=3500 * b.axi_ports + 3000, ff=4000 * b.axi_ports + 3000, bram36=b.axi_ports)
+        f"multiplies (3 DSP each), one 64-bit shifter, rounding, saturation, amax (700 LUT per lane); "
+        f"accumulator read muxes: {b.epilogue_rows} x ({nbb}:1 over {32 * c}-bit tap rows + {c // sub}:1 over "
+        f"{32 * sub}-bit column groups) at 1 LUT6 per 4:1 per bit",
+        dsp=10 * lanes, ff=600 * lanes,
+        lut=700 * lanes + b.epilogue_rows * (32 * c * math.ceil(nbb / 4) + 32 * sub * math.ceil((c // sub) / 4)))
+    m32, m64 = (3, 6) if b.family == "zynq_us" else (4, 8)
+    add("multipliers", f"runtime multiplies outside the PE array and the epilogue, each {m32} DSP per 32x32 "
+        f"({'DSP48E2' if b.family == 'zynq_us' else 'DSP48E1'}), {m64} per 64x32: descriptors/decode one "
+        "shared multiplier (ALLOCATION limit=1) plus one 32-bit divider and one remainder unit (1100 LUT, "
+        "2000 FF each); array 2 per step (fold count); loader f*span in each operand's II=1 loop (2) and "
+        f"the phase counts (one per operand, ALLOCATION limit=1); {b.axi_ports} fetchers one shared 64x32 "
+        f"each (conv pixel and row addresses, ALLOCATION limit=1); {b.axi_ports} writers one shared 32x32 each",
+        dsp=m32 * (1 + 2 + 2 + 2 + b.axi_ports) + m64 * b.axi_ports, lut=2 * 1100 + 200 * (7 + 2 * b.axi_ports),
+        ff=2 * 2000)
+    add("fetch_write", f"{b.axi_ports} fetch + {b.axi_ports} write processes: 64-bit address adders, burst "
+        "and row counters, conv tap counters (per-unit figure)",
+        lut=800 * 2 * b.axi_ports, ff=900 * 2 * b.axi_ports)
+    hdr_fifos, step_fifos = 2 * b.axi_ports + 4, 2 * b.axi_ports + 3
+    ctl_bits = hdr_fifos * HDR_BITS + step_fifos * STEP_BITS
+    fifo_bits = b.axi_ports * 64 * (8 * bb + 2 * 8 * 4 * sub) + b.axi_ports * 128 * 8 * bb
+    add("fifos", f"ops (64 beats), cold and wout (64 store words of {32 * sub} bit), scl (128 beats) per port "
+        f"in BRAM: {fifo_bits} bit; {hdr_fifos} Hdr FIFOs ({HDR_BITS} bit) and {step_fifos} Step FIFOs "
+        f"({STEP_BITS} bit), depth 2-4, in SRL at 1 LUT per bit before Vivado trims unread fields; "
+        "count FIFOs (depth 64) in SRL",
+        bram36=b.axi_ports * (2 * math.ceil(8 * 4 * sub / 72) + 2 * math.ceil(8 * bb / 72)),
+        lut=ctl_bits + (2 * b.axi_ports + 3) * 32 * 2, ff=ctl_bits // 4)
+    add("axi_control", f"{b.axi_ports} m_axi adapters (read + write channels, 64-beat bursts, 2 BRAM36 of "
+        "burst buffer per channel), s_axilite with the register map, model/counter processes (per-unit figure)",
+        lut=3500 * b.axi_ports + 3000, ff=4000 * b.axi_ports + 3000, bram36=4 * b.axi_ports)
     return rows
 
 
