@@ -129,6 +129,13 @@ def _as_numpy(x: Any, name: str) -> tuple[np.ndarray, bool]:
     return arr, is_torch
 
 
+def on_target() -> bool:
+    """Whether this machine is a PYNQ board: ``pynq.ps.ON_TARGET`` (pynq 3.1 and later) or, on
+    pynq 3.0, which lacks it, the same device-tree entry that pynq 3.1 reads."""
+    on = getattr(pynq.ps, "ON_TARGET", None)
+    return os.path.isfile("/proc/device-tree/chosen/pynq_board") if on is None else bool(on)
+
+
 class Accelerator:
     """The lora-qta accelerator on a board or emulated.
 
@@ -144,13 +151,13 @@ class Accelerator:
         if backend not in BACKENDS:
             raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
         if backend == "auto":
-            backend = "board" if pynq.ps.ON_TARGET and self._has_bitstream(bitstream) else "fast"
+            backend = "board" if on_target() and self._has_bitstream(bitstream) else "fast"
         if backend == "emulation":
             backend = "fast"
         self.backend = backend
         self.timeout = timeout
         if backend == "board":
-            if not pynq.ps.ON_TARGET:
+            if not on_target():
                 raise BackendError("backend='board' needs a PYNQ board (pynq found none); "
                                    "use backend='emulation' on a PC")
             self.overlay = pynq.Overlay(str(find_bitstream(self.board, bitstream)))
