@@ -239,8 +239,8 @@ def step_markdown(res: dict, energy: dict | None = None) -> str:
         L += [f"## {m} on {b}", "",
               "| configuration | accelerator s | ARM s | of which element-wise / (de)quant. / driver+cache | serial s | "
               "overlapped s | step s | vs ARM only | util | util linear / conv / attention / LoRA / fused | "
-              "device GB | calls |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "device GB | ARM GB | calls |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             c = step_components(r)
             fam = r["families"]
@@ -250,7 +250,8 @@ def step_markdown(res: dict, energy: dict | None = None) -> str:
             L.append(f"| {r['label']} | {_num(r['t_accelerator_s'])} | {_num(r['t_host_s'])} | "
                      f"{_num(c['elementwise'])} / {_num(c['quantization'])} / {_num(c['overhead'])} | "
                      f"{_num(r['t_serial_s'])} | {over} | **{_num(r['t_step_s'])}** | {r['speedup_vs_arm']:.2f}x | "
-                     f"{r['utilization']:.0%} | {util} | {_num(r['device_bytes'] / 1e9)} | {r['accelerator_calls']:,} |")
+                     f"{r['utilization']:.0%} | {util} | {_num(r['device_bytes'] / 1e9)} | "
+                     f"{_num(r['host']['total']['bytes'] / 1e9)} | {r['accelerator_calls']:,} |")
         rat = next((x for x in res["ratios"] if x["board"] == b and x["model"] == m), None)
         if rat:
             L += ["", "Adaptive policy (auto) against fixed dataflows, step time (overlapped) and accelerator time: "
@@ -274,8 +275,18 @@ def step_markdown(res: dict, energy: dict | None = None) -> str:
                      f"{1 - d['fused_cycles'] / d['separate_cycles']:.1%} | {_num(d['separate_bytes'] / 1e6)} | "
                      f"{_num(d['fused_bytes'] / 1e6)} | {1 - d['fused_bytes'] / d['separate_bytes']:.1%} | "
                      f"{d['best_fused_pairs']} of {d['pairs']} |")
-    L += ["", "Resident INT8 weights (convolution weights twice: the flipped copy for the input gradient) against "
-          "the PS DDR:", "", "| board | model | INT8 weights GB | FP32 weights GB | PS DDR GB |", "|---|---|---|---|---|"]
+    if res.get("sensitivity"):
+        sv = res["sensitivity"]
+        L += ["", f"## How the speedups depend on the ARM assumptions ({sv['model']} on {sv['board']})", "",
+              "| assumption changed | ARM only s | whole step, serial s | speedup | whole step, overlapped s | speedup |",
+              "|---|---|---|---|---|---|"]
+        for r in sv["rows"]:
+            L.append(f"| {r['assumption']} | {_num(r['arm_s'])} | {_num(r['whole_serial_s'])} | "
+                     f"{r['whole_serial_speedup']:.1f}x | {_num(r['whole_overlap_s'])} | "
+                     f"{r['whole_overlap_speedup']:.1f}x |")
+    L += ["", "Frozen weights against the PS DDR (INT8 on the device, convolution weights twice: the flipped copy "
+          "for the input gradient; FP32 for the ARM alone):", "",
+          "| board | model | INT8 weights GB | FP32 weights GB | PS DDR GB |", "|---|---|---|---|---|"]
     for f in res["fusion"]:
         L.append(f"| {f['board']} | {f['model']} | {_num(f['weights_int8_bytes'] / 1e9)} | "
                  f"{_num(f['weights_fp32_bytes'] / 1e9)} | {f['ddr_bytes'] / 1e9:.2f} |")

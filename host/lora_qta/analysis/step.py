@@ -345,18 +345,50 @@ def compose(board: BoardConfig, tr: inv.StepTrace, rank: int, cfg: StepConfig) -
     }
 
 
-def weight_bytes(tr: inv.StepTrace, scheme_bytes: int = 1) -> int:
-    """Frozen weights resident on the device (convolution weights twice: the flipped copy for
-    the input gradient) at ``scheme_bytes`` per weight."""
+def weight_bytes(tr: inv.StepTrace, scheme_bytes: int = 1, flipped_copies: bool = True) -> int:
+    """Frozen weights at ``scheme_bytes`` per weight; with ``flipped_copies`` the convolution
+    weights whose input gradient runs count twice (the flipped copy the accelerator reads)."""
     lin = sum(l.d_in * l.d_out for l in tr.linears)
-    conv = sum(c.geom.cin * c.geom.kh * c.geom.kw * c.cout * (2 if c.x_grad else 1) for c in tr.convs)
+    conv = sum(c.geom.cin * c.geom.kh * c.geom.kw * c.cout * (2 if c.x_grad and flipped_copies else 1)
+               for c in tr.convs)
     return (lin + conv) * scheme_bytes
 
 
+SENSITIVITY = {
+    "as stated": {},
+    "ARM stream bandwidth x0.5": {"stream_gbps": 0.5},
+    "ARM stream bandwidth x2": {"stream_gbps": 2.0},
+    "ARM FP32 rate x0.5": {"attained_fraction": 0.5},
+    "ARM FP32 rate x2": {"attained_fraction": 2.0},
+    "driver call time x4": {"call_us": 4.0},
+    "cache maintenance at the stream bandwidth": {"cache_gbps": None},
+}
+"""Changes of the stated ARM assumptions for :func:`sensitivity` (factors; ``None``: see there)."""
+
+
+def sensitivity(board: BoardConfig, tr: inv.StepTrace, rank: int = 4,
+                keys: Sequence[str] = ("arm_fp32", "whole_serial", "whole_overlap")) -> list[dict]:
+    """The speedups over the ARM alone when one stated ARM assumption changes (the accelerator's
+    figures do not depend on them)."""
+    out = []
+    for name, change in SENSITIVITY.items():
+        h = board.host
+        kw = {k: (h.stream_gbps if v is None else getattr(h, k) * v) for k, v in change.items()}
+        b = replace(board, host=replace(h, **kw))
+        rows = {k: compose(b, tr, rank, CONFIG_BY_KEY[k]) for k in keys}
+        arm = rows["arm_fp32"]["t_step_s"]
+        out.append({"assumption": name, "arm_s": arm,
+                    **{f"{k}_s": r["t_step_s"] for k, r in rows.items() if k != "arm_fp32"},
+                    **{f"{k}_speedup": arm / r["t_step_s"] for k, r in rows.items() if k != "arm_fp32"}})
+    return out
+
+
 def step_table(boards: Sequence[str], models: Sequence[str], rank: int = 4,
-               configs: Sequence[StepConfig] = CONFIGS) -> dict:
-    """Every configuration of ``configs`` for every board and model, with the fusion report and
-    the MAC inventory; the targets of issue 13 checked on (zcu104, sd15) when present."""
+               configs: Sequence[StepConfig] = CONFIGS,
+               sensitivity_on: tuple[str, str] | None = ("zcu104", "sd15")) -> dict:
+    """Every configuration of ``configs`` for every board and model, with the fusion report,
+    the MAC inventory and the sensitivity of the speedups to the ARM assumptions on
+    ``sensitivity_on`` = (board, model) when both are in the table."""
     t0 = time.perf_counter()
     rows, fusion, inventories = [], [], {}
     for model in models:
@@ -376,13 +408,18 @@ def step_table(boards: Sequence[str], models: Sequence[str], rank: int = 4,
                 row["speedup_vs_arm"] = arm / row["t_step_s"] if arm else None
             fusion.append({"board": bname, "model": model, "rank": rank,
                            **fusion_report(board, base_gemms, "delayed", "auto"),
-                           "weights_int8_bytes": weight_bytes(tr), "weights_fp32_bytes": weight_bytes(tr, 4),
+                           "weights_int8_bytes": weight_bytes(tr),
+                           "weights_fp32_bytes": weight_bytes(tr, 4, flipped_copies=False),
                            "ddr_bytes": board.host.ddr_mb * 2**20})
     out = {"label": MODELLED, "rank": rank, "batch": 1, "tiles": TILES, "rows": rows, "fusion": fusion,
            "inventory": inventories, "policies": POLICY_LABELS, "schemes": hostmodel.SCHEMES,
            "kernel_features": kernel_features(), "paper": PAPER, "targets": TARGETS,
            "host_facts": {b: _host_facts(config().board(b)) for b in boards}}
     out["ratios"] = ratios(rows)
+    if sensitivity_on and sensitivity_on[0] in boards and sensitivity_on[1] in models:
+        out["sensitivity"] = {"board": sensitivity_on[0], "model": sensitivity_on[1],
+                              "rows": sensitivity(config().board(sensitivity_on[0]),
+                                                  inv.trace_step(sensitivity_on[1]), rank)}
     out["seconds"] = time.perf_counter() - t0
     return out
 
