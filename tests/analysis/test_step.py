@@ -83,7 +83,8 @@ def test_boundary_passes_per_scheme():
     assert kinds["dynamic"]["quantize"]["bytes"] > 5 * kinds["delayed"]["quantize"]["bytes"] > 0
     assert kinds["delayed"]["dequantize"]["bytes"] < 0 < kinds["dynamic"]["dequantize"]["bytes"]
     dyn = [w for w in host.boundary_work(ZCU, gemms, everything, "dynamic") if w.what == "quantize"]
-    q_operands = {(x.tensor, x.axis) for g in gemms for x in (g.a, g.b) if x.src not in ("weight",)}
+    q_operands = {(x.tensor, x.axis if x.src not in ("fixed", "lora") else "") for g in gemms for x in (g.a, g.b)
+                  if x.src != "weight"}
     assert len(dyn) == len(q_operands)
 
 

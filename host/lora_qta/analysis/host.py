@@ -181,7 +181,9 @@ def boundary_work(board: BoardConfig, gemms: Sequence[StepGemm], offloaded: set[
                 src = "host"
             if src == "gemm" and scheme != "dynamic":
                 continue
-            key = (x.tensor, x.axis if scheme == "dynamic" else "")
+            # per-token and per-channel scales are two quantizations of a tensor in the dynamic
+            # scheme; a fixed or per-tensor scale (softmax probabilities, LoRA weights) is one
+            key = (x.tensor, x.axis if scheme == "dynamic" and src not in ("fixed", "lora") else "")
             if key in seen_in:
                 continue
             seen_in.add(key)
