@@ -237,17 +237,19 @@ def step_markdown(res: dict, energy: dict | None = None) -> str:
     for (b, m) in dict.fromkeys((r["board"], r["model"]) for r in res["rows"]):
         rows = [r for r in res["rows"] if r["board"] == b and r["model"] == m]
         L += [f"## {m} on {b}", "",
-              "| configuration | accelerator s | ARM s | of which element-wise / (de)quant. / driver+cache | serial s | "
+              "| configuration | accelerator Mcycles | accelerator s | ARM s | "
+              "of which element-wise / (de)quant. / driver+cache | serial s | "
               "overlapped s | step s | vs ARM only | util | util linear / conv / attention / LoRA / fused | "
               "device GB | ARM GB | calls |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             c = step_components(r)
             fam = r["families"]
             util = " / ".join(f"{fam[f]['utilization']:.0%}" if f in fam else "-"
                               for f in ("linear", "conv", "attention", "lora", "fused"))
             over = _num(r["t_overlapped_s"]) if r["overlap"] else "-"
-            L.append(f"| {r['label']} | {_num(r['t_accelerator_s'])} | {_num(r['t_host_s'])} | "
+            L.append(f"| {r['label']} | {_num(r['accelerator_cycles'] / 1e6)} | {_num(r['t_accelerator_s'])} | "
+                     f"{_num(r['t_host_s'])} | "
                      f"{_num(c['elementwise'])} / {_num(c['quantization'])} / {_num(c['overhead'])} | "
                      f"{_num(r['t_serial_s'])} | {over} | **{_num(r['t_step_s'])}** | {r['speedup_vs_arm']:.2f}x | "
                      f"{r['utilization']:.0%} | {util} | {_num(r['device_bytes'] / 1e9)} | "
@@ -312,9 +314,14 @@ def step_energy_markdown(rep: dict) -> str:
                      f"{v['ratio_vs_int8_delayed']:.2f}x |")
         L.append(f"| {row['board']} | {row['model']} | accelerator alone: FP32 / INT8 {row['accelerator_only_fp32_vs_int8']:.2f}x, "
                  f"FP16 / INT8 {row['accelerator_only_fp16_vs_int8']:.2f}x | | | | | | | | |")
+    t = rep["table_pj"]
     L += ["", f"The FP16/FP32 rows are the same array and schedule computing in that precision, with the ARM handing "
           "over and reading FP16/FP32 tensors (no quantization). CDM-QTA reports "
-          f"{rep['paper_energy_efficiency']:.2f}x energy efficiency over its baseline (their figure).", ""]
+          f"{rep['paper_energy_efficiency']:.2f}x energy efficiency over its baseline (their figure).", "",
+          f"Per-operation energies (pJ, Horowitz ISSCC 2014, 45 nm): {', '.join(f'{k} {v:g}' for k, v in t.items())}; "
+          f"DDR {t['dram_64bit'] / 8:g} pJ per byte for the array's and the ARM's traffic alike; the ARM "
+          f"{rep['arm_instruction_pj']:g} pJ per instruction, {rep['arm_instruction_pj'] / 4:g} pJ per element-wise "
+          "FLOP (one lane of a 4-lane FP32 NEON instruction). Static power is not counted.", ""]
     return "\n".join(L)
 
 
