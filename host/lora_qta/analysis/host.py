@@ -49,7 +49,7 @@ gradient clipping): 32 bytes and 17 FLOP per parameter.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from ..errors import OptionError
@@ -104,6 +104,9 @@ class HostWork:
     flops: float
     seconds: float
     instructions: float = 0.0   # scalar instructions besides the FLOP (driver, cache maintenance)
+    detail: str = ""            # the ATen operator of an element-wise item
+    elements: float = 0.0       # elements read + written (element-wise items)
+    calls: int = 0              # operator calls (element-wise items)
 
 
 def rates(board: BoardConfig) -> tuple[float, float]:
@@ -126,7 +129,8 @@ def elementwise_work(board: BoardConfig, ops: Iterable[HostOp]) -> list[HostWork
         if op.op in TWO_PASS_OPS and 4 * op.read / max(op.calls, 1) > l2:
             nbytes += 4.0 * op.read
         flops = OP_FLOPS.get(op.op, 1) * float(op.work)
-        out.append(_pass(board, "elementwise", op.block, op.direction, nbytes, flops))
+        out.append(replace(_pass(board, "elementwise", op.block, op.direction, nbytes, flops), detail=op.op,
+                           elements=float(op.read + op.written), calls=op.calls))
     return out
 
 
@@ -266,4 +270,21 @@ def summarize(items: Iterable[HostWork]) -> dict[str, dict[str, float]]:
             d["seconds"] += it.seconds
             d["bytes"] += it.bytes
             d["flops"] += it.flops
+    return out
+
+
+def by_operator(items: Iterable[HostWork]) -> dict[str, dict[str, float]]:
+    """Element-wise items summed per ATen operator and direction ("_softmax fwd"): calls,
+    elements read + written, bytes, FLOP and seconds."""
+    out: dict[str, dict[str, float]] = {}
+    for it in items:
+        if it.what != "elementwise":
+            continue
+        d = out.setdefault(f"{it.detail} {it.direction}", dict.fromkeys(("calls", "elements", "bytes", "flops",
+                                                                          "seconds"), 0.0))
+        d["calls"] += it.calls
+        d["elements"] += it.elements
+        d["bytes"] += it.bytes
+        d["flops"] += it.flops
+        d["seconds"] += it.seconds
     return out

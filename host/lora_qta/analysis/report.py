@@ -261,6 +261,7 @@ def step_markdown(res: dict, energy: dict | None = None) -> str:
                               "accelerator" for k in ("ws", "ws_part", "os", "os_part", "adaptive")
                               if f"auto_vs_{k}_step" in rat) + "."]
         L.append("")
+    L += _host_ops_markdown(res)
     L += ["## LoRA fused with its frozen layer", "",
           "[Y | H] = X.[W; A]^T reads X once (N = out + r); dX = [dY | dH].[W; A] sums over K = out + r in one GEMM. "
           "Cycles and device DDR bytes of the GEMMs concerned, summed over the adapted layers (delayed scaling, "
@@ -298,6 +299,31 @@ def step_markdown(res: dict, energy: dict | None = None) -> str:
     if res.get("target_check"):
         L += [targets_markdown(res["target_check"])]
     return "\n".join(L) + "\n"
+
+
+def _host_ops_markdown(res: dict, top: int = 12) -> list[str]:
+    """The ARM's element-wise work per ATen operator (the ARM-only row of the first board of each
+    model; the same operators run in every configuration)."""
+    L = []
+    for model in dict.fromkeys(r["model"] for r in res["rows"]):
+        row = next((r for r in res["rows"] if r["model"] == model and r.get("elementwise_ops")), None)
+        if row is None:
+            continue
+        ops = sorted(row["elementwise_ops"].items(), key=lambda kv: -kv[1]["seconds"])
+        tot = sum(v["seconds"] for v in row["elementwise_ops"].values())
+        L += [f"## The ARM's element-wise work per operator ({model}, {row['board']}, FP32, traced)", "",
+              "| operator | calls | elements read + written (M) | GB | GFLOP | s | share |", "|---|---|---|---|---|---|---|"]
+        for name, v in ops[:top]:
+            L.append(f"| `{name}` | {int(v['calls']):,} | {_num(v['elements'] / 1e6)} | {_num(v['bytes'] / 1e9)} | "
+                     f"{_num(v['flops'] / 1e9)} | {_num(v['seconds'])} | {v['seconds'] / tot:.0%} |")
+        rest = ops[top:]
+        if rest:
+            L.append(f"| {len(rest)} more | {int(sum(v['calls'] for _, v in rest)):,} | "
+                     f"{_num(sum(v['elements'] for _, v in rest) / 1e6)} | {_num(sum(v['bytes'] for _, v in rest) / 1e9)} | "
+                     f"{_num(sum(v['flops'] for _, v in rest) / 1e9)} | {_num(sum(v['seconds'] for _, v in rest))} | "
+                     f"{sum(v['seconds'] for _, v in rest) / tot:.0%} |")
+        L.append("")
+    return L
 
 
 def step_energy_markdown(rep: dict) -> str:

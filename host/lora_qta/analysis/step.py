@@ -342,6 +342,7 @@ def compose(board: BoardConfig, tr: inv.StepTrace, rank: int, cfg: StepConfig) -
         "host": {k: dict(v) for k, v in kinds.items()},
         "families": fam, "modes": {k: dict(v) for k, v in modes.items()},
         "fused_gemms": sum(1 for g in gemms if g.family == "fused"),
+        "elementwise_ops": hostmodel.by_operator(items) if cfg.offload == "none" else None,
     }
 
 
