@@ -328,10 +328,10 @@ def whole_step_energy(boards: Sequence[str] = ("zcu104",), models: Sequence[str]
     rows = []
     for model in models:
         tr = inv.trace_step(model)
-        base = inv.step_gemms(tr, rank)
         params = sum(l.d_in * rank + l.d_out * rank for l in tr.targets_layers)
         for bname in boards:
             board = config().board(bname)
+            base = inv.step_gemms(tr, rank, stepmodel.device_align(board))
             out = {}
             for variant, (scheme, prec, label) in WHOLE_STEP_VARIANTS.items():
                 plan_scheme = scheme if prec == "int8" else "delayed"

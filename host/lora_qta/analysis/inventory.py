@@ -445,19 +445,38 @@ def _attn_of(name: str) -> tuple[str, str]:
     return parent, leaf
 
 
-def step_gemms(tr: StepTrace, rank: int) -> list[StepGemm]:
+def _ceil_to(x: int, align: int) -> int:
+    return -(-x // align) * align
+
+
+def step_gemms(tr: StepTrace, rank: int, align: int = 1) -> list[StepGemm]:
     """The GEMMs of one training step of ``tr`` with LoRA rank ``rank``, forward then backward,
-    operands and output destinations attached (see the module docstring)."""
+    operands and output destinations attached (see the module docstring).
+
+    ``align`` > 1 lays the device's tensors out in whole beats of ``align`` bytes (kernel v2):
+    a convolution's input channels are padded to it (``conv_in``'s 4 latent channels become 16
+    on a 16-byte beat), and where an attention head's width is not a multiple of it (SD 1.5's 40
+    at 4096 tokens) every head of Q, K, V and O starts on a beat: the projections write (read)
+    zero-padded heads, so their N (K) grows to heads x the padded width. ``useful_macs`` keep the
+    unpadded counts; ``macs`` are what the array computes."""
     attn = {a.name: a for a in tr.attentions}
     targets = tr.targets
     fwd: list[StepGemm] = []
     bwd: list[StepGemm] = []
     dgrad_seen: dict[str, int] = defaultdict(int)
 
+    def inner(a: AttentionCall) -> int:
+        return a.heads * _ceil_to(a.head_dim, align)
+
     for l in tr.linears:
         parent, leaf = _attn_of(l.name)
         a = attn.get(parent)
         in_attn = a is not None and leaf in ("to_q", "to_k", "to_v", "to_out.0")
+        useful = l.tokens * l.d_in * l.d_out
+        if in_attn and leaf == "to_out.0":
+            l = replace(l, d_in=inner(a))
+        elif in_attn:
+            l = replace(l, d_out=inner(a))
         # forward operand X and output Y
         if in_attn and leaf == "to_out.0":
             x = Operand(f"{parent}.o", "gemm", "token", l.tokens * l.d_in)
@@ -474,7 +493,7 @@ def step_gemms(tr: StepTrace, rank: int) -> list[StepGemm]:
             out, out_t = "host", f"{l.name}.y"
         lora = l.name if shapes._matches(l.name, targets) else ""
         fwd.append(StepGemm("linear", l.name, "fwd", "fwd", l.block, l.tokens, l.d_in, l.d_out, 1, False, True,
-                            x, w, out, out_t, lora_layer=lora, useful_macs=l.tokens * l.d_in * l.d_out))
+                            x, w, out, out_t, lora_layer=lora, useful_macs=useful))
         # input gradient
         if in_attn and leaf != "to_out.0":
             dy = Operand(f"{parent}.d{leaf[-1]}", "gemm", "token", l.tokens * l.d_out, True)
@@ -492,10 +511,10 @@ def step_gemms(tr: StepTrace, rank: int) -> list[StepGemm]:
             acc = dgrad_seen[dout_t] > 0
             dgrad_seen[dout_t] += 1
             bwd.append(StepGemm("linear", l.name, "dgrad", "bwd", l.block, l.tokens, l.d_out, l.d_in, 1, False, False,
-                                dy, w, dout, dout_t, accumulate=acc, lora_layer=lora,
-                                useful_macs=l.tokens * l.d_in * l.d_out))
+                                dy, w, dout, dout_t, accumulate=acc, lora_layer=lora, useful_macs=useful))
         if lora:
-            fwd_l, bwd_l = _lora_gemms(l, rank, x, dy, out_t, dout_t)
+            orig = next(o for o in tr.linears if o.name == l.name)
+            fwd_l, bwd_l = _lora_gemms(l, rank, x, dy, out_t, dout_t, orig)
             fwd += fwd_l
             bwd += bwd_l
 
@@ -503,16 +522,17 @@ def step_gemms(tr: StepTrace, rank: int) -> list[StepGemm]:
         g = c.geom
         x = Operand(f"{c.name}.x", "host", "token", g.images * g.h * g.w * g.cin)
         w = Operand(f"{c.name}.weight", "weight", "channel", g.cin * g.kh * g.kw * c.cout)
-        m, k = g.images * g.ho * g.wo, g.cin * g.kh * g.kw
-        fwd.append(StepGemm("conv", c.name, "fwd", "fwd", c.block, m, k, c.cout, 1, False, True, x, w, "host",
-                            f"{c.name}.y", conv=g, useful_macs=m * k * c.cout))
+        m, useful = g.images * g.ho * g.wo, g.images * g.ho * g.wo * g.cin * g.kh * g.kw * c.cout
+        gp = replace(g, cin=_ceil_to(g.cin, align))
+        fwd.append(StepGemm("conv", c.name, "fwd", "fwd", c.block, m, gp.cin * g.kh * g.kw, c.cout, 1, False, True,
+                            x, w, "host", f"{c.name}.y", conv=gp, useful_macs=useful))
         if c.x_grad:
             dy = Operand(f"{c.name}.dy", "host", "token", g.images * g.ho * g.wo * c.cout, True)
             wt = Operand(f"{c.name}.weight_flipped", "weight", "channel", g.cin * g.kh * g.kw * c.cout)
-            dg = ConvGeom(g.images, g.ho, g.wo, c.cout, g.kh, g.kw, 1, g.kh - 1 - g.pad, g.stride, g.h, g.w)
-            bwd.append(StepGemm("conv", c.name, "dgrad", "bwd", c.block, g.images * g.h * g.w, c.cout * g.kh * g.kw,
-                                g.cin, 1, False, False, dy, wt, "host", f"{c.name}.dx", conv=dg,
-                                useful_macs=m * k * c.cout))
+            dg = ConvGeom(g.images, g.ho, g.wo, _ceil_to(c.cout, align), g.kh, g.kw, 1, g.kh - 1 - g.pad, g.stride,
+                          g.h, g.w)
+            bwd.append(StepGemm("conv", c.name, "dgrad", "bwd", c.block, g.images * g.h * g.w, dg.cin * g.kh * g.kw,
+                                g.cin, 1, False, False, dy, wt, "host", f"{c.name}.dx", conv=dg, useful_macs=useful))
 
     for a in tr.attentions:
         bh, nq, nk, d = a.batch * a.heads, a.nq, a.nk, a.head_dim
@@ -547,9 +567,10 @@ def step_gemms(tr: StepTrace, rank: int) -> list[StepGemm]:
     return fwd + bwd[::-1]
 
 
-def _lora_gemms(l: LinearCall, r: int, x: Operand, g: Operand, y_t: str, dx_t: str
+def _lora_gemms(l: LinearCall, r: int, x: Operand, g: Operand, y_t: str, dx_t: str, orig: LinearCall
                 ) -> tuple[list[StepGemm], list[StepGemm]]:
-    """The six (or five, without an input gradient) GEMMs of one LoRA layer, with operands."""
+    """The six (or five, without an input gradient) GEMMs of one LoRA layer, with operands
+    (``l`` with the device's padded widths, ``orig`` as traced, for the useful MACs)."""
     t, di, do = l.tokens, l.d_in, l.d_out
     la = Operand(f"{l.name}.lora_A", "lora", "channel", r * di)
     lb = Operand(f"{l.name}.lora_B", "lora", "channel", r * do)
@@ -570,9 +591,10 @@ def _lora_gemms(l: LinearCall, r: int, x: Operand, g: Operand, y_t: str, dx_t: s
             continue
         kind = kinds[key]
         m, k, n = kind.shape(t, di, do, r)
+        mu, ku, nu = kind.shape(t, orig.d_in, orig.d_out, r)
         gm = StepGemm("lora", l.name, key, kind.direction, l.block, m, k, n, 1, kind.trans_a, kind.trans_b,
                       a_op, b_op, out, out_t, out_int32=int32, accumulate=out == "accumulate",
-                      lora_layer=l.name, useful_macs=m * k * n)
+                      lora_layer=l.name, useful_macs=mu * ku * nu)
         (fwd if kind.direction == "fwd" else bwd).append(gm)
     return fwd, bwd[::-1]
 

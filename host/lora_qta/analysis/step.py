@@ -95,6 +95,12 @@ MODELLED = ("modelled (accelerator: the planner's cycle model at the board clock
 
 # ----------------------------------------------------------------------------- device calls
 
+def device_align(board: BoardConfig) -> int:
+    """The channel alignment device layouts need (:func:`lora_qta.analysis.inventory.step_gemms`):
+    the AXI beat when the kernel addresses feature maps and heads in whole beats (v2), else 1."""
+    return board.axi_bytes if kernel_features()["conv"] else 1
+
+
 def kernel_features() -> dict[str, bool]:
     """What the kernel call (``GemmCall``) can express: batched GEMMs, convolution addressing."""
     names = {f.name for f in fields(GemmCall)}
@@ -110,14 +116,42 @@ def out_format(g: inv.StepGemm, scheme: str) -> tuple[bool, str]:
     return True, "col"
 
 
+LD_ALIGN = 16
+"""Bytes every stored row is padded to (the widest AXI beat: kernel v2 reads and writes whole
+beats; the padding adds no MAC)."""
+
+
+def _pad(x: int, align: int = LD_ALIGN) -> int:
+    return -(-x // align) * align
+
+
 def device_call(g: inv.StepGemm, scheme: str) -> tuple[GemmCall, int]:
     """The kernel call of ``g`` (tiles left to the planner) and how many such calls the GEMM
-    takes (``batch`` when the kernel has no batched mode)."""
+    takes: one batched call over its ``batch`` items, or ``batch`` calls when the kernel has no
+    batched mode. A convolution is an implicit-GEMM call over its NHWC map where the kernel
+    addresses one, else the plain GEMM of its im2col matrix."""
+    feats = kernel_features()
     o8, mode = out_format(g, scheme)
-    call = GemmCall(m=g.m, n=g.n, k=g.k, lda=g.m if g.trans_a else g.k, ldb=g.k if g.trans_b else g.n, ldc=g.n,
-                    tile_m=1, tile_n=1, tile_k=1, trans_a=g.trans_a, trans_b=g.trans_b, out_int8=o8,
-                    accumulate=g.accumulate, scale_mode=mode, shift=16 if o8 else 0)
-    return call, g.batch
+    eb = 1 if o8 else 4
+    lda, ldb, ldc = _pad(g.m if g.trans_a else g.k), _pad(g.k if g.trans_b else g.n), _pad(g.n * eb) // eb
+    kw: dict = {}
+    calls = g.batch
+    if feats["batch"] and g.batch > 1:
+        # items one after the other (attention heads: strided views of the interleaved heads)
+        rows_a, rows_b = (g.k, g.m) if g.trans_a else (g.m, g.k), (g.n, g.k) if g.trans_b else (g.k, g.n)
+        kw.update(batch=g.batch, stride_a=rows_a[0] * lda, stride_b=rows_b[0] * ldb, stride_c=g.m * ldc * eb)
+        calls = 1
+    if feats["conv"] and g.conv is not None:
+        from ..hw.call import ConvGeometry
+
+        c = g.conv
+        kw["conv"] = ConvGeometry(h=c.h, w=c.w, ho=c.ho, wo=c.wo, cin=c.cin, kh=c.kh, kw=c.kw, stride=c.stride,
+                                  pad=c.pad, dil=c.dil)
+        lda = _pad(c.cin)
+    call = GemmCall(m=g.m, n=g.n, k=g.k, lda=lda, ldb=ldb, ldc=ldc, tile_m=1, tile_n=1, tile_k=1,
+                    trans_a=g.trans_a, trans_b=g.trans_b, out_int8=o8, accumulate=g.accumulate, scale_mode=mode,
+                    shift=16 if o8 else 0, **kw)
+    return call, calls
 
 
 @dataclass(frozen=True)
@@ -165,7 +199,8 @@ def run_gemm(board: BoardConfig, g: inv.StepGemm, scheme: str, policy: str) -> D
     p = best_plan(board, call, policy)
     r = p.report
     mode = p.call.dataflow + (f"{p.call.split:+d}" if p.call.split else "")
-    return DeviceResult(r.cycles * n, r.bytes_moved * n, r.macs * n, r.compute_cycles * n, n, mode)
+    pe = r.array_cycles if hasattr(r, "array_cycles") else r.compute_cycles
+    return DeviceResult(r.cycles * n, r.bytes_moved * n, r.macs * n, pe * n, n, mode)
 
 
 # ----------------------------------------------------------------------------- fusion
@@ -288,7 +323,7 @@ def overlapped(host: dict[tuple[str, str], float], acc: dict[tuple[str, str], fl
 def compose(board: BoardConfig, tr: inv.StepTrace, rank: int, cfg: StepConfig) -> dict:
     """One configuration of one step on ``board``: accelerator and ARM times, the step time
     (serial and overlapped), utilization and bytes per GEMM family, host work by kind."""
-    gemms = inv.step_gemms(tr, rank)
+    gemms = inv.step_gemms(tr, rank, device_align(board))
     params = sum(l.d_in * rank + l.d_out * rank for l in tr.targets_layers)
     if cfg.offload == "all":
         gemms = choose_fusion(board, gemms, cfg.scheme, cfg.policy, cfg.fusion)
@@ -395,9 +430,9 @@ def step_table(boards: Sequence[str], models: Sequence[str], rank: int = 4,
     for model in models:
         tr = inv.trace_step(model)
         inventories[model] = inv.inventory(model, rank)
-        base_gemms = inv.step_gemms(tr, rank)
         for bname in boards:
             board = config().board(bname)
+            base_gemms = inv.step_gemms(tr, rank, device_align(board))
             arm = None
             for cfg in configs:
                 row = compose(board, tr, rank, cfg)
