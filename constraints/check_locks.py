@@ -86,7 +86,7 @@ IMAGE_PYNQ = {
 IMAGE_ONLY = {"pynq", "pynqutils", "pynqmetadata"}
 
 TARGETS = {
-    "py311": dict(file="py311.txt", env=_env("3.11", "x86_64"), extras={"test"},
+    "py311": dict(file="py311.txt", env=_env("3.11", "x86_64"), extras={"test", "rtl"},
                   # installed with --no-deps by make install (only its ap_int headers are used);
                   # pip itself is pinned so that every install runs the same resolver
                   extra_roots=["hls4ml", "pip"], image={}),

@@ -1,13 +1,15 @@
 // C entry points of the C-simulated kernel, for the host's emulation path (ctypes).
 //
-// The shared library built from this file and qta_gemm.cpp *is* the HLS kernel compiled
-// with g++: the emulated PYNQ device calls qta_csim_gemm when the driver writes ap_start.
+// The shared library built from this file and qta_gemm.cpp *is* the HLS kernel compiled with
+// g++: the emulated PYNQ device calls qta_csim_gemm when the driver writes ap_start. Its
+// parameters are the top function's, in the order of hardware.toml (the host builds its ctypes
+// signature from the same list); with unified addressing the host passes the emulated DDR's
+// base for every m_axi pointer and the operands' byte offsets from it.
 #include "qta_gemm.h"
 
 extern "C" {
 
-// Runs one kernel call on host memory: the top function's parameters, in the order of
-// hardware.toml (the host builds its ctypes signature from the same list).
+// Runs one kernel call.
 void qta_csim_gemm(QTA_TOP_PARAMS) { qta_gemm(QTA_TOP_ARGS); }
 
 // The configuration digest this library was built for (checked against the host's).

@@ -1,44 +1,33 @@
-// lora-qta: INT8 x INT8 -> INT32 GEMM accelerator with runtime WS/OS dataflow.
+// lora-qta kernel v2: INT8 x INT8 -> INT32 GEMM / implicit-GEMM convolution accelerator with a
+// systolic PE array that runs weight-stationary or output-stationary and splits into sub-arrays.
 //
-//   C = epilogue(op(A) . op(B) [+ C])
+//   C[b] = epilogue(op(A[b]) . op(B[b]) [+ C[b]])      b = 0 .. batch-1
 //
-// A, B are INT8 in DDR (m_axi), C is INT32 or requantized INT8. Sizes, limits and
-// register offsets come from the generated qta_config.h (from host/lora_qta/hw/hardware.toml).
+// A, B are INT8, C is INT32 or requantized INT8, all in DDR behind four m_axi bundles that share
+// one memory base (unified addressing: a, b, c, scales are byte offsets from it). The argument
+// list, register offsets, sizes and schedule constants come from the generated qta_config.h
+// (host/lora_qta/hw/hardware.toml); the architecture is described in hls/README.md.
 #ifndef QTA_GEMM_H
 #define QTA_GEMM_H
 
 #include <stdint.h>
 
 #include "ap_int.h"
+#include "hls_stream.h"
 #include "qta_config.h"
 
-// PE datapath widths: INT8 operands, INT16 products, INT32 accumulators.
-typedef ap_int<8> opnd_t;
-typedef ap_int<16> prod_t;
-typedef ap_int<32> acc_t;
+// One AXI beat of an m_axi port: every port is beat-wide and read/written in whole beats.
+typedef ap_uint<QTA_AXI_BITS> qta_beat_t;
 
-// Largest logical array sides reached by the partitioned modes.
-#define QTA_LR_MAX (QTA_ROWS << QTA_SPLIT_MAX)
-#define QTA_LC_MAX (QTA_COLS << (-(QTA_SPLIT_MIN)))
-
-// Scale modes of the INT8 epilogue.
-#define QTA_SCALE_TENSOR 0
-#define QTA_SCALE_ROW 1
-#define QTA_SCALE_COL 2
-
-// The top function. Its parameters, in order, are the arguments of hardware.toml
-// (QTA_TOP_PARAMS in the generated qta_config.h). Pointer arguments are addresses in DDR:
-//   a:      INT8, op(A) is m x k; stored m x lda (or k x lda when transposed)
-//   b:      INT8, op(B) is k x n; stored k x ldb (or n x ldb when transposed)
-//   c:      raw bytes of C, m x ldc elements of INT32 (little endian) or INT8
-//   scales: (multiplier, shift) INT32 pairs, one per output row or column
-// then the scalars m, n, k, lda, ldb, ldc, tile_m, tile_n, tile_k, flags, mult, shift, seed.
-// Outputs on the control interface: status (bit0 saturated, bit1 bad arguments)
-// and the cycle counter of the call.
+// The top function; its parameters are generated from the argument table of hardware.toml:
+//   rd0..rd3, wr0..wr3   memory base (read / write side of bundles gmem0..3)
+//   a, b, c, scales      byte offsets of the operands from the memory base
+//   m .. seed            as kernel v1; batch, stride_*: batched GEMMs; conv_*: implicit GEMM
+//   status, sat_count, amax, cycles_model, cycles_measured: outputs
 void qta_gemm(QTA_TOP_PARAMS);
 
 // The rounding hash (counter-based, so any tiling gives the same random bits):
-// bits = mix32(mix32(seed) + row * n + col).
+// bits = mix32(mix32(seed) + (item * m + row) * n + col), all modulo 2^32.
 static inline uint32_t qta_mix32(uint32_t x) {
 #pragma HLS INLINE
     x ^= x >> 16;

@@ -6,7 +6,8 @@
 #
 #   pl_clk0 at QTA_CLOCK_MHZ clocks everything; proc_sys_reset makes the resets
 #   M_AXI_HPM0_FPD -> SmartConnect -> qta_gemm_0/s_axi_control at QTA_KERNEL_BASE_ADDRESS
-#   qta_gemm_0/m_axi_gmem_{a,b,c,s} -> SmartConnect -> S_AXI_HP{0,1,2,3}_FPD, all of DDR
+#   qta_gemm_0/m_axi_gmem{0,1,2,3} -> SmartConnect -> S_AXI_HP{0,1,2,3}_FPD, all of DDR
+#   (one bundle per HP port: rd<i>/wr<i> share the memory base, tile rows striped over them)
 #   qta_gemm_0/interrupt -> pl_ps_irq0
 
 if {$QTA_AXI_DATA_WIDTH ni {32 64 128}} {

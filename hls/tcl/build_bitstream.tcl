@@ -86,7 +86,7 @@ proc qta_map_ddr {space} {
 # Everything but the PS, the same on both families. `pins` names the PS side:
 #   clock reset irq  PL clock 0, its reset (active low), the PL-to-PS interrupt input
 #   ctrl             the general-purpose master that reaches the kernel's registers
-#   hp               four high-performance slaves, for gmem_a, gmem_b, gmem_c, gmem_s
+#   hp               four high-performance slaves, for gmem0..gmem3 (one per m_axi bundle)
 #   aclks            the PS's AXI clock inputs of those five ports
 #   data             the PS's master address space
 proc qta_add_kernel {ps pins} {
@@ -105,7 +105,15 @@ proc qta_add_kernel {ps pins} {
     connect_bd_intf_net [get_bd_intf_pins $ps/[dict get $pins ctrl]] [get_bd_intf_pins $ctrl/S00_AXI]
     connect_bd_intf_net [get_bd_intf_pins $ctrl/M00_AXI] [get_bd_intf_pins $kernel/s_axi_control]
 
-    foreach bundle {gmem_a gmem_b gmem_c gmem_s} hp [dict get $pins hp] {
+    # One m_axi bundle per HP port: gmem<i> (rd<i> and wr<i>) -> HP<i>; rows are striped over them.
+    set bundles {}
+    for {set i 0} {$i < $::QTA_AXI_PORTS} {incr i} {
+        lappend bundles gmem$i
+    }
+    if {[llength $bundles] != [llength [dict get $pins hp]]} {
+        error "the kernel has $::QTA_AXI_PORTS m_axi bundles, the block design [llength [dict get $pins hp]] HP ports"
+    }
+    foreach bundle $bundles hp [dict get $pins hp] {
         set sc [qta_smartconnect smartconnect_$bundle]
         lappend clocked [get_bd_pins $sc/aclk]
         lappend interconnect_resets [get_bd_pins $sc/aresetn]
@@ -127,7 +135,7 @@ proc qta_add_kernel {ps pins} {
     if {[llength $seg] != 1 || [get_property OFFSET $seg] != $::QTA_KERNEL_BASE_ADDRESS} {
         error "could not place qta_gemm_0/s_axi_control at $::QTA_KERNEL_BASE_ADDRESS"
     }
-    foreach bundle {gmem_a gmem_b gmem_c gmem_s} {
+    foreach bundle $bundles {
         qta_map_ddr [get_bd_addr_spaces $kernel/Data_m_axi_$bundle]
     }
 }

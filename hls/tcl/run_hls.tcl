@@ -18,6 +18,13 @@
 #   build/<board>/ip/          the exported IP (VLNV $QTA_VLNV), the Vivado flow's IP repository
 #   build/<board>/reports/     csynth (and cosim) reports
 #
+# Gate: Vitis HLS does not fail when a loop misses its II, the clock estimate misses the target
+# or the design outgrows the part. After csynth (and before any export) hls/tcl/csynth_gate.py
+# reads the solution's csynth.xml reports and the flow stops, exporting nothing, when any loop
+# missed its target II, the estimated clock period exceeds QTA_CLOCK_PERIOD_NS, or a resource
+# exceeds QTA_BUDGET (the part's totals from hardware.toml). The environment variable QTA_PYTHON
+# (default python3) runs it.
+#
 # Targets AMD Vitis HLS 2024.2; 2023.2 and later should work.
 
 # With -f, Vitis HLS stays in its interactive shell after a script that neither exits nor
@@ -64,6 +71,18 @@ proc qta_copy_reports {from to names} {
     }
 }
 
+# Runs the csynth gate on a solution's reports; an error (stopping the flow before export)
+# lists every target synthesis missed.
+proc qta_csynth_gate {report_dir} {
+    set gate [file join $::qta_repo hls tcl csynth_gate.py]
+    set python [expr {[info exists ::env(QTA_PYTHON)] ? $::env(QTA_PYTHON) : "python3"}]
+    if {[catch {exec $python $gate $report_dir --period $::QTA_CLOCK_PERIOD_NS \
+            --budget $::QTA_BUDGET 2>@1} out]} {
+        error "csynth gate: synthesis missed its targets, nothing exported:\n$out"
+    }
+    puts "INFO: \[qta\] $out"
+}
+
 # The VLNV that an exported component.xml declares (IP-XACT, spirit or ipxact prefix).
 proc qta_component_vlnv {component_xml} {
     set fh [open $component_xml r]
@@ -106,13 +125,15 @@ proc qta_hls_main {args} {
     set src_dir [file join $::qta_repo hls src]
     set kernel_src [file join $src_dir qta_gemm.cpp]
     set kernel_hdr [file join $src_dir qta_gemm.h]
+    set blocks_hdr [file join $src_dir qta_blocks.h]
     set tb_src [file join $::qta_repo hls tb qta_gemm_tb.cpp]
-    foreach f [list $kernel_src $kernel_hdr $tb_src] {
+    foreach f [list $kernel_src $kernel_hdr $blocks_hdr $tb_src] {
         if {![file exists $f]} {
             error "kernel source $f is missing"
         }
     }
-    set cflags "-std=c++14 -I$build_dir -I$src_dir"
+    # QTA_VITIS_BLOCKS: the ping-pong blocks are Vitis's hls::stream_of_blocks (qta_blocks.h)
+    set cflags "-std=c++14 -DQTA_VITIS_BLOCKS -I$build_dir -I$src_dir"
 
     set solution sol_$board
     set sol_dir [file join $build_dir hls_prj $solution]
@@ -127,6 +148,7 @@ proc qta_hls_main {args} {
     set_top $::QTA_TOP
     add_files -cflags $cflags $kernel_src
     add_files $kernel_hdr
+    add_files $blocks_hdr
     add_files -tb -cflags $cflags $tb_src
     if {"csynth" in $steps} {
         open_solution -reset -flow_target vivado $solution
@@ -135,19 +157,23 @@ proc qta_hls_main {args} {
     }
     set_part $::QTA_PART
     create_clock -period $::QTA_CLOCK_PERIOD_NS -name default
-    # Let HLS widen bursts of narrower accesses up to the HP port width.
-    config_interface -m_axi_max_widen_bitwidth $::QTA_AXI_DATA_WIDTH
+    # Every m_axi port is one beat (ap_uint<QTA_AXI_DATA_WIDTH>) wide; offsets are beat-aligned.
+    config_interface -m_axi_alignment_byte_size [expr {$::QTA_AXI_DATA_WIDTH / 8}]
 
     if {"csim" in $steps} {
         csim_design
     }
+    set syn_reports [file join $sol_dir syn report]
     if {"csynth" in $steps} {
         csynth_design
-        qta_copy_reports [file join $sol_dir syn report] $report_dir \
+        qta_copy_reports $syn_reports $report_dir \
             [list csynth.rpt csynth.xml ${::QTA_TOP}_csynth.rpt]
     } elseif {("cosim" in $steps || "export" in $steps)
-              && ![file exists [file join $sol_dir syn report csynth.xml]]} {
+              && ![file exists [file join $syn_reports csynth.xml]]} {
         error "solution $sol_dir has no synthesis results: add the csynth step"
+    }
+    if {"csynth" in $steps || "export" in $steps} {
+        qta_csynth_gate $syn_reports
     }
     if {"cosim" in $steps} {
         cosim_design -rtl verilog

@@ -130,3 +130,13 @@ class RailError(QtaError, ValueError):
 
 class RecordingError(QtaError, RuntimeError):
     """A power recording that cannot run or recorded too little."""
+
+
+# ----------------------------------------------------------------------------- RTL evidence
+
+class RtlToolError(QtaError, RuntimeError):
+    """An open tool of the RTL evidence (Verilator, cocotb, yosys, a C++ compiler) is missing or failed."""
+
+
+class RtlInputError(QtaError, ValueError):
+    """An array shape, split, dataflow or tile that the RTL PE array cannot take."""

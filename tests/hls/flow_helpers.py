@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 TCL_DIR = REPO / "hls" / "tcl"
 SCRIPT = REPO / "scripts" / "build_bitstream.sh"
 TCL_SCRIPTS = ("run_hls.tcl", "build_bitstream.tcl", "bd_zynq_us.tcl", "bd_zynq7.tcl")
+CSYNTH_STANDINS = REPO / "tests" / "data" / "csynth"
+"""Stand-in csynth.xml reports of a solution (one that meets every target, one per miss)."""
 TOOLS = ("vitis_hls", "vitis-run", "vivado")
 TARGET_VERSION = "2024.2"
 
@@ -71,10 +73,10 @@ def copy_repo(dst: Path, git: bool = True) -> Path:
     """The files the flow reads, in a fresh directory (kernel sources are placeholders)."""
     shutil.copytree(REPO / "host" / "lora_qta", dst / "host" / "lora_qta",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    for rel in ("scripts/build_bitstream.sh", *(f"hls/tcl/{n}" for n in TCL_SCRIPTS)):
+    for rel in ("scripts/build_bitstream.sh", "hls/tcl/csynth_gate.py", *(f"hls/tcl/{n}" for n in TCL_SCRIPTS)):
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, dst / rel)
-    for rel in ("hls/src/qta_gemm.cpp", "hls/src/qta_gemm.h", "hls/tb/qta_gemm_tb.cpp"):
+    for rel in ("hls/src/qta_gemm.cpp", "hls/src/qta_gemm.h", "hls/src/qta_blocks.h", "hls/tb/qta_gemm_tb.cpp"):
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         (dst / rel).write_text("// placeholder: the stand-in tools compile nothing\n")
     if git:

@@ -91,7 +91,12 @@ proc open_solution {args} { mock_record open_solution {*}$args; set ::mock_solut
 proc mock_solution_dir {} { file join [pwd] $::mock_project $::mock_solution }
 proc csynth_design {args} {
     mock_record csynth_design {*}$args
-    foreach f {csynth.rpt csynth.xml} { mock_write [file join [mock_solution_dir] syn report $f] }
+    # the synthesis reports: the stand-ins of tests/data/csynth that $MOCK_CSYNTH names
+    set report [file join [mock_solution_dir] syn report]
+    mock_write [file join $report csynth.rpt]
+    foreach f [glob -directory $::env(MOCK_CSYNTH) *.xml] {
+        file copy -force $f [file join $report [file tail $f]]
+    }
 }
 proc cosim_design {args} {
     mock_record cosim_design {*}$args

@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from flow_helpers import (BOARDS, TARGET_VERSION, TCLSH, config_vars, copy_repo, fake_tool, generator,
-                          needs_tclsh, run, tool_free_path)
+from flow_helpers import (BOARDS, CSYNTH_STANDINS, REPO, TARGET_VERSION, TCLSH, config_vars, copy_repo, fake_tool,
+                          generator, needs_tclsh, run, tool_free_path)
 
 MOCK_TOOL = Path(__file__).with_name("mock_tool.tcl")
+MEETS = CSYNTH_STANDINS / "meets"  # the stand-in synthesis report a flow gets unless MOCK_CSYNTH says otherwise
 """The stand-in tools' Tcl interpreter (its header says what it does)."""
 
 VERSION_BANNERS = {
@@ -35,6 +37,7 @@ def mock_tools(tmp_path: Path, tools: tuple[str, ...]) -> tuple[str, Path]:
     for tool in tools:
         fake_tool(bin_dir, tool,
                   f'case "$1" in -version|--version) echo "{VERSION_BANNERS[tool]}"; exit 0;; esac\n'
+                  f': "${{MOCK_CSYNTH:={MEETS}}}"; export MOCK_CSYNTH\n'
                   f'exec "{TCLSH}" "{MOCK_TOOL}" {tool} "{logs / (tool + ".log")}" "$@"\n')
     return f"{bin_dir}{os.pathsep}{tool_free_path()}", logs
 
@@ -71,10 +74,11 @@ def test_full_flow_with_stand_in_tools(tmp_path, board, hls_tool, board_files):
 
     # HLS: project, part, clock, interface width, steps, export identity, outputs
     hls = log_lines(logs, hls_tool)
-    cflags = f"-std=c++14 -I{build} -I{repo / 'hls' / 'src'}"
+    cflags = f"-std=c++14 -DQTA_VITIS_BLOCKS -I{build} -I{repo / 'hls' / 'src'}"
     assert f"set_part {cfg['QTA_PART']}" in hls
     assert f"create_clock -period {cfg['QTA_CLOCK_PERIOD_NS']} -name default" in hls
-    assert f"config_interface -m_axi_max_widen_bitwidth {cfg['QTA_AXI_DATA_WIDTH']}" in hls
+    assert f"config_interface -m_axi_alignment_byte_size {int(cfg['QTA_AXI_DATA_WIDTH']) // 8}" in hls
+    assert "csynth gate" not in res.stderr and "GATE PASS" in res.stdout
     assert f"open_solution -reset -flow_target vivado sol_{board}" in hls
     assert f"add_files -cflags {{{cflags}}} {repo / 'hls/src/qta_gemm.cpp'}" in hls
     assert f"add_files -tb -cflags {{{cflags}}} {repo / 'hls/tb/qta_gemm_tb.cpp'}" in hls
@@ -83,7 +87,7 @@ def test_full_flow_with_stand_in_tools(tmp_path, board, hls_tool, board_files):
     assert steps == ["csim_design", "csynth_design", "export_design"]
     (export,) = logged(hls, "export_design")
     assert ("-format ip_catalog" in export and "-vendor xilinx.com -library hls -ipname qta_gemm "
-            "-version 1.0" in export)
+            "-version 2.0" in export)
     assert (build / "ip" / "component.xml").is_file()
     assert (build / "reports" / "csynth.rpt").is_file()
 
@@ -118,7 +122,7 @@ def test_full_flow_with_stand_in_tools(tmp_path, board, hls_tool, board_files):
         assert f"apply_board_preset {int(board_files)}" in automation
     assert f"connect_bd_net qta_gemm_0/interrupt {ps}/{irq}" in viv
     assert f"connect_bd_intf_net {ps}/{ctrl} smartconnect_ctrl/S00_AXI" in viv
-    for bundle, port in zip(("gmem_a", "gmem_b", "gmem_c", "gmem_s"), hp):
+    for bundle, port in zip(("gmem0", "gmem1", "gmem2", "gmem3"), hp):
         assert f"connect_bd_intf_net qta_gemm_0/m_axi_{bundle} smartconnect_{bundle}/S00_AXI" in viv
         assert f"connect_bd_intf_net smartconnect_{bundle}/M00_AXI {ps}/{port}" in viv
         space = f"qta_gemm_0/Data_m_axi_{bundle}"
@@ -220,3 +224,56 @@ def test_hls_flow_checks_its_steps(tmp_path):
     res = run(["vitis_hls", "-f", str(repo / "hls/tcl/run_hls.tcl"), "-tclargs", "kv260"],
               path=path, cwd=build)
     assert res.returncode == 1 and "build/kv260/config.tcl is missing" in res.stderr
+
+
+# ------------------------------------------------------------------------- the csynth gate
+
+GATE = REPO / "hls" / "tcl" / "csynth_gate.py"
+BUDGET_ZCU104 = "DSP 1728 BRAM_18K 624 URAM 96 LUT 230400 FF 460800"
+
+
+@pytest.mark.parametrize("report,passes,miss", [
+    ("meets", True, None),
+    ("misses_ii", False, "II: loop os_step/os_cycles reached II=2, target 1"),
+    ("over_budget", False, "resources: DSP 1856 exceeds the budget 1728"),
+    ("slow_clock", False, "clock: estimated period 4.407 ns exceeds the target 4.000 ns"),
+])
+def test_csynth_gate_on_stand_in_reports(report, passes, miss):
+    res = run([sys.executable, str(GATE), str(CSYNTH_STANDINS / report), "--period", "4.000",
+               "--budget", BUDGET_ZCU104])
+    assert res.returncode == (0 if passes else 1), res.stdout + res.stderr
+    if miss:
+        assert f"GATE FAIL: {miss}" in res.stdout
+    else:
+        assert "GATE PASS" in res.stdout
+
+
+def test_csynth_gate_reads_target_ii_and_budget(tmp_path):
+    xml = (CSYNTH_STANDINS / "misses_ii" / "os_step_csynth.xml").read_text()
+    (tmp_path / "csynth.xml").write_text((CSYNTH_STANDINS / "meets" / "csynth.xml").read_text())
+    (tmp_path / "os_step_csynth.xml").write_text(xml.replace("<PipelineII>2", "<TargetII>2</TargetII><PipelineII>2"))
+    ok = run([sys.executable, str(GATE), str(tmp_path), "--budget", BUDGET_ZCU104])
+    assert ok.returncode == 0, ok.stdout  # II 2 was the target; the period comes from the report
+    small = run([sys.executable, str(GATE), str(tmp_path), "--budget", "LUT 30000"])
+    assert small.returncode == 1 and "LUT 40000 exceeds the budget 30000" in small.stdout
+    missing = run([sys.executable, str(GATE), str(tmp_path / "nothing")])
+    assert missing.returncode == 2
+
+
+@needs_tclsh
+@pytest.mark.parametrize("report", ["misses_ii", "over_budget", "slow_clock"])
+def test_hls_flow_stops_before_export_when_csynth_misses(tmp_path, report):
+    repo = copy_repo(tmp_path / "repo")
+    path, logs = mock_tools(tmp_path, ("vitis_hls", "vivado"))
+    stand_in = {"MOCK_CSYNTH": str(CSYNTH_STANDINS / report)}
+    res = run(["bash", str(repo / "scripts/build_bitstream.sh"), "zcu104"], path=path, cwd=repo, env_extra=stand_in)
+    assert res.returncode != 0
+    assert "csynth gate: synthesis missed its targets" in res.stderr and "GATE FAIL" in res.stderr
+    hls = log_lines(logs, "vitis_hls")
+    assert logged(hls, "csynth_design") and not logged(hls, "export_design")
+    assert not (repo / "build/zcu104/ip").exists()
+    assert not (logs / "vivado.log").exists()
+    # exporting the same solution without synthesizing again is refused too
+    again = run(["vitis_hls", "-f", str(repo / "hls/tcl/run_hls.tcl"), "-tclargs", "zcu104", "export"],
+                path=path, cwd=repo / "build" / "zcu104", env_extra=stand_in)
+    assert again.returncode == 1 and "GATE FAIL" in again.stderr

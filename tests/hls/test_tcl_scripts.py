@@ -79,10 +79,10 @@ def referenced_vars(name: str) -> set[str]:
 # What each script must take from config.tcl rather than spell out itself.
 REQUIRED_REFS = {
     "run_hls.tcl": {"QTA_BOARD", "QTA_PART", "QTA_CLOCK_PERIOD_NS", "QTA_TOP", "QTA_VLNV",
-                    "QTA_AXI_DATA_WIDTH"},
+                    "QTA_AXI_DATA_WIDTH", "QTA_BUDGET"},
     "build_bitstream.tcl": {"QTA_BOARD", "QTA_FAMILY", "QTA_PART", "QTA_BOARD_PART", "QTA_VLNV",
                             "QTA_KERNEL_BASE_ADDRESS", "QTA_ADDRESS_RANGE", "QTA_BITSTREAM_NAME",
-                            "QTA_CLOCK_MHZ"},
+                            "QTA_CLOCK_MHZ", "QTA_AXI_PORTS"},
     "bd_zynq_us.tcl": {"QTA_CLOCK_MHZ", "QTA_AXI_DATA_WIDTH"},
     "bd_zynq7.tcl": {"QTA_CLOCK_MHZ", "QTA_AXI_DATA_WIDTH"},
 }

@@ -10,7 +10,7 @@ from lora_qta.hw.config import board_digest, config
 
 # Bytes each argument kind takes in the Vitis HLS s_axilite layout (a 64-bit address or output:
 # two data words and a reserved or ap_vld word; a 32-bit one: a data word and one more).
-VITIS_BYTES = {"pointer": 12, "scalar": 8, "out32": 8, "out64": 12}
+VITIS_BYTES = {"pointer": 12, "scalar": 8, "scalar64": 12, "out32": 8, "out64": 12}
 
 
 def test_register_offsets_follow_the_vitis_layout():
@@ -51,14 +51,19 @@ def edited_config(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("old, new, message", [
-    ('offset = 0x48, doc = "columns', 'offset = 0x4C, doc = "columns',
-     "argument n is at 0x4C, but Vitis HLS lays it out at 0x48"),
+    ('offset = 0xA8, doc = "columns', 'offset = 0xAC, doc = "columns',
+     "argument n is at 0xAC, but Vitis HLS lays it out at 0xA8"),
     ('kind = "out64"', 'kind = "out128"', "kind 'out128' is not one of"),
     ('name = "m", kind = "scalar", type = "uint32_t"', 'name = "m", kind = "scalar", type = "uint16_t"',
      "a scalar is uint32_t or int32_t"),
-    ("epilogue_lanes = 2\n", "", "board pynq_z2: missing ['epilogue_lanes']"),
+    ("epilogue_rows = 1         # 1 row x 4 columns = 4", "#", "board pynq_z2: missing ['epilogue_rows']"),
+    ('kind = "scalar64", type = "uint64_t", offset = 0x70', 'kind = "scalar64", type = "uint32_t", offset = 0x70',
+     "a scalar64 is uint64_t"),
+    ("axi_ports = 4             # S_AXI_HP0..3_FPD", "axi_ports = 2", "four m_axi bundles"),
+    ("tile_k_max = 512\n", "tile_k_max = 500\n", "multiples of the beat"),
     ("idle_watts = 4.0\n", "", "board kv260 host: missing ['idle_watts']"),
     ("array_cols = 8\n", "array_cols = 12\n", "array_rows and array_cols must be powers of two"),
+    ("array_cols = 8\n", "array_cols = 4\n", "array_rows and array_cols must be powers of two >= 2 x"),
 ])
 def test_a_malformed_configuration_is_refused(edited_config, old, new, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -94,3 +99,22 @@ def test_host_facts_are_stated_per_board_and_not_part_of_a_bitstream():
     assert (zcu.input_rail, zcu.input_volts, z2.input_rail, z2.input_volts) == ("12V", 12.0, "VIN", 5.0)
     board = config().board("zcu104")
     assert board_digest(replace(board, host=replace(zcu, idle_watts=99.0))) == board_digest(board)
+
+
+def test_contract_version_2_arguments():
+    cfg = config()
+    assert cfg.config_version == 2
+    names = [a.name for a in cfg.args]
+    assert names[:8] == ["rd0", "rd1", "rd2", "rd3", "wr0", "wr1", "wr2", "wr3"]
+    for want in ("a", "b", "c", "scales", "batch", "stride_a", "stride_b", "stride_c", "conv_in", "conv_out",
+                 "conv_cin", "conv_win", "conv_dil", "status", "sat_count", "amax", "cycles_model",
+                 "cycles_measured"):
+        assert want in names
+    kinds = {a.name: a.kind for a in cfg.args}
+    assert {kinds[x] for x in ("a", "b", "c", "scales")} == {"scalar64"}
+    assert kinds["cycles_model"] == kinds["cycles_measured"] == "out64"
+    assert cfg.flags["conv"] == 13
+    pointers = [a for a in cfg.args if a.kind == "pointer"]
+    assert {a.type for a in pointers} == {"qta_beat_t", "const qta_beat_t"}
+    assert [a.bundle for a in pointers] == [f"gmem{i}" for i in range(4)] * 2
+    assert all(b.axi_ports == 4 and b.macs_per_dsp == 1 for b in cfg.boards.values())

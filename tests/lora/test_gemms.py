@@ -49,8 +49,11 @@ def test_names_directions_and_the_int8_outputs():
         layer_gemms(TOKENS, D_IN, D_OUT, RANK, int8_outputs="some")
 
 
-def test_the_kernel_call_of_a_gemm_has_dense_leading_dimensions():
+def test_the_kernel_call_of_a_gemm_has_beat_padded_leading_dimensions():
+    """Kernel v2 reads and writes whole AXI beats: leading dimensions are padded to 16 bytes."""
     for g in layer_gemms(TOKENS, D_IN, D_OUT, RANK):
         call = lora_call(g.key)
         assert (call.m, call.k, call.n, call.trans_a, call.trans_b, call.out_int8) == g.key
-        assert call.stored_shape_a()[1] == call.lda and call.stored_shape_b()[1] == call.ldb and call.ldc == g.n
+        for ld, used in ((call.lda, call.stored_shape_a()[1]), (call.ldb, call.stored_shape_b()[1]),
+                         (call.ldc * call.out_bytes, g.n * call.out_bytes)):
+            assert ld % 16 == 0 and used <= ld < used + 16

@@ -1,6 +1,7 @@
 """The host runtime on the real pynq package: emulated device, driver, Accelerator API, errors."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pynq
@@ -8,11 +9,12 @@ import pytest
 import torch
 
 from lora_qta.runtime import emulation
-from lora_qta.runtime.accelerator import Accelerator, check_manifest, find_bitstream, fixed_point_scale
+from lora_qta.runtime.accelerator import (Accelerator, check_alignment, check_manifest, find_bitstream,
+                                          fixed_point_scale)
 from lora_qta.runtime.driver import QtaGemmDriver
 from lora_qta.runtime.emulation import EmulatedDevice
 from lora_qta.errors import (BackendError, BitstreamNotFoundError, DeviceBusyError, DeviceTimeoutError,
-                             DMAError, InputDTypeError, QtaError, InputLayoutError, InputShapeError, LimitError,
+                             DMAError, InputDTypeError, KernelArgumentError, QtaError, InputLayoutError, InputShapeError, LimitError,
                              SaturationError, StaleBitstreamError, StaleRegisterMapError)
 from lora_qta.hw.config import board_digest, config
 from lora_qta.hw.call import GemmCall
@@ -45,25 +47,36 @@ def test_emulated_device_is_a_pynq_device_with_pynq_buffers():
     assert mmio.read(config().registers["ctrl"]) & 0x4  # ap_idle
 
 
+def _offsets(dev, **bufs):
+    """Byte offsets of pynq buffers from the device's memory base (unified addressing)."""
+    return {name: buf.device_address - dev.memory_base for name, buf in bufs.items()}
+
+
+def _square(dev, n):
+    return plan(dev.board, GemmCall(n, n, n, n, n, n, 1, 1, 1)).call
+
+
 def test_cache_semantics_flush_and_invalidate():
     """A driver that forgets flush() computes on stale DDR contents, as on a board."""
     dev = EmulatedDevice("zcu104")
     ip = QtaGemmDriver(dev.ip_description())
-    a = pynq.allocate((4, 4), dtype=np.int8, target=dev)
-    b = pynq.allocate((4, 4), dtype=np.int8, target=dev)
-    c = pynq.allocate((4, 4), dtype=np.int32, target=dev)
+    a = pynq.allocate((16, 16), dtype=np.int8, target=dev)
+    b = pynq.allocate((16, 16), dtype=np.int8, target=dev)
+    c = pynq.allocate((16, 16), dtype=np.int32, target=dev)
     a[:] = 1
     b[:] = 2
-    call = plan(dev.board, GemmCall(4, 4, 4, 4, 4, 4, 1, 1, 1)).call
-    ip.run({"a": a.device_address, "b": b.device_address, "c": c.device_address, "scales": 0}, call)
+    call = _square(dev, 16)
+    ip.run(dev.memory_base, _offsets(dev, a=a, b=b, c=c), call)
     c.invalidate()
     assert (c == 0).all(), "without flush the kernel must see the zeros in DDR"
     a.flush()
     b.flush()
-    ip.run({"a": a.device_address, "b": b.device_address, "c": c.device_address, "scales": 0}, call)
+    info = ip.run(dev.memory_base, _offsets(dev, a=a, b=b, c=c), call)
     assert (c == 0).all(), "without invalidate the host must still see its stale view"
     c.invalidate()
-    assert (c == 8).all()
+    assert (c == 32).all()
+    assert info.status == 0 and info.sat_count == 0 and info.amax == 32
+    assert info.cycles_model == plan(dev.board, call).report.cycles and info.cycles_measured == 0
 
 
 def test_probe_lists_the_emulated_device(monkeypatch):
@@ -207,43 +220,88 @@ def test_missing_and_stale_bitstream(tmp_path, monkeypatch):
 def test_stale_register_map():
     dev = EmulatedDevice("zcu104")
     desc = dev.ip_description()
-    desc["registers"]["m"] = dict(desc["registers"]["m"], address_offset=0x44)
-    with pytest.raises(StaleRegisterMapError, match="m at 0x44, expected 0x40"):
+    m_at = config().registers["m"]
+    desc["registers"]["m"] = dict(desc["registers"]["m"], address_offset=m_at + 4)
+    with pytest.raises(StaleRegisterMapError, match=f"m at 0x{m_at + 4:X}, expected 0x{m_at:X}"):
         QtaGemmDriver(desc)
-    del desc["registers"]["cycles_1"]
-    with pytest.raises(StaleRegisterMapError, match="cycles_1 missing"):
+    cycles = next(a.hwh_name for a in config().args if a.name == "cycles_measured")
+    del desc["registers"][cycles]
+    with pytest.raises(StaleRegisterMapError, match=f"{cycles} missing"):
         QtaGemmDriver(desc)
 
 
 def test_timeout_and_busy():
     dev = EmulatedDevice("zcu104", hang=True)
     ip = QtaGemmDriver(dev.ip_description())
-    a = pynq.allocate((16,), np.int8, target=dev)
-    c = pynq.allocate((16,), np.int32, target=dev)
-    call = plan(dev.board, GemmCall(4, 4, 4, 4, 4, 4, 1, 1, 1)).call
+    a = pynq.allocate((256,), np.int8, target=dev)
+    c = pynq.allocate((256,), np.int32, target=dev)
+    call = _square(dev, 16)
+    offsets = _offsets(dev, a=a, b=a, c=c)
     with pytest.raises(DeviceTimeoutError, match="did not raise ap_done within 0.2 s"):
-        ip.run({"a": a.device_address, "b": a.device_address, "c": c.device_address, "scales": 0}, call, timeout=0.2)
+        ip.run(dev.memory_base, offsets, call, timeout=0.2)
     with pytest.raises(DeviceBusyError):
-        ip.start({"a": a.device_address, "b": a.device_address, "c": c.device_address, "scales": 0}, call)
+        ip.start(dev.memory_base, offsets, call)
     with pytest.raises(DeviceBusyError, match="while the kernel is running"):
         dev.write_registers(dev.base, (1).to_bytes(4, "little"))
 
 
-def test_dma_outside_unaligned_and_overlapping():
+def _start_with(ip, values: dict[str, int]):
+    """Write argument registers one by one (a driver with a bug) and raise ap_start."""
+    for arg in config().inputs:
+        ip.write(arg.offset, int(values.get(arg.name, 0)) & 0xFFFFFFFF)
+        if arg.data_bytes == 8:
+            ip.write(arg.offset + 4, int(values.get(arg.name, 0)) >> 32)
+    ip.write(config().registers["ctrl"], 1)
+
+
+def test_dma_outside_unified_base_and_overlapping():
     dev = EmulatedDevice("zcu104")
     ip = QtaGemmDriver(dev.ip_description())
-    a = pynq.allocate((64,), np.int8, target=dev)
-    c = pynq.allocate((64,), np.int32, target=dev)
-    small = plan(dev.board, GemmCall(4, 4, 4, 4, 4, 4, 1, 1, 1)).call
-    big = plan(dev.board, GemmCall(40, 40, 40, 40, 40, 40, 1, 1, 1)).call
-    with pytest.raises(DMAError, match="operand a: .* past the end"):
-        ip.run({"a": a.device_address, "b": a.device_address, "c": c.device_address, "scales": 0}, big)
+    a = pynq.allocate((256,), np.int8, target=dev)
+    c = pynq.allocate((256,), np.int32, target=dev)
+    small, big = _square(dev, 16), _square(dev, 48)
+    base = dev.memory_base
+    with pytest.raises(DMAError, match="operand a .* past the end"):
+        ip.run(base, _offsets(dev, a=a, b=a, c=c), big)
     with pytest.raises(DMAError, match="not inside any allocated buffer"):
-        ip.run({"a": 0x1234_0000, "b": a.device_address, "c": c.device_address, "scales": 0}, small)
-    with pytest.raises(DMAError, match="not aligned"):
-        ip.run({"a": a.device_address + 3, "b": a.device_address, "c": c.device_address, "scales": 0}, small)
+        ip.run(base, {"a": 0x1234_0000, **_offsets(dev, b=a, c=c)}, small)
     with pytest.raises(DMAError, match="overlaps operand a"):
-        ip.run({"a": a.device_address, "b": a.device_address, "c": a.device_address, "scales": 0}, small)
+        ip.run(base, _offsets(dev, a=c, b=a, c=c), small)
+    values = {p.name: base for p in config().args if p.kind == "pointer"}
+    values.update(_offsets(dev, a=a, b=a, c=c), **small.scalar_registers())
+    values["rd1"] = base + 4096
+    with pytest.raises(DMAError, match="must hold the same memory base"):
+        _start_with(ip, values)
+
+
+def test_the_kernel_rejects_misaligned_arguments_without_touching_memory():
+    """Offsets and leading dimensions that are not beat multiples: status bad_args, no DMA (the
+    kernel checks its arguments before any memory access); the Accelerator says what is wrong."""
+    dev = EmulatedDevice("zcu104")
+    ip = QtaGemmDriver(dev.ip_description())
+    a = pynq.allocate((256,), np.int8, target=dev)
+    c = pynq.allocate((256,), np.int32, target=dev)
+    c[:] = 7
+    c.flush()
+    call = _square(dev, 16)
+    bad = 1 << config().status["bad_args"]
+    info = ip.run(dev.memory_base, {**_offsets(dev, a=a, b=a, c=c), "a": a.device_address - dev.memory_base + 3},
+                  call)
+    assert info.status == bad
+    info = ip.run(dev.memory_base, _offsets(dev, a=a, b=a, c=c), replace(call, lda=17))
+    assert info.status == bad
+    c.invalidate()
+    assert (c == 7).all()
+    board = config().board("zcu104")
+    with pytest.raises(KernelArgumentError, match="operand a at offset 0x3 is not a multiple of the 16-byte beat"):
+        check_alignment(board, call, {"a": 3, "b": 0, "c": 0})
+    with pytest.raises(KernelArgumentError, match="lda = 17 bytes is not a multiple of the 16-byte beat"):
+        check_alignment(board, replace(call, lda=17), {"a": 0, "b": 0, "c": 0})
+    with pytest.raises(KernelArgumentError, match="tile_m = 8 is neither a multiple"):
+        check_alignment(board, replace(_square(dev, 48), tile_m=8), {"a": 0, "b": 0, "c": 0})
+    acc = Accelerator("zcu104", "fast")
+    with pytest.raises(KernelArgumentError, match="ldc \\* element size = 20 bytes"):
+        acc.run_call(replace(call, ldc=5), {"a": 0, "b": 0, "c": 0})
 
 
 def test_asynchronous_device_runs_in_the_background():
@@ -253,7 +311,62 @@ def test_asynchronous_device_runs_in_the_background():
     c = pynq.allocate((256, 256), np.int32, target=dev)
     a[:] = 1
     a.flush()
-    call = plan(dev.board, GemmCall(256, 256, 256, 256, 256, 256, 1, 1, 1)).call
-    info = ip.run({"a": a.device_address, "b": a.device_address, "c": c.device_address, "scales": 0}, call)
+    call = _square(dev, 256)
+    info = ip.run(dev.memory_base, _offsets(dev, a=a, b=a, c=c), call)
     c.invalidate()
-    assert (c == 256).all() and info.cycles == plan(dev.board, call).report.cycles
+    assert (c == 256).all() and info.cycles_model == plan(dev.board, call).report.cycles
+
+
+# ------------------------------------------------------------------------ batches and convolutions
+
+def test_batched_gemm_with_separate_and_shared_b(acc):
+    a, b = i8(3, 21, 40), i8(3, 40, 17)
+    r = acc.batched_gemm(a, b)
+    assert r.output.shape == (3, 21, 17)
+    for i in range(3):
+        assert np.array_equal(r.output[i], reference_gemm(a[i], b[i])[0])
+    shared = i8(17, 40)
+    r = acc.batched_gemm(a, shared, trans_b=True, out="int8", mult=1 << 20, shift=28)
+    for i in range(3):
+        ref = reference_gemm(a[i], shared, trans_b=True, out_int8=True, mult=1 << 20, shift=28)[0]
+        assert np.array_equal(r.output[i], ref)
+    assert r.amax > 0 and r.cycles_model > 0
+    with pytest.raises(InputShapeError, match="a holds 3 items but b 2"):
+        acc.batched_gemm(a, b[:2])
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [(3, 1, 1, 1), (3, 2, 1, 1), (1, 1, 0, 1),
+                                                                (1, 2, 0, 1), (3, 1, 1, 2)])
+def test_conv2d_is_exact(acc, kernel, stride, padding, dilation):
+    x, cin, cout = i8(2, 7, 6, 5), 5, 9
+    x = x[..., :cin]
+    w = i8(kernel * kernel * cin, cout)
+    r = acc.conv2d(x, w, kernel_size=kernel, stride=stride, padding=padding, dilation=dilation)
+    xt = torch.from_numpy(x.astype(np.float64)).permute(0, 3, 1, 2)
+    if dilation == 2:  # input dilation: zeros between the pixels (the backward of a strided conv)
+        d = torch.zeros(xt.shape[0], cin, 2 * xt.shape[2] - 1, 2 * xt.shape[3] - 1, dtype=xt.dtype)
+        d[:, :, ::2, ::2] = xt
+        xt = d
+    wt = torch.from_numpy(w.astype(np.float64)).reshape(kernel, kernel, cin, cout).permute(3, 2, 0, 1)
+    ref = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding).permute(0, 2, 3, 1).numpy()
+    out = r.output
+    assert out.shape == ref.shape and np.array_equal(out, ref.astype(np.int32))
+    rt = acc.conv2d(x, np.ascontiguousarray(w.T), kernel_size=kernel, stride=stride, padding=padding,
+                    dilation=dilation, trans_w=True)
+    assert np.array_equal(rt.output, out)
+
+
+def test_conv2d_rejects_bad_geometry(acc):
+    x = i8(1, 4, 4, 16)
+    with pytest.raises(InputShapeError, match="w must have K = kh\\*kw\\*cin = 3\\*3\\*16 = 144 rows"):
+        acc.conv2d(x, i8(100, 8), kernel_size=3)
+    with pytest.raises(LimitError, match="input dilation must be 1 or 2"):
+        acc.conv2d(x, i8(144, 8), kernel_size=3, dilation=3)
+
+
+def test_result_reports_modelled_and_measured_cycles_and_wall_time(acc):
+    r = acc.gemm(i8(64, 64), i8(64, 64))
+    assert r.cycles == r.cycles_model and r.cycles_measured is None  # emulation measures nothing
+    assert r.wall_s >= 0 and r.sat_count == 0 and 0 < r.amax <= 64 * 128 * 128
+    info = acc.info()
+    assert info["axi_ports"] == 4

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..hw.config import BoardConfig, config
 from ..lora.gemms import GemmKey, LoraGemm, lora_call
-from ..runtime import csim
+from ..runtime.image import MemoryImage
 from ..runtime.planner import plan
 from . import shapes
 
@@ -69,7 +69,7 @@ class ModeResult:
     compute_bound_cycles: float
     memory_bound_cycles: float
     bytes_moved: int
-    busiest_port_bytes: int
+    busiest_operand_bytes: int  # the largest operand's traffic (v1 gave each operand its own port)
     pe_cycles: int          # sum of the PE-array stage over steps (the array's own busy time)
 
     @property
@@ -92,7 +92,7 @@ def evaluate(board: BoardConfig, key: GemmKey) -> dict[str, ModeResult]:
             res[name] = ModeResult(
                 p.call.dataflow, p.call.split, (p.call.tile_m, p.call.tile_n, p.call.tile_k), r.cycles,
                 r.utilization, r.bound, r.roofline_fraction, r.compute_bound_cycles, r.memory_bound_cycles,
-                r.bytes_moved, max(r.bytes_a, r.bytes_b, r.bytes_c + r.bytes_scales), r.compute_cycles)
+                r.bytes_moved, max(r.bytes_a, r.bytes_b, r.bytes_c + r.bytes_scales), r.array_cycles)
         _CACHE[ck] = res
     return _CACHE[ck]
 
@@ -141,7 +141,7 @@ def run_dataflow(boards: Sequence[str], models: Sequence[str], ranks: Sequence[i
                            for _, key, cnt in grouped(shapes.lora_gemms(layers, r, int8_outputs="all")))
                 configs.append({
                     "board": bname, "model": model, "rank": r, "pes": board.pes, "clock_mhz": board.clock_mhz,
-                    "axi_bytes": board.axi_bytes, "layers": len(layers), "gemm_instances": 6 * len(layers),
+                    "axi_bytes": board.axi_bytes, "axi_ports": board.axi_ports, "layers": len(layers), "gemm_instances": 6 * len(layers),
                     "macs": macs, "cycles": totals, "utilization": util, "speedup": speedup,
                     "time_us": {name: c / board.clock_mhz for name, c in totals.items()},
                     "auto_cycles_all_outputs_int8": all8,
@@ -194,7 +194,6 @@ def csim_check(boards: Sequence[str], models: Sequence[str], ranks: Sequence[int
     t0 = time.perf_counter()
     for bname in boards:
         board = config().board(bname)
-        kernel = csim.load(board)
         for model in models:
             layer_shapes = sorted({(l.tokens, l.d_in, l.d_out) for l in shapes.lora_layers(model)})
             for r in ranks:
@@ -210,14 +209,11 @@ def csim_check(boards: Sequence[str], models: Sequence[str], ranks: Sequence[int
                             if limit is not None and checked >= limit:
                                 break
                             seen.add((bname, p.call))
-                            a = rng.integers(-128, 128, p.call.stored_shape_a(), dtype=np.int8)
-                            b = rng.integers(-128, 128, p.call.stored_shape_b(), dtype=np.int8)
-                            c = np.zeros((g.m, g.n), np.int8 if g.out_int8 else np.int32)
-                            pointers = {"a": csim.address(a), "b": csim.address(b), "c": csim.address(c)}
-                            out = kernel.run(pointers, p.call.scalar_registers())
+                            img = MemoryImage.build(board, p.call, rng, c_fill="zero")
+                            out = img.run_csim(board)
                             checked += 1
-                            if out["status"] & bad_args or out["cycles"] != p.report.cycles:
+                            if out["status"] & bad_args or out["cycles_model"] != p.report.cycles:
                                 mismatches.append({"board": bname, "call": repr(p.call), "status": out["status"],
-                                                   "csim": out["cycles"], "model": p.report.cycles})
+                                                   "csim": out["cycles_model"], "model": p.report.cycles})
     return {"checked": checked, "mismatches": mismatches, "seconds": time.perf_counter() - t0,
             "label": "C-simulated kernel counter vs cycle model (both modelled; run on this machine)"}

@@ -88,11 +88,11 @@ def dataflow_plots(res: dict, out: Path) -> list[Path]:
     cmap = plt.get_cmap("viridis")
     for ax, b in zip(axes[0], boards):
         sel = [c for c in cfgs if c["board"] == b]
-        pes, bpb = sel[0]["pes"], sel[0]["axi_bytes"]
+        pes, bpb = sel[0]["pes"], sel[0]["axi_bytes"] * sel[0].get("axi_ports", 1)  # rows striped over all ports
         xs_all = []
         for c in sel:
             col = cmap(ranks.index(c["rank"]) / max(1, len(ranks) - 1))
-            xs = [g["macs"] / g["modes"]["auto"]["busiest_port_bytes"] for g in c["gemms"]]
+            xs = [g["macs"] / g["modes"]["auto"]["bytes_moved"] for g in c["gemms"]]
             ys = [g["macs"] / g["modes"]["auto"]["cycles"] for g in c["gemms"]]
             xs_all += xs
             ax.scatter(xs, ys, s=10, color=col, marker="o" if c["model"] == models[0] else "^",
@@ -103,7 +103,7 @@ def dataflow_plots(res: dict, out: Path) -> list[Path]:
         ax.text(x[0] * 1.2, x[0] * bpb * 1.6, f"memory roof {bpb} B/cycle per port", fontsize=7, rotation=30)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("arithmetic intensity (MACs per byte on the busiest AXI port)")
+        ax.set_xlabel("arithmetic intensity (MACs per DDR byte; rows striped over all AXI ports)")
         ax.set_ylabel("attained MACs per cycle")
         ax.set_title(f"{b} (o {models[0]}" + (f", ^ {models[1]})" if len(models) > 1 else ")"), fontsize=9)
         ax.grid(alpha=0.3, which="both")

@@ -25,9 +25,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     for k, v in info.items():
         print(f"{k:20s} {v}")
     est = estimate_resources(acc.board.name)
-    print("resource estimate    " + ", ".join(
-        f"{k} {v}" + (f" ({est[k + '_pct']:.0f}%)" if k + "_pct" in est else "")
-        for k, v in est.items() if not k.endswith("_pct")) + "  (first-order estimate, not synthesized)")
+    print(f"resources            DSP {est['dsp']} ({est['dsp_pct']:.0f}%), LUT {est['lut']} ({est['lut_pct']:.0f}%), "
+          f"FF {est['ff']} ({est['ff_pct']:.0f}%), BRAM36 {est['bram36']} ({est['bram36_pct']:.0f}%), "
+          f"URAM {est['uram']} ({est['uram_pct']:.0f}%)  (not synthesized)")
+    print(f"  PE array           DSP {est['pe_array_dsp']}, LUT {est['pe_array_lut']}, FF {est['pe_array_ff']}: "
+          f"{est['pe_array_source']}")
+    print(f"  rest               DSP {est['rest_dsp']}, LUT {est['rest_lut']}, FF {est['rest_ff']}: {est['rest_source']}")
     print("\nregister map (from hardware.toml)\n")
     print(generate.register_table())
     return 0
@@ -46,13 +49,13 @@ def cmd_gemm(args: argparse.Namespace) -> int:
     print(f"GEMM {args.M}x{args.K}x{args.N} on {acc.board.name} [{acc.backend}]: "
           f"{'bit-exact with numpy' if checked.exact else 'MISMATCH with numpy'}")
     print(f"  dataflow     {mode}, tiles m/n/k = {r.tiles}")
-    print(f"  cycles       {r.cycles:,} (kernel cycle counter; {'modelled schedule' if acc.backend != 'board' else 'board'})")
+    measured = f"{r.cycles_measured:,}" if r.cycles_measured is not None else "unavailable (emulated)"
+    print(f"  cycles       modelled {r.cycles_model:,} (the kernel's trip counts); measured {measured}")
     print(f"  utilization  {r.utilization:.1%} of {acc.board.pes} PEs; {r.bound}-bound, "
-          f"{r.roofline_fraction:.1%} of the roofline")
+          f"{r.roofline_fraction:.1%} of the roofline over {acc.board.axi_ports} AXI ports")
     print(f"  DDR traffic  {r.bytes_moved:,} bytes; time at {acc.board.clock_mhz} MHz "
-          f"{r.cycles / acc.board.clock_mhz:.1f} us (modelled); host wall {r.wall_s * 1e3:.2f} ms (measured)")
-    if r.saturated:
-        print("  status       saturated outputs")
+          f"{r.cycles / acc.board.clock_mhz:.1f} us; host wall {r.wall_s * 1e3:.2f} ms (measured)")
+    print(f"  outputs      amax {r.amax:,}, {r.sat_count:,} saturated")
     return 0 if checked.exact else 1
 
 
@@ -76,7 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ok = all(c.exact for c in checks if c.result is not None)
     print(f"One LoRA layer (tokens {args.tokens}, features {args.features}, rank {args.rank}) on "
           f"{acc.board.name}, {acc.board.array_rows}x{acc.board.array_cols} PEs, backend {acc.backend}")
-    print("cycles: the kernel's cycle counter (modelled schedule under emulation)\n")
+    print("cycles: the kernel's measured counter on a board, its modelled count under emulation\n")
     print(table(rows, ["GEMM", "M,K,N", "dataflow", "chosen", "cycles", "util", "bound", "exact"]))
     print(f"\n{'all outputs bit-exact with the numpy reference' if ok else 'MISMATCHES found'} "
           f"({time.perf_counter() - t0:.1f} s on this machine)")

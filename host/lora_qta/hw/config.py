@@ -27,10 +27,10 @@ except ModuleNotFoundError:  # pragma: no cover - exercised on Python 3.10 only
 CONFIG_PATH = Path(__file__).with_name("hardware.toml")
 DEFAULT_BOARD = "zcu104"
 
-ARG_WORDS = {"pointer": 3, "scalar": 2, "out32": 2, "out64": 3}
-"""32-bit s_axilite words per argument kind (Vitis HLS layout: a 64-bit address or output takes
-two data words and a reserved or ap_vld word, a 32-bit one a data word and one more)."""
-ARG_TYPES = {"scalar": ("uint32_t", "int32_t"), "out32": ("uint32_t", "int32_t"),
+ARG_WORDS = {"pointer": 3, "scalar": 2, "scalar64": 3, "out32": 2, "out64": 3}
+"""32-bit s_axilite words per argument kind (Vitis HLS layout: a 64-bit address, input or output
+takes two data words and a reserved or ap_vld word, a 32-bit one a data word and one more)."""
+ARG_TYPES = {"scalar": ("uint32_t", "int32_t"), "scalar64": ("uint64_t",), "out32": ("uint32_t", "int32_t"),
              "out64": ("uint64_t", "int64_t")}
 """The C types each value kind may have (a pointer's ``type`` is its element type)."""
 FIRST_ARG_OFFSET = 0x10
@@ -42,7 +42,7 @@ class KernelArg:
     """One argument of the kernel's top function, as ``hardware.toml`` lists it."""
 
     name: str
-    kind: str        # pointer, scalar, out32 or out64 (see ARG_WORDS)
+    kind: str        # pointer, scalar, scalar64, out32 or out64 (see ARG_WORDS)
     type: str        # C type; for a pointer the element type
     offset: int      # s_axilite offset of its first word
     doc: str         # the register map's text
@@ -52,12 +52,12 @@ class KernelArg:
     @property
     def is_input(self) -> bool:
         """Written by the host before ``ap_start`` (pointers and scalars)."""
-        return self.kind in ("pointer", "scalar")
+        return self.kind in ("pointer", "scalar", "scalar64")
 
     @property
     def wide(self) -> bool:
         """Whether the value takes two data words (``name_1``, ``name_2`` in a ``.hwh``)."""
-        return self.kind in ("pointer", "out64")
+        return self.kind in ("pointer", "scalar64", "out64")
 
     @property
     def data_bytes(self) -> int:
@@ -77,17 +77,21 @@ class KernelArg:
     @property
     def c_param(self) -> str:
         """The parameter in the C prototype."""
-        return f"{self.type} {self.name}" if self.kind == "scalar" else f"{self.type} *{self.name}"
+        if self.kind in ("scalar", "scalar64"):
+            return f"{self.type} {self.name}"
+        return f"{self.type} *{self.name}"
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """Constants of the cycle model (cycles); see README, "Cycle model"."""
+    """Constants of the modelled cycle count (cycles); see hls/README.md, "Cycle model"."""
 
     call_overhead: int
-    step_overhead: int
-    pipeline_depth: int
     ddr_latency: int
+    burst_overhead: int
+    load_pipeline: int
+    array_pipeline: int
+    store_pipeline: int
     min_subarray: int
 
 
@@ -125,7 +129,7 @@ class HostFacts:
 
 @dataclass(frozen=True)
 class BoardConfig:
-    """One hardware build: board, part, clock, PE array, buffers and limits."""
+    """One hardware build: board, part, clock, PE array, ports, buffers and limits."""
 
     name: str
     description: str
@@ -136,11 +140,18 @@ class BoardConfig:
     array_rows: int
     array_cols: int
     macs_per_dsp: int
+    axi_ports: int
     axi_data_width: int
-    epilogue_lanes: int
+    epilogue_rows: int
     tile_m_max: int
     tile_n_max: int
     tile_k_max: int
+    a_depth: int
+    a_side_depth: int
+    b_depth: int
+    b_side_depth: int
+    acc_depth: int
+    acc_side_depth: int
     max_m: int
     max_n: int
     max_k: int
@@ -149,6 +160,7 @@ class BoardConfig:
     bram36_total: int
     uram_total: int
     lut_total: int
+    ff_total: int
     host: HostFacts
 
     @property
@@ -160,6 +172,16 @@ class BoardConfig:
     def axi_bytes(self) -> int:
         """Bytes per AXI beat on one memory port."""
         return self.axi_data_width // 8
+
+    @property
+    def min_sub(self) -> int:
+        """Smallest sub-array side (``schedule.min_subarray``)."""
+        return config().schedule.min_subarray
+
+    @property
+    def epilogue_lanes(self) -> int:
+        """Outputs requantized per cycle: ``epilogue_rows`` rows of ``min_subarray`` columns."""
+        return self.epilogue_rows * self.min_sub
 
     @property
     def splits(self) -> tuple[int, ...]:
@@ -293,11 +315,22 @@ def config() -> Config:
         boards=boards,
         digest=hashlib.sha256(raw_bytes).hexdigest()[:16],
     )
+    sub = cfg.schedule.min_subarray
     for b in boards.values():
         for side in (b.array_rows, b.array_cols):
-            if side & (side - 1) or side < cfg.schedule.min_subarray:
+            if side & (side - 1) or side < 2 * sub:
                 raise ConfigError(f"hardware.toml board {b.name}: array_rows and array_cols must be powers "
-                                  f"of two >= schedule.min_subarray ({cfg.schedule.min_subarray}); fix them")
+                                  f"of two >= 2 x schedule.min_subarray ({2 * sub}); fix them")
+        if b.axi_ports != 4 or sub % b.axi_ports:
+            raise ConfigError(f"hardware.toml board {b.name}: the kernel has four m_axi bundles (rd0..3/wr0..3) "
+                              "and min_subarray must be a multiple of axi_ports; fix axi_ports")
+        if b.axi_bytes & (b.axi_bytes - 1) or (4 * sub) % b.axi_bytes:
+            raise ConfigError(f"hardware.toml board {b.name}: a store word (min_subarray INT32 outputs) must "
+                              "hold whole AXI beats; fix axi_data_width")
+        for t in (b.tile_m_max, b.tile_n_max, b.tile_k_max):
+            if t % b.axi_bytes:
+                raise ConfigError(f"hardware.toml board {b.name}: tile limits must be multiples of the beat "
+                                  f"({b.axi_bytes} bytes); fix them")
     return cfg
 
 

@@ -131,8 +131,18 @@ def lora_call(key: GemmKey) -> GemmCall:
     """The kernel call of a GEMM ``key`` with its operands stored densely as training keeps them
     (tiles left to the planner; INT8 outputs with the right shift 16)."""
     m, k, n, ta, tb, o8 = key
-    return GemmCall(m=m, n=n, k=k, lda=m if ta else k, ldb=k if tb else n, ldc=n, tile_m=1, tile_n=1,
-                    tile_k=1, trans_a=ta, trans_b=tb, out_int8=o8, shift=16 if o8 else 0)
+    eb = 1 if o8 else 4
+    return GemmCall(m=m, n=n, k=k, lda=_pad(m if ta else k), ldb=_pad(k if tb else n), ldc=_pad(n * eb) // eb,
+                    tile_m=1, tile_n=1, tile_k=1, trans_a=ta, trans_b=tb, out_int8=o8, shift=16 if o8 else 0)
+
+
+LD_ALIGN = 16
+"""Bytes every leading dimension is padded to in memory: the widest AXI beat of hardware.toml
+(kernel v2 reads and writes whole beats; a multiple of every board's beat)."""
+
+
+def _pad(nbytes: int) -> int:
+    return -(-nbytes // LD_ALIGN) * LD_ALIGN
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,13 @@
-"""The public API: ``Accelerator(board, backend).gemm(a, b, ...)``.
+"""The public API: ``Accelerator(board, backend)`` with :meth:`~Accelerator.gemm`,
+:meth:`~Accelerator.batched_gemm` and :meth:`~Accelerator.conv2d`.
 
 The same code runs on a PYNQ board (``pynq.Overlay`` + :class:`QtaGemmDriver`) and on a PC
 (:class:`EmulatedDevice` under the same driver). Each call validates its operands, asks the
-planner for tiles and a dataflow, moves the operands into ``pynq.allocate``'d buffers with
-flush/invalidate, runs the kernel and returns a :class:`GemmResult`.
+planner for tiles and a dataflow, moves the operands into ``pynq.allocate``'d buffers with their
+leading dimensions padded to the AXI beat (kernel v2 reads and writes whole beats), programs the
+memory base and the operands' offsets (unified addressing), runs the kernel and returns a
+:class:`GemmResult` with the output, the kernel's status outputs, its modelled and measured cycle
+counts and the host's wall time.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ import pynq
 from . import planner
 from .driver import QtaGemmDriver, RunInfo
 from .emulation import EmulatedDevice
-from ..errors import (BackendError, BitstreamNotFoundError, InputDTypeError, InputLayoutError,
+from ..errors import (BackendError, BitstreamNotFoundError, DMAError, InputDTypeError, InputLayoutError,
                      InputShapeError, KernelArgumentError, LimitError, SaturationError,
                      StaleBitstreamError)
 from ..hw.config import BoardConfig, board_digest, config
-from ..hw.call import ROUNDINGS, SCALE_MODES, GemmCall
+from ..hw.call import ROUNDINGS, SCALE_MODES, ConvGeometry, GemmCall
 
 BACKENDS = ("auto", "board", "emulation", "csim", "fast")
 REPO_BITSTREAMS = Path(__file__).resolve().parents[3] / "bitstreams"
@@ -87,17 +91,27 @@ def fixed_point_scale(scale: float | np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 @dataclass
 class GemmResult:
-    """One GEMM's output and its figures. ``cycles`` come from the kernel's cycle counter
-    (modelled schedule in emulation); ``wall_s`` is host time around the run."""
+    """One call's output and its figures.
+
+    ``cycles_model`` is the kernel's modelled count (trip counts and the overlap recurrence, the
+    planner's formula); ``cycles_measured`` the kernel's counter process on a board, ``None`` where
+    it cannot measure (emulation, C-simulation); ``cycles`` is the measured count where there is
+    one, else the modelled one. ``wall_s`` is host time from ap_start to ap_done. ``sat_count``
+    and ``amax`` are the kernel's outputs (saturated outputs, max |value before saturation|).
+    """
 
     output: Any
     cycles: int
+    cycles_model: int
+    cycles_measured: int | None
     dataflow: str
     split: int
     tiles: tuple[int, int, int]
     utilization: float
     bytes_moved: int
     saturated: bool
+    sat_count: int
+    amax: int
     bound: str
     roofline_fraction: float
     wall_s: float
@@ -108,7 +122,7 @@ class GemmResult:
         return self.split != 0
 
 
-def _as_numpy(x: Any, name: str) -> tuple[np.ndarray, bool]:
+def _as_numpy(x: Any, name: str, ndim: tuple[int, ...] = (2,)) -> tuple[np.ndarray, bool]:
     """(array, was_torch); clear errors for dtype, rank and layout."""
     is_torch = torch is not None and isinstance(x, torch.Tensor)
     if is_torch:
@@ -121,12 +135,37 @@ def _as_numpy(x: Any, name: str) -> tuple[np.ndarray, bool]:
         arr = x
     else:
         raise InputDTypeError(f"{name} must be a numpy array or torch tensor, not {type(x).__name__}")
-    if arr.ndim != 2:
-        raise InputShapeError(f"{name} must be 2-D, got shape {tuple(arr.shape)}")
+    if arr.ndim not in ndim:
+        raise InputShapeError(f"{name} must be {' or '.join(f'{d}-D' for d in ndim)}, got shape {tuple(arr.shape)}")
     if not arr.flags.c_contiguous:
         raise InputLayoutError(f"{name} is not C-contiguous (strides {arr.strides}); "
                                "pass np.ascontiguousarray(...) or use trans_a/trans_b instead of .T")
     return arr, is_torch
+
+
+def _ceil_to(x: int, step: int) -> int:
+    return -(-x // step) * step
+
+
+def check_alignment(board: BoardConfig, call: GemmCall, offsets: dict[str, int]) -> None:
+    """Raise :class:`KernelArgumentError` naming what breaks kernel v2's alignment rules: every
+    operand offset and leading dimension (in bytes) and batch stride a multiple of the AXI beat,
+    every tile a multiple of the beat or the whole dimension."""
+    beat = board.axi_bytes
+    problems = []
+    for name in ("a", "b", "c") + (("scales",) if call.scaled else ()):
+        off = offsets.get(name, 0)
+        if off % beat:
+            problems.append(f"operand {name} at offset 0x{off:X} is not a multiple of the {beat}-byte beat")
+    for name, value in (("lda", call.lda), ("ldb", call.ldb), ("ldc * element size", call.ldc * call.out_bytes),
+                        ("stride_a", call.stride_a), ("stride_b", call.stride_b), ("stride_c", call.stride_c)):
+        if value % beat:
+            problems.append(f"{name} = {value} bytes is not a multiple of the {beat}-byte beat (pad it)")
+    for name, t, d in (("tile_m", call.tile_m, call.m), ("tile_n", call.tile_n, call.n), ("tile_k", call.tile_k, call.k)):
+        if t % beat and t < d:
+            problems.append(f"{name} = {t} is neither a multiple of the {beat}-byte beat nor the whole dimension {d}")
+    if problems:
+        raise KernelArgumentError(f"{board.name}: " + "; ".join(problems))
 
 
 def on_target() -> bool:
@@ -167,6 +206,9 @@ class Accelerator:
             self.overlay = None
             self.device = EmulatedDevice(self.board.name, engine=backend)
             self.ip = QtaGemmDriver(self.device.ip_description())
+        # unified addressing: the HP ports see physical DDR (base 0); the emulated DDR has its own base
+        self.memory_base = int(getattr(self.device, "memory_base", 0))
+        self.measures_cycles = bool(getattr(self.device, "measures_cycles", True))
         self._buffers: dict[str, Any] = {}
         self.calls = 0
 
@@ -187,31 +229,33 @@ class Accelerator:
             self._buffers[role] = buf
         return buf[:max(nbytes, 1)]
 
-    def _upload(self, role: str, arr: np.ndarray) -> Any:
-        view = self._buffer(role, arr.nbytes)
-        view[: arr.nbytes] = arr.reshape(-1).view(np.uint8)
-        view.flush()
-        return view
+    def _padded(self, role: str, items: int, rows: int, cols: int, dtype) -> tuple[Any, np.ndarray, int, int]:
+        """A device buffer holding ``items`` matrices of ``rows`` x ``cols`` ``dtype`` elements
+        with each row padded to the AXI beat: (buffer, its host view items x rows x ld, ld in
+        elements, bytes per item)."""
+        item = np.dtype(dtype).itemsize
+        ld_bytes = _ceil_to(max(cols * item, 1), self.board.axi_bytes)
+        stride = rows * ld_bytes
+        buf = self._buffer(role, items * stride)
+        view = np.ndarray((items, rows, ld_bytes // item), dtype=dtype, buffer=buf, offset=0,
+                          strides=(stride, ld_bytes, item))
+        return buf, view, ld_bytes // item, stride
+
+    def _upload(self, role: str, arr: np.ndarray) -> tuple[Any, int, int]:
+        """``arr`` (items x rows x cols) into a padded device buffer: (buffer, ld, bytes per item)."""
+        buf, view, ld, stride = self._padded(role, *arr.shape, arr.dtype)
+        view[:, :, :arr.shape[2]] = arr
+        buf.flush()
+        return buf, ld, stride
+
+    def _offset(self, buf: Any) -> int:
+        return int(buf.device_address) - self.memory_base
 
     # -- the API -----------------------------------------------------------------------
-    def gemm(
-        self,
-        a: Any,
-        b: Any,
-        *,
-        trans_a: bool = False,
-        trans_b: bool = False,
-        dataflow: str = "auto",
-        split: int | None = None,
-        out: str = "int32",
-        mult: int | Sequence[int] | np.ndarray = 1,
-        shift: int | Sequence[int] | np.ndarray = 0,
-        scale_mode: str = "tensor",
-        rounding: str = "nearest_even",
-        seed: int = 0,
-        c: Any = None,
-        strict: bool = False,
-    ) -> GemmResult:
+    def gemm(self, a: Any, b: Any, *, trans_a: bool = False, trans_b: bool = False, dataflow: str = "auto",
+             split: int | None = None, out: str = "int32", mult: int | Sequence[int] | np.ndarray = 1,
+             shift: int | Sequence[int] | np.ndarray = 0, scale_mode: str = "tensor",
+             rounding: str = "nearest_even", seed: int = 0, c: Any = None, strict: bool = False) -> GemmResult:
         """C = epilogue(op(A) . op(B) [+ c]) on the accelerator.
 
         ``a``, ``b``: INT8 2-D arrays/tensors as stored (``trans_*`` selects op()). ``dataflow``:
@@ -224,15 +268,110 @@ class Accelerator:
         """
         a_np, a_torch = _as_numpy(a, "a")
         b_np, _ = _as_numpy(b, "b")
+        c_np = None
+        if c is not None:
+            c_np = _as_numpy(c, "c")[0]
+            m = a_np.shape[1] if trans_a else a_np.shape[0]
+            n = b_np.shape[0] if trans_b else b_np.shape[1]
+            if c_np.shape != (m, n):
+                raise InputShapeError(f"c must be {m}x{n} to accumulate into, got {c_np.shape}")
+            c_np = c_np[None]
+        r = self.batched_gemm(a_np[None], b_np[None], trans_a=trans_a, trans_b=trans_b, dataflow=dataflow,
+                              split=split, out=out, mult=mult, shift=shift, scale_mode=scale_mode,
+                              rounding=rounding, seed=seed, c=c_np, strict=strict)
+        r.output = r.output[0]
+        if a_torch:
+            r.output = torch.from_numpy(np.ascontiguousarray(r.output))
+        return r
+
+    def batched_gemm(self, a: Any, b: Any, *, trans_a: bool = False, trans_b: bool = False,
+                     dataflow: str = "auto", split: int | None = None, out: str = "int32",
+                     mult: int | Sequence[int] | np.ndarray = 1, shift: int | Sequence[int] | np.ndarray = 0,
+                     scale_mode: str = "tensor", rounding: str = "nearest_even", seed: int = 0, c: Any = None,
+                     strict: bool = False) -> GemmResult:
+        """``C[i] = epilogue(op(A[i]) . op(B[i]) [+ c[i]])`` for every item ``i`` of a batch, in one
+        kernel call. ``a``: batch x stored A (3-D); ``b``: batch x stored B (3-D), or one stored B
+        (2-D) that every item shares; ``c``: batch x m x n. Options as :meth:`gemm`; per-row or
+        per-column scales are shared by the items. The output is batch x m x n (a tensor when
+        ``a`` is one)."""
+        a_np, a_torch = _as_numpy(a, "a", (3,))
+        b_np, _ = _as_numpy(b, "b", (2, 3))
+        shared_b = b_np.ndim == 2
+        if shared_b:
+            b_np = b_np[None]
+        elif b_np.shape[0] != a_np.shape[0]:
+            raise InputShapeError(f"a holds {a_np.shape[0]} items but b {b_np.shape[0]}; pass one b (2-D) to share it")
         for name, arr in (("a", a_np), ("b", b_np)):
             if arr.dtype != np.int8:
                 raise InputDTypeError(f"{name} must be int8, got {arr.dtype}; quantize it first")
-        m, k = (a_np.shape[1], a_np.shape[0]) if trans_a else a_np.shape
-        k2, n = (b_np.shape[1], b_np.shape[0]) if trans_b else b_np.shape
+        m, k = (a_np.shape[2], a_np.shape[1]) if trans_a else a_np.shape[1:]
+        k2, n = (b_np.shape[2], b_np.shape[1]) if trans_b else b_np.shape[1:]
         if k != k2:
             raise InputShapeError(
-                f"inner dimensions differ: op(a) is {m}x{k} (a {a_np.shape}, trans_a={trans_a}) but "
-                f"op(b) is {k2}x{n} (b {b_np.shape}, trans_b={trans_b})")
+                f"inner dimensions differ: op(a) is {m}x{k} (a {a_np.shape[1:]}, trans_a={trans_a}) but "
+                f"op(b) is {k2}x{n} (b {b_np.shape[1:]}, trans_b={trans_b})")
+        batch = a_np.shape[0]
+        return self._run(a_np, b_np, batch, m, n, k, trans_a, trans_b, None, shared_b, dataflow, split, out, mult,
+                         shift, scale_mode, rounding, seed, c, strict, a_torch)
+
+    def conv2d(self, x: Any, w: Any, *, kernel_size: int | tuple[int, int] = 3, stride: int = 1, padding: int = 0,
+               dilation: int = 1, out_size: tuple[int, int] | None = None, trans_w: bool = False,
+               dataflow: str = "auto", split: int | None = None, out: str = "int32",
+               mult: int | Sequence[int] | np.ndarray = 1, shift: int | Sequence[int] | np.ndarray = 0,
+               scale_mode: str = "tensor", rounding: str = "nearest_even", seed: int = 0, c: Any = None,
+               strict: bool = False) -> GemmResult:
+        """A convolution as an implicit GEMM: the kernel reads the NHWC INT8 map ``x`` (images x H x
+        W x cin) through its window (no im2col copy is made).
+
+        ``w``: the weights as a (K = kh*kw*cin) x cout matrix with K in (ky, kx, ci) order, or
+        cout x K with ``trans_w``. ``stride``, ``padding`` (top/left; bottom/right follow from
+        ``out_size``), ``dilation``: input dilation 1, or 2 for the input gradient of a stride-2
+        convolution (the input is read at the even coordinates of a map twice as large).
+        ``out_size`` (Ho, Wo) defaults to PyTorch's output size. Channels are padded to the AXI beat
+        with zeros (and the weights' K rows with them). Epilogue options as :meth:`gemm`; ``c`` is
+        images x Ho x Wo x cout. The output is images x Ho x Wo x cout."""
+        x_np, x_torch = _as_numpy(x, "x", (4,))
+        w_np, _ = _as_numpy(w, "w", (2,))
+        for name, arr in (("x", x_np), ("w", w_np)):
+            if arr.dtype != np.int8:
+                raise InputDTypeError(f"{name} must be int8, got {arr.dtype}; quantize it first")
+        kh, kw = (kernel_size, kernel_size) if np.isscalar(kernel_size) else tuple(kernel_size)
+        imgs, h, wd, cin = x_np.shape
+        k = kh * kw * cin
+        kdim, cout = (w_np.shape[1], w_np.shape[0]) if trans_w else w_np.shape
+        if kdim != k:
+            raise InputShapeError(f"w must have K = kh*kw*cin = {kh}*{kw}*{cin} = {k} rows"
+                                  f"{' (columns with trans_w)' if trans_w else ''}, got {w_np.shape}")
+        if dilation not in (1, 2):
+            raise LimitError(f"input dilation must be 1 or 2, not {dilation}")
+        ho, wo = out_size or (ConvGeometry.output_size(h, kh, stride, padding, dilation),
+                              ConvGeometry.output_size(wd, kw, stride, padding, dilation))
+        if min(ho, wo) < 1:
+            raise InputShapeError(f"a {kh}x{kw} window with padding {padding} does not fit the {h}x{wd} input")
+        beat = self.board.axi_bytes
+        cin_p = _ceil_to(cin, beat)
+        if cin_p != cin:  # pad the channels (and the weights' K rows) with zeros
+            x_np = np.concatenate([x_np, np.zeros(x_np.shape[:3] + (cin_p - cin,), np.int8)], axis=3)
+            wk = (w_np.T if trans_w else w_np).reshape(kh, kw, cin, cout)
+            wk = np.concatenate([wk, np.zeros((kh, kw, cin_p - cin, cout), np.int8)], axis=2).reshape(-1, cout)
+            w_np = np.ascontiguousarray(wk.T) if trans_w else wk
+        geo = ConvGeometry(h=h, w=wd, ho=ho, wo=wo, cin=cin_p, kh=kh, kw=kw, stride=stride, pad=padding, dil=dilation)
+        m = imgs * ho * wo
+        c_np = None
+        if c is not None:
+            c_np = _as_numpy(c, "c", (4,))[0]
+            if c_np.shape != (imgs, ho, wo, cout):
+                raise InputShapeError(f"c must be {imgs}x{ho}x{wo}x{cout} to accumulate into, got {c_np.shape}")
+            c_np = c_np.reshape(1, m, cout)
+        r = self._run(x_np.reshape(1, imgs * h * wd, cin_p), w_np[None], 1, m, cout, geo.k, False, trans_w, geo, True,
+                      dataflow, split, out, mult, shift, scale_mode, rounding, seed, c_np, strict, x_torch)
+        r.output = r.output.reshape(imgs, ho, wo, cout)
+        return r
+
+    def _run(self, a_np: np.ndarray, b_np: np.ndarray, batch: int, m: int, n: int, k: int, trans_a: bool,
+             trans_b: bool, conv: ConvGeometry | None, shared_b: bool, dataflow: str, split: int | None, out: str,
+             mult, shift, scale_mode: str, rounding: str, seed: int, c: Any, strict: bool,
+             as_torch: bool) -> GemmResult:
         if out not in ("int32", "int8"):
             raise LimitError(f"out must be 'int32' or 'int8', not {out!r}")
         if rounding not in ROUNDINGS:
@@ -240,6 +379,7 @@ class Accelerator:
         if scale_mode not in SCALE_MODES:
             raise LimitError(f"scale_mode must be one of {SCALE_MODES}, not {scale_mode!r}")
         out8 = out == "int8"
+        out_dtype = np.int8 if out8 else np.int32
         scales = None
         if out8 and scale_mode != "tensor":
             cnt = m if scale_mode == "row" else n
@@ -249,7 +389,7 @@ class Accelerator:
                                       f"got {mu.shape} and {sh.shape}")
             if np.any(sh < 0) or np.any(sh > 62) or np.any(np.abs(mu) >= 2**31):
                 raise LimitError("per-row/column shifts must be 0..62 and multipliers fit INT32")
-            scales = np.stack([mu, sh], axis=1).astype(np.int32)
+            scales = np.stack([mu, sh], axis=1).astype(np.int32).reshape(1, 1, 2 * cnt)
             mult_t, shift_t = 1, 0
         else:
             if not np.isscalar(mult) or not np.isscalar(shift):
@@ -258,51 +398,70 @@ class Accelerator:
             mult_t, shift_t = int(mult), int(shift)
         c_np = None
         if c is not None:
-            c_np, _ = _as_numpy(c, "c")
-            want = np.int8 if out8 else np.int32
-            if c_np.dtype != want:
-                raise InputDTypeError(f"c must be {np.dtype(want)} for out={out!r}, got {c_np.dtype}")
-            if c_np.shape != (m, n):
-                raise InputShapeError(f"c must be {m}x{n} to accumulate into, got {c_np.shape}")
+            c_np = c if isinstance(c, np.ndarray) and c.ndim == 3 else _as_numpy(c, "c", (3,))[0]
+            if c_np.dtype != out_dtype:
+                raise InputDTypeError(f"c must be {np.dtype(out_dtype)} for out={out!r}, got {c_np.dtype}")
+            if c_np.shape != (batch, m, n):
+                raise InputShapeError(f"c must be {batch}x{m}x{n} to accumulate into, got {c_np.shape}")
 
-        call = GemmCall(m=m, n=n, k=k, lda=a_np.shape[1], ldb=b_np.shape[1], ldc=n, tile_m=1, tile_n=1,
-                        tile_k=1, trans_a=trans_a, trans_b=trans_b, out_int8=out8, accumulate=c is not None,
-                        scale_mode=scale_mode if out8 else "tensor", stochastic=rounding == "stochastic",
-                        mult=mult_t, shift=shift_t, seed=int(seed) & 0xFFFFFFFF)
-        chosen = planner.plan(self.board, call, dataflow=dataflow, split=split)
-        call = chosen.call
-
-        abuf = self._upload("a", a_np)
-        bbuf = self._upload("b", b_np)
-        out_dtype = np.int8 if out8 else np.int32
-        cbytes = m * n * np.dtype(out_dtype).itemsize
+        abuf, lda, stride_a = self._upload("a", a_np)
+        bbuf, ldb, stride_b = self._upload("b", b_np)
         if c_np is not None:
-            cbuf = self._upload("c", np.ascontiguousarray(c_np))
+            cbuf, ldc, stride_c = self._upload("c", np.ascontiguousarray(c_np))
+            cview = np.ndarray((batch, m, ldc), dtype=out_dtype, buffer=cbuf, strides=(stride_c, ldc * c_np.itemsize,
+                                                                                       c_np.itemsize))
         else:
-            cbuf = self._buffer("c", cbytes)
-        sbuf = self._upload("scales", scales) if scales is not None else None
-        pointers = {"a": abuf.device_address, "b": bbuf.device_address, "c": cbuf.device_address,
-                    "scales": sbuf.device_address if sbuf is not None else 0}
-        info: RunInfo = self.ip.run(pointers, call, self.timeout)
+            cbuf, cview, ldc, stride_c = self._padded("c", batch, m, n, out_dtype)
+        offsets = {"a": self._offset(abuf), "b": self._offset(bbuf), "c": self._offset(cbuf)}
+        if scales is not None:
+            sbuf, _, _ = self._upload("scales", scales)
+            offsets["scales"] = self._offset(sbuf)
+        if conv is not None:
+            stride_a = 0
+        call = GemmCall(m=m, n=n, k=k, lda=lda, ldb=ldb, ldc=ldc, tile_m=1, tile_n=1, tile_k=1, trans_a=trans_a,
+                        trans_b=trans_b, out_int8=out8, accumulate=c_np is not None,
+                        scale_mode=scale_mode if out8 else "tensor", stochastic=rounding == "stochastic",
+                        mult=mult_t, shift=shift_t, seed=int(seed) & 0xFFFFFFFF, batch=batch,
+                        stride_a=stride_a if batch > 1 else 0, stride_b=0 if shared_b else stride_b,
+                        stride_c=stride_c if batch > 1 else 0, conv=conv)
+        chosen = planner.plan(self.board, call, dataflow=dataflow, split=split)
+        return self._launch(chosen, offsets, cbuf, cview[:, :, :n], strict, as_torch)
+
+    def run_call(self, call: GemmCall, offsets: dict[str, int]) -> RunInfo:
+        """Run one planned call on operands already in device memory (``offsets``: byte offsets
+        of ``a``, ``b``, ``c`` and, if used, ``scales`` from :attr:`memory_base`), after checking
+        the alignment rules (errors name the operand and the beat). Returns the kernel's outputs."""
+        check_alignment(self.board, call, offsets)
+        if not planner.kernel_accepts(self.board, call):
+            raise KernelArgumentError(f"the kernel would reject {call} on {self.board.name} (limits, tiles or "
+                                      "buffer capacity); plan the call with lora_qta.runtime.planner.plan")
+        info = self.ip.run(self.memory_base, offsets, call, self.timeout)
         self.calls += 1
-        st = config().status
-        if info.status & (1 << st["bad_args"]):
+        if info.status & (1 << config().status["bad_args"]):
             raise KernelArgumentError(f"the kernel rejected {call}; the planner and the bitstream disagree "
                                       "about the limits (stale bitstream?)")
+        return info
+
+    def _launch(self, chosen: planner.Plan, offsets: dict[str, int], cbuf: Any, cview: np.ndarray, strict: bool,
+                as_torch: bool) -> GemmResult:
+        call, rep = chosen.call, chosen.report
+        info = self.run_call(call, offsets)
         cbuf.invalidate()
-        result = np.array(cbuf[:cbytes].view(out_dtype).reshape(m, n))
-        saturated = bool(info.status & (1 << st["saturated"]))
+        result = np.array(cview)
+        saturated = bool(info.status & (1 << config().status["saturated"]))
         if strict and saturated:
-            raise SaturationError(f"an output of the {m}x{k}x{n} GEMM saturated to "
-                                  f"{'INT8' if out8 else 'INT32'}; lower the scale or raise the shift")
-        rep = chosen.report
-        output = torch.from_numpy(result) if a_torch else result
+            raise SaturationError(f"{info.sat_count} outputs of the {call.m}x{call.k}x{call.n} GEMM saturated to "
+                                  f"{'INT8' if call.out_int8 else 'INT32'} (max |value| {info.amax}); lower the "
+                                  "scale or raise the shift")
+        measured = info.cycles_measured if self.measures_cycles else None
+        cycles = measured if measured else info.cycles_model
+        output = torch.from_numpy(result) if as_torch else result
         return GemmResult(
-            output=output, cycles=info.cycles, dataflow=call.dataflow, split=call.split,
-            tiles=(call.tile_m, call.tile_n, call.tile_k),
-            utilization=call.macs / (info.cycles * self.board.pes), bytes_moved=rep.bytes_moved,
-            saturated=saturated, bound=rep.bound, roofline_fraction=rep.roofline_cycles / info.cycles,
-            wall_s=info.wall_s,
+            output=output, cycles=cycles, cycles_model=info.cycles_model, cycles_measured=measured,
+            dataflow=call.dataflow, split=call.split, tiles=(call.tile_m, call.tile_n, call.tile_k),
+            utilization=call.macs / (cycles * self.board.pes), bytes_moved=rep.bytes_moved, saturated=saturated,
+            sat_count=info.sat_count, amax=info.amax, bound=rep.bound,
+            roofline_fraction=rep.roofline_cycles / cycles, wall_s=info.wall_s,
         )
 
     def info(self) -> dict[str, Any]:
@@ -316,4 +475,6 @@ class Accelerator:
             "tiles_max": [b.tile_m_max, b.tile_n_max, b.tile_k_max],
             "limits": [b.max_m, b.max_n, b.max_k], "config_digest": board_digest(b),
             "vlnv": config().vlnv, "kernel_base_address": hex(b.kernel_base_address),
+            "axi_ports": b.axi_ports, "memory_base": hex(self.memory_base),
+            "cycles_measured": "kernel counter" if self.measures_cycles else "unavailable (emulated: modelled only)",
         }

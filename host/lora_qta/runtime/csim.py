@@ -29,7 +29,7 @@ from ..hw.generate import header
 
 HLS_DIR_ENV = "LORA_QTA_HLS_DIR"
 SOURCES = ("src/qta_gemm.cpp", "src/qta_csim_api.cpp")
-HEADERS = ("src/qta_gemm.h",)
+HEADERS = ("src/qta_gemm.h", "src/qta_blocks.h")
 TESTBENCH = "tb/qta_gemm_tb.cpp"
 # -Wall -Werror as the project demands; HLS pragmas and loop labels are not errors for g++,
 # and the ap_int headers trip -Wmaybe-uninitialized when inlined into our code.
@@ -118,7 +118,7 @@ def _argtype(arg: KernelArg) -> type:
     """The ctypes type of one parameter of ``qta_csim_gemm`` (the kernel's signature)."""
     if arg.kind == "pointer":
         return ctypes.c_void_p
-    if arg.kind == "scalar":
+    if arg.kind in ("scalar", "scalar64"):
         return _CTYPES[arg.type]
     return ctypes.POINTER(_CTYPES[arg.type])
 
@@ -157,7 +157,7 @@ class CsimKernel:
         for arg in self._args:
             if arg.kind == "pointer":
                 values.append(pointers.get(arg.name, 0))
-            elif arg.kind == "scalar":
+            elif arg.kind in ("scalar", "scalar64"):
                 values.append(_signed(regs[arg.name], _CTYPES[arg.type]))
             else:
                 outputs[arg.name] = _CTYPES[arg.type](0)

@@ -4,9 +4,11 @@
 ``pynq.Overlay`` hands it out as ``overlay.qta_gemm_0`` on a board; on a PC the
 :class:`~lora_qta.runtime.emulation.EmulatedDevice` gives it the same description. It writes
 the argument registers through ``pynq.MMIO`` (offsets and order from the argument list of
-``hardware.toml``), starts the kernel, polls ``ap_done`` with a timeout and reads the output
-registers (status and cycle counter). Registered as a ``pynq.lib`` entry point so that
-``Overlay`` imports it.
+``hardware.toml``): the memory base into every m_axi pointer (``rd0..3``, ``wr0..3``: unified
+addressing, 0 on a board), the operands' byte offsets from it (``a``, ``b``, ``c``, ``scales``)
+and the call's scalars; it starts the kernel, polls ``ap_done`` with a timeout and reads the
+output registers (status, sat_count, amax, the modelled and the measured cycle count).
+Registered as a ``pynq.lib`` entry point so that ``Overlay`` imports it.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from dataclasses import dataclass
 from pynq import DefaultIP
 
 from ..errors import DeviceBusyError, DeviceTimeoutError, StaleRegisterMapError
-from ..hw.config import config
 from ..hw.call import GemmCall
+from ..hw.config import config
 
 CTRL_START, CTRL_DONE, CTRL_IDLE = (config().ctrl_mask(b) for b in ("ap_start", "ap_done", "ap_idle"))
+OPERANDS = ("a", "b", "c", "scales")
+"""The operands' offset registers (64-bit byte offsets from the memory base)."""
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What one kernel run reports: its output registers by name, host wall time (seconds)."""
+    """What one kernel run reports: its output registers by name, host wall time (seconds)
+    from ap_start to ap_done as the host saw it."""
 
     outputs: dict[str, int]
     wall_s: float
@@ -36,9 +41,24 @@ class RunInfo:
         return self.outputs["status"]
 
     @property
-    def cycles(self) -> int:
-        """The kernel's cycle counter of the call."""
-        return self.outputs["cycles"]
+    def sat_count(self) -> int:
+        """Outputs that saturated."""
+        return self.outputs["sat_count"]
+
+    @property
+    def amax(self) -> int:
+        """Max |value before saturation| of the call (capped at 2^31 - 1)."""
+        return self.outputs["amax"]
+
+    @property
+    def cycles_model(self) -> int:
+        """The kernel's modelled cycle count (trip counts and the overlap recurrence)."""
+        return self.outputs["cycles_model"]
+
+    @property
+    def cycles_measured(self) -> int:
+        """The kernel's measured cycle count (its counter process; 0 in C-simulation)."""
+        return self.outputs["cycles_measured"]
 
 
 def check_register_map(registers: dict | None, where: str) -> None:
@@ -68,10 +88,12 @@ class QtaGemmDriver(DefaultIP):
         super().__init__(description)
         check_register_map(description.get("registers"), description.get("fullpath", "qta_gemm"))
         self._ctrl = config().registers["ctrl"]
+        self._t0 = 0.0
 
-    def start(self, pointers: dict[str, int], call: GemmCall) -> None:
-        """Write the arguments (device addresses of the pointer arguments by name, the call's
-        scalars) and raise ap_start.
+    def start(self, memory_base: int, offsets: dict[str, int], call: GemmCall) -> None:
+        """Write the arguments and raise ap_start: ``memory_base`` into every m_axi pointer,
+        ``offsets`` (byte offsets of ``a``, ``b``, ``c`` and, if used, ``scales`` from the base),
+        the call's scalars.
 
         The input arguments form one block, from the first to the last input of hardware.toml's
         list, written with a single MMIO burst; the reserved words between them are written as
@@ -80,7 +102,9 @@ class QtaGemmDriver(DefaultIP):
         ctrl = self.read(self._ctrl)
         if ctrl & CTRL_START or not ctrl & CTRL_IDLE:
             raise DeviceBusyError("the kernel is still running a previous call; wait for it to finish")
-        values = {**pointers, **call.scalar_registers()}
+        values = {a.name: memory_base for a in config().args if a.kind == "pointer"}
+        values.update({name: offsets.get(name, 0) for name in OPERANDS})
+        values.update(call.scalar_registers())
         inputs = config().inputs
         first = inputs[0].offset
         block = bytearray(inputs[-1].offset + inputs[-1].data_bytes - first)
@@ -88,16 +112,16 @@ class QtaGemmDriver(DefaultIP):
             at = arg.offset - first
             block[at:at + arg.data_bytes] = int(values[arg.name]).to_bytes(arg.data_bytes, "little")
         self.write(first, bytes(block))
+        self._t0 = time.perf_counter()
         self.write(self._ctrl, CTRL_START)
 
     def wait(self, timeout: float = 30.0) -> RunInfo:
-        """Poll ap_done until ``timeout`` seconds; returns the output registers (status, cycle
-        counter) and the wall time."""
-        t0 = time.perf_counter()
+        """Poll ap_done until ``timeout`` seconds; returns the output registers and the wall time
+        since ap_start."""
+        t0 = self._t0 or time.perf_counter()
         delay = 1e-5
         while not self.read(self._ctrl) & CTRL_DONE:
-            elapsed = time.perf_counter() - t0
-            if elapsed > timeout:
+            if time.perf_counter() - t0 > timeout:
                 raise DeviceTimeoutError(
                     f"qta_gemm did not raise ap_done within {timeout:.1f} s; the kernel may be hung "
                     "(check the bitstream matches this package) or the timeout too short for this GEMM")
@@ -112,7 +136,7 @@ class QtaGemmDriver(DefaultIP):
             outputs[arg.name] = value
         return RunInfo(outputs, wall)
 
-    def run(self, pointers: dict[str, int], call: GemmCall, timeout: float = 30.0) -> RunInfo:
+    def run(self, memory_base: int, offsets: dict[str, int], call: GemmCall, timeout: float = 30.0) -> RunInfo:
         """``start`` then ``wait``."""
-        self.start(pointers, call)
+        self.start(memory_base, offsets, call)
         return self.wait(timeout)

@@ -3,21 +3,28 @@
 :class:`EmulatedDevice` is a ``pynq.Device`` with the ``REGISTER_RW`` capability, so every
 ``pynq.MMIO`` access of the driver reaches :meth:`EmulatedDevice.read_registers` /
 :meth:`write_registers`, and ``pynq.allocate(..., target=device)`` returns real
-``PynqBuffer`` objects whose ``device_address`` lies in an emulated DDR.
+``PynqBuffer`` objects whose ``device_address`` lies in an emulated DDR: one contiguous anonymous
+memory map (:class:`EmulatedDDR`), so the kernel's unified addressing works as on a board (one
+memory base in every m_axi pointer, the operands as byte offsets from it), for the C-simulated
+kernel too.
 
 The emulation keeps the host's view of a buffer (the CPU cache) apart from the DDR copy the
 kernel reads: ``flush()`` copies host -> DDR and ``invalidate()`` DDR -> host, so a driver
 that forgets either sees stale data here as it would on a board.
 
-Writing ``ap_start`` checks every DMA range the registers describe (inside one allocated
-buffer, aligned, output not overlapping the inputs), then runs the kernel in a worker thread
-with one of two engines: ``csim`` (the HLS C++ compiled with g++) or ``fast`` (vectorized,
-bit-exact). ``ap_done``/``ap_idle`` behave as the Vitis HLS control register does.
+Writing ``ap_start`` decodes the registers as the kernel does (arguments it would reject return
+``bad_args`` without touching memory), checks every DMA range the registers describe (the same
+memory base in all eight pointers, every operand inside one allocated buffer, the output not
+overlapping the inputs), then runs the kernel, in a worker thread if asked, with one of two
+engines: ``csim`` (the HLS C++ compiled with g++) or ``fast`` (vectorized, bit-exact). The
+output registers hold what the kernel writes; ``cycles_measured`` reads 0, as C-simulation cannot
+measure cycles. ``ap_done``/``ap_idle`` behave as the Vitis HLS control register does.
 """
 
 from __future__ import annotations
 
 import bisect
+import mmap
 import os
 import struct
 import threading
@@ -30,8 +37,9 @@ from pynq.buffer import PynqBuffer
 
 from . import fast
 from ..errors import BackendError, DeviceBusyError, DeviceMemoryError, DMAError
-from ..hw.config import BoardConfig, config
 from ..hw.call import GemmCall
+from ..hw.config import BoardConfig, config
+from .driver import OPERANDS
 
 ENGINES = ("fast", "csim")
 DDR_BASE = 0x1000_0000
@@ -42,57 +50,87 @@ CTRL_START, CTRL_DONE, CTRL_IDLE, CTRL_READY = (
 
 
 class EmulatedDDR:
-    """A sparse physical memory: page-aligned allocations, each with its own backing array."""
+    """The emulated physical memory: one contiguous anonymous memory map of ``size`` bytes at
+    physical address ``base`` (pages are committed when first touched and given back with
+    ``madvise(MADV_DONTNEED)`` when freed), page-aligned allocations in it, freed ranges reused
+    first-fit."""
 
     def __init__(self, size: int = 4 << 30, base: int = DDR_BASE):
+        try:
+            self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except (OSError, ValueError, AttributeError):  # a small address space: settle for 1 GiB
+            size = min(size, 1 << 30)
+            self._map = mmap.mmap(-1, size)
         self.base, self.size = base, size
+        self.mem = np.frombuffer(self._map, dtype=np.uint8)
         self._starts: list[int] = []          # sorted allocation start addresses
-        self._blocks: dict[int, np.ndarray] = {}
+        self._sizes: dict[int, int] = {}      # start -> bytes requested
+        self._spans: dict[int, int] = {}      # start -> bytes reserved (pages)
+        self._free: list[tuple[int, int]] = []
         self._next = base
         self._lock = threading.Lock()
 
+    @property
+    def host_address(self) -> int:
+        """The host (virtual) address of physical address ``base``."""
+        return int(self.mem.ctypes.data)
+
     def alloc(self, nbytes: int) -> tuple[int, np.ndarray]:
-        """Reserve ``nbytes`` (rounded to pages); returns (address, backing uint8 array)."""
+        """Reserve ``nbytes`` (rounded to pages, zero-filled); returns (address, uint8 view)."""
         span = max(PAGE, -(-nbytes // PAGE) * PAGE)
         with self._lock:
-            if self._next + span > self.base + self.size:
-                raise DeviceMemoryError(f"emulated DDR exhausted: {nbytes} bytes requested, "
-                                        f"{self.base + self.size - self._next} left; allocate less, or use a "
-                                        "new EmulatedDevice (its address space is not reused)")
-            addr, self._next = self._next, self._next + span
-            backing = np.zeros(nbytes, dtype=np.uint8)
+            for i, (addr, free_span) in enumerate(self._free):
+                if free_span >= span:
+                    if free_span > span:
+                        self._free[i] = (addr + span, free_span - span)
+                    else:
+                        del self._free[i]
+                    break
+            else:
+                if self._next + span > self.base + self.size:
+                    raise DeviceMemoryError(f"emulated DDR exhausted: {nbytes} bytes requested, "
+                                            f"{self.base + self.size - self._next} left; free buffers or allocate less")
+                addr, self._next = self._next, self._next + span
             bisect.insort(self._starts, addr)
-            self._blocks[addr] = backing
-        return addr, backing
+            self._sizes[addr], self._spans[addr] = nbytes, span
+        off = addr - self.base
+        return addr, self.mem[off:off + nbytes]
 
     def free(self, addr: int) -> None:
-        """Release the allocation at ``addr`` (its addresses are never reused)."""
+        """Release the allocation at ``addr``: its pages go back to the host (zero when reused)."""
         with self._lock:
-            if self._blocks.pop(addr, None) is not None:
-                self._starts.remove(addr)
+            if addr not in self._sizes:
+                return
+            span = self._spans.pop(addr)
+            del self._sizes[addr]
+            self._starts.remove(addr)
+            if hasattr(self._map, "madvise"):
+                self._map.madvise(mmap.MADV_DONTNEED, addr - self.base, span)
+            else:  # pragma: no cover - Python builds without madvise
+                self.mem[addr - self.base:addr - self.base + span] = 0
+            self._free.append((addr, span))
 
-    def block(self, addr: int) -> tuple[int, np.ndarray]:
-        """The allocation containing ``addr``: (start, backing)."""
+    def block(self, addr: int) -> tuple[int, int]:
+        """The allocation containing ``addr``: (start, bytes)."""
         i = bisect.bisect_right(self._starts, addr) - 1
         if i >= 0:
             start = self._starts[i]
-            backing = self._blocks[start]
-            if addr < start + backing.size:
-                return start, backing
+            if addr < start + self._sizes[start]:
+                return start, self._sizes[start]
         raise DMAError(f"address 0x{addr:X} is not inside any allocated buffer")
 
     def view(self, addr: int, nbytes: int, what: str) -> np.ndarray:
         """``nbytes`` of DDR from ``addr`` as a writable uint8 view; a DMAError names ``what``
         if the range leaves its buffer."""
         try:
-            start, backing = self.block(addr)
+            start, size = self.block(addr)
         except DMAError as e:
             raise DMAError(f"{what}: {e}") from None
-        off = addr - start
-        if off + nbytes > backing.size:
-            raise DMAError(f"{what}: {nbytes} bytes from 0x{addr:X} run {off + nbytes - backing.size} "
-                           f"bytes past the end of the buffer at 0x{start:X} ({backing.size} bytes)")
-        return backing[off:off + nbytes]
+        if addr + nbytes > start + size:
+            raise DMAError(f"{what}: {nbytes} bytes from 0x{addr:X} run {addr + nbytes - start - size} "
+                           f"bytes past the end of the buffer at 0x{start:X} ({size} bytes)")
+        off = addr - self.base
+        return self.mem[off:off + nbytes]
 
 
 def hwh_register_map() -> dict[str, dict]:
@@ -113,33 +151,26 @@ def hwh_register_map() -> dict[str, dict]:
     return out
 
 
-def operand_extents(call: GemmCall) -> dict[str, int]:
-    """Bytes each operand of ``call`` spans in memory from its address."""
-    ra, ca = call.stored_shape_a()
-    rb, cb = call.stored_shape_b()
-    ext = {
-        "a": (ra - 1) * call.lda + ca,
-        "b": (rb - 1) * call.ldb + cb,
-        "c": ((call.m - 1) * call.ldc + call.n) * call.out_bytes,
-    }
-    if call.out_int8 and call.scale_mode in ("row", "col"):
-        ext["scales"] = 8 * (call.m if call.scale_mode == "row" else call.n)
-    return ext
+Engine = Callable[[BoardConfig, GemmCall, "EmulatedDDR", int, dict[str, int]], dict[str, int]]
+"""Runs one call on the emulated DDR with the memory base of its pointers and the operands'
+byte offsets from it; returns the output registers by name."""
 
 
-Engine = Callable[[BoardConfig, GemmCall, dict[str, np.ndarray]], dict[str, int]]
-"""Runs one call on the DDR views of its pointer arguments; returns the output registers by name."""
+def _fast_engine(board: BoardConfig, call: GemmCall, ddr: EmulatedDDR, memory_base: int,
+                 offsets: dict[str, int]) -> dict[str, int]:
+    shift = memory_base - ddr.base
+    return fast.run(board, call, ddr.mem, {k: v + shift for k, v in offsets.items()})
 
 
-def _fast_engine(board: BoardConfig, call: GemmCall, mem: dict[str, np.ndarray]) -> dict[str, int]:
-    status, cycles = fast.run(board, call, mem["a"], mem["b"], mem["c"], mem.get("scales"))
-    return {"status": status, "cycles": cycles}
-
-
-def _csim_engine(board: BoardConfig, call: GemmCall, mem: dict[str, np.ndarray]) -> dict[str, int]:
+def _csim_engine(board: BoardConfig, call: GemmCall, ddr: EmulatedDDR, memory_base: int,
+                 offsets: dict[str, int]) -> dict[str, int]:
     from . import csim
 
-    return csim.load(board).run({k: csim.address(v) for k, v in mem.items()}, call.scalar_registers())
+    host = ddr.host_address + (memory_base - ddr.base)
+    pointers = {a.name: host for a in config().args if a.kind == "pointer"}
+    regs = {name: offsets.get(name, 0) for name in OPERANDS}
+    regs.update(call.scalar_registers())
+    return csim.load(board).run(pointers, regs)
 
 
 def engine(name: str) -> Engine:
@@ -190,6 +221,15 @@ class EmulatedDevice(pynq.Device):
         self.mem_dict: dict = {}
         self.runs = 0
 
+    @property
+    def memory_base(self) -> int:
+        """What the driver writes into every m_axi pointer: the emulated DDR's physical base (on
+        a board the HP ports address physical DDR, and it is 0)."""
+        return self.ddr.base
+
+    measures_cycles = False
+    """The kernel's ``cycles_measured`` reads 0 here (C-simulation cannot measure cycles)."""
+
     # -- what an overlay's ip_dict would say -------------------------------------------
     def ip_description(self) -> dict:
         """The ``ip_dict`` entry of the kernel, as ``Overlay`` builds it from a ``.hwh``."""
@@ -218,7 +258,8 @@ class EmulatedDevice(pynq.Device):
 
     def _sync(self, bo: int, offset: int, nbytes: int, to_device: bool) -> None:
         host = self._host[bo]
-        _, ddr = self.ddr.block(bo)
+        start, size = self.ddr.block(bo)
+        ddr = self.ddr.mem[start - self.ddr.base:start - self.ddr.base + size]
         if to_device:
             ddr[offset:offset + nbytes] = host[offset:offset + nbytes]
         else:
@@ -284,47 +325,55 @@ class EmulatedDevice(pynq.Device):
         if self._worker is not None or self._ctrl & CTRL_START:
             raise DeviceBusyError("ap_start written while the kernel is running; wait for ap_done")
         call = GemmCall.from_registers({a.name: self._reg(a.name) for a in config().inputs if a.kind == "scalar"})
-        mem = self._dma_views(call)
+        memory_base, offsets = self._dma_check(call)
         self._ctrl = CTRL_START
         self.runs += 1
         if self.hang:
             return  # fault injection: never completes
         if not self.asynchronous:
-            self._execute(call, mem)
+            self._execute(call, memory_base, offsets)
             self._poll_worker_error()
             return
-        self._worker = threading.Thread(target=self._execute, args=(call, mem), daemon=True)
+        self._worker = threading.Thread(target=self._execute, args=(call, memory_base, offsets), daemon=True)
         self._worker.start()
 
-    def _dma_views(self, call: GemmCall) -> dict[str, np.ndarray]:
-        """Check every range the kernel will touch and return DDR views of them."""
+    def _dma_check(self, call: GemmCall) -> tuple[int, dict[str, int] | None]:
+        """Check every range the kernel will touch; (memory base, operand offsets), the offsets
+        None when the kernel rejects its arguments before any memory access."""
         from .planner import kernel_accepts
 
-        if not kernel_accepts(self.board, call):
-            return {}  # the kernel rejects its arguments before any memory access
-        align = self.board.axi_bytes
+        bases = {a.name: self._reg64(a.name) for a in config().args if a.kind == "pointer"}
+        memory_base = next(iter(bases.values()))
+        offsets = {name: self._reg64(name) for name in OPERANDS}
+        if not call.scaled:
+            offsets.pop("scales")
+        beat = self.board.axi_bytes
+        if not kernel_accepts(self.board, call) or any(v % beat for v in offsets.values()):
+            return memory_base, None  # the kernel rejects its arguments before any memory access
+        if len(set(bases.values())) != 1:
+            raise DMAError("unified addressing: every m_axi pointer (rd0..rd3, wr0..wr3) must hold the same "
+                           f"memory base, got {', '.join(f'{k}=0x{v:X}' for k, v in bases.items())}")
         ranges = {}
-        for name, nbytes in operand_extents(call).items():
-            addr = self._reg64(name)
-            if addr % align:
-                raise DMAError(f"operand {name} at 0x{addr:X} is not aligned to the {align}-byte AXI beat")
-            ranges[name] = (addr, nbytes)
-        mem = {name: self.ddr.view(addr, nbytes, f"operand {name}") for name, (addr, nbytes) in ranges.items()}
-        c0, c1 = ranges["c"][0], ranges["c"][0] + ranges["c"][1]
+        for name, nbytes in call.extents(beat).items():
+            addr = memory_base + offsets[name]
+            self.ddr.view(addr, nbytes, f"operand {name} (offset 0x{offsets[name]:X})")
+            ranges[name] = (addr, addr + nbytes)
+        c0, c1 = ranges["c"]
         for name in ("a", "b", "scales"):
             if name in ranges:
-                s0, s1 = ranges[name][0], ranges[name][0] + ranges[name][1]
+                s0, s1 = ranges[name]
                 if s0 < c1 and c0 < s1:
                     raise DMAError(f"output C [0x{c0:X}, 0x{c1:X}) overlaps operand {name} "
                                    f"[0x{s0:X}, 0x{s1:X}); give C its own buffer")
-        return mem
+        return memory_base, offsets
 
-    def _execute(self, call: GemmCall, mem: dict[str, np.ndarray]) -> None:
+    def _execute(self, call: GemmCall, memory_base: int, offsets: dict[str, int] | None) -> None:
         try:
-            if not mem:  # rejected before any memory access, as the kernel does
-                outputs = {"status": 1 << config().status["bad_args"], "cycles": config().schedule.call_overhead}
+            if offsets is None:  # rejected before any memory access, as the kernel does
+                outputs = {"status": 1 << config().status["bad_args"], "sat_count": 0, "amax": 0,
+                           "cycles_model": config().schedule.call_overhead, "cycles_measured": 0}
             else:
-                outputs = self._engine(self.board, call, mem)
+                outputs = self._engine(self.board, call, self.ddr, memory_base, offsets)
             for arg in config().outputs:
                 struct.pack_into("<Q" if arg.wide else "<I", self._regs, arg.offset, outputs[arg.name])
                 struct.pack_into("<I", self._regs, arg.valid_offset, 1)

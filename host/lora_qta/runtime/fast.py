@@ -1,11 +1,15 @@
-"""The fast emulation engine: the kernel's results computed with vectorized numpy.
+"""The fast emulation engine: the kernel's results computed with vectorized numpy and PyTorch.
 
-Bit-exact with the C-simulated kernel (checked on every test run): the GEMM is an exact
-integer product (PyTorch's INT8 x INT8 -> INT32 ``_int_mm``, exact because the configured
-K <= 131071 keeps every dot product inside INT32; float64 BLAS where ``_int_mm`` is missing,
-exact because every partial sum is an integer below 2**53), the epilogue is the kernel's
-integer arithmetic on int64 arrays, and the cycle count is the planner's closed-form model
-of the kernel's schedule.
+Bit-exact with the C-simulated kernel (checked on every test run) on the same memory image:
+the GEMM is an exact integer product (PyTorch's INT8 x INT8 -> INT32 ``_int_mm``, exact because
+the configured K <= 131071 keeps every dot product inside INT32; float64 BLAS where ``_int_mm``
+is missing, exact because every partial sum is an integer below 2**53), handed the operands'
+strided views in the emulated DDR rather than copies; a convolution's op(A) is built from the
+NHWC map with stride tricks (one INT8 copy). The epilogue is the kernel's integer arithmetic on
+int64 arrays; INT32 outputs without accumulation are written straight from the product. Every
+output row is written in whole beats, its padding with zeros, as the kernel does. The modelled
+cycle count is the planner's (:func:`~lora_qta.runtime.planner.model_cycles`); the measured count
+is unavailable here (0), as in C-simulation.
 """
 
 from __future__ import annotations
@@ -21,30 +25,53 @@ try:  # PyTorch's exact INT8 GEMM (same thread pool as the training loop)
 except ImportError:  # pragma: no cover - torch is a dependency of the package
     torch, _int_mm = None, None
 
+from ..hw.call import ConvGeometry, GemmCall
 from ..hw.config import BoardConfig, config
-from ..hw.call import GemmCall
+from ..hw.reference import AMAX_CAP, effective_shift, rounding_bits
 from .planner import kernel_accepts, model_cycles
-from ..hw.reference import rounding_bits
 
 
-def _matrix(mem: np.ndarray, rows: int, cols: int, ld: int, dtype: np.dtype) -> np.ndarray:
-    """A (rows x cols) strided view of ``mem`` (bytes from the operand's address)."""
-    item = np.dtype(dtype).itemsize
-    return np.ndarray((rows, cols), dtype=dtype, buffer=mem, strides=(ld * item, item))
+def _view(mem: np.ndarray, offset: int, shape: tuple, strides: tuple, dtype) -> np.ndarray:
+    """A strided view of the memory image ``mem`` (uint8) from byte ``offset``."""
+    return np.ndarray(shape, dtype=dtype, buffer=mem, offset=offset, strides=strides)
+
+
+def _canonical(x: np.ndarray) -> np.ndarray:
+    """A view ``torch._int_mm`` reads correctly. A matrix with a dimension of size 1 is copied
+    (it is a vector): numpy calls such views contiguous whatever their other stride, which PyTorch
+    releases have read wrongly (issue 9: garbage for the 1 x K views of trans_a with M = 1 or
+    trans_b with K = 1); every other strided view is handed over as it is."""
+    if 1 in x.shape:
+        return np.ascontiguousarray(x)
+    return x
 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """op(A) . op(B) of INT8 matrices, exact (int32 from ``_int_mm``, else int64; the values
-    always fit INT32 for K within the configured limit)."""
+    """op(A) . op(B) of INT8 matrices (views allowed), exact: int32 from ``_int_mm``, else
+    int64; the values always fit INT32 for K within the configured limit."""
     if _int_mm is not None:
-        ta = torch.from_numpy(np.ascontiguousarray(a))
-        tb = torch.from_numpy(np.ascontiguousarray(b))
-        return _int_mm(ta, tb).numpy()
+        return _int_mm(torch.from_numpy(_canonical(a)), torch.from_numpy(_canonical(b))).numpy()
     return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
 
 
-def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, stochastic: bool,
-               bits: np.ndarray | None) -> np.ndarray:
+def im2col(x: np.ndarray, geo: ConvGeometry, m: int) -> np.ndarray:
+    """The first ``m`` rows of the im2col matrix of the NHWC map ``x`` (images x h x w x bytes
+    per pixel; the first ``cin`` channels are used): the input scattered into a zero map with
+    the dilation and padding, then every window as a strided view, copied once."""
+    imgs = x.shape[0]
+    hp, wp = (geo.ho - 1) * geo.stride + geo.kh, (geo.wo - 1) * geo.stride + geo.kw
+    padded = np.zeros((imgs, hp, wp, geo.cin), dtype=np.int8)
+    hs, ws = np.arange(geo.h), np.arange(geo.w)
+    hi, wi = geo.pad + geo.dil * hs, geo.pad + geo.dil * ws
+    hk, wk = hi < hp, wi < wp
+    padded[:, hi[hk][:, None], wi[wk][None, :], :] = x[:, hs[hk][:, None], ws[wk][None, :], :geo.cin]
+    s = padded.strides
+    win = np.lib.stride_tricks.as_strided(padded, (imgs, geo.ho, geo.wo, geo.kh, geo.kw, geo.cin),
+                                          (s[0], geo.stride * s[1], geo.stride * s[2], s[1], s[2], s[3]))
+    return win.reshape(imgs * geo.pixels, geo.k)[:m]
+
+
+def requantize(acc: np.ndarray, mult, shift, stochastic: bool, bits: np.ndarray | None) -> np.ndarray:
     """round((acc * mult) / 2**shift) as the kernel does it, vectorized on int64."""
     p = acc * mult
     sh = np.broadcast_to(shift, p.shape)
@@ -63,52 +90,82 @@ def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, stochastic:
     return out
 
 
-def run(board: BoardConfig, call: GemmCall, a: np.ndarray, b: np.ndarray, c: np.ndarray,
-        scales: np.ndarray | None) -> tuple[int, int]:
-    """Execute ``call`` on operand memory (uint8 views from each address); (status, cycles)."""
-    st = config().status
-    if not kernel_accepts(board, call):
-        return 1 << st["bad_args"], config().schedule.call_overhead
-    ra, ca = call.stored_shape_a()
-    rb, cb = call.stored_shape_b()
-    opa = _matrix(a, ra, ca, call.lda, np.int8)
-    opb = _matrix(b, rb, cb, call.ldb, np.int8)
-    opa, opb = (opa.T if call.trans_a else opa), (opb.T if call.trans_b else opb)
-    out_dtype = np.int8 if call.out_int8 else np.int32
-    cview = _matrix(c, call.m, call.n, call.ldc, out_dtype)
-    acc = exact_matmul(opa, opb)
-    if not call.out_int8 and not call.accumulate:
-        # INT32 output of an exact product that fits INT32: nothing to round, nothing can saturate
-        cview[...] = acc
-        return 0, _cycles(board, call)
-    acc = acc.astype(np.int64)  # the epilogue's arithmetic is 64-bit, as in the kernel
-    if not call.out_int8:
-        total = acc + cview.astype(np.int64) if call.accumulate else acc
-        lo, hi = -(2**31), 2**31 - 1
+def operands(call: GemmCall, mem: np.ndarray, offs: dict[str, int], item: int) -> tuple[np.ndarray, np.ndarray]:
+    """op(A), op(B) of batch item ``item`` as views of (or, for a convolution, built from) the
+    memory image; ``offs`` are the operands' byte offsets in ``mem``."""
+    ao, bo = offs["a"] + item * call.stride_a, offs["b"] + item * call.stride_b
+    m, n, k = call.m, call.n, call.k
+    if call.conv is not None:
+        g = call.conv
+        x = _view(mem, ao, (g.images(m), g.h, g.w, call.lda), (g.h * g.w * call.lda, g.w * call.lda, call.lda, 1),
+                  np.int8)
+        opa = im2col(x, g, m)
+    elif call.trans_a:
+        opa = _view(mem, ao, (k, m), (call.lda, 1), np.int8).T
     else:
-        if call.scale_mode == "tensor":
-            mult, shift = np.int64(call.mult), np.int64(call.shift)
+        opa = _view(mem, ao, (m, k), (call.lda, 1), np.int8)
+    if call.trans_b:
+        opb = _view(mem, bo, (n, k), (call.ldb, 1), np.int8).T
+    else:
+        opb = _view(mem, bo, (k, n), (call.ldb, 1), np.int8)
+    return opa, opb
+
+
+def run(board: BoardConfig, call: GemmCall, mem: np.ndarray, offs: dict[str, int]) -> dict[str, int]:
+    """Execute ``call`` on the memory image ``mem`` (uint8, the emulated DDR) with the operands
+    at byte offsets ``offs``; returns the kernel's output registers by name."""
+    st = config().status
+    if not kernel_accepts(board, call) or any(v % board.axi_bytes for v in offs.values()):
+        return {"status": 1 << st["bad_args"], "sat_count": 0, "amax": 0,
+                "cycles_model": config().schedule.call_overhead, "cycles_measured": 0}
+    m, n = call.m, call.n
+    eb = call.out_bytes
+    out_dtype = np.int8 if call.out_int8 else np.int32
+    beat = board.axi_bytes
+    row_bytes = -(-n * eb // beat) * beat
+    nsat = 0
+    amax = 0
+    for item in range(call.batch):
+        co = offs["c"] + item * call.stride_c
+        opa, opb = operands(call, mem, offs, item)
+        cview = _view(mem, co, (m, n), (call.ldc * eb, eb), out_dtype)
+        acc = exact_matmul(opa, opb)
+        if not call.out_int8 and not call.accumulate:
+            # an exact INT32 product: nothing to round, nothing can saturate (|acc| < 2^31)
+            cview[...] = acc
+            amax = max(amax, int(np.abs(acc).max()))
         else:
-            cnt = call.m if call.scale_mode == "row" else call.n
-            pairs = np.ndarray((cnt, 2), dtype=np.int32, buffer=scales).astype(np.int64)
-            shape = (cnt, 1) if call.scale_mode == "row" else (1, cnt)
-            mult, shift = pairs[:, 0].reshape(shape), pairs[:, 1].reshape(shape)
-        bits = None
-        if call.stochastic:
-            rows, cols = np.meshgrid(np.arange(call.m), np.arange(call.n), indexing="ij", sparse=True)
-            bits = rounding_bits(call.seed, rows, cols, call.n)
-        total = requantize(acc, mult, shift, call.stochastic, bits)
-        if call.accumulate:
-            total = total + cview.astype(np.int64)
-        lo, hi = -128, 127
-    clipped = np.clip(total, lo, hi)
-    saturated = bool((clipped != total).any())
-    cview[...] = clipped.astype(out_dtype)
-    status = (1 << st["saturated"]) if saturated else 0
-    return status, _cycles(board, call)
+            acc = acc.astype(np.int64)
+            if not call.out_int8:
+                total = acc + cview.astype(np.int64)
+                lo, hi = -(2**31), 2**31 - 1
+            else:
+                if call.scale_mode == "tensor":
+                    mult, shift = np.int64(call.mult), np.int64(call.shift)
+                else:
+                    cnt = call.scale_count
+                    pairs = _view(mem, offs["scales"], (cnt, 2), (8, 4), np.int32).astype(np.int64)
+                    shape = (cnt, 1) if call.scale_mode == "row" else (1, cnt)
+                    mult, shift = pairs[:, 0].reshape(shape), effective_shift(pairs[:, 1]).reshape(shape)
+                bits = None
+                if call.stochastic:
+                    rows, cols = np.meshgrid(np.arange(m), np.arange(n), indexing="ij", sparse=True)
+                    bits = rounding_bits(call.seed, rows, cols, n, item, m)
+                total = requantize(acc, mult, shift, call.stochastic, bits)
+                if call.accumulate:
+                    total = total + cview.astype(np.int64)
+                lo, hi = -128, 127
+            clipped = np.clip(total, lo, hi)
+            nsat += int(np.count_nonzero(clipped != total))
+            amax = max(amax, int(min(np.abs(total).max(), AMAX_CAP)))
+            cview[...] = clipped.astype(out_dtype)
+        if row_bytes > n * eb:  # the beat padding of every row is written with zeros
+            _view(mem, co + n * eb, (m, row_bytes - n * eb), (call.ldc * eb, 1), np.uint8)[...] = 0
+    return {"status": (1 << st["saturated"]) if nsat else 0, "sat_count": min(nsat, 2**32 - 1),
+            "amax": min(amax, AMAX_CAP), "cycles_model": _cycles(board, call), "cycles_measured": 0}
 
 
 @lru_cache(maxsize=8192)
 def _cycles(board: BoardConfig, call: GemmCall) -> int:
-    """The kernel's cycle count of ``call`` (the planner's model; cached per call)."""
+    """The kernel's modelled cycle count of ``call`` (the planner's model; cached per call)."""
     return model_cycles(board, call).cycles
