@@ -118,3 +118,48 @@ def test_step_report_files(table, whole_energy, tmp_path):
     assert {r["config"] for r in data["rows"]} == {c.key for c in CONFIGS} and data["energy"]["rows"]
     assert "modelled" in text and "| digits on zcu104" not in text and "## digits on zcu104" in text
     assert "stream" in text and "GFLOP/s" in text and "Energy per step" in text
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_every_step_gemm_is_a_kernel_v2_call_the_kernel_accepts(board):
+    """The whole step on the v2 planner: every GEMM's planned call passes the kernel's argument
+    check; convolutions carry their geometry (implicit GEMM, no im2col), attention GEMMs are one
+    batched call over the heads, nothing else is batched."""
+    from lora_qta.runtime.planner import kernel_accepts
+
+    b = config().board(board)
+    gemms = inv.step_gemms(inv.trace_step("digits"), 4, b.axi_bytes)
+    gemms = step.choose_fusion(b, gemms, "delayed", "auto", "all")
+    seen = set()
+    for g in gemms:
+        for scheme in ("delayed", "dynamic"):
+            call, n = step.device_call(b, g, scheme)
+            assert (call.conv is not None) == (g.family == "conv") and call.macs * n == g.macs
+            assert call.batch == (g.heads if g.family == "attention" else 1) and n == g.batch // call.batch
+            if call not in seen:
+                seen.add(call)
+                p = step.best_plan(b, call, "auto")
+                assert kernel_accepts(b, p.call), (g, p.call)
+
+
+def test_step_calls_cycles_equal_the_c_simulated_kernel():
+    """The step's convolution (forward, strided forward, input gradient) and batched attention
+    calls, the smallest of each kind: the planner's cycles are the C-simulated kernel's modelled
+    count."""
+    import numpy as np
+
+    from lora_qta.runtime.image import MemoryImage
+
+    gemms = inv.step_gemms(inv.trace_step("digits"), 4, ZCU.axi_bytes)
+    picks = {}
+    for g in gemms:
+        key = (g.family, g.op, g.conv.stride if g.conv else 0)
+        if g.family in ("conv", "attention") and (key not in picks or g.macs < picks[key].macs):
+            picks[key] = g
+    assert {("conv", "fwd", 2), ("conv", "dgrad", 1), ("attention", "qk", 0), ("attention", "dk", 0)} <= set(picks)
+    rng = np.random.default_rng(0)
+    for g in picks.values():
+        call, _ = step.device_call(ZCU, g, "delayed")
+        p = step.best_plan(ZCU, call, "auto")
+        out = MemoryImage.build(ZCU, p.call, rng).run_csim(ZCU)
+        assert out["status"] & 2 == 0 and out["cycles_model"] == p.report.cycles, (g, p.call)

@@ -331,7 +331,7 @@ def whole_step_energy(boards: Sequence[str] = ("zcu104",), models: Sequence[str]
         params = sum(l.d_in * rank + l.d_out * rank for l in tr.targets_layers)
         for bname in boards:
             board = config().board(bname)
-            base = inv.step_gemms(tr, rank, stepmodel.device_align(board))
+            base = inv.step_gemms(tr, rank, board.axi_bytes)
             out = {}
             for variant, (scheme, prec, label) in WHOLE_STEP_VARIANTS.items():
                 plan_scheme = scheme if prec == "int8" else "delayed"
@@ -340,7 +340,7 @@ def whole_step_energy(boards: Sequence[str] = ("zcu104",), models: Sequence[str]
                 calls = {}
                 cache: dict = {}
                 for i, g in enumerate(gemms):
-                    call, n = stepmodel.device_call(g, plan_scheme)
+                    call, n = stepmodel.device_call(board, g, plan_scheme)
                     calls[i] = n
                     if call not in cache:
                         planned = stepmodel.best_plan(board, call, "auto").call

@@ -145,6 +145,7 @@ class StepGemm:
     lora_layer: str = ""        # the adapted layer this GEMM belongs to (base or LoRA GEMM)
     extra_n: int = 0            # fused forward: the last extra_n output columns are H = X.A^T ...
     extra_out: str = ""         # ... the tensor they form (it feeds a GEMM)
+    heads: int = 1              # attention: items per image (batch = images x heads)
 
     @property
     def macs(self) -> int:
@@ -543,7 +544,7 @@ def step_gemms(tr: StepTrace, rank: int, align: int = 1) -> list[StepGemm]:
 
         def g(op, direction, m, k, n, ta, tb, A, B, out, out_t, int32=False):
             return StepGemm("attention", a.name, op, direction, a.block, m, k, n, bh, ta, tb, A, B, out, out_t,
-                            out_int32=int32, useful_macs=bh * m * k * n)
+                            out_int32=int32, useful_macs=bh * m * k * n, heads=a.heads)
         fwd.append(g("qk", "fwd", nq, d, nk, False, True, q, kk, "host", f"{a.name}.s", True))
         fwd.append(g("pv", "fwd", nq, nk, d, False, False, p, vv, "gemm", f"{a.name}.o"))
         if not (a.q_grad or a.k_grad or a.v_grad):

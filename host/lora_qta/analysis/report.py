@@ -224,10 +224,8 @@ def step_markdown(res: dict, energy: dict | None = None) -> str:
                  f"element-wise DDR streaming {h['stream_gbps']:g} GB/s (read + written); L2 {h['l2_kb']} KB; "
                  f"{h['call_us']:g} us per accelerator call; exp/erf {h['transcendental_flops']} FLOP per element; "
                  f"PS DDR {h['ddr_mb']} MB")
-    feats = res["kernel_features"]
-    L += ["", "Kernel modes in the cycle model: batched GEMMs " + ("yes" if feats["batch"] else
-          "no (attention: one call per head)") + ", convolution addressing " + ("yes" if feats["conv"] else
-          "no (a convolution is planned as the plain GEMM of its implicit im2col matrix)") + ".", "",
+    L += ["", "Kernel modes in the cycle model (kernel v2, the planner whose count the kernel's equals): "
+          "convolutions as implicit GEMMs over their NHWC maps, attention as batched GEMMs over the heads.", "",
           "Configurations: the ARM alone in FP32; the LoRA GEMMs on the accelerator (today, dynamic host "
           "quantization); every GEMM on the accelerator with dynamic host quantization or delayed scaling in the "
           "epilogue, serial or with the ARM overlapping the accelerator per block "

@@ -8,11 +8,11 @@ quantization scheme at the boundaries (:data:`lora_qta.analysis.host.SCHEMES`), 
 policy the planner may use (:data:`POLICIES`), whether a LoRA layer's GEMMs are fused with its
 frozen base layer's, and whether host work overlaps the accelerator.
 
-* **Accelerator**: each offloaded GEMM becomes a kernel call (:func:`device_call`) planned by
-  ``lora_qta.runtime.planner.plan`` under the policy; its cycles at the board clock. Until the
-  kernel accepts batched GEMMs, the attention GEMMs are ``batch`` (= heads) separate calls and a
-  convolution is planned as the plain GEMM of its implicit im2col matrix (same M, K, N; the
-  loader's addressing of the NHWC map is not in the cycle model yet).
+* **Accelerator**: each offloaded GEMM becomes a kernel v2 call (:func:`device_call`): a
+  convolution an implicit GEMM over its NHWC map (``ConvGeometry``), an attention GEMM one
+  batched call over the heads, the rest dense calls; ``lora_qta.runtime.planner.plan`` chooses
+  its tiles and mode under the policy, and its cycles (the model the kernel's own
+  ``cycles_model`` equals) at the board clock are the accelerator's time.
 * **ARM** (:mod:`.host`): the traced element-wise work in FP32, GEMMs left on the ARM at the
   stated FP32 rate, the boundary passes of the scheme, cache maintenance, driver calls, AdamW.
 * **Composition**: serial = ARM + accelerator. Overlapped: inside each UNet block (one resnet,
@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from ..errors import PlanError
-from ..hw.call import GemmCall
+from ..hw.call import ConvGeometry, GemmCall
 from ..hw.config import BoardConfig, config
+from ..lora.gemms import LD_ALIGN
 from ..runtime.planner import plan, valid_modes
 from . import host as hostmodel
 from . import inventory as inv
@@ -95,18 +96,6 @@ MODELLED = ("modelled (accelerator: the planner's cycle model at the board clock
 
 # ----------------------------------------------------------------------------- device calls
 
-def device_align(board: BoardConfig) -> int:
-    """The channel alignment device layouts need (:func:`lora_qta.analysis.inventory.step_gemms`):
-    the AXI beat when the kernel addresses feature maps and heads in whole beats (v2), else 1."""
-    return board.axi_bytes if kernel_features()["conv"] else 1
-
-
-def kernel_features() -> dict[str, bool]:
-    """What the kernel call (``GemmCall``) can express: batched GEMMs, convolution addressing."""
-    names = {f.name for f in fields(GemmCall)}
-    return {"batch": "batch" in names, "conv": "conv" in names or "conv_in" in names}
-
-
 def out_format(g: inv.StepGemm, scheme: str) -> tuple[bool, str]:
     """(INT8 output, scale mode) of ``g`` on the device under ``scheme``."""
     if scheme != "delayed" or g.out_int32:
@@ -116,38 +105,55 @@ def out_format(g: inv.StepGemm, scheme: str) -> tuple[bool, str]:
     return True, "col"
 
 
-LD_ALIGN = 16
-"""Bytes every stored row is padded to (the widest AXI beat: kernel v2 reads and writes whole
-beats; the padding adds no MAC)."""
+def _pad(nbytes: int) -> int:
+    """A dense row padded to whole beats (``LD_ALIGN``: a multiple of every board's beat)."""
+    return -(-nbytes // LD_ALIGN) * LD_ALIGN
 
 
-def _pad(x: int, align: int = LD_ALIGN) -> int:
-    return -(-x // align) * align
+_TOKEN_PAIRS = {"a": ("pv", "dv", "dq", "dk"), "c": ("qk", "dp")}
+"""Attention operands that are token x token matrices per head (P, dS; the scores S and dP):
+stored head after head. Every other attention operand (Q, K, V, O and their gradients) lies in
+the projections' layout, tokens x (heads x the beat-padded head width), head h at column h x width."""
 
 
-def device_call(g: inv.StepGemm, scheme: str) -> tuple[GemmCall, int]:
-    """The kernel call of ``g`` (tiles left to the planner) and how many such calls the GEMM
-    takes: one batched call over its ``batch`` items, or ``batch`` calls when the kernel has no
-    batched mode. A convolution is an implicit-GEMM call over its NHWC map where the kernel
-    addresses one, else the plain GEMM of its im2col matrix."""
-    feats = kernel_features()
+def device_call(board: BoardConfig, g: inv.StepGemm, scheme: str) -> tuple[GemmCall, int]:
+    """The kernel v2 call of ``g`` on ``board`` (tiles left to the planner) and how many such
+    calls the GEMM takes.
+
+    * A convolution is an implicit GEMM over its NHWC INT8 map (:class:`ConvGeometry`; the
+      inventory pads its channels to the beat, ``lda`` = bytes per pixel).
+    * An attention GEMM is one batched call over the heads of an image (``batch`` = heads; one
+      call per image): the token x token operands (:data:`_TOKEN_PAIRS`) lie head after head,
+      the others are strided views of the interleaved heads of the projections (item stride =
+      the beat-padded head width).
+    * Everything else is one dense call, rows padded to whole beats."""
     o8, mode = out_format(g, scheme)
     eb = 1 if o8 else 4
-    lda, ldb, ldc = _pad(g.m if g.trans_a else g.k), _pad(g.k if g.trans_b else g.n), _pad(g.n * eb) // eb
+    (ra, ca), (rb, cb) = ((g.k, g.m) if g.trans_a else (g.m, g.k)), ((g.n, g.k) if g.trans_b else (g.k, g.n))
+    lda, ldb, ldc = _pad(ca), _pad(cb), _pad(g.n * eb) // eb
     kw: dict = {}
-    calls = g.batch
-    if feats["batch"] and g.batch > 1:
-        # items one after the other (attention heads: strided views of the interleaved heads)
-        rows_a, rows_b = (g.k, g.m) if g.trans_a else (g.m, g.k), (g.n, g.k) if g.trans_b else (g.k, g.n)
-        kw.update(batch=g.batch, stride_a=rows_a[0] * lda, stride_b=rows_b[0] * ldb, stride_c=g.m * ldc * eb)
-        calls = 1
-    if feats["conv"] and g.conv is not None:
-        from ..hw.call import ConvGeometry
-
+    calls = 1
+    if g.family == "attention":
+        heads = g.heads
+        calls = g.batch // heads
+        width = inv._ceil_to(g.k if g.op in _TOKEN_PAIRS["c"] else g.n, board.axi_bytes)   # head width, padded
+        if g.op in _TOKEN_PAIRS["a"]:
+            sa = ra * lda
+        else:
+            lda, sa = heads * width, width
+        ldb, sb = heads * width, width
+        if g.op in _TOKEN_PAIRS["c"]:
+            sc = g.m * ldc * eb
+        else:
+            ldc, sc = heads * width, width * eb
+        kw.update(batch=heads, stride_a=sa, stride_b=sb, stride_c=sc)
+    elif g.batch != 1:
+        raise PlanError(f"{g.name} {g.op}: only attention GEMMs are batched")
+    if g.conv is not None:
         c = g.conv
         kw["conv"] = ConvGeometry(h=c.h, w=c.w, ho=c.ho, wo=c.wo, cin=c.cin, kh=c.kh, kw=c.kw, stride=c.stride,
                                   pad=c.pad, dil=c.dil)
-        lda = _pad(c.cin)
+        lda = c.cin
     call = GemmCall(m=g.m, n=g.n, k=g.k, lda=lda, ldb=ldb, ldc=ldc, tile_m=1, tile_n=1, tile_k=1,
                     trans_a=g.trans_a, trans_b=g.trans_b, out_int8=o8, accumulate=g.accumulate, scale_mode=mode,
                     shift=16 if o8 else 0, **kw)
@@ -195,12 +201,11 @@ def best_plan(board: BoardConfig, call: GemmCall, policy: str):
 
 def run_gemm(board: BoardConfig, g: inv.StepGemm, scheme: str, policy: str) -> DeviceResult:
     """Cycles, DDR bytes and mode of ``g`` on ``board``."""
-    call, n = device_call(g, scheme)
+    call, n = device_call(board, g, scheme)
     p = best_plan(board, call, policy)
     r = p.report
     mode = p.call.dataflow + (f"{p.call.split:+d}" if p.call.split else "")
-    pe = r.array_cycles if hasattr(r, "array_cycles") else r.compute_cycles
-    return DeviceResult(r.cycles * n, r.bytes_moved * n, r.macs * n, pe * n, n, mode)
+    return DeviceResult(r.cycles * n, r.bytes_moved * n, r.macs * n, r.array_cycles * n, n, mode)
 
 
 # ----------------------------------------------------------------------------- fusion
@@ -323,7 +328,7 @@ def overlapped(host: dict[tuple[str, str], float], acc: dict[tuple[str, str], fl
 def compose(board: BoardConfig, tr: inv.StepTrace, rank: int, cfg: StepConfig) -> dict:
     """One configuration of one step on ``board``: accelerator and ARM times, the step time
     (serial and overlapped), utilization and bytes per GEMM family, host work by kind."""
-    gemms = inv.step_gemms(tr, rank, device_align(board))
+    gemms = inv.step_gemms(tr, rank, board.axi_bytes)
     params = sum(l.d_in * rank + l.d_out * rank for l in tr.targets_layers)
     if cfg.offload == "all":
         gemms = choose_fusion(board, gemms, cfg.scheme, cfg.policy, cfg.fusion)
@@ -432,7 +437,7 @@ def step_table(boards: Sequence[str], models: Sequence[str], rank: int = 4,
         inventories[model] = inv.inventory(model, rank)
         for bname in boards:
             board = config().board(bname)
-            base_gemms = inv.step_gemms(tr, rank, device_align(board))
+            base_gemms = inv.step_gemms(tr, rank, board.axi_bytes)
             arm = None
             for cfg in configs:
                 row = compose(board, tr, rank, cfg)
@@ -449,7 +454,7 @@ def step_table(boards: Sequence[str], models: Sequence[str], rank: int = 4,
                            "ddr_bytes": board.host.ddr_mb * 2**20})
     out = {"label": MODELLED, "rank": rank, "batch": 1, "tiles": TILES, "rows": rows, "fusion": fusion,
            "inventory": inventories, "policies": POLICY_LABELS, "schemes": hostmodel.SCHEMES,
-           "kernel_features": kernel_features(), "paper": PAPER, "targets": TARGETS,
+           "paper": PAPER, "targets": TARGETS,
            "host_facts": {b: _host_facts(config().board(b)) for b in boards}}
     out["ratios"] = ratios(rows)
     if sensitivity_on and sensitivity_on[0] in boards and sensitivity_on[1] in models:
