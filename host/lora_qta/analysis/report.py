@@ -231,6 +231,7 @@ def step_markdown(res: dict, energy: dict | None = None) -> str:
           "epilogue, serial or with the ARM overlapping the accelerator per block "
           f"({res['tiles']} token tiles), under the planner's adaptive policy and fixed dataflows. Whole-step "
           "configurations fuse a LoRA layer with its frozen layer where that saves cycles.", ""]
+    L += [step_summary_markdown(res), ""]
     L += [inventory_markdown(res["inventory"])]
     for (b, m) in dict.fromkeys((r["board"], r["model"]) for r in res["rows"]):
         rows = [r for r in res["rows"] if r["board"] == b and r["model"] == m]
@@ -297,6 +298,30 @@ def step_markdown(res: dict, energy: dict | None = None) -> str:
     if res.get("target_check"):
         L += [targets_markdown(res["target_check"])]
     return "\n".join(L) + "\n"
+
+
+SUMMARY_CONFIGS = ("arm_fp32", "lora_offload", "whole_serial", "whole_overlap", "whole_ws", "whole_os")
+"""The configurations of the summary table (:func:`step_summary_markdown`)."""
+
+
+def step_summary_markdown(res: dict) -> str:
+    """One row per model and board: the step time (s) of each configuration of
+    :data:`SUMMARY_CONFIGS` with its speedup over the ARM alone, and the adaptive policy over
+    fixed WS / OS (step time)."""
+    L = ["| model | board | ARM only, FP32 | LoRA-only offload | whole step, serial | whole step, overlapped | "
+         "fixed WS (overlapped) | fixed OS (overlapped) | auto vs WS / OS |", "|---|---|---|---|---|---|---|---|---|"]
+    names = {"sd15": "SD 1.5", "sdxl": "SDXL"}
+    for (b, m) in dict.fromkeys((r["board"], r["model"]) for r in res["rows"]):
+        sel = {r["config"]: r for r in res["rows"] if r["board"] == b and r["model"] == m}
+        cells = []
+        for key in SUMMARY_CONFIGS:
+            r = sel.get(key)
+            cells.append("-" if r is None else f"{_num(r['t_step_s'])} s" +
+                         ("" if key == "arm_fp32" else f" ({r['speedup_vs_arm']:.1f}x)"))
+        rat = next((x for x in res["ratios"] if x["board"] == b and x["model"] == m), {})
+        vs = " / ".join(f"{rat[k]:.2f}x" if k in rat else "-" for k in ("auto_vs_ws_step", "auto_vs_os_step"))
+        L.append(f"| {names.get(m, m)} | {b} | {' | '.join(cells)} | {vs} |")
+    return "\n".join(L)
 
 
 def _host_ops_markdown(res: dict, top: int = 12) -> list[str]:
