@@ -22,7 +22,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def small_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     rc = main(["bench", "--boards", "zcu104", "--models", "sd15", "--ranks", "4,64", "--out", str(out),
-               "--csim-ranks", "4", "--csim-limit", "24", "--step-ranks", "4",
+               "--csim-ranks", "4", "--csim-limit", "24", "--step-models", "",
                "--energy-models", "sd15", "--energy-ranks", "4"])
     return rc, out
 
@@ -61,8 +61,6 @@ def test_bench_adaptive_never_loses_and_figures_are_physical(small_bench):
         assert goal["meeting"] + len(goal["failing"]) == goal["compute_bound"]
         assert goal["compute_bound"] + goal["memory_bound"] == len(c["gemms"])
     assert res["csim_check"]["checked"] > 0 and res["csim_check"]["mismatches"] == []
-    step = res["training_step"]["rows"][0]
-    assert step["step_with_accelerator_s"] > step["t_rest_s"] > 0
 
 
 def test_partitioned_modes_help_narrow_ranks():

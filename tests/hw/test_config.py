@@ -94,7 +94,8 @@ def test_host_facts_are_stated_per_board_and_not_part_of_a_bitstream():
     assert (zcu.cpu, kv.cpu, z2.cpu) == ("4x Cortex-A53 @ 1.2 GHz", "4x Cortex-A53 @ 1.333 GHz",
                                          "2x Cortex-A9 @ 650 MHz")
     assert (zcu.gflops, kv.gflops, z2.gflops) == (4 * 1.2 * 8 * 0.30, 4 * 1.333 * 8 * 0.30, 2 * 0.65 * 4 * 0.30)
-    assert (zcu.elementwise_slowdown, z2.elementwise_slowdown) == (8.0, 16.0)
+    assert (zcu.stream_gbps, kv.stream_gbps, z2.stream_gbps) == (4.0, 4.0, 1.0)
+    assert (zcu.ddr_mb, kv.ddr_mb, z2.ddr_mb) == (2048, 4096, 512) and zcu.l2_kb == 1024 and zcu.call_us > 0
     assert (zcu.idle_watts, kv.idle_watts, z2.idle_watts) == (12.0, 4.0, 2.0)
     assert (zcu.input_rail, zcu.input_volts, z2.input_rail, z2.input_volts) == ("12V", 12.0, "VIN", 5.0)
     board = config().board("zcu104")

@@ -280,3 +280,89 @@ def energy_report(boards: Sequence[str] = ("zcu104",), models: Sequence[str] = (
                 })
     return {"label": LABEL, "table_pj": asdict(table), "paper_energy_efficiency": PAPER_ENERGY_EFFICIENCY,
             "rows": rows}
+
+
+# ----------------------------------------------------------------------------- the whole step
+
+ARM_INSTRUCTION_PJ = 70.0
+"""Energy of one instruction of a simple in-order RISC core in 45 nm (Horowitz, ISSCC 2014: about
+70 pJ, of which the arithmetic is a few pJ; the rest is instruction fetch, decode, register file
+and control). Applied to the ARM cores' work: an element-wise FLOP-equivalent costs one lane of a
+4-lane FP32 NEON instruction (70 / 4 = 17.5 pJ); a driver call costs one instruction per cycle
+of its ``call_us``; cache maintenance one instruction per line."""
+ARM_FP32_LANES = 4
+
+WHOLE_STEP_VARIANTS = {
+    "int8_delayed": ("delayed", "int8", "INT8, delayed scaling in the epilogue"),
+    "int8_dynamic": ("dynamic", "int8", "INT8, dynamic host quantization"),
+    "fp16": ("fp16", "fp16", "the same array in FP16"),
+    "fp32": ("fp32", "fp32", "the same array in FP32"),
+}
+"""Whole-step variants of :func:`whole_step_energy`: (host scheme, array precision, label)."""
+
+
+def host_energy(board: BoardConfig, items, table: EnergyTable = HOROWITZ_45NM) -> dict[str, float]:
+    """Modelled energy (pJ) of ARM work items (:class:`lora_qta.analysis.host.HostWork`): their
+    DDR bytes at the table's DRAM energy (negative bytes: traffic saved against the FP32 trace)
+    and their arithmetic at :data:`ARM_INSTRUCTION_PJ` per instruction (element-wise FLOP at
+    one lane of a 4-lane instruction)."""
+    ddr = arith = 0.0
+    per_flop = ARM_INSTRUCTION_PJ / ARM_FP32_LANES
+    for it in items:
+        ddr += it.bytes * table.dram_pj_per_byte
+        arith += it.flops * per_flop + it.instructions * ARM_INSTRUCTION_PJ
+    return {"ddr_pj": ddr, "arith_pj": arith, "total_pj": ddr + arith}
+
+
+def whole_step_energy(boards: Sequence[str] = ("zcu104",), models: Sequence[str] = ("sd15",), rank: int = 4,
+                      table: EnergyTable = HOROWITZ_45NM) -> dict:
+    """Energy of one whole training step with every GEMM on the accelerator (policy auto,
+    fusion where it saves cycles), per variant (:data:`WHOLE_STEP_VARIANTS`): the accelerator's
+    GEMMs (arithmetic, SRAM, DDR as :func:`gemm_energy`, the FP variants on the INT8 variant's
+    plan) plus the ARM's work (element-wise, (de)quantization, cache maintenance, driver, AdamW
+    as :mod:`lora_qta.analysis.host` counts it) at :func:`host_energy`."""
+    from . import host as hostmodel
+    from . import inventory as inv
+    from . import step as stepmodel
+
+    rows = []
+    for model in models:
+        tr = inv.trace_step(model)
+        params = sum(l.d_in * rank + l.d_out * rank for l in tr.targets_layers)
+        for bname in boards:
+            board = config().board(bname)
+            base = inv.step_gemms(tr, rank, board.axi_bytes)
+            out = {}
+            for variant, (scheme, prec, label) in WHOLE_STEP_VARIANTS.items():
+                plan_scheme = scheme if prec == "int8" else "delayed"
+                gemms = stepmodel.choose_fusion(board, base, plan_scheme, "auto", "best")
+                acc: GemmEnergy | None = None
+                calls = {}
+                cache: dict = {}
+                for i, g in enumerate(gemms):
+                    call, n = stepmodel.device_call(board, g, plan_scheme)
+                    calls[i] = n
+                    if call not in cache:
+                        planned = stepmodel.best_plan(board, call, "auto").call
+                        cache[call] = gemm_energy(board, planned, prec, table)
+                    e = cache[call].scaled(n) if n != 1 else cache[call]
+                    acc = e if acc is None else acc + e
+                items = hostmodel.elementwise_work(board, tr.host_ops)
+                items += hostmodel.boundary_work(board, gemms, set(range(len(gemms))), scheme, calls)
+                items.append(hostmodel.optimizer_work(board, params))
+                h = host_energy(board, items, table)
+                quant = host_energy(board, [it for it in items if it.what in ("quantize", "dequantize", "cache")],
+                                    table)
+                out[variant] = {"label": label, "accelerator": acc.as_dict(), "host": h, "host_quantization": quant,
+                                "total_pj": acc.total_pj + h["total_pj"]}
+            base_pj = out["int8_delayed"]["total_pj"]
+            for v in out.values():
+                v["ratio_vs_int8_delayed"] = v["total_pj"] / base_pj
+            acc8 = out["int8_delayed"]["accelerator"]["total_pj"]
+            rows.append({"board": bname, "model": model, "rank": rank, "variants": out,
+                         "accelerator_only_fp32_vs_int8": out["fp32"]["accelerator"]["total_pj"] / acc8,
+                         "accelerator_only_fp16_vs_int8": out["fp16"]["accelerator"]["total_pj"] / acc8})
+    return {"label": LABEL + "; ARM: " + f"{ARM_INSTRUCTION_PJ:g} pJ per instruction (Horowitz 2014), "
+            f"{ARM_INSTRUCTION_PJ / ARM_FP32_LANES:g} pJ per element-wise FLOP-equivalent",
+            "table_pj": asdict(table), "arm_instruction_pj": ARM_INSTRUCTION_PJ,
+            "paper_energy_efficiency": PAPER_ENERGY_EFFICIENCY, "rows": rows}

@@ -1,5 +1,6 @@
 """The figures of the analysis (PNG files, matplotlib's Agg backend): the dataflow study's
-utilization, speedup and roofline plots, the energy bars, the power trace."""
+utilization, speedup and roofline plots, the whole step's time by component and utilization by
+GEMM family, the energy bars, the power trace."""
 
 from __future__ import annotations
 
@@ -146,6 +147,92 @@ def energy_plot(rep: dict, path: Path) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(f"LoRA GEMM energy per training step, batch 1 - {rep['label']}", fontsize=9)
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- the whole step
+
+SHORT_LABELS = {
+    "arm_fp32": "ARM only, FP32", "lora_offload": "LoRA only (today)", "whole_dynamic": "all, dynamic quant.",
+    "whole_serial": "all, delayed, serial", "whole_overlap": "all, delayed, overlap", "whole_adaptive": "WS/OS, no part.",
+    "whole_ws": "fixed WS", "whole_ws_part": "WS + partitions", "whole_os": "fixed OS", "whole_os_part": "OS + partitions",
+}
+COMPONENT_COLORS = {"accelerator": "#c44e52", "gemm_fp32": "#4c72b0", "elementwise": "#8172b3",
+                    "quantization": "#dd8452", "overhead": "#937860", "optimizer": "#55a868"}
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def step_plots(res: dict, out: Path) -> list[Path]:
+    """``step.png``: stacked bars of each configuration's serial step time by component (one panel
+    per board and model; the overlapped step time as a black tick; bars above the axis are cut and
+    labelled), and ``step_utilization.png``: PE utilization per GEMM family and configuration."""
+    from .report import COMPONENTS, step_components
+
+    plt = _pyplot()
+    pairs = list(dict.fromkeys((r["board"], r["model"]) for r in res["rows"]))
+    ncol = min(3, len(pairs))
+    nrow = -(-len(pairs) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.5 * ncol, 4.6 * nrow), squeeze=False)
+    for ax, (b, m) in zip(axes.flat, pairs):
+        rows = [r for r in res["rows"] if r["board"] == b and r["model"] == m]
+        whole = [r["t_serial_s"] for r in rows if r["offload"] == "all"] or [r["t_serial_s"] for r in rows]
+        top = 1.35 * max(whole)
+        seen: set[str] = set()
+        for x, r in enumerate(rows):
+            bottom = 0.0
+            for key, val in step_components(r).items():
+                if val > 0:
+                    ax.bar(x, val, bottom=bottom, color=COMPONENT_COLORS[key], width=0.7,
+                           label=None if key in seen else COMPONENTS[key])
+                    seen.add(key)
+                    bottom += val
+            if r["overlap"]:
+                ax.plot([x - 0.4, x + 0.4], [r["t_step_s"]] * 2, "k-", lw=2)
+            if bottom > top:
+                ax.text(x, top * 0.97, f"{bottom:,.0f} s", ha="center", va="top", fontsize=7, rotation=90, color="w")
+            ax.text(x, min(bottom, top) * 1.01 if bottom <= top else top * 1.01, f"{r['speedup_vs_arm']:.1f}x",
+                    ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(0, top * 1.08)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([SHORT_LABELS.get(r["config"], r["config"]) for r in rows], fontsize=6, rotation=45,
+                           ha="right", rotation_mode="anchor")
+        ax.set_ylabel("seconds per step (serial parts; black: overlapped)")
+        ax.set_title(f"{m} on {b}, rank {res['rank']} (x: speedup vs ARM only)", fontsize=9)
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=6, loc="upper right")
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.axis("off")
+    fig.suptitle(_wrap(f"One LoRA training step by component - {res['label']}", 110), fontsize=8)
+    paths = [_save(fig, out / "step.png")]
+
+    fams = ("linear", "conv", "attention", "lora", "fused")
+    colors = {"linear": "#4c72b0", "conv": "#dd8452", "attention": "#c44e52", "lora": "#55a868", "fused": "#8172b3"}
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.5 * ncol, 4.2 * nrow), squeeze=False)
+    for ax, (b, m) in zip(axes.flat, pairs):
+        rows = [r for r in res["rows"] if r["board"] == b and r["model"] == m and r["families"]]
+        width = 0.8 / len(fams)
+        for fi, f in enumerate(fams):
+            xs = [x + (fi - len(fams) / 2 + 0.5) * width for x in range(len(rows))]
+            ys = [100 * r["families"].get(f, {}).get("utilization", 0.0) for r in rows]
+            ax.bar(xs, ys, width=width, color=colors[f], label=f)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([SHORT_LABELS.get(r["config"], r["config"]) for r in rows], fontsize=6, rotation=45,
+                           ha="right", rotation_mode="anchor")
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("PE utilization (%)")
+        ax.set_title(f"{m} on {b}: utilization per GEMM family", fontsize=9)
+        ax.legend(fontsize=6, ncol=5)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.axis("off")
+    fig.suptitle(_wrap(f"PE utilization by GEMM family - {res['label']}", 110), fontsize=8)
+    paths.append(_save(fig, out / "step_utilization.png"))
+    return paths
 
 
 # ----------------------------------------------------------------------------- power

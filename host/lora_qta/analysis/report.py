@@ -1,7 +1,8 @@
 """The analysis reports as text, and the files the report commands write.
 
-Markdown of the dataflow study with its cycle-model check and training-step view, of the energy
-model and of a power recording; the emulation-speed summaries; and the writers of the
+Markdown of the dataflow study with its cycle-model check, of the whole training step
+(inventory, configurations, fusion, energy, targets), of the energy model and of a power
+recording; the emulation-speed summaries; and the writers of the
 ``.md``/``.json``/``.csv`` files of ``lora-qta bench``, ``energy`` and ``power`` (their figures
 are :mod:`.plots`).
 """
@@ -143,40 +144,72 @@ def csim_markdown(chk: dict) -> str:
             f"{ok} ({chk['seconds']:.1f} s on this machine).\n")
 
 
-def step_markdown(sv: dict) -> str:
-    """The training-step view (:func:`~.step.step_view`) as markdown."""
-    cpu = sv["cpu_measured"]
-    L = [f"## One {sv['model']} fine-tuning step (batch 1): where the time goes", "",
-         f"All times **{sv['label']}**.", "",
-         f"Base UNet forward: {sv['base_forward_macs']['total'] / 1e9:,.1f} GMAC (conv "
-         f"{sv['base_forward_macs']['conv'] / 1e9:,.1f}, linear {sv['base_forward_macs']['linear'] / 1e9:,.1f}, "
-         f"attention matmuls {sv['base_forward_macs']['attention'] / 1e9:,.1f}; meta-model trace); forward + "
-         f"input-gradient backward {sv['base_step_flops'] / 1e12:,.2f} TFLOP.", "",
-         f"This machine (measured on this machine, x86, {cpu['torch_threads']} threads): quantization "
-         f"{cpu['quant_bytes_per_s'] / 1e9:.2f} GB/s of FP32 input, dequantization "
-         f"{cpu['dequant_bytes_per_s'] / 1e9:.2f} GB/s of INT32 input, torch FP32 GEMM "
-         f"{cpu['fp32_gemm_flops'] / 1e9:.1f} GFLOP/s. A board's ARM core is slower: element-wise rates are "
-         "divided by the stated slowdown; the ARM FP32 throughput is a stated assumption (cores x clock x "
-         "NEON FLOP/cycle x 30%):", ""]
-    for b, p in sv["processors"].items():
-        if any(r["board"] == b for r in sv["rows"]):
-            L.append(f"- {b}: {p['cpu']}, {p['gflops']:.1f} GFLOP/s attained (assumed), element-wise "
-                     f"{p['elementwise_slowdown']:g}x slower than this machine (assumed)")
-    L += ["", "| board | rank | LoRA GEMMs on accelerator (ms) | quantization on ARM (ms) | rest of step on ARM (s) | "
-          "LoRA GEMMs on ARM FP32 (ms) | step ARM only (s) | step with accelerator (s) | step speedup | "
-          "LoRA GEMMs: ARM / accelerator | LoRA part incl. quantization | Amdahl limit |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sv["rows"]:
-        L.append(f"| {r['board']} | {r['rank']} | {r['t_accelerator_s'] * 1e3:,.2f} | {r['t_quantization_s'] * 1e3:,.1f} | "
-                 f"{r['t_rest_s']:,.1f} | {r['t_lora_cpu_fp32_s'] * 1e3:,.1f} | {r['step_cpu_only_s']:,.2f} | "
-                 f"{r['step_with_accelerator_s']:,.2f} | {r['step_speedup']:.4f}x | {r['gemm_only_speedup']:.2f}x | "
-                 f"{r['lora_part_speedup']:.2f}x | "
-                 f"{r['amdahl_limit']:.4f}x |")
-    L += ["", "Amdahl limit: the step speedup if the LoRA GEMMs took no time at all. The LoRA GEMMs are a small "
-          "fraction of the step's arithmetic, so accelerating them alone cannot speed the whole step up much while "
-          "the frozen base model runs on the ARM cores; and the host-side quantization/dequantization of their "
-          "operands and results costs more time than the GEMMs save unless it moves off the ARM cores (into the "
-          "kernel's epilogue / a quantizing DMA) or overlaps with the accelerator.", ""]
+COMPONENTS = {
+    "accelerator": "accelerator",
+    "gemm_fp32": "ARM GEMMs (FP32)",
+    "elementwise": "ARM element-wise (FP32)",
+    "quantization": "ARM (de)quantization",
+    "overhead": "ARM driver + cache maintenance",
+    "optimizer": "ARM AdamW",
+}
+"""Parts of a step's serial time, in the order of the tables and the stacked bars."""
+
+
+def step_components(row: dict) -> dict[str, float]:
+    """Seconds of each part of :data:`COMPONENTS` for one configuration row (serial time; the
+    INT8 reads the delayed scheme saves on the ARM come off the element-wise part)."""
+    h = {k: v["seconds"] for k, v in row["host"].items()}
+    deq = h.get("dequantize", 0.0)
+    return {
+        "accelerator": row["t_accelerator_s"],
+        "gemm_fp32": h.get("gemm_fp32", 0.0),
+        "elementwise": h.get("elementwise", 0.0) + min(deq, 0.0),
+        "quantization": h.get("quantize", 0.0) + max(deq, 0.0) + h.get("lora_add", 0.0),
+        "overhead": h.get("driver", 0.0) + h.get("cache", 0.0),
+        "optimizer": h.get("optimizer", 0.0),
+    }
+
+
+def _num(x: float) -> str:
+    """``x`` with three significant digits below 100, without decimals above."""
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}" if x else "0"
+
+
+def _gmac(x: float) -> str:
+    return _num(x / 1e9)
+
+
+def inventory_markdown(invs: dict) -> str:
+    """MAC totals of the traced steps (:func:`~.inventory.inventory`), with the ATen check."""
+    L = ["## The step's GEMMs (traced from the diffusers UNet on the meta device, batch 1)", "",
+         "GMAC per step. Useful MACs exclude the zeros of the dilated dY in the input gradient of a stride-2 "
+         "convolution, which the array computes (the array column).", "",
+         "| model | rank | conv fwd | linear fwd | attention fwd | forward | conv dX | linear dX | attention bwd | "
+         "LoRA (6 GEMMs/layer) | step, useful | step, array | GEMM calls | ATen check |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for model, r in invs.items():
+        m = r["macs"]
+
+        def u(key):
+            return m.get(key, {"useful": 0})["useful"]
+        fwd = sum(u(f"{f}.fwd") for f in ("conv", "linear", "attention"))
+        ok = "equal" if r["check"]["equal"] else "DIFFERENT"
+        L.append(f"| {model} | {r['rank']} | {_gmac(u('conv.fwd'))} | {_gmac(u('linear.fwd'))} | "
+                 f"{_gmac(u('attention.fwd'))} | {_gmac(fwd)} | {_gmac(u('conv.bwd'))} | {_gmac(u('linear.bwd'))} | "
+                 f"{_gmac(u('attention.bwd'))} | {_gmac(m['lora']['useful'])} | {_gmac(m['total']['useful'])} | "
+                 f"{_gmac(m['total']['array'])} | {r['calls']:,} | {ok} |")
+    L += ["", "Input gradients: only where the layer's input depends on a LoRA parameter (autograd's requires_grad "
+          "on the meta step, with the target linears' weights standing in for their adapters). What looser rules "
+          "would add (GMAC of input gradients):", "",
+          "| model | first LoRA layer | every layer executed after it: linear, conv | every layer: linear, conv |",
+          "|---|---|---|---|"]
+    for model, r in invs.items():
+        g = r["input_gradient_rule"]
+        L.append(f"| {model} | `{g['first_lora']}` | {_gmac(g['after_first_lora']['linear'])}, "
+                 f"{_gmac(g['after_first_lora']['conv'])} | {_gmac(g['every_layer']['linear'])}, "
+                 f"{_gmac(g['every_layer']['conv'])} |")
     return "\n".join(L) + "\n"
 
 
@@ -198,19 +231,195 @@ def allreduce_markdown(ar: dict) -> str:
                               for n in boards) + " |")
     L += ["", "A board sends 2(N-1)/N times the gradient per step, so the traffic per board stays below twice the "
           "gradient however many boards join; the time grows by one latency per round. Against a Stable Diffusion step on a board's ARM "
-          "cores (minutes at batch 1 in the training-step view) the exchange is small even at rank 128.", ""]
+          "cores (minutes at batch 1 in the whole-step model) the exchange is small even at rank 128.", ""]
     return "\n".join(L) + "\n"
+
+
+def step_markdown(res: dict, energy: dict | None = None) -> str:
+    """The whole-step model (:func:`~.step.step_table`) as markdown, with the whole-step energy
+    (:func:`~.energy.whole_step_energy`) when given."""
+    L = [f"# One LoRA training step on the board, batch 1, rank {res['rank']}", "",
+         f"All figures **{res['label']}**. Every ARM throughput is a stated assumption (hardware.toml, "
+         "`host` tables), none is measured:", ""]
+    for b, h in res["host_facts"].items():
+        L.append(f"- {b}: {h['cpu']}; FP32 {h['gflops']:.2f} GFLOP/s attained (GEMMs and element-wise arithmetic); "
+                 f"element-wise DDR streaming {h['stream_gbps']:g} GB/s (read + written); L2 {h['l2_kb']} KB; "
+                 f"{h['call_us']:g} us per accelerator call; exp/erf {h['transcendental_flops']} FLOP per element; "
+                 f"PS DDR {h['ddr_mb']} MB")
+    L += ["", "Kernel modes in the cycle model (kernel v2, the planner whose count the kernel's equals): "
+          "convolutions as implicit GEMMs over their NHWC maps, attention as batched GEMMs over the heads.", "",
+          "Configurations: the ARM alone in FP32; the LoRA GEMMs on the accelerator (today, dynamic host "
+          "quantization); every GEMM on the accelerator with dynamic host quantization or delayed scaling in the "
+          "epilogue, serial or with the ARM overlapping the accelerator per block "
+          f"({res['tiles']} token tiles), under the planner's adaptive policy and fixed dataflows. Whole-step "
+          "configurations fuse a LoRA layer with its frozen layer where that saves cycles.", ""]
+    L += [step_summary_markdown(res), ""]
+    L += [inventory_markdown(res["inventory"])]
+    for (b, m) in dict.fromkeys((r["board"], r["model"]) for r in res["rows"]):
+        rows = [r for r in res["rows"] if r["board"] == b and r["model"] == m]
+        L += [f"## {m} on {b}", "",
+              "| configuration | accelerator Mcycles | accelerator s | ARM s | "
+              "of which element-wise / (de)quant. / driver+cache | serial s | "
+              "overlapped s | step s | vs ARM only | util | util linear / conv / attention / LoRA / fused | "
+              "device GB | ARM GB | calls |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            c = step_components(r)
+            fam = r["families"]
+            util = " / ".join(f"{fam[f]['utilization']:.0%}" if f in fam else "-"
+                              for f in ("linear", "conv", "attention", "lora", "fused"))
+            over = _num(r["t_overlapped_s"]) if r["overlap"] else "-"
+            L.append(f"| {r['label']} | {_num(r['accelerator_cycles'] / 1e6)} | {_num(r['t_accelerator_s'])} | "
+                     f"{_num(r['t_host_s'])} | "
+                     f"{_num(c['elementwise'])} / {_num(c['quantization'])} / {_num(c['overhead'])} | "
+                     f"{_num(r['t_serial_s'])} | {over} | **{_num(r['t_step_s'])}** | {r['speedup_vs_arm']:.2f}x | "
+                     f"{r['utilization']:.0%} | {util} | {_num(r['device_bytes'] / 1e9)} | "
+                     f"{_num(r['host']['total']['bytes'] / 1e9)} | {r['accelerator_calls']:,} |")
+        rat = next((x for x in res["ratios"] if x["board"] == b and x["model"] == m), None)
+        if rat:
+            L += ["", "Adaptive policy (auto) against fixed dataflows, step time (overlapped) and accelerator time: "
+                  + "; ".join(f"{k}: {rat[f'auto_vs_{k}_step']:.2f}x step, {rat[f'auto_vs_{k}_accelerator']:.2f}x "
+                              "accelerator" for k in ("ws", "ws_part", "os", "os_part", "adaptive")
+                              if f"auto_vs_{k}_step" in rat) + "."]
+        L.append("")
+    L += _host_ops_markdown(res)
+    L += ["## LoRA fused with its frozen layer", "",
+          "[Y | H] = X.[W; A]^T reads X once (N = out + r); dX = [dY | dH].[W; A] sums over K = out + r in one GEMM. "
+          "Cycles and device DDR bytes of the GEMMs concerned, summed over the adapted layers (delayed scaling, "
+          "policy auto):", "",
+          "| board | model | pass | pairs | separate cycles | fused cycles | saved | separate MB | fused MB | saved | "
+          "fused where it saves cycles |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for f in res["fusion"]:
+        for w in ("fwd", "dgrad"):
+            d = f[w]
+            if not d["pairs"]:
+                continue
+            L.append(f"| {f['board']} | {f['model']} | {'forward' if w == 'fwd' else 'input gradient'} | {d['pairs']} | "
+                     f"{d['separate_cycles']:,} | {d['fused_cycles']:,} | "
+                     f"{1 - d['fused_cycles'] / d['separate_cycles']:.1%} | {_num(d['separate_bytes'] / 1e6)} | "
+                     f"{_num(d['fused_bytes'] / 1e6)} | {1 - d['fused_bytes'] / d['separate_bytes']:.1%} | "
+                     f"{d['best_fused_pairs']} of {d['pairs']} |")
+    if res.get("sensitivity"):
+        sv = res["sensitivity"]
+        L += ["", f"## How the speedups depend on the ARM assumptions ({sv['model']} on {sv['board']})", "",
+              "| assumption changed | ARM only s | whole step, serial s | speedup | whole step, overlapped s | speedup |",
+              "|---|---|---|---|---|---|"]
+        for r in sv["rows"]:
+            L.append(f"| {r['assumption']} | {_num(r['arm_s'])} | {_num(r['whole_serial_s'])} | "
+                     f"{r['whole_serial_speedup']:.1f}x | {_num(r['whole_overlap_s'])} | "
+                     f"{r['whole_overlap_speedup']:.1f}x |")
+    L += ["", "Frozen weights against the PS DDR (INT8 on the device, convolution weights twice: the flipped copy "
+          "for the input gradient; FP32 for the ARM alone):", "",
+          "| board | model | INT8 weights GB | FP32 weights GB | PS DDR GB |", "|---|---|---|---|---|"]
+    for f in res["fusion"]:
+        L.append(f"| {f['board']} | {f['model']} | {_num(f['weights_int8_bytes'] / 1e9)} | "
+                 f"{_num(f['weights_fp32_bytes'] / 1e9)} | {f['ddr_bytes'] / 1e9:.2f} |")
+    L.append("")
+    if energy:
+        L += [step_energy_markdown(energy)]
+    if res.get("target_check"):
+        L += [targets_markdown(res["target_check"])]
+    return "\n".join(L) + "\n"
+
+
+SUMMARY_CONFIGS = ("arm_fp32", "lora_offload", "whole_serial", "whole_overlap", "whole_ws", "whole_os")
+"""The configurations of the summary table (:func:`step_summary_markdown`)."""
+
+
+def step_summary_markdown(res: dict) -> str:
+    """One row per model and board: the step time (s) of each configuration of
+    :data:`SUMMARY_CONFIGS` with its speedup over the ARM alone, and the adaptive policy over
+    fixed WS / OS (step time)."""
+    L = ["| model | board | ARM only, FP32 | LoRA-only offload | whole step, serial | whole step, overlapped | "
+         "fixed WS (overlapped) | fixed OS (overlapped) | auto vs WS / OS |", "|---|---|---|---|---|---|---|---|---|"]
+    names = {"sd15": "SD 1.5", "sdxl": "SDXL"}
+    for (b, m) in dict.fromkeys((r["board"], r["model"]) for r in res["rows"]):
+        sel = {r["config"]: r for r in res["rows"] if r["board"] == b and r["model"] == m}
+        cells = []
+        for key in SUMMARY_CONFIGS:
+            r = sel.get(key)
+            cells.append("-" if r is None else f"{_num(r['t_step_s'])} s" +
+                         ("" if key == "arm_fp32" else f" ({r['speedup_vs_arm']:.1f}x)"))
+        rat = next((x for x in res["ratios"] if x["board"] == b and x["model"] == m), {})
+        vs = " / ".join(f"{rat[k]:.2f}x" if k in rat else "-" for k in ("auto_vs_ws_step", "auto_vs_os_step"))
+        L.append(f"| {names.get(m, m)} | {b} | {' | '.join(cells)} | {vs} |")
+    return "\n".join(L)
+
+
+def _host_ops_markdown(res: dict, top: int = 12) -> list[str]:
+    """The ARM's element-wise work per ATen operator (the ARM-only row of the first board of each
+    model; the same operators run in every configuration)."""
+    L = []
+    for model in dict.fromkeys(r["model"] for r in res["rows"]):
+        row = next((r for r in res["rows"] if r["model"] == model and r.get("elementwise_ops")), None)
+        if row is None:
+            continue
+        ops = sorted(row["elementwise_ops"].items(), key=lambda kv: -kv[1]["seconds"])
+        tot = sum(v["seconds"] for v in row["elementwise_ops"].values())
+        L += [f"## The ARM's element-wise work per operator ({model}, {row['board']}, FP32, traced)", "",
+              "| operator | calls | elements read + written (M) | GB | GFLOP | s | share |", "|---|---|---|---|---|---|---|"]
+        for name, v in ops[:top]:
+            L.append(f"| `{name}` | {int(v['calls']):,} | {_num(v['elements'] / 1e6)} | {_num(v['bytes'] / 1e9)} | "
+                     f"{_num(v['flops'] / 1e9)} | {_num(v['seconds'])} | {v['seconds'] / tot:.0%} |")
+        rest = ops[top:]
+        if rest:
+            L.append(f"| {len(rest)} more | {int(sum(v['calls'] for _, v in rest)):,} | "
+                     f"{_num(sum(v['elements'] for _, v in rest) / 1e6)} | {_num(sum(v['bytes'] for _, v in rest) / 1e9)} | "
+                     f"{_num(sum(v['flops'] for _, v in rest) / 1e9)} | {_num(sum(v['seconds'] for _, v in rest))} | "
+                     f"{sum(v['seconds'] for _, v in rest) / tot:.0%} |")
+        L.append("")
+    return L
+
+
+def step_energy_markdown(rep: dict) -> str:
+    """The whole-step energy (:func:`~.energy.whole_step_energy`) as markdown."""
+    L = ["## Energy per step, every GEMM on the accelerator", "", f"All figures **{rep['label']}**. J per step.", "",
+         "| board | model | variant | array arith | array SRAM | array DDR | ARM DDR | ARM arith | "
+         "of which (de)quant. + cache | total | / INT8 delayed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rep["rows"]:
+        for key, v in row["variants"].items():
+            a, h = v["accelerator"], v["host"]
+            j = [_num(x / 1e12) for x in (a["arith_pj"], a["sram_pj"], a["ddr_pj"], h["ddr_pj"], h["arith_pj"],
+                                           v["host_quantization"]["total_pj"], v["total_pj"])]
+            L.append(f"| {row['board']} | {row['model']} | {v['label']} | {' | '.join(j)} | "
+                     f"{v['ratio_vs_int8_delayed']:.2f}x |")
+        L.append(f"| {row['board']} | {row['model']} | accelerator alone: FP32 / INT8 {row['accelerator_only_fp32_vs_int8']:.2f}x, "
+                 f"FP16 / INT8 {row['accelerator_only_fp16_vs_int8']:.2f}x | | | | | | | | |")
+    t = rep["table_pj"]
+    L += ["", f"The FP16/FP32 rows are the same array and schedule computing in that precision, with the ARM handing "
+          "over and reading FP16/FP32 tensors (no quantization). CDM-QTA reports "
+          f"{rep['paper_energy_efficiency']:.2f}x energy efficiency over its baseline (their figure).", "",
+          f"Per-operation energies (pJ, Horowitz ISSCC 2014, 45 nm): {', '.join(f'{k} {v:g}' for k, v in t.items())}; "
+          f"DDR {t['dram_64bit'] / 8:g} pJ per byte for the array's and the ARM's traffic alike; the ARM "
+          f"{rep['arm_instruction_pj']:g} pJ per instruction, {rep['arm_instruction_pj'] / 4:g} pJ per element-wise "
+          "FLOP (one lane of a 4-lane FP32 NEON instruction). Static power is not counted.", ""]
+    return "\n".join(L)
+
+
+def targets_markdown(t: dict) -> str:
+    """Issue 13's targets, met or not."""
+    L = ["## Targets (issue 13), modelled", "", "| target | modelled | met |", "|---|---|---|"]
+    for row in t["rows"]:
+        L.append(f"| {row['target']} | {row['value']} | {'yes' if row['met'] else 'no'} |")
+    return "\n".join(L) + "\n"
+
+
+def write_step(res: dict, out: Path, energy: dict | None = None) -> tuple[str, list[Path]]:
+    """``step.md`` and ``step.json`` (the whole-step model, with its energy) in ``out``."""
+    text = step_markdown(res, energy)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step.md").write_text(text)
+    (out / "step.json").write_text(json.dumps({**res, "energy": energy}, indent=1, default=_json_default))
+    return text, [out / "step.md", out / "step.json"]
 
 
 def write_dataflow(res: dict, out: Path, detail_board: str | None,
                    detail_ranks: Sequence[int]) -> tuple[str, list[Path]]:
-    """``dataflow.md`` (the study, then its cycle-model check and training-step view when ``res``
-    holds them) and ``dataflow.json`` in ``out``; returns (the markdown, the files)."""
+    """``dataflow.md`` (the study, then its cycle-model check when ``res`` holds it) and
+    ``dataflow.json`` in ``out``; returns (the markdown, the files)."""
     text = dataflow_markdown(res, detail_board, detail_ranks)
     if "csim_check" in res:
         text += "\n" + csim_markdown(res["csim_check"])
-    if "training_step" in res:
-        text += "\n" + step_markdown(res["training_step"])
     if "allreduce" in res:
         text += "\n" + allreduce_markdown(res["allreduce"])
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Report commands: ``bench`` (dataflow study, cycle-model check, training-step view, energy),
+"""Report commands: ``bench`` (dataflow study, cycle-model check, the whole training step, energy),
 ``energy``, ``power``, ``speed`` and ``throughput``. Each runs the models of
 :mod:`lora_qta.analysis`, prints their report and writes its files."""
 
@@ -28,8 +28,6 @@ def cmd_bench(a: argparse.Namespace) -> int:
     res = dataflow.run_dataflow(a.boards, a.models, a.ranks, a.resolution)
     if a.csim_ranks:
         res["csim_check"] = dataflow.csim_check(a.boards, a.models, a.csim_ranks, limit=a.csim_limit)
-    if a.step_model:
-        res["training_step"] = step.step_view(a.boards, a.step_ranks, a.step_model)
     if a.allreduce_model:
         res["allreduce"] = allreduce.lora_allreduce(a.allreduce_model, a.ranks, a.allreduce_boards)
     res["seconds"] = time.perf_counter() - t0
@@ -38,6 +36,16 @@ def cmd_bench(a: argparse.Namespace) -> int:
     print(text)
     if not a.no_plots:
         written += plots.dataflow_plots(res, a.out)
+    if a.step_models:
+        boards = a.step_boards or a.boards
+        whole = step.step_table(boards, a.step_models, a.step_rank)
+        en = energy.whole_step_energy(boards, a.step_models, a.step_rank)
+        whole["target_check"] = step.target_check(whole, en)
+        text, files = report.write_step(whole, a.out, en)
+        print(text)
+        written += files
+        if not a.no_plots:
+            written += plots.step_plots(whole, a.out)
     if a.energy_models:
         rep = energy.energy_report(a.energy_boards, a.energy_models, a.energy_ranks)
         print(report.energy_markdown(rep))
@@ -101,7 +109,7 @@ def cmd_throughput(a: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """The report subcommands."""
     s = sub.add_parser("bench", help="dataflow benchmark of SD1.5/SDXL LoRA GEMMs on every board, cycle-model "
-                                     "check, training-step view and energy (modelled)")
+                                     "check, the whole training step (ARM and accelerator) and energy (modelled)")
     s.add_argument("--boards", type=NAMES, default=list(config().boards), help="comma-separated boards (default: all)")
     s.add_argument("--models", type=NAMES, default=["sd15", "sdxl"], help="comma-separated models: sd15, sdxl, digits")
     s.add_argument("--ranks", type=INTS, default=[4, 8, 16, 32, 64, 128], help="comma-separated LoRA ranks")
@@ -111,8 +119,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--csim-ranks", type=INTS, default=[4, 16, 64],
                    help="ranks whose scaled-down shapes are checked on the C-simulated kernel ('' to skip)")
     s.add_argument("--csim-limit", type=int, default=None, help="at most this many C-simulated calls")
-    s.add_argument("--step-model", default="sd15", help="model of the training-step view ('' to skip)")
-    s.add_argument("--step-ranks", type=INTS, default=[4, 16], help="ranks of the training-step view")
+    s.add_argument("--step-models", type=NAMES, default=["sd15", "sdxl"],
+                   help="models of the whole-step model (every GEMM and host operation of a training step; "
+                        "'' to skip)")
+    s.add_argument("--step-boards", type=NAMES, default=None, help="boards of the whole-step model (default: --boards)")
+    s.add_argument("--step-rank", type=int, default=4, help="LoRA rank of the whole-step model")
     s.add_argument("--allreduce-model", default="sd15",
                    help="model of the data-parallel all-reduce table: LoRA gradients over 1 GbE ('' to skip)")
     s.add_argument("--allreduce-boards", type=INTS, default=[2, 4, 8],

@@ -105,7 +105,12 @@ class HostFacts:
     clock_mhz: int
     fp32_flops_per_cycle: int    # NEON FP32 FLOP per cycle and core
     attained_fraction: float     # of the peak FP32 throughput, for GEMMs
-    elementwise_slowdown: float  # element-wise numpy passes, against this machine's x86 core
+    stream_gbps: float           # DDR bandwidth of element-wise passes, read + written, all cores
+    l2_kb: int                   # shared L2 cache
+    ddr_mb: int                  # PS DDR capacity
+    call_us: float               # ARM time to issue one accelerator call
+    cache_gbps: float            # cache clean/invalidate by address, bytes per second / 1e9
+    cache_line: int              # bytes per cache line
     idle_watts: float            # idle draw of the board's input rail
     input_rail: str              # name of the rail that feeds the whole board
     input_volts: float

@@ -1,0 +1,165 @@
+"""The whole-step model: the composition of ARM and accelerator time, the host-work schemes,
+fusion, the targets and the report files (on the embedded digits model, which plans fast)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lora_qta.analysis import energy, host, inventory as inv, plots, report, step
+from lora_qta.hw.config import config
+
+ZCU = config().board("zcu104")
+PNG = b"\x89PNG\r\n\x1a\n"
+CONFIGS = [step.CONFIG_BY_KEY[k] for k in ("arm_fp32", "lora_offload", "whole_dynamic", "whole_serial",
+                                           "whole_overlap", "whole_ws")]
+
+
+@pytest.fixture(scope="module")
+def table():
+    return step.step_table(["zcu104"], ["digits"], 4, CONFIGS)
+
+
+@pytest.fixture(scope="module")
+def whole_energy():
+    return energy.whole_step_energy(["zcu104"], ["digits"], 4)
+
+
+def test_serial_overlapped_and_parts_are_ordered(table):
+    for r in table["rows"]:
+        assert r["t_serial_s"] == pytest.approx(r["t_host_s"] + r["t_accelerator_s"])
+        assert r["t_serial_s"] >= r["t_overlapped_s"] - 1e-12
+        assert r["t_overlapped_s"] >= max(r["t_host_s"], r["t_accelerator_s"]) - 1e-12
+        assert r["t_step_s"] == (r["t_overlapped_s"] if r["overlap"] else r["t_serial_s"])
+        assert sum(report.step_components(r).values()) == pytest.approx(r["t_serial_s"])
+        assert 0 <= r["utilization"] <= 1
+
+
+def test_arm_only_is_the_sum_of_its_parts(table):
+    """On the ARM alone: no accelerator, every GEMM at the stated FP32 rate, the traced
+    element-wise work, the LoRA adds and the optimizer; nothing overlaps."""
+    r = next(r for r in table["rows"] if r["config"] == "arm_fp32")
+    tr = inv.trace_step("digits")
+    macs = sum(g.useful_macs for g in inv.step_gemms(tr, 4))
+    assert r["t_accelerator_s"] == 0 and r["accelerator_calls"] == 0 and r["speedup_vs_arm"] == 1
+    assert r["host"]["gemm_fp32"]["seconds"] == pytest.approx(2 * macs / (ZCU.host.gflops * 1e9))
+    parts = sum(v["seconds"] for k, v in r["host"].items() if k != "total")
+    assert r["t_step_s"] == pytest.approx(parts) == pytest.approx(r["host"]["total"]["seconds"])
+    assert set(r["host"]) == {"elementwise", "gemm_fp32", "lora_add", "optimizer", "total"}
+
+
+def test_overlap_model():
+    h = {("a", "fwd"): 3.0, ("b", "fwd"): 1.0, ("c", "bwd"): 2.0}
+    a = {("a", "fwd"): 1.0, ("b", "fwd"): 4.0}
+    t = step.overlapped(h, a, tiles=4)
+    assert max(6.0, 5.0) <= t <= 11.0
+    assert t == pytest.approx(3 + 1 / 4 + 4 + 1 / 4 + 2)
+
+
+def test_offload_configurations(table):
+    """LoRA-only runs only the LoRA GEMMs on the accelerator (181 on digits); the whole step runs
+    them all, fused where that saves cycles; delayed scaling needs no (de)quantization pass where
+    the dynamic scheme runs one per boundary."""
+    rows = {r["config"]: r for r in table["rows"]}
+    assert rows["lora_offload"]["accelerator_calls"] == 181 and set(rows["lora_offload"]["families"]) == {"lora"}
+    whole = rows["whole_overlap"]
+    assert set(whole["families"]) >= {"linear", "conv", "attention", "lora"} and whole["fused_gemms"] > 0
+    assert "gemm_fp32" not in whole["host"]
+    assert rows["whole_dynamic"]["host"]["quantize"]["seconds"] > 5 * whole["host"]["quantize"]["seconds"]
+    assert rows["whole_dynamic"]["host"]["dequantize"]["seconds"] > 0 > whole["host"]["dequantize"]["seconds"]
+    assert rows["whole_ws"]["modes"] and all(m.startswith("ws") for f in rows["whole_ws"]["modes"].values() for m in f)
+
+
+def test_boundary_passes_per_scheme():
+    """One pass per distinct (tensor, scale axis) in the dynamic scheme, none between GEMMs with
+    delayed scaling; dequantization of outputs the host reads; nothing but cache maintenance and
+    driver calls in FP32."""
+    tr = inv.trace_step("digits")
+    gemms = inv.step_gemms(tr, 4)
+    everything = set(range(len(gemms)))
+    kinds = {s: host.summarize(host.boundary_work(ZCU, gemms, everything, s)) for s in host.SCHEMES}
+    assert set(kinds["fp32"]) == {"driver", "cache", "total"}
+    assert kinds["dynamic"]["quantize"]["bytes"] > 5 * kinds["delayed"]["quantize"]["bytes"] > 0
+    assert kinds["delayed"]["dequantize"]["bytes"] < 0 < kinds["dynamic"]["dequantize"]["bytes"]
+    dyn = [w for w in host.boundary_work(ZCU, gemms, everything, "dynamic") if w.what == "quantize"]
+    q_operands = {(x.tensor, x.axis if x.src not in ("fixed", "lora") else "") for g in gemms for x in (g.a, g.b)
+                  if x.src != "weight"}
+    assert len(dyn) == len(q_operands)
+
+
+def test_whole_step_energy_counts_the_arm(whole_energy):
+    v = whole_energy["rows"][0]["variants"]
+    assert set(v) == set(energy.WHOLE_STEP_VARIANTS)
+    assert v["int8_delayed"]["ratio_vs_int8_delayed"] == 1
+    assert v["fp32"]["total_pj"] > v["fp16"]["total_pj"] > v["int8_delayed"]["total_pj"]
+    assert v["int8_dynamic"]["host_quantization"]["total_pj"] > v["int8_delayed"]["host_quantization"]["total_pj"]
+    for x in v.values():
+        assert x["total_pj"] == pytest.approx(x["accelerator"]["total_pj"] + x["host"]["total_pj"])
+        assert x["host"]["ddr_pj"] > 0 and x["host"]["arith_pj"] > 0
+
+
+def test_targets_are_checked_and_reported(table):
+    assert step.target_check(table) is None        # no sd15 on zcu104 in this table
+    t = step.target_check(table, board="zcu104", model="digits")
+    assert [r["met"] for r in t["rows"]] == [r["speedup"] >= 10 for r in t["rows"][:1]] + \
+        [t["rows"][1]["ratio"] >= 1.5]
+    md = report.targets_markdown(t)
+    assert "whole step offloaded >= 10x" in md and "| no |" in md
+
+
+def test_step_report_files(table, whole_energy, tmp_path):
+    text, files = report.write_step(table, tmp_path, whole_energy)
+    files += plots.step_plots(table, tmp_path)
+    assert [f.name for f in files] == ["step.md", "step.json", "step.png", "step_utilization.png"]
+    for f in files[2:]:
+        assert f.read_bytes()[:8] == PNG and f.stat().st_size > 10_000
+    data = json.loads(files[1].read_text())
+    assert {r["config"] for r in data["rows"]} == {c.key for c in CONFIGS} and data["energy"]["rows"]
+    assert "modelled" in text and "| digits on zcu104" not in text and "## digits on zcu104" in text
+    assert "stream" in text and "GFLOP/s" in text and "Energy per step" in text
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_every_step_gemm_is_a_kernel_v2_call_the_kernel_accepts(board):
+    """The whole step on the v2 planner: every GEMM's planned call passes the kernel's argument
+    check; convolutions carry their geometry (implicit GEMM, no im2col), attention GEMMs are one
+    batched call over the heads, nothing else is batched."""
+    from lora_qta.runtime.planner import kernel_accepts
+
+    b = config().board(board)
+    gemms = inv.step_gemms(inv.trace_step("digits"), 4, b.axi_bytes)
+    gemms = step.choose_fusion(b, gemms, "delayed", "auto", "all")
+    seen = set()
+    for g in gemms:
+        for scheme in ("delayed", "dynamic"):
+            call, n = step.device_call(b, g, scheme)
+            assert (call.conv is not None) == (g.family == "conv") and call.macs * n == g.macs
+            assert call.batch == (g.heads if g.family == "attention" else 1) and n == g.batch // call.batch
+            if call not in seen:
+                seen.add(call)
+                p = step.best_plan(b, call, "auto")
+                assert kernel_accepts(b, p.call), (g, p.call)
+
+
+def test_step_calls_cycles_equal_the_c_simulated_kernel():
+    """The step's convolution (forward, strided forward, input gradient) and batched attention
+    calls, the smallest of each kind: the planner's cycles are the C-simulated kernel's modelled
+    count."""
+    import numpy as np
+
+    from lora_qta.runtime.image import MemoryImage
+
+    gemms = inv.step_gemms(inv.trace_step("digits"), 4, ZCU.axi_bytes)
+    picks = {}
+    for g in gemms:
+        key = (g.family, g.op, g.conv.stride if g.conv else 0)
+        if g.family in ("conv", "attention") and (key not in picks or g.macs < picks[key].macs):
+            picks[key] = g
+    assert {("conv", "fwd", 2), ("conv", "dgrad", 1), ("attention", "qk", 0), ("attention", "dk", 0)} <= set(picks)
+    rng = np.random.default_rng(0)
+    for g in picks.values():
+        call, _ = step.device_call(ZCU, g, "delayed")
+        p = step.best_plan(ZCU, call, "auto")
+        out = MemoryImage.build(ZCU, p.call, rng).run_csim(ZCU)
+        assert out["status"] & 2 == 0 and out["cycles_model"] == p.report.cycles, (g, p.call)
