@@ -13,6 +13,7 @@ class FinetuneConfig:
 
     output_dir: str = "runs/default"
     precision: str = "int8"
+    offload: str = "lora"
     board: str | None = None
     backend: str | None = None
     pretrained_model: str | None = None
@@ -41,4 +42,7 @@ class FinetuneConfig:
         keep = ("precision", "pretrained_model", "instance_data_dir", "prompt", "batch_size", "learning_rate",
                 "lr_schedule", "warmup_steps", "max_grad_norm", "rank", "alpha", "target_modules",
                 "prediction_type", "num_examples", "prior_per_class", "seed", "board")
-        return {k: getattr(self, k) for k in keep}
+        ident = {k: getattr(self, k) for k in keep}
+        if self.offload != "lora":  # only when set, so checkpoints written before the option still resume
+            ident["offload"] = self.offload
+        return ident

@@ -69,6 +69,10 @@ def validate(cfg: FinetuneConfig, bundle: ModelBundle) -> None:
 
     if cfg.precision not in ("fp32", "int8"):
         raise LimitError(f"--precision must be fp32 or int8, not {cfg.precision!r}")
+    if cfg.offload not in ("lora", "all"):
+        raise LimitError(f"--offload must be lora or all, not {cfg.offload!r}")
+    if cfg.offload == "all" and cfg.precision != "int8":
+        raise LimitError("--offload all runs every GEMM INT8 on the accelerator: it needs --precision int8")
     if cfg.lr_schedule not in ("constant", "linear", "cosine"):
         raise LimitError(f"--lr-schedule must be constant, linear or cosine, not {cfg.lr_schedule!r}")
     if cfg.prediction_type not in ("epsilon", "v_prediction"):
@@ -229,6 +233,10 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
     if cfg.precision == "int8":
         runtime = QtaRuntime(Accelerator(cfg.board, cfg.backend), seed=cfg.seed)
         n_layers = attach_runtime(bundle.unet, runtime)
+        if cfg.offload == "all":  # the frozen base model's GEMMs too (lora/offload.py)
+            from ..lora.offload import install
+
+            runtime.offload = install(bundle.unet, runtime.acc, runtime)
     else:
         n_layers = sum(1 for m in bundle.unet.modules() if hasattr(m, "lora_A"))
     params = [p for p in bundle.unet.parameters() if p.requires_grad]
@@ -292,6 +300,10 @@ def write_outputs(run: Path, cfg: FinetuneConfig, bundle: ModelBundle, runtime: 
     bundle.save_lora(adapter, lora_state(bundle.unet))
     if runtime is not None:
         attach_runtime(bundle.unet, None)  # sample with the trained adapter in PyTorch
+        if getattr(runtime, "offload", None) is not None:
+            from ..lora.offload import uninstall
+
+            uninstall(bundle.unet, runtime.offload)
     if cfg.samples:
         prompts = bundle.eval_prompts()
         if before is None and (run / "samples_before.npy").is_file():
@@ -323,5 +335,9 @@ def write_outputs(run: Path, cfg: FinetuneConfig, bundle: ModelBundle, runtime: 
             "per_gemm": gemms, "total_cycles": cycles,
             "modelled_board_time_s": cycles / (b.clock_mhz * 1e6),
         }
+    if runtime is not None:
+        from ..lora.offload import offload_report
+
+        report["offload"] = offload_report(runtime)
     (run / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
