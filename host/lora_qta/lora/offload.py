@@ -378,8 +378,10 @@ class Int8Conv2d:
     def forward_int8(self, x: torch.Tensor) -> torch.Tensor:
         off, acc = self.off, self.off.acc
         xq, sx = off.quant_input("conv", f"{self.name}.x", x.permute(0, 2, 3, 1))
-        launch = lambda **ep: acc.conv2d(xq, self.wq_fwd, kernel_size=(self.kh, self.kw), stride=self.stride,  # noqa: E731
-                                         padding=self.pad, trans_w=True, **ep)
+        def launch(**ep):
+            return acc.conv2d(xq, self.wq_fwd, kernel_size=(self.kh, self.kw), stride=self.stride,
+                              padding=self.pad, trans_w=True, **ep)
+
         imgs, h, w, _ = xq.shape
         ho = (h + 2 * self.pad - self.kh) // self.stride + 1
         wo = (w + 2 * self.pad - self.kw) // self.stride + 1
@@ -389,9 +391,10 @@ class Int8Conv2d:
     def backward_int8(self, g: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         off, acc = self.off, self.off.acc
         gq, sg = off.quant_input("conv", f"{self.name}.dy", g.permute(0, 2, 3, 1))
-        launch = lambda **ep: acc.conv2d(gq, self.wq_bwd, kernel_size=(self.kh, self.kw), stride=1,  # noqa: E731
-                                         padding=self.kh - 1 - self.pad, dilation=self.stride, out_size=hw,
-                                         trans_w=True, **ep)
+        def launch(**ep):
+            return acc.conv2d(gq, self.wq_bwd, kernel_size=(self.kh, self.kw), stride=1,
+                              padding=self.kh - 1 - self.pad, dilation=self.stride, out_size=hw, trans_w=True, **ep)
+
         dx = off.run("conv", f"{self.name}.dx", launch, sg * self.sw_bwd, self.macs(gq.shape[0], *hw), "col")
         return dx.permute(0, 3, 1, 2).contiguous()
 
