@@ -115,11 +115,57 @@ class AdapterError(QtaError, ValueError):
 
 
 class CheckpointError(QtaError, RuntimeError):
-    """A checkpoint that cannot be read or does not belong to this run's configuration."""
+    """A checkpoint that cannot be read, holds non-finite weights, or does not belong to this
+    run's configuration."""
+
+
+class OutputDirError(QtaError, OSError):
+    """An output folder that cannot be used: a file, unwritable, or holding another run's files
+    (without ``--resume`` or ``--overwrite``)."""
+
+
+class RunLockedError(QtaError, RuntimeError):
+    """Another process holds the output folder's lock (a run is writing there)."""
 
 
 class DivergedError(QtaError, FloatingPointError):
     """The loss, or a tensor reaching the INT8 quantizer, became NaN or Inf."""
+
+
+# ----------------------------------------------------------------------------- several processes
+
+class DistributedError(QtaError, RuntimeError):
+    """Base of the errors of a data-parallel run over several processes (boards)."""
+
+
+class RendezvousError(DistributedError):
+    """The processes of a data-parallel run could not meet (address, port, a rank that never
+    started, a backend without CPU collectives)."""
+
+
+class RankSetupError(DistributedError):
+    """One or more ranks could not open their accelerator (board or bitstream missing); the
+    message names every such rank."""
+
+
+class RankMismatchError(DistributedError):
+    """The ranks of one run disagree (board, hardware configuration, package version, backend,
+    options, model or data), or their LoRA weights drifted apart."""
+
+
+class CollectiveError(DistributedError):
+    """A collective operation failed because another rank failed, died or stopped answering
+    (turned into a :class:`RankLostError` naming that rank)."""
+
+
+class RankStoppedError(DistributedError):
+    """The launcher (torchrun's elastic agent) stopped this rank with SIGTERM (turned into a
+    :class:`RankLostError` naming the rank that failed, when it can be known)."""
+
+
+class RankLostError(DistributedError):
+    """A data-parallel run stopped because a rank failed, died or was stopped; the message names
+    it, and the last checkpoint stays valid for ``--resume``."""
 
 
 # ----------------------------------------------------------------------------- power
@@ -130,3 +176,13 @@ class RailError(QtaError, ValueError):
 
 class RecordingError(QtaError, RuntimeError):
     """A power recording that cannot run or recorded too little."""
+
+
+# ----------------------------------------------------------------------------- RTL evidence
+
+class RtlToolError(QtaError, RuntimeError):
+    """An open tool of the RTL evidence (Verilator, cocotb, yosys, a C++ compiler) is missing or failed."""
+
+
+class RtlInputError(QtaError, ValueError):
+    """An array shape, split, dataflow or tile that the RTL PE array cannot take."""

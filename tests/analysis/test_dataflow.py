@@ -37,6 +37,7 @@ def test_bench_writes_tables_json_and_pngs(small_bench, capsys):
     md = (out / "dataflow.md").read_text()
     assert "modelled" in md and "1.81x" in md and "| zcu104 | sd15 | 64 |" in md
     assert "C-simulated" in md and "all equal" in md
+    assert "all-reduce of the LoRA gradients" in md and "| 4 | 797,184 | 3.19 | 3.19 |" in md
     assert "modelled (Horowitz 45 nm table)" in (out / "energy.md").read_text()
 
 

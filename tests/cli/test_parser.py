@@ -8,7 +8,7 @@ import pytest
 from lora_qta.cli import build_parser
 
 COMMANDS = ["info", "gemm", "demo", "csim", "config", "run", "finetune", "evaluate", "bench", "energy",
-            "power", "speed", "throughput"]
+            "power", "speed", "throughput", "rtl"]
 
 
 def test_the_parser_has_every_command():

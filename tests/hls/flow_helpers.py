@@ -59,6 +59,8 @@ def tool_free_path() -> str:
 
 def run(cmd: list[str], env_extra: dict[str, str] | None = None, path: str | None = None,
         cwd: Path = REPO) -> subprocess.CompletedProcess:
+    if sys.version_info < (3, 11) and any("build_bitstream" in str(c) for c in cmd):
+        pytest.skip("build_bitstream.sh runs its generators with Python 3.11+ (tomllib), by design")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QTA_", "MOCK_"))}
     env.pop("PYTHONPATH", None)
     env["PATH"] = path if path is not None else tool_free_path()

@@ -1,6 +1,8 @@
 """What is generated from hardware.toml: the kernel's header (sizes, registers, its prototype and
-interface pragmas), the Tcl variables, the resource estimate; standard library only."""
+interface pragmas), the Verilog header of the RTL array, the Tcl variables, the resource estimate
+(the PE array's figures from the committed yosys sweep); standard library only."""
 
+import json
 import os
 import re
 import subprocess
@@ -10,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from lora_qta.hw.config import config
-from lora_qta.hw.generate import header, tcl
-from lora_qta.hw.resources import estimate_resources, resource_markdown, resource_table
+from lora_qta.hw.generate import header, tcl, verilog_header
+from lora_qta.hw.resources import estimate_resources, hand_count_markdown, hand_count_table, hand_count_totals
 
 ROOT = Path(__file__).resolve().parents[2]
 HLS_SRC = ROOT / "hls" / "src"
@@ -82,10 +84,10 @@ def test_tcl_sets_part_clock_and_budget(board):
 
 @pytest.mark.parametrize("board", sorted(config().boards))
 def test_hand_count_fits_the_board_and_says_how(board):
-    est = estimate_resources(board)
+    est = hand_count_totals(board)
     for key in ("dsp_pct", "bram36_pct", "uram_pct", "lut_pct", "ff_pct"):
         assert 0 <= est[key] < 100, (key, est)
-    rows = resource_table(board)
+    rows = hand_count_table(board)
     assert rows[0]["part"] == "pe_array" and all(r["how"] for r in rows)
     assert rows[0]["dsp"] == config().board(board).pes  # one MAC per DSP: no packing is claimed
 
@@ -94,8 +96,31 @@ def test_hls_readme_resource_tables_are_current():
     text = (ROOT / "hls" / "README.md").read_text()
     start = text.index("-->", text.index("<!-- resources:begin")) + 3
     end = text.index("<!-- resources:end -->")
-    assert text[start:end].strip() == resource_markdown().strip(), \
-        "hls/README.md resource tables are stale: regenerate with `lora-qta config resources`"
+    assert text[start:end].strip() == hand_count_markdown().strip(), \
+        "hls/README.md resource tables are stale: regenerate with `lora-qta config hand-count`"
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_estimate_takes_the_pe_array_from_yosys(board):
+    """The PE array's figures are the committed yosys sweep's, labelled as such; the rest is
+    labelled an estimate; the hand formula for the array is gone."""
+    b = config().board(board)
+    est = estimate_resources(board)
+    sweep = json.loads((ROOT / "host" / "lora_qta" / "hw" / "pe_array_yosys.json").read_text())
+    assert est["pe_array_lut"] == sweep["boards"][board]["lut"] and est["pe_array_dsp"] == b.pes
+    assert est["pe_array_source"].startswith("yosys ") and "pre-place-and-route, no timing" in est["pe_array_source"]
+    assert "estimate" in est["rest_source"]
+    assert est["dsp"] == est["pe_array_dsp"] + est["rest_dsp"] and est["lut"] == est["pe_array_lut"] + est["rest_lut"]
+
+
+def test_verilog_header_matches_the_board():
+    for name, b in config().boards.items():
+        vh = verilog_header(name)
+        assert f"`define QTA_ROWS {b.array_rows}\n" in vh and f"`define QTA_COLS {b.array_cols}\n" in vh
+        assert f"`define QTA_MIN_SUB {config().schedule.min_subarray}\n" in vh
+        assert f"`define QTA_SPLIT_MIN ({min(b.splits)})" in vh
+        bits = max(b.tile_m_max, b.tile_n_max, b.tile_k_max).bit_length()
+        assert f"`define QTA_DIM_BITS {bits}\n" in vh   # counters hold the largest tile
 
 
 def stdlib_generator(*args: str) -> subprocess.CompletedProcess:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from lora_qta.hw.config import config
 from lora_qta.hw.generate import register_table
+from lora_qta.hw.resources import resource_table
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -13,6 +14,11 @@ README = (ROOT / "README.md").read_text()
 def test_readme_register_map_is_the_generated_one():
     block = re.search(r"<!-- regmap:begin -->\n(.*?)<!-- regmap:end -->", README, re.S).group(1)
     assert block == register_table(), "README register map is stale: regenerate with lora-qta config regmap"
+
+
+def test_readme_resource_table_is_the_generated_one():
+    block = re.search(r"<!-- resources:begin -->\n(.*?)<!-- resources:end -->", README, re.S).group(1)
+    assert block == resource_table(), "README resource table is stale: regenerate with lora-qta config resources"
 
 
 def test_readme_commands_are_make_targets_and_ci_runs_the_test_command():

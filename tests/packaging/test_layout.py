@@ -1,5 +1,6 @@
 """The package's structure, as the README's layout section states it: imports run one way
-(cli -> analysis -> training -> lora -> runtime -> hw -> errors), hw/ needs only the standard
+(cli -> analysis -> training -> lora -> runtime -> rtl -> hw -> errors; rtl, the RTL evidence, is
+imported by cli only), hw/ needs only the standard
 library (numpy for its reference model), every exception class lives in errors.py, and no
 module raises a bare built-in exception."""
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "host" / "lora_qta"
-LAYERS = ["errors", "delivery", "hw", "runtime", "lora", "training", "analysis", "cli"]
+LAYERS = ["errors", "delivery", "hw", "rtl", "runtime", "lora", "training", "analysis", "cli"]
 """Each part may import itself and the parts before it (delivery: PYNQ's notebook hook, alone)."""
 
 # Built-in exceptions a module may still raise, where a protocol asks for them.
@@ -66,6 +67,12 @@ def test_imports_run_one_way(path):
     own = LAYERS.index(part(path))
     upward = [(t, line) for t, line in imported_parts(path) if t in LAYERS and LAYERS.index(t) > own]
     assert not upward, f"{path.relative_to(PACKAGE)} imports upward: {upward}"
+
+
+def test_only_the_command_line_imports_rtl():
+    users = {str(p.relative_to(PACKAGE)) for p in modules()
+             if part(p) not in ("rtl", "cli") and any(t == "rtl" for t, _ in imported_parts(p))}
+    assert not users, f"the RTL evidence is for the command line only, imported by {sorted(users)}"
 
 
 def test_hw_needs_only_the_standard_library():

@@ -181,10 +181,18 @@ def test_mis_shaped(acc):
         acc.gemm(i8(5, 6), i8(6, 3), out="int8", mult=[1, 2], shift=[3, 4], scale_mode="row")
 
 
-def test_dimension_beyond_the_limits(acc):
-    k = config().board("zcu104").max_k + 1
-    with pytest.raises(LimitError, match=f"K = {k} is outside"):
-        acc.gemm(np.zeros((1, k), np.int8), np.zeros((k, 1), np.int8))
+def test_non_integer_scales_are_refused(acc):
+    """Issue 9, item 12: mult=1.5, shift=2.9 were truncated silently."""
+    a, b = i8(5, 6), i8(6, 3)
+    for kw in (dict(mult=1.5, shift=2), dict(mult=3, shift=2.9), dict(mult=True, shift=2),
+               dict(mult=np.float64(2.0), shift=1)):
+        with pytest.raises(InputDTypeError, match="must be an integer.*fixed_point_scale"):
+            acc.gemm(a, b, out="int8", **kw)
+    with pytest.raises(InputDTypeError, match="mult must be an integer"):
+        acc.gemm(a, b, out="int8", mult=[1.5] * 5, shift=[3] * 5, scale_mode="row")
+    mult, shift = fixed_point_scale(np.full(5, 1e-3))
+    assert acc.gemm(a, b, out="int8", mult=mult, shift=shift, scale_mode="row").output.dtype == np.int8
+    assert acc.gemm(a, b, out="int8", mult=np.int64(3), shift=np.int32(9)).output.dtype == np.int8
 
 
 def test_unknown_board_and_backend():

@@ -11,3 +11,13 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_model(tmp_path_factory):
+    """An untrained digits pipeline (the shipped architecture), saved to disk once per session."""
+    from lora_qta.training import digits
+
+    folder = tmp_path_factory.mktemp("tiny_digits_model")
+    digits.build_pipeline(0).save_pretrained(folder)
+    return str(folder)

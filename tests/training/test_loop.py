@@ -47,6 +47,12 @@ def test_int8_run_writes_every_output_and_the_adapter_loads(tiny_digits, tmp_pat
     assert rep["steps"] == 4 and np.isfinite(rep["final_loss"])
     with Image.open(run / "samples.png") as im:
         assert im.format == "PNG" and im.size[0] > 100
+    # issue 9, item 15: a held-out metric that shows learning, samples judged by the digit classifier
+    assert report["heldout_loss"]["steps"] == [0, 4] and all(v > 0 for v in report["heldout_loss"]["values"])
+    assert report["concept_samples"]["shown"] == 8 and len(report["concept_samples"]["readings"]) == 8
+    with Image.open(run / "loss.png") as im:
+        assert im.size[0] > 1000  # two panels: training loss and held-out loss
+    assert report["config"]["board"] == "zcu104" and report["config"]["backend"] == "fast"
 
     # the stock diffusers loader reads the adapter, and it changes the UNet's output
     fresh = digits.DigitsPipeline.from_pretrained(tiny_digits, local_files_only=True)
@@ -95,13 +101,13 @@ def test_ctrl_c_saves_a_checkpoint(tiny_digits, tmp_path, monkeypatch):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_digits, tmp_path, monkeypatch):
     real = train.loss_of_step
 
-    def diverge_at_step_3(bundle, cfg, x0, context, step):
-        loss = real(bundle, cfg, x0, context, step)
+    def diverge_at_step_3(bundle, cfg, x0, context, step, *part):
+        loss = real(bundle, cfg, x0, context, step, *part)
         return loss * float("nan") if step == 3 else loss
 
     monkeypatch.setattr(train, "loss_of_step", diverge_at_step_3)
     run = tmp_path / "run"
-    with pytest.raises(DivergedError, match="loss became nan at step 3.*step_000002"):
+    with pytest.raises(DivergedError, match="diverged at step 4: the loss became nan.*step_000002"):
         finetune(FinetuneConfig(output_dir=str(run), precision="fp32", pretrained_model=tiny_digits, **FAST))
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_000002"]
 
@@ -220,8 +226,18 @@ def test_stable_diffusion_bad_images(tiny_sd, tmp_path):
         run_with(bad)
     small = tmp_path / "small"
     write_images(small, size=(8, 8))
-    with pytest.raises(InstanceDataError, match="smaller than the training resolution 16"):
+    with pytest.raises(InstanceDataError, match="smaller than the model's training resolution 16x16") as e:
         run_with(small)
+    assert "--resolution" not in str(e.value)  # issue 9, item 13: no such option
+    huge = tmp_path / "huge"
+    write_images(huge, n=1, size=(300, 200))
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 20000  # 60,000 pixels is then a decompression bomb (> 2x the limit)
+    try:
+        with pytest.raises(InstanceDataError, match="too large to read safely"):
+            run_with(huge)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     wrong = tmp_path / "wrong"
     write_images(wrong, mode="CMYK")
     with pytest.raises(InstanceDataError, match="has mode CMYK"):

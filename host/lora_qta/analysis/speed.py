@@ -136,7 +136,7 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
     med = {k: float(np.median(v)) for k, v in times.items()}
     split = splits["int8"]
     acc, qua = float(np.median(split["accelerator"])), float(np.median(split["quantization"]))
-    gemms = sum(s.calls for s in int8[1].stats.values()) // (warmup + steps)
+    gemms = sum(s.gemms for s in int8[1].stats.values()) // (warmup + steps)
     extra = {}
     if offload == "all":
         rt = variants[2][1][1]

@@ -1,8 +1,8 @@
 """The ``lora-qta`` command line: parsing and dispatch only.
 
 One module per command group: :mod:`.hardware` (info, gemm, demo, csim, config; none needs
-PyTorch), :mod:`.training` (finetune, run, evaluate) and :mod:`.analysis` (bench, energy, power,
-speed, throughput); :mod:`.common` holds the shared ``--board`` / ``--backend`` options.
+PyTorch), :mod:`.training` (finetune, run, evaluate), :mod:`.analysis` (bench, energy, power,
+speed, throughput) and :mod:`.rtl` (rtl sim, synth, sweep: the RTL PE array with open tools); :mod:`.common` holds the shared ``--board`` / ``--backend`` options.
 ``lora-qta <command> --help`` explains each option. Every :class:`~lora_qta.errors.QtaError`
 is printed as one line ``lora-qta: error: ...`` with exit status 2.
 """
@@ -14,17 +14,23 @@ import sys
 from typing import Sequence
 
 from ..errors import QtaError
-from . import analysis, hardware, training
+from . import analysis, hardware, rtl, training
+
+
+NOTEBOOKS_HINT = ("notebooks: `pynq get-notebooks lora-qta -p DIR` on a board; on a PC add --ignore-overlays "
+                  "(PYNQ finds no FPGA there and stops with 'No device found in the system')")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (building it does not import PyTorch)."""
     p = argparse.ArgumentParser(prog="lora-qta", description=(
-        "INT8 LoRA training acceleration on PYNQ FPGAs, with a bit-exact emulation of the accelerator."))
+        "INT8 LoRA training acceleration on PYNQ FPGAs, with a bit-exact emulation of the accelerator."),
+        epilog=NOTEBOOKS_HINT)
     sub = p.add_subparsers(dest="command", required=True)
     hardware.add_commands(sub)
     training.add_commands(sub)
     analysis.add_commands(sub)
+    rtl.add_commands(sub)
     return p
 
 

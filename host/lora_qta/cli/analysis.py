@@ -22,7 +22,7 @@ def _print_written(paths: list[Path]) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from ..analysis import dataflow, energy, plots, report, step
+    from ..analysis import allreduce, dataflow, energy, plots, report, step
 
     t0 = time.perf_counter()
     res = dataflow.run_dataflow(a.boards, a.models, a.ranks, a.resolution)
@@ -30,6 +30,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         res["csim_check"] = dataflow.csim_check(a.boards, a.models, a.csim_ranks, limit=a.csim_limit)
     if a.step_model:
         res["training_step"] = step.step_view(a.boards, a.step_ranks, a.step_model)
+    if a.allreduce_model:
+        res["allreduce"] = allreduce.lora_allreduce(a.allreduce_model, a.ranks, a.allreduce_boards)
     res["seconds"] = time.perf_counter() - t0
     detail = a.detail_board if a.detail_board in a.boards else None
     text, written = report.write_dataflow(res, a.out, detail, a.detail_ranks)
@@ -111,6 +113,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--csim-limit", type=int, default=None, help="at most this many C-simulated calls")
     s.add_argument("--step-model", default="sd15", help="model of the training-step view ('' to skip)")
     s.add_argument("--step-ranks", type=INTS, default=[4, 16], help="ranks of the training-step view")
+    s.add_argument("--allreduce-model", default="sd15",
+                   help="model of the data-parallel all-reduce table: LoRA gradients over 1 GbE ('' to skip)")
+    s.add_argument("--allreduce-boards", type=INTS, default=[2, 4, 8],
+                   help="numbers of boards of the all-reduce table")
     s.add_argument("--energy-models", type=NAMES, default=["digits", "sd15"],
                    help="models of the energy report ('' to skip); digits = the project's default model")
     s.add_argument("--energy-ranks", type=INTS, default=[4, 16], help="ranks of the energy report")

@@ -25,9 +25,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     for k, v in info.items():
         print(f"{k:20s} {v}")
     est = estimate_resources(acc.board.name)
-    print("resource estimate    " + ", ".join(
-        f"{k} {v}" + (f" ({est[k + '_pct']:.0f}%)" if k + "_pct" in est else "")
-        for k, v in est.items() if not k.endswith("_pct")) + "  (hand count, not synthesized: hls/README.md)")
+    print(f"resources            DSP {est['dsp']} ({est['dsp_pct']:.0f}%), LUT {est['lut']} ({est['lut_pct']:.0f}%), "
+          f"BRAM36 {est['bram36']} ({est['bram36_pct']:.0f}%), URAM {est['uram']} ({est['uram_pct']:.0f}%)")
+    print(f"  PE array           DSP {est['pe_array_dsp']}, LUT {est['pe_array_lut']}, FF {est['pe_array_ff']}: "
+          f"{est['pe_array_source']}")
+    print(f"  rest               DSP {est['rest_dsp']}, LUT {est['rest_lut']}, BRAM36/URAM: {est['rest_source']}")
+    notebooks = ("pynq get-notebooks lora-qta -p DIR" if acc.backend == "board"
+                 else "pynq get-notebooks lora-qta -p DIR --ignore-overlays   (no FPGA here: PYNQ needs the flag)")
+    print(f"{'notebooks':20s} {notebooks}")
     print("\nregister map (from hardware.toml)\n")
     print(generate.register_table())
     return 0
@@ -46,6 +51,9 @@ def cmd_gemm(args: argparse.Namespace) -> int:
     print(f"GEMM {args.M}x{args.K}x{args.N} on {acc.board.name} [{acc.backend}]: "
           f"{'bit-exact with numpy' if checked.exact else 'MISMATCH with numpy'}")
     print(f"  dataflow     {mode}, tiles m/n/k = {r.tiles}")
+    if r.calls > 1:
+        print(f"  calls        {r.calls} kernel calls (a dimension exceeds the configured limits "
+              f"{acc.board.max_m}/{acc.board.max_n}/{acc.board.max_k}; summed exactly on the host)")
     measured = f"{r.cycles_measured:,}" if r.cycles_measured is not None else "unavailable (emulated)"
     print(f"  cycles       modelled {r.cycles_model:,} (the kernel's trip counts); measured {measured}")
     print(f"  utilization  {r.utilization:.1%} of {acc.board.pes} PEs; {r.bound}-bound, "

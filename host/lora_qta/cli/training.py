@@ -16,7 +16,9 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
     """The options of ``finetune`` and ``run``, with the defaults of :class:`FinetuneConfig`."""
     d = FinetuneConfig()
     s.add_argument("--output-dir", default=d.output_dir,
-                   help="run folder: adapter/, samples.png, loss.png, report.json, checkpoints/")
+                   help="run folder: adapter/, samples.png, loss.png, report.json, checkpoints/; one run per "
+                        "folder: a folder holding files is refused unless --resume or --overwrite is given, and "
+                        "a folder another process is writing to is refused (lock file .lock)")
     s.add_argument("--precision", default=d.precision, choices=["fp32", "int8"],
                    help="fp32: plain peft LoRA in PyTorch (the reference); int8: the six LoRA GEMMs of "
                         "every adapted layer run INT8 on the accelerator (board or emulation)")
@@ -33,8 +35,11 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
                    help="local diffusers Stable Diffusion folder (unet, vae, text_encoder, tokenizer, "
                         "scheduler); default: the embedded digits model")
     s.add_argument("--instance-data-dir", default=None,
-                   help="folder of images of the new concept (with --pretrained-model)")
-    s.add_argument("--prompt", default=d.prompt, help="prompt of the instance images (with --pretrained-model)")
+                   help="folder of images of the new concept (with a Stable Diffusion --pretrained-model; the "
+                        "digits model refuses it and learns from --num-examples images of the digit 7)")
+    s.add_argument("--prompt", default=None,
+                   help="prompt of the instance images (with --pretrained-model; default 'a photo of sks'); the "
+                        "digits model refuses it (its token is <sks>)")
     s.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
     s.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step")
     s.add_argument("--learning-rate", type=float, default=d.learning_rate, help="AdamW peak learning rate")
@@ -55,7 +60,15 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=d.seed, help="seed of data order, noise and stochastic rounding")
     s.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="write a checkpoint every N steps (and on Ctrl-C)")
-    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
+    s.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --output-dir; every option that defines the run "
+                        "must match it, except --learning-rate, which may be changed (e.g. lowered after a "
+                        "divergence) and is recorded as an override")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --output-dir (removes its checkpoints and outputs)")
+    s.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="digits model: measure the held-out loss of the new concept every N steps (shown in "
+                        "loss.png and report.json; 0: never)")
     s.add_argument("--no-samples", action="store_true", help="skip the before/after sample grid")
     s.add_argument("--threads", type=int, default=None,
                    help="PyTorch CPU threads (default: 1 for the small embedded digits model, whose "
@@ -72,6 +85,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     rep = finetune(cfg)
     if rep.get("interrupted"):
         return 130
+    if rep.get("writer") is False:  # a data-parallel rank other than 0: rank 0 reports
+        return 0
     t = rep["time_s"]
     what = f"{cfg.precision} LoRA" + (" (every GEMM offloaded)" if cfg.offload == "all" else "")
     print(f"\nfinished {rep['steps']} steps of {what} (rank {cfg.rank}) on {rep['model']}; "
@@ -79,15 +94,25 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(f"time (measured on this machine): total {t['total_measured']:.1f} s, accelerator "
           f"{t['accelerator_measured']:.1f} s, quantization {t['quantization_measured']:.1f} s, "
           f"rest {t['rest_measured']:.1f} s")
-    if "accelerator" in rep:
+    if rep.get("heldout_loss"):
+        h = rep["heldout_loss"]
+        print(f"held-out loss of the new concept: {h['values'][0]:.4f} at step {h['steps'][0]} -> "
+              f"{h['values'][-1]:.4f} at step {h['steps'][-1]} ({h['metric']})")
+    if rep.get("concept_samples"):
+        c = rep["concept_samples"]
+        print(f"samples.png: {c['read_as_concept']} of {c['shown']} samples of the new token read as the concept "
+              f"({c['judge']})")
+    if rep.get("accelerator"):
         a = rep["accelerator"]
-        rows = [{"GEMM": k, "calls": v["calls"], "cycles": f"{v['cycles']:,}", "util": f"{v['utilization']:.1%}",
-                 "MB moved": f"{v['bytes_moved'] / 1e6:.1f}",
+        modelled = a["backend"] != "board"
+        rows = [{"GEMM": k, "GEMMs": v["gemms"], "calls": v["calls"], "cycles": f"{v['cycles']:,}", "util": f"{v['utilization']:.1%}",
+                 "MB moved (modelled)": f"{v['bytes_moved'] / 1e6:.1f}",
                  "dataflow": ", ".join(f"{d} x{n}" for d, n in sorted(v["dataflows"].items()))}
                 for k, v in a["per_gemm"].items()]
-        print(f"accelerator {a['board']} ({a['backend']}): cycles from the kernel counter, modelled; "
-              f"{a['modelled_board_time_s']:.3f} s of LoRA GEMMs at {a['clock_mhz']} MHz (modelled)\n")
-        print(table(rows, ["GEMM", "calls", "cycles", "util", "MB moved", "dataflow"]))
+        how = "modelled (emulation)" if modelled else "measured (board)"
+        print(f"accelerator {a['board']} ({a['backend']}): cycles and utilization {how}, DDR traffic modelled; "
+              f"{a['modelled_board_time_s']:.3f} s of LoRA GEMMs at {a['clock_mhz']} MHz ({how})\n")
+        print(table(rows, ["GEMM", "GEMMs", "calls", "cycles", "util", "MB moved (modelled)", "dataflow"]))
     off = rep.get("offload")
     if off and off.get("mode") == "all":
         rows = [{"family": k, "calls": v["calls"], "cycles": f"{v['cycles']:,}", "GMAC": f"{v['macs'] / 1e9:.2f}",
@@ -134,6 +159,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="train and measure both precisions with this many seeds (seed, seed+1, ...) and "
                         "report mean and standard deviation")
     s.add_argument("--no-reuse", action="store_true",
-                   help="retrain even if the output folder already holds finished runs with these steps")
+                   help="retrain even if the output folder already holds finished runs with these options "
+                        "(reuse needs every option that defines a run to match, the seed included)")
     add_target(s)
     s.set_defaults(func=cmd_evaluate)

@@ -5,6 +5,7 @@ flows, the register map of the README.
   testbench include: sizes, limits, register offsets, bits, and from the argument list the
   kernel's parameter list (``QTA_TOP_PARAMS``), the matching argument list (``QTA_TOP_ARGS``),
   and its INTERFACE pragmas (``QTA_INTERFACE_PRAGMAS``);
+* :func:`verilog_header`: ``qta_config.vh``, the parameters of the RTL PE array (``hls/rtl``);
 * :func:`tcl`: ``set`` lines for the Vitis HLS and Vivado flows, with the part's resources as the
   budget of the csynth gate (``QTA_BUDGET``);
 * :func:`register_table`: the register map as markdown (README).
@@ -21,14 +22,16 @@ from pathlib import Path
 
 from ..errors import QtaError
 from .config import DEFAULT_BOARD, board_digest, config
-from .resources import estimate_resources, resource_markdown
+from .resources import estimate_resources, hand_count_markdown, resource_table
 
 WHAT = {
     "header": "qta_config.h for the HLS kernel",
+    "vh": "qta_config.vh for the RTL PE array (hls/rtl)",
     "tcl": "variables for the Tcl flows",
     "regmap": "register table (markdown)",
-    "estimate": "resource hand count (totals)",
-    "resources": "resource hand count per part of the design (markdown, hls/README.md)",
+    "estimate": "resource estimate (PE array: yosys figures; rest: estimate)",
+    "resources": "resource table of every board (markdown, README)",
+    "hand-count": "kernel v2 resource hand count per part of the design (markdown, hls/README.md)",
     "digest": "configuration hash of the board's bitstream",
 }
 
@@ -92,6 +95,31 @@ def header(board_name: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The RTL PE array's parameters (hls/rtl/qta_array.v): `define name -> value of a board.
+_VH_DEFINES = {
+    "QTA_ROWS": lambda b, s: b.array_rows,
+    "QTA_COLS": lambda b, s: b.array_cols,
+    "QTA_MIN_SUB": lambda b, s: s.min_subarray,
+    "QTA_OPERAND_BITS": lambda b, s: 8,
+    "QTA_ACC_BITS": lambda b, s: 32,
+    "QTA_DIM_BITS": lambda b, s: max(b.tile_m_max, b.tile_n_max, b.tile_k_max).bit_length(),
+    "QTA_SPLIT_MIN": lambda b, s: f"({min(b.splits)})",
+    "QTA_SPLIT_MAX": lambda b, s: f"({max(b.splits)})",
+}
+
+
+def verilog_header(board_name: str | None = None) -> str:
+    """The Verilog header ``qta_config.vh`` of the RTL PE array (hls/rtl) for one board."""
+    cfg = config()
+    b = cfg.board(board_name)
+    lines = ["// Generated from host/lora_qta/hw/hardware.toml by `lora-qta config vh`. Do not edit.",
+             f"// board {b.name}: {b.description}", "`ifndef QTA_CONFIG_VH", "`define QTA_CONFIG_VH",
+             f'`define QTA_BOARD "{b.name}"']
+    lines += [f"`define {k} {f(b, cfg.schedule)}" for k, f in _VH_DEFINES.items()]
+    lines.append("`endif")
+    return "\n".join(lines) + "\n"
+
+
 def tcl(board_name: str | None = None) -> str:
     """Tcl ``set`` lines for the Vitis HLS and Vivado flows of one board."""
     cfg = config()
@@ -136,6 +164,8 @@ def render(what: str, board_name: str | None = None) -> str:
     """The text of one generated file: ``what`` is a key of :data:`WHAT`."""
     if what == "header":
         return header(board_name)
+    if what == "vh":
+        return verilog_header(board_name)
     if what == "tcl":
         return tcl(board_name)
     if what == "regmap":
@@ -143,7 +173,9 @@ def render(what: str, board_name: str | None = None) -> str:
     if what == "digest":
         return board_digest(config().board(board_name)) + "\n"
     if what == "resources":
-        return resource_markdown() + "\n"
+        return resource_table()
+    if what == "hand-count":
+        return hand_count_markdown() + "\n"
     return "".join(f"{k} {v:.1f}\n" if isinstance(v, float) else f"{k} {v}\n"
                    for k, v in estimate_resources(board_name).items())
 
@@ -166,7 +198,7 @@ def write(what: str, board_name: str | None, output: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lora_qta.hw.generate {header,tcl,regmap,estimate,digest} --board B [-o FILE]``."""
+    """``python -m lora_qta.hw.generate {header,vh,tcl,regmap,estimate,resources,digest} --board B [-o FILE]``."""
     p = argparse.ArgumentParser(prog="python -m lora_qta.hw.generate", description=__doc__.split("\n")[0])
     add_arguments(p)
     a = p.parse_args(argv)

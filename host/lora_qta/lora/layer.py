@@ -14,9 +14,23 @@ INT32 output, and the result is rescaled to float. Gradients (G, dH) are rounded
 stochastically from a generator seeded by (seed, step, layer, GEMM), so runs reproduce
 exactly, also across a resume. The frozen base layer stays in PyTorch.
 
+Two exact rescalings bound the INT8 error (:mod:`.quant`; README "Quantization"):
+
+* H = X.A^T runs as (X / s).(A * s)^T with per-channel SmoothQuant factors s (powers of two,
+  from this batch's channel maxima of X and A), so outlier channels of X do not coarsen the
+  per-token scales (``QtaRuntime.smooth_alpha``; None turns it off);
+* dB = G^T.H and dA = dH^T.X (sums over tokens) balance each token's magnitude between the two
+  operands (a power of two per token) and split the tokens into two magnitude groups, each
+  quantized with its own per-channel scales and run as its own accelerator call, the INT32
+  results rescaled and added in fp32 on the host (``QtaRuntime.wgrad_groups``; False gives one
+  per-channel scale over all tokens). Calls longer than the kernel's K limit are cut and summed
+  exactly in int64.
+
 :class:`QtaLoraLinear` subclasses peft's ``lora.Linear`` (same parameters and state-dict
 keys, so the adapter saves in the standard diffusers format) and is registered for
-``nn.Linear`` targets through ``LoraConfig._register_custom_module``.
+``nn.Linear`` targets through ``LoraConfig._register_custom_module``. peft's ``lora_bias``
+(a bias on lora_B) is supported: the six GEMMs run on the accelerator, the bias vector is added
+(times the scaling, as peft does) on the host in fp32, and its gradient comes from autograd.
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from ..errors import AdapterError
 from ..runtime.accelerator import Accelerator
 from .gemms import LORA_GEMMS, LoraGemmKind
-from .quant import Quantized, quantize
+from .quant import Quantized, balance_tokens, magnitude_groups, quantize, smoothing_factors
 
 H_XAT, Y_HBT, DH_GB, DB_GTH, DA_DHTX, DX_DHA = LORA_GEMMS
 
@@ -43,7 +57,8 @@ H_XAT, Y_HBT, DH_GB, DB_GTH, DA_DHTX, DX_DHA = LORA_GEMMS
 class GemmStats:
     """Accumulated accelerator figures of one GEMM kind."""
 
-    calls: int = 0
+    gemms: int = 0   # GEMMs of this kind (one per layer and step)
+    calls: int = 0   # kernel calls (more when a GEMM runs in magnitude groups or pieces)
     cycles: int = 0
     macs: int = 0
     bytes_moved: int = 0
@@ -56,11 +71,23 @@ class GemmStats:
 
 class QtaRuntime:
     """What the accelerated LoRA layers share: the accelerator, the seed and step counter
-    for stochastic rounding, and the per-GEMM-kind figures and time split of a run."""
+    for stochastic rounding, and the per-GEMM-kind figures and time split of a run.
 
-    def __init__(self, accelerator: Accelerator, seed: int = 0):
+    ``smooth_alpha`` and ``wgrad_groups`` select the exact rescalings of the module docstring
+    (SmoothQuant for H = X.A^T, balanced magnitude groups for dB and dA). ``stream`` tells the
+    stochastic-rounding streams of data-parallel ranks apart (the rank; 0 is the single-process
+    stream)."""
+
+    SMOOTH_ALPHA = 0.5
+    GROUP_RATIO = 16.0
+
+    def __init__(self, accelerator: Accelerator, seed: int = 0, smooth_alpha: float | None = SMOOTH_ALPHA,
+                 wgrad_groups: bool = True, stream: int = 0):
         self.acc = accelerator
         self.seed = seed
+        self.smooth_alpha = smooth_alpha
+        self.wgrad_groups = wgrad_groups
+        self.stream = stream
         self.step = 0
         self.stats: dict[str, GemmStats] = {kind.key: GemmStats() for kind in LORA_GEMMS}
         self.time_accelerator = 0.0
@@ -69,7 +96,8 @@ class QtaRuntime:
     def generator(self, layer_id: int, kind: int) -> torch.Generator:
         """The stochastic-rounding generator of one GEMM operand in this step."""
         g = torch.Generator()
-        g.manual_seed(zlib.crc32(f"{self.seed}/{self.step}/{layer_id}/{kind}".encode()))
+        key = f"{self.seed}/{self.step}/{layer_id}/{kind}" + (f"/rank{self.stream}" if self.stream else "")
+        g.manual_seed(zlib.crc32(key.encode()))
         return g
 
     def quant(self, x: torch.Tensor, axis: str, generator: torch.Generator | None = None) -> Quantized:
@@ -78,14 +106,15 @@ class QtaRuntime:
         self.time_quantization += time.perf_counter() - t0
         return out
 
-    def gemm(self, kind: LoraGemmKind, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def gemm(self, kind: LoraGemmKind, a: torch.Tensor, b: torch.Tensor, part: bool = False) -> torch.Tensor:
         """INT32 result of one INT8 GEMM on the accelerator (operands laid out as ``kind``
-        says), recording its figures."""
+        says), recording its figures; ``part``: a further call of a GEMM already counted."""
         t0 = time.perf_counter()
         r = self.acc.gemm(a, b, trans_a=kind.trans_a, trans_b=kind.trans_b)
         self.time_accelerator += time.perf_counter() - t0
         st = self.stats[kind.key]
-        st.calls += 1
+        st.gemms += not part
+        st.calls += r.calls
         st.cycles += r.cycles
         st.bytes_moved += r.bytes_moved
         m, k = (a.shape[1], a.shape[0]) if kind.trans_a else a.shape
@@ -93,14 +122,77 @@ class QtaRuntime:
         st.dataflows[r.dataflow + (f"{r.split:+d}" if r.split else "")] += 1
         return r.output
 
-    def report(self) -> dict[str, Any]:
-        """Per-GEMM-kind figures (cycles are the kernel's counter: modelled under emulation)."""
+    def smoothed(self, x: torch.Tensor, a: torch.Tensor) -> tuple[Quantized, Quantized]:
+        """INT8 operands of H = X.A^T: per-token X / s and per-tensor A * s (s: SmoothQuant
+        factors of this batch, or 1 when ``smooth_alpha`` is None)."""
+        t0 = time.perf_counter()
+        if self.smooth_alpha is not None:
+            s = smoothing_factors(x.detach().abs().amax(0), a.detach().abs().amax(0), self.smooth_alpha)
+            x, a = x / s, a * s
+        out = quantize(x, "row"), quantize(a, "tensor")
+        self.time_quantization += time.perf_counter() - t0
+        return out
+
+    def token_sum(self, kind: LoraGemmKind, p: torch.Tensor, q: torch.Tensor,
+                  generator: torch.Generator | None) -> torch.Tensor:
+        """p^T . q summed over the tokens (rows) on the accelerator: the weight-gradient GEMMs
+        (``kind`` dB or dA; ``p`` the gradient, rounded stochastically with ``generator``).
+
+        With ``wgrad_groups``: tokens balanced and split into magnitude groups, one set of
+        per-channel scales and one call per group, results added in fp32 (float64 here);
+        otherwise one per-channel scale over all tokens.
+        """
+        t0 = time.perf_counter()
+        if self.wgrad_groups:
+            p, q, key = balance_tokens(p, q)
+            groups = magnitude_groups(key, self.GROUP_RATIO)
+        else:
+            groups = [None]
+        self.time_quantization += time.perf_counter() - t0
+        out = torch.zeros(p.shape[1], q.shape[1], dtype=torch.float64)
+        max_k = self.acc.board.max_k
+        part = False
+        for idx in groups:
+            pq = self.quant(p if idx is None else p[idx], "col", generator)
+            qq = self.quant(q if idx is None else q[idx], "col")
+            acc = torch.zeros_like(out, dtype=torch.int64)
+            for k0 in range(0, pq.q.shape[0], max_k):  # within the kernel's K: exact INT32 per call
+                acc += self.gemm(kind, pq.q[k0:k0 + max_k], qq.q[k0:k0 + max_k], part).long()
+                part = True
+            out += acc.double() * pq.scale.T.double() * qq.scale.double()
+        return out.float()
+
+    def state(self) -> dict[str, Any]:
+        """The accumulated figures, JSON-able, for a checkpoint (a resumed run continues them)."""
+        return {kind: {"gemms": st.gemms, "calls": st.calls, "cycles": st.cycles, "macs": st.macs,
+                       "bytes_moved": st.bytes_moved, "dataflows": dict(st.dataflows)}
+                for kind, st in self.stats.items()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue the figures of :meth:`state`."""
+        for kind, v in state.items():
+            if kind in self.stats:
+                st = self.stats[kind]
+                st.gemms, st.calls, st.cycles = int(v["gemms"]), int(v["calls"]), int(v["cycles"])
+                st.macs, st.bytes_moved = int(v["macs"]), int(v["bytes_moved"])
+                st.dataflows = defaultdict(int, {k: int(n) for k, n in v["dataflows"].items()})
+
+    def report(self, since: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Per-GEMM-kind figures (cycles are the kernel's counter: modelled under emulation);
+        ``since``: a :meth:`state` taken earlier, to count only what came after it."""
         pes = self.acc.board.pes
-        return {
-            kind: {"calls": s.calls, "cycles": s.cycles, "macs": s.macs, "bytes_moved": s.bytes_moved,
-                   "utilization": round(s.utilization(pes), 4), "dataflows": dict(s.dataflows)}
-            for kind, s in self.stats.items()
-        }
+        out = {}
+        for kind, s in self.stats.items():
+            b = (since or {}).get(kind)
+            if b:
+                flows = {k: n - int(b["dataflows"].get(k, 0)) for k, n in s.dataflows.items()}
+                s = GemmStats(s.gemms - int(b["gemms"]), s.calls - int(b["calls"]), s.cycles - int(b["cycles"]),
+                              s.macs - int(b["macs"]), s.bytes_moved - int(b["bytes_moved"]),
+                              defaultdict(int, {k: n for k, n in flows.items() if n}))
+            out[kind] = {"gemms": s.gemms, "calls": s.calls, "cycles": s.cycles, "macs": s.macs,
+                         "bytes_moved": s.bytes_moved, "utilization": round(s.utilization(pes), 4),
+                         "dataflows": dict(s.dataflows)}
+        return out
 
 
 class QtaLoraFunction(torch.autograd.Function):
@@ -110,15 +202,14 @@ class QtaLoraFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
                 runtime: QtaRuntime, layer_id: int) -> torch.Tensor:
         rt = runtime
-        xq = rt.quant(x, "row")
-        aq = rt.quant(a, "tensor")
-        h = rt.gemm(H_XAT, xq.q, aq.q).float() * xq.scale * aq.scale
+        xq, asq = rt.smoothed(x, a)
+        h = rt.gemm(H_XAT, xq.q, asq.q).float() * xq.scale * asq.scale
         hq = rt.quant(h, "row")
         bq = rt.quant(b, "tensor")
         y = rt.gemm(Y_HBT, hq.q, bq.q).float() * hq.scale * bq.scale
         ctx.save_for_backward(x, a, b, h)
         ctx.scaling, ctx.rt, ctx.layer_id = scaling, rt, layer_id
-        ctx.aq, ctx.bq = aq, bq  # the weights' INT8 copies serve the backward GEMMs too
+        ctx.bq = bq  # B's INT8 copy serves dH = G.B too
         return (y * scaling).to(x.dtype)
 
     @staticmethod
@@ -130,19 +221,15 @@ class QtaLoraFunction(torch.autograd.Function):
         gq_row = rt.quant(g, "row", rt.generator(lid, 0))
         bq = ctx.bq
         dh = rt.gemm(DH_GB, gq_row.q, bq.q).float() * gq_row.scale * bq.scale * s
-        # dB = s . G^T . H         (sums over tokens: per-channel scales for G and H)
-        gq_col = rt.quant(g, "col", rt.generator(lid, 1))
-        hq_col = rt.quant(h, "col")
-        db = rt.gemm(DB_GTH, gq_col.q, hq_col.q).float() * gq_col.scale.T * hq_col.scale * s
-        # dA = dH^T . X            (sums over tokens: per-channel scales)
-        dhq_col = rt.quant(dh, "col", rt.generator(lid, 2))
-        xq_col = rt.quant(x, "col")
-        da = rt.gemm(DA_DHTX, dhq_col.q, xq_col.q).float() * dhq_col.scale.T * xq_col.scale
+        # dB = s . G^T . H         (sums over tokens: balanced magnitude groups, per-channel scales)
+        db = rt.token_sum(DB_GTH, g, h, rt.generator(lid, 1)) * s
+        # dA = dH^T . X            (sums over tokens: the same)
+        da = rt.token_sum(DA_DHTX, dh, x, rt.generator(lid, 2))
         # dX = dH . A              (sums over the rank: per-token scales for dH)
         dx = None
         if ctx.needs_input_grad[0]:
             dhq_row = rt.quant(dh, "row", rt.generator(lid, 3))
-            aq = ctx.aq
+            aq = rt.quant(a, "tensor")
             dx = (rt.gemm(DX_DHA, dhq_row.q, aq.q).float()
                   * dhq_row.scale * aq.scale).to(x.dtype)
         return dx, da.to(a.dtype), db.to(b.dtype), None, None, None
@@ -167,8 +254,12 @@ class QtaLoraLinear(PeftLoraLinear):
                                    "use a plain LoraConfig, or precision fp32 for the variant")
             dropout = self.lora_dropout[name]
             xd = dropout(x).reshape(-1, x.shape[-1]).contiguous()
+            scaling = float(self.scaling[name])
             y = QtaLoraFunction.apply(xd, self.lora_A[name].weight, self.lora_B[name].weight,
-                                      float(self.scaling[name]), rt, self.qta_layer_id)
+                                      scaling, rt, self.qta_layer_id)
+            bias = self.lora_B[name].bias  # peft's lora_bias: a vector add, on the host in fp32
+            if bias is not None:
+                y = y + bias * scaling
             result = result + y.reshape(*x.shape[:-1], -1).to(result.dtype)
         return result
 

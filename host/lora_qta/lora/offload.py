@@ -60,8 +60,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -561,8 +562,27 @@ def uninstall(unet: nn.Module, off: Offload) -> None:
         off._processors = None
 
 
+@contextmanager
+def suspended(unet: nn.Module, off: Offload) -> Iterator[None]:
+    """The fp32 PyTorch layers and attention processors for the duration (the held-out
+    evaluation during training): no accelerator call, amax history or figure is touched, and
+    the INT8 wrappers come back unchanged afterwards."""
+    saved = [(m, m.__dict__.pop("forward")) for m in off._restore if "forward" in m.__dict__]
+    int8_procs = None
+    if off._processors is not None:
+        int8_procs = dict(unet.attn_processors)
+        unet.set_attn_processor(dict(off._processors))
+    try:
+        yield
+    finally:
+        for m, fwd in saved:
+            m.forward = fwd
+        if int8_procs is not None:
+            unet.set_attn_processor(int8_procs)
+
+
 __all__ = ["AmaxHistory", "FamilyStats", "Offload", "Int8Linear", "Int8Conv2d", "Int8AttnProcessor",
-           "attention_int8", "conv_unsupported", "install", "uninstall", "quantize_weight", "HISTORY",
+           "attention_int8", "conv_unsupported", "install", "uninstall", "suspended", "quantize_weight", "HISTORY",
            "SAT_THRESHOLD", "OFFLOAD_MODES", "FAMILIES", "LimitError", "PlanError"]
 
 

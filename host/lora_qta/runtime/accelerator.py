@@ -29,6 +29,9 @@ from ..errors import (BackendError, BitstreamNotFoundError, DMAError, InputDType
                      StaleBitstreamError)
 from ..hw.config import BoardConfig, board_digest, config
 from ..hw.call import ROUNDINGS, SCALE_MODES, ConvGeometry, GemmCall
+from ..hw.reference import AMAX_CAP
+from ..hw.reference import requantize as reference_requantize
+from ..hw.reference import rounding_bits
 
 BACKENDS = ("auto", "board", "emulation", "csim", "fast")
 REPO_BITSTREAMS = Path(__file__).resolve().parents[3] / "bitstreams"
@@ -74,6 +77,24 @@ def check_manifest(board: BoardConfig, manifest: Path) -> dict:
     return data
 
 
+def resolve_backend(board: BoardConfig, backend: str | None = None,
+                    bitstream: str | os.PathLike | None = None) -> str:
+    """What ``backend`` (default ``$LORA_QTA_BACKEND`` or ``auto``) means on this machine for
+    ``board``: ``board``, ``fast`` or ``csim`` (``auto``: the board when PYNQ finds one and the
+    bitstream is there, else ``fast``; ``emulation`` is ``fast``)."""
+    backend = (backend or os.environ.get("LORA_QTA_BACKEND") or "auto").lower()
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        found = True
+        try:
+            find_bitstream(board, bitstream)
+        except BitstreamNotFoundError:
+            found = False
+        backend = "board" if on_target() and found else "fast"
+    return "fast" if backend == "emulation" else backend
+
+
 def fixed_point_scale(scale: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(multiplier, shift) with multiplier * 2**-shift ~= scale, multiplier < 2**31.
 
@@ -115,11 +136,28 @@ class GemmResult:
     bound: str
     roofline_fraction: float
     wall_s: float
+    calls: int = 1  # kernel calls: more than one when a dimension exceeded the configured limits
 
     @property
     def partitioned(self) -> bool:
         """Whether the array ran as independent sub-arrays."""
         return self.split != 0
+
+
+def _blocks(dim: int, limit: int) -> list[tuple[int, int]]:
+    """``dim`` cut into the fewest balanced blocks of at most ``limit``: (start, end) pairs."""
+    nb = -(-dim // limit)
+    edges = [dim * i // nb for i in range(nb + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _check_integers(name: str, value: Any) -> None:
+    """The requantizer's multiplier and shift are integers: refuse floats (they would be truncated)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" or isinstance(value, (bool, np.bool_)):
+        raise InputDTypeError(f"{name} must be an integer (or integers), got {value!r}: the kernel's requantizer "
+                              "takes a fixed-point scale; convert a float scale with "
+                              "fixed_point_scale(scale) -> (mult, shift)")
 
 
 def _as_numpy(x: Any, name: str, ndim: tuple[int, ...] = (2,)) -> tuple[np.ndarray, bool]:
@@ -168,6 +206,13 @@ def check_alignment(board: BoardConfig, call: GemmCall, offsets: dict[str, int])
         raise KernelArgumentError(f"{board.name}: " + "; ".join(problems))
 
 
+def on_target() -> bool:
+    """Whether this machine is a PYNQ board: ``pynq.ps.ON_TARGET`` (pynq 3.1 and later) or, on
+    pynq 3.0, which lacks it, the same device-tree entry that pynq 3.1 reads."""
+    on = getattr(pynq.ps, "ON_TARGET", None)
+    return os.path.isfile("/proc/device-tree/chosen/pynq_board") if on is None else bool(on)
+
+
 class Accelerator:
     """The lora-qta accelerator on a board or emulated.
 
@@ -179,17 +224,11 @@ class Accelerator:
     def __init__(self, board: str | None = None, backend: str | None = None,
                  bitstream: str | os.PathLike | None = None, timeout: float = 60.0):
         self.board = config().board(board or os.environ.get("LORA_QTA_BOARD"))
-        backend = (backend or os.environ.get("LORA_QTA_BACKEND") or "auto").lower()
-        if backend not in BACKENDS:
-            raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
-        if backend == "auto":
-            backend = "board" if pynq.ps.ON_TARGET and self._has_bitstream(bitstream) else "fast"
-        if backend == "emulation":
-            backend = "fast"
+        backend = resolve_backend(self.board, backend, bitstream)
         self.backend = backend
         self.timeout = timeout
         if backend == "board":
-            if not pynq.ps.ON_TARGET:
+            if not on_target():
                 raise BackendError("backend='board' needs a PYNQ board (pynq found none); "
                                    "use backend='emulation' on a PC")
             self.overlay = pynq.Overlay(str(find_bitstream(self.board, bitstream)))
@@ -204,13 +243,6 @@ class Accelerator:
         self.measures_cycles = bool(getattr(self.device, "measures_cycles", True))
         self._buffers: dict[str, Any] = {}
         self.calls = 0
-
-    def _has_bitstream(self, bitstream: str | os.PathLike | None) -> bool:
-        try:
-            find_bitstream(self.board, bitstream)
-            return True
-        except BitstreamNotFoundError:
-            return False
 
     # -- buffers -----------------------------------------------------------------------
     def _buffer(self, role: str, nbytes: int) -> Any:
@@ -257,17 +289,25 @@ class Accelerator:
         per tensor (ints) or per output row/column (1-D, with ``scale_mode`` ``row``/``col``),
         ``rounding`` ``nearest_even`` or ``stochastic`` (with ``seed``). ``c`` accumulates into
         an existing output (INT32 for ``int32``, INT8 for ``int8``). ``strict`` raises
-        :class:`SaturationError` when an output saturates.
+        :class:`SaturationError` when an output saturates. M, N or K beyond the configured limits
+        run as several kernel calls (``calls`` of the result), summed exactly on the host.
         """
         a_np, a_torch = _as_numpy(a, "a")
         b_np, _ = _as_numpy(b, "b")
+        m, k = (a_np.shape[1], a_np.shape[0]) if trans_a else a_np.shape
+        k2, n = (b_np.shape[1], b_np.shape[0]) if trans_b else b_np.shape
         c_np = None
         if c is not None:
             c_np = _as_numpy(c, "c")[0]
-            m = a_np.shape[1] if trans_a else a_np.shape[0]
-            n = b_np.shape[0] if trans_b else b_np.shape[1]
             if c_np.shape != (m, n):
                 raise InputShapeError(f"c must be {m}x{n} to accumulate into, got {c_np.shape}")
+        bd = self.board
+        if (m > bd.max_m or n > bd.max_n or k > bd.max_k) and k == k2 and a_np.dtype == b_np.dtype == np.int8:
+            return self._gemm_in_pieces(a_np, b_np, a_torch, (m, k, n), trans_a=trans_a, trans_b=trans_b,
+                                        dataflow=dataflow, split=split, out=out, mult=mult, shift=shift,
+                                        scale_mode=scale_mode, rounding=rounding, seed=seed, c_np=c_np,
+                                        strict=strict)
+        if c_np is not None:
             c_np = c_np[None]
         r = self.batched_gemm(a_np[None], b_np[None], trans_a=trans_a, trans_b=trans_b, dataflow=dataflow,
                               split=split, out=out, mult=mult, shift=shift, scale_mode=scale_mode,
@@ -373,6 +413,8 @@ class Accelerator:
             raise LimitError(f"scale_mode must be one of {SCALE_MODES}, not {scale_mode!r}")
         out8 = out == "int8"
         out_dtype = np.int8 if out8 else np.int32
+        for name, v in (("mult", mult), ("shift", shift)):
+            _check_integers(name, v)
         scales = None
         if out8 and scale_mode != "tensor":
             cnt = m if scale_mode == "row" else n
@@ -456,6 +498,102 @@ class Accelerator:
             sat_count=info.sat_count, amax=info.amax, bound=rep.bound,
             roofline_fraction=rep.roofline_cycles / cycles, wall_s=info.wall_s,
         )
+
+    def _gemm_in_pieces(self, a_np: np.ndarray, b_np: np.ndarray, a_torch: bool, mkn: tuple[int, int, int], *,
+                        trans_a: bool, trans_b: bool, dataflow: str, split: int | None, out: str, mult, shift,
+                        scale_mode: str, rounding: str, seed: int, c_np: np.ndarray | None,
+                        strict: bool) -> GemmResult:
+        """A GEMM with M, N or K beyond the configured limits, as several kernel calls.
+
+        Each piece (balanced blocks of M, N and K within the limits) runs on the kernel with INT32
+        output, which is exact; the pieces' K partial sums are added exactly in int64 on the host,
+        and the epilogue (accumulating ``c``, requantization with the kernel's rounding, including
+        its stochastic bits at the output's global indices, and saturation) runs on the host with
+        the kernel's integer arithmetic. The result equals what one kernel call without the limits
+        would compute (``sat_count`` and ``amax`` included).
+        """
+        from .fast import requantize  # the kernel's epilogue arithmetic, vectorized
+
+        if out not in ("int32", "int8"):
+            raise LimitError(f"out must be 'int32' or 'int8', not {out!r}")
+        if rounding not in ROUNDINGS:
+            raise LimitError(f"rounding must be one of {ROUNDINGS}, not {rounding!r}")
+        if scale_mode not in SCALE_MODES:
+            raise LimitError(f"scale_mode must be one of {SCALE_MODES}, not {scale_mode!r}")
+        for name, v in (("mult", mult), ("shift", shift)):
+            _check_integers(name, v)
+        m, k, n = mkn
+        out8 = out == "int8"
+        stochastic = rounding == "stochastic"
+        seed = int(seed) & 0xFFFFFFFF
+        if c_np is not None:
+            want = np.int8 if out8 else np.int32
+            if c_np.dtype != want:
+                raise InputDTypeError(f"c must be {np.dtype(want)} for out={out!r}, got {c_np.dtype}")
+        bd = self.board
+        acc = np.zeros((m, n), dtype=np.int64)
+        pieces: list[GemmResult] = []
+        for i0, i1 in _blocks(m, bd.max_m):
+            for j0, j1 in _blocks(n, bd.max_n):
+                for k0, k1 in _blocks(k, bd.max_k):
+                    ap = a_np[k0:k1, i0:i1] if trans_a else a_np[i0:i1, k0:k1]
+                    bp = b_np[j0:j1, k0:k1] if trans_b else b_np[k0:k1, j0:j1]
+                    r = self.gemm(np.ascontiguousarray(ap), np.ascontiguousarray(bp), trans_a=trans_a,
+                                  trans_b=trans_b, dataflow=dataflow, split=split)
+                    acc[i0:i1, j0:j1] += r.output
+                    pieces.append(r)
+        if not out8:
+            total = acc + (c_np.astype(np.int64) if c_np is not None else 0)
+            lo, hi, out_dtype = -(2**31), 2**31 - 1, np.int32
+        else:
+            if scale_mode == "tensor":
+                if not np.isscalar(mult) or not np.isscalar(shift):
+                    raise InputShapeError("per-tensor scaling takes scalar mult and shift; "
+                                          "use scale_mode='row' or 'col' for vectors")
+                mu, sh = np.int64(mult), np.int64(shift)
+            else:
+                cnt = m if scale_mode == "row" else n
+                mu, sh = np.asarray(mult, dtype=np.int64), np.asarray(shift, dtype=np.int64)
+                if mu.shape != (cnt,) or sh.shape != (cnt,):
+                    raise InputShapeError(f"scale_mode={scale_mode!r} needs {cnt} multipliers and shifts, "
+                                          f"got {mu.shape} and {sh.shape}")
+                if np.any(sh < 0) or np.any(sh > 62) or np.any(np.abs(mu) >= 2**31):
+                    raise LimitError("per-row/column shifts must be 0..62 and multipliers fit INT32")
+                shape = (m, 1) if scale_mode == "row" else (1, n)
+                mu, sh = mu.reshape(shape), sh.reshape(shape)
+            bits = None
+            if stochastic:
+                rows, cols = np.meshgrid(np.arange(m), np.arange(n), indexing="ij", sparse=True)
+                bits = rounding_bits(seed, rows, cols, n, 0, m)
+            if np.abs(acc).max(initial=0) < 2**31:  # acc * mult fits int64, as in the kernel
+                total = requantize(acc, mu, sh, stochastic, bits)
+            else:  # K beyond the INT32 range of a dot product: exact Python integers
+                full = (m, n)
+                total = reference_requantize(acc, np.broadcast_to(mu, full), np.broadcast_to(sh, full),
+                                             stochastic, np.broadcast_to(bits if bits is not None else 0, full))
+            if c_np is not None:
+                total = total + c_np.astype(np.int64)
+            lo, hi, out_dtype = -128, 127, np.int8
+        clipped = np.clip(total, lo, hi)
+        sat_count = int(np.count_nonzero(clipped != total))
+        amax = int(min(np.abs(total).max(initial=0), AMAX_CAP))
+        if strict and sat_count:
+            raise SaturationError(f"{sat_count} outputs of the {m}x{k}x{n} GEMM saturated to "
+                                  f"{'INT8' if out8 else 'INT32'} (max |value| {amax}); lower the scale or "
+                                  "raise the shift")
+        result = clipped.astype(out_dtype)
+        cycles = sum(p.cycles for p in pieces)
+        measured = [p.cycles_measured for p in pieces]
+        first = max(pieces, key=lambda p: p.cycles)
+        return GemmResult(
+            output=torch.from_numpy(result) if a_torch else result, cycles=cycles,
+            cycles_model=sum(p.cycles_model for p in pieces),
+            cycles_measured=None if None in measured else sum(measured), dataflow=first.dataflow,
+            split=first.split, tiles=first.tiles, utilization=m * n * k / (cycles * bd.pes),
+            bytes_moved=sum(p.bytes_moved for p in pieces), saturated=sat_count > 0, sat_count=sat_count,
+            amax=amax, bound=first.bound,
+            roofline_fraction=sum(p.roofline_fraction * p.cycles for p in pieces) / cycles,
+            wall_s=sum(p.wall_s for p in pieces), calls=len(pieces))
 
     def info(self) -> dict[str, Any]:
         """Configuration and backend, for ``lora-qta info``."""

@@ -37,21 +37,37 @@ def _view(mem: np.ndarray, offset: int, shape: tuple, strides: tuple, dtype) -> 
     return np.ndarray(shape, dtype=dtype, buffer=mem, offset=offset, strides=strides)
 
 
-def _canonical(x: np.ndarray) -> np.ndarray:
-    """A view ``torch._int_mm`` reads correctly. A matrix with a dimension of size 1 is copied
-    (it is a vector): numpy calls such views contiguous whatever their other stride, which PyTorch
-    releases have read wrongly (issue 9: garbage for the 1 x K views of trans_a with M = 1 or
-    trans_b with K = 1); every other strided view is handed over as it is."""
-    if 1 in x.shape:
-        return np.ascontiguousarray(x)
-    return x
+def _row_major(x: np.ndarray) -> "torch.Tensor":
+    """A torch view of a 2-D array with canonical row-major strides (row stride = columns).
+
+    The stride of a size-1 dimension is arbitrary (a transposed 1 x K view of a K x 1 operand
+    has strides (1, 1) and still counts as contiguous), and the oneDNN INT8 GEMM behind
+    ``torch._int_mm`` takes the leading dimension from it on some CPUs: below the row length
+    the call silently leaves the output unwritten (pytorch/pytorch#195066).
+    """
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    rows, cols = t.shape
+    if t.stride() != (cols, 1):
+        t = t.as_strided((rows, cols), (cols, 1))  # same elements: the array is contiguous
+    return t
+
+
+def _canonical(x: np.ndarray) -> "torch.Tensor":
+    """A tensor ``torch._int_mm`` reads correctly: a row-major view (unit column stride, row
+    stride at least the row length, no size-1 dimension) is handed over as it is, without a
+    copy; anything else (a transposed view, or a vector, whose size-1 stride numpy leaves
+    arbitrary) gets canonical row-major strides (:func:`_row_major`, issue 9)."""
+    rows, cols = x.shape
+    if rows > 1 and cols > 1 and x.strides[1] == x.itemsize and x.strides[0] >= cols * x.itemsize:
+        return torch.from_numpy(x)
+    return _row_major(x)
 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """op(A) . op(B) of INT8 matrices (views allowed), exact: int32 from ``_int_mm``, else
     int64; the values always fit INT32 for K within the configured limit."""
     if _int_mm is not None:
-        return _int_mm(torch.from_numpy(_canonical(a)), torch.from_numpy(_canonical(b))).numpy()
+        return _int_mm(_canonical(a), _canonical(b)).numpy()
     return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
 
 

@@ -1,15 +1,20 @@
 """Checkpoints of a fine-tuning run: adapter, optimizer and schedule state, written atomically.
 
 A checkpoint ``<run>/checkpoints/step_NNNNNN/`` holds the adapter's weights
-(``lora.safetensors``), the optimizer and learning-rate schedule (``optimizer.pt``) and
-``state.json`` (step, the options a resumed run must share, the loss history). All randomness
-of a step derives from (seed, step), so a resumed run ends with the same adapter as an
-uninterrupted one.
+(``lora.safetensors``), the optimizer and learning-rate schedule (``optimizer.pt``, read back
+with ``torch.load(weights_only=True)``, so a checkpoint cannot run code) and ``state.json``:
+the step, the identity of the run (every option that defines its result, see
+:meth:`~lora_qta.training.config.FinetuneConfig.identity`), the learning-rate overrides of
+resumed runs, and the history (losses, times, held-out metric, accelerator counters). All
+randomness of a step derives from (seed, step), so a resumed run without overrides ends with
+the same adapter as an uninterrupted one. Checkpoints are ordered by their step number; a
+checkpoint with non-finite weights is refused.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,11 +23,12 @@ import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
-from .config import FinetuneConfig
+from ..errors import CheckpointError, DivergedError
+from .config import RESUME_OVERRIDES
 from .models import ModelBundle
 
 CHECKPOINTS = "checkpoints"
+_NAME = re.compile(r"step_(\d+)$")
 
 
 def lora_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -30,54 +36,92 @@ def lora_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
 
 
-def save_checkpoint(run: Path, step: int, bundle: ModelBundle, optimizer, scheduler, cfg: FinetuneConfig,
-                    history: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically (temp folder, then rename); keep the last ``keep``."""
+def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors of ``state`` holding NaN or Inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints of a run folder as (step, folder), oldest step first (by number,
+    not by name)."""
+    found = []
+    for p in (run / CHECKPOINTS).glob("step_*"):
+        m = _NAME.match(p.name)
+        if m and p.is_dir() and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The checkpoint with the highest step number, if any."""
+    found = checkpoints(run)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(run: Path, step: int, bundle: ModelBundle, optimizer, scheduler, state: dict[str, Any],
+                    keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically (temp folder, then rename) with ``state`` (identity,
+    overrides, history) in state.json; keep the ``keep`` newest by step number."""
+    weights = lora_state(bundle.unet)
+    bad = non_finite(weights)
+    if bad:  # never write a checkpoint that cannot be resumed
+        raise DivergedError(f"the adapter's weights became non-finite ({bad[0]}, ...) by step {step}")
     root = run / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(lora_state(bundle.unet), str(tmp / "lora.safetensors"))
+    save_file(weights, str(tmp / "lora.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": cfg.identity(), "history": history}))
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for old in sorted(root.glob("step_*"))[:-keep]:
+    for _, old in checkpoints(run)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest_checkpoint(run: Path) -> Path | None:
-    """The newest complete checkpoint of a run folder, if any."""
-    found = sorted((run / CHECKPOINTS).glob("step_*"))
-    return found[-1] if found else None
+def identity_diff(saved: dict[str, Any], wanted: dict[str, Any], allowed: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Options whose values differ: name -> (saved, wanted), leaving out ``allowed``."""
+    keys = (set(saved) | set(wanted)) - set(allowed)
+    return {k: (saved.get(k), wanted.get(k)) for k in sorted(keys) if saved.get(k) != wanted.get(k)}
 
 
-def load_checkpoint(path: Path, bundle: ModelBundle, optimizer, scheduler, cfg: FinetuneConfig) -> tuple[int, dict]:
-    """Restore adapter, optimizer and LR schedule; returns (step, history)."""
+def load_checkpoint(path: Path, bundle: ModelBundle, optimizer, scheduler, identity: dict[str, Any]) -> dict[str, Any]:
+    """Restore adapter, optimizer and LR schedule from ``path`` after checking that it belongs to
+    a run with ``identity`` (up to :data:`RESUME_OVERRIDES`); returns its state.json."""
     def unreadable(e: Exception) -> CheckpointError:
         return CheckpointError(f"checkpoint {path} is unreadable ({e}); delete it to resume from an "
-                               "earlier one, or start without --resume")
+                               "earlier one, or start again with --overwrite")
 
     try:
         state = json.loads((path / "state.json").read_text())
+        saved = state["identity"]
     except Exception as e:
         raise unreadable(e) from e
-    if state.get("config") != cfg.identity():
-        diff = {k: (state.get("config", {}).get(k), v) for k, v in cfg.identity().items()
-                if state.get("config", {}).get(k) != v}
-        raise CheckpointError(f"checkpoint {path} was written with other options {diff}; resume with the "
-                              "same options or use another --output-dir")
+    diff = identity_diff(saved, identity, RESUME_OVERRIDES)
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(f"checkpoint {path} belongs to a run with other options ({shown}); resume with "
+                              "the same options (only --learning-rate may change), or start a new run with "
+                              "--overwrite or another --output-dir")
     try:
         weights = load_file(str(path / "lora.safetensors"))
-        opt = torch.load(path / "optimizer.pt", weights_only=False)
+        opt = torch.load(path / "optimizer.pt", weights_only=True)
     except Exception as e:
         raise unreadable(e) from e
+    bad = non_finite(weights)
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights ({bad[0]}, ...): the run had diverged; "
+                              "delete it to resume from an earlier checkpoint, or start again with --overwrite "
+                              "and a lower --learning-rate")
     result = set_peft_model_state_dict(bundle.unet, weights)
     if getattr(result, "unexpected_keys", None):
         raise CheckpointError(f"checkpoint {path} holds weights this adapter does not have")
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    return int(state["step"]), state["history"]
+    try:
+        optimizer.load_state_dict(opt["optimizer"])
+        scheduler.load_state_dict(opt["scheduler"])
+    except Exception as e:
+        raise unreadable(e) from e
+    return state

@@ -6,6 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+DEFAULT_SD_PROMPT = "a photo of sks"
+
+RESUME_OVERRIDES = ("learning_rate",)
+"""Options a resumed run may change (recorded in the checkpoint and the report): a lower
+learning rate is the advice after a divergence."""
+
 
 @dataclass
 class FinetuneConfig:
@@ -18,7 +24,7 @@ class FinetuneConfig:
     backend: str | None = None
     pretrained_model: str | None = None
     instance_data_dir: str | None = None
-    prompt: str = "a photo of sks"
+    prompt: str | None = None  # Stable Diffusion only; default DEFAULT_SD_PROMPT there
     steps: int = 300
     batch_size: int = 16
     learning_rate: float = 2e-2
@@ -33,16 +39,26 @@ class FinetuneConfig:
     prior_per_class: int = 8
     seed: int = 0
     checkpoint_every: int = 50
+    eval_every: int = 25
     resume: bool = False
+    overwrite: bool = False
     samples: bool = True
     threads: int | None = None
 
-    def identity(self) -> dict[str, Any]:
-        """The fields a resumed run must share with the run that wrote the checkpoint."""
-        keep = ("precision", "pretrained_model", "instance_data_dir", "prompt", "batch_size", "learning_rate",
-                "lr_schedule", "warmup_steps", "max_grad_norm", "rank", "alpha", "target_modules",
-                "prediction_type", "num_examples", "prior_per_class", "seed", "board")
-        ident = {k: getattr(self, k) for k in keep}
-        if self.offload != "lora":  # only when set, so checkpoints written before the option still resume
-            ident["offload"] = self.offload
-        return ident
+    def identity(self, target: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything that defines the run's result: a resumed run must match it (except the
+        :data:`RESUME_OVERRIDES`), and ``evaluate`` reuses a finished run only when it matches.
+
+        ``target``: the resolved accelerator of an int8 run (board, backend and the layer's
+        numerics, see :func:`lora_qta.training.loop.run_target`); fp32 runs have none. ``offload``
+        joins it when it is not the default ``lora`` (``--offload all`` trains other numerics).
+        """
+        keep = ("precision", "pretrained_model", "instance_data_dir", "prompt", "steps", "batch_size",
+                "learning_rate", "lr_schedule", "warmup_steps", "max_grad_norm", "rank", "alpha",
+                "target_modules", "prediction_type", "num_examples", "prior_per_class", "seed")
+        out = {k: getattr(self, k) for k in keep}
+        out["target_modules"] = list(self.target_modules)
+        out["target"] = target
+        if self.offload != "lora":  # only when set: identities of LoRA-only runs stay as they were
+            out["offload"] = self.offload
+        return out

@@ -445,7 +445,10 @@ def load_shipped_pipeline() -> DigitsPipeline:
     folder = shipped_model_dir()
     if not (folder / "model_index.json").is_file():
         raise ModelFolderError(f"no pretrained digits model in {folder}; run scripts/pretrain_base.py")
-    return DigitsPipeline.from_pretrained(folder, local_files_only=True)
+    from .models import quiet_loading
+
+    with quiet_loading():
+        return DigitsPipeline.from_pretrained(folder, local_files_only=True)
 
 
 # ---------------------------------------------------------------------------------- classifier

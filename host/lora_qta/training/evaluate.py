@@ -14,6 +14,7 @@ into a fresh stock pipeline with ``pipeline.load_lora_weights`` and measured on 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from .config import FinetuneConfig
-from .loop import finetune, grid_png, step_generator
+from .loop import finetune, finished_run, grid_png, step_generator
 
 TARGET_ACCURACY_PP = 2.0
 TARGET_LOSS_PCT = 2.0
@@ -89,9 +90,8 @@ def evaluate(output_dir: str = "runs/evaluate", steps: int = FinetuneConfig.step
             run = root / precision if seeds == 1 else root / f"seed{s}" / precision
             cfg = FinetuneConfig(output_dir=str(run), precision=precision, steps=steps, seed=s, board=board,
                                  backend=backend, samples=False)
-            if not (reuse and (run / "adapter" / "pytorch_lora_weights.safetensors").is_file()
-                    and json.loads((run / "report.json").read_text())["config"]["steps"] == steps):
-                finetune(cfg)
+            if not (reuse and finished_run(cfg)):  # every option that defines the run must match
+                finetune(replace(cfg, overwrite=True))
             pipe = d.load_shipped_pipeline()
             pipe.load_lora_weights(str(run / "adapter"))
             res = sample_accuracy(pipe, classifier, per_class, s)

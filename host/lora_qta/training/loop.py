@@ -6,15 +6,23 @@ each adapted layer run INT8 on the accelerator (board or emulation) in forward a
 
 All randomness of a step (batch choice, noise, timesteps, stochastic rounding) is drawn from
 generators seeded by (seed, step), so a run resumed from a checkpoint ends with the same
-adapter weights as an uninterrupted one. Checkpoints (:mod:`.checkpoint`) are written every N
-steps and on Ctrl-C; a NaN/Inf loss stops the run and keeps the last good checkpoint. The
-outputs of a run (adapter, sample grid, loss curve, report) are written at its end.
+adapter weights as an uninterrupted one (unless ``--learning-rate`` was overridden on resume).
+One run per output folder, one process at a time (:mod:`.rundir`). Checkpoints
+(:mod:`.checkpoint`) are written every N steps and on Ctrl-C; a NaN/Inf loss, gradient or
+quantizer input stops the run before the weights change and names the last good checkpoint.
+The outputs of a run (adapter, sample grid, loss curve, report) are written at its end.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same loop runs data parallel through the explicit
+``dist`` hooks of :mod:`.distributed`: each process computes its rows of the global batch, the
+LoRA gradients are all-reduced before clipping (a divergence on any rank stops every rank), and
+rank 0 alone takes the run folder's lock and writes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -25,13 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 from peft import LoraConfig
-from tqdm.auto import tqdm
 
-from ..errors import CheckpointError, DivergedError, LimitError
+from ..errors import CheckpointError, DivergedError, LimitError, OptionError, QtaError
 from ..lora.layer import QtaRuntime, accelerated_lora_config, attach_runtime
-from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, lora_state, save_checkpoint
-from .config import FinetuneConfig
+from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, lora_state, non_finite, save_checkpoint
+from .config import DEFAULT_SD_PROMPT, FinetuneConfig
+from .distributed import DataParallel
 from .models import DigitsBundle, ModelBundle, StableDiffusionBundle
+from .rundir import RunFolder
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -63,10 +72,28 @@ def load_bundle(cfg: FinetuneConfig) -> ModelBundle:
     return StableDiffusionBundle(path)
 
 
-def validate(cfg: FinetuneConfig, bundle: ModelBundle) -> None:
-    """Refuse bad options before any training starts."""
+def run_target(cfg: FinetuneConfig) -> dict[str, Any] | None:
+    """The resolved accelerator of an int8 run (board, backend, the LoRA layer's numerics), part
+    of the run's identity; None for fp32 (no accelerator)."""
+    if cfg.precision != "int8":
+        return None
     from ..hw.config import config
+    from ..runtime.accelerator import resolve_backend
 
+    board = config().board(cfg.board)
+    return {"board": board.name, "backend": resolve_backend(board, cfg.backend),
+            "numerics": {"smooth_alpha": QtaRuntime.SMOOTH_ALPHA, "wgrad_groups": True,
+                         "group_ratio": QtaRuntime.GROUP_RATIO}}
+
+
+def _positive_number(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise LimitError(f"{name} must be a positive number, not {value}")
+
+
+def check_options(cfg: FinetuneConfig, writer: bool = True) -> None:
+    """Refuse bad option values before anything is loaded or written. ``writer``: this process
+    writes --output-dir (False on data-parallel ranks other than 0, which never use it)."""
     if cfg.precision not in ("fp32", "int8"):
         raise LimitError(f"--precision must be fp32 or int8, not {cfg.precision!r}")
     if cfg.offload not in ("lora", "all"):
@@ -77,8 +104,41 @@ def validate(cfg: FinetuneConfig, bundle: ModelBundle) -> None:
         raise LimitError(f"--lr-schedule must be constant, linear or cosine, not {cfg.lr_schedule!r}")
     if cfg.prediction_type not in ("epsilon", "v_prediction"):
         raise LimitError(f"--prediction-type must be epsilon or v_prediction, not {cfg.prediction_type!r}")
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
-        raise LimitError("--steps, --batch-size and --checkpoint-every must be positive")
+    for name in ("steps", "batch_size", "checkpoint_every", "num_examples"):
+        if getattr(cfg, name) < 1:
+            raise LimitError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(cfg, name)}")
+    for name in ("warmup_steps", "prior_per_class", "eval_every"):
+        if getattr(cfg, name) < 0:
+            raise LimitError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(cfg, name)}")
+    _positive_number("--learning-rate", cfg.learning_rate)
+    _positive_number("--alpha", cfg.alpha)
+    _positive_number("--max-grad-norm", cfg.max_grad_norm)
+    if cfg.threads is not None and cfg.threads < 1:
+        raise LimitError(f"--threads must be a positive integer, not {cfg.threads}")
+    if cfg.resume and cfg.overwrite:
+        raise OptionError("--resume and --overwrite contradict each other: --resume continues the run in "
+                          "--output-dir, --overwrite replaces it")
+    if writer:
+        RunFolder(cfg.output_dir).check_usable()
+
+
+def validate(cfg: FinetuneConfig, bundle: ModelBundle, writer: bool = True) -> None:
+    """Refuse bad options before any training starts (:func:`check_options` plus what depends on
+    the model)."""
+    from ..hw.config import config
+
+    check_options(cfg, writer)
+    if isinstance(bundle, DigitsBundle):
+        given = [opt for opt, v in (("--instance-data-dir", cfg.instance_data_dir), ("--prompt", cfg.prompt)) if v]
+        if given:
+            raise OptionError(f"{' and '.join(given)} apply to a Stable Diffusion model (--pretrained-model "
+                              "PATH): the digits model learns the held-out digit 7 for the token <sks> from "
+                              "--num-examples of its own training images")
+        limits = bundle.limits()
+        for name, most in limits.items():
+            if getattr(cfg, name) > most:
+                raise LimitError(f"--{name.replace('_', '-')} {getattr(cfg, name)} is more than the digits "
+                                 f"training split holds ({most})")
     names = {n.rsplit(".", 1)[-1] for n, _ in bundle.unet.named_modules()}
     names |= {".".join(n.split(".")[-2:]) for n, _ in bundle.unet.named_modules()}
     unknown = [t for t in cfg.target_modules if t not in names]
@@ -90,12 +150,64 @@ def validate(cfg: FinetuneConfig, bundle: ModelBundle) -> None:
     if not linears:
         raise LimitError(f"target modules {cfg.target_modules} match no nn.Linear of the UNet")
     narrowest = min(min(m.in_features, m.out_features) for m in linears)
-    board = config().board(cfg.board)
-    limit = min(narrowest, board.max_n, board.max_m)
-    if not 1 <= cfg.rank <= limit:
-        raise LimitError(f"rank {cfg.rank} is not supported: it must be 1..{limit} (the narrowest targeted "
-                         f"layer has {narrowest} features; the {board.name} accelerator takes dimensions up "
-                         f"to {board.max_n})")
+    if not 1 <= cfg.rank <= narrowest:
+        raise LimitError(f"rank {cfg.rank} is not supported: it must be 1..{narrowest} (the narrowest targeted "
+                         f"layer has {narrowest} features); lower --rank")
+    config().board(cfg.board)  # an unknown --board fails here, before training
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable), if the system says."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@torch.no_grad()
+def activation_bytes_per_image(bundle: ModelBundle, data) -> int:
+    """Bytes of the UNet's layer outputs for one training image (measured with one forward pass):
+    a lower bound of what training keeps for the backward pass per image of a batch."""
+    x0 = bundle.to_latents(data.images[:1])
+    ctx = bundle.encode_prompts(data.prompts[:1])
+    total = 0
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in bundle.unet.modules() if not any(m.children())]
+    try:
+        bundle.unet(x0, torch.tensor([0]), encoder_hidden_states=ctx)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def check_memory(cfg: FinetuneConfig, bundle: ModelBundle, data, world: int = 1) -> None:
+    """The limit that remains for a batch (the accelerator splits what exceeds its own): memory.
+    Refuse a --batch-size whose activations alone exceed the memory available. ``world``: the
+    data-parallel processes sharing the global batch (each computes at most ceil(B / world)
+    rows)."""
+    avail = available_memory()
+    if avail is None:
+        return
+    per = activation_bytes_per_image(bundle, data)
+    rows = -(-cfg.batch_size // world)
+    need = per * rows
+    if need > avail:
+        split = "" if world == 1 else f" ({rows} rows of the global batch on this process of {world})"
+        raise LimitError(f"--batch-size {cfg.batch_size}{split} needs at least {need / 1e9:.1f} GB for the UNet's "
+                         f"activations ({per / 1e6:.1f} MB per image, measured), more than the {avail / 1e9:.1f} GB "
+                         f"of memory available; lower --batch-size (at most about {max(1, avail // per) * world})")
 
 
 def add_lora(bundle: ModelBundle, cfg: FinetuneConfig) -> None:
@@ -123,12 +235,17 @@ def training_batch(data, bundle: ModelBundle, cfg: FinetuneConfig, step: int) ->
 
 
 def loss_of_step(bundle: ModelBundle, cfg: FinetuneConfig, x0: torch.Tensor, context: torch.Tensor,
-                 step: int) -> torch.Tensor:
-    """The diffusers noise-prediction (or v-prediction) loss of one batch."""
+                 step: int, part: slice = slice(None)) -> torch.Tensor:
+    """The diffusers noise-prediction (or v-prediction) loss of one batch.
+
+    ``part``: the rows of the global batch ``x0`` this process computes (data parallel; the
+    noise and timesteps are drawn for the whole batch first); ``context`` holds those rows only.
+    """
     sched = bundle.noise_scheduler
     g = step_generator(cfg.seed, step, 1)
     noise = torch.randn(x0.shape, generator=g)
     t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=g)
+    x0, noise, t = x0[part], noise[part], t[part]
     noisy = sched.add_noise(x0, noise, t)
     target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
     pred = bundle.unet(noisy, t, encoder_hidden_states=context).sample
@@ -136,18 +253,38 @@ def loss_of_step(bundle: ModelBundle, cfg: FinetuneConfig, x0: torch.Tensor, con
 
 
 def train_step(bundle: ModelBundle, cfg: FinetuneConfig, data, params: list[torch.nn.Parameter],
-               optimizer: torch.optim.Optimizer, scheduler, step: int) -> torch.Tensor:
+               optimizer: torch.optim.Optimizer, scheduler, step: int,
+               dist: DataParallel | None = None) -> torch.Tensor:
     """One optimizer step (batch, loss, backward, clipping, AdamW, LR schedule); returns the loss.
 
-    Raises :class:`DivergedError` before touching the weights if the loss is NaN or Inf.
-    ``scheduler`` may be None (the speed benchmark keeps the learning rate fixed).
+    Raises :class:`DivergedError` before touching the weights if the loss or the gradient norm
+    is NaN or Inf (or a NaN/Inf reaches an INT8 quantizer). ``scheduler`` may be None (the speed
+    benchmark keeps the learning rate fixed). With ``dist`` this process computes its rows of the
+    global batch, with its loss weighted by their share, and the LoRA gradients of every rank are
+    summed before clipping; a NaN/Inf loss or quantizer input on any rank raises
+    :class:`DivergedError` on every rank (carried by the all-reduce), and so does a non-finite
+    norm of the summed gradients (the same on every rank).
     """
     x0, prompts = training_batch(data, bundle, cfg, step)
-    loss = loss_of_step(bundle, cfg, x0, bundle.encode_prompts(prompts), step)
-    if not torch.isfinite(loss):
-        raise DivergedError(f"loss became {loss.item()} at step {step}")
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    part = slice(None) if dist is None else dist.rows(len(prompts))
+    loss, failure = None, None
+    try:
+        loss = loss_of_step(bundle, cfg, x0, bundle.encode_prompts(prompts[part]), step, part)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"the loss became {loss.item()}")
+        if dist is not None:
+            loss = loss * dist.share(len(prompts))  # summed over the ranks: the global batch's mean
+        loss.backward()
+    except DivergedError as e:
+        if dist is None:
+            raise
+        failure = e  # the other ranks learn of it in the all-reduce
+    if dist is not None:
+        loss = dist.all_reduce_gradients(params, loss, step, failure)
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise DivergedError(f"the gradient norm became {norm.item()}")
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -155,83 +292,249 @@ def train_step(bundle: ModelBundle, cfg: FinetuneConfig, data, params: list[torc
     return loss
 
 
-def grid_png(rows: list[tuple[str, np.ndarray]], path: Path, captions: list[str] | None = None) -> None:
-    """A labelled grid of sample rows (PNG); ``captions`` name the columns (e.g. the prompts)."""
+@torch.no_grad()
+def heldout_loss(bundle: ModelBundle, batch: tuple[torch.Tensor, list[str], str], seed: int,
+                 repeats: int = 4) -> float:
+    """Noise-prediction MSE of ``bundle``'s UNet on a held-out batch at fixed noise and timesteps
+    (the same for every evaluation of a run, independent of the training streams)."""
+    images, prompts, _ = batch
+    x0 = bundle.to_latents(images)
+    ctx = bundle.encode_prompts(prompts)
+    sched = bundle.noise_scheduler
+    total, count = 0.0, 0
+    for r in range(repeats):
+        g = step_generator(seed, 10_000 + r, 7)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=g)
+        pred = bundle.unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=ctx).sample
+        total += torch.nn.functional.mse_loss(pred.float(), noise, reduction="sum").item()
+        count += noise.numel()
+    return total / count
+
+
+def grid_png(rows: list[tuple], path: Path, captions: list[str] | None = None) -> None:
+    """A labelled grid of sample rows (PNG): each row is (label, images) or (label, images, notes)
+    with one note under each image; ``captions`` name the columns (e.g. the prompts)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ncol = max(len(imgs) for _, imgs in rows)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.2 * ncol + 1.5, 1.4 * len(rows)), squeeze=False)
-    for r, (label, imgs) in enumerate(rows):
+    ncol = max(len(row[1]) for row in rows)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.2 * ncol + 1.5, 1.55 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        label, imgs = row[0], row[1]
+        notes = row[2] if len(row) > 2 else None
         for c in range(ncol):
             ax = axes[r][c]
             ax.axis("off")
             if c < len(imgs):
                 ax.imshow(imgs[c], cmap="gray" if imgs[c].ndim == 2 else None, vmin=0, vmax=1)
-            if captions and c < len(captions):
+            if captions and c < len(captions) and r == 0:
                 ax.set_title(captions[c], fontsize=6)
+            if notes and c < len(notes) and notes[c]:
+                ax.text(0.5, -0.08, notes[c], fontsize=6, ha="center", va="top", transform=ax.transAxes)
         axes[r][0].text(-0.15, 0.5, label, fontsize=7, ha="right", va="center", transform=axes[r][0].transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def loss_png(losses: list[float], path: Path, title: str) -> None:
-    """The loss curve with a moving average (PNG)."""
+def smoothed(values: list[float], span: int) -> np.ndarray:
+    """Exponential moving average with the given span (bias-corrected from the first value)."""
+    a = 2.0 / (span + 1)
+    out, m, w = [], 0.0, 0.0
+    for v in values:
+        m = (1 - a) * m + a * v
+        w = (1 - a) * w + a
+        out.append(m / w)
+    return np.array(out)
+
+
+def loss_png(losses: list[float], path: Path, title: str, heldout: list | None = None,
+             heldout_label: str = "") -> None:
+    """The training loss (every step and smoothed) and, when measured, the held-out loss of the
+    new concept at fixed noise, which shows learning where the per-step loss is noise."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(losses, lw=0.8, alpha=0.5, label="loss")
-    if len(losses) >= 10:
-        k = 10
-        ax.plot(range(k - 1, len(losses)), np.convolve(losses, np.ones(k) / k, mode="valid"), label="mean of 10")
+    panels = 2 if heldout else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 3.3), squeeze=False)
+    ax = axes[0][0]
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, lw=0.6, alpha=0.35, label="loss of each step (new noise and timesteps)")
+    if len(losses) >= 2:
+        span = max(5, len(losses) // 10)
+        ax.plot(steps, smoothed(losses, span), lw=1.6, label=f"smoothed (EMA, span {span})")
     ax.set_xlabel("step")
     ax.set_ylabel("MSE")
     ax.set_title(title, fontsize=9)
-    ax.legend()
+    ax.legend(fontsize=7)
+    if heldout:
+        ax = axes[0][1]
+        hs, hv = zip(*heldout)
+        ax.plot(hs, hv, marker="o", ms=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel("MSE")
+        ax.set_title("held-out loss of the new concept (fixed noise)", fontsize=9)
+        ax.text(0.02, 0.03, heldout_label, fontsize=6, transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+class Progress:
+    """A tqdm bar on a terminal; elsewhere (logs, pipes, CI) a plain line every ``every`` steps or
+    30 s, so that the output grows line by line instead of one carriage-return line.
+    ``disable``: print nothing (data-parallel ranks other than 0; rank 0 shows the progress)."""
+
+    def __init__(self, start: int, total: int, desc: str, stream=None, disable: bool = False):
+        self.stream = stream or sys.stderr
+        self.start, self.total, self.desc = start, total, desc
+        self.disable = disable
+        self.tty = self.stream.isatty()
+        self.every = max(1, total // 20)
+        self.last_print = time.monotonic()
+        self.t0 = time.monotonic()
+        self.bar = None
+        if disable:
+            pass
+        elif self.tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(initial=start, total=total, desc=desc, unit="step", dynamic_ncols=True,
+                            file=self.stream, mininterval=0.5)
+        else:
+            print(f"{desc}: steps {start}..{total}", file=self.stream, flush=True)
+
+    def update(self, done: int, loss: float, dt: float) -> None:
+        if self.disable:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{1 / dt:.2f}", refresh=False)
+            return
+        now = time.monotonic()
+        if done % self.every == 0 or done == self.total or now - self.last_print >= 30:
+            rate = (done - self.start) / max(now - self.t0, 1e-9)
+            print(f"{self.desc}: step {done}/{self.total}, loss {loss:.4f}, {rate:.2f} steps/s",
+                  file=self.stream, flush=True)
+            self.last_print = now
+
+    def note(self, text: str) -> None:
+        if self.disable:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _divergence_message(e: DivergedError, step: int, cfg: FinetuneConfig, last: Path | str | None) -> str:
+    """The one-line message of a divergence at ``step`` (0-based), ``last`` the last good
+    checkpoint (None: none written yet)."""
+    if last is None:
+        advice = (f"No checkpoint was written yet: start again with a lower --learning-rate (e.g. "
+                  f"{cfg.learning_rate / 10:g}) and --overwrite")
+    else:
+        advice = (f"The last good checkpoint is {last}; continue from it with the same command plus --resume "
+                  f"--learning-rate {cfg.learning_rate / 10:g} (or another lower rate: recorded as an override in "
+                  "the checkpoints and report.json)")
+    return f"training diverged at step {step + 1}: {e}; stopped before changing the weights. {advice}"
+
+
+def _apply_learning_rate(optimizer, scheduler, lr: float) -> None:
+    """Change the peak learning rate of a restored optimizer and schedule (resume override)."""
+    for group, lam in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * lam(scheduler.last_epoch)
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) a fine-tuning; returns the run report (also written to report.json).
 
     ``stop_after`` ends the run early after that many steps as if interrupted (tests use it
-    to exercise resume).
+    to exercise resume). Under ``torchrun`` (``WORLD_SIZE`` > 1) the run is data parallel
+    (:mod:`.distributed`); ranks other than 0 neither lock nor write their --output-dir and
+    return ``{"rank": r, "writer": False, "steps": n}``.
     """
+    dist = DataParallel.from_environment()
+    if dist is None:
+        return _finetune(cfg, bundle, stop_after, None)
+    return dist.run(lambda: _finetune(cfg, bundle, stop_after, dist))
+
+
+def _finetune(cfg: FinetuneConfig, bundle: ModelBundle | None, stop_after: int | None,
+              dist: DataParallel | None) -> dict[str, Any]:
     from ..runtime.accelerator import Accelerator
 
     run = Path(cfg.output_dir)
+    writer = dist is None or dist.rank == 0  # rank 0 alone locks and writes the run folder
+    check_options(cfg, writer)
     bundle = bundle or load_bundle(cfg)
-    validate(cfg, bundle)
-    if cfg.pretrained_model is not None and isinstance(bundle, StableDiffusionBundle):
+    validate(cfg, bundle, writer)
+    if isinstance(bundle, StableDiffusionBundle):
         if not cfg.instance_data_dir:
             raise LimitError("--pretrained-model with a Stable Diffusion folder needs --instance-data-dir")
-        data = bundle.training_data(Path(cfg.instance_data_dir), cfg.prompt)
+        data = bundle.training_data(Path(cfg.instance_data_dir), cfg.prompt or DEFAULT_SD_PROMPT)
     else:
         data = bundle.training_data(cfg.num_examples, cfg.prior_per_class, cfg.seed)
-    if cfg.resume and latest_checkpoint(run) is None:
-        raise CheckpointError(f"--resume given but {run / CHECKPOINTS} holds no checkpoint")
-    run.mkdir(parents=True, exist_ok=True)
+    accelerator = None if dist is None else dist.agree(cfg, bundle, data, lambda: Accelerator(cfg.board, cfg.backend))
+    identity = cfg.identity(run_target(cfg))
+    folder = RunFolder(run) if writer else None
 
+    def claim() -> None:
+        """The writer's run folder: one run per folder (resume or overwrite), one process at a time."""
+        if cfg.resume and latest_checkpoint(run) is None:
+            raise CheckpointError(f"--resume given but {run / CHECKPOINTS} holds no checkpoint")
+        folder.lock()
+        try:
+            folder.prepare(cfg.resume, cfg.overwrite)
+        except BaseException:
+            folder.unlock()
+            raise
+
+    if dist is None:
+        check_memory(cfg, bundle, data)
+        claim()
+    else:  # a refusal on one rank stops every rank with it (no rank waits for one that gave up)
+        dist.together("memory check", lambda: check_memory(cfg, bundle, data, dist.world))
+        dist.together("run folder", claim if writer else None)
+    try:
+        resume_from = None
+        if cfg.resume:  # rank 0 holds the lock: its newest checkpoint cannot change under it
+            resume_from = latest_checkpoint(run) if dist is None else dist.checkpoint_from_rank0(run)
+            if resume_from is None:
+                raise CheckpointError(f"--resume given but {run / CHECKPOINTS} holds no checkpoint")
+        return _train(cfg, run, bundle, data, identity, stop_after, dist, accelerator, resume_from)
+    finally:
+        if folder is not None:
+            folder.unlock()
+
+
+def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: dict[str, Any],
+           stop_after: int | None, dist: DataParallel | None = None, accelerator=None,
+           resume_from: Path | None = None) -> dict[str, Any]:
+    from ..runtime.accelerator import Accelerator
+
+    writer = dist is None or dist.rank == 0
     threads = cfg.threads or (1 if isinstance(bundle, DigitsBundle) else None)
     if threads:
         torch.set_num_threads(threads)
-    before = None
-    if cfg.samples and not cfg.resume:
-        before = bundle.sample(bundle.eval_prompts(), cfg.seed)
-        np.save(run / "samples_before.npy", before)
-
     add_lora(bundle, cfg)
     runtime = None
     if cfg.precision == "int8":
-        runtime = QtaRuntime(Accelerator(cfg.board, cfg.backend), seed=cfg.seed)
+        runtime = QtaRuntime(accelerator or Accelerator(cfg.board, cfg.backend), seed=cfg.seed,
+                             stream=0 if dist is None else dist.rank)
         n_layers = attach_runtime(bundle.unet, runtime)
         if cfg.offload == "all":  # the frozen base model's GEMMs too (lora/offload.py)
             from ..lora.offload import install
@@ -243,101 +546,220 @@ def finetune(cfg: FinetuneConfig, bundle: ModelBundle | None = None, stop_after:
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
 
-    start, history = 0, {"loss": [], "time_step": [], "time_accelerator": 0.0, "time_quantization": 0.0}
+    start, overrides = 0, []
+    history: dict[str, Any] = {"loss": [], "time_step": [], "time_accelerator": 0.0, "time_quantization": 0.0,
+                               "heldout": [], "accelerator": None}
     if cfg.resume:
-        start, history = load_checkpoint(latest_checkpoint(run), bundle, optimizer, scheduler, cfg)
+        state = load_checkpoint(resume_from, bundle, optimizer, scheduler, identity)
+        start, history, overrides = int(state["step"]), state["history"], state.get("overrides", [])
+        was = state["identity"]["learning_rate"]
+        if cfg.learning_rate != was:
+            _apply_learning_rate(optimizer, scheduler, cfg.learning_rate)
+            overrides.append({"step": start, "learning_rate": cfg.learning_rate, "was": was})
+        if runtime is not None and history.get("accelerator"):
+            runtime.load_state(history["accelerator"])
     latents = bundle.to_latents(data.images)
     prior_latents = bundle.to_latents(data.prior_images) if data.prior_images is not None else None
     lat_data = type(data)(latents, data.prompts, prior_latents, data.prior_prompts)
+    heldout = bundle.heldout_batch() if cfg.eval_every and writer else None  # for rank 0's report
 
+    def evaluate_heldout(step: int) -> None:
+        if heldout is None or any(s == step for s, _ in history["heldout"]):
+            return
+        if runtime is not None:
+            attach_runtime(bundle.unet, None)  # the adapter's weights in PyTorch: no accelerator figures
+        off = getattr(runtime, "offload", None)
+        if off is not None:  # --offload all: the frozen layers in fp32 too, amax histories untouched
+            from ..lora.offload import suspended
+
+            with suspended(bundle.unet, off):
+                history["heldout"].append([step, heldout_loss(bundle, heldout, cfg.seed)])
+        else:
+            history["heldout"].append([step, heldout_loss(bundle, heldout, cfg.seed)])
+        if runtime is not None:
+            attach_runtime(bundle.unet, runtime)
+
+    def checkpoint(step: int) -> None:
+        if dist is not None:
+            bad = non_finite(lora_state(bundle.unet))  # checked on every rank (the replicas are equal)
+            if bad:
+                raise DivergedError(f"the adapter's weights became non-finite ({bad[0]}, ...) by step {step}")
+            dist.check_replicas(params, step)
+        if not writer:
+            return
+        if runtime is not None:
+            history["accelerator"] = runtime.state()
+        save_checkpoint(run, step, bundle, optimizer, scheduler,
+                        {"identity": identity, "overrides": overrides, "history": history})
+
+    def last_good() -> Path | str | None:
+        if writer:
+            return latest_checkpoint(run)
+        if dist.last_checkpoint is None:
+            return None
+        return f"{Path(dist.output_dir) / CHECKPOINTS / f'step_{dist.last_checkpoint:06d}'} on rank 0"
+
+    evaluate_heldout(start)
     interrupted = {"flag": False}
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.__setitem__("flag", True))
+    if dist is not None:
+        dist.start(params, interrupted, runtime)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"finetune {cfg.precision}",
-               unit="step", dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 15.0)
+    progress = Progress(start, cfg.steps, f"finetune {cfg.precision}", disable=not writer)
     try:
-        for step in bar:
+        for step in range(start, end):
             t0 = time.perf_counter()
             if runtime is not None:
                 runtime.step = step
                 acc0, q0 = runtime.time_accelerator, runtime.time_quantization
             try:
-                loss = train_step(bundle, cfg, lat_data, params, optimizer, scheduler, step)
+                loss = train_step(bundle, cfg, lat_data, params, optimizer, scheduler, step, dist)
             except DivergedError as e:
-                last = latest_checkpoint(run)
-                raise DivergedError(f"{e}; stopped. The last good checkpoint is "
-                                    f"{last or 'none (no checkpoint written yet)'}; lower --learning-rate "
-                                    "and resume from it") from None
+                raise DivergedError(_divergence_message(e, step, cfg, last_good())) from None
+            except (MemoryError, RuntimeError) as e:
+                if isinstance(e, QtaError) or (not isinstance(e, MemoryError) and "allocate" not in str(e)):
+                    raise
+                raise LimitError(f"step {step + 1} ran out of memory at --batch-size {cfg.batch_size} ({e}); "
+                                 "lower --batch-size") from None
             dt = time.perf_counter() - t0
             history["loss"].append(float(loss.item()))
             history["time_step"].append(dt)
             if runtime is not None:
                 history["time_accelerator"] += runtime.time_accelerator - acc0
                 history["time_quantization"] += runtime.time_quantization - q0
-            bar.set_postfix(loss=f"{loss.item():.4f}", steps_per_s=f"{1 / dt:.2f}", refresh=False)
             done = step + 1
+            progress.update(done, float(loss.item()), dt)
+            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+                evaluate_heldout(done)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                save_checkpoint(run, done, bundle, optimizer, scheduler, cfg, history)
-            if interrupted["flag"]:
-                save_checkpoint(run, done, bundle, optimizer, scheduler, cfg, history)
-                bar.close()
-                print(f"\ninterrupted: checkpoint saved at step {done}; continue with --resume")
+                checkpoint(done)
+            if (interrupted["flag"] if dist is None else dist.stop):
+                checkpoint(done)
+                progress.close()
+                if writer:
+                    print(f"\ninterrupted: checkpoint saved at step {done}; continue with --resume")
                 return {"interrupted": True, "step": done}
     finally:
         signal.signal(signal.SIGINT, previous)
-        bar.close()
+        progress.close()
     if end < cfg.steps:  # stop_after
-        save_checkpoint(run, end, bundle, optimizer, scheduler, cfg, history)
+        checkpoint(end)
         return {"interrupted": True, "step": end}
-    return write_outputs(run, cfg, bundle, runtime, history, before, n_layers)
+    distributed = None if dist is None else dist.finish(cfg, runtime, params)
+    if not writer:
+        return {"rank": dist.rank, "writer": False, "steps": len(history["loss"])}
+    return write_outputs(run, cfg, bundle, runtime, history, n_layers, identity, overrides, data, heldout,
+                         distributed)
+
+
+def finished_run(cfg: FinetuneConfig) -> bool:
+    """Whether ``cfg.output_dir`` holds a finished run with every option that defines ``cfg``'s
+    result (its report's identity), so that its adapter can be reused."""
+    run = Path(cfg.output_dir)
+    try:
+        report = json.loads((run / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return ((run / "adapter" / "pytorch_lora_weights.safetensors").is_file()
+            and report.get("identity") == cfg.identity(run_target(cfg)) and not report.get("overrides"))
+
+
+FIGURES_EMULATED = {
+    "gemms": "counted: GEMMs of each kind (one per adapted layer and step)",
+    "calls": "counted: kernel calls (a weight-gradient GEMM runs as up to two magnitude groups)",
+    "macs": "counted",
+    "cycles": "modelled: the emulated kernel's cycle counter follows the planner's schedule model",
+    "bytes_moved": "modelled: the planner's DDR traffic of each call",
+    "utilization": "modelled: MACs / (modelled cycles x PEs)",
+    "modelled_board_time_s": "modelled: cycles at the board clock",
+}
+FIGURES_BOARD = {**FIGURES_EMULATED,
+                 "cycles": "measured: the kernel's cycle counter on the board",
+                 "utilization": "from measured cycles: MACs / (cycles x PEs)",
+                 "modelled_board_time_s": "from measured cycles at the board clock"}
 
 
 def write_outputs(run: Path, cfg: FinetuneConfig, bundle: ModelBundle, runtime: QtaRuntime | None,
-                  history: dict[str, Any], before: np.ndarray | None, n_layers: int) -> dict[str, Any]:
-    """Adapter (diffusers format), sample grid, loss curve and report.json."""
+                  history: dict[str, Any], n_layers: int, identity: dict[str, Any], overrides: list,
+                  data=None, heldout=None, distributed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Adapter (diffusers format), sample grid, loss curve and report.json (with the
+    ``distributed`` section of a data-parallel run)."""
+    state = lora_state(bundle.unet)
+    bad = non_finite(state)
+    if bad:
+        raise DivergedError(f"the adapter's weights are non-finite ({bad[0]}, ...); not written")
     adapter = run / "adapter"
     adapter.mkdir(parents=True, exist_ok=True)
-    bundle.save_lora(adapter, lora_state(bundle.unet))
+    bundle.save_lora(adapter, state)
     if runtime is not None:
         attach_runtime(bundle.unet, None)  # sample with the trained adapter in PyTorch
         if getattr(runtime, "offload", None) is not None:
             from ..lora.offload import uninstall
 
             uninstall(bundle.unet, runtime.offload)
-    if cfg.samples:
-        prompts = bundle.eval_prompts()
-        if before is None and (run / "samples_before.npy").is_file():
-            before = np.load(run / "samples_before.npy")
-        after = bundle.sample(prompts, cfg.seed)
-        rows = []
-        if before is not None:
-            rows.append(("before", before))
-        rows.append((f"after\n({cfg.precision} LoRA)", after))
-        grid_png(rows, run / "samples.png", captions=[p.replace("a photo of ", "") for p in prompts])
-    loss_png(history["loss"], run / "loss.png", f"LoRA fine-tuning, {cfg.precision}, rank {cfg.rank}")
-    total = float(sum(history["time_step"]))
+    target = identity.get("target")
     report: dict[str, Any] = {
-        "config": asdict(cfg), "model": bundle.name, "lora_layers": n_layers, "steps": len(history["loss"]),
+        "identity": identity,
+        "config": {**asdict(cfg), "board": target["board"] if target else None,
+                   "backend": target["backend"] if target else None},
+        "overrides": overrides, "model": bundle.name, "lora_layers": n_layers, "steps": len(history["loss"]),
         "final_loss": history["loss"][-1] if history["loss"] else None,
         "mean_loss_last_20": float(np.mean(history["loss"][-20:])) if history["loss"] else None,
-        "time_s": {"total_measured": total, "accelerator_measured": history["time_accelerator"],
-                   "quantization_measured": history["time_quantization"],
-                   "rest_measured": total - history["time_accelerator"] - history["time_quantization"]},
-        "steps_per_s_measured": len(history["time_step"]) / total if total else None,
     }
+    if heldout is not None and history.get("heldout"):
+        report["heldout_loss"] = {"metric": f"noise-prediction MSE at fixed noise and timesteps on {heldout[2]}",
+                                  "steps": [s for s, _ in history["heldout"]],
+                                  "values": [v for _, v in history["heldout"]]}
+    if cfg.samples:
+        prompts = bundle.eval_prompts()
+        bundle.unet.disable_adapters()  # the base model, exactly (peft's adapter switch)
+        before = bundle.sample(prompts, cfg.seed)
+        bundle.unet.enable_adapters()
+        after = bundle.sample(prompts, cfg.seed)
+        n_concept = sum(p == prompts[0] for p in prompts)
+        reading = bundle.concept_reading(after[:n_concept])
+        rows = []
+        if data is not None:
+            rows.append(("training\nexamples", bundle.display(data.images[:n_concept])))
+        rows.append(("before\n(base model)", before, bundle.concept_reading(before[:n_concept])))
+        rows.append((f"after\n({cfg.precision} LoRA)", after, reading))
+        grid_png(rows, run / "samples.png", captions=[p.replace("a photo of ", "") for p in prompts])
+        if reading is not None:
+            want = f"reads {bundle.concept_name().split()[-1]}"
+            report["concept_samples"] = {
+                "shown": n_concept, "read_as_concept": sum(r == want for r in reading),
+                "judge": f"digit classifier (scikit-learn SVC on the digits' training split): {bundle.concept_name()}",
+                "readings": reading}
+    loss_png(history["loss"], run / "loss.png", f"LoRA fine-tuning, {cfg.precision}, rank {cfg.rank}",
+             history.get("heldout") or None, heldout[2] if heldout is not None else "")
+    total = float(sum(history["time_step"]))
+    report["time_s"] = {"total_measured": total, "accelerator_measured": history["time_accelerator"],
+                        "quantization_measured": history["time_quantization"],
+                        "rest_measured": total - history["time_accelerator"] - history["time_quantization"]}
+    report["steps_per_s_measured"] = len(history["time_step"]) / total if total else None
+    report["world_size"] = 1 if distributed is None else distributed["world_size"]
+    if distributed is not None:
+        report["distributed"] = distributed
     if runtime is not None:
         b = runtime.acc.board
         gemms = runtime.report()
         cycles = sum(v["cycles"] for v in gemms.values())
+        on_board = runtime.acc.backend == "board"
         report["accelerator"] = {
-            "board": b.name, "backend": runtime.acc.backend, "pes": b.pes, "clock_mhz": b.clock_mhz,
-            "note": "cycles are the kernel's cycle counter: a modelled schedule under emulation",
+            "board": b.name, "backend": runtime.acc.backend, "engine": runtime.acc.info()["engine"],
+            "pes": b.pes, "clock_mhz": b.clock_mhz,
+            "figures": FIGURES_BOARD if on_board else FIGURES_EMULATED,
+            "counted_over_steps": [0, len(history["loss"])],
             "per_gemm": gemms, "total_cycles": cycles,
             "modelled_board_time_s": cycles / (b.clock_mhz * 1e6),
         }
-    if runtime is not None:
+        if distributed is not None:
+            report["accelerator"]["counted_on"] = ("rank 0's accelerator only (its rows of every global batch); each "
+                                                   "rank's figures of this launch are in distributed.per_rank")
         from ..lora.offload import offload_report
 
         report["offload"] = offload_report(runtime)
+    else:
+        report["accelerator"] = None
     (run / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report

@@ -14,6 +14,8 @@ saver. Two kinds exist:
 from __future__ import annotations
 
 import json
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -62,16 +64,81 @@ class ModelBundle:
         """Prompts of the before/after sample grid."""
         raise NotImplementedError
 
+    def heldout_batch(self) -> tuple[torch.Tensor, list[str], str] | None:
+        """Images (model input space), prompts and a description of the held-out set whose
+        denoising loss the run tracks every ``--eval-every`` steps; None: no such set."""
+        return None
+
+    def concept_reading(self, images: np.ndarray) -> list[str] | None:
+        """What an independent judge reads in generated images of the concept (captions), if any."""
+        return None
+
+    def concept_name(self) -> str:
+        """The concept, for captions (e.g. ``digit 7``)."""
+        return "the concept"
+
+    def display(self, images: torch.Tensor) -> np.ndarray:
+        """Training images (N, C, H, W) in [-1, 1] as a sample grid shows them."""
+        x = ((images.detach().float() + 1) / 2).clamp(0, 1)
+        return x[:, 0].numpy() if x.shape[1] == 1 else x.permute(0, 2, 3, 1).numpy()
+
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+def _sorted_sets(value):
+    """``value`` with every set replaced by a sorted list (sets iterate in hash order)."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    if isinstance(value, dict):
+        return {k: _sorted_sets(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sorted_sets(v) for v in value]
+    return value
+
+
+def canonical_safetensors(path: Path) -> None:
+    """Rewrite a safetensors file's header with its metadata keys sorted.
+
+    The safetensors writer keeps ``__metadata__`` in a hash map, so its key order (and the
+    file's bytes) changes from process to process; the tensors and their offsets do not."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+
 
 def _save_unet_lora(pipeline_cls: Callable, folder: Path, unet: torch.nn.Module,
                     state: dict[str, torch.Tensor]) -> None:
     """Save a peft UNet LoRA state dict in the diffusers format (pytorch_lora_weights.safetensors),
-    with the adapter's LoraConfig as metadata so that ``load_lora_weights`` restores alpha too."""
+    with the adapter's LoraConfig as metadata so that ``load_lora_weights`` restores alpha too.
+    The same weights always give the same bytes (sets sorted, header keys in a fixed order)."""
     from diffusers.utils import convert_state_dict_to_diffusers
 
     pipeline_cls.save_lora_weights(str(folder), unet_lora_layers=convert_state_dict_to_diffusers(state),
-                                   unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+                                   unet_lora_adapter_metadata=_sorted_sets(unet.peft_config["default"].to_dict()),
                                    safe_serialization=True)
+    canonical_safetensors(Path(folder) / LORA_FILE)
+
+
+@contextmanager
+def quiet_loading(quiet: bool = True):
+    """Without diffusers' "Loading pipeline components" bar (a local load takes well under a second;
+    off a terminal the bar prints its last line twice)."""
+    from diffusers.utils import logging as dlog
+
+    was = dlog.is_progress_bar_enabled()
+    if quiet:
+        dlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was:
+            dlog.enable_progress_bar()
 
 
 class DigitsBundle(ModelBundle):
@@ -88,7 +155,8 @@ class DigitsBundle(ModelBundle):
             raise ModelFolderError(f"{folder} holds no digits pipeline (model_index.json missing); "
                                    "rebuild it with scripts/pretrain_base.py")
         try:
-            self.pipe = digits.DigitsPipeline.from_pretrained(folder, local_files_only=True)
+            with quiet_loading():
+                self.pipe = digits.DigitsPipeline.from_pretrained(folder, local_files_only=True)
         except Exception as e:  # corrupt weights or configs
             raise ModelFolderError(f"cannot load the digits pipeline from {folder}: {e}") from e
         self.unet = self.pipe.unet
@@ -129,7 +197,27 @@ class DigitsBundle(ModelBundle):
 
     def eval_prompts(self) -> list[str]:
         d = self.d
-        return [d.concept_prompt()] * 4 + [d.digit_prompt(c) for c in d.KNOWN_CLASSES[:4]]
+        return [d.concept_prompt()] * 8 + [d.digit_prompt(c) for c in d.KNOWN_CLASSES[:4]]
+
+    def limits(self) -> dict[str, int]:
+        """The most --num-examples and --prior-per-class the training split holds."""
+        d = self.d
+        return {"num_examples": len(d.load_digits_dataset(classes=[d.HELD_OUT_CLASS], split="train")[0]),
+                "prior_per_class": min(len(d.load_digits_dataset(classes=[c], split="train")[0])
+                                       for c in d.KNOWN_CLASSES)}
+
+    def heldout_batch(self) -> tuple[torch.Tensor, list[str], str]:
+        d = self.d
+        images, _ = d.load_digits_dataset(classes=[d.HELD_OUT_CLASS], split="test")
+        return (images, [d.concept_prompt()] * len(images),
+                f"{len(images)} test-split images of digit {d.HELD_OUT_CLASS} with the new token")
+
+    def concept_reading(self, images: np.ndarray) -> list[str]:
+        d = self.d
+        return [f"reads {int(c)}" for c in d.classify(images, d.train_digit_classifier())]
+
+    def concept_name(self) -> str:
+        return f"digit {self.d.HELD_OUT_CLASS}"
 
 
 def load_instance_images(folder: Path, resolution: int) -> torch.Tensor:
@@ -147,13 +235,17 @@ def load_instance_images(folder: Path, resolution: int) -> torch.Tensor:
         try:
             img = Image.open(p)
             img.load()
+        except Image.DecompressionBombError as e:
+            raise InstanceDataError(f"{p} is too large to read safely ({e}); resize it to a few thousand "
+                                    "pixels per side") from None
         except (UnidentifiedImageError, OSError) as e:
             raise InstanceDataError(f"cannot read image {p}: {e}") from e
         if img.mode not in ("RGB", "RGBA", "L"):
             raise InstanceDataError(f"{p} has mode {img.mode}; use RGB (or L/RGBA) images")
         if min(img.size) < resolution:
-            raise InstanceDataError(f"{p} is {img.size[0]}x{img.size[1]}, smaller than the training "
-                                    f"resolution {resolution}; use larger images or --resolution")
+            raise InstanceDataError(f"{p} is {img.size[0]}x{img.size[1]}, smaller than the model's training "
+                                    f"resolution {resolution}x{resolution} (set by its UNet and VAE): use images "
+                                    f"at least {resolution} pixels on the shorter side")
         img = img.convert("RGB")
         side = min(img.size)
         left, top = (img.size[0] - side) // 2, (img.size[1] - side) // 2
@@ -181,8 +273,9 @@ class StableDiffusionBundle(ModelBundle):
             raise ModelFolderError(f"{folder} is not a diffusers Stable Diffusion folder: missing "
                                    f"{', '.join(missing)}")
         try:
-            self.pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True,
-                                                                safety_checker=None, requires_safety_checker=False)
+            with quiet_loading(not sys.stderr.isatty()):
+                self.pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
+                                                                    requires_safety_checker=False)
         except Exception as e:
             raise ModelFolderError(f"cannot load Stable Diffusion from {folder}: {e}") from e
         self.pipe.set_progress_bar_config(disable=True)

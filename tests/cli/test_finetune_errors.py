@@ -1,0 +1,105 @@
+"""``lora-qta finetune``/``run`` say what is wrong in one line (exit 2) and refuse what they would
+otherwise ignore (issue 9, items 9 and 13); the same run writes the same adapter bytes (item 14);
+newcomer friction (item 15): off-terminal progress and no pipeline-loading bar.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lora_qta.cli import main
+from lora_qta.training.loop import Progress
+
+QUICK = ["--steps", "2", "--batch-size", "4", "--num-examples", "2", "--prior-per-class", "1", "--no-samples",
+         "--eval-every", "0", "--precision", "fp32"]
+
+
+def one_line(capsys, argv) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("lora-qta: error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--threads", "-1"], "--threads must be a positive integer, not -1"),
+    (["--num-examples", "0"], "--num-examples must be at least 1, not 0"),
+    (["--learning-rate", "-1"], "--learning-rate must be a positive number, not -1.0"),
+    (["--learning-rate", "nan"], "--learning-rate must be a positive number, not nan"),
+    (["--alpha", "0"], "--alpha must be a positive number, not 0.0"),
+    (["--warmup-steps", "-5"], "--warmup-steps must be 0 or more, not -5"),
+    (["--num-examples", "100000"], "--num-examples 100000 is more than the digits training split holds (143)"),
+    (["--prior-per-class", "5000"], "--prior-per-class 5000 is more than the digits training split holds"),
+    (["--instance-data-dir", "photos"], "--instance-data-dir apply to a Stable Diffusion model"),
+    (["--prompt", "a photo of a dog"], "--prompt apply to a Stable Diffusion model"),
+    (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+    # item 4: the accelerator splits oversized GEMMs; the limit that remains (memory) is checked first
+    (["--batch-size", "100000"], "--batch-size 100000 needs at least"),
+])
+def test_bad_training_options_are_one_line(capsys, tmp_path, extra, message):
+    out = tmp_path / "run"
+    assert message in one_line(capsys, ["finetune", "--output-dir", str(out), *QUICK, *extra])
+    assert not out.exists()  # refused before anything is written
+
+
+def test_output_folder_that_is_a_file_or_unwritable(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert "is a file, not a folder" in one_line(capsys, ["finetune", "--output-dir", str(afile), *QUICK])
+    assert "is a file, not a folder" in one_line(capsys, ["finetune", "--output-dir", str(afile / "sub"), *QUICK])
+    unwritable = Path("/sys/lora_qta_cannot_write_here")  # not writable even for root
+    if os.access("/sys", os.W_OK) and not unwritable.parent.is_mount():
+        pytest.skip("no unwritable location on this machine")
+    assert "cannot be written" in one_line(capsys, ["finetune", "--output-dir", str(unwritable), *QUICK])
+
+
+def test_csim_without_sources_is_one_line_in_training(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "lora_qta.cli", "finetune", "--output-dir", str(tmp_path / "r"),
+                        *QUICK[:-2], "--precision", "int8", "--backend", "csim"], capture_output=True, text=True,
+                       env={**os.environ, "LORA_QTA_HLS_DIR": str(tmp_path / "nohls"),
+                            "LORA_QTA_CACHE": str(tmp_path / "cache")}, timeout=600)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert lines[-1].startswith("lora-qta: error: the kernel's sources") and "LORA_QTA_HLS_DIR" in lines[-1]
+
+
+def test_the_same_run_writes_the_same_adapter_bytes(tmp_path):
+    """Two processes with different hash seeds (set iteration and the safetensors writer's
+    metadata order depend on them) write identical adapter files."""
+    files = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"run{seed}"
+        p = subprocess.run([sys.executable, "-m", "lora_qta.cli", "finetune", "--output-dir", str(out), *QUICK],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed}, timeout=600)
+        assert p.returncode == 0, p.stderr
+        files.append((out / "adapter" / "pytorch_lora_weights.safetensors").read_bytes())
+    assert files[0] == files[1]
+    n = int.from_bytes(files[0][:8], "little")
+    meta = json.loads(files[0][8:8 + n])["__metadata__"]
+    assert list(meta) == sorted(meta)
+    assert json.loads(meta["lora_adapter_metadata"])["unet.target_modules"] == sorted(["to_q", "to_k", "to_v", "to_out.0"])
+
+
+def test_progress_off_a_terminal_is_plain_lines():
+    stream = io.StringIO()
+    bar = Progress(0, 40, "finetune int8", stream=stream)
+    for done in range(1, 41):
+        bar.update(done, 0.05, 0.1)
+    bar.close()
+    text = stream.getvalue()
+    assert "\r" not in text and text.count("\n") == 21  # a header and every 2 steps (40 / 20)
+    assert text.splitlines()[-1].startswith("finetune int8: step 40/40, loss 0.0500")
+
+
+def test_loading_the_digits_model_prints_no_bar(capfd):
+    from lora_qta.training.models import DigitsBundle
+
+    DigitsBundle()
+    captured = capfd.readouterr()
+    assert "Loading pipeline components" not in captured.err + captured.out
