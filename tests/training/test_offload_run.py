@@ -4,12 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from lora_qta.cli import main
-from lora_qta.errors import LimitError
+from lora_qta.errors import CheckpointError, LimitError
 from lora_qta.training.config import FinetuneConfig
 from lora_qta.training.loop import finetune
-from test_loop import write_images, write_tiny_stable_diffusion
+from test_loop import adapter_state, write_images, write_tiny_stable_diffusion
 
 FAMILIES = ("linear", "conv", "attention", "lora")
 
@@ -40,6 +41,48 @@ def test_finetune_offload_all_on_the_digits_default_reports_the_four_families(tm
     # the LoRA family is the LoRA runtime's six GEMMs
     assert off["families"]["lora"]["calls"] == sum(v["calls"] for v in rep["accelerator"]["per_gemm"].values())
     assert (run / "adapter" / "pytorch_lora_weights.safetensors").is_file()
+
+
+# figures that are measured times on this machine, not counts: they differ between two runs
+TIMES = ("wall_s", "host_quant_s")
+
+
+def test_resumed_offload_all_run_equals_the_uninterrupted_one(tmp_path):
+    """The amax histories (delayed scales), recompute counters and per-family figures are in the
+    checkpoint: an --offload all run interrupted after step 2 and resumed ends with the same
+    adapter bytes, loss and counted figures as the run that never stopped (digits default)."""
+    common = dict(precision="int8", offload="all", steps=4, checkpoint_every=2, batch_size=2, num_examples=2,
+                  prior_per_class=1, eval_every=2, samples=False)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = finetune(FinetuneConfig(output_dir=str(straight), **common))
+    assert finetune(FinetuneConfig(output_dir=str(resumed), **common), stop_after=2) == {"interrupted": True,
+                                                                                          "step": 2}
+    state = json.loads((resumed / "checkpoints" / "step_000002" / "state.json").read_text())
+    sites = state["history"]["offload"]["sites"]
+    assert sites and all(len(v) == 2 for v in sites.values())  # two steps of amax per site, saved
+    b = finetune(FinetuneConfig(output_dir=str(resumed), resume=True, **common))
+    sa, sb = adapter_state(straight), adapter_state(resumed)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert (straight / "adapter" / "pytorch_lora_weights.safetensors").read_bytes() == \
+        (resumed / "adapter" / "pytorch_lora_weights.safetensors").read_bytes()
+    assert a["final_loss"] == b["final_loss"] and a["heldout_loss"] == b["heldout_loss"]
+    for fam in FAMILIES:
+        fa, fb = ({k: v for k, v in r["offload"]["families"][fam].items() if k not in TIMES} for r in (a, b))
+        assert fa == fb, fam
+    assert a["offload"]["sites"] == b["offload"]["sites"] and a["offload"]["recomputes"] == b["offload"]["recomputes"]
+
+
+def test_resume_of_offload_all_refuses_a_checkpoint_without_amax_histories(tmp_path):
+    common = dict(precision="int8", offload="all", steps=2, checkpoint_every=1, batch_size=2, num_examples=2,
+                  prior_per_class=1, eval_every=0, samples=False)
+    run = tmp_path / "r"
+    finetune(FinetuneConfig(output_dir=str(run), **common), stop_after=1)
+    path = run / "checkpoints" / "step_000001" / "state.json"
+    state = json.loads(path.read_text())
+    del state["history"]["offload"]  # as written before the offload state was checkpointed
+    path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="amax histories"):
+        finetune(FinetuneConfig(output_dir=str(run), resume=True, **common))
 
 
 def test_offload_all_on_a_stable_diffusion_folder(tmp_path):

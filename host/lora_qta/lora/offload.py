@@ -68,7 +68,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DivergedError
+from ..errors import CheckpointError, DivergedError
 from ..runtime.accelerator import Accelerator, GemmResult, fixed_point_scale
 
 QMAX = 127
@@ -234,6 +234,32 @@ class Offload:
         st.fallback_calls += 1
         st.fallback_macs += macs
         st.fallback_reasons[reason] = st.fallback_reasons.get(reason, 0) + 1
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to continue bit-identically, JSON-able: every site's amax
+        history (the delayed scales; Python floats round-trip exactly through JSON) and the
+        per-family figures (recompute, calibration and saturation counters included)."""
+        return {"history_length": self.history_length, "threshold": self.threshold,
+                "sites": {name: list(h.values) for name, h in self.sites.items()},
+                "stats": {fam: {k: (dict(v) if isinstance(v, dict) else v) for k, v in st.__dict__.items()}
+                          for fam, st in self.stats.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` (the amax histories replace any this offload holds)."""
+        if int(state["history_length"]) != self.history_length:
+            raise CheckpointError(f"the checkpoint's amax histories hold {state['history_length']} entries, "
+                                  f"this offload {self.history_length}")
+        self.sites = {}
+        for name, values in state["sites"].items():
+            h = self.site(name)
+            for v in values:
+                h.push(float(v))
+        for fam, figures in state["stats"].items():
+            if fam in self.stats:
+                known = FamilyStats().__dict__
+                self.stats[fam] = FamilyStats(**{k: (dict(v) if isinstance(v, dict) else v)
+                                                 for k, v in figures.items() if k in known})
 
     # -- the report ----------------------------------------------------------------------
     def report(self) -> dict[str, Any]:

@@ -558,6 +558,11 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
             overrides.append({"step": start, "learning_rate": cfg.learning_rate, "was": was})
         if runtime is not None and history.get("accelerator"):
             runtime.load_state(history["accelerator"])
+        if getattr(runtime, "offload", None) is not None:
+            if not history.get("offload"):
+                raise CheckpointError(f"{resume_from} holds no whole-step offload state (amax histories): it "
+                                      "cannot continue an --offload all run bit-identically")
+            runtime.offload.load_state(history["offload"])
     latents = bundle.to_latents(data.images)
     prior_latents = bundle.to_latents(data.prior_images) if data.prior_images is not None else None
     lat_data = type(data)(latents, data.prompts, prior_latents, data.prior_prompts)
@@ -589,6 +594,8 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
             return
         if runtime is not None:
             history["accelerator"] = runtime.state()
+        if getattr(runtime, "offload", None) is not None:  # amax histories: a resume continues bit-identically
+            history["offload"] = runtime.offload.state()
         save_checkpoint(run, step, bundle, optimizer, scheduler,
                         {"identity": identity, "overrides": overrides, "history": history})
 
