@@ -30,3 +30,17 @@ def test_throughput_times_both_engines_on_the_six_gemms_of_a_layer():
     table = report.throughput_markdown(rows, "pynq_z2", 1)
     assert sum(line.startswith(("| fwd", "| bwd")) for line in table.splitlines()) == 6
     assert "| **all** |" in table and "measured on this machine" in table
+
+
+def test_speed_with_offload_all_times_the_whole_step_variant_too(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    assert main(["speed", "--steps", "1", "--warmup", "0", "--batch-size", "2", "--offload", "all",
+                 "--out", str(out)]) == 0
+    assert "--offload all" in capsys.readouterr().out
+    import json
+
+    r = json.loads(out.read_text())
+    assert r["int8_all_step_s"] > 0 and r["ratio_int8_all_over_fp32"] == r["int8_all_step_s"] / r["fp32_step_s"]
+    s = r["int8_all_split_s"]
+    assert s["accelerator"] > 0 and s["quantization"] > 0
+    assert r["int8_all_gemms_per_step"] > r["gemms_per_step"]      # every family, not only LoRA

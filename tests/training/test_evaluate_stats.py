@@ -11,7 +11,7 @@ from lora_qta.training import evalstats as st
 from lora_qta.training.config import FinetuneConfig
 from lora_qta.training.evaluate import summarize
 from lora_qta.training.variants import (VARIANTS, available_variants, parse_variants, variant_config,
-                                        variants_help)
+                                        variant_options, variants_help)
 
 HAS_OFFLOAD = "offload" in {f.name for f in fields(FinetuneConfig)}
 
@@ -153,6 +153,21 @@ def test_int8_all_is_offered_with_the_offload_option():
     cfg = variant_config("int8-all", FinetuneConfig())
     assert (cfg.precision, cfg.offload) == ("int8", "all")
     assert variant_config("int8", FinetuneConfig()).offload == "lora"
+
+
+@pytest.mark.skipif(not HAS_OFFLOAD, reason="FinetuneConfig.offload does not exist in this build")
+def test_int8_all_runs_have_their_own_identity():
+    """evaluate reuses a folder only for a finished run of the same identity: int8-all's names the
+    offload (and its delayed-scaling numerics), int8's stays that of a LoRA-only run."""
+    from lora_qta.training.loop import run_target
+
+    base = FinetuneConfig(backend="fast")
+    lora, whole = variant_config("int8", base), variant_config("int8-all", base)
+    id_lora, id_all = lora.identity(run_target(lora)), whole.identity(run_target(whole))
+    assert "offload" not in id_lora and id_all["offload"] == "all"
+    assert "offload_numerics" in id_all["target"] and "offload_numerics" not in id_lora["target"]
+    assert variant_options("int8") == {"precision": "int8", "offload": "lora"}
+    assert variant_options("int8-all") == {"precision": "int8", "offload": "all"}
 
 
 @pytest.mark.parametrize("text, message", [

@@ -553,7 +553,14 @@ def speed_summary(r: dict) -> str:
         f"(target <= {r['target_ratio']}x)",
         f"    accelerator ({r['engine']}, {r['gemms_per_step']} GEMMs) {s['accelerator'] * 1e3:.1f} ms, "
         f"quantization {s['quantization'] * 1e3:.1f} ms, rest {s['rest'] * 1e3:.1f} ms",
-    ]) + "\n"
+    ] + ([
+        f"  int8 every GEMM (--offload all) {r['int8_all_step_s'] * 1e3:8.1f} ms  = "
+        f"{r['ratio_int8_all_over_fp32']:.2f}x fp32 (target <= {r['target_ratio_all']}x)",
+        f"    accelerator ({r['engine']}, {r['int8_all_gemms_per_step']} GEMMs) "
+        f"{r['int8_all_split_s']['accelerator'] * 1e3:.1f} ms, host quantization "
+        f"{r['int8_all_split_s']['quantization'] * 1e3:.1f} ms, rest {r['int8_all_split_s']['rest'] * 1e3:.1f} ms; "
+        f"modelled board GEMM time {r['int8_all_modelled_board_s_per_step'] * 1e3:.1f} ms per step",
+    ] if r.get("offload") == "all" else [])) + "\n"
 
 
 def throughput_markdown(rows: list[dict], board: str, repeat: int) -> str:

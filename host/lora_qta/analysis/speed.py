@@ -61,7 +61,7 @@ def throughput(board: str = "zcu104", repeat: int = 3,
     return rows
 
 
-def _variant(precision: str, cfg: FinetuneConfig, engine: str):
+def _variant(precision: str, cfg: FinetuneConfig, engine: str, offload: str = "lora"):
     from torch.optim import AdamW
 
     from ..lora.layer import QtaRuntime, attach_runtime
@@ -74,6 +74,10 @@ def _variant(precision: str, cfg: FinetuneConfig, engine: str):
     if precision == "int8":
         runtime = QtaRuntime(Accelerator(cfg.board, engine), seed=cfg.seed)
         attach_runtime(bundle.unet, runtime)
+        if offload == "all":
+            from ..lora.offload import install
+
+            runtime.offload = install(bundle.unet, runtime.acc, runtime)
     params = [p for p in bundle.unet.parameters() if p.requires_grad]
     opt = AdamW(params, lr=cfg.learning_rate)
     data = bundle.training_data(cfg.num_examples, cfg.prior_per_class, cfg.seed)
@@ -91,9 +95,20 @@ def _step(variant, cfg: FinetuneConfig, step: int) -> float:
     return time.perf_counter() - t0
 
 
+def _offload_times(runtime) -> tuple[float, float]:
+    """(accelerator, host quantization) seconds of the whole-step offload so far (0 without it)."""
+    off = getattr(runtime, "offload", None)
+    if off is None:
+        return 0.0, 0.0
+    return (sum(s.wall_s for s in off.stats.values()), sum(s.host_quant_s for s in off.stats.values()))
+
+
 def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: int = 16,
-            board: str | None = None) -> dict:
-    """Median step times of fp32 and int8 (emulated) and the int8 time split."""
+            board: str | None = None, offload: str = "lora") -> dict:
+    """Median step times of fp32 and int8 (emulated) and the int8 time split; with ``offload``
+    ``all`` also the int8 whole-step variant (every GEMM on the emulated accelerator,
+    ``lora-qta finetune --offload all``), timed in the same alternation. The whole-step split's
+    accelerator time is the driver + emulated kernel wall time of every call."""
     import torch
 
     from ..lora.layer import attach_runtime
@@ -101,25 +116,42 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
     cfg = FinetuneConfig(batch_size=batch_size, board=board, samples=False)
     fp32 = _variant("fp32", cfg, engine)
     int8 = _variant("int8", cfg, engine)
-    times = {"fp32": [], "int8": []}
-    split = {"accelerator": [], "quantization": []}
+    variants = [("fp32", fp32), ("int8", int8)]
+    if offload == "all":
+        variants.append(("int8_all", _variant("int8", cfg, engine, "all")))
+    times = {name: [] for name, _ in variants}
+    splits = {name: {"accelerator": [], "quantization": []} for name, _ in variants[1:]}
     for i in range(warmup + steps):
-        for name, var in (("fp32", fp32), ("int8", int8)):
+        for name, var in variants:
             rt = var[1]
             a0, q0 = (rt.time_accelerator, rt.time_quantization) if rt else (0.0, 0.0)
+            oa0, oq0 = _offload_times(rt)
             dt = _step(var, cfg, i)
             if i >= warmup:
                 times[name].append(dt)
                 if rt:
-                    split["accelerator"].append(rt.time_accelerator - a0)
-                    split["quantization"].append(rt.time_quantization - q0)
+                    oa, oq = _offload_times(rt)
+                    splits[name]["accelerator"].append(rt.time_accelerator - a0 + oa - oa0)
+                    splits[name]["quantization"].append(rt.time_quantization - q0 + oq - oq0)
     med = {k: float(np.median(v)) for k, v in times.items()}
+    split = splits["int8"]
     acc, qua = float(np.median(split["accelerator"])), float(np.median(split["quantization"]))
     gemms = sum(s.gemms for s in int8[1].stats.values()) // (warmup + steps)
+    extra = {}
+    if offload == "all":
+        rt = variants[2][1][1]
+        a, q = float(np.median(splits["int8_all"]["accelerator"])), float(np.median(splits["int8_all"]["quantization"]))
+        off = rt.offload.report()
+        extra = {"int8_all_step_s": med["int8_all"], "ratio_int8_all_over_fp32": med["int8_all"] / med["fp32"],
+                 "int8_all_split_s": {"accelerator": a, "quantization": q, "rest": med["int8_all"] - a - q},
+                 "int8_all_gemms_per_step": sum(f["calls"] for f in off["families"].values()) // (warmup + steps),
+                 "int8_all_modelled_board_s_per_step": off["modelled_board_time_s"] / (warmup + steps),
+                 "target_ratio_all": 2.0}
     return {
         "note": "measured on this machine, side by side in one process (median of alternating steps)",
         "engine": engine, "batch_size": batch_size, "steps": steps, "threads": torch.get_num_threads(),
         "fp32_step_s": med["fp32"], "int8_step_s": med["int8"], "ratio_int8_over_fp32": med["int8"] / med["fp32"],
         "int8_split_s": {"accelerator": acc, "quantization": qua, "rest": med["int8"] - acc - qua},
         "gemms_per_step": gemms, "lora_layers": attach_runtime(int8[0].unet, int8[1]), "target_ratio": 1.5,
+        "offload": offload, **extra,
     }

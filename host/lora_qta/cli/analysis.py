@@ -90,7 +90,7 @@ def cmd_speed(a: argparse.Namespace) -> int:
     from ..analysis import report, speed
 
     torch.set_num_threads(a.threads)
-    r = speed.measure(a.steps, a.warmup, a.engine, a.batch_size, a.board)
+    r = speed.measure(a.steps, a.warmup, a.engine, a.batch_size, a.board, a.offload)
     print(report.speed_summary(r), end="")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +172,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     s.add_argument("--engine", default="fast", choices=["fast", "csim"], help="emulation engine of the int8 variant")
     s.add_argument("--batch-size", type=int, default=16, help="images per step (the default run's)")
+    s.add_argument("--offload", default="lora", choices=["lora", "all"],
+                   help="all: also time the int8 whole-step variant (finetune --offload all: every GEMM "
+                        "on the emulated accelerator) beside fp32 and int8 LoRA-only")
     add_board(s)
     s.add_argument("--threads", type=int, default=1,
                    help="PyTorch CPU threads for both variants (1, as the default fine-tuning uses)")

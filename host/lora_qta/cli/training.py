@@ -23,6 +23,15 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--precision", default=d.precision, choices=["fp32", "int8"],
                    help="fp32: plain peft LoRA in PyTorch (the reference); int8: the six LoRA GEMMs of "
                         "every adapted layer run INT8 on the accelerator (board or emulation)")
+    s.add_argument("--offload", default=d.offload, choices=["lora", "all"],
+                   help="with --precision int8, which GEMMs run INT8 on the accelerator: lora = the six "
+                        "LoRA GEMMs of every adapted layer (the frozen base model stays fp32 PyTorch); "
+                        "all = every GEMM of the step: also the frozen Linear and Conv2d layers (forward "
+                        "and input gradient; convolutions as implicit GEMM on NHWC INT8) and the "
+                        "attention matmuls (Q.K^T, P.V and their backward), with delayed-scaled INT8 "
+                        "outputs; softmax, norms, SiLU, loss and AdamW stay fp32 on the host. "
+                        "report.json's 'offload' gives calls, cycles, bytes, MACs and utilization per "
+                        "family (linear, conv, attention, lora), fallbacks and recomputes")
     s.add_argument("--pretrained-model", default=None,
                    help="local diffusers Stable Diffusion folder (unet, vae, text_encoder, tokenizer, "
                         "scheduler); default: the embedded digits model")
@@ -80,7 +89,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if rep.get("writer") is False:  # a data-parallel rank other than 0: rank 0 reports
         return 0
     t = rep["time_s"]
-    print(f"\nfinished {rep['steps']} steps of {cfg.precision} LoRA (rank {cfg.rank}) on {rep['model']}; "
+    what = f"{cfg.precision} LoRA" + (" (every GEMM offloaded)" if cfg.offload == "all" else "")
+    print(f"\nfinished {rep['steps']} steps of {what} (rank {cfg.rank}) on {rep['model']}; "
           f"final loss {rep['final_loss']:.4f}")
     print(f"time (measured on this machine): total {t['total_measured']:.1f} s, accelerator "
           f"{t['accelerator_measured']:.1f} s, quantization {t['quantization_measured']:.1f} s, "
@@ -104,6 +114,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(f"accelerator {a['board']} ({a['backend']}): cycles and utilization {how}, DDR traffic modelled; "
               f"{a['modelled_board_time_s']:.3f} s of LoRA GEMMs at {a['clock_mhz']} MHz ({how})\n")
         print(table(rows, ["GEMM", "GEMMs", "calls", "cycles", "util", "MB moved (modelled)", "dataflow"]))
+    off = rep.get("offload")
+    if off and off.get("mode") == "all":
+        rows = [{"family": k, "calls": v["calls"], "cycles": f"{v['cycles']:,}", "GMAC": f"{v['macs'] / 1e9:.2f}",
+                 "util": f"{v['utilization']:.1%}", "MB moved": f"{v['bytes_moved'] / 1e6:.1f}",
+                 "recomputes": v["recomputes"] + v["host_recomputes"], "fallbacks": v["fallback_calls"]}
+                for k, v in off["families"].items()]
+        print(f"\n--offload all: every GEMM family on {off['board']} ({off['backend']}); "
+              f"{off['modelled_board_time_s']:.3f} s of GEMMs (modelled)\n")
+        print(table(rows, ["family", "calls", "cycles", "GMAC", "util", "MB moved", "recomputes", "fallbacks"]))
     print(f"\noutputs in {Path(cfg.output_dir)}/: adapter/ (diffusers LoRA, loads with pipeline.load_lora_weights), "
           "samples.png, loss.png, report.json, checkpoints/")
     return 0

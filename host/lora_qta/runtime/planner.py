@@ -674,10 +674,16 @@ def plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int 
 
     ``dataflow`` is ``"auto"``, ``"ws"``, ``"os"`` or ``"partitioned"`` (the best split
     other than 0, either dataflow); ``split`` forces a partition exponent. Tile sizes and
-    mode fields already in ``call`` are replaced.
+    mode fields already in ``call`` are replaced. The epilogue's scale and seed do not change
+    the schedule: calls that differ only in them share one cached search (delayed scaling
+    changes the scale every step).
     """
     check_limits(board, call)
-    return _plan_cached(board, call, dataflow, split, False)
+    key = replace(call, mult=1, shift=0, seed=0)
+    found = _plan_cached(board, key, dataflow, split, False)
+    if key == call:
+        return found
+    return replace(found, call=replace(found.call, mult=call.mult, shift=call.shift, seed=call.seed))
 
 
 def exhaustive_plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int | None = None) -> Plan:

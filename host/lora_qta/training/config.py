@@ -19,6 +19,7 @@ class FinetuneConfig:
 
     output_dir: str = "runs/default"
     precision: str = "int8"
+    offload: str = "lora"
     board: str | None = None
     backend: str | None = None
     pretrained_model: str | None = None
@@ -49,7 +50,8 @@ class FinetuneConfig:
         :data:`RESUME_OVERRIDES`), and ``evaluate`` reuses a finished run only when it matches.
 
         ``target``: the resolved accelerator of an int8 run (board, backend and the layer's
-        numerics, see :func:`lora_qta.training.loop.run_target`); fp32 runs have none.
+        numerics, see :func:`lora_qta.training.loop.run_target`); fp32 runs have none. ``offload``
+        joins it when it is not the default ``lora`` (``--offload all`` trains other numerics).
         """
         keep = ("precision", "pretrained_model", "instance_data_dir", "prompt", "steps", "batch_size",
                 "learning_rate", "lr_schedule", "warmup_steps", "max_grad_norm", "rank", "alpha",
@@ -57,4 +59,6 @@ class FinetuneConfig:
         out = {k: getattr(self, k) for k in keep}
         out["target_modules"] = list(self.target_modules)
         out["target"] = target
+        if self.offload != "lora":  # only when set: identities of LoRA-only runs stay as they were
+            out["offload"] = self.offload
         return out

@@ -38,7 +38,7 @@ from ..errors import OptionError
 from . import evalstats as st
 from .config import FinetuneConfig
 from .loop import finetune, finished_run, grid_png, step_generator
-from .variants import REFERENCE, available_variants, parse_variants, variant_config
+from .variants import REFERENCE, parse_variants, variant_config, variant_options
 
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_SAMPLES_PER_CLASS = 20
@@ -169,7 +169,7 @@ def evaluate(output_dir: str = "runs/evaluate", variants: Sequence[str] | str = 
             times["measure_s"] += t_measure
             runs[name][str(s)] = res
     summaries, comparisons, target = summarize(runs, names, seeds)
-    opts = {n: {**available_variants()[n].overrides} for n in names}
+    opts = {n: variant_options(n) for n in names}
     result = {
         "label": "measured on this machine",
         "machine": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M"),

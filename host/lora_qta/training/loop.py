@@ -81,9 +81,15 @@ def run_target(cfg: FinetuneConfig) -> dict[str, Any] | None:
     from ..runtime.accelerator import resolve_backend
 
     board = config().board(cfg.board)
-    return {"board": board.name, "backend": resolve_backend(board, cfg.backend),
-            "numerics": {"smooth_alpha": QtaRuntime.SMOOTH_ALPHA, "wgrad_groups": True,
-                         "group_ratio": QtaRuntime.GROUP_RATIO}}
+    target = {"board": board.name, "backend": resolve_backend(board, cfg.backend),
+              "numerics": {"smooth_alpha": QtaRuntime.SMOOTH_ALPHA, "wgrad_groups": True,
+                           "group_ratio": QtaRuntime.GROUP_RATIO}}
+    if cfg.offload == "all":  # the whole-step offload's delayed scaling defines the result too
+        from ..lora.offload import HISTORY, MAX_RECOMPUTES, SAT_THRESHOLD
+
+        target["offload_numerics"] = {"amax_history": HISTORY, "saturation_threshold": SAT_THRESHOLD,
+                                      "max_recomputes": MAX_RECOMPUTES}
+    return target
 
 
 def _positive_number(name: str, value: float) -> None:
@@ -96,6 +102,10 @@ def check_options(cfg: FinetuneConfig, writer: bool = True) -> None:
     writes --output-dir (False on data-parallel ranks other than 0, which never use it)."""
     if cfg.precision not in ("fp32", "int8"):
         raise LimitError(f"--precision must be fp32 or int8, not {cfg.precision!r}")
+    if cfg.offload not in ("lora", "all"):
+        raise LimitError(f"--offload must be lora or all, not {cfg.offload!r}")
+    if cfg.offload == "all" and cfg.precision != "int8":
+        raise LimitError("--offload all runs every GEMM INT8 on the accelerator: it needs --precision int8")
     if cfg.lr_schedule not in ("constant", "linear", "cosine"):
         raise LimitError(f"--lr-schedule must be constant, linear or cosine, not {cfg.lr_schedule!r}")
     if cfg.prediction_type not in ("epsilon", "v_prediction"):
@@ -532,6 +542,10 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
         runtime = QtaRuntime(accelerator or Accelerator(cfg.board, cfg.backend), seed=cfg.seed,
                              stream=0 if dist is None else dist.rank)
         n_layers = attach_runtime(bundle.unet, runtime)
+        if cfg.offload == "all":  # the frozen base model's GEMMs too (lora/offload.py)
+            from ..lora.offload import install
+
+            runtime.offload = install(bundle.unet, runtime.acc, runtime)
     else:
         n_layers = sum(1 for m in bundle.unet.modules() if hasattr(m, "lora_A"))
     params = [p for p in bundle.unet.parameters() if p.requires_grad]
@@ -550,6 +564,11 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
             overrides.append({"step": start, "learning_rate": cfg.learning_rate, "was": was})
         if runtime is not None and history.get("accelerator"):
             runtime.load_state(history["accelerator"])
+        if getattr(runtime, "offload", None) is not None:
+            if not history.get("offload"):
+                raise CheckpointError(f"{resume_from} holds no whole-step offload state (amax histories): it "
+                                      "cannot continue an --offload all run bit-identically")
+            runtime.offload.load_state(history["offload"])
     latents = bundle.to_latents(data.images)
     prior_latents = bundle.to_latents(data.prior_images) if data.prior_images is not None else None
     lat_data = type(data)(latents, data.prompts, prior_latents, data.prior_prompts)
@@ -560,7 +579,14 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
             return
         if runtime is not None:
             attach_runtime(bundle.unet, None)  # the adapter's weights in PyTorch: no accelerator figures
-        history["heldout"].append([step, heldout_loss(bundle, heldout, cfg.seed)])
+        off = getattr(runtime, "offload", None)
+        if off is not None:  # --offload all: the frozen layers in fp32 too, amax histories untouched
+            from ..lora.offload import suspended
+
+            with suspended(bundle.unet, off):
+                history["heldout"].append([step, heldout_loss(bundle, heldout, cfg.seed)])
+        else:
+            history["heldout"].append([step, heldout_loss(bundle, heldout, cfg.seed)])
         if runtime is not None:
             attach_runtime(bundle.unet, runtime)
 
@@ -574,6 +600,8 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
             return
         if runtime is not None:
             history["accelerator"] = runtime.state()
+        if getattr(runtime, "offload", None) is not None:  # amax histories: a resume continues bit-identically
+            history["offload"] = runtime.offload.state()
         save_checkpoint(run, step, bundle, optimizer, scheduler,
                         {"identity": identity, "overrides": overrides, "history": history})
 
@@ -678,6 +706,10 @@ def write_outputs(run: Path, cfg: FinetuneConfig, bundle: ModelBundle, runtime: 
     bundle.save_lora(adapter, state)
     if runtime is not None:
         attach_runtime(bundle.unet, None)  # sample with the trained adapter in PyTorch
+        if getattr(runtime, "offload", None) is not None:
+            from ..lora.offload import uninstall
+
+            uninstall(bundle.unet, runtime.offload)
     target = identity.get("target")
     report: dict[str, Any] = {
         "identity": identity,
@@ -737,6 +769,9 @@ def write_outputs(run: Path, cfg: FinetuneConfig, bundle: ModelBundle, runtime: 
         if distributed is not None:
             report["accelerator"]["counted_on"] = ("rank 0's accelerator only (its rows of every global batch); each "
                                                    "rank's figures of this launch are in distributed.per_rank")
+        from ..lora.offload import offload_report
+
+        report["offload"] = offload_report(runtime)
     else:
         report["accelerator"] = None
     (run / "report.json").write_text(json.dumps(report, indent=2, default=str))

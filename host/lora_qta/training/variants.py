@@ -77,9 +77,15 @@ def parse_variants(text: str | list[str]) -> list[str]:
 
 def variant_config(name: str, base: FinetuneConfig) -> FinetuneConfig:
     """``base`` with the options of variant ``name``."""
+    return replace(base, **variant_options(name))
+
+
+def variant_options(name: str) -> dict[str, Any]:
+    """The options variant ``name`` sets in this build (its overrides and the pins whose field
+    exists), as evaluate.json records them: e.g. ``int8`` is ``precision int8, offload lora``."""
     v = available_variants()[name]
     have = _config_fields()
-    return replace(base, **v.overrides, **{k: x for k, x in v.pins.items() if k in have})
+    return {**v.overrides, **{k: x for k, x in v.pins.items() if k in have}}
 
 
 def variants_help() -> str:
@@ -93,4 +99,4 @@ def variants_help() -> str:
 
 
 __all__ = ["REFERENCE", "VARIANTS", "Variant", "available_variants", "missing_options", "parse_variants",
-           "variant_config", "variants_help"]
+           "variant_config", "variant_options", "variants_help"]

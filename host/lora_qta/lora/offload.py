@@ -1,0 +1,627 @@
+"""Whole-step INT8 offload (``--offload all``): every GEMM of a training step on the accelerator.
+
+:func:`install` rewires a diffusers ``UNet2DConditionModel`` (the digits UNet or Stable
+Diffusion's) so that, besides the six LoRA GEMMs of :class:`~lora_qta.lora.layer.QtaLoraLinear`,
+the frozen base model's GEMMs run INT8 on the accelerator (board or emulation):
+
+* **frozen nn.Linear** (incl. the base layer of every LoRA-adapted layer): forward
+  ``Y = X . W^T`` and input gradient ``dX = dY . W``; no weight gradient (the base is frozen).
+* **frozen nn.Conv2d**: forward as :meth:`Accelerator.conv2d` on the NHWC INT8 map (implicit
+  GEMM, no im2col on the host); input gradient as a convolution of dY with the flipped,
+  transposed weights (padding ``k - 1 - p``; a stride-2 convolution reads dY with input
+  dilation 2, ``out_size`` = the input's size). Convolutions the kernel cannot run (groups != 1,
+  kernel dilation, stride > 2, non-square kernel/stride/padding, padding modes other than zeros,
+  string padding) stay fp32 in PyTorch and every such call is counted (``fallback_calls`` and
+  the reasons in the report) -- never silently.
+* **attention matmuls** (:class:`Int8AttnProcessor`, set with ``unet.set_attn_processor``):
+  ``S = Q.K^T`` and ``O = P.V`` forward, ``dP = dO.V^T``, ``dV = P^T.dO``, ``dQ = dS.K``,
+  ``dK = dS^T.Q`` backward, each one :meth:`Accelerator.batched_gemm` over (batch x heads).
+  Softmax and its backward (``dS = P * (dP - rowsum(dP * P))``) stay fp32 on the host.
+
+Quantization (all symmetric INT8, |q| <= 127):
+
+* **weights** are quantized ONCE at :func:`install`, per output channel for the forward and per
+  input channel for the input gradient (a scale must be constant along the summed dimension,
+  and the input gradient sums over the output channels) -- two resident INT8 copies per layer.
+  The runtime's :class:`Accelerator` copies every operand into its reusable per-role device
+  buffers on each call (there is no API for a resident operand at a fixed offset yet), so the
+  INT8 weights are resident in host memory and re-uploaded per call; on a board that is a
+  memcpy into CMA memory per call, which this module does not hide.
+* **host-quantized operands** (the activations X entering a Linear/Conv, the gradients dY, Q,
+  K, V, the probabilities P, dO and dS): per-tensor scales with *delayed scaling* -- every site
+  (a tensor role of one layer, e.g. ``down_blocks.0.resnets.0.conv1.x``) keeps an amax history
+  of :data:`HISTORY` entries (as NVIDIA Transformer Engine does for FP8) and quantizes with
+  ``max(history) / 127``. This is a HOST pass (the ARM's work: one streaming pass whose scale is
+  known before the data is read; the amax of the tensor for the history is reduced in the same
+  pass here with a torch reduction). Elements and time are counted (``host_quant_*``). If more
+  than :data:`SAT_THRESHOLD` of the tensor's elements would saturate, it is requantized with a
+  fresh scale from its own amax (counted in ``host_recomputes``); saturations at or below the
+  threshold are counted in ``host_saturated``. A site's first use (empty history) takes the
+  fresh scale.
+* **GEMM outputs**: the epilogue writes INT8 with per-column (Linear/Conv: per output channel
+  of the weight scale) or per-tensor (attention O, dV, dQ, dK) fixed-point scales that fold the
+  operand scales and the output site's delayed scale ``max(history) / 127``. The kernel's
+  reported amax (max |value| before saturation, in output units) updates the history -- no
+  extra pass. When ``sat_count / elements`` exceeds :data:`SAT_THRESHOLD`, the call is
+  recomputed with the fresh scale ``amax * scale / 127`` (counted in ``recomputes``; after
+  :data:`MAX_RECOMPUTES` it runs with INT32 output, counted too); saturations at or below the
+  threshold are counted in ``saturated``. An output site's first call (empty history) runs with
+  INT32 output (``calibration_calls``) and seeds the history from the dequantized result. The
+  attention scores S and dP (inputs of softmax and its backward) are always INT32 outputs.
+* dequantization (``q * scale``), bias, softmax, group norm, SiLU, loss and AdamW are fp32 on
+  the host. Rounding is round-half-to-even everywhere (the epilogue's ``nearest_even``).
+
+Per-family accounting (:meth:`Offload.report`): calls, modelled cycles, bytes, MACs and
+utilization for ``linear``, ``conv``, ``attention`` and ``lora`` (the LoRA runtime's six GEMMs),
+plus fallbacks and recomputes; the training loop writes it into report.json under ``offload``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, DivergedError
+from ..runtime.accelerator import Accelerator, GemmResult, fixed_point_scale
+
+QMAX = 127
+HISTORY = 16
+"""Entries of an amax history (Transformer Engine's default for FP8 delayed scaling)."""
+SAT_THRESHOLD = 1e-3
+"""A quantization (host) or INT8 output (epilogue) with more than this fraction of its elements
+saturated is recomputed with a fresh scale; fewer are counted as saturated."""
+MAX_RECOMPUTES = 2
+"""Recomputes of one call with fresher scales before it falls back to an INT32 output."""
+FAMILIES = ("linear", "conv", "attention", "lora")
+OFFLOAD_MODES = ("lora", "all")
+EPS = 1e-12
+
+
+class AmaxHistory:
+    """The last :data:`HISTORY` amax values of one quantized tensor site."""
+
+    def __init__(self, length: int = HISTORY):
+        self.values: deque[float] = deque(maxlen=length)
+
+    def scale(self) -> float | None:
+        """``max(history) / 127``, or None while the history is empty (or all zero)."""
+        m = max(self.values, default=0.0)
+        return m / QMAX if m > 0 else None
+
+    def push(self, amax: float) -> None:
+        self.values.append(float(amax))
+
+
+@dataclass
+class FamilyStats:
+    """What one GEMM family did on the accelerator and on the host."""
+
+    calls: int = 0
+    cycles: int = 0
+    cycles_model: int = 0
+    macs: int = 0
+    bytes_moved: int = 0
+    wall_s: float = 0.0
+    recomputes: int = 0
+    int32_after_recompute: int = 0
+    calibration_calls: int = 0
+    saturated: int = 0
+    host_quant_elements: int = 0
+    host_quant_s: float = 0.0
+    host_recomputes: int = 0
+    host_saturated: int = 0
+    fallback_calls: int = 0
+    fallback_macs: int = 0
+    fallback_reasons: dict[str, int] = field(default_factory=dict)
+    dataflows: dict[str, int] = field(default_factory=dict)
+
+    def add(self, r: GemmResult, macs: int) -> None:
+        self.calls += 1
+        self.cycles += r.cycles
+        self.cycles_model += r.cycles_model
+        self.macs += macs
+        self.bytes_moved += r.bytes_moved
+        self.wall_s += r.wall_s
+        key = r.dataflow + (f"{r.split:+d}" if r.split else "")
+        self.dataflows[key] = self.dataflows.get(key, 0) + 1
+
+    def as_dict(self, pes: int) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["utilization"] = round(self.macs / (self.cycles * pes), 4) if self.cycles else 0.0
+        return d
+
+
+Launch = Callable[..., GemmResult]
+"""``launch(out=..., mult=..., shift=..., scale_mode=...)`` runs one accelerator call."""
+
+
+class Offload:
+    """The state of a whole-step offload: accelerator, amax histories, per-family figures."""
+
+    def __init__(self, acc: Accelerator, threshold: float = SAT_THRESHOLD, history: int = HISTORY):
+        self.acc = acc
+        self.threshold = threshold
+        self.history_length = history
+        self.sites: dict[str, AmaxHistory] = {}
+        self.stats: dict[str, FamilyStats] = {f: FamilyStats() for f in FAMILIES if f != "lora"}
+        self.lora_runtime = None            # a QtaRuntime, reported as family "lora"
+        self.wrapped: dict[str, int] = {"linear": 0, "conv": 0, "conv_fallback": 0, "attention": 0}
+        self._restore: list[nn.Module] = []
+        self._processors: dict[str, Any] | None = None
+
+    def site(self, name: str) -> AmaxHistory:
+        h = self.sites.get(name)
+        if h is None:
+            h = self.sites[name] = AmaxHistory(self.history_length)
+        return h
+
+    # -- host quantization of an operand -------------------------------------------------
+    def quant_input(self, family: str, site: str, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(INT8 tensor, scale) of ``x`` with the site's delayed per-tensor scale (a HOST pass;
+        see the module docstring), recomputed with a fresh scale above the saturation threshold."""
+        t0 = time.perf_counter()
+        st = self.stats[family]
+        hist = self.site(site)
+        xf = x.detach().float()
+        amax = float(xf.abs().max()) if xf.numel() else 0.0
+        if not np.isfinite(amax):
+            raise DivergedError(f"NaN or Inf reached the INT8 quantizer at {site}: the training diverged; "
+                                "lower the learning rate")
+        fresh = max(amax, EPS) / QMAX
+        s = hist.scale() or fresh
+        y = (xf / s).round_()
+        sat = int((y.abs() > QMAX).sum())
+        if sat > self.threshold * y.numel():
+            st.host_recomputes += 1
+            s = fresh
+            y = (xf / s).round_()
+            sat = int((y.abs() > QMAX).sum())
+        st.host_saturated += sat
+        hist.push(amax)
+        q = y.clamp_(-QMAX, QMAX).to(torch.int8).contiguous()
+        st.host_quant_elements += q.numel()
+        st.host_quant_s += time.perf_counter() - t0
+        return q, s
+
+    # -- one accelerator call with a delayed-scaled INT8 output ----------------------------
+    def run(self, family: str, site: str | None, launch: Launch, base: float | np.ndarray, macs: int,
+            scale_mode: str = "tensor") -> torch.Tensor:
+        """The dequantized float output of one GEMM whose INT32 accumulator times ``base`` (the
+        product of the operands' scales: a float, or a per-column vector with ``scale_mode``
+        ``col``) is the real value. ``site`` None: INT32 output; else INT8 output with the site's
+        delayed scale (see the module docstring)."""
+        st = self.stats[family]
+        base_np = np.asarray(base, dtype=np.float64)
+        base_t = torch.from_numpy(base_np.astype(np.float32)) if base_np.ndim else float(base_np)
+        hist = self.site(site) if site is not None else None
+        s_out = hist.scale() if hist is not None else None
+        if hist is not None and s_out is None:
+            st.calibration_calls += 1
+        tries = 0
+        while s_out is not None:
+            mult, shift = fixed_point_scale(base_np / s_out)
+            if base_np.ndim == 0:
+                mult, shift = int(mult), int(shift)
+            r = launch(out="int8", mult=mult, shift=shift, scale_mode=scale_mode)
+            st.add(r, macs)
+            elements = int(np.prod(r.output.shape))
+            if r.sat_count <= self.threshold * elements:
+                st.saturated += r.sat_count
+                hist.push(r.amax * s_out)        # the kernel's amax: no pass over the data
+                return _tensor(r.output).float() * s_out
+            st.recomputes += 1
+            tries += 1
+            if tries > MAX_RECOMPUTES:
+                st.int32_after_recompute += 1
+                break
+            s_out = r.amax * s_out / QMAX         # fresh scale from the amax the kernel saw
+        r = launch(out="int32")
+        st.add(r, macs)
+        y = _tensor(r.output).float() * base_t
+        if hist is not None:
+            hist.push(float(y.abs().max()) if y.numel() else 0.0)
+        return y
+
+    def fallback(self, family: str, reason: str, macs: int) -> None:
+        st = self.stats[family]
+        st.fallback_calls += 1
+        st.fallback_macs += macs
+        st.fallback_reasons[reason] = st.fallback_reasons.get(reason, 0) + 1
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to continue bit-identically, JSON-able: every site's amax
+        history (the delayed scales; Python floats round-trip exactly through JSON) and the
+        per-family figures (recompute, calibration and saturation counters included)."""
+        return {"history_length": self.history_length, "threshold": self.threshold,
+                "sites": {name: list(h.values) for name, h in self.sites.items()},
+                "stats": {fam: {k: (dict(v) if isinstance(v, dict) else v) for k, v in st.__dict__.items()}
+                          for fam, st in self.stats.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` (the amax histories replace any this offload holds)."""
+        if int(state["history_length"]) != self.history_length:
+            raise CheckpointError(f"the checkpoint's amax histories hold {state['history_length']} entries, "
+                                  f"this offload {self.history_length}")
+        self.sites = {}
+        for name, values in state["sites"].items():
+            h = self.site(name)
+            for v in values:
+                h.push(float(v))
+        for fam, figures in state["stats"].items():
+            if fam in self.stats:
+                known = FamilyStats().__dict__
+                self.stats[fam] = FamilyStats(**{k: (dict(v) if isinstance(v, dict) else v)
+                                                 for k, v in figures.items() if k in known})
+
+    # -- the report ----------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        """Per-family figures (cycles: the kernel's counter, modelled under emulation)."""
+        pes, clock = self.acc.board.pes, self.acc.board.clock_mhz
+        fam = {k: v.as_dict(pes) for k, v in self.stats.items()}
+        lora = FamilyStats()
+        if self.lora_runtime is not None:
+            for s in self.lora_runtime.stats.values():
+                lora.calls += s.calls
+                lora.cycles += s.cycles
+                lora.cycles_model += s.cycles
+                lora.macs += s.macs
+                lora.bytes_moved += s.bytes_moved
+                for d, n in s.dataflows.items():
+                    lora.dataflows[d] = lora.dataflows.get(d, 0) + n
+        fam["lora"] = lora.as_dict(pes)
+        cycles = sum(f["cycles"] for f in fam.values())
+        return {
+            "mode": "all", "board": self.acc.board.name, "backend": self.acc.backend,
+            "note": "cycles are the kernel's counter: modelled under emulation; host_quant_* is host "
+                    "(ARM) work measured on this machine",
+            "threshold_saturation_rate": self.threshold, "amax_history": self.history_length,
+            "wrapped_layers": dict(self.wrapped), "sites": len(self.sites),
+            "families": fam, "total_cycles": cycles, "total_macs": sum(f["macs"] for f in fam.values()),
+            "modelled_board_time_s": cycles / (clock * 1e6),
+            "fallback_calls": sum(f["fallback_calls"] for f in fam.values()),
+            "recomputes": sum(f["recomputes"] + f["host_recomputes"] for f in fam.values()),
+        }
+
+
+def _tensor(x: Any) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+
+
+def quantize_weight(w2d: torch.Tensor, axis: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Per-channel INT8 weights: scale = amax / 127 over every dimension but ``axis`` (0: rows,
+    1: columns of the 2-D ``w2d``); returns (INT8 tensor, float64 scales)."""
+    w = w2d.detach().float()
+    amax = w.abs().amax(dim=1 - axis, keepdim=True).clamp_min(EPS)
+    s = amax / QMAX
+    q = (w / s).round_().clamp_(-QMAX, QMAX).to(torch.int8).contiguous()
+    return q, s.flatten().double().numpy()
+
+
+# ------------------------------------------------------------------------------ Linear
+class _LinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: "Int8Linear") -> torch.Tensor:
+        ctx.layer = layer
+        return layer.forward_int8(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return (ctx.layer.backward_int8(g.contiguous()) if ctx.needs_input_grad[0] else None), None
+
+
+class Int8Linear:
+    """The INT8 path of one frozen ``nn.Linear`` (installed as the module's ``forward``)."""
+
+    def __init__(self, off: Offload, name: str, module: nn.Linear):
+        self.off, self.name, self.module = off, name, module
+        w = module.weight
+        self.n, self.k = w.shape
+        self.wq_fwd, self.sw_fwd = quantize_weight(w, 0)   # per output channel (rows of W)
+        self.wq_bwd, self.sw_bwd = quantize_weight(w, 1)   # per input channel (columns of W)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = _LinearFn.apply(x.reshape(-1, self.k), self).reshape(*shape[:-1], self.n)
+        if self.module.bias is not None:
+            y = y + self.module.bias
+        return y.to(x.dtype)
+
+    def forward_int8(self, x2d: torch.Tensor) -> torch.Tensor:
+        off, acc = self.off, self.off.acc
+        xq, sx = off.quant_input("linear", f"{self.name}.x", x2d)
+        launch = lambda **ep: acc.gemm(xq, self.wq_fwd, trans_b=True, **ep)  # noqa: E731
+        return off.run("linear", f"{self.name}.y", launch, sx * self.sw_fwd, xq.shape[0] * self.k * self.n, "col")
+
+    def backward_int8(self, g: torch.Tensor) -> torch.Tensor:
+        off, acc = self.off, self.off.acc
+        gq, sg = off.quant_input("linear", f"{self.name}.dy", g)
+        launch = lambda **ep: acc.gemm(gq, self.wq_bwd, **ep)  # noqa: E731
+        return off.run("linear", f"{self.name}.dx", launch, sg * self.sw_bwd, gq.shape[0] * self.k * self.n, "col")
+
+
+# ------------------------------------------------------------------------------ Conv2d
+def conv_unsupported(m: nn.Conv2d) -> str | None:
+    """Why the accelerator cannot run this convolution (None: it can)."""
+    if m.groups != 1:
+        return "groups != 1"
+    if isinstance(m.padding, str):
+        return f"padding={m.padding!r}"
+    if m.padding_mode != "zeros":
+        return f"padding_mode={m.padding_mode!r}"
+    if tuple(m.dilation) != (1, 1):
+        return "kernel dilation != 1"
+    kh, kw = m.kernel_size
+    if kh != kw or m.padding[0] != m.padding[1] or m.stride[0] != m.stride[1]:
+        return "non-square kernel, stride or padding"
+    if m.stride[0] not in (1, 2):
+        return f"stride {m.stride[0]} (the input gradient needs input dilation 1 or 2)"
+    if m.padding[0] > kh - 1:
+        return "padding larger than kernel - 1"
+    return None
+
+
+class _ConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: "Int8Conv2d") -> torch.Tensor:
+        ctx.layer, ctx.hw = layer, tuple(x.shape[2:])
+        return layer.forward_int8(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return (ctx.layer.backward_int8(g, ctx.hw) if ctx.needs_input_grad[0] else None), None
+
+
+class Int8Conv2d:
+    """The INT8 path of one frozen ``nn.Conv2d`` (NCHW in and out; NHWC INT8 on the accelerator)."""
+
+    def __init__(self, off: Offload, name: str, module: nn.Conv2d):
+        self.off, self.name, self.module = off, name, module
+        w = module.weight.detach()                               # cout, cin, kh, kw
+        self.cout, self.cin, self.kh, self.kw = w.shape
+        self.stride, self.pad = module.stride[0], module.padding[0]
+        # forward: cout x (ky, kx, ci) (trans_w), per output channel
+        self.wq_fwd, self.sw_fwd = quantize_weight(w.permute(0, 2, 3, 1).reshape(self.cout, -1), 0)
+        # input gradient: flipped, transposed weights, cin x (ky, kx, co), per input channel
+        wt = w.flip(2, 3).permute(1, 2, 3, 0).reshape(self.cin, -1)
+        self.wq_bwd, self.sw_bwd = quantize_weight(wt, 0)
+
+    def macs(self, imgs: int, ho: int, wo: int) -> int:
+        return imgs * ho * wo * self.kh * self.kw * self.cin * self.cout
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = _ConvFn.apply(x, self)
+        if self.module.bias is not None:
+            y = y + self.module.bias.view(1, -1, 1, 1)
+        return y.to(x.dtype)
+
+    def forward_int8(self, x: torch.Tensor) -> torch.Tensor:
+        off, acc = self.off, self.off.acc
+        xq, sx = off.quant_input("conv", f"{self.name}.x", x.permute(0, 2, 3, 1))
+        def launch(**ep):
+            return acc.conv2d(xq, self.wq_fwd, kernel_size=(self.kh, self.kw), stride=self.stride,
+                              padding=self.pad, trans_w=True, **ep)
+
+        imgs, h, w, _ = xq.shape
+        ho = (h + 2 * self.pad - self.kh) // self.stride + 1
+        wo = (w + 2 * self.pad - self.kw) // self.stride + 1
+        y = off.run("conv", f"{self.name}.y", launch, sx * self.sw_fwd, self.macs(imgs, ho, wo), "col")
+        return y.permute(0, 3, 1, 2).contiguous()
+
+    def backward_int8(self, g: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        off, acc = self.off, self.off.acc
+        gq, sg = off.quant_input("conv", f"{self.name}.dy", g.permute(0, 2, 3, 1))
+        def launch(**ep):
+            return acc.conv2d(gq, self.wq_bwd, kernel_size=(self.kh, self.kw), stride=1,
+                              padding=self.kh - 1 - self.pad, dilation=self.stride, out_size=hw, trans_w=True, **ep)
+
+        dx = off.run("conv", f"{self.name}.dx", launch, sg * self.sw_bwd, self.macs(gq.shape[0], *hw), "col")
+        return dx.permute(0, 3, 1, 2).contiguous()
+
+
+class _Fallback:
+    """An unsupported frozen layer kept fp32 in PyTorch; every call is counted."""
+
+    def __init__(self, off: Offload, family: str, reason: str, module: nn.Module, original: Callable):
+        self.off, self.family, self.reason, self.module, self.original = off, family, reason, module, original
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        y = self.original(x, *args, **kwargs)
+        m = self.module
+        macs = 0
+        if isinstance(m, nn.Conv2d):
+            macs = y.numel() * m.weight[0].numel()
+        self.off.fallback(self.family, self.reason, macs)
+        return y
+
+
+# ------------------------------------------------------------------------------ attention
+class _AttnFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale: float, off: Offload, name: str):
+        acc = off.acc
+        bh, lq, d = q.shape
+        lk = k.shape[1]
+        qq, sq = off.quant_input("attention", f"{name}.q", q)
+        kq, sk = off.quant_input("attention", f"{name}.k", k)
+        vq, sv = off.quant_input("attention", f"{name}.v", v)
+        s = off.run("attention", None, lambda **ep: acc.batched_gemm(qq, kq, trans_b=True, **ep), sq * sk,
+                    bh * lq * lk * d) * scale
+        if mask is not None:
+            s = s + mask
+        p = s.softmax(dim=-1)
+        pq, sp = off.quant_input("attention", f"{name}.p", p)
+        o = off.run("attention", f"{name}.o", lambda **ep: acc.batched_gemm(pq, vq, **ep), sp * sv,
+                    bh * lq * lk * d)
+        ctx.save_for_backward(p)
+        ctx.ops = (qq, sq, kq, sk, vq, sv, pq, sp)
+        ctx.scale, ctx.off, ctx.name = scale, off, name
+        return o.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, do):
+        (p,) = ctx.saved_tensors
+        qq, sq, kq, sk, vq, sv, pq, sp = ctx.ops
+        off, name, acc = ctx.off, ctx.name, ctx.off.acc
+        bh, lq, d = qq.shape
+        lk = kq.shape[1]
+        macs = bh * lq * lk * d
+        gq, sg = off.quant_input("attention", f"{name}.do", do.contiguous())
+        dp = off.run("attention", None, lambda **ep: acc.batched_gemm(gq, vq, trans_b=True, **ep), sg * sv, macs)
+        dv = off.run("attention", f"{name}.dv", lambda **ep: acc.batched_gemm(pq, gq, trans_a=True, **ep),
+                     sp * sg, macs)
+        ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True)) * ctx.scale
+        dsq, sds = off.quant_input("attention", f"{name}.ds", ds)
+        dq = dk = None
+        if ctx.needs_input_grad[0]:
+            dq = off.run("attention", f"{name}.dq", lambda **ep: acc.batched_gemm(dsq, kq, **ep), sds * sk, macs)
+        if ctx.needs_input_grad[1]:
+            dk = off.run("attention", f"{name}.dk", lambda **ep: acc.batched_gemm(dsq, qq, trans_a=True, **ep),
+                         sds * sq, macs)
+        return dq, dk, dv, None, None, None, None
+
+
+def attention_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, off: Offload, name: str,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(scale . Q.K^T + mask) . V with the matmuls INT8 on the accelerator; (B*heads, L, d)."""
+    return _AttnFn.apply(q.contiguous(), k.contiguous(), v.contiguous(), mask, float(scale), off, name)
+
+
+class Int8AttnProcessor:
+    """diffusers' ``AttnProcessor`` with the attention matmuls on the accelerator (the
+    projections to_q/to_k/to_v/to_out are Linear layers, INT8 through their own path)."""
+
+    def __init__(self, off: Offload, name: str):
+        self.off, self.name = off, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                 *args, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (hidden_states.shape if encoder_hidden_states is None
+                                          else encoder_hidden_states.shape)
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        query = attn.head_to_batch_dim(query)
+        key = attn.head_to_batch_dim(key)
+        value = attn.head_to_batch_dim(value)
+        if getattr(attn, "norm_q", None) is not None:
+            query = attn.norm_q(query)
+        if getattr(attn, "norm_k", None) is not None:
+            key = attn.norm_k(key)
+        hidden_states = attention_int8(query, key, value, attn.scale, self.off, self.name, attention_mask)
+        hidden_states = attn.batch_to_head_dim(hidden_states)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+# ------------------------------------------------------------------------------ install
+def _is_lora_part(name: str) -> bool:
+    return any(p.startswith("lora_") for p in name.split("."))
+
+
+def install(unet: nn.Module, acc: Accelerator, lora_runtime: Any = None, threshold: float = SAT_THRESHOLD,
+            history: int = HISTORY) -> Offload:
+    """Put every frozen Linear and Conv2d of ``unet`` and its attention matmuls on ``acc``.
+
+    Layers are rewired by setting an instance ``forward`` (module names and state-dict keys do
+    not change); :func:`uninstall` restores them. Call after the adapter is added (its LoRA
+    layers are trainable and skipped; a LoRA layer's frozen ``base_layer`` is wrapped)."""
+    off = Offload(acc, threshold, history)
+    off.lora_runtime = lora_runtime
+    for name, m in unet.named_modules():
+        if _is_lora_part(name) or "forward" in m.__dict__:
+            continue
+        if type(m) is nn.Linear and not m.weight.requires_grad:
+            m.forward = Int8Linear(off, name, m)
+            off.wrapped["linear"] += 1
+        elif type(m) is nn.Conv2d and not m.weight.requires_grad:
+            reason = conv_unsupported(m)
+            if reason is None:
+                m.forward = Int8Conv2d(off, name, m)
+                off.wrapped["conv"] += 1
+            else:
+                m.forward = _Fallback(off, "conv", reason, m, m.forward)
+                off.wrapped["conv_fallback"] += 1
+        else:
+            continue
+        off._restore.append(m)
+    if hasattr(unet, "set_attn_processor") and hasattr(unet, "attn_processors"):
+        off._processors = dict(unet.attn_processors)
+        unet.set_attn_processor({n: Int8AttnProcessor(off, n.removesuffix(".processor")) for n in off._processors})
+        off.wrapped["attention"] = len(off._processors)
+    return off
+
+
+def uninstall(unet: nn.Module, off: Offload) -> None:
+    """Restore the fp32 PyTorch layers and attention processors (the figures stay in ``off``)."""
+    for m in off._restore:
+        m.__dict__.pop("forward", None)
+    off._restore.clear()
+    if off._processors is not None:
+        unet.set_attn_processor(off._processors)
+        off._processors = None
+
+
+@contextmanager
+def suspended(unet: nn.Module, off: Offload) -> Iterator[None]:
+    """The fp32 PyTorch layers and attention processors for the duration (the held-out
+    evaluation during training): no accelerator call, amax history or figure is touched, and
+    the INT8 wrappers come back unchanged afterwards."""
+    saved = [(m, m.__dict__.pop("forward")) for m in off._restore if "forward" in m.__dict__]
+    int8_procs = None
+    if off._processors is not None:
+        int8_procs = dict(unet.attn_processors)
+        unet.set_attn_processor(dict(off._processors))
+    try:
+        yield
+    finally:
+        for m, fwd in saved:
+            m.forward = fwd
+        if int8_procs is not None:
+            unet.set_attn_processor(int8_procs)
+
+
+__all__ = ["AmaxHistory", "FamilyStats", "Offload", "Int8Linear", "Int8Conv2d", "Int8AttnProcessor",
+           "attention_int8", "conv_unsupported", "install", "uninstall", "suspended", "quantize_weight", "HISTORY",
+           "SAT_THRESHOLD", "OFFLOAD_MODES", "FAMILIES", "LimitError", "PlanError"]
+
+
+def offload_report(lora_runtime: Any) -> dict[str, Any]:
+    """The ``offload`` section of a run's report.json: the whole-step figures when ``--offload
+    all`` installed an :class:`Offload` (as ``lora_runtime.offload``), else the LoRA family only."""
+    off = getattr(lora_runtime, "offload", None)
+    if off is not None:
+        return off.report()
+    rep = Offload(lora_runtime.acc)
+    rep.lora_runtime = lora_runtime
+    out = rep.report()
+    out["mode"] = "lora"
+    out["families"] = {"lora": out["families"]["lora"]}
+    del out["wrapped_layers"], out["sites"]
+    return out

@@ -1,0 +1,256 @@
+"""Whole-step INT8 offload (lora/offload.py): each wrapper against an independent reference of the
+same quantized math (integer accumulators exact, then the epilogue's requantization and the
+dequantization), gradients against fp32, delayed scaling's recompute, counted fallbacks."""
+
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lora_qta.hw.reference import requantize
+from lora_qta.lora import offload
+from lora_qta.lora.offload import Int8Conv2d, Int8Linear, Offload, attention_int8
+from lora_qta.runtime.accelerator import Accelerator, fixed_point_scale
+
+QMAX = 127
+
+
+@pytest.fixture(scope="module")
+def acc():
+    return Accelerator("zcu104", "fast")
+
+
+def cos(a, b):
+    return F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+
+
+# -- the reference: the same quantized math, written independently --------------------------
+def ref_quant(x, s):
+    return ((x.detach().float() / s).round().clamp(-QMAX, QMAX)).to(torch.int64)
+
+
+def ref_weight(w2d, axis):
+    """Per-channel INT8 weights as the module docstring defines them (axis 0: per row)."""
+    s = w2d.abs().amax(dim=1 - axis, keepdim=True).clamp_min(1e-12) / QMAX
+    return (w2d / s).round().clamp(-QMAX, QMAX).to(torch.int64), s.flatten().double().numpy()
+
+
+def ref_int8_out(acc, base, s_out):
+    """INT8 epilogue: acc * fixed-point(base / s_out) rounded half-even, clipped; then * s_out.
+    ``base`` is a per-column vector (last axis) or a float."""
+    base = np.asarray(base, dtype=np.float64)
+    mult, shift = fixed_point_scale(base / s_out)
+    a = acc.numpy().astype(np.int64)
+    mult = np.broadcast_to(mult, a.shape)
+    shift = np.broadcast_to(shift, a.shape)
+    q = np.clip(requantize(a, mult, shift, False, None).astype(np.int64), -128, 127)
+    assert np.abs(requantize(a, mult, shift, False, None).astype(np.int64)).max() <= 127  # nothing saturated
+    return torch.from_numpy(q.astype(np.int8)).float() * s_out
+
+
+def widen_histories(off, factor=1.25):
+    """After a calibration call: every site's history scaled up so the next call saturates nothing."""
+    for h in off.sites.values():
+        h.values = deque([v * factor for v in h.values], maxlen=h.values.maxlen)
+    return {name: h.scale() for name, h in off.sites.items()}
+
+
+def linear_case(seed=0, m=6, k=24, n=20):
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(k, n).requires_grad_(False)
+    x = torch.randn(2, m // 2, k)
+    g = torch.randn(2, m // 2, n)
+    return lin, x, g
+
+
+def run_linear(layer, x, g):
+    xr = x.clone().requires_grad_(True)
+    y = layer(xr)
+    y.backward(g)
+    return y.detach(), xr.grad
+
+
+def test_linear_forward_and_input_gradient_equal_the_reference(acc):
+    lin, x, g = linear_case()
+    off = Offload(acc)
+    layer = Int8Linear(off, "l", lin)
+    run_linear(layer, x, g)                       # first call: calibration (INT32 outputs)
+    assert off.stats["linear"].calibration_calls == 2
+    sc = widen_histories(off)
+    y, dx = run_linear(layer, x, g)
+    st = off.stats["linear"]
+    assert st.recomputes == 0 and st.host_recomputes == 0 and st.saturated == 0 and st.calls == 4
+    w = lin.weight
+    # forward: per-tensor X, per-output-channel W, INT8 output with per-column scales
+    xq = ref_quant(x.reshape(-1, 24), sc["l.x"])
+    wq, sw = ref_weight(w, 0)
+    y_ref = ref_int8_out(xq @ wq.T, sc["l.x"] * sw, sc["l.y"]).reshape(2, 3, 20) + lin.bias
+    assert torch.equal(y, y_ref)
+    # input gradient: per-tensor dY, per-input-channel W
+    gq = ref_quant(g.reshape(-1, 20), sc["l.dy"])
+    wqb, swb = ref_weight(w, 1)
+    dx_ref = ref_int8_out(gq @ wqb, sc["l.dy"] * swb, sc["l.dx"]).reshape(2, 3, 24)
+    assert torch.equal(dx, dx_ref)
+    # and close to fp32
+    xr = x.clone().requires_grad_(True)
+    yf = lin(xr)
+    yf.backward(g)
+    assert cos(y, yf) >= 0.99 and cos(dx, xr.grad) >= 0.99
+
+
+CONVS = [  # (cin, cout, kernel, stride, padding, h, w)
+    (5, 7, 3, 1, 1, 8, 8),
+    (6, 4, 3, 2, 1, 8, 8),
+    (6, 4, 3, 2, 1, 7, 9),     # odd sizes: the input gradient's output size comes from the input
+    (3, 8, 1, 1, 0, 5, 5),
+]
+
+
+@pytest.mark.parametrize("cin,cout,kernel,stride,pad,h,w", CONVS)
+def test_conv_forward_and_input_gradient_equal_the_reference(acc, cin, cout, kernel, stride, pad, h, w):
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(cin, cout, kernel, stride=stride, padding=pad).requires_grad_(False)
+    assert offload.conv_unsupported(conv) is None
+    x = torch.randn(2, cin, h, w)
+    ho, wo = conv(x).shape[2:]
+    g = torch.randn(2, cout, ho, wo)
+    off = Offload(acc)
+    layer = Int8Conv2d(off, "c", conv)
+    run_linear(layer, x, g)
+    sc = widen_histories(off)
+    y, dx = run_linear(layer, x, g)
+    st = off.stats["conv"]
+    assert st.recomputes == 0 and st.host_recomputes == 0 and st.calibration_calls == 2
+    # forward: the integer convolution (exact in float64), per-output-channel weight scales
+    xq = ref_quant(x, sc["c.x"])
+    wq, sw = ref_weight(conv.weight.reshape(cout, -1), 0)
+    acc_y = F.conv2d(xq.double(), wq.reshape(conv.weight.shape).double(), stride=stride, padding=pad)
+    acc_y = acc_y.round().to(torch.int64).permute(0, 2, 3, 1)
+    y_ref = ref_int8_out(acc_y, sc["c.x"] * sw, sc["c.y"]).permute(0, 3, 1, 2) + conv.bias.view(1, -1, 1, 1)
+    assert torch.equal(y, y_ref)
+    # input gradient: PyTorch's conv2d_input of the integer dY with per-input-channel weights
+    gq = ref_quant(g, sc["c.dy"])
+    wt = conv.weight.transpose(0, 1).reshape(cin, -1)             # per input channel
+    wqb, swb = ref_weight(wt, 0)
+    wqb = wqb.reshape(cin, cout, kernel, kernel).transpose(0, 1)
+    acc_dx = torch.nn.grad.conv2d_input(x.shape, wqb.double(), gq.double(), stride=stride, padding=pad)
+    acc_dx = acc_dx.round().to(torch.int64).permute(0, 2, 3, 1)
+    dx_ref = ref_int8_out(acc_dx, sc["c.dy"] * swb, sc["c.dx"]).permute(0, 3, 1, 2)
+    assert torch.equal(dx, dx_ref)
+    xr = x.clone().requires_grad_(True)
+    conv(xr).backward(g)
+    assert cos(y, conv(x)) >= 0.99 and cos(dx, xr.grad) >= 0.99
+
+
+def test_attention_forward_and_backward_equal_the_reference(acc):
+    torch.manual_seed(2)
+    bh, lq, lk, d, scale = 3, 5, 6, 8, 8 ** -0.5
+    q, k, v = (torch.randn(bh, n, d) for n in (lq, lk, lk))
+    do = torch.randn(bh, lq, d)
+    off = Offload(acc)
+
+    def run():
+        qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+        o = attention_int8(qr, kr, vr, scale, off, "a")
+        o.backward(do)
+        return o.detach(), qr.grad, kr.grad, vr.grad
+
+    run()
+    sc = widen_histories(off)
+    o, dq, dk, dv = run()
+    st = off.stats["attention"]
+    assert st.calls == 12 and st.recomputes == 0 and st.host_recomputes == 0
+    qq, kq, vq = ref_quant(q, sc["a.q"]), ref_quant(k, sc["a.k"]), ref_quant(v, sc["a.v"])
+    s = (qq @ kq.transpose(1, 2)).float() * (sc["a.q"] * sc["a.k"]) * scale     # INT32 scores
+    p = s.softmax(dim=-1)
+    pq = ref_quant(p, sc["a.p"])
+    o_ref = ref_int8_out(pq @ vq, sc["a.p"] * sc["a.v"], sc["a.o"])
+    assert torch.equal(o, o_ref)
+    gq = ref_quant(do, sc["a.do"])
+    dp = (gq @ vq.transpose(1, 2)).float() * (sc["a.do"] * sc["a.v"])
+    dv_ref = ref_int8_out(pq.transpose(1, 2) @ gq, sc["a.p"] * sc["a.do"], sc["a.dv"])
+    ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True)) * scale
+    dsq = ref_quant(ds, sc["a.ds"])
+    dq_ref = ref_int8_out(dsq @ kq, sc["a.ds"] * sc["a.k"], sc["a.dq"])
+    dk_ref = ref_int8_out(dsq.transpose(1, 2) @ qq, sc["a.ds"] * sc["a.q"], sc["a.dk"])
+    assert torch.equal(dv, dv_ref) and torch.equal(dq, dq_ref) and torch.equal(dk, dk_ref)
+    # close to fp32
+    qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+    of = ((qr @ kr.transpose(1, 2)) * scale).softmax(-1) @ vr
+    of.backward(do)
+    assert cos(o, of) >= 0.99
+    assert cos(dq, qr.grad) >= 0.99 and cos(dk, kr.grad) >= 0.99 and cos(dv, vr.grad) >= 0.99
+
+
+def test_a_saturating_output_is_recomputed_with_a_fresh_scale_and_counted(acc):
+    lin, x, g = linear_case(seed=3)
+    off = Offload(acc)
+    layer = Int8Linear(off, "l", lin)
+    for _ in range(3):                            # histories learn the range of x
+        layer(x)
+    st = off.stats["linear"]
+    assert st.recomputes == 0 and st.host_recomputes == 0
+    big = 20 * x                                  # far outside every history: would clip badly
+    y = layer(big)
+    assert st.host_recomputes == 1                # the input's quantization, on the host
+    assert st.recomputes >= 1                     # the kernel call with the INT8 output
+    yf = lin(big)
+    assert cos(y, yf) >= 0.99
+    assert (y - yf).abs().max() < 0.05 * yf.abs().max()     # no clipped outputs
+    assert off.report()["recomputes"] == st.recomputes + st.host_recomputes
+
+
+def test_a_kernel_saturation_triggers_the_recompute_not_only_the_host_check(acc):
+    lin, x, _ = linear_case(seed=4)
+    off = Offload(acc)
+    layer = Int8Linear(off, "l", lin)
+    layer(x)
+    off.site("l.y").values = deque([1e-3], maxlen=16)      # a stale, far too small output scale
+    calls = off.stats["linear"].calls
+    y = layer(x)
+    st = off.stats["linear"]
+    assert st.recomputes >= 1 and st.host_recomputes == 0 and st.calls >= calls + 2
+    assert cos(y, lin(x)) >= 0.99
+
+
+class TwoConvs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.grouped = torch.nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.dilated = torch.nn.Conv2d(4, 4, 3, padding=2, dilation=2)
+        self.ok = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.ok(self.dilated(self.grouped(x)))
+
+
+def test_unsupported_convolutions_fall_back_to_fp32_and_are_counted(acc):
+    torch.manual_seed(5)
+    net = TwoConvs().requires_grad_(False)
+    x = torch.randn(2, 4, 6, 6)
+    ref = net(x)
+    off = offload.install(net, acc)
+    assert off.wrapped == {"linear": 0, "conv": 1, "conv_fallback": 2, "attention": 0}
+    y = net(x)
+    st = off.stats["conv"]
+    assert st.fallback_calls == 2 and st.fallback_reasons == {"groups != 1": 1, "kernel dilation != 1": 1}
+    assert st.calls == 1 and cos(y, ref) >= 0.99
+    rep = off.report()
+    assert rep["fallback_calls"] == 2 and rep["families"]["conv"]["fallback_macs"] > 0
+    offload.uninstall(net, off)
+    assert torch.equal(net(x), ref)
+
+
+@pytest.mark.parametrize("backend", ["csim"])
+def test_a_tiny_linear_is_the_same_on_csim_as_on_the_fast_engine(backend):
+    lin, x, g = linear_case(seed=6, m=4, k=16, n=8)
+    outs = []
+    for engine in ("fast", backend):
+        off = Offload(Accelerator("zcu104", engine))
+        layer = Int8Linear(off, "l", lin)
+        run_linear(layer, x, g)
+        widen_histories(off)
+        outs.append(run_linear(layer, x, g))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])

@@ -1,0 +1,103 @@
+"""``finetune --offload all``: every GEMM family of the step on the (emulated) accelerator."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lora_qta.cli import main
+from lora_qta.errors import CheckpointError, LimitError
+from lora_qta.training.config import FinetuneConfig
+from lora_qta.training.loop import finetune
+from test_loop import adapter_state, write_images, write_tiny_stable_diffusion
+
+FAMILIES = ("linear", "conv", "attention", "lora")
+
+
+def check_families(off):
+    assert off["mode"] == "all" and set(off["families"]) == set(FAMILIES)
+    for name in FAMILIES:
+        f = off["families"][name]
+        assert f["calls"] > 0 and f["cycles"] > 0 and f["macs"] > 0 and f["bytes_moved"] > 0, name
+        assert 0 < f["utilization"] <= 1, name
+    assert off["total_cycles"] == sum(f["cycles"] for f in off["families"].values())
+    assert off["wrapped_layers"]["linear"] > 0 and off["wrapped_layers"]["conv"] > 0
+    assert off["wrapped_layers"]["attention"] > 0
+
+
+def test_finetune_offload_all_on_the_digits_default_reports_the_four_families(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["finetune", "--offload", "all", "--steps", "2", "--batch-size", "2", "--num-examples", "2",
+                 "--prior-per-class", "1", "--checkpoint-every", "1", "--no-samples", "--output-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "--offload all" in out and "attention" in out
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["config"]["offload"] == "all" and np.isfinite(rep["final_loss"])
+    off = rep["offload"]
+    check_families(off)
+    # the digits UNet's convolutions are all supported: nothing fell back to fp32
+    assert off["fallback_calls"] == 0 and off["wrapped_layers"]["conv_fallback"] == 0
+    # the LoRA family is the LoRA runtime's six GEMMs
+    assert off["families"]["lora"]["calls"] == sum(v["calls"] for v in rep["accelerator"]["per_gemm"].values())
+    assert (run / "adapter" / "pytorch_lora_weights.safetensors").is_file()
+
+
+# figures that are measured times on this machine, not counts: they differ between two runs
+TIMES = ("wall_s", "host_quant_s")
+
+
+def test_resumed_offload_all_run_equals_the_uninterrupted_one(tmp_path):
+    """The amax histories (delayed scales), recompute counters and per-family figures are in the
+    checkpoint: an --offload all run interrupted after step 2 and resumed ends with the same
+    adapter bytes, loss and counted figures as the run that never stopped (digits default)."""
+    common = dict(precision="int8", offload="all", steps=4, checkpoint_every=2, batch_size=2, num_examples=2,
+                  prior_per_class=1, eval_every=2, samples=False)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = finetune(FinetuneConfig(output_dir=str(straight), **common))
+    assert finetune(FinetuneConfig(output_dir=str(resumed), **common), stop_after=2) == {"interrupted": True,
+                                                                                          "step": 2}
+    state = json.loads((resumed / "checkpoints" / "step_000002" / "state.json").read_text())
+    sites = state["history"]["offload"]["sites"]
+    assert sites and all(len(v) == 2 for v in sites.values())  # two steps of amax per site, saved
+    b = finetune(FinetuneConfig(output_dir=str(resumed), resume=True, **common))
+    sa, sb = adapter_state(straight), adapter_state(resumed)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert (straight / "adapter" / "pytorch_lora_weights.safetensors").read_bytes() == \
+        (resumed / "adapter" / "pytorch_lora_weights.safetensors").read_bytes()
+    assert a["final_loss"] == b["final_loss"] and a["heldout_loss"] == b["heldout_loss"]
+    for fam in FAMILIES:
+        fa, fb = ({k: v for k, v in r["offload"]["families"][fam].items() if k not in TIMES} for r in (a, b))
+        assert fa == fb, fam
+    assert a["offload"]["sites"] == b["offload"]["sites"] and a["offload"]["recomputes"] == b["offload"]["recomputes"]
+
+
+def test_resume_of_offload_all_refuses_a_checkpoint_without_amax_histories(tmp_path):
+    common = dict(precision="int8", offload="all", steps=2, checkpoint_every=1, batch_size=2, num_examples=2,
+                  prior_per_class=1, eval_every=0, samples=False)
+    run = tmp_path / "r"
+    finetune(FinetuneConfig(output_dir=str(run), **common), stop_after=1)
+    path = run / "checkpoints" / "step_000001" / "state.json"
+    state = json.loads(path.read_text())
+    del state["history"]["offload"]  # as written before the offload state was checkpointed
+    path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="amax histories"):
+        finetune(FinetuneConfig(output_dir=str(run), resume=True, **common))
+
+
+def test_offload_all_on_a_stable_diffusion_folder(tmp_path):
+    sd = write_tiny_stable_diffusion(tmp_path / "sd")
+    images = tmp_path / "instance"
+    write_images(images)
+    rep = finetune(FinetuneConfig(output_dir=str(tmp_path / "run"), precision="int8", offload="all",
+                                  pretrained_model=str(sd), instance_data_dir=str(images), steps=1, batch_size=1,
+                                  rank=4, alpha=4, samples=False))
+    check_families(rep["offload"])
+
+
+def test_offload_all_needs_int8_and_lora_is_the_default():
+    assert FinetuneConfig().offload == "lora"
+    with pytest.raises(LimitError, match="--offload all .* --precision int8"):
+        finetune(FinetuneConfig(precision="fp32", offload="all", steps=1, samples=False))
+    with pytest.raises(LimitError, match="--offload must be lora or all"):
+        finetune(FinetuneConfig(offload="everything", steps=1, samples=False))
