@@ -32,7 +32,8 @@ def test_gemm_int8_stochastic_forced_ws():
 def test_info_prints_configuration_and_register_map():
     p = run("info", "--board", "pynq_z2")
     assert p.returncode == 0, p.stderr
-    assert "16x8 PEs" in p.stdout and f"| 0x{REG['m']:02X} | `m` |" in p.stdout and "not synthesized" in p.stdout
+    bd = config().board("pynq_z2")
+    assert f"{bd.array_rows}x{bd.array_cols} PEs" in p.stdout and f"| 0x{REG['m']:02X} | `m` |" in p.stdout and "not synthesized" in p.stdout
     assert "pre-place-and-route, no timing" in p.stdout and "estimate" in p.stdout   # labelled figures
 
 

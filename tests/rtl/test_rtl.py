@@ -1,7 +1,7 @@
 """The RTL PE array (hls/rtl): cycle-accurate Verilator + cocotb simulation against the numpy
 reference and the contract's fold formulas, a Verilator lint, and a small yosys synthesis.
 
-Small arrays keep the builds short (4x4 and 8x8, and the PYNQ-Z2 array 16x8 with its own
+Small arrays keep the builds short (4x4 and 8x8, and the PYNQ-Z2 array, 8x8 with its own
 counter widths); every dataflow, every legal split, and tile shapes that are 1, not multiples
 of the sub-array, exact multiples, and larger than the logical array (several folds).
 """
@@ -20,7 +20,7 @@ from lora_qta.hw.config import config
 SHAPES = {
     "4x4": rtl.ArrayShape(4, 4, config().schedule.min_subarray),
     "8x8": rtl.ArrayShape(8, 8, config().schedule.min_subarray),
-    "pynq_z2": rtl.board_shape("pynq_z2"),   # 16x8, min_sub 4, 8-bit tile counters
+    "pynq_z2": rtl.board_shape("pynq_z2"),   # 8x8 (hardware.toml), min_sub 4, its own tile counter widths
 }
 
 
