@@ -151,7 +151,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from ..training.variants import variants_help
 
     s = sub.add_parser("evaluate", help="LoRA quality of fp32 vs int8 (and other variants) on real data (digits), "
-                                        "paired per training seed, with 95% confidence intervals")
+                                        "paired per training seed, with 95%% confidence intervals")
     s.add_argument("--output-dir", default="runs/evaluate",
                    help="folder of evaluate.json, evaluate_diffs.png, concept_samples.png and the runs "
                         "(runs/<variant>/seed<s>/, one run per folder)")
