@@ -23,6 +23,15 @@ def test_every_option_has_help(command):
             assert action.help and len(action.help) > 10, (command, action.dest)
 
 
+def test_every_help_text_renders():
+    """argparse formats help strings with %: a bare "95%" in a command's help broke
+    `lora-qta --help` (TypeError). The top-level help and every command's help must render."""
+    parser = build_parser()
+    assert "evaluate" in parser.format_help()
+    for command, sub in parser._subparsers._group_actions[0].choices.items():
+        assert sub.format_help(), command
+
+
 @pytest.mark.parametrize("command", ["bench", "energy", "power", "speed"])
 def test_report_commands_explain_their_options(command):
     p = subprocess.run([sys.executable, "-m", "lora_qta.cli", command, "--help"], capture_output=True, text=True)

@@ -65,10 +65,11 @@ def strip_comments(src: str) -> str:
 
 
 def _block(code: str, open_at: int) -> int:
-    """Index one past the brace that closes the one at ``open_at``."""
+    """Index one past the bracket that closes the one at ``open_at`` (``{`` or ``[``)."""
+    pair = {code[open_at]: 1, {"{": "}", "[": "]"}[code[open_at]]: -1}
     depth, j = 0, open_at
     while j < len(code):
-        depth += {"{": 1, "}": -1}.get(code[j], 0)
+        depth += pair.get(code[j], 0)
         j += 1
         if depth == 0:
             break
@@ -128,12 +129,7 @@ def _subscripts(body: str, name: str) -> list[list[str]]:
     for m in re.finditer(rf"(?<![\w.]){name}\s*\[", body):
         idx, j = [], m.end() - 1
         while j < len(body) and body[j] == "[":
-            depth, k = 0, j
-            while k < len(body):
-                depth += {"[": 1, "]": -1}.get(body[k], 0)
-                k += 1
-                if depth == 0:
-                    break
+            k = _block(body, j)
             idx.append(body[j + 1:k - 1])
             j = k
             while j < len(body) and body[j] in " \t":
