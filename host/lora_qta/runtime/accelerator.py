@@ -281,7 +281,8 @@ class Accelerator:
     def gemm(self, a: Any, b: Any, *, trans_a: bool = False, trans_b: bool = False, dataflow: str = "auto",
              split: int | None = None, out: str = "int32", mult: int | Sequence[int] | np.ndarray = 1,
              shift: int | Sequence[int] | np.ndarray = 0, scale_mode: str = "tensor",
-             rounding: str = "nearest_even", seed: int = 0, c: Any = None, strict: bool = False) -> GemmResult:
+             rounding: str = "nearest_even", seed: int = 0, c: Any = None, strict: bool = False,
+             k_bucket: int | None = None) -> GemmResult:
         """C = epilogue(op(A) . op(B) [+ c]) on the accelerator.
 
         ``a``, ``b``: INT8 2-D arrays/tensors as stored (``trans_*`` selects op()). ``dataflow``:
@@ -290,7 +291,9 @@ class Accelerator:
         per tensor (ints) or per output row/column (1-D, with ``scale_mode`` ``row``/``col``),
         ``rounding`` ``nearest_even`` or ``stochastic`` (with ``seed``). ``c`` accumulates into
         an existing output (INT32 for ``int32``, INT8 for ``int8``). ``strict`` raises
-        :class:`SaturationError` when an output saturates.
+        :class:`SaturationError` when an output saturates. ``k_bucket`` (buckets per octave of K):
+        for GEMMs whose K changes from call to call, plan once per bucket of K
+        (:func:`~lora_qta.runtime.planner.plan`).
 
         A GEMM with M, N or K beyond the board's limits (``max_m``, ``max_n``, ``max_k``) runs as
         several kernel calls whose results are combined exactly on the host
@@ -317,7 +320,7 @@ class Accelerator:
             c_np = c_np[None]
         r = self.batched_gemm(a_np[None], b_np[None], trans_a=trans_a, trans_b=trans_b, dataflow=dataflow,
                               split=split, out=out, mult=mult, shift=shift, scale_mode=scale_mode,
-                              rounding=rounding, seed=seed, c=c_np, strict=strict)
+                              rounding=rounding, seed=seed, c=c_np, strict=strict, k_bucket=k_bucket)
         r.output = r.output[0]
         if a_torch:
             r.output = torch.from_numpy(np.ascontiguousarray(r.output))
@@ -406,7 +409,7 @@ class Accelerator:
                      dataflow: str = "auto", split: int | None = None, out: str = "int32",
                      mult: int | Sequence[int] | np.ndarray = 1, shift: int | Sequence[int] | np.ndarray = 0,
                      scale_mode: str = "tensor", rounding: str = "nearest_even", seed: int = 0, c: Any = None,
-                     strict: bool = False) -> GemmResult:
+                     strict: bool = False, k_bucket: int | None = None) -> GemmResult:
         """``C[i] = epilogue(op(A[i]) . op(B[i]) [+ c[i]])`` for every item ``i`` of a batch, in one
         kernel call. ``a``: batch x stored A (3-D); ``b``: batch x stored B (3-D), or one stored B
         (2-D) that every item shares; ``c``: batch x m x n. Options as :meth:`gemm`; per-row or
@@ -430,7 +433,7 @@ class Accelerator:
                 f"op(b) is {k2}x{n} (b {b_np.shape[1:]}, trans_b={trans_b})")
         batch = a_np.shape[0]
         return self._run(a_np, b_np, batch, m, n, k, trans_a, trans_b, None, shared_b, dataflow, split, out, mult,
-                         shift, scale_mode, rounding, seed, c, strict, a_torch)
+                         shift, scale_mode, rounding, seed, c, strict, a_torch, k_bucket)
 
     def conv2d(self, x: Any, w: Any, *, kernel_size: int | tuple[int, int] = 3, stride: int = 1, padding: int = 0,
                dilation: int = 1, out_size: tuple[int, int] | None = None, trans_w: bool = False,
@@ -517,7 +520,7 @@ class Accelerator:
     def _run(self, a_np: np.ndarray, b_np: np.ndarray, batch: int, m: int, n: int, k: int, trans_a: bool,
              trans_b: bool, conv: ConvGeometry | None, shared_b: bool, dataflow: str, split: int | None, out: str,
              mult, shift, scale_mode: str, rounding: str, seed: int, c: Any, strict: bool,
-             as_torch: bool) -> GemmResult:
+             as_torch: bool, k_bucket: int | None = None) -> GemmResult:
         out8, mult_t, shift_t, scales = self._epilogue_args(m, n, out, mult, shift, scale_mode, rounding)
         out_dtype = np.int8 if out8 else np.int32
         c_np = None
@@ -548,7 +551,7 @@ class Accelerator:
                         mult=mult_t, shift=shift_t, seed=int(seed) & 0xFFFFFFFF, batch=batch,
                         stride_a=stride_a if batch > 1 else 0, stride_b=0 if shared_b else stride_b,
                         stride_c=stride_c if batch > 1 else 0, conv=conv)
-        chosen = planner.plan(self.board, call, dataflow=dataflow, split=split)
+        chosen = planner.plan(self.board, call, dataflow=dataflow, split=split, k_bucket=k_bucket)
         return self._launch(chosen, offsets, cbuf, cview[:, :, :n], strict, as_torch)
 
     def run_call(self, call: GemmCall, offsets: dict[str, int]) -> RunInfo:

@@ -47,7 +47,8 @@ from ..hw.config import BoardConfig, config
 
 
 def _ceil(a, b):
-    return -(-np.asarray(a) // np.asarray(b))
+    """Ceiling division of ints or integer arrays (no conversion: it runs in the search's inner loop)."""
+    return -(-a // b)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -429,7 +430,19 @@ def _tile_ok(t: int, dim: int, tmax: int, beat: int) -> bool:
 
 def kernel_accepts(board: BoardConfig, call: GemmCall) -> bool:
     """Whether the kernel's argument check passes for the call's scalar registers (else it sets
-    status ``bad_args``); the offsets' alignment is the driver's and the device's check."""
+    status ``bad_args``); the offsets' alignment is the driver's and the device's check.
+
+    The check is cached per call with the epilogue's multiplier and seed left out (they are not
+    checked) and the shift tested on its own, so delayed scaling (a new scale every step) hits
+    the cache."""
+    if not 0 <= call.shift <= 62:
+        return False
+    return _accepts(board, replace(call, mult=1, shift=0, seed=0) if call.mult != 1 or call.shift or call.seed
+                    else call)
+
+
+@lru_cache(maxsize=1 << 14)
+def _accepts(board: BoardConfig, call: GemmCall) -> bool:
     beat = board.axi_bytes
     c = call
     ok = (1 <= c.m <= board.max_m and 1 <= c.n <= board.max_n and 1 <= c.k <= board.max_k and c.batch >= 1
@@ -669,7 +682,8 @@ def _modes(board: BoardConfig, dataflow: str, split: int | None) -> list[tuple[s
     return modes
 
 
-def plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int | None = None) -> Plan:
+def plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int | None = None,
+         k_bucket: int | None = None) -> Plan:
     """Choose tiles, dataflow and partition for ``call`` by the cycle model.
 
     ``dataflow`` is ``"auto"``, ``"ws"``, ``"os"`` or ``"partitioned"`` (the best split
@@ -677,8 +691,16 @@ def plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int 
     mode fields already in ``call`` are replaced. The epilogue's scale and seed do not change
     the schedule: calls that differ only in them share one cached search (delayed scaling
     changes the scale every step).
+
+    ``k_bucket`` (a GEMM, not a convolution): for GEMMs whose K changes from call to call (the
+    token groups of the LoRA weight gradients), one search per bucket of K instead of one per K:
+    the mode and tiles of the plan of K rounded up to a multiple of ``k_bucket``, the K tile
+    clipped to K (legal: the buffers' demand only shrinks with K); the report is the exact model
+    of the call. See :func:`bucket_plan`.
     """
     check_limits(board, call)
+    if k_bucket and call.conv is None:
+        return bucket_plan(board, call, dataflow, split, k_bucket)
     key = replace(call, mult=1, shift=0, seed=0)
     found = _plan_cached(board, key, dataflow, split, False)
     if key == call:
@@ -701,3 +723,28 @@ def _plan_cached(board: BoardConfig, call: GemmCall, dataflow: str, split: int |
         raise PlanError(f"no tiling of the {call.m}x{call.k}x{call.n} GEMM fits the {board.name} buffers in "
                         f"dataflow {dataflow!r}" + (f", split {split}" if split is not None else ""))
     return found
+
+
+def k_bucket_top(board: BoardConfig, k: int, per_octave: int) -> int:
+    """The top of ``k``'s bucket when each octave of K is cut into ``per_octave`` equal buckets
+    (at least a beat wide): K rounded up to a multiple of max(beat, 2**floor(log2 k) / per_octave)."""
+    width = max(board.axi_bytes, (1 << (k.bit_length() - 1)) // per_octave)
+    return cdiv(k, width) * width
+
+
+def bucket_plan(board: BoardConfig, call: GemmCall, dataflow: str, split: int | None, k_bucket: int) -> Plan:
+    """The plan of ``call`` (a GEMM) from the cached search of its K bucket (see :func:`plan`)."""
+    if k_bucket < 1:
+        raise PlanError(f"k_bucket must be a positive number of buckets per octave of K, not {k_bucket}")
+    key = replace(call, mult=1, shift=0, seed=0)
+    kb = min(k_bucket_top(board, call.k, k_bucket), board.max_k)
+    # the leading dimensions do not enter the search: left out, so that every K of the bucket shares it
+    found = _plan_cached(board, replace(key, k=kb, lda=0, ldb=0, ldc=0), dataflow, split, False).call
+    tiles = key.with_tiles(found.tile_m, found.tile_n, min(found.tile_k, call.k), found.dataflow, found.split)
+    report = _report_cached(board, tiles)
+    return Plan(replace(tiles, mult=call.mult, shift=call.shift, seed=call.seed), report)
+
+
+@lru_cache(maxsize=1 << 14)
+def _report_cached(board: BoardConfig, call: GemmCall) -> CycleReport:
+    return model_cycles(board, call)
