@@ -83,22 +83,19 @@ def im2col(x: np.ndarray, geo: ConvGeometry, m: int) -> np.ndarray:
 
 
 def requantize(acc: np.ndarray, mult, shift, stochastic: bool, bits: np.ndarray | None) -> np.ndarray:
-    """round((acc * mult) / 2**shift) as the kernel does it, vectorized on int64."""
+    """round((acc * mult) / 2**shift) as the kernel does it, vectorized on int64 (``shift``
+    broadcasts against ``acc``). A shift of 0 needs no case of its own: the half-to-even
+    remainder is then 0 and below the half (1), and the stochastic noise (32 bits >> 32) is 0."""
     p = acc * mult
-    sh = np.broadcast_to(shift, p.shape)
-    out = p.copy()
-    nz = sh > 0
+    sh = np.asarray(shift, dtype=np.int64)
     if stochastic:
         b = bits.astype(np.int64)
         noise = np.where(sh <= 32, b >> np.clip(32 - sh, 0, 32), b << np.clip(sh - 32, 0, 62))
-        out[nz] = (p[nz] + noise[nz]) >> sh[nz]
-    else:
-        q = p >> sh
-        rem = p - (q << sh)
-        half = np.left_shift(1, np.maximum(sh - 1, 0))
-        up = (rem > half) | ((rem == half) & ((q & 1) == 1))
-        out[nz] = (q + up)[nz]
-    return out
+        return (p + noise) >> sh
+    q = p >> sh
+    rem = p - (q << sh)
+    half = np.left_shift(np.int64(1), np.maximum(sh - 1, 0))
+    return q + ((rem > half) | ((rem == half) & ((q & 1) == 1)))
 
 
 def operands(call: GemmCall, mem: np.ndarray, offs: dict[str, int], item: int) -> tuple[np.ndarray, np.ndarray]:

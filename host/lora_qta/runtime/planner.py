@@ -569,33 +569,31 @@ def _grids(board: BoardConfig, call: GemmCall, dataflow: str, split: int, exhaus
 
 def _lower_bounds(board: BoardConfig, call: GemmCall, tm, tn, tk) -> np.ndarray:
     """call_overhead + max over the processes of (its total + the others' shortest step), a
-    lower bound of :func:`model_cycles` for every candidate (vectorized)."""
+    lower bound of :func:`model_cycles` for every candidate (vectorized: the twelve step kinds
+    -- full or edge block row and column, first, middle and last K chunk -- and the four block
+    kinds of every candidate in one evaluation each)."""
     s = config().schedule
     m, n, k = call.m, call.n, call.k
     nbm, nbn, nkc = _ceil(m, tm), _ceil(n, tn), _ceil(k, tk)
     medge, nedge, kedge = m - (nbm - 1) * tm, n - (nbn - 1) * tn, k - (nkc - 1) * tk
     big = np.iinfo(np.int64).max // 8
-    sum_l, sum_p, sum_s = (np.zeros_like(tm) for _ in range(3))
-    min_l, min_p, min_s = (np.full_like(tm, big) for _ in range(3))
     single = nkc == 1
     one = np.ones_like(tm)
-    for mt, cm in ((tm, nbm - 1), (medge, one)):
-        for nt, cn in ((tn, nbn - 1), (nedge, one)):
-            cb = cm * cn * call.batch
-            for kt, cnt, first, last in ((np.where(single, k, tk), one, True, single),
-                                         (tk, np.maximum(nkc - 2, 0), False, False),
-                                         (kedge, np.where(single, 0, 1), False, True)):
-                # conv pieces at their minimum (k0 mod cin = 0): still a lower bound
-                lc, pc = step_costs(board, call, mt, nt, kt, np.zeros_like(kt), np.full(tm.shape, first),
-                                    np.full(tm.shape, last))
-                w = cb * cnt
-                sum_l = sum_l + w * lc
-                sum_p = sum_p + w * pc
-                min_l = np.where(w > 0, np.minimum(min_l, lc), min_l)
-                min_p = np.where(w > 0, np.minimum(min_p, pc), min_p)
-            sb = block_costs(board, call, mt, nt)
-            sum_s = sum_s + cb * sb
-            min_s = np.where(cb > 0, np.minimum(min_s, sb), min_s)
+    yes, no = np.ones(tm.shape, dtype=bool), np.zeros(tm.shape, dtype=bool)
+    blocks = [(mt, nt, cm * cn * call.batch) for mt, cm in ((tm, nbm - 1), (medge, one))
+              for nt, cn in ((tn, nbn - 1), (nedge, one))]
+    chunks = ((np.where(single, k, tk), one, yes, single), (tk, np.maximum(nkc - 2, 0), no, no),
+              (kedge, np.where(single, 0, 1), no, yes))
+    steps = [(mt, nt, kt, cb * cnt, first, last) for mt, nt, cb in blocks for kt, cnt, first, last in chunks]
+    smt, snt, skt, sw, sfirst, slast = (np.stack(x) for x in zip(*steps))
+    # conv pieces at their minimum (k0 mod cin = 0): still a lower bound
+    lc, pc = step_costs(board, call, smt, snt, skt, np.zeros_like(skt), sfirst, slast)
+    live = sw > 0
+    sum_l, sum_p = (sw * lc).sum(axis=0), (sw * pc).sum(axis=0)
+    min_l, min_p = np.where(live, lc, big).min(axis=0), np.where(live, pc, big).min(axis=0)
+    bmt, bnt, bw = (np.stack(x) for x in zip(*blocks))
+    sb = block_costs(board, call, bmt, bnt)
+    sum_s, min_s = (bw * sb).sum(axis=0), np.where(bw > 0, sb, big).min(axis=0)
     lb = np.maximum(np.maximum(sum_l + min_p + min_s, min_l + sum_p + min_s), min_l + min_p + sum_s)
     return s.call_overhead + lb
 
