@@ -738,9 +738,29 @@ def bucket_plan(board: BoardConfig, call: GemmCall, dataflow: str, split: int | 
     kb = min(k_bucket_top(board, call.k, k_bucket), board.max_k)
     # the leading dimensions do not enter the search: left out, so that every K of the bucket shares it
     found = _plan_cached(board, replace(key, k=kb, lda=0, ldb=0, ldc=0), dataflow, split, False).call
-    tiles = key.with_tiles(found.tile_m, found.tile_n, min(found.tile_k, call.k), found.dataflow, found.split)
+    tiles = _fit_k_tile(board, key, found)
     report = _report_cached(board, tiles)
     return Plan(replace(tiles, mult=call.mult, shift=call.shift, seed=call.seed), report)
+
+
+@lru_cache(maxsize=1 << 14)
+def _fit_k_tile(board: BoardConfig, call: GemmCall, found: GemmCall) -> GemmCall:
+    """``call`` in the mode and M/N tiles of ``found`` (the plan of its K bucket), with the best K
+    tile by the exact model among: the bucket's K tile clipped to K, K cut into as many balanced
+    chunks, and the whole K when the buffers hold it."""
+    beat, kt = board.axi_bytes, found.tile_k
+    chunks = cdiv(call.k, kt)
+    cands = [min(kt, call.k), min(cdiv(cdiv(call.k, chunks), beat) * beat, call.k)]
+    if call.k <= board.tile_k_max and fits(board, found.dataflow, found.split, min(found.tile_m, call.m),
+                                           min(found.tile_n, call.n), call.k):
+        cands.append(call.k)
+    best = None
+    for t in dict.fromkeys(cands):
+        cand = call.with_tiles(found.tile_m, found.tile_n, t, found.dataflow, found.split)
+        cyc = _cycles(board, cand)
+        if best is None or cyc < best[0]:
+            best = (cyc, cand)
+    return best[1]
 
 
 @lru_cache(maxsize=1 << 14)
