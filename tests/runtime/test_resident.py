@@ -103,12 +103,12 @@ def test_k_bucket_plans_are_legal_exact_and_close_to_the_search_per_k(acc):
     for k in (9, 31, 100, 257, 511, 700, 1000):
         assert k <= k_bucket_top(ZCU, k, 8) <= k + max(16, k // 8) and k <= k_bucket_top(ZCU, k, 2) <= k + max(16, k // 2)
         call = GemmCall(64, 8, k, 64, 16, 16, 1, 1, 1, trans_a=True)
-        p = plan(ZCU, call, k_bucket=2)
+        p = plan(ZCU, call, k_bucket=4)
         assert kernel_accepts(ZCU, p.call) and p.call.k == k
         assert p.report == model_cycles(ZCU, p.call)
         worst = max(worst, p.report.cycles / plan(ZCU, call).report.cycles)
         a, b = _i8(rng, (k, 64)), _i8(rng, (k, 8))
-        r = acc.gemm(a, b, trans_a=True, k_bucket=2)
+        r = acc.gemm(a, b, trans_a=True, k_bucket=4)
         assert np.array_equal(r.output, a.T.astype(np.int64) @ b.astype(np.int64))
         assert r.cycles == p.report.cycles
-    assert worst <= 1.1   # measured: at most 7.2% over the search per K on the weight-gradient shapes
+    assert worst <= 1.1   # measured: at most 5.9% over the search per K (4 per octave) on the weight-gradient shapes

@@ -80,7 +80,7 @@ class QtaRuntime:
 
     SMOOTH_ALPHA = 0.5
     GROUP_RATIO = 16.0
-    K_BUCKETS = 2
+    K_BUCKETS = 4
     """Plan buckets per octave of K for the weight-gradient GEMMs (their K, a token group, changes
     every step); README "Emulation speed" gives the modelled cost against a search per K."""
 

@@ -736,8 +736,10 @@ def bucket_plan(board: BoardConfig, call: GemmCall, dataflow: str, split: int | 
         raise PlanError(f"k_bucket must be a positive number of buckets per octave of K, not {k_bucket}")
     key = replace(call, mult=1, shift=0, seed=0)
     kb = min(k_bucket_top(board, call.k, k_bucket), board.max_k)
-    # the leading dimensions do not enter the search: left out, so that every K of the bucket shares it
-    found = _plan_cached(board, replace(key, k=kb, lda=0, ldb=0, ldc=0), dataflow, split, False).call
+    # the leading dimensions and batch strides do not enter the search: left out, so that every K
+    # of the bucket shares it
+    bucket = replace(key, k=kb, lda=0, ldb=0, ldc=0, stride_a=0, stride_b=0, stride_c=0)
+    found = _plan_cached(board, bucket, dataflow, split, False).call
     tiles = _fit_k_tile(board, key, found)
     report = _report_cached(board, tiles)
     return Plan(replace(tiles, mult=call.mult, shift=call.shift, seed=call.seed), report)
