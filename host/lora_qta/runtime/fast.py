@@ -84,18 +84,20 @@ def im2col(x: np.ndarray, geo: ConvGeometry, m: int) -> np.ndarray:
 
 def requantize(acc: np.ndarray, mult, shift, stochastic: bool, bits: np.ndarray | None) -> np.ndarray:
     """round((acc * mult) / 2**shift) as the kernel does it, vectorized on int64 (``shift``
-    broadcasts against ``acc``). A shift of 0 needs no case of its own: the half-to-even
-    remainder is then 0 and below the half (1), and the stochastic noise (32 bits >> 32) is 0."""
+    broadcasts against ``acc``). A shift of 0 leaves the product as it is (the stochastic noise,
+    32 bits >> 32, is then 0)."""
     p = acc * mult
     sh = np.asarray(shift, dtype=np.int64)
     if stochastic:
         b = bits.astype(np.int64)
         noise = np.where(sh <= 32, b >> np.clip(32 - sh, 0, 32), b << np.clip(sh - 32, 0, 62))
         return (p + noise) >> sh
-    q = p >> sh
-    rem = p - (q << sh)
-    half = np.left_shift(np.int64(1), np.maximum(sh - 1, 0))
-    return q + ((rem > half) | ((rem == half) & ((q & 1) == 1)))
+    # half-to-even as one shifted sum: floor((p + 2^(sh-1) - 1 + (floor(p / 2^sh) & 1)) / 2^sh)
+    # (a remainder above the half carries, the half itself only onto an odd quotient); the
+    # addend is 0 for a zero shift; |p| < 2^62 keeps the sum inside int64
+    odd = (p >> sh) & 1
+    addend = np.where(sh > 0, (np.int64(1) << np.maximum(sh - 1, 0)) - 1, 0)
+    return (p + addend + np.where(sh > 0, odd, 0)) >> sh
 
 
 def operands(call: GemmCall, mem: np.ndarray, offs: dict[str, int], item: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,10 +206,13 @@ def _run_items(board: BoardConfig, call: GemmCall, mem: np.ndarray, offs: dict[s
             if call.accumulate:
                 total = total + cview.astype(np.int64)
             lo, hi = -128, 127
-        clipped = np.clip(total, lo, hi)
-        nsat = int(np.count_nonzero(clipped != total))
-        amax = int(min(np.abs(total).max(), AMAX_CAP))
-        cview[...] = clipped.astype(out_dtype)
+        tmax, tmin = int(total.max()), int(total.min())
+        amax = min(max(tmax, -tmin), AMAX_CAP)
+        nsat = 0
+        if tmax > hi or tmin < lo:  # only then a pass to count and clip
+            nsat = int(np.count_nonzero(total > hi)) + int(np.count_nonzero(total < lo))
+            total = np.clip(total, lo, hi)
+        cview[...] = total
     if row_bytes > n * eb:  # the beat padding of every row is written with zeros
         _view(mem, co + n * eb, (items, m, row_bytes - n * eb), (call.stride_c, call.ldc * eb, 1), np.uint8)[...] = 0
     return nsat, amax
