@@ -4,7 +4,8 @@
 The same code runs on a PYNQ board (``pynq.Overlay`` + :class:`QtaGemmDriver`) and on a PC
 (:class:`EmulatedDevice` under the same driver). Each call validates its operands, asks the
 planner for tiles and a dataflow, moves the operands into ``pynq.allocate``'d buffers with their
-leading dimensions padded to the AXI beat (kernel v2 reads and writes whole beats), programs the
+leading dimensions padded to the AXI beat (kernel v2 reads and writes whole beats) -- or reads a
+:class:`Resident` operand where :meth:`Accelerator.resident` placed it --, programs the
 memory base and the operands' offsets (unified addressing), runs the kernel and returns a
 :class:`GemmResult` with the output, the kernel's status outputs, its modelled and measured cycle
 counts and the host's wall time.
@@ -372,7 +373,8 @@ class Accelerator:
              k_bucket: int | None = None) -> GemmResult:
         """C = epilogue(op(A) . op(B) [+ c]) on the accelerator.
 
-        ``a``, ``b``: INT8 2-D arrays/tensors as stored (``trans_*`` selects op()). ``dataflow``:
+        ``a``, ``b``: INT8 2-D arrays/tensors as stored (``trans_*`` selects op()); ``b`` may be a
+        :class:`Resident` (:meth:`resident`), read in place. ``dataflow``:
         ``auto``, ``ws``, ``os`` or ``partitioned``; ``split`` forces a partition exponent.
         ``out``: ``int32`` or ``int8``; for INT8, ``mult``/``shift`` are the fixed-point scale,
         per tensor (ints) or per output row/column (1-D, with ``scale_mode`` ``row``/``col``),

@@ -6,7 +6,8 @@ the GEMM is an exact integer product computed by float32 GEMMs over K chunks of 
 in whatever order the BLAS adds it, is an integer of at most 2**24 and exact in float32), the
 chunks summed in INT32 (the configured K <= 131071 keeps every dot product inside INT32); float64
 where PyTorch is missing. The operands are read from their strided views in the emulated DDR; a
-convolution's op(A) is built from the NHWC map with stride tricks (one INT8 copy).
+convolution's op(A) is built from the NHWC map with stride tricks (one INT8 copy); a batched
+call whose items write disjoint outputs runs as one batched float32 GEMM per K chunk.
 PyTorch's own INT8 GEMM (``torch._int_mm``) is not used: on an AMD EPYC with AVX2 and no
 AVX-512/VNNI it ran 15-65x slower than this float32 path on LoRA shapes (about 0.2 GMAC/s;
 measured with torch 2.13, one thread), and oneDNN mis-reads the strides of its 1 x K views on
