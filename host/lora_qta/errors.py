@@ -85,7 +85,12 @@ class DMAError(QtaError, RuntimeError):
 
 
 class DeviceMemoryError(QtaError, MemoryError):
-    """The emulated DDR has no room left for an allocation."""
+    """The emulated DDR has no room left for an allocation, or resident operands would exceed
+    the accelerator's budget for them."""
+
+
+class ResidentOperandError(QtaError, RuntimeError):
+    """A resident operand used after it was freed, or with another accelerator than its own."""
 
 
 class BackendError(QtaError, RuntimeError):

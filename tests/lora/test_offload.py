@@ -254,3 +254,49 @@ def test_a_tiny_linear_is_the_same_on_csim_as_on_the_fast_engine(backend):
         widen_histories(off)
         outs.append(run_linear(layer, x, g))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+class LinearAndConv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(16, 32, 3, padding=1)     # 16 and 32 channels: whole beats
+        self.odd = torch.nn.Conv2d(32, 5, 1)                  # 5 output channels: dX's padded per call
+        self.lin = torch.nn.Linear(5, 24)
+
+    def forward(self, x):
+        return self.lin(self.odd(self.conv(x)).permute(0, 2, 3, 1))
+
+
+def test_frozen_weights_are_resident_for_the_run_and_give_the_per_call_results():
+    """install places the INT8 weights in device memory once (uninstall frees them); the results
+    are those of the per-call upload path, call for call."""
+    torch.manual_seed(8)
+    x, g = torch.randn(2, 16, 5, 5), torch.randn(2, 5, 5, 24)
+    outs, accs = [], []
+    for resident in (True, False):
+        net = LinearAndConv().requires_grad_(False)
+        torch.manual_seed(8)
+        net.load_state_dict(LinearAndConv().state_dict())
+        acc = Accelerator("zcu104", "fast")
+        off = offload.install(net, acc)
+        if resident:
+            # conv: w_fwd (cin 16) and w_bwd (cout 32); odd: w_fwd (cin 32), its w_bwd (cout 5) per call;
+            # lin: both copies
+            assert off.weights == {"resident": 5, "per_call": 1} and acc.resident_bytes > 0
+            assert off.report()["weights"]["resident_bytes"] == acc.resident_bytes
+            handles = [net.conv.forward.w_fwd, net.lin.forward.w_bwd]
+        else:
+            offload.free_weights(off)
+            assert acc.resident_bytes == 0
+        run = []
+        for _ in range(3):                      # calibration, then INT8 outputs with delayed scales
+            xr = x.clone().requires_grad_(True)
+            y = net(xr)
+            y.backward(g)
+            run += [y.detach(), xr.grad]
+        outs.append(run)
+        accs.append(acc.calls)
+        offload.uninstall(net, off)
+        assert acc.resident_bytes == 0
+    assert accs[0] == accs[1] and all(torch.equal(a, b) for a, b in zip(*outs))
+    assert all(h.freed for h in handles)

@@ -80,6 +80,9 @@ class QtaRuntime:
 
     SMOOTH_ALPHA = 0.5
     GROUP_RATIO = 16.0
+    K_BUCKETS = 4
+    """Plan buckets per octave of K for the weight-gradient GEMMs (their K, a token group, changes
+    every step); README "Emulation speed" gives the modelled cost against a search per K."""
 
     def __init__(self, accelerator: Accelerator, seed: int = 0, smooth_alpha: float | None = SMOOTH_ALPHA,
                  wgrad_groups: bool = True, stream: int = 0):
@@ -110,7 +113,9 @@ class QtaRuntime:
         """INT32 result of one INT8 GEMM on the accelerator (operands laid out as ``kind``
         says), recording its figures; ``part``: a further call of a GEMM already counted."""
         t0 = time.perf_counter()
-        r = self.acc.gemm(a, b, trans_a=kind.trans_a, trans_b=kind.trans_b)
+        # the weight gradients' K is a token group whose size changes every step: plan per K bucket
+        r = self.acc.gemm(a, b, trans_a=kind.trans_a, trans_b=kind.trans_b,
+                          k_bucket=self.K_BUCKETS if kind in (DB_GTH, DA_DHTX) else None)
         self.time_accelerator += time.perf_counter() - t0
         st = self.stats[kind.key]
         st.gemms += not part

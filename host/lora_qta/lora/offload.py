@@ -22,11 +22,12 @@ Quantization (all symmetric INT8, |q| <= 127):
 
 * **weights** are quantized ONCE at :func:`install`, per output channel for the forward and per
   input channel for the input gradient (a scale must be constant along the summed dimension,
-  and the input gradient sums over the output channels) -- two resident INT8 copies per layer.
-  The runtime's :class:`Accelerator` copies every operand into its reusable per-role device
-  buffers on each call (there is no API for a resident operand at a fixed offset yet), so the
-  INT8 weights are resident in host memory and re-uploaded per call; on a board that is a
-  memcpy into CMA memory per call, which this module does not hide.
+  and the input gradient sums over the output channels) -- two INT8 copies per layer, placed
+  in device memory once for the run (:func:`place_weights`, :meth:`Accelerator.resident`: a
+  ``pynq.allocate``'d buffer on a board, emulated DDR here) and read in place by every call;
+  :func:`uninstall` frees them. Copies beyond the accelerator's ``resident_limit`` and
+  convolution weights whose channels are padded per call stay on the per-call upload path
+  (counted in the report's ``weights``).
 * **host-quantized operands** (the activations X entering a Linear/Conv, the gradients dY, Q,
   K, V, the probabilities P, dO and dS): per-tensor scales with *delayed scaling* -- every site
   (a tensor role of one layer, e.g. ``down_blocks.0.resnets.0.conv1.x``) keeps an amax history
@@ -68,8 +69,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, DivergedError
-from ..runtime.accelerator import Accelerator, GemmResult, fixed_point_scale
+from ..errors import CheckpointError, DeviceMemoryError, DivergedError
+from ..runtime.accelerator import Accelerator, GemmResult, Resident, fixed_point_scale
 
 QMAX = 127
 HISTORY = 16
@@ -153,6 +154,7 @@ class Offload:
         self.stats: dict[str, FamilyStats] = {f: FamilyStats() for f in FAMILIES if f != "lora"}
         self.lora_runtime = None            # a QtaRuntime, reported as family "lora"
         self.wrapped: dict[str, int] = {"linear": 0, "conv": 0, "conv_fallback": 0, "attention": 0}
+        self.weights: dict[str, int] = {"resident": 0, "per_call": 0}   # frozen INT8 weight copies
         self._restore: list[nn.Module] = []
         self._processors: dict[str, Any] | None = None
 
@@ -284,6 +286,7 @@ class Offload:
                     "(ARM) work measured on this machine",
             "threshold_saturation_rate": self.threshold, "amax_history": self.history_length,
             "wrapped_layers": dict(self.wrapped), "sites": len(self.sites),
+            "weights": {**self.weights, "resident_bytes": self.acc.resident_bytes},
             "families": fam, "total_cycles": cycles, "total_macs": sum(f["macs"] for f in fam.values()),
             "modelled_board_time_s": cycles / (clock * 1e6),
             "fallback_calls": sum(f["fallback_calls"] for f in fam.values()),
@@ -326,6 +329,8 @@ class Int8Linear:
         self.n, self.k = w.shape
         self.wq_fwd, self.sw_fwd = quantize_weight(w, 0)   # per output channel (rows of W)
         self.wq_bwd, self.sw_bwd = quantize_weight(w, 1)   # per input channel (columns of W)
+        self.w_fwd: Any = self.wq_fwd                      # what the calls pass: resident handles
+        self.w_bwd: Any = self.wq_bwd                      # once place_weights() placed them
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -337,13 +342,13 @@ class Int8Linear:
     def forward_int8(self, x2d: torch.Tensor) -> torch.Tensor:
         off, acc = self.off, self.off.acc
         xq, sx = off.quant_input("linear", f"{self.name}.x", x2d)
-        launch = lambda **ep: acc.gemm(xq, self.wq_fwd, trans_b=True, **ep)  # noqa: E731
+        launch = lambda **ep: acc.gemm(xq, self.w_fwd, trans_b=True, **ep)  # noqa: E731
         return off.run("linear", f"{self.name}.y", launch, sx * self.sw_fwd, xq.shape[0] * self.k * self.n, "col")
 
     def backward_int8(self, g: torch.Tensor) -> torch.Tensor:
         off, acc = self.off, self.off.acc
         gq, sg = off.quant_input("linear", f"{self.name}.dy", g)
-        launch = lambda **ep: acc.gemm(gq, self.wq_bwd, **ep)  # noqa: E731
+        launch = lambda **ep: acc.gemm(gq, self.w_bwd, **ep)  # noqa: E731
         return off.run("linear", f"{self.name}.dx", launch, sg * self.sw_bwd, gq.shape[0] * self.k * self.n, "col")
 
 
@@ -392,6 +397,8 @@ class Int8Conv2d:
         # input gradient: flipped, transposed weights, cin x (ky, kx, co), per input channel
         wt = w.flip(2, 3).permute(1, 2, 3, 0).reshape(self.cin, -1)
         self.wq_bwd, self.sw_bwd = quantize_weight(wt, 0)
+        self.w_fwd: Any = self.wq_fwd                      # resident handles once placed
+        self.w_bwd: Any = self.wq_bwd
 
     def macs(self, imgs: int, ho: int, wo: int) -> int:
         return imgs * ho * wo * self.kh * self.kw * self.cin * self.cout
@@ -406,7 +413,7 @@ class Int8Conv2d:
         off, acc = self.off, self.off.acc
         xq, sx = off.quant_input("conv", f"{self.name}.x", x.permute(0, 2, 3, 1))
         def launch(**ep):
-            return acc.conv2d(xq, self.wq_fwd, kernel_size=(self.kh, self.kw), stride=self.stride,
+            return acc.conv2d(xq, self.w_fwd, kernel_size=(self.kh, self.kw), stride=self.stride,
                               padding=self.pad, trans_w=True, **ep)
 
         imgs, h, w, _ = xq.shape
@@ -419,7 +426,7 @@ class Int8Conv2d:
         off, acc = self.off, self.off.acc
         gq, sg = off.quant_input("conv", f"{self.name}.dy", g.permute(0, 2, 3, 1))
         def launch(**ep):
-            return acc.conv2d(gq, self.wq_bwd, kernel_size=(self.kh, self.kw), stride=1,
+            return acc.conv2d(gq, self.w_bwd, kernel_size=(self.kh, self.kw), stride=1,
                               padding=self.kh - 1 - self.pad, dilation=self.stride, out_size=hw, trans_w=True, **ep)
 
         dx = off.run("conv", f"{self.name}.dx", launch, sg * self.sw_bwd, self.macs(gq.shape[0], *hw), "col")
@@ -575,11 +582,49 @@ def install(unet: nn.Module, acc: Accelerator, lora_runtime: Any = None, thresho
         off._processors = dict(unet.attn_processors)
         unet.set_attn_processor({n: Int8AttnProcessor(off, n.removesuffix(".processor")) for n in off._processors})
         off.wrapped["attention"] = len(off._processors)
+    place_weights(off)
     return off
 
 
+def _int8_layers(off: Offload) -> list["Int8Linear | Int8Conv2d"]:
+    layers = [m.__dict__.get("forward") for m in off._restore]
+    return [x for x in layers if isinstance(x, (Int8Linear, Int8Conv2d))]
+
+
+def place_weights(off: Offload) -> None:
+    """Make the frozen INT8 weights resident in device memory for the run
+    (:meth:`Accelerator.resident`: placed once, read in place by every call instead of being
+    copied in per call). Weights that do not fit the accelerator's ``resident_limit``, and
+    convolution weights whose input channels are not a multiple of the beat (padded per call),
+    stay on the per-call path; both are counted (``weights_resident``, ``weights_per_call``)."""
+    beat = off.acc.board.axi_bytes
+    for layer in _int8_layers(off):
+        for attr, channels in (("w_fwd", getattr(layer, "cin", beat)), ("w_bwd", getattr(layer, "cout", beat))):
+            held = getattr(layer, attr)
+            if channels % beat:
+                off.weights["per_call"] += 1
+                continue
+            try:
+                setattr(layer, attr, off.acc.resident(held, f"{layer.name}.{attr}"))
+                off.weights["resident"] += 1
+            except DeviceMemoryError:
+                off.weights["per_call"] += 1
+
+
+def free_weights(off: Offload) -> None:
+    """Release the resident weights (:func:`place_weights`); the layers use their host copies."""
+    for layer in _int8_layers(off):
+        for attr, host in (("w_fwd", layer.wq_fwd), ("w_bwd", layer.wq_bwd)):
+            held = getattr(layer, attr)
+            if isinstance(held, Resident):
+                off.acc.free(held)
+                setattr(layer, attr, host)
+
+
 def uninstall(unet: nn.Module, off: Offload) -> None:
-    """Restore the fp32 PyTorch layers and attention processors (the figures stay in ``off``)."""
+    """Restore the fp32 PyTorch layers and attention processors and free the resident weights
+    (the figures stay in ``off``)."""
+    free_weights(off)
     for m in off._restore:
         m.__dict__.pop("forward", None)
     off._restore.clear()
@@ -609,6 +654,7 @@ def suspended(unet: nn.Module, off: Offload) -> Iterator[None]:
 
 __all__ = ["AmaxHistory", "FamilyStats", "Offload", "Int8Linear", "Int8Conv2d", "Int8AttnProcessor",
            "attention_int8", "conv_unsupported", "install", "uninstall", "suspended", "quantize_weight", "HISTORY",
+           "place_weights", "free_weights",
            "SAT_THRESHOLD", "OFFLOAD_MODES", "FAMILIES", "LimitError", "PlanError"]
 
 
@@ -623,5 +669,5 @@ def offload_report(lora_runtime: Any) -> dict[str, Any]:
     out = rep.report()
     out["mode"] = "lora"
     out["families"] = {"lora": out["families"]["lora"]}
-    del out["wrapped_layers"], out["sites"]
+    del out["wrapped_layers"], out["sites"], out["weights"]
     return out

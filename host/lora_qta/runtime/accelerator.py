@@ -4,7 +4,8 @@
 The same code runs on a PYNQ board (``pynq.Overlay`` + :class:`QtaGemmDriver`) and on a PC
 (:class:`EmulatedDevice` under the same driver). Each call validates its operands, asks the
 planner for tiles and a dataflow, moves the operands into ``pynq.allocate``'d buffers with their
-leading dimensions padded to the AXI beat (kernel v2 reads and writes whole beats), programs the
+leading dimensions padded to the AXI beat (kernel v2 reads and writes whole beats) -- or reads a
+:class:`Resident` operand where :meth:`Accelerator.resident` placed it --, programs the
 memory base and the operands' offsets (unified addressing), runs the kernel and returns a
 :class:`GemmResult` with the output, the kernel's status outputs, its modelled and measured cycle
 counts and the host's wall time.
@@ -24,9 +25,9 @@ import pynq
 from . import planner
 from .driver import QtaGemmDriver, RunInfo
 from .emulation import EmulatedDevice
-from ..errors import (BackendError, BitstreamNotFoundError, DMAError, InputDTypeError, InputLayoutError,
-                     InputShapeError, KernelArgumentError, LimitError, SaturationError,
-                     StaleBitstreamError)
+from ..errors import (BackendError, BitstreamNotFoundError, DeviceMemoryError, DMAError, InputDTypeError,
+                     InputLayoutError, InputShapeError, KernelArgumentError, LimitError, ResidentOperandError,
+                     SaturationError, StaleBitstreamError)
 from ..hw.config import BoardConfig, board_digest, config
 from ..hw.call import ROUNDINGS, SCALE_MODES, ConvGeometry, GemmCall
 from ..hw.reference import AMAX_CAP, effective_shift, rounding_bits
@@ -145,6 +146,38 @@ class GemmResult:
         return self.split != 0
 
 
+class Resident:
+    """An INT8 matrix placed in device memory once by :meth:`Accelerator.resident` (a
+    ``pynq.allocate``'d buffer: CMA memory on a board, emulated DDR here), its rows padded to the
+    AXI beat. Pass it as ``b`` of :meth:`~Accelerator.gemm` / :meth:`~Accelerator.batched_gemm`
+    or ``w`` of :meth:`~Accelerator.conv2d`: the kernel reads it where it is, no copy is made.
+    ``shape`` is the matrix as stored; :meth:`Accelerator.free` releases it."""
+
+    def __init__(self, owner: "Accelerator", name: str, shape: tuple[int, int], buffer: Any, ld: int):
+        self.owner, self.name, self.shape, self.ld = owner, name, shape, ld
+        self.nbytes = int(buffer.nbytes)
+        self._buffer: Any = buffer
+
+    @property
+    def freed(self) -> bool:
+        """Whether :meth:`Accelerator.free` released it."""
+        return self._buffer is None
+
+    def buffer(self, acc: "Accelerator") -> Any:
+        """Its device buffer, after checking that it is still placed and belongs to ``acc``."""
+        if self._buffer is None:
+            raise ResidentOperandError(f"resident operand {self.name!r} was freed; place it again with "
+                                       "Accelerator.resident(...) before using it")
+        if acc is not self.owner:
+            raise ResidentOperandError(f"resident operand {self.name!r} lives in another accelerator's memory; "
+                                       "place it with this accelerator's resident(...)")
+        return self._buffer
+
+    def __repr__(self) -> str:
+        state = "freed" if self.freed else f"{self.nbytes} bytes"
+        return f"Resident({self.name!r}, {self.shape[0]}x{self.shape[1]} int8, {state})"
+
+
 def _blocks(dim: int, limit: int) -> list[tuple[int, int]]:
     """``dim`` cut into the fewest balanced blocks of at most ``limit``: (start, end) pairs."""
     nb = -(-dim // limit)
@@ -222,8 +255,12 @@ class Accelerator:
     ``LORA_QTA_BOARD`` and ``LORA_QTA_BACKEND`` supply defaults.
     """
 
+    RESIDENT_LIMIT = 256 << 20
+    """Default budget (bytes) of resident operands (:meth:`resident`)."""
+
     def __init__(self, board: str | None = None, backend: str | None = None,
-                 bitstream: str | os.PathLike | None = None, timeout: float = 60.0):
+                 bitstream: str | os.PathLike | None = None, timeout: float = 60.0,
+                 resident_limit: int = RESIDENT_LIMIT):
         self.board = config().board(board or os.environ.get("LORA_QTA_BOARD"))
         backend = resolve_backend(self.board, backend, bitstream)
         self.backend = backend
@@ -244,6 +281,8 @@ class Accelerator:
         self.measures_cycles = bool(getattr(self.device, "measures_cycles", True))
         self._buffers: dict[str, Any] = {}
         self.calls = 0
+        self.resident_limit = int(resident_limit)
+        self._residents: list[Resident] = []
 
     # -- buffers -----------------------------------------------------------------------
     def _buffer(self, role: str, nbytes: int) -> Any:
@@ -277,27 +316,80 @@ class Accelerator:
     def _offset(self, buf: Any) -> int:
         return int(buf.device_address) - self.memory_base
 
+    # -- resident operands -------------------------------------------------------------
+    @property
+    def resident_bytes(self) -> int:
+        """Device memory held by resident operands (bytes, rows padded to the beat)."""
+        return sum(r.nbytes for r in self._residents)
+
+    def resident(self, w: Any, name: str = "operand") -> Resident:
+        """Place the INT8 matrix ``w`` (2-D array or tensor, as it will be passed: the stored B of
+        a GEMM, or the weights of a convolution) in device memory once, its rows padded to the
+        AXI beat, and return the handle to pass instead of it. Raises
+        :class:`~lora_qta.errors.DeviceMemoryError` when the residents would exceed
+        ``resident_limit`` bytes."""
+        arr, _ = _as_numpy(w, name)
+        if arr.dtype != np.int8:
+            raise InputDTypeError(f"{name} must be int8 to be resident, got {arr.dtype}; quantize it first")
+        rows, cols = arr.shape
+        ld = _ceil_to(max(cols, 1), self.board.axi_bytes)
+        need = rows * ld
+        if self.resident_bytes + need > self.resident_limit:
+            raise DeviceMemoryError(
+                f"placing {name} ({rows}x{cols} int8, {need} bytes padded) would hold "
+                f"{self.resident_bytes + need} bytes of resident operands, above the budget of "
+                f"{self.resident_limit}; free residents (Accelerator.free) or raise resident_limit")
+        buf = pynq.allocate((max(need, 1),), dtype=np.uint8, target=self.device)
+        view = np.ndarray((rows, ld), dtype=np.int8, buffer=buf, strides=(ld, 1))
+        view[:, :cols] = arr
+        view[:, cols:] = 0
+        buf.flush()
+        handle = Resident(self, name, (rows, cols), buf, ld)
+        self._residents.append(handle)
+        return handle
+
+    def free(self, handle: Resident | None = None) -> None:
+        """Release a resident operand (``None``: every one of this accelerator); its handle
+        raises :class:`~lora_qta.errors.ResidentOperandError` if used afterwards."""
+        for r in ([handle] if handle is not None else list(self._residents)):
+            buf = r.buffer(self)
+            r._buffer = None
+            self._residents.remove(r)
+            if hasattr(buf, "freebuffer"):
+                buf.freebuffer()
+
+    def _operand_b(self, b: Any, name: str, ndim: tuple[int, ...]) -> tuple[np.ndarray | Resident, bool]:
+        """A resident handle as it is (checked), else :func:`_as_numpy`."""
+        if isinstance(b, Resident):
+            b.buffer(self)
+            return b, False
+        return _as_numpy(b, name, ndim)
+
     # -- the API -----------------------------------------------------------------------
     def gemm(self, a: Any, b: Any, *, trans_a: bool = False, trans_b: bool = False, dataflow: str = "auto",
              split: int | None = None, out: str = "int32", mult: int | Sequence[int] | np.ndarray = 1,
              shift: int | Sequence[int] | np.ndarray = 0, scale_mode: str = "tensor",
-             rounding: str = "nearest_even", seed: int = 0, c: Any = None, strict: bool = False) -> GemmResult:
+             rounding: str = "nearest_even", seed: int = 0, c: Any = None, strict: bool = False,
+             k_bucket: int | None = None) -> GemmResult:
         """C = epilogue(op(A) . op(B) [+ c]) on the accelerator.
 
-        ``a``, ``b``: INT8 2-D arrays/tensors as stored (``trans_*`` selects op()). ``dataflow``:
+        ``a``, ``b``: INT8 2-D arrays/tensors as stored (``trans_*`` selects op()); ``b`` may be a
+        :class:`Resident` (:meth:`resident`), read in place. ``dataflow``:
         ``auto``, ``ws``, ``os`` or ``partitioned``; ``split`` forces a partition exponent.
         ``out``: ``int32`` or ``int8``; for INT8, ``mult``/``shift`` are the fixed-point scale,
         per tensor (ints) or per output row/column (1-D, with ``scale_mode`` ``row``/``col``),
         ``rounding`` ``nearest_even`` or ``stochastic`` (with ``seed``). ``c`` accumulates into
         an existing output (INT32 for ``int32``, INT8 for ``int8``). ``strict`` raises
-        :class:`SaturationError` when an output saturates.
+        :class:`SaturationError` when an output saturates. ``k_bucket`` (buckets per octave of K):
+        for GEMMs whose K changes from call to call, plan once per bucket of K
+        (:func:`~lora_qta.runtime.planner.plan`).
 
         A GEMM with M, N or K beyond the board's limits (``max_m``, ``max_n``, ``max_k``) runs as
         several kernel calls whose results are combined exactly on the host
         (:meth:`_gemm_in_pieces`; ``GemmResult.calls`` says how many).
         """
         a_np, a_torch = _as_numpy(a, "a")
-        b_np, _ = _as_numpy(b, "b")
+        b_np, _ = self._operand_b(b, "b", (2,))
         m = a_np.shape[1] if trans_a else a_np.shape[0]
         n = b_np.shape[0] if trans_b else b_np.shape[1]
         c_np = None
@@ -309,15 +401,18 @@ class Accelerator:
         k2 = b_np.shape[1] if trans_b else b_np.shape[0]
         bd = self.board
         if k == k2 and (m > bd.max_m or n > bd.max_n or k > bd.max_k):
+            if isinstance(b_np, Resident):
+                raise LimitError(f"the {m}x{k}x{n} GEMM exceeds the {bd.name} limits and runs in pieces, which "
+                                 f"a resident b ({b_np.name}) cannot be cut into; pass b as an array")
             return self._gemm_in_pieces(a_np, b_np, a_torch, (m, k, n), trans_a=trans_a, trans_b=trans_b,
                                         dataflow=dataflow, split=split, out=out, mult=mult, shift=shift,
                                         scale_mode=scale_mode, rounding=rounding, seed=seed, c_np=c_np,
                                         strict=strict)
         if c_np is not None:
             c_np = c_np[None]
-        r = self.batched_gemm(a_np[None], b_np[None], trans_a=trans_a, trans_b=trans_b, dataflow=dataflow,
+        r = self.batched_gemm(a_np[None], b_np if isinstance(b_np, Resident) else b_np[None], trans_a=trans_a, trans_b=trans_b, dataflow=dataflow,
                               split=split, out=out, mult=mult, shift=shift, scale_mode=scale_mode,
-                              rounding=rounding, seed=seed, c=c_np, strict=strict)
+                              rounding=rounding, seed=seed, c=c_np, strict=strict, k_bucket=k_bucket)
         r.output = r.output[0]
         if a_torch:
             r.output = torch.from_numpy(np.ascontiguousarray(r.output))
@@ -406,31 +501,32 @@ class Accelerator:
                      dataflow: str = "auto", split: int | None = None, out: str = "int32",
                      mult: int | Sequence[int] | np.ndarray = 1, shift: int | Sequence[int] | np.ndarray = 0,
                      scale_mode: str = "tensor", rounding: str = "nearest_even", seed: int = 0, c: Any = None,
-                     strict: bool = False) -> GemmResult:
+                     strict: bool = False, k_bucket: int | None = None) -> GemmResult:
         """``C[i] = epilogue(op(A[i]) . op(B[i]) [+ c[i]])`` for every item ``i`` of a batch, in one
         kernel call. ``a``: batch x stored A (3-D); ``b``: batch x stored B (3-D), or one stored B
         (2-D) that every item shares; ``c``: batch x m x n. Options as :meth:`gemm`; per-row or
         per-column scales are shared by the items. The output is batch x m x n (a tensor when
         ``a`` is one)."""
         a_np, a_torch = _as_numpy(a, "a", (3,))
-        b_np, _ = _as_numpy(b, "b", (2, 3))
-        shared_b = b_np.ndim == 2
-        if shared_b:
+        b_np, _ = self._operand_b(b, "b", (2, 3))
+        b_shape = b_np.shape if isinstance(b_np, Resident) else b_np.shape[-2:]
+        shared_b = len(b_np.shape) == 2
+        if shared_b and not isinstance(b_np, Resident):
             b_np = b_np[None]
-        elif b_np.shape[0] != a_np.shape[0]:
+        elif not shared_b and b_np.shape[0] != a_np.shape[0]:
             raise InputShapeError(f"a holds {a_np.shape[0]} items but b {b_np.shape[0]}; pass one b (2-D) to share it")
         for name, arr in (("a", a_np), ("b", b_np)):
-            if arr.dtype != np.int8:
+            if not isinstance(arr, Resident) and arr.dtype != np.int8:
                 raise InputDTypeError(f"{name} must be int8, got {arr.dtype}; quantize it first")
         m, k = (a_np.shape[2], a_np.shape[1]) if trans_a else a_np.shape[1:]
-        k2, n = (b_np.shape[2], b_np.shape[1]) if trans_b else b_np.shape[1:]
+        k2, n = (b_shape[1], b_shape[0]) if trans_b else b_shape
         if k != k2:
             raise InputShapeError(
                 f"inner dimensions differ: op(a) is {m}x{k} (a {a_np.shape[1:]}, trans_a={trans_a}) but "
-                f"op(b) is {k2}x{n} (b {b_np.shape[1:]}, trans_b={trans_b})")
+                f"op(b) is {k2}x{n} (b {tuple(b_shape)}, trans_b={trans_b})")
         batch = a_np.shape[0]
         return self._run(a_np, b_np, batch, m, n, k, trans_a, trans_b, None, shared_b, dataflow, split, out, mult,
-                         shift, scale_mode, rounding, seed, c, strict, a_torch)
+                         shift, scale_mode, rounding, seed, c, strict, a_torch, k_bucket)
 
     def conv2d(self, x: Any, w: Any, *, kernel_size: int | tuple[int, int] = 3, stride: int = 1, padding: int = 0,
                dilation: int = 1, out_size: tuple[int, int] | None = None, trans_w: bool = False,
@@ -449,9 +545,9 @@ class Accelerator:
         with zeros (and the weights' K rows with them). Epilogue options as :meth:`gemm`; ``c`` is
         images x Ho x Wo x cout. The output is images x Ho x Wo x cout."""
         x_np, x_torch = _as_numpy(x, "x", (4,))
-        w_np, _ = _as_numpy(w, "w", (2,))
+        w_np, _ = self._operand_b(w, "w", (2,))
         for name, arr in (("x", x_np), ("w", w_np)):
-            if arr.dtype != np.int8:
+            if not isinstance(arr, Resident) and arr.dtype != np.int8:
                 raise InputDTypeError(f"{name} must be int8, got {arr.dtype}; quantize it first")
         kh, kw = (kernel_size, kernel_size) if np.isscalar(kernel_size) else tuple(kernel_size)
         imgs, h, wd, cin = x_np.shape
@@ -468,6 +564,10 @@ class Accelerator:
             raise InputShapeError(f"a {kh}x{kw} window with padding {padding} does not fit the {h}x{wd} input")
         beat = self.board.axi_bytes
         cin_p = _ceil_to(cin, beat)
+        if cin_p != cin and isinstance(w_np, Resident):
+            raise InputShapeError(f"the convolution has {cin} input channels, not a multiple of the {beat}-byte beat: "
+                                  f"its weights are padded per call, which a resident w ({w_np.name}) cannot be; "
+                                  "pass w as an array")
         if cin_p != cin:  # pad the channels (and the weights' K rows) with zeros
             x_np = np.concatenate([x_np, np.zeros(x_np.shape[:3] + (cin_p - cin,), np.int8)], axis=3)
             wk = (w_np.T if trans_w else w_np).reshape(kh, kw, cin, cout)
@@ -481,7 +581,7 @@ class Accelerator:
             if c_np.shape != (imgs, ho, wo, cout):
                 raise InputShapeError(f"c must be {imgs}x{ho}x{wo}x{cout} to accumulate into, got {c_np.shape}")
             c_np = c_np.reshape(1, m, cout)
-        r = self._run(x_np.reshape(1, imgs * h * wd, cin_p), w_np[None], 1, m, cout, geo.k, False, trans_w, geo, True,
+        r = self._run(x_np.reshape(1, imgs * h * wd, cin_p), w_np if isinstance(w_np, Resident) else w_np[None], 1, m, cout, geo.k, False, trans_w, geo, True,
                       dataflow, split, out, mult, shift, scale_mode, rounding, seed, c_np, strict, x_torch)
         r.output = r.output.reshape(imgs, ho, wo, cout)
         return r
@@ -517,7 +617,7 @@ class Accelerator:
     def _run(self, a_np: np.ndarray, b_np: np.ndarray, batch: int, m: int, n: int, k: int, trans_a: bool,
              trans_b: bool, conv: ConvGeometry | None, shared_b: bool, dataflow: str, split: int | None, out: str,
              mult, shift, scale_mode: str, rounding: str, seed: int, c: Any, strict: bool,
-             as_torch: bool) -> GemmResult:
+             as_torch: bool, k_bucket: int | None = None) -> GemmResult:
         out8, mult_t, shift_t, scales = self._epilogue_args(m, n, out, mult, shift, scale_mode, rounding)
         out_dtype = np.int8 if out8 else np.int32
         c_np = None
@@ -529,7 +629,10 @@ class Accelerator:
                 raise InputShapeError(f"c must be {batch}x{m}x{n} to accumulate into, got {c_np.shape}")
 
         abuf, lda, stride_a = self._upload("a", a_np)
-        bbuf, ldb, stride_b = self._upload("b", b_np)
+        if isinstance(b_np, Resident):  # in device memory already: no copy
+            bbuf, ldb, stride_b = b_np.buffer(self), b_np.ld, 0
+        else:
+            bbuf, ldb, stride_b = self._upload("b", b_np)
         if c_np is not None:
             cbuf, ldc, stride_c = self._upload("c", np.ascontiguousarray(c_np))
             cview = np.ndarray((batch, m, ldc), dtype=out_dtype, buffer=cbuf, strides=(stride_c, ldc * c_np.itemsize,
@@ -548,7 +651,7 @@ class Accelerator:
                         mult=mult_t, shift=shift_t, seed=int(seed) & 0xFFFFFFFF, batch=batch,
                         stride_a=stride_a if batch > 1 else 0, stride_b=0 if shared_b else stride_b,
                         stride_c=stride_c if batch > 1 else 0, conv=conv)
-        chosen = planner.plan(self.board, call, dataflow=dataflow, split=split)
+        chosen = planner.plan(self.board, call, dataflow=dataflow, split=split, k_bucket=k_bucket)
         return self._launch(chosen, offsets, cbuf, cview[:, :, :n], strict, as_torch)
 
     def run_call(self, call: GemmCall, offsets: dict[str, int]) -> RunInfo:

@@ -47,7 +47,8 @@ from ..hw.config import BoardConfig, config
 
 
 def _ceil(a, b):
-    return -(-np.asarray(a) // np.asarray(b))
+    """Ceiling division of ints or integer arrays (no conversion: it runs in the search's inner loop)."""
+    return -(-a // b)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -429,7 +430,19 @@ def _tile_ok(t: int, dim: int, tmax: int, beat: int) -> bool:
 
 def kernel_accepts(board: BoardConfig, call: GemmCall) -> bool:
     """Whether the kernel's argument check passes for the call's scalar registers (else it sets
-    status ``bad_args``); the offsets' alignment is the driver's and the device's check."""
+    status ``bad_args``); the offsets' alignment is the driver's and the device's check.
+
+    The check is cached per call with the epilogue's multiplier and seed left out (they are not
+    checked) and the shift tested on its own, so delayed scaling (a new scale every step) hits
+    the cache."""
+    if not 0 <= call.shift <= 62:
+        return False
+    return _accepts(board, replace(call, mult=1, shift=0, seed=0) if call.mult != 1 or call.shift or call.seed
+                    else call)
+
+
+@lru_cache(maxsize=1 << 14)
+def _accepts(board: BoardConfig, call: GemmCall) -> bool:
     beat = board.axi_bytes
     c = call
     ok = (1 <= c.m <= board.max_m and 1 <= c.n <= board.max_n and 1 <= c.k <= board.max_k and c.batch >= 1
@@ -556,33 +569,31 @@ def _grids(board: BoardConfig, call: GemmCall, dataflow: str, split: int, exhaus
 
 def _lower_bounds(board: BoardConfig, call: GemmCall, tm, tn, tk) -> np.ndarray:
     """call_overhead + max over the processes of (its total + the others' shortest step), a
-    lower bound of :func:`model_cycles` for every candidate (vectorized)."""
+    lower bound of :func:`model_cycles` for every candidate (vectorized: the twelve step kinds
+    -- full or edge block row and column, first, middle and last K chunk -- and the four block
+    kinds of every candidate in one evaluation each)."""
     s = config().schedule
     m, n, k = call.m, call.n, call.k
     nbm, nbn, nkc = _ceil(m, tm), _ceil(n, tn), _ceil(k, tk)
     medge, nedge, kedge = m - (nbm - 1) * tm, n - (nbn - 1) * tn, k - (nkc - 1) * tk
     big = np.iinfo(np.int64).max // 8
-    sum_l, sum_p, sum_s = (np.zeros_like(tm) for _ in range(3))
-    min_l, min_p, min_s = (np.full_like(tm, big) for _ in range(3))
     single = nkc == 1
     one = np.ones_like(tm)
-    for mt, cm in ((tm, nbm - 1), (medge, one)):
-        for nt, cn in ((tn, nbn - 1), (nedge, one)):
-            cb = cm * cn * call.batch
-            for kt, cnt, first, last in ((np.where(single, k, tk), one, True, single),
-                                         (tk, np.maximum(nkc - 2, 0), False, False),
-                                         (kedge, np.where(single, 0, 1), False, True)):
-                # conv pieces at their minimum (k0 mod cin = 0): still a lower bound
-                lc, pc = step_costs(board, call, mt, nt, kt, np.zeros_like(kt), np.full(tm.shape, first),
-                                    np.full(tm.shape, last))
-                w = cb * cnt
-                sum_l = sum_l + w * lc
-                sum_p = sum_p + w * pc
-                min_l = np.where(w > 0, np.minimum(min_l, lc), min_l)
-                min_p = np.where(w > 0, np.minimum(min_p, pc), min_p)
-            sb = block_costs(board, call, mt, nt)
-            sum_s = sum_s + cb * sb
-            min_s = np.where(cb > 0, np.minimum(min_s, sb), min_s)
+    yes, no = np.ones(tm.shape, dtype=bool), np.zeros(tm.shape, dtype=bool)
+    blocks = [(mt, nt, cm * cn * call.batch) for mt, cm in ((tm, nbm - 1), (medge, one))
+              for nt, cn in ((tn, nbn - 1), (nedge, one))]
+    chunks = ((np.where(single, k, tk), one, yes, single), (tk, np.maximum(nkc - 2, 0), no, no),
+              (kedge, np.where(single, 0, 1), no, yes))
+    steps = [(mt, nt, kt, cb * cnt, first, last) for mt, nt, cb in blocks for kt, cnt, first, last in chunks]
+    smt, snt, skt, sw, sfirst, slast = (np.stack(x) for x in zip(*steps))
+    # conv pieces at their minimum (k0 mod cin = 0): still a lower bound
+    lc, pc = step_costs(board, call, smt, snt, skt, np.zeros_like(skt), sfirst, slast)
+    live = sw > 0
+    sum_l, sum_p = (sw * lc).sum(axis=0), (sw * pc).sum(axis=0)
+    min_l, min_p = np.where(live, lc, big).min(axis=0), np.where(live, pc, big).min(axis=0)
+    bmt, bnt, bw = (np.stack(x) for x in zip(*blocks))
+    sb = block_costs(board, call, bmt, bnt)
+    sum_s, min_s = (bw * sb).sum(axis=0), np.where(bw > 0, sb, big).min(axis=0)
     lb = np.maximum(np.maximum(sum_l + min_p + min_s, min_l + sum_p + min_s), min_l + min_p + sum_s)
     return s.call_overhead + lb
 
@@ -669,7 +680,8 @@ def _modes(board: BoardConfig, dataflow: str, split: int | None) -> list[tuple[s
     return modes
 
 
-def plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int | None = None) -> Plan:
+def plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int | None = None,
+         k_bucket: int | None = None) -> Plan:
     """Choose tiles, dataflow and partition for ``call`` by the cycle model.
 
     ``dataflow`` is ``"auto"``, ``"ws"``, ``"os"`` or ``"partitioned"`` (the best split
@@ -677,8 +689,16 @@ def plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int 
     mode fields already in ``call`` are replaced. The epilogue's scale and seed do not change
     the schedule: calls that differ only in them share one cached search (delayed scaling
     changes the scale every step).
+
+    ``k_bucket`` (a GEMM, not a convolution): for GEMMs whose K changes from call to call (the
+    token groups of the LoRA weight gradients), one search per bucket of K instead of one per K:
+    the mode and tiles of the plan of K rounded up to a multiple of ``k_bucket``, the K tile
+    clipped to K (legal: the buffers' demand only shrinks with K); the report is the exact model
+    of the call. See :func:`bucket_plan`.
     """
     check_limits(board, call)
+    if k_bucket and call.conv is None:
+        return bucket_plan(board, call, dataflow, split, k_bucket)
     key = replace(call, mult=1, shift=0, seed=0)
     found = _plan_cached(board, key, dataflow, split, False)
     if key == call:
@@ -701,3 +721,50 @@ def _plan_cached(board: BoardConfig, call: GemmCall, dataflow: str, split: int |
         raise PlanError(f"no tiling of the {call.m}x{call.k}x{call.n} GEMM fits the {board.name} buffers in "
                         f"dataflow {dataflow!r}" + (f", split {split}" if split is not None else ""))
     return found
+
+
+def k_bucket_top(board: BoardConfig, k: int, per_octave: int) -> int:
+    """The top of ``k``'s bucket when each octave of K is cut into ``per_octave`` equal buckets
+    (at least a beat wide): K rounded up to a multiple of max(beat, 2**floor(log2 k) / per_octave)."""
+    width = max(board.axi_bytes, (1 << (k.bit_length() - 1)) // per_octave)
+    return cdiv(k, width) * width
+
+
+def bucket_plan(board: BoardConfig, call: GemmCall, dataflow: str, split: int | None, k_bucket: int) -> Plan:
+    """The plan of ``call`` (a GEMM) from the cached search of its K bucket (see :func:`plan`)."""
+    if k_bucket < 1:
+        raise PlanError(f"k_bucket must be a positive number of buckets per octave of K, not {k_bucket}")
+    key = replace(call, mult=1, shift=0, seed=0)
+    kb = min(k_bucket_top(board, call.k, k_bucket), board.max_k)
+    # the leading dimensions and batch strides do not enter the search: left out, so that every K
+    # of the bucket shares it
+    bucket = replace(key, k=kb, lda=0, ldb=0, ldc=0, stride_a=0, stride_b=0, stride_c=0)
+    found = _plan_cached(board, bucket, dataflow, split, False).call
+    tiles = _fit_k_tile(board, key, found)
+    report = _report_cached(board, tiles)
+    return Plan(replace(tiles, mult=call.mult, shift=call.shift, seed=call.seed), report)
+
+
+@lru_cache(maxsize=1 << 14)
+def _fit_k_tile(board: BoardConfig, call: GemmCall, found: GemmCall) -> GemmCall:
+    """``call`` in the mode and M/N tiles of ``found`` (the plan of its K bucket), with the best K
+    tile by the exact model among: the bucket's K tile clipped to K, K cut into as many balanced
+    chunks, and the whole K when the buffers hold it."""
+    beat, kt = board.axi_bytes, found.tile_k
+    chunks = cdiv(call.k, kt)
+    cands = [min(kt, call.k), min(cdiv(cdiv(call.k, chunks), beat) * beat, call.k)]
+    if call.k <= board.tile_k_max and fits(board, found.dataflow, found.split, min(found.tile_m, call.m),
+                                           min(found.tile_n, call.n), call.k):
+        cands.append(call.k)
+    best = None
+    for t in dict.fromkeys(cands):
+        cand = call.with_tiles(found.tile_m, found.tile_n, t, found.dataflow, found.split)
+        cyc = _cycles(board, cand)
+        if best is None or cyc < best[0]:
+            best = (cyc, cand)
+    return best[1]
+
+
+@lru_cache(maxsize=1 << 14)
+def _report_cached(board: BoardConfig, call: GemmCall) -> CycleReport:
+    return model_cycles(board, call)
