@@ -77,7 +77,9 @@ def _block(code: str, open_at: int) -> int:
 
 
 def functions(code: str) -> dict[str, tuple[str, str]]:
-    """Function name -> (parameter list, body) for every function definition."""
+    """Function name -> (parameter list, body) for every function definition (``#define`` lines,
+    with their continuations, are macros, not definitions: blanked first)."""
+    code = re.sub(r"#[ \t]*define(?:[^\n]*\\\n)*[^\n]*", lambda m: " " * len(m.group(0)), code)
     out = {}
     for fn in re.finditer(r"(?:^|\n)[\w:<>,\s\*&]*?\b(\w+)\s*\(([^;{]*?)\)\s*(?:const\s*)?\{", code):
         name = fn.group(1)
