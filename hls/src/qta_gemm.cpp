@@ -1039,6 +1039,27 @@ inline uint32_t b_dly(const ArrayCfg &ac, int b, int j) {
     return !ac.os ? 0u : (b == 0 ? ((uint32_t)j & ((1u << ac.lgsc) - 1)) : (uint32_t)j);
 }
 
+// One feeder of boundary b (compile-time after unrolling) of the A side (IS_A: L = R lanes, the
+// A banks) or the B side (L = C lanes): the bank word at addr when `fetch`, else zeros; each
+// lane skewed by its per-call delay through its history (LUTRAM, written every cycle, read at
+// the skew), zero until the delay has passed (t = cycles since the feed started). The A and B
+// feeders are this one function (they were twins).
+template <int L, int NX, int SD, typename WordT, bool IS_A>
+inline void feeder(const ArrayCfg &ac, int b, bool fetch, uint32_t addr, uint32_t t, uint32_t hp, const WordT *prim,
+                   const WordT *s0, const WordT *s1, const WordT *s2, const WordT *s3, uint8_t hist[L][L],
+                   int8_t ev[L]) {
+#pragma HLS INLINE
+    WordT w = 0;
+    if (fetch) w = b == 0 ? prim[addr] : side_read<NX>((b - 1) >> 1, ((b - 1) & 1) * SD + addr, s0, s1, s2, s3);
+    for (int i = 0; i < L; i++) {
+#pragma HLS UNROLL
+        const uint32_t d = IS_A ? a_dly(ac, b, i) : b_dly(ac, b, i);
+        const int8_t old = (int8_t)hist[i][(hp - d) & (L - 1)];
+        ev[i] = d == 0 ? lane8(w, i) : (t >= d ? old : (int8_t)0);
+        hist[i][hp & (L - 1)] = (uint8_t)lane8(w, i);
+    }
+}
+
 // One step of the PE array, OS or WS: ONE pipelined loop over ONE set of R x C PEs, each with one
 // multiply-add whose operands are per-call mode selects (review B1):
 //   product = a_in * (os ? b_in : weight),   sum = (os ? acc : (top of sub-array ? 0 : acc above)) + product
@@ -1146,41 +1167,15 @@ array_cycles:
 #pragma HLS UNROLL
             if (!a_act(ac, b)) continue;
             const bool gok = !os || (fo << ac.ea) + a_q(ac, b) < nga;
-            const uint32_t addr = abase + tau;
-            AWord w;
-            if (afeed && tau < alen && gok) {
-                w = b == 0 ? a0[addr]
-                           : side_read<NAX>((b - 1) >> 1, ((b - 1) & 1) * QTA_A_SIDE_DEPTH + addr, ax0, ax1, ax2, ax3);
-            } else {
-                w = 0;
-            }
-            for (int i = 0; i < R; i++) {
-#pragma HLS UNROLL
-                const uint32_t d = a_dly(ac, b, i);
-                const int8_t old = (int8_t)ha[b][i][(hp - d) & (R - 1)];
-                ea_v[b][i] = d == 0 ? lane8(w, i) : (tau >= d ? old : (int8_t)0);
-                ha[b][i][hp & (R - 1)] = (uint8_t)lane8(w, i);
-            }
+            feeder<R, NAX, QTA_A_SIDE_DEPTH, AWord, true>(ac, b, afeed && tau < alen && gok, abase + tau, tau, hp, a0,
+                                                          ax0, ax1, ax2, ax3, ha[b], ea_v[b]);
         }
         for (int b = 0; b < NBB; b++) {
 #pragma HLS UNROLL
             if (!b_act(ac, b)) continue;
             const uint32_t g = (fc << ac.eb) + b_p(ac, b);
-            const uint32_t addr = bbase + bk;
-            BWord w;
-            if (bfeed && bk < st.kt && g < ngb) {
-                w = b == 0 ? b0[addr]
-                           : side_read<NBX>((b - 1) >> 1, ((b - 1) & 1) * QTA_B_SIDE_DEPTH + addr, bx0, bx1, bx2, bx3);
-            } else {
-                w = 0;
-            }
-            for (int j = 0; j < C; j++) {
-#pragma HLS UNROLL
-                const uint32_t d = b_dly(ac, b, j);
-                const int8_t old = (int8_t)hb[b][j][(hp - d) & (C - 1)];
-                eb_v[b][j] = d == 0 ? lane8(w, j) : (c >= d ? old : (int8_t)0);
-                hb[b][j][hp & (C - 1)] = (uint8_t)lane8(w, j);
-            }
+            feeder<C, NBX, QTA_B_SIDE_DEPTH, BWord, false>(ac, b, bfeed && bk < st.kt && g < ngb, bbase + bk, c, hp,
+                                                           b0, bx0, bx1, bx2, bx3, hb[b], eb_v[b]);
         }
         if (infold) hp++;
         // ---- PEs: one multiply-add each; A from the left neighbour or a boundary feeder, B from
