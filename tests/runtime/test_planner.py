@@ -56,13 +56,7 @@ def test_auto_is_never_worse_than_a_forced_dataflow(m, k, n):
         assert auto <= plan(ZCU, call, dataflow=df).report.cycles
 
 
-ZCU104_32X16 = ("open (review B6 follow-up): with ZCU104's 32x16 array the search misses one shape, "
-                "[4, 77, 768, A^T] at 1.049x its optimum (the optimum's tile_n = 320 lets the whole K fit the "
-                "stacked side banks; the short grid's 512 does not); every other shape is within 1%")
-
-
-@pytest.mark.parametrize("board", [pytest.param(b, marks=pytest.mark.xfail(strict=True, reason=ZCU104_32X16))
-                                   if b == "zcu104" else b for b in sorted(config().boards)])
+@pytest.mark.parametrize("board", sorted(config().boards))
 def test_search_is_within_two_percent_of_the_exhaustive_optimum_on_every_sd_lora_shape(board):
     """Every LoRA GEMM of SD 1.5 and SDXL at ranks 4..64 (analysis/shapes.py), against the
     exhaustive optima of scripts/planner_optima.py (regenerate them after changing the model)."""
@@ -100,15 +94,18 @@ def test_token_streaming_dataflows_win_as_in_the_literature():
 
 @pytest.mark.parametrize("rank", [4, 8, 16])
 def test_partitioning_beats_the_whole_array_for_narrow_ranks(rank):
-    """With rank < array width the unpartitioned PE array idles; sub-arrays fill it."""
+    """With rank < array width the unpartitioned PE array idles; sub-arrays fill it. The planner
+    picks tiles for the total (since every burst pays the memory latency, review S1, the fetch side
+    often decides, and then a partitioned mode need not be faster in total), so the array gains
+    less than the ideal width / rank, but clearly."""
     for m, k, n, ta, tb in [(4096, 320, rank, False, True), (1280, 4096, rank, True, False),
                             (rank, 4096, 1280, True, False)]:
         if (n == rank and rank >= ZCU.array_cols) or (m == rank and rank >= ZCU.array_rows):
             continue   # the rank fills that side of the array (ZCU104 is 32x16): nothing idles
         call = lora_call((m, k, n, ta, tb, True))
-        whole = min(plan(ZCU, call, dataflow=df, split=0).report.array_cycles for df in ("ws", "os"))
-        part = plan(ZCU, call, dataflow="partitioned").report.array_cycles
-        assert part < whole / 1.5, (m, k, n, part, whole)
+        whole = [plan(ZCU, call, dataflow=df, split=0).report for df in ("ws", "os")]
+        part = plan(ZCU, call, dataflow="partitioned").report
+        assert part.array_cycles < min(r.array_cycles for r in whole) / 1.3, (m, k, n, part, whole)
 
 
 def test_errors():
