@@ -103,6 +103,8 @@ VIOLATIONS = [
     ("void load_x(int n, int d, int *x) {\n  for (int i = 0; i < n; i++) {\n#pragma HLS LOOP_TRIPCOUNT max=4\n"
      "    x[i] = i / d;\n  }\n}", "runtime / by 'd'"),
     ("void fetch_x(int n, int w) {\n  int r = n % w;\n}", "runtime % by 'w'"),
+    ("void store_x(int n, hls::stream<int> s[4]) {\n  for (int e = 0; e < n; e++) {\n#pragma HLS LOOP_TRIPCOUNT max=4\n"
+     "    s[e & 3].write(e);\n  }\n}", "stream index: s[e & 3].write"),
     ("void array_step(int s) {\n  int pacc[4][4];\n#pragma HLS ARRAY_PARTITION variable=pacc type=complete dim=0\n"
      "  for (int i = 0; i < 4; i++) {\n#pragma HLS UNROLL\n    pacc[i][s] = 0;\n  }\n}", "pe index"),
     ("void array_step(int b) {\n  int pout[4][4];\n#pragma HLS ARRAY_PARTITION variable=pout type=complete dim=1\n"
@@ -125,7 +127,9 @@ def test_rules_accept_compile_time_pe_indices_and_constant_divisions():
     ok = ("constexpr int MS = 4, PG = 2;\nvoid array_step(int s, AccW accp[8][2][64]) {\n  int pacc[4][4];\n"
           "#pragma HLS ARRAY_PARTITION variable=pacc type=complete dim=0\n  for (int i = 0; i < 4; i++) {\n"
           "#pragma HLS UNROLL\n    const int j = (i + 1) * MS - 1;\n    pacc[i][j % 4] = s;\n"
-          "    accp[i / PG][i % PG][s] = pacc[i][0];\n  }\n}")
+          "    accp[i / PG][i % PG][s] = pacc[i][0];\n  }\n}\n"
+          "void fetch_x(hls::stream<int> s[4]) {\n  for (int p = 0; p < 4; p++) {\n#pragma HLS UNROLL\n"
+          "    const int q = p + MS;\n    s[q - MS].write(p);\n  }\n}")
     assert violations(ok) == []
 
 
