@@ -208,6 +208,7 @@ static_assert(QTA_TILE_M_MAX < 65536 && QTA_TILE_N_MAX < 65536 && QTA_TILE_K_MAX
 // The header goes to every process once per call as a sequence of 32-bit words (review N3: a
 // 32-bit FIFO each instead of a 1.5 kbit one; each process keeps the fields it reads and
 // synthesis drops the rest). HDR_WORDS cycles at the start of a call, inside call_overhead.
+// The conv row steps dimg/dho/dwo have P + 1 = 5 entries each (static_assert(P == 4) above).
 #define QTA_HDR_FIELDS(X)                                                                                     \
     X(ok) X(nblocks) X(nkc) X(m) X(n) X(k) X(lda) X(ldb) X(ldc) X(tm) X(tn) X(tk) X(ta) X(tb) X(os) X(out8)   \
     X(accum) X(stoch) X(conv) X(split) X(smode) X(shift) X(seed_hash) X(mult) X(eb) X(lgsr) X(lgsc) X(lglr)  \
