@@ -174,7 +174,8 @@ struct Hdr {
 struct Step {
     uint32_t m0, n0, k0, mt, nt, kt;
     bool first, last;              // first / last K chunk of its block
-    uint64_t a_off, b_off, c_off;  // operand offsets of the batch item
+    uint64_t a_off, b_off;         // operand offsets of the batch item
+    uint64_t c_row;                // byte offset of the block's first output row (m0, n0) (a counter)
     uint32_t hash0;                // (item * m + m0) * n + n0, modulo 2^32
     uint32_t cv_img, cv_ho, cv_wo;  // conv: pixel of row m0
     uint32_t cv_ky, cv_kx, cv_ci;   // conv: tap and channel of k0
@@ -187,16 +188,15 @@ struct StepF {  // fetchers: everything but the rounding hash
     uint32_t m0, n0, k0;
     uint16_t mt, nt, kt;
     bool first, last;
-    uint64_t a_off, b_off, c_off;
+    uint64_t a_off, b_off, c_row;
     uint32_t cv_img;
     uint16_t cv_ho, cv_wo;
     uint8_t cv_ky, cv_kx;
     uint32_t cv_ci;
 };
 struct StepW {  // writers: where the block's output rows go
-    uint32_t m0, n0;
     uint16_t mt, nt;
-    uint64_t c_off;
+    uint64_t c_row;
 };
 struct StepC {  // load, array, store: the tile sizes, the first chunk, the rounding hash
     uint16_t mt, nt, kt;
@@ -446,6 +446,8 @@ hdr_send:
 
     uint32_t item = 0, m0 = 0, n0 = 0, kc = 0, k0 = 0;
     uint64_t a_off = a, b_off = b, c_off = c;
+    uint64_t c_mrow = c;  // c_off + m0 ldc eb: output rows by a counter (review S4)
+    const uint64_t c_row_step = (uint64_t)tile_m * (h.out8 ? ldc : ldc << 2);
     uint32_t hash_item = 0, hash_row = 0;
     uint32_t cimg = 0, cho = 0, cwo = 0, cky = 0, ckx = 0, cci = 0;
     const uint32_t nsteps = h.nblocks * h.nkc;
@@ -460,14 +462,14 @@ steps:
         st.mt = umin(tile_m, m - m0); st.nt = umin(tile_n, n - n0); st.kt = umin(tile_k, k - k0);
         st.first = kc == 0;
         st.last = kc == h.nkc - 1;
-        st.a_off = a_off; st.b_off = b_off; st.c_off = c_off;
+        st.a_off = a_off; st.b_off = b_off; st.c_row = c_mrow + (h.out8 ? n0 : n0 << 2);
         st.hash0 = hash_row + n0;
         st.cv_img = cimg; st.cv_ho = cho; st.cv_wo = cwo;
         st.cv_ky = cky; st.cv_kx = ckx; st.cv_ci = cci;
         const StepF sf = {st.m0, st.n0, st.k0, (uint16_t)st.mt, (uint16_t)st.nt, (uint16_t)st.kt, st.first,
-                          st.last, st.a_off, st.b_off, st.c_off, st.cv_img, (uint16_t)st.cv_ho, (uint16_t)st.cv_wo,
+                          st.last, st.a_off, st.b_off, st.c_row, st.cv_img, (uint16_t)st.cv_ho, (uint16_t)st.cv_wo,
                           (uint8_t)st.cv_ky, (uint8_t)st.cv_kx, st.cv_ci};
-        const StepW sw = {st.m0, st.n0, (uint16_t)st.mt, (uint16_t)st.nt, st.c_off};
+        const StepW sw = {(uint16_t)st.mt, (uint16_t)st.nt, st.c_row};
         const StepC sc = {(uint16_t)st.mt, (uint16_t)st.nt, (uint16_t)st.kt, st.first, st.hash0};
         for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
@@ -490,12 +492,14 @@ steps:
                 n0 = 0;
                 if (m0 + tile_m < m) {
                     m0 += tile_m;
+                    c_mrow += c_row_step;
                     hash_row += row_hash_step;
                     mixed_add(cimg, cho, cwo, tm_img, tm_ho, tm_wo, h.Ho, h.Wo);
                 } else {
                     m0 = 0; cimg = 0; cho = 0; cwo = 0;
                     item++;
                     a_off += stride_a; b_off += stride_b; c_off += stride_c;
+                    c_mrow = c_off;
                     hash_item += item_hash_step;
                     hash_row = hash_item;
                 }
@@ -634,8 +638,9 @@ fetch_blocks:
             }
             cnt.write(beats);  // before the old C: the array's last step does not wait for it
             if (st.last && h.accum) {
-                const uint32_t ldc_b = h.ldc * h.eb, nbc = ceil_shift(st.nt * h.eb, LGBB);
-                uint64_t base = (st.c_off + (uint64_t)(st.m0 + PORT) * ldc_b + st.n0 * h.eb) >> LGBB;
+                const uint32_t ldc_b = h.out8 ? h.ldc : h.ldc << 2;  // eb = 1 or 4: shifts, no multiplier
+                const uint32_t nbc = ceil_shift(h.out8 ? st.nt : st.nt << 2, LGBB);
+                uint64_t base = (st.c_row + (uint64_t)PORT * ldc_b) >> LGBB;  // PORT: a constant
             cold_rows:
                 for (uint32_t r = PORT; r < st.mt; r += P) {
 #pragma HLS LOOP_TRIPCOUNT min=0 max=QTA_TILE_M_MAX/P
@@ -1544,14 +1549,16 @@ store_blocks:
 template <int PORT>
 void write(qta_beat_t *wr, HdrStream &hs, hls::stream<StepW> &ss, hls::stream<SWord> &win,
            hls::stream<bool> &done) {
-#pragma HLS ALLOCATION operation instances=mul limit=1
     const Hdr h = recv_hdr(hs);
 write_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=1024
         const StepW st = ss.read();
-        const uint32_t ldc_b = h.ldc * h.eb, nbw = ceil_shift(st.nt * h.eb, LGBB);
-        uint64_t base = (st.c_off + (uint64_t)(st.m0 + PORT) * ldc_b + st.n0 * h.eb) >> LGBB;
+        // no runtime multiply (review S4): the row address is a counter of the descriptors, eb = 1
+        // or 4 is a shift, PORT a constant
+        const uint32_t ldc_b = h.out8 ? h.ldc : h.ldc << 2;
+        const uint32_t nbw = ceil_shift(h.out8 ? st.nt : st.nt << 2, LGBB);
+        uint64_t base = (st.c_row + (uint64_t)PORT * ldc_b) >> LGBB;
     write_rows:
         for (uint32_t r = PORT; r < st.mt; r += P) {
 #pragma HLS LOOP_TRIPCOUNT min=0 max=QTA_TILE_M_MAX/P

@@ -139,3 +139,41 @@ def test_kernel_reports_config_digest():
     for name in config().boards:
         board = config().board(name)
         assert csim.load(board)._lib.qta_csim_config_digest().decode() == board_digest(board)
+
+
+def _operands(body: str, at: int) -> tuple[str, str]:
+    """The operands of the binary ``*`` at ``body[at]``: a name (with member access and a cast
+    before it) or a parenthesised group on each side."""
+    j = at - 1
+    while body[j] == " ":
+        j -= 1
+    if body[j] == ")":
+        depth, k = 0, j
+        while True:
+            depth += {")": 1, "(": -1}.get(body[k], 0)
+            if depth == 0:
+                break
+            k -= 1
+        left = body[k:j + 1]
+    else:
+        left = re.search(r"[\w.]+$", body[:j + 1]).group(0)
+    right = re.match(r"\s*(\([^()]*\)|[\w.]+)", body[at + 1:]).group(1)
+    return left, right
+
+
+def test_writers_multiply_nothing_at_run_time():
+    """Review S4: the writers' row addresses are a counter of the descriptors (StepW.c_row), the
+    element size a shift and PORT a constant, so no write process binds a multiplier: every
+    product has an operand made of constants only."""
+    code = strip_comments((HLS_SRC / "qta_gemm.cpp").read_text())
+    body = re.sub(r"#pragma[^\n]*", "", functions("\n" + code)["write"][1])
+    body = re.sub(r"\((?:uint64_t|uint32_t|int)\)", "", body)  # casts
+    constant = {"P", "PORT", "SWB", "BB", "LGBB"}
+    runtime = []
+    for m in re.finditer(r"(?<=[\w)\s])\*(?=[\s(\w])", body):
+        left, right = _operands(body, m.start())
+        if not any(all(t in constant or t.isdigit() or t.startswith("QTA_") for t in re.findall(r"\w+", x))
+                   for x in (left, right)):
+            runtime.append((left, right))
+    assert runtime == [], runtime
+    assert "ALLOCATION operation instances=mul" not in functions("\n" + code)["write"][1]

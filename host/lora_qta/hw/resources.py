@@ -34,8 +34,8 @@ HDR_WORD_BITS = 32
 STEP_F_BITS = 450
 """Bits of the fetchers' ``StepF``: m0, n0, k0 3x32 + mt, nt, kt 3x16 + first, last 2 + three 64-bit
 offsets 192 + cv_img 32 + cv_ho, cv_wo 2x16 + cv_ky, cv_kx 2x8 + cv_ci 32, counted field by field."""
-STEP_W_BITS = 160
-"""Bits of the writers' ``StepW``: m0, n0 2x32 + mt, nt 2x16 + c_off 64."""
+STEP_W_BITS = 96
+"""Bits of the writers' ``StepW``: mt, nt 2x16 + c_row 64."""
 STEP_C_BITS = 81
 """Bits of ``StepC`` (load, array, store): mt, nt, kt 3x16 + first 1 + hash0 32."""
 
@@ -164,8 +164,9 @@ def resource_rows(board_name: str | None = None) -> list[dict[str, Any]]:
         "shared multiplier (ALLOCATION limit=1) plus one 32-bit divider and one remainder unit (1100 LUT, "
         "2000 FF each); array 2 per step (fold count); loader f*span in each operand's II=1 loop (2) and "
         f"the phase counts (one per operand, ALLOCATION limit=1); {b.axi_ports} fetchers one shared 64x32 "
-        f"each (conv pixel and row addresses, ALLOCATION limit=1); {b.axi_ports} writers one shared 32x32 each",
-        dsp=m32 * (1 + 2 + 2 + 2 + b.axi_ports) + m64 * b.axi_ports, lut=2 * 1100 + 200 * (7 + 2 * b.axi_ports),
+        f"each (conv pixel and row addresses, ALLOCATION limit=1); the writers none (row addresses a "
+        "counter of the descriptors, review S4)",
+        dsp=m32 * (1 + 2 + 2 + 2) + m64 * b.axi_ports, lut=2 * 1100 + 200 * (7 + b.axi_ports),
         ff=2 * 2000)
     add("fetch_write", f"{b.axi_ports} fetch + {b.axi_ports} write processes: 64-bit address adders, burst "
         "and row counters, conv tap counters (per-unit figure)",
