@@ -65,6 +65,10 @@ constexpr int SEG_MAX = QTA_TILE_K_MAX > QTA_TILE_M_MAX
 constexpr int TBEATS = SEG_MAX / BB;  // beats per row slot
 constexpr int TSLOT = TROWS * TBEATS;  // beats per ping-pong slot of a port's row buffer
 constexpr int SCALE_MAX = QTA_TILE_M_MAX > QTA_TILE_N_MAX ? QTA_TILE_M_MAX : QTA_TILE_N_MAX;
+// Modelled cost of one m_axi burst beyond its beats (review S1): the burst loop's entry/exit and
+// the first-beat latency of a read / the write response of a write. Every burst loop of the
+// kernel sits in a non-pipelined row (tap) loop, so bursts do not overlap and each pays it.
+constexpr uint32_t BURST_COST = QTA_BURST_OVERHEAD + QTA_DDR_LATENCY;
 
 static_assert(P == 4, "four m_axi bundles rd0..3 / wr0..3");
 static_assert(MS % P == 0 && MS >= 4 && (MS & (MS - 1)) == 0, "min_subarray: power of two, multiple of axi_ports");
@@ -170,11 +174,78 @@ struct Hdr {
 struct Step {
     uint32_t m0, n0, k0, mt, nt, kt;
     bool first, last;              // first / last K chunk of its block
-    uint64_t a_off, b_off, c_off;  // operand offsets of the batch item
+    uint64_t a_off, b_off;         // operand offsets of the batch item
+    uint64_t c_row;                // byte offset of the block's first output row (m0, n0) (a counter)
     uint32_t hash0;                // (item * m + m0) * n + n0, modulo 2^32
     uint32_t cv_img, cv_ho, cv_wo;  // conv: pixel of row m0
     uint32_t cv_ky, cv_kx, cv_ci;   // conv: tap and channel of k0
 };
+
+// The control FIFOs carry only what their consumers read, as narrow as the ranges allow (review
+// N3): a step's tile sizes are at most the tile limits (<= 1024), conv pixel coordinates 16 bits,
+// tap coordinates 8 bits (the registers' own field widths).
+struct StepF {  // fetchers: everything but the rounding hash
+    uint32_t m0, n0, k0;
+    uint16_t mt, nt, kt;
+    bool first, last;
+    uint64_t a_off, b_off, c_row;
+    uint32_t cv_img;
+    uint16_t cv_ho, cv_wo;
+    uint8_t cv_ky, cv_kx;
+    uint32_t cv_ci;
+};
+struct StepW {  // writers: where the block's output rows go
+    uint16_t mt, nt;
+    uint64_t c_row;
+};
+struct StepC {  // load, array, store: the tile sizes, the first chunk, the rounding hash
+    uint16_t mt, nt, kt;
+    bool first;
+    uint32_t hash0;
+};
+static_assert(QTA_TILE_M_MAX < 65536 && QTA_TILE_N_MAX < 65536 && QTA_TILE_K_MAX < 65536, "16-bit tile sizes");
+
+// The header goes to every process once per call as a sequence of 32-bit words (review N3: a
+// 32-bit FIFO each instead of a 1.5 kbit one; each process keeps the fields it reads and
+// synthesis drops the rest). HDR_WORDS cycles at the start of a call, inside call_overhead.
+// The conv row steps dimg/dho/dwo have P + 1 = 5 entries each (static_assert(P == 4) above).
+#define QTA_HDR_FIELDS(X)                                                                                     \
+    X(ok) X(nblocks) X(nkc) X(m) X(n) X(k) X(lda) X(ldb) X(ldc) X(tm) X(tn) X(tk) X(ta) X(tb) X(os) X(out8)   \
+    X(accum) X(stoch) X(conv) X(split) X(smode) X(shift) X(seed_hash) X(mult) X(eb) X(lgsr) X(lgsc) X(lglr)  \
+    X(lglc) X(H) X(W) X(Ho) X(Wo) X(cin) X(kh) X(kw) X(cstride) X(pad) X(dsh) X(dimg[0]) X(dimg[1])          \
+    X(dimg[2]) X(dimg[3]) X(dimg[4]) X(dho[0]) X(dho[1]) X(dho[2]) X(dho[3]) X(dho[4]) X(dwo[0]) X(dwo[1])    \
+    X(dwo[2]) X(dwo[3]) X(dwo[4])
+#define QTA_HDR_ONE(f) +1
+constexpr int HDR_WORDS = 2 QTA_HDR_FIELDS(QTA_HDR_ONE);  // + the two words of the 64-bit scales offset
+static_assert(HDR_WORDS < QTA_CALL_OVERHEAD, "call_overhead (hardware.toml) covers the header transfer");
+typedef hls::stream<uint32_t> HdrStream;
+
+inline void hdr_pack(const Hdr &h, uint32_t w[HDR_WORDS]) {
+#pragma HLS INLINE
+    int i = 2;
+    w[0] = (uint32_t)h.scales;
+    w[1] = (uint32_t)(h.scales >> 32);
+#define QTA_HDR_PUT(f) w[i++] = (uint32_t)h.f;
+    QTA_HDR_FIELDS(QTA_HDR_PUT);
+#undef QTA_HDR_PUT
+}
+
+Hdr recv_hdr(HdrStream &hs) {
+    uint32_t w[HDR_WORDS];
+#pragma HLS ARRAY_PARTITION variable=w type=complete
+hdr_words:
+    for (int j = 0; j < HDR_WORDS; j++) {
+#pragma HLS PIPELINE II=1
+        w[j] = hs.read();
+    }
+    Hdr h;
+    int i = 2;
+    h.scales = (uint64_t)w[0] | ((uint64_t)w[1] << 32);
+#define QTA_HDR_GET(f) h.f = (decltype(h.f))w[i++];
+    QTA_HDR_FIELDS(QTA_HDR_GET);
+#undef QTA_HDR_GET
+    return h;
+}
 
 inline uint32_t umin(uint32_t a, uint32_t b) { return a < b ? a : b; }
 inline uint32_t umax(uint32_t a, uint32_t b) { return a > b ? a : b; }
@@ -282,6 +353,9 @@ Hdr decode(uint64_t a, uint64_t b, uint64_t c, uint64_t scales, uint32_t m, uint
          ((ldc * h.eb) & bm) == 0 && (stride_a & bm) == 0 && (stride_b & bm) == 0 && (stride_c & bm) == 0;
     ok = ok && (!(h.out8 && h.smode != 0) || (scales & bm) == 0);
     ok = ok && ldb >= (h.tb ? k : n) && ldc >= n;
+    // review S11: accumulating batch items must not share C bytes (item i+1's fetchers would read
+    // old C before item i's writers, other processes, have written it)
+    ok = ok && !(batch > 1 && h.accum && (uint64_t)stride_c < ((uint64_t)(m - 1) * ldc + n) * h.eb);
     if (h.conv) {
         ok = ok && !h.ta && h.cin >= BB && (h.cin & bm) == 0 && lda >= h.cin && h.kh >= 1 && h.kw >= 1 &&
              h.cstride >= 1 && (conv_dil == 1 || conv_dil == 2) && h.H >= 1 && h.W >= 1 && h.Ho >= 1 &&
@@ -331,11 +405,10 @@ void descriptors(uint64_t a, uint64_t b, uint64_t c, uint64_t scales, uint32_t m
                  uint32_t lda, uint32_t ldb, uint32_t ldc, uint32_t tile_m, uint32_t tile_n, uint32_t tile_k,
                  uint32_t flags, int32_t mult, uint32_t shift, uint32_t seed, uint32_t batch,
                  uint32_t stride_a, uint32_t stride_b, uint32_t stride_c, uint32_t conv_in, uint32_t conv_out,
-                 uint32_t conv_cin, uint32_t conv_win, uint32_t conv_dil, hls::stream<Hdr> h_fetch[P],
-                 hls::stream<Hdr> &h_load, hls::stream<Hdr> &h_array, hls::stream<Hdr> &h_store,
-                 hls::stream<Hdr> h_write[P], hls::stream<Hdr> &h_model, hls::stream<Step> s_fetch[P],
-                 hls::stream<Step> &s_load, hls::stream<Step> &s_array, hls::stream<Step> &s_store,
-                 hls::stream<Step> s_write[P]) {
+                 uint32_t conv_cin, uint32_t conv_win, uint32_t conv_dil, HdrStream h_fetch[P],
+                 HdrStream &h_load, HdrStream &h_array, HdrStream &h_store, HdrStream h_write[P],
+                 HdrStream &h_model, hls::stream<StepF> s_fetch[P], hls::stream<StepC> &s_load,
+                 hls::stream<StepC> &s_array, hls::stream<StepC> &s_store, hls::stream<StepW> s_write[P]) {
     // Once-per-call arithmetic (decode) and the per-step counters: one multiplier, one divider and
     // one remainder unit shared by all of them (the resource count assumes it, review B6, S9).
 #pragma HLS ALLOCATION operation instances=mul limit=1
@@ -343,15 +416,22 @@ void descriptors(uint64_t a, uint64_t b, uint64_t c, uint64_t scales, uint32_t m
 #pragma HLS ALLOCATION operation instances=urem limit=1
     Hdr h = decode(a, b, c, scales, m, n, k, lda, ldb, ldc, tile_m, tile_n, tile_k, flags, mult, shift, seed,
                    batch, stride_a, stride_b, stride_c, conv_in, conv_out, conv_cin, conv_win, conv_dil);
-    for (int p = 0; p < P; p++) {
+    uint32_t hw[HDR_WORDS];
+#pragma HLS ARRAY_PARTITION variable=hw type=complete
+    hdr_pack(h, hw);
+hdr_send:
+    for (int j = 0; j < HDR_WORDS; j++) {
+#pragma HLS PIPELINE II=1
+        for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
-        h_fetch[p].write(h);
-        h_write[p].write(h);
+            h_fetch[p].write(hw[j]);
+            h_write[p].write(hw[j]);
+        }
+        h_load.write(hw[j]);
+        h_array.write(hw[j]);
+        h_store.write(hw[j]);
+        h_model.write(hw[j]);
     }
-    h_load.write(h);
-    h_array.write(h);
-    h_store.write(h);
-    h_model.write(h);
 
     // Mixed-radix steps of tile_m rows (images, output rows, columns) and tile_k inner indices
     // (tap rows, tap columns, channels); once per call.
@@ -366,6 +446,8 @@ void descriptors(uint64_t a, uint64_t b, uint64_t c, uint64_t scales, uint32_t m
 
     uint32_t item = 0, m0 = 0, n0 = 0, kc = 0, k0 = 0;
     uint64_t a_off = a, b_off = b, c_off = c;
+    uint64_t c_mrow = c;  // c_off + m0 ldc eb: output rows by a counter (review S4)
+    const uint64_t c_row_step = (uint64_t)tile_m * (h.out8 ? ldc : ldc << 2);
     uint32_t hash_item = 0, hash_row = 0;
     uint32_t cimg = 0, cho = 0, cwo = 0, cky = 0, ckx = 0, cci = 0;
     const uint32_t nsteps = h.nblocks * h.nkc;
@@ -380,18 +462,23 @@ steps:
         st.mt = umin(tile_m, m - m0); st.nt = umin(tile_n, n - n0); st.kt = umin(tile_k, k - k0);
         st.first = kc == 0;
         st.last = kc == h.nkc - 1;
-        st.a_off = a_off; st.b_off = b_off; st.c_off = c_off;
+        st.a_off = a_off; st.b_off = b_off; st.c_row = c_mrow + (h.out8 ? n0 : n0 << 2);
         st.hash0 = hash_row + n0;
         st.cv_img = cimg; st.cv_ho = cho; st.cv_wo = cwo;
         st.cv_ky = cky; st.cv_kx = ckx; st.cv_ci = cci;
+        const StepF sf = {st.m0, st.n0, st.k0, (uint16_t)st.mt, (uint16_t)st.nt, (uint16_t)st.kt, st.first,
+                          st.last, st.a_off, st.b_off, st.c_row, st.cv_img, (uint16_t)st.cv_ho, (uint16_t)st.cv_wo,
+                          (uint8_t)st.cv_ky, (uint8_t)st.cv_kx, st.cv_ci};
+        const StepW sw = {(uint16_t)st.mt, (uint16_t)st.nt, st.c_row};
+        const StepC sc = {(uint16_t)st.mt, (uint16_t)st.nt, (uint16_t)st.kt, st.first, st.hash0};
         for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
-            s_fetch[p].write(st);
-            if (st.last) s_write[p].write(st);
+            s_fetch[p].write(sf);
+            if (st.last) s_write[p].write(sw);
         }
-        s_load.write(st);
-        s_array.write(st);
-        if (st.last) s_store.write(st);
+        s_load.write(sc);
+        s_array.write(sc);
+        if (st.last) s_store.write(sc);
         // advance: K chunk, then block column, block row, batch item (counters, no division)
         if (!st.last) {
             kc++;
@@ -405,12 +492,14 @@ steps:
                 n0 = 0;
                 if (m0 + tile_m < m) {
                     m0 += tile_m;
+                    c_mrow += c_row_step;
                     hash_row += row_hash_step;
                     mixed_add(cimg, cho, cwo, tm_img, tm_ho, tm_wo, h.Ho, h.Wo);
                 } else {
                     m0 = 0; cimg = 0; cho = 0; cwo = 0;
                     item++;
                     a_off += stride_a; b_off += stride_b; c_off += stride_c;
+                    c_mrow = c_off;
                     hash_item += item_hash_step;
                     hash_row = hash_item;
                 }
@@ -423,7 +512,9 @@ steps:
 
 // Reads the stored rows row0 + r, r = PORT, PORT + P, ... < nrows, of an operand stored with
 // leading dimension ld (bytes) from offset off: ceil(seg / BB) beats from byte col0 of each row,
-// one burst per row. Returns the beats read.
+// one burst per row. Returns its modelled cycles: per row the beats, the burst loop's entry/exit
+// and the first-beat latency (review S1: the row loop is not pipelined, so a row's read request
+// is issued only after the previous row's beats arrived; BURST_COST).
 template <int PORT>
 uint32_t fetch_rows(const qta_beat_t *rd, hls::stream<Beat> &out, uint64_t off, uint32_t ld, uint32_t row0,
                     uint32_t col0, uint32_t nrows, uint32_t seg) {
@@ -442,7 +533,7 @@ rows:
             out.write(rd[base + e]);
         }
         base += stride;
-        beats += nb + QTA_BURST_OVERHEAD;
+        beats += nb + BURST_COST;
     }
     return beats;
 }
@@ -451,13 +542,13 @@ rows:
 // output pixel the k range [k0, k0 + kt) of its window, one burst per tap (cin-byte pixel
 // segments), zero beats for taps in the padding or between dilated input pixels.
 template <int PORT>
-uint32_t fetch_conv_rows(const qta_beat_t *rd, hls::stream<Beat> &out, const Hdr &h, const Step &st) {
+uint32_t fetch_conv_rows(const qta_beat_t *rd, hls::stream<Beat> &out, const Hdr &h, const StepF &st) {
 #pragma HLS INLINE
     uint32_t img = st.cv_img, ho = st.cv_ho, wo = st.cv_wo;
     mixed_add(img, ho, wo, h.dimg[PORT], h.dho[PORT], h.dwo[PORT], h.Ho, h.Wo);
     const int32_t hmax = (int32_t)((h.H - 1) << h.dsh), wmax = (int32_t)((h.W - 1) << h.dsh);
     const uint32_t dmask = (1u << h.dsh) - 1;
-    const Beat zero = 0;
+
     uint32_t beats = 0;
 conv_rows:
     for (uint32_t r = PORT; r < st.mt; r += P) {
@@ -486,10 +577,10 @@ conv_rows:
                 for (uint32_t e = 0; e < nbt; e++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=TBEATS
 #pragma HLS PIPELINE II=1
-                    out.write(zero);
+                    out.write(Beat(0u));
                 }
             }
-            beats += nbt + QTA_BURST_OVERHEAD;
+            beats += nbt + BURST_COST;  // every tap, also a padding tap (an over-estimate there)
             rem -= len;
             ci = 0;
             kx++;
@@ -503,36 +594,35 @@ conv_rows:
     return beats;
 }
 
-// Fetch process of bundle gmem<PORT>: per step the scales of a new block (port 0), the A and B
-// rows of the step, and for accumulate the old C rows of a finished block (as store words).
-template <int PORT>
-void fetch(const qta_beat_t *rd, hls::stream<Hdr> &hs, hls::stream<Step> &ss, hls::stream<Beat> &ops,
-           hls::stream<SWord> &cold, hls::stream<Beat> &scl, hls::stream<uint32_t> &cnt) {
-    // Every runtime multiply of a fetcher is in its per-row / per-tap control code (none in an
-    // II=1 loop): one shared multiplier per fetcher (the resource count assumes it, review B6).
-#pragma HLS ALLOCATION operation instances=mul limit=1
-    const Hdr h = hs.read();
+// Fetch process of bundle gmem<PORT>: per step the scales of a new block (SCALES: port 0), the A
+// and B rows of the step, and for accumulate the old C rows of a finished block (as store words).
+// Reports per step the modelled cycles of its operand bursts; the old C rows are the store's
+// (the store reports them with its writers' bursts, review S2/S12).
+template <int PORT, bool SCALES>
+void fetch_port(const qta_beat_t *rd, HdrStream &hs, hls::stream<StepF> &ss, hls::stream<Beat> &ops,
+                hls::stream<SWord> &cold, hls::stream<Beat> &scl, hls::stream<uint32_t> &cnt) {
+#pragma HLS INLINE
+    const Hdr h = recv_hdr(hs);
 fetch_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=1024
     fetch_steps:
         for (uint32_t kc = 0; kc < h.nkc; kc++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=128
-            const Step st = ss.read();
+            const StepF st = ss.read();
             uint32_t beats = 0;
-            if (st.first && h.out8 && h.smode != 0) {
-                // the block's (mult, shift) pairs: beat e of the scale vector on port e mod P
+            if (SCALES && st.first && h.out8 && h.smode != 0) {
+                // the block's (mult, shift) pairs: one contiguous burst on port 0 (review S5)
                 const uint32_t cnt_s = h.smode == 1 ? st.mt : st.nt, idx0 = h.smode == 1 ? st.m0 : st.n0;
                 const uint32_t nsb = ceil_shift(cnt_s * 8, LGBB);
-                const uint32_t mine = nsb > (uint32_t)PORT ? ((nsb - PORT + P - 1) >> LGP) : 0;
-                const uint64_t base = ((h.scales + (uint64_t)idx0 * 8) >> LGBB) + PORT;
+                const uint64_t base = (h.scales + (uint64_t)idx0 * 8) >> LGBB;
             scale_beats:
-                for (uint32_t e = 0; e < mine; e++) {
-#pragma HLS LOOP_TRIPCOUNT min=0 max=SCALE_MAX*8/BB/P
+                for (uint32_t e = 0; e < nsb; e++) {
+#pragma HLS LOOP_TRIPCOUNT min=1 max=SCALE_MAX*8/BB
 #pragma HLS PIPELINE II=1
-                    scl.write(rd[base + (uint64_t)e * P]);
+                    scl.write(rd[base + e]);
                 }
-                beats += mine + QTA_BURST_OVERHEAD;
+                beats += nsb + BURST_COST;
             }
             if (h.conv) {
                 beats += fetch_conv_rows<PORT>(rd, ops, h, st);
@@ -546,9 +636,11 @@ fetch_blocks:
             } else {
                 beats += fetch_rows<PORT>(rd, ops, st.b_off, h.ldb, st.k0, st.n0, st.kt, st.nt);
             }
+            cnt.write(beats);  // before the old C: the array's last step does not wait for it
             if (st.last && h.accum) {
-                const uint32_t ldc_b = h.ldc * h.eb, nbc = ceil_shift(st.nt * h.eb, LGBB);
-                uint64_t base = (st.c_off + (uint64_t)(st.m0 + PORT) * ldc_b + st.n0 * h.eb) >> LGBB;
+                const uint32_t ldc_b = h.out8 ? h.ldc : h.ldc << 2;  // eb = 1 or 4: shifts, no multiplier
+                const uint32_t nbc = ceil_shift(h.out8 ? st.nt : st.nt << 2, LGBB);
+                uint64_t base = (st.c_row + (uint64_t)PORT * ldc_b) >> LGBB;  // PORT: a constant
             cold_rows:
                 for (uint32_t r = PORT; r < st.mt; r += P) {
 #pragma HLS LOOP_TRIPCOUNT min=0 max=QTA_TILE_M_MAX/P
@@ -566,12 +658,29 @@ fetch_blocks:
                         if (slot == SWB - 1 || e == nbc - 1) cold.write(w);
                     }
                     base += (uint64_t)(ldc_b >> LGBB) * P;
-                    beats += nbc + QTA_BURST_OVERHEAD;
                 }
             }
-            cnt.write(beats);
         }
     }
+}
+
+// The fetch processes: port 0 also reads the scales (one stream to the store), ports 1..3 do not.
+// Every runtime multiply of a fetcher is in its per-row / per-tap control code (none in an II=1
+// loop): one shared multiplier per fetcher (the resource count assumes it, review B6).
+template <int PORT>
+void fetch(const qta_beat_t *rd, HdrStream &hs, hls::stream<StepF> &ss, hls::stream<Beat> &ops,
+           hls::stream<SWord> &cold, hls::stream<Beat> &scl, hls::stream<uint32_t> &cnt) {
+#pragma HLS ALLOCATION operation instances=mul limit=1
+    static_assert(PORT == 0, "the scales are read on port 0");
+    fetch_port<PORT, true>(rd, hs, ss, ops, cold, scl, cnt);
+}
+template <int PORT>
+void fetch(const qta_beat_t *rd, HdrStream &hs, hls::stream<StepF> &ss, hls::stream<Beat> &ops,
+           hls::stream<SWord> &cold, hls::stream<uint32_t> &cnt) {
+#pragma HLS ALLOCATION operation instances=mul limit=1
+    static_assert(PORT != 0, "port 0 reads the scales");
+    hls::stream<Beat> none;  // never written (SCALES = false)
+    fetch_port<PORT, false>(rd, hs, ss, ops, cold, none, cnt);
 }
 
 // ----------------------------------------------------------------------------------- load
@@ -590,7 +699,7 @@ struct Lay {
     uint32_t ngroups;  // natural: groups of P stored rows; transposed: groups of W stored rows
 };
 
-Lay layout_a(const Hdr &h, const Step &st) {
+Lay layout_a(const Hdr &h, const StepC &st) {
     Lay ly;
     const int s = h.split;
     const bool stored_k = h.ta && !h.conv;  // stored rows are K (A^T in memory)
@@ -614,7 +723,7 @@ Lay layout_a(const Hdr &h, const Step &st) {
     return ly;
 }
 
-Lay layout_b(const Hdr &h, const Step &st) {  // words are k-slices of C columns of op(B)
+Lay layout_b(const Hdr &h, const StepC &st) {  // words are k-slices of C columns of op(B)
     Lay ly;
     const int s = h.split;
     ly.natural = !h.tb;
@@ -851,12 +960,12 @@ load_cycles:
     return pz.total + QTA_LOAD_PIPELINE;
 }
 
-void load(hls::stream<Hdr> &hs, hls::stream<Step> &ss, hls::stream<Beat> ops[P], QTA_BLOCKS(A0Block, ) &a0s,
+void load(HdrStream &hs, hls::stream<StepC> &ss, hls::stream<Beat> ops[P], QTA_BLOCKS(A0Block, ) &a0s,
           QTA_BLOCKS(AXBlock, ) &ax0s QTA_IF_AX2(, QTA_BLOCKS(AXBlock, ) &ax1s) QTA_IF_AX4(, QTA_BLOCKS(AXBlock, ) &ax2s, QTA_BLOCKS(AXBlock, ) &ax3s),
           QTA_BLOCKS(B0Block, ) &b0s,
           QTA_BLOCKS(BXBlock, ) &bx0s QTA_IF_BX2(, QTA_BLOCKS(BXBlock, ) &bx1s) QTA_IF_BX4(, QTA_BLOCKS(BXBlock, ) &bx2s, QTA_BLOCKS(BXBlock, ) &bx3s),
           hls::stream<uint32_t> &cnt) {
-    const Hdr h = hs.read();
+    const Hdr h = recv_hdr(hs);
     // the row buffers of the beat transposer: per port two slots of TROWS rows
     // (local arrays, not blocks: partitioning them by port is supported; two copies, see load_operand)
     Beat tb0[P][2 * TSLOT], tb1[P][2 * TSLOT];
@@ -870,7 +979,7 @@ load_blocks:
     load_steps:
         for (uint32_t kc = 0; kc < h.nkc; kc++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=128
-            const Step st = ss.read();
+            const StepC st = ss.read();
             QTA_WRITE_LOCK(A0Block, a0, a0s);
             QTA_WRITE_LOCK(AXBlock, ax0, ax0s);
             QTA_IF_AX2(QTA_WRITE_LOCK(AXBlock, ax1, ax1s);)
@@ -936,6 +1045,27 @@ inline uint32_t b_dly(const ArrayCfg &ac, int b, int j) {
     return !ac.os ? 0u : (b == 0 ? ((uint32_t)j & ((1u << ac.lgsc) - 1)) : (uint32_t)j);
 }
 
+// One feeder of boundary b (compile-time after unrolling) of the A side (IS_A: L = R lanes, the
+// A banks) or the B side (L = C lanes): the bank word at addr when `fetch`, else zeros; each
+// lane skewed by its per-call delay through its history (LUTRAM, written every cycle, read at
+// the skew), zero until the delay has passed (t = cycles since the feed started). The A and B
+// feeders are this one function (they were twins).
+template <int L, int NX, int SD, typename WordT, bool IS_A>
+inline void feeder(const ArrayCfg &ac, int b, bool fetch, uint32_t addr, uint32_t t, uint32_t hp, const WordT *prim,
+                   const WordT *s0, const WordT *s1, const WordT *s2, const WordT *s3, uint8_t hist[L][L],
+                   int8_t ev[L]) {
+#pragma HLS INLINE
+    WordT w = 0;
+    if (fetch) w = b == 0 ? prim[addr] : side_read<NX>((b - 1) >> 1, ((b - 1) & 1) * SD + addr, s0, s1, s2, s3);
+    for (int i = 0; i < L; i++) {
+#pragma HLS UNROLL
+        const uint32_t d = IS_A ? a_dly(ac, b, i) : b_dly(ac, b, i);
+        const int8_t old = (int8_t)hist[i][(hp - d) & (L - 1)];
+        ev[i] = d == 0 ? lane8(w, i) : (t >= d ? old : (int8_t)0);
+        hist[i][hp & (L - 1)] = (uint8_t)lane8(w, i);
+    }
+}
+
 // One step of the PE array, OS or WS: ONE pipelined loop over ONE set of R x C PEs, each with one
 // multiply-add whose operands are per-call mode selects (review B1):
 //   product = a_in * (os ? b_in : weight),   sum = (os ? acc : (top of sub-array ? 0 : acc above)) + product
@@ -947,7 +1077,7 @@ inline uint32_t b_dly(const ArrayCfg &ac, int b, int j) {
 //   WS  fl = 2 SR + SC + mt - 2: SR weight-load cycles (weights shift down from the top of each
 //       sub-array, the A path and partial sums are zeroed), then mt + SR + SC - 2 stream cycles.
 // Every address is a counter (no runtime multiply in the loop, review S4). Returns its cycles.
-uint32_t array_step(const ArrayCfg &ac, const Step &st, const A0Block &a0, const AXBlock &ax0, const AXBlock &ax1,
+uint32_t array_step(const ArrayCfg &ac, const StepC &st, const A0Block &a0, const AXBlock &ax0, const AXBlock &ax1,
                     const AXBlock &ax2, const AXBlock &ax3, const B0Block &b0, const BXBlock &bx0,
                     const BXBlock &bx1, const BXBlock &bx2, const BXBlock &bx3, AccPBlock &accp, AccXBlock &accx) {
     const bool os = ac.os;
@@ -1043,41 +1173,15 @@ array_cycles:
 #pragma HLS UNROLL
             if (!a_act(ac, b)) continue;
             const bool gok = !os || (fo << ac.ea) + a_q(ac, b) < nga;
-            const uint32_t addr = abase + tau;
-            AWord w;
-            if (afeed && tau < alen && gok) {
-                w = b == 0 ? a0[addr]
-                           : side_read<NAX>((b - 1) >> 1, ((b - 1) & 1) * QTA_A_SIDE_DEPTH + addr, ax0, ax1, ax2, ax3);
-            } else {
-                w = 0;
-            }
-            for (int i = 0; i < R; i++) {
-#pragma HLS UNROLL
-                const uint32_t d = a_dly(ac, b, i);
-                const int8_t old = (int8_t)ha[b][i][(hp - d) & (R - 1)];
-                ea_v[b][i] = d == 0 ? lane8(w, i) : (tau >= d ? old : (int8_t)0);
-                ha[b][i][hp & (R - 1)] = (uint8_t)lane8(w, i);
-            }
+            feeder<R, NAX, QTA_A_SIDE_DEPTH, AWord, true>(ac, b, afeed && tau < alen && gok, abase + tau, tau, hp, a0,
+                                                          ax0, ax1, ax2, ax3, ha[b], ea_v[b]);
         }
         for (int b = 0; b < NBB; b++) {
 #pragma HLS UNROLL
             if (!b_act(ac, b)) continue;
             const uint32_t g = (fc << ac.eb) + b_p(ac, b);
-            const uint32_t addr = bbase + bk;
-            BWord w;
-            if (bfeed && bk < st.kt && g < ngb) {
-                w = b == 0 ? b0[addr]
-                           : side_read<NBX>((b - 1) >> 1, ((b - 1) & 1) * QTA_B_SIDE_DEPTH + addr, bx0, bx1, bx2, bx3);
-            } else {
-                w = 0;
-            }
-            for (int j = 0; j < C; j++) {
-#pragma HLS UNROLL
-                const uint32_t d = b_dly(ac, b, j);
-                const int8_t old = (int8_t)hb[b][j][(hp - d) & (C - 1)];
-                eb_v[b][j] = d == 0 ? lane8(w, j) : (c >= d ? old : (int8_t)0);
-                hb[b][j][hp & (C - 1)] = (uint8_t)lane8(w, j);
-            }
+            feeder<C, NBX, QTA_B_SIDE_DEPTH, BWord, false>(ac, b, bfeed && bk < st.kt && g < ngb, bbase + bk, c, hp,
+                                                           b0, bx0, bx1, bx2, bx3, hb[b], eb_v[b]);
         }
         if (infold) hp++;
         // ---- PEs: one multiply-add each; A from the left neighbour or a boundary feeder, B from
@@ -1181,12 +1285,12 @@ array_cycles:
     return total;
 }
 
-void array(hls::stream<Hdr> &hs, hls::stream<Step> &ss, QTA_BLOCKS(A0Block, ) &a0s,
+void array(HdrStream &hs, hls::stream<StepC> &ss, QTA_BLOCKS(A0Block, ) &a0s,
            QTA_BLOCKS(AXBlock, ) &ax0s QTA_IF_AX2(, QTA_BLOCKS(AXBlock, ) &ax1s) QTA_IF_AX4(, QTA_BLOCKS(AXBlock, ) &ax2s, QTA_BLOCKS(AXBlock, ) &ax3s),
            QTA_BLOCKS(B0Block, ) &b0s,
            QTA_BLOCKS(BXBlock, ) &bx0s QTA_IF_BX2(, QTA_BLOCKS(BXBlock, ) &bx1s) QTA_IF_BX4(, QTA_BLOCKS(BXBlock, ) &bx2s, QTA_BLOCKS(BXBlock, ) &bx3s),
            QTA_BLOCKS(AccPBlock, ) &accps, QTA_BLOCKS(AccXBlock, ) &accxs, hls::stream<uint32_t> &cnt) {
-    const Hdr h = hs.read();
+    const Hdr h = recv_hdr(hs);
     const ArrayCfg ac = array_cfg(h);
 array_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
@@ -1196,7 +1300,7 @@ array_blocks:
     array_steps:
         for (uint32_t kc = 0; kc < h.nkc; kc++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=128
-            const Step st = ss.read();
+            const StepC st = ss.read();
             QTA_READ_LOCK(A0Block, a0, a0s);
             QTA_READ_LOCK(AXBlock, ax0, ax0s);
             QTA_IF_AX2(QTA_READ_LOCK(AXBlock, ax1, ax1s);)
@@ -1234,11 +1338,11 @@ inline uint32_t cap_abs(int64_t v) {
     return a > 0x7FFFFFFFull ? 0x7FFFFFFFu : (uint32_t)a;
 }
 
-void store(hls::stream<Hdr> &hs, hls::stream<Step> &ss, QTA_BLOCKS(AccPBlock, ) &accps,
-           QTA_BLOCKS(AccXBlock, ) &accxs, hls::stream<SWord> cold[P], hls::stream<Beat> scl[P],
+void store(HdrStream &hs, hls::stream<StepC> &ss, QTA_BLOCKS(AccPBlock, ) &accps,
+           QTA_BLOCKS(AccXBlock, ) &accxs, hls::stream<SWord> cold[P], hls::stream<Beat> &scl,
            hls::stream<SWord> wout[P], hls::stream<uint32_t> &cnt, uint32_t *status, uint32_t *sat_count,
            uint32_t *amax) {
-    const Hdr h = hs.read();
+    const Hdr h = recv_hdr(hs);
     const int s = h.split;
     int32_t smul[SCALE_MAX];
     uint8_t ssh[SCALE_MAX];
@@ -1253,7 +1357,7 @@ void store(hls::stream<Hdr> &hs, hls::stream<Step> &ss, QTA_BLOCKS(AccPBlock, ) 
 store_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=1024
-        const Step st = ss.read();
+        const StepC st = ss.read();
         QTA_READ_LOCK(AccPBlock, accp, accps);
         QTA_READ_LOCK(AccXBlock, accx, accxs);
         uint32_t iters = 0;
@@ -1264,7 +1368,7 @@ store_blocks:
             for (uint32_t e = 0; e < nsb; e++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=SCALE_MAX*8/BB
 #pragma HLS PIPELINE II=1
-                const Beat bt = scl[e & (P - 1)].read();
+                const Beat bt = scl.read();
                 for (int q = 0; q < BB / 8; q++) {
 #pragma HLS UNROLL
                     const uint32_t idx = e * (BB / 8) + q;
@@ -1428,7 +1532,12 @@ store_blocks:
             }
         }
         iters += nrp * ncg + QTA_STORE_PIPELINE;
-        cnt.write(iters);
+        // S of the block (review S1, S2, S12): the epilogue and its last write response, or the
+        // busiest writer's row bursts (port 0: ceil(mt / P) rows), which are also the old-C row
+        // bursts the fetchers feed the epilogue in accumulate mode (the same rows and beats).
+        // The store reports them so that no writer or fetcher waits on the model process.
+        const uint32_t wrows = ceil_shift(st.mt, LGP), nbw = ceil_shift(st.nt * h.eb, LGBB);
+        cnt.write(umax(iters + QTA_DDR_LATENCY, wrows * (nbw + BURST_COST)));
     }
     *status = (h.ok ? 0u : (1u << QTA_STATUS_BAD_ARGS)) | (nsat != 0 ? (1u << QTA_STATUS_SATURATED) : 0u);
     *sat_count = nsat > 0xFFFFFFFFull ? 0xFFFFFFFFu : (uint32_t)nsat;
@@ -1438,17 +1547,18 @@ store_blocks:
 // ---------------------------------------------------------------------------------- write
 
 template <int PORT>
-void write(qta_beat_t *wr, hls::stream<Hdr> &hs, hls::stream<Step> &ss, hls::stream<SWord> &win,
-           hls::stream<uint32_t> &cnt, hls::stream<bool> &done) {
-#pragma HLS ALLOCATION operation instances=mul limit=1
-    const Hdr h = hs.read();
+void write(qta_beat_t *wr, HdrStream &hs, hls::stream<StepW> &ss, hls::stream<SWord> &win,
+           hls::stream<bool> &done) {
+    const Hdr h = recv_hdr(hs);
 write_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=1024
-        const Step st = ss.read();
-        const uint32_t ldc_b = h.ldc * h.eb, nbw = ceil_shift(st.nt * h.eb, LGBB);
-        uint64_t base = (st.c_off + (uint64_t)(st.m0 + PORT) * ldc_b + st.n0 * h.eb) >> LGBB;
-        uint32_t beats = 0;
+        const StepW st = ss.read();
+        // no runtime multiply (review S4): the row address is a counter of the descriptors, eb = 1
+        // or 4 is a shift, PORT a constant
+        const uint32_t ldc_b = h.out8 ? h.ldc : h.ldc << 2;
+        const uint32_t nbw = ceil_shift(h.out8 ? st.nt : st.nt << 2, LGBB);
+        uint64_t base = (st.c_row + (uint64_t)PORT * ldc_b) >> LGBB;
     write_rows:
         for (uint32_t r = PORT; r < st.mt; r += P) {
 #pragma HLS LOOP_TRIPCOUNT min=0 max=QTA_TILE_M_MAX/P
@@ -1467,53 +1577,70 @@ write_blocks:
                 wr[base + e] = x;
             }
             base += (uint64_t)(ldc_b >> LGBB) * P;
-            beats += nbw + QTA_BURST_OVERHEAD;
         }
-        cnt.write(beats);
     }
     done.write(true);
 }
 
 // ------------------------------------------------------------------------- model, counter
 
-// cycles_model: the overlap recurrence of hls/README.md ("Cycle model") over the trip counts the
+// cycles_model: the overlap recurrence of hls/README.md ("Cycle model") over the costs the
 // processes report, plus the fixed latencies of hardware.toml [schedule].
-void model(hls::stream<Hdr> &hs, hls::stream<uint32_t> fcnt[P], hls::stream<uint32_t> &lcnt,
-           hls::stream<uint32_t> &pcnt, hls::stream<uint32_t> &scnt, hls::stream<uint32_t> wcnt[P],
-           uint64_t *cycles_model) {
-    const Hdr h = hs.read();
-    uint64_t lend = 0, pend1 = 0, pend2 = 0, send1 = 0, send2 = 0;
+// It never back-pressures a producer (review S12): before the steps of block b it waits only for
+// the store's count of block b-2, which the store writes before it frees the accumulator slot
+// that array(b) needs, and (accumulate) of block b-1, which the fetchers' old-C rows of b-1 hold
+// up anyway (review S2); every step count it reads was written before the array could go on.
+void model(HdrStream &hs, hls::stream<uint32_t> fcnt[P], hls::stream<uint32_t> &lcnt,
+           hls::stream<uint32_t> &pcnt, hls::stream<uint32_t> &scnt, uint64_t *cycles_model) {
+    const Hdr h = recv_hdr(hs);
+    uint64_t lend = 0, pend1 = 0, pend2 = 0;
+    uint64_t send = 0;          // Send of the newest block whose store count was read
+    uint64_t q0 = 0, q1 = 0;    // Pend of the last step of the blocks not read yet, oldest first
+    uint32_t nq = 0;
+    const uint32_t keep = h.accum ? 0 : 1;  // blocks left unread before a block's steps
 model_blocks:
-    for (uint32_t blk = 0; blk < h.nblocks; blk++) {
-#pragma HLS LOOP_TRIPCOUNT min=1 max=1024
+    for (uint32_t blk = 0; blk <= h.nblocks; blk++) {
+#pragma HLS LOOP_TRIPCOUNT min=2 max=1025
+#pragma HLS PIPELINE off
+        // Send[b] = max(Pend of b's last step, Send[b-1]) + S[b], read in block order
+        const uint32_t left = blk == h.nblocks ? 0u : keep;
+        for (int r = 0; r < 2; r++) {
+            if (nq > left) {
+                const uint64_t S = scnt.read();
+                send = (q0 > send ? q0 : send) + S;
+                q0 = q1;
+                nq--;
+            }
+        }
+        if (blk == h.nblocks) break;
+        // now send = Send[b-2] (Send[b-1] in accumulate mode; 0 before the first blocks)
     model_steps:
         for (uint32_t kc = 0; kc < h.nkc; kc++) {
 #pragma HLS LOOP_TRIPCOUNT min=1 max=128
 #pragma HLS PIPELINE off
-            uint32_t lf = lcnt.read();
+            uint64_t L = (uint64_t)lcnt.read() + QTA_DDR_LATENCY;
             for (int p = 0; p < P; p++) {
 #pragma HLS UNROLL
-                lf = umax(lf, fcnt[p].read());
+                const uint64_t f = fcnt[p].read();
+                L = L > f ? L : f;
             }
-            const uint64_t L = (uint64_t)lf + QTA_DDR_LATENCY;
             const uint64_t Pc = pcnt.read();
-            lend = (lend > pend2 ? lend : pend2) + L;  // slot of step t-2 free
+            uint64_t ls = lend > pend2 ? lend : pend2;  // slot of step t-2 free
+            if (kc == 0 && h.accum && send > ls) ls = send;  // fetch waits behind the old C of b-1
+            lend = ls + L;
             uint64_t start = lend > pend1 ? lend : pend1;
-            if (kc == 0 && send2 > start) start = send2;  // accumulator slot of block b-2 free
+            if (kc == 0 && send > start) start = send;  // accumulator slot of block b-2 free
             pend2 = pend1;
             pend1 = start + Pc;
         }
-        uint32_t sw = scnt.read();
-        for (int p = 0; p < P; p++) {
-#pragma HLS UNROLL
-            sw = umax(sw, wcnt[p].read());
+        if (nq == 0) {
+            q0 = pend1;
+        } else {
+            q1 = pend1;
         }
-        const uint64_t S = (uint64_t)sw + QTA_DDR_LATENCY;
-        const uint64_t send = (pend1 > send1 ? pend1 : send1) + S;
-        send2 = send1;
-        send1 = send;
+        nq++;
     }
-    *cycles_model = QTA_CALL_OVERHEAD + send1;
+    *cycles_model = QTA_CALL_OVERHEAD + send;
 }
 
 // cycles_measured: clock cycles from the start of the region until every writer reported done.
@@ -1547,15 +1674,19 @@ count:
 void qta_gemm(QTA_TOP_PARAMS) {
     QTA_INTERFACE_PRAGMAS
 #pragma HLS DATAFLOW
-    hls::stream<Hdr> h_fetch[P], h_write[P], h_load, h_array, h_store, h_model;
-    hls::stream<Step> s_fetch[P], s_write[P], s_load, s_array, s_store;
-    hls::stream<Beat> ops[P], scl[P];
+    HdrStream h_fetch[P], h_write[P], h_load, h_array, h_store, h_model;
+    hls::stream<StepF> s_fetch[P];
+    hls::stream<StepW> s_write[P];
+    hls::stream<StepC> s_load, s_array, s_store;
+    hls::stream<Beat> ops[P], scl;
     hls::stream<SWord> cold[P], wout[P];
-    hls::stream<uint32_t> fcnt[P], wcnt[P], lcnt, pcnt, scnt;
+    hls::stream<uint32_t> fcnt[P], lcnt, pcnt, scnt;
     hls::stream<bool> done[P];
 #pragma HLS STREAM variable=s_fetch depth=4
 #pragma HLS STREAM variable=s_load depth=4
 #pragma HLS STREAM variable=s_array depth=4
+#pragma HLS STREAM variable=s_store depth=4
+#pragma HLS STREAM variable=s_write depth=4
 #pragma HLS STREAM variable=ops depth=64
 #pragma HLS STREAM variable=cold depth=64
 #pragma HLS STREAM variable=scl depth=128
@@ -1590,19 +1721,19 @@ void qta_gemm(QTA_TOP_PARAMS) {
     descriptors(a, b, c, scales, m, n, k, lda, ldb, ldc, tile_m, tile_n, tile_k, flags, mult, shift, seed, batch,
                 stride_a, stride_b, stride_c, conv_in, conv_out, conv_cin, conv_win, conv_dil, h_fetch, h_load,
                 h_array, h_store, h_write, h_model, s_fetch, s_load, s_array, s_store, s_write);
-    fetch<0>(rd0, h_fetch[0], s_fetch[0], ops[0], cold[0], scl[0], fcnt[0]);
-    fetch<1>(rd1, h_fetch[1], s_fetch[1], ops[1], cold[1], scl[1], fcnt[1]);
-    fetch<2>(rd2, h_fetch[2], s_fetch[2], ops[2], cold[2], scl[2], fcnt[2]);
-    fetch<3>(rd3, h_fetch[3], s_fetch[3], ops[3], cold[3], scl[3], fcnt[3]);
+    fetch<0>(rd0, h_fetch[0], s_fetch[0], ops[0], cold[0], scl, fcnt[0]);
+    fetch<1>(rd1, h_fetch[1], s_fetch[1], ops[1], cold[1], fcnt[1]);
+    fetch<2>(rd2, h_fetch[2], s_fetch[2], ops[2], cold[2], fcnt[2]);
+    fetch<3>(rd3, h_fetch[3], s_fetch[3], ops[3], cold[3], fcnt[3]);
     load(h_load, s_load, ops, a0s, ax0s QTA_IF_AX2(, ax1s) QTA_IF_AX4(, ax2s, ax3s), b0s,
          bx0s QTA_IF_BX2(, bx1s) QTA_IF_BX4(, bx2s, bx3s), lcnt);
     array(h_array, s_array, a0s, ax0s QTA_IF_AX2(, ax1s) QTA_IF_AX4(, ax2s, ax3s), b0s,
           bx0s QTA_IF_BX2(, bx1s) QTA_IF_BX4(, bx2s, bx3s), accps, accxs, pcnt);
     store(h_store, s_store, accps, accxs, cold, scl, wout, scnt, status, sat_count, amax);
-    write<0>(wr0, h_write[0], s_write[0], wout[0], wcnt[0], done[0]);
-    write<1>(wr1, h_write[1], s_write[1], wout[1], wcnt[1], done[1]);
-    write<2>(wr2, h_write[2], s_write[2], wout[2], wcnt[2], done[2]);
-    write<3>(wr3, h_write[3], s_write[3], wout[3], wcnt[3], done[3]);
-    model(h_model, fcnt, lcnt, pcnt, scnt, wcnt, cycles_model);
+    write<0>(wr0, h_write[0], s_write[0], wout[0], done[0]);
+    write<1>(wr1, h_write[1], s_write[1], wout[1], done[1]);
+    write<2>(wr2, h_write[2], s_write[2], wout[2], done[2]);
+    write<3>(wr3, h_write[3], s_write[3], wout[3], done[3]);
+    model(h_model, fcnt, lcnt, pcnt, scnt, cycles_model);
     counter(done, cycles_measured);
 }

@@ -69,15 +69,20 @@ def test_partitioned_modes_help_narrow_ranks():
     layers = shapes.lora_layers("sd15")
     for r in (4, 8):
         tot_auto = tot_adaptive = 0
+        splits = set()
         for g in shapes.lora_gemms(layers, r):
             ev = dataflow.evaluate(ZCU, g.key)
             tot_auto += ev["auto"].cycles
             tot_adaptive += ev["adaptive"].cycles
+            splits.add(ev["auto"].split)
         assert tot_auto < tot_adaptive
-    narrow = dataflow.evaluate(ZCU, (4096, 320, 4, False, True, True))        # H = X.A^T, N = r
+        assert splits - {0}, "auto never chose a partitioned mode"
+    # H = X.A^T, N = r: the sub-arrays cut its array time, although with the per-burst latency
+    # (review S1) its fetch side decides and auto keeps the whole array for it
+    narrow = dataflow.evaluate(ZCU, (4096, 320, 4, False, True, True))
     part = plan(ZCU, lora_call((4096, 320, 4, False, True, True)), dataflow="partitioned").report
     assert part.array_cycles < narrow["adaptive"].pe_cycles / 1.5
-    assert narrow["auto"].split != 0
+    assert narrow["auto"].cycles <= narrow["adaptive"].cycles
 
 
 def test_cycle_model_equals_csim_on_scaled_lora_shapes():

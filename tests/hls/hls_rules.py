@@ -77,7 +77,9 @@ def _block(code: str, open_at: int) -> int:
 
 
 def functions(code: str) -> dict[str, tuple[str, str]]:
-    """Function name -> (parameter list, body) for every function definition."""
+    """Function name -> (parameter list, body) for every function definition (``#define`` lines,
+    with their continuations, are macros, not definitions: blanked first)."""
+    code = re.sub(r"#[ \t]*define(?:[^\n]*\\\n)*[^\n]*", lambda m: " " * len(m.group(0)), code)
     out = {}
     for fn in re.finditer(r"(?:^|\n)[\w:<>,\s\*&]*?\b(\w+)\s*\(([^;{]*?)\)\s*(?:const\s*)?\{", code):
         name = fn.group(1)
@@ -185,6 +187,20 @@ def check_dataflow(code: str, funcs: dict[str, tuple[str, str]]) -> list[str]:
     return found
 
 
+def check_stream_index(code: str, funcs: dict[str, tuple[str, str]]) -> list[str]:
+    """Review N6: an array of streams accessed with a run-time index (``s[i].read()`` with ``i``
+    not a constant or an unrolled loop's variable) becomes a switch over every stream of the
+    array, each with an access site per iteration: the II cost review B4 found in the store."""
+    consts = _constants(code)
+    found = []
+    for name, (params, body) in funcs.items():
+        known = _local_constants(body, consts | _unrolled_vars(body))
+        for m in re.finditer(r"(?<![\w.])(\w+)\s*\[([^\]]*)\]\s*\.\s*(read|write|read_nb|write_nb)\s*\(", body):
+            if not _compile_time(m.group(2), known):
+                found.append(f"stream index: {m.group(1)}[{m.group(2)}].{m.group(3)} in {name} is indexed at run time")
+    return found
+
+
 def check_static(funcs: dict[str, tuple[str, str]]) -> list[str]:
     return [f"static: static variable in {name}: {m.group(0).strip()!r}"
             for name, (_, body) in funcs.items() for m in re.finditer(r"\bstatic\b[^;]*;", body)]
@@ -285,6 +301,7 @@ def violations(src: str) -> list[str]:
     found += check_static(funcs)
     found += check_division(code, funcs)
     found += check_pe_index(code, funcs)
+    found += check_stream_index(code, funcs)
     found += check_m_axi(code, funcs)
     found += check_blocks(code)
     return found

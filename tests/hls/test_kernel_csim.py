@@ -103,6 +103,8 @@ VIOLATIONS = [
     ("void load_x(int n, int d, int *x) {\n  for (int i = 0; i < n; i++) {\n#pragma HLS LOOP_TRIPCOUNT max=4\n"
      "    x[i] = i / d;\n  }\n}", "runtime / by 'd'"),
     ("void fetch_x(int n, int w) {\n  int r = n % w;\n}", "runtime % by 'w'"),
+    ("void store_x(int n, hls::stream<int> s[4]) {\n  for (int e = 0; e < n; e++) {\n#pragma HLS LOOP_TRIPCOUNT max=4\n"
+     "    s[e & 3].write(e);\n  }\n}", "stream index: s[e & 3].write"),
     ("void array_step(int s) {\n  int pacc[4][4];\n#pragma HLS ARRAY_PARTITION variable=pacc type=complete dim=0\n"
      "  for (int i = 0; i < 4; i++) {\n#pragma HLS UNROLL\n    pacc[i][s] = 0;\n  }\n}", "pe index"),
     ("void array_step(int b) {\n  int pout[4][4];\n#pragma HLS ARRAY_PARTITION variable=pout type=complete dim=1\n"
@@ -125,7 +127,9 @@ def test_rules_accept_compile_time_pe_indices_and_constant_divisions():
     ok = ("constexpr int MS = 4, PG = 2;\nvoid array_step(int s, AccW accp[8][2][64]) {\n  int pacc[4][4];\n"
           "#pragma HLS ARRAY_PARTITION variable=pacc type=complete dim=0\n  for (int i = 0; i < 4; i++) {\n"
           "#pragma HLS UNROLL\n    const int j = (i + 1) * MS - 1;\n    pacc[i][j % 4] = s;\n"
-          "    accp[i / PG][i % PG][s] = pacc[i][0];\n  }\n}")
+          "    accp[i / PG][i % PG][s] = pacc[i][0];\n  }\n}\n"
+          "void fetch_x(hls::stream<int> s[4]) {\n  for (int p = 0; p < 4; p++) {\n#pragma HLS UNROLL\n"
+          "    const int q = p + MS;\n    s[q - MS].write(p);\n  }\n}")
     assert violations(ok) == []
 
 
@@ -135,3 +139,41 @@ def test_kernel_reports_config_digest():
     for name in config().boards:
         board = config().board(name)
         assert csim.load(board)._lib.qta_csim_config_digest().decode() == board_digest(board)
+
+
+def _operands(body: str, at: int) -> tuple[str, str]:
+    """The operands of the binary ``*`` at ``body[at]``: a name (with member access and a cast
+    before it) or a parenthesised group on each side."""
+    j = at - 1
+    while body[j] == " ":
+        j -= 1
+    if body[j] == ")":
+        depth, k = 0, j
+        while True:
+            depth += {")": 1, "(": -1}.get(body[k], 0)
+            if depth == 0:
+                break
+            k -= 1
+        left = body[k:j + 1]
+    else:
+        left = re.search(r"[\w.]+$", body[:j + 1]).group(0)
+    right = re.match(r"\s*(\([^()]*\)|[\w.]+)", body[at + 1:]).group(1)
+    return left, right
+
+
+def test_writers_multiply_nothing_at_run_time():
+    """Review S4: the writers' row addresses are a counter of the descriptors (StepW.c_row), the
+    element size a shift and PORT a constant, so no write process binds a multiplier: every
+    product has an operand made of constants only."""
+    code = strip_comments((HLS_SRC / "qta_gemm.cpp").read_text())
+    body = re.sub(r"#pragma[^\n]*", "", functions("\n" + code)["write"][1])
+    body = re.sub(r"\((?:uint64_t|uint32_t|int)\)", "", body)  # casts
+    constant = {"P", "PORT", "SWB", "BB", "LGBB"}
+    runtime = []
+    for m in re.finditer(r"(?<=[\w)\s])\*(?=[\s(\w])", body):
+        left, right = _operands(body, m.start())
+        if not any(all(t in constant or t.isdigit() or t.startswith("QTA_") for t in re.findall(r"\w+", x))
+                   for x in (left, right)):
+            runtime.append((left, right))
+    assert runtime == [], runtime
+    assert "ALLOCATION operation instances=mul" not in functions("\n" + code)["write"][1]

@@ -223,6 +223,9 @@ BAD = {
     "split": lambda b, c: replace(c, split=max(b.splits) + 1),
     "shift": lambda b, c: replace(c, shift=63, out_int8=True),
     "stride": lambda b, c: replace(c, stride_c=c.stride_c + 4, batch=2),
+    # review S11: accumulating batch items whose C overlap (here by one beat-aligned row short)
+    "overlap": lambda b, c: replace(c, accumulate=True, batch=2,
+                                    stride_c=max(0, (c.m - 1) * c.ldc * c.out_bytes // b.axi_bytes * b.axi_bytes)),
     "capacity": lambda b, c: replace(c, m=b.tile_m_max, n=b.tile_n_max, k=b.tile_k_max, tile_m=b.tile_m_max,
                                      tile_n=b.tile_n_max, tile_k=b.tile_k_max, dataflow="os", split=min(b.splits),
                                      lda=b.tile_k_max, ldb=b.tile_n_max, ldc=b.tile_n_max, trans_a=False,

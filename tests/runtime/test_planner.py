@@ -11,12 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lora_qta.errors import LimitError, PlanError
-from lora_qta.hw.call import GemmCall
+from lora_qta.errors import KernelArgumentError, LimitError, PlanError
+from lora_qta.hw.call import ConvGeometry, GemmCall
 from lora_qta.hw.config import board_digest, config
 from lora_qta.lora.gemms import layer_gemms, lora_call
+from lora_qta.runtime.accelerator import check_alignment
 from lora_qta.runtime.image import MemoryImage
-from lora_qta.runtime.planner import exhaustive_plan, model_cycles, plan
+from lora_qta.runtime.planner import exhaustive_plan, kernel_accepts, model_cycles, plan
 
 ZCU = config().board("zcu104")
 OPTIMA = json.loads((Path(__file__).parents[1] / "data" / "planner_optima.json").read_text())
@@ -55,13 +56,7 @@ def test_auto_is_never_worse_than_a_forced_dataflow(m, k, n):
         assert auto <= plan(ZCU, call, dataflow=df).report.cycles
 
 
-ZCU104_32X16 = ("open (review B6 follow-up): with ZCU104's 32x16 array the search misses one shape, "
-                "[4, 77, 768, A^T] at 1.049x its optimum (the optimum's tile_n = 320 lets the whole K fit the "
-                "stacked side banks; the short grid's 512 does not); every other shape is within 1%")
-
-
-@pytest.mark.parametrize("board", [pytest.param(b, marks=pytest.mark.xfail(strict=True, reason=ZCU104_32X16))
-                                   if b == "zcu104" else b for b in sorted(config().boards)])
+@pytest.mark.parametrize("board", sorted(config().boards))
 def test_search_is_within_two_percent_of_the_exhaustive_optimum_on_every_sd_lora_shape(board):
     """Every LoRA GEMM of SD 1.5 and SDXL at ranks 4..64 (analysis/shapes.py), against the
     exhaustive optima of scripts/planner_optima.py (regenerate them after changing the model)."""
@@ -99,15 +94,18 @@ def test_token_streaming_dataflows_win_as_in_the_literature():
 
 @pytest.mark.parametrize("rank", [4, 8, 16])
 def test_partitioning_beats_the_whole_array_for_narrow_ranks(rank):
-    """With rank < array width the unpartitioned PE array idles; sub-arrays fill it."""
+    """With rank < array width the unpartitioned PE array idles; sub-arrays fill it. The planner
+    picks tiles for the total (since every burst pays the memory latency, review S1, the fetch side
+    often decides, and then a partitioned mode need not be faster in total), so the array gains
+    less than the ideal width / rank, but clearly."""
     for m, k, n, ta, tb in [(4096, 320, rank, False, True), (1280, 4096, rank, True, False),
                             (rank, 4096, 1280, True, False)]:
         if (n == rank and rank >= ZCU.array_cols) or (m == rank and rank >= ZCU.array_rows):
             continue   # the rank fills that side of the array (ZCU104 is 32x16): nothing idles
         call = lora_call((m, k, n, ta, tb, True))
-        whole = min(plan(ZCU, call, dataflow=df, split=0).report.array_cycles for df in ("ws", "os"))
-        part = plan(ZCU, call, dataflow="partitioned").report.array_cycles
-        assert part < whole / 1.5, (m, k, n, part, whole)
+        whole = [plan(ZCU, call, dataflow=df, split=0).report for df in ("ws", "os")]
+        part = plan(ZCU, call, dataflow="partitioned").report
+        assert part.array_cycles < min(r.array_cycles for r in whole) / 1.3, (m, k, n, part, whole)
 
 
 def test_errors():
@@ -128,3 +126,58 @@ def test_model_is_linear_in_uniform_steps():
     assert steady > 0 and model_cycles(ZCU, replace(base, m=1536)).cycles - two == steady
     batched = model_cycles(ZCU, replace(base, batch=3, stride_a=512 * 256, stride_c=512 * 64 * 4)).cycles
     assert batched - model_cycles(ZCU, replace(base, batch=2, stride_a=512 * 256, stride_c=512 * 64 * 4)).cycles > 0
+
+
+def _csim_model(board, call):
+    out = MemoryImage.build(board, call, np.random.default_rng(0)).run_csim(board)
+    assert out["status"] & 2 == 0, call
+    return out["cycles_model"]
+
+
+def test_every_burst_pays_the_memory_latency():
+    """Review S1: the kernel's burst loops sit in non-pipelined row (tap) loops, so every burst
+    waits for its first beat or its write response. A 3x3 conv with one-beat channel segments
+    and a narrow INT8 output are latency-bound: the model charges ddr_latency per tap and per
+    written row (the kernel's count and the planner's agree on both)."""
+    s = config().schedule
+    per_burst = s.burst_overhead + s.ddr_latency
+    beat = ZCU.axi_bytes
+    geo = ConvGeometry(h=8, w=8, ho=8, wo=8, cin=beat)
+    conv = GemmCall(m=64, n=32, k=geo.k, lda=beat, ldb=32, ldc=32, tile_m=64, tile_n=32, tile_k=geo.k, conv=geo)
+    rep = model_cycles(ZCU, conv)
+    assert rep.load_cycles >= (64 // ZCU.axi_ports) * 9 * (1 + per_burst)  # port 0: 16 rows x 9 taps
+    assert _csim_model(ZCU, conv) == rep.cycles
+    narrow = GemmCall(m=256, n=64, k=16, lda=16, ldb=64, ldc=64, tile_m=256, tile_n=64, tile_k=16, out_int8=True)
+    rep = model_cycles(ZCU, narrow)
+    assert rep.store_cycles >= (256 // ZCU.axi_ports) * (64 // beat + per_burst)  # port 0: 64 rows of 4 beats
+    assert _csim_model(ZCU, narrow) == rep.cycles
+
+
+def test_accumulate_serialises_the_next_blocks_fetch_behind_the_store():
+    """Review S2: in accumulate mode the fetchers read a block's old C behind its operands, so the
+    next block's fetch starts when the store has taken it: single-step blocks then run load,
+    array and store one after another, which the model (kernel and planner alike) charges."""
+    s = config().schedule
+    base = GemmCall(m=128, n=64, k=64, lda=64, ldb=64, ldc=64, tile_m=32, tile_n=64, tile_k=64)
+    acc = replace(base, accumulate=True)
+    one = replace(base, m=32)
+    rep = model_cycles(ZCU, acc)
+    # one block alone is load, array and store in series; four accumulating blocks are four times that
+    single = model_cycles(ZCU, replace(one, accumulate=True)).cycles - s.call_overhead
+    assert rep.cycles - s.call_overhead == 4 * single
+    assert model_cycles(ZCU, base).cycles < rep.cycles  # without accumulate the blocks overlap
+    assert _csim_model(ZCU, acc) == rep.cycles
+
+
+def test_batch_accumulate_into_overlapping_c_is_refused():
+    """Review S11: the kernel rejects (bad_args) and the host refuses, naming the overlap."""
+    call = GemmCall(m=32, n=32, k=32, lda=32, ldb=32, ldc=32, tile_m=32, tile_n=32, tile_k=32, accumulate=True,
+                    batch=2, stride_a=32 * 32, stride_b=0, stride_c=31 * 32 * 4)
+    assert call.c_items_overlap and not kernel_accepts(ZCU, call)
+    assert not replace(call, stride_c=32 * 32 * 4).c_items_overlap
+    assert not replace(call, accumulate=False).c_items_overlap
+    with pytest.raises(KernelArgumentError, match="overlapping C"):
+        check_alignment(ZCU, call, {"a": 0, "b": 0, "c": 0})
+    out = MemoryImage.build(ZCU, replace(call, stride_c=32 * 32 * 4), np.random.default_rng(1))
+    img = MemoryImage(call, out.mem, out.offsets)
+    assert img.run_csim(ZCU)["status"] == 1 << config().status["bad_args"]

@@ -203,6 +203,14 @@ class GemmCall:
         """Rows and used columns of B as it lies in memory."""
         return (self.n, self.k) if self.trans_b else (self.k, self.n)
 
+    @property
+    def c_items_overlap(self) -> bool:
+        """Whether the batch items of an accumulating call share bytes of C (stride_c shorter than
+        one item's ``((m - 1) * ldc + n)`` elements). The kernel rejects such a call: item i+1's
+        fetchers could read old C before item i's writers, other processes, wrote it."""
+        return (self.accumulate and self.batch > 1
+                and self.stride_c < ((self.m - 1) * self.ldc + self.n) * self.out_bytes)
+
     def extents(self, beat: int) -> dict[str, int]:
         """Bytes each operand spans from its offset, in whole beats as the kernel reads and writes
         them (``c`` includes the beat padding of its rows), over every batch item."""

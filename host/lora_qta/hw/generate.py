@@ -40,9 +40,11 @@ def _pragmas() -> list[str]:
     """The INTERFACE pragmas of the top function: an m_axi port per pointer, every argument on
     the s_axilite control bundle at its pinned offset, and the control protocol."""
     cfg = config()
+    # latency: the schedule's DDR latency, so that the scheduled burst loops assume what the
+    # cycle model charges per burst (review N7)
     out = [f"HLS INTERFACE mode=m_axi port={a.name} bundle={a.bundle} offset=slave depth={a.depth} "
-           f"max_read_burst_length=64 max_write_burst_length=64 num_read_outstanding=8 "
-           f"num_write_outstanding=8" for a in cfg.args if a.kind == "pointer"]
+           f"latency={cfg.schedule.ddr_latency} max_read_burst_length=64 max_write_burst_length=64 "
+           f"num_read_outstanding=8 num_write_outstanding=8" for a in cfg.args if a.kind == "pointer"]
     out += [f"HLS INTERFACE mode=s_axilite port={a.name} offset=0x{a.offset:02X} bundle=control"
             for a in cfg.args]
     out.append("HLS INTERFACE mode=s_axilite port=return bundle=control")

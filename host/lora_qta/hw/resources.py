@@ -28,11 +28,16 @@ from .config import config
 
 YOSYS_JSON = Path(__file__).with_name("pe_array_yosys.json")
 FAMILY = {"zynq_us": "xcup", "zynq7": "xc7"}   # hardware.toml family -> synth_xilinx family
-HDR_BITS = 1544
-"""Bits of the kernel's ``Hdr`` (qta_gemm.cpp): 1 + 2x32 + 64 + 9x32 + 7 + 32 + 3x32 + 32 + 32 + 4x32 +
-10x32 + 3 x (P+1) x 32 with P = 4, counted field by field."""
-STEP_BITS = 610
-"""Bits of the kernel's ``Step``: 6x32 + 2 + 3x64 + 32 + 6x32, counted field by field."""
+HDR_WORD_BITS = 32
+"""Width of a header FIFO: the kernel sends each process the call's header as 32-bit words
+(qta_gemm.cpp ``HdrStream``, review N3)."""
+STEP_F_BITS = 450
+"""Bits of the fetchers' ``StepF``: m0, n0, k0 3x32 + mt, nt, kt 3x16 + first, last 2 + three 64-bit
+offsets 192 + cv_img 32 + cv_ho, cv_wo 2x16 + cv_ky, cv_kx 2x8 + cv_ci 32, counted field by field."""
+STEP_W_BITS = 96
+"""Bits of the writers' ``StepW``: mt, nt 2x16 + c_row 64."""
+STEP_C_BITS = 81
+"""Bits of ``StepC`` (load, array, store): mt, nt, kt 3x16 + first 1 + hash0 32."""
 
 @lru_cache(maxsize=1)
 def _sweep() -> dict:
@@ -159,21 +164,25 @@ def resource_rows(board_name: str | None = None) -> list[dict[str, Any]]:
         "shared multiplier (ALLOCATION limit=1) plus one 32-bit divider and one remainder unit (1100 LUT, "
         "2000 FF each); array 2 per step (fold count); loader f*span in each operand's II=1 loop (2) and "
         f"the phase counts (one per operand, ALLOCATION limit=1); {b.axi_ports} fetchers one shared 64x32 "
-        f"each (conv pixel and row addresses, ALLOCATION limit=1); {b.axi_ports} writers one shared 32x32 each",
-        dsp=m32 * (1 + 2 + 2 + 2 + b.axi_ports) + m64 * b.axi_ports, lut=2 * 1100 + 200 * (7 + 2 * b.axi_ports),
+        f"each (conv pixel and row addresses, ALLOCATION limit=1); the writers none (row addresses a "
+        "counter of the descriptors, review S4)",
+        dsp=m32 * (1 + 2 + 2 + 2) + m64 * b.axi_ports, lut=2 * 1100 + 200 * (7 + b.axi_ports),
         ff=2 * 2000)
     add("fetch_write", f"{b.axi_ports} fetch + {b.axi_ports} write processes: 64-bit address adders, burst "
         "and row counters, conv tap counters (per-unit figure)",
         lut=800 * 2 * b.axi_ports, ff=900 * 2 * b.axi_ports)
-    hdr_fifos, step_fifos = 2 * b.axi_ports + 4, 2 * b.axi_ports + 3
-    ctl_bits = hdr_fifos * HDR_BITS + step_fifos * STEP_BITS
-    fifo_bits = b.axi_ports * 64 * (8 * bb + 2 * 8 * 4 * sub) + b.axi_ports * 128 * 8 * bb
-    add("fifos", f"ops (64 beats), cold and wout (64 store words of {32 * sub} bit), scl (128 beats) per port "
-        f"in BRAM: {fifo_bits} bit; {hdr_fifos} Hdr FIFOs ({HDR_BITS} bit) and {step_fifos} Step FIFOs "
-        f"({STEP_BITS} bit), depth 2-4, in SRL at 1 LUT per bit before Vivado trims unread fields; "
-        "count FIFOs (depth 64) in SRL",
-        bram36=b.axi_ports * (2 * math.ceil(8 * 4 * sub / 72) + 2 * math.ceil(8 * bb / 72)),
-        lut=ctl_bits + (2 * b.axi_ports + 3) * 32 * 2, ff=ctl_bits // 4)
+    hdr_fifos = 2 * b.axi_ports + 4
+    step_bits = b.axi_ports * (STEP_F_BITS + STEP_W_BITS) + 3 * STEP_C_BITS
+    ctl_bits = hdr_fifos * HDR_WORD_BITS + step_bits
+    cnt_fifos = b.axi_ports + 3
+    fifo_bits = b.axi_ports * 64 * (8 * bb + 2 * 8 * 4 * sub) + 128 * 8 * bb
+    add("fifos", f"ops (64 beats), cold and wout (64 store words of {32 * sub} bit) per port, one scl (128 "
+        f"beats, port 0) in BRAM: {fifo_bits} bit; {hdr_fifos} header FIFOs of {HDR_WORD_BITS} bit (the header "
+        f"as words) and the step FIFOs narrowed per consumer ({b.axi_ports} x StepF {STEP_F_BITS} bit, "
+        f"{b.axi_ports} x StepW {STEP_W_BITS} bit, 3 x StepC {STEP_C_BITS} bit): {ctl_bits} bit, depth 2-4, in "
+        f"SRL at 1 LUT per bit; {cnt_fifos} count FIFOs (32 bit, depth 64) in SRL at 2 LUT per bit",
+        bram36=b.axi_ports * (2 * math.ceil(8 * 4 * sub / 72) + math.ceil(8 * bb / 72)) + math.ceil(8 * bb / 72),
+        lut=ctl_bits + cnt_fifos * 32 * 2, ff=ctl_bits // 4)
     add("axi_control", f"{b.axi_ports} m_axi adapters (read + write channels, 64-beat bursts, 2 BRAM36 of "
         "burst buffer per channel), s_axilite with the register map, model/counter processes (per-unit figure)",
         lut=3500 * b.axi_ports + 3000, ff=4000 * b.axi_ports + 3000, bram36=4 * b.axi_ports)

@@ -222,7 +222,8 @@ def _ceil_to(x: int, step: int) -> int:
 def check_alignment(board: BoardConfig, call: GemmCall, offsets: dict[str, int]) -> None:
     """Raise :class:`KernelArgumentError` naming what breaks kernel v2's alignment rules: every
     operand offset and leading dimension (in bytes) and batch stride a multiple of the AXI beat,
-    every tile a multiple of the beat or the whole dimension."""
+    every tile a multiple of the beat or the whole dimension, and no two batch items of an
+    accumulating call sharing bytes of C."""
     beat = board.axi_bytes
     problems = []
     for name in ("a", "b", "c") + (("scales",) if call.scaled else ()):
@@ -233,6 +234,10 @@ def check_alignment(board: BoardConfig, call: GemmCall, offsets: dict[str, int])
                         ("stride_a", call.stride_a), ("stride_b", call.stride_b), ("stride_c", call.stride_c)):
         if value % beat:
             problems.append(f"{name} = {value} bytes is not a multiple of the {beat}-byte beat (pad it)")
+    if call.c_items_overlap:
+        problems.append(f"the {call.batch} batch items accumulate into overlapping C (stride_c = {call.stride_c} "
+                        f"bytes, one item spans {((call.m - 1) * call.ldc + call.n) * call.out_bytes}): "
+                        "give every item its own C or make separate calls")
     for name, t, d in (("tile_m", call.tile_m, call.m), ("tile_n", call.tile_n, call.n), ("tile_k", call.tile_k, call.k)):
         if t % beat and t < d:
             problems.append(f"{name} = {t} is neither a multiple of the {beat}-byte beat nor the whole dimension {d}")

@@ -10,16 +10,21 @@ planner's predictions are the kernel's modelled counts (a model, also on a board
 Per step t (block x K chunk) and block b, in the kernel's order (batch item, block row, block
 column, K chunk)::
 
-    L[t] = max(load[t], max_p fetch_p[t]) + ddr_latency
+    L[t] = max(load[t] + ddr_latency, max_p fetch_p[t])
     P[t] = array[t]
-    S[b] = max(store[b], max_p write_p[b]) + ddr_latency
-    Lend[t] = max(Lend[t-1], Pend[t-2]) + L[t]
+    S[b] = max(store[b] + ddr_latency, write[b])
+    Lend[t] = max(Lend[t-1], Pend[t-2], Send[b-1] if accumulate and t is b's first step) + L[t]
     Pend[t] = max(Lend[t], Pend[t-1], Send[b-2] if t is b's first step) + P[t]
     Send[b] = max(Pend[b's last step], Send[b-1]) + S[b]
     cycles = call_overhead + Send[last block]
 
 with ``fetch``, ``load``, ``array``, ``store``, ``write`` the per-process counts of
-:func:`step_costs` and :func:`block_costs`. :func:`model_cycles` evaluates the recurrence exactly;
+:func:`step_costs` and :func:`block_costs`. Every m_axi burst (a row, a conv tap, the scale
+vector) costs its beats plus ``burst_overhead + ddr_latency``: the kernel's burst loops sit in
+non-pipelined row loops, so each burst waits for its first beat (reads) or its write response
+(writes) before the next is issued (review S1). ``write`` is the busiest writer's row bursts,
+which are also the old-C row bursts of accumulate mode; in accumulate mode the fetchers read a
+block's old C behind its operands, so the next block's first fetch waits for the store (S2). :func:`model_cycles` evaluates the recurrence exactly;
 because blocks repeat, it skips ahead once the schedule relative to the last block's end repeats
 (the recurrence is invariant under a common shift, so a repeated relative state repeats its
 increment exactly).
@@ -133,16 +138,15 @@ def step_costs(board: BoardConfig, call: GemmCall, mt, nt, kt, k0, first, last):
     r, c, ports, beat = board.array_rows, board.array_cols, board.axi_ports, board.axi_bytes
     lr, lc, sr, sc = array_shape(board, call.split)
     sp = call.split
-    eb = call.out_bytes
-    bo = s.burst_overhead
+    bo = s.burst_overhead + s.ddr_latency  # per burst beyond its beats
     mt, nt, kt, k0 = (np.asarray(x, dtype=np.int64) for x in (mt, nt, kt, k0))
     first, last = np.asarray(first), np.asarray(last)
     # the fetchers, ports along a leading axis: port p carries the stored rows r = p (mod ports)
     p = np.arange(ports).reshape((ports,) + (1,) * np.broadcast(mt, nt, kt).ndim)
     f = np.zeros((ports,) + np.broadcast(mt, nt, kt).shape, dtype=np.int64)
-    if call.scaled:
+    if call.scaled:  # one contiguous burst on port 0
         cnt = mt if call.scale_mode == "row" else nt
-        f = f + np.where(first, _rows_p(_ceil(8 * cnt, beat), p, ports) + bo, 0)
+        f = f + np.where(first & (p == 0), _ceil(8 * cnt, beat) + bo, 0)
     if call.conv is not None:
         cin = call.conv.cin
         pieces = _ceil(k0 % cin + kt, cin)
@@ -152,8 +156,6 @@ def step_costs(board: BoardConfig, call: GemmCall, mt, nt, kt, k0, first, last):
         f = f + _rows_p(nr, p, ports) * (_ceil(seg, beat) + bo)
     nr, seg = (nt, kt) if call.trans_b else (kt, nt)
     f = f + _rows_p(nr, p, ports) * (_ceil(seg, beat) + bo)
-    if call.accumulate:
-        f = f + np.where(last, _rows_p(mt, p, ports) * (_ceil(nt * eb, beat) + bo), 0)
     fetch = f.max(axis=0)
     stored_k = call.trans_a and call.conv is None
     nra, sega = (kt, mt) if stored_k else (mt, kt)
@@ -164,22 +166,22 @@ def step_costs(board: BoardConfig, call: GemmCall, mt, nt, kt, k0, first, last):
     load_a = load_phases(board, nat_a, nra, sega, wa) + s.load_pipeline
     nrb, segb = (nt, kt) if call.trans_b else (kt, nt)
     load_b = load_phases(board, not call.trans_b, nrb, segb, c if sp <= 0 else sc) + s.load_pipeline
-    lcost = np.maximum(load_a + load_b, fetch) + s.ddr_latency
+    lcost = np.maximum(load_a + load_b + s.ddr_latency, fetch)
     pcost = array_step_cycles(call.dataflow, lr, lc, sr, sc, mt, nt, kt)
     return lcost, pcost + s.array_pipeline
 
 
 def block_costs(board: BoardConfig, call: GemmCall, mt, nt):
-    """S of blocks of ``mt`` x ``nt`` outputs: the epilogue's loop or the busiest writer."""
+    """S of blocks of ``mt`` x ``nt`` outputs: the epilogue's loop and its last write response, or
+    the busiest writer's row bursts (port 0), which in accumulate mode are also the old-C reads."""
     s = config().schedule
     ports, beat = board.axi_ports, board.axi_bytes
     mt, nt = np.asarray(mt, dtype=np.int64), np.asarray(nt, dtype=np.int64)
     store = _ceil(mt, board.epilogue_rows) * _ceil(nt, s.min_subarray) + s.store_pipeline
     if call.scaled:
         store = store + _ceil(8 * (mt if call.scale_mode == "row" else nt), beat) + s.burst_overhead
-    p = np.arange(ports).reshape((ports,) + (1,) * np.broadcast(mt, nt).ndim)
-    write = (_rows_p(mt, p, ports) * (_ceil(nt * call.out_bytes, beat) + s.burst_overhead)).max(axis=0)
-    return np.maximum(store, write) + s.ddr_latency
+    write = _ceil(mt, ports) * (_ceil(nt * call.out_bytes, beat) + s.burst_overhead + s.ddr_latency)
+    return np.maximum(store + s.ddr_latency, write)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -301,7 +303,7 @@ class _Schedule:
         n, i, prev = self.nkc, 0, None
         while i < n:
             lc, pc = ls[i], ps[i]
-            lend = max(lend, p2) + lc
+            lend = max(lend, p2, s1 if i == 0 and self.call.accumulate else 0) + lc
             start = max(lend, p1)
             if i == 0:
                 start = max(start, s2)
@@ -452,7 +454,7 @@ def _accepts(board: BoardConfig, call: GemmCall) -> bool:
           and c.scale_mode in SCALE_MODES and 0 <= c.shift <= 62
           and c.lda % beat == 0 and c.ldb % beat == 0 and (c.ldc * c.out_bytes) % beat == 0
           and c.stride_a % beat == 0 and c.stride_b % beat == 0 and c.stride_c % beat == 0
-          and c.ldb >= (c.k if c.trans_b else c.n) and c.ldc >= c.n)
+          and c.ldb >= (c.k if c.trans_b else c.n) and c.ldc >= c.n and not c.c_items_overlap)
     if c.conv is not None:
         g = c.conv
         ok = ok and (not c.trans_a and g.cin >= beat and g.cin % beat == 0 and c.lda >= g.cin and g.kh >= 1
