@@ -18,17 +18,32 @@ the frozen base model's GEMMs run INT8 on the accelerator (board or emulation):
   ``dK = dS^T.Q`` backward, each one :meth:`Accelerator.batched_gemm` over (batch x heads).
   Softmax and its backward (``dS = P * (dP - rowsum(dP * P))``) stay fp32 on the host.
 
-Quantization (all symmetric INT8, |q| <= 127):
+Quantization (all symmetric INT8, |q| <= 127), in one of two schemes (:data:`SCHEMES`,
+``--offload-scheme``):
 
-* **weights** are quantized ONCE at :func:`install`, per output channel for the forward and per
+* **row** (the default): every host-quantized operand gets *current* scales along the one
+  legal axis of its GEMM -- constant along the summed dimension, one per row of op(A) or
+  column of op(B): per token for a Linear's X and dY, per image for a convolution's X and dY
+  (every tap an output pixel reads comes from its own image), and for attention per token /
+  per row or column of P and dS / per channel as :class:`_AttnRowFn` tabulates (an operand two
+  GEMMs sum over different dimensions is quantized twice). The weights' per-channel scales are
+  the other axis, so the output takes two scales: it is written INT32 and dequantized on the
+  host (``acc x row scale x column scale``). No history, no saturation, no recompute: the scale
+  comes from the tensor itself (an amax reduction and a quantization on the host, counted in
+  ``host_quant_*``). Why: the samples of a batch sit at different diffusion timesteps, so their
+  activations and gradients differ by orders of magnitude; one per-tensor scale leaves the
+  small ones a few levels (measured: README, "Whole-step INT8 offload").
+* **tensor**: delayed per-tensor scales and INT8 outputs, as follows.
+
+* **weights** (both schemes) are quantized ONCE at :func:`install`, per output channel for the forward and per
   input channel for the input gradient (a scale must be constant along the summed dimension,
   and the input gradient sums over the output channels) -- two resident INT8 copies per layer.
   The runtime's :class:`Accelerator` copies every operand into its reusable per-role device
   buffers on each call (there is no API for a resident operand at a fixed offset yet), so the
   INT8 weights are resident in host memory and re-uploaded per call; on a board that is a
   memcpy into CMA memory per call, which this module does not hide.
-* **host-quantized operands** (the activations X entering a Linear/Conv, the gradients dY, Q,
-  K, V, the probabilities P, dO and dS): per-tensor scales with *delayed scaling* -- every site
+* **host-quantized operands** (``tensor`` scheme; the activations X entering a Linear/Conv,
+  the gradients dY, Q, K, V, the probabilities P, dO and dS): per-tensor scales with *delayed scaling* -- every site
   (a tensor role of one layer, e.g. ``down_blocks.0.resnets.0.conv1.x``) keeps an amax history
   of :data:`HISTORY` entries (as NVIDIA Transformer Engine does for FP8) and quantizes with
   ``max(history) / 127``. This is a HOST pass (the ARM's work: one streaming pass whose scale is
@@ -38,7 +53,7 @@ Quantization (all symmetric INT8, |q| <= 127):
   fresh scale from its own amax (counted in ``host_recomputes``); saturations at or below the
   threshold are counted in ``host_saturated``. A site's first use (empty history) takes the
   fresh scale.
-* **GEMM outputs**: the epilogue writes INT8 with per-column (Linear/Conv: per output channel
+* **GEMM outputs** (``tensor`` scheme): the epilogue writes INT8 with per-column (Linear/Conv: per output channel
   of the weight scale) or per-tensor (attention O, dV, dQ, dK) fixed-point scales that fold the
   operand scales and the output site's delayed scale ``max(history) / 127``. The kernel's
   reported amax (max |value| before saturation, in output units) updates the history -- no
