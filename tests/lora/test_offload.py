@@ -388,3 +388,24 @@ def test_row_scheme_attention_is_the_same_on_csim_as_on_the_fast_engine(backend)
         o.backward(do)
         outs.append((o.detach(), qr.grad, kr.grad, vr.grad))
     assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_the_ablation_knobs_choose_families_and_keep_directions_fp32(acc):
+    """``install(families=...)`` wraps only those families; ``host_fp32`` keeps a family's
+    forward or input gradient fp32 on the host (no accelerator call, no quantization)."""
+    torch.manual_seed(12)
+    net = TwoConvs().requires_grad_(False)
+    off = offload.install(net, acc, families=("linear",))
+    assert off.wrapped == {"linear": 0, "conv": 0, "conv_fallback": 0, "attention": 0}
+    offload.uninstall(net, off)
+    lin, x, g = linear_case(seed=12)
+    for key in ("linear.fwd", "linear.bwd"):
+        off = Offload(acc, host_fp32=frozenset({key}))
+        y, dx = run_linear(Int8Linear(off, "l", lin), x, g)
+        xr = x.clone().requires_grad_(True)
+        yf = lin(xr)
+        yf.backward(g)
+        exact, int8 = (y, dx) if key == "linear.fwd" else (dx, y)
+        assert torch.allclose(exact, (yf if key == "linear.fwd" else xr.grad).detach(), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(int8, (xr.grad if key == "linear.fwd" else yf).detach(), rtol=1e-5, atol=1e-6)
+        assert off.stats["linear"].calls == 1 and off.stats["linear"].host_quant_elements in (x.numel(), g.numel())
