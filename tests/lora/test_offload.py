@@ -74,7 +74,7 @@ def run_linear(layer, x, g):
 
 def test_linear_forward_and_input_gradient_equal_the_reference(acc):
     lin, x, g = linear_case()
-    off = Offload(acc)
+    off = Offload(acc, scheme="tensor")
     layer = Int8Linear(off, "l", lin)
     run_linear(layer, x, g)                       # first call: calibration (INT32 outputs)
     assert off.stats["linear"].calibration_calls == 2
@@ -116,7 +116,7 @@ def test_conv_forward_and_input_gradient_equal_the_reference(acc, cin, cout, ker
     x = torch.randn(2, cin, h, w)
     ho, wo = conv(x).shape[2:]
     g = torch.randn(2, cout, ho, wo)
-    off = Offload(acc)
+    off = Offload(acc, scheme="tensor")
     layer = Int8Conv2d(off, "c", conv)
     run_linear(layer, x, g)
     sc = widen_histories(off)
@@ -149,7 +149,7 @@ def test_attention_forward_and_backward_equal_the_reference(acc):
     bh, lq, lk, d, scale = 3, 5, 6, 8, 8 ** -0.5
     q, k, v = (torch.randn(bh, n, d) for n in (lq, lk, lk))
     do = torch.randn(bh, lq, d)
-    off = Offload(acc)
+    off = Offload(acc, scheme="tensor")
 
     def run():
         qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
@@ -186,7 +186,7 @@ def test_attention_forward_and_backward_equal_the_reference(acc):
 
 def test_a_saturating_output_is_recomputed_with_a_fresh_scale_and_counted(acc):
     lin, x, g = linear_case(seed=3)
-    off = Offload(acc)
+    off = Offload(acc, scheme="tensor")
     layer = Int8Linear(off, "l", lin)
     for _ in range(3):                            # histories learn the range of x
         layer(x)
@@ -204,7 +204,7 @@ def test_a_saturating_output_is_recomputed_with_a_fresh_scale_and_counted(acc):
 
 def test_a_kernel_saturation_triggers_the_recompute_not_only_the_host_check(acc):
     lin, x, _ = linear_case(seed=4)
-    off = Offload(acc)
+    off = Offload(acc, scheme="tensor")
     layer = Int8Linear(off, "l", lin)
     layer(x)
     off.site("l.y").values = deque([1e-3], maxlen=16)      # a stale, far too small output scale
@@ -248,7 +248,7 @@ def test_a_tiny_linear_is_the_same_on_csim_as_on_the_fast_engine(backend):
     lin, x, g = linear_case(seed=6, m=4, k=16, n=8)
     outs = []
     for engine in ("fast", backend):
-        off = Offload(Accelerator("zcu104", engine))
+        off = Offload(Accelerator("zcu104", engine), scheme="tensor")
         layer = Int8Linear(off, "l", lin)
         run_linear(layer, x, g)
         widen_histories(off)
@@ -267,9 +267,10 @@ class LinearAndConv(torch.nn.Module):
         return self.lin(self.odd(self.conv(x)).permute(0, 2, 3, 1))
 
 
-def test_frozen_weights_are_resident_for_the_run_and_give_the_per_call_results():
+@pytest.mark.parametrize("scheme", offload.SCHEMES)
+def test_frozen_weights_are_resident_for_the_run_and_give_the_per_call_results(scheme):
     """install places the INT8 weights in device memory once (uninstall frees them); the results
-    are those of the per-call upload path, call for call."""
+    are those of the per-call upload path, call for call, in either quantization scheme."""
     torch.manual_seed(8)
     x, g = torch.randn(2, 16, 5, 5), torch.randn(2, 5, 5, 24)
     outs, accs = [], []
@@ -278,7 +279,7 @@ def test_frozen_weights_are_resident_for_the_run_and_give_the_per_call_results()
         torch.manual_seed(8)
         net.load_state_dict(LinearAndConv().state_dict())
         acc = Accelerator("zcu104", "fast")
-        off = offload.install(net, acc)
+        off = offload.install(net, acc, scheme=scheme)
         if resident:
             # conv: w_fwd (cin 16) and w_bwd (cout 32); odd: w_fwd (cin 32), its w_bwd (cout 5) per call;
             # lin: both copies
@@ -289,7 +290,7 @@ def test_frozen_weights_are_resident_for_the_run_and_give_the_per_call_results()
             offload.free_weights(off)
             assert acc.resident_bytes == 0
         run = []
-        for _ in range(3):                      # calibration, then INT8 outputs with delayed scales
+        for _ in range(3):                      # tensor: calibration, then INT8 outputs with delayed scales
             xr = x.clone().requires_grad_(True)
             y = net(xr)
             y.backward(g)
@@ -300,3 +301,158 @@ def test_frozen_weights_are_resident_for_the_run_and_give_the_per_call_results()
         assert acc.resident_bytes == 0
     assert accs[0] == accs[1] and all(torch.equal(a, b) for a, b in zip(*outs))
     assert all(h.freed for h in handles)
+
+
+# -- the ``row`` scheme (the default): current per-row scales, INT32 outputs ------------------
+def ref_rows(x, dims):
+    """Current scaling along ``dims`` (the summed dimensions): (integer tensor, scales)."""
+    x = x.detach().float()
+    s = x.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / QMAX
+    return (x / s).round().clamp(-QMAX, QMAX).to(torch.int64), s
+
+
+def test_the_row_scheme_is_the_default_and_an_unknown_scheme_is_refused(acc):
+    assert Offload(acc).scheme == "row" == offload.SCHEMES[0]
+    with pytest.raises(offload.LimitError, match="scheme must be one of row, tensor"):
+        Offload(acc, scheme="block")
+
+
+def test_row_scheme_linear_equals_the_reference(acc):
+    lin, x, g = linear_case(seed=7)
+    off = Offload(acc)
+    layer = Int8Linear(off, "l", lin)
+    y, dx = run_linear(layer, x, g)
+    st = off.stats["linear"]
+    assert st.calls == 2 and st.calibration_calls == 0 and st.recomputes == 0 and not off.sites
+    assert st.host_quant_elements == x.numel() + g.numel()
+    xq, sx = ref_rows(x.reshape(-1, 24), (1,))              # per token
+    wq, sw = ref_weight(lin.weight, 0)                        # per output channel
+    y_ref = ((xq @ wq.T).float() * sx * torch.from_numpy(sw).float()).reshape(2, 3, 20) + lin.bias
+    assert torch.equal(y, y_ref)
+    gq, sg = ref_rows(g.reshape(-1, 20), (1,))
+    wqb, swb = ref_weight(lin.weight, 1)                      # per input channel
+    assert torch.equal(dx, ((gq @ wqb).float() * sg * torch.from_numpy(swb).float()).reshape(2, 3, 24))
+
+
+@pytest.mark.parametrize("cin,cout,kernel,stride,pad,h,w", CONVS)
+def test_row_scheme_conv_equals_the_reference(acc, cin, cout, kernel, stride, pad, h, w):
+    torch.manual_seed(8)
+    conv = torch.nn.Conv2d(cin, cout, kernel, stride=stride, padding=pad).requires_grad_(False)
+    x = torch.randn(2, cin, h, w) * torch.tensor([1.0, 100.0]).view(2, 1, 1, 1)   # images 100x apart
+    ho, wo = conv(x).shape[2:]
+    g = torch.randn(2, cout, ho, wo)
+    off = Offload(acc)
+    y, dx = run_linear(Int8Conv2d(off, "c", conv), x, g)
+    assert off.stats["conv"].calls == 2 and not off.sites
+    xq, sx = ref_rows(x.permute(0, 2, 3, 1), (1, 2, 3))      # per image
+    wq, sw = ref_weight(conv.weight.reshape(cout, -1), 0)
+    acc_y = F.conv2d(xq.permute(0, 3, 1, 2).double(), wq.reshape(conv.weight.shape).double(), stride=stride,
+                     padding=pad)
+    acc_y = acc_y.round().to(torch.int64).permute(0, 2, 3, 1)
+    y_ref = (acc_y.float() * sx * torch.from_numpy(sw).float()).permute(0, 3, 1, 2) + conv.bias.view(1, -1, 1, 1)
+    assert torch.equal(y, y_ref)
+    gq, sg = ref_rows(g.permute(0, 2, 3, 1), (1, 2, 3))
+    wqb, swb = ref_weight(conv.weight.transpose(0, 1).reshape(cin, -1), 0)
+    wqb = wqb.reshape(cin, cout, kernel, kernel).transpose(0, 1)
+    acc_dx = torch.nn.grad.conv2d_input(x.shape, wqb.double(), gq.permute(0, 3, 1, 2).double(), stride=stride,
+                                        padding=pad)
+    acc_dx = acc_dx.round().to(torch.int64).permute(0, 2, 3, 1)
+    assert torch.equal(dx, (acc_dx.float() * sg * torch.from_numpy(swb).float()).permute(0, 3, 1, 2))
+    # the small image keeps its own scale: close to fp32 on its own, not crushed by the large one
+    yf = conv(x)
+    assert cos(y[0], yf[0]) >= 0.99 and cos(y[1], yf[1]) >= 0.99
+
+
+def test_row_scheme_attention_equals_the_reference(acc):
+    torch.manual_seed(9)
+    bh, lq, lk, d, scale = 3, 5, 6, 8, 8 ** -0.5
+    q, k, v = (torch.randn(bh, n, d) for n in (lq, lk, lk))
+    do = torch.randn(bh, lq, d)
+    off = Offload(acc)
+    qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+    o = attention_int8(qr, kr, vr, scale, off, "a")
+    o.backward(do)
+    st = off.stats["attention"]
+    assert st.calls == 6 and not off.sites
+    # forward quantizes Q, K, P, V once each; backward dO, V, P, dO, dS, K, dS, Q once each
+    assert st.host_quant_elements == 2 * (q.numel() + k.numel() + v.numel() + do.numel()) + 2 * 2 * bh * lq * lk
+
+    def i32(a, b, sa, sb):
+        return (a @ b).float() * sa * sb
+
+    qq, sq = ref_rows(q, (2,))
+    kq, sk = ref_rows(k, (2,))
+    p = (i32(qq, kq.transpose(1, 2), sq, sk.transpose(1, 2)) * scale).softmax(dim=-1)
+    pq, sp = ref_rows(p, (2,))
+    vq, sv = ref_rows(v, (1,))
+    assert torch.equal(o, i32(pq, vq, sp, sv))
+    dor, s_dor = ref_rows(do, (2,))
+    vr_, s_vr = ref_rows(v, (2,))
+    dp = i32(dor, vr_.transpose(1, 2), s_dor, s_vr.transpose(1, 2))
+    pc, s_pc = ref_rows(p, (1,))
+    doc, s_doc = ref_rows(do, (1,))
+    assert torch.equal(vr.grad, i32(pc.transpose(1, 2), doc, s_pc.transpose(1, 2), s_doc))
+    ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True)) * scale
+    dsr, s_dsr = ref_rows(ds, (2,))
+    kc, s_kc = ref_rows(k, (1,))
+    assert torch.equal(qr.grad, i32(dsr, kc, s_dsr, s_kc))
+    dsc, s_dsc = ref_rows(ds, (1,))
+    qc, s_qc = ref_rows(q, (1,))
+    assert torch.equal(kr.grad, i32(dsc.transpose(1, 2), qc, s_dsc.transpose(1, 2), s_qc))
+    qf, kf, vf = (t.clone().requires_grad_(True) for t in (q, k, v))
+    of = ((qf @ kf.transpose(1, 2)) * scale).softmax(-1) @ vf
+    of.backward(do)
+    assert cos(o, of) >= 0.99
+    assert cos(qr.grad, qf.grad) >= 0.99 and cos(kr.grad, kf.grad) >= 0.99 and cos(vr.grad, vf.grad) >= 0.99
+
+
+def test_row_scales_keep_small_tokens_that_a_tensor_scale_crushes(acc):
+    """Why the row scheme: tokens whose magnitudes differ by 1000x (samples at different
+    diffusion timesteps) -- per-token scales keep every token accurate, one per-tensor scale
+    leaves the small tokens a few quantization levels."""
+    lin, x, g = linear_case(seed=10, m=8)
+    x = x * torch.tensor([1.0, 1000.0]).view(2, 1, 1)
+    errs = {}
+    for scheme in offload.SCHEMES:
+        off = Offload(acc, scheme=scheme)
+        layer = Int8Linear(off, "l", lin)
+        for _ in range(2):                                   # the tensor scheme: past its calibration
+            y = layer(x)
+        errs[scheme] = ((y[0] - lin(x)[0]).norm() / lin(x)[0].norm()).item()
+    assert errs["row"] < 0.02 and errs["tensor"] > 5 * errs["row"]
+
+
+@pytest.mark.parametrize("backend", ["csim"])
+def test_row_scheme_attention_is_the_same_on_csim_as_on_the_fast_engine(backend):
+    torch.manual_seed(11)
+    q, k, v = (torch.randn(2, 4, 8) for _ in range(3))
+    do = torch.randn(2, 4, 8)
+    outs = []
+    for engine in ("fast", backend):
+        off = Offload(Accelerator("zcu104", engine))
+        qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+        o = attention_int8(qr, kr, vr, 8 ** -0.5, off, "a")
+        o.backward(do)
+        outs.append((o.detach(), qr.grad, kr.grad, vr.grad))
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_the_ablation_knobs_choose_families_and_keep_directions_fp32(acc):
+    """``install(families=...)`` wraps only those families; ``host_fp32`` keeps a family's
+    forward or input gradient fp32 on the host (no accelerator call, no quantization)."""
+    torch.manual_seed(12)
+    net = TwoConvs().requires_grad_(False)
+    off = offload.install(net, acc, families=("linear",))
+    assert off.wrapped == {"linear": 0, "conv": 0, "conv_fallback": 0, "attention": 0}
+    offload.uninstall(net, off)
+    lin, x, g = linear_case(seed=12)
+    for key in ("linear.fwd", "linear.bwd"):
+        off = Offload(acc, host_fp32=frozenset({key}))
+        y, dx = run_linear(Int8Linear(off, "l", lin), x, g)
+        xr = x.clone().requires_grad_(True)
+        yf = lin(xr)
+        yf.backward(g)
+        exact, int8 = (y, dx) if key == "linear.fwd" else (dx, y)
+        assert torch.allclose(exact, (yf if key == "linear.fwd" else xr.grad).detach(), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(int8, (xr.grad if key == "linear.fwd" else yf).detach(), rtol=1e-5, atol=1e-6)
+        assert off.stats["linear"].calls == 1 and off.stats["linear"].host_quant_elements in (x.numel(), g.numel())

@@ -36,6 +36,7 @@ def test_finetune_offload_all_on_the_digits_default_reports_the_four_families(tm
     assert rep["config"]["offload"] == "all" and np.isfinite(rep["final_loss"])
     off = rep["offload"]
     check_families(off)
+    assert off["scheme"] == "row" and off["sites"] == 0  # the default: current per-row scales, no histories
     # the digits UNet's convolutions are all supported: nothing fell back to fp32
     assert off["fallback_calls"] == 0 and off["wrapped_layers"]["conv_fallback"] == 0
     # the LoRA family is the LoRA runtime's six GEMMs
@@ -47,19 +48,24 @@ def test_finetune_offload_all_on_the_digits_default_reports_the_four_families(tm
 TIMES = ("wall_s", "host_quant_s")
 
 
-def test_resumed_offload_all_run_equals_the_uninterrupted_one(tmp_path):
-    """The amax histories (delayed scales), recompute counters and per-family figures are in the
-    checkpoint: an --offload all run interrupted after step 2 and resumed ends with the same
-    adapter bytes, loss and counted figures as the run that never stopped (digits default)."""
-    common = dict(precision="int8", offload="all", steps=4, checkpoint_every=2, batch_size=2, num_examples=2,
-                  prior_per_class=1, eval_every=2, samples=False)
+@pytest.mark.parametrize("scheme", ["row", "tensor"])
+def test_resumed_offload_all_run_equals_the_uninterrupted_one(tmp_path, scheme):
+    """The amax histories (delayed scales of the tensor scheme), recompute counters and
+    per-family figures are in the checkpoint: an --offload all run interrupted after step 2 and
+    resumed ends with the same adapter bytes, loss and counted figures as the run that never
+    stopped (digits default)."""
+    common = dict(precision="int8", offload="all", offload_scheme=scheme, steps=4, checkpoint_every=2,
+                  batch_size=2, num_examples=2, prior_per_class=1, eval_every=2, samples=False)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     a = finetune(FinetuneConfig(output_dir=str(straight), **common))
     assert finetune(FinetuneConfig(output_dir=str(resumed), **common), stop_after=2) == {"interrupted": True,
                                                                                           "step": 2}
     state = json.loads((resumed / "checkpoints" / "step_000002" / "state.json").read_text())
     sites = state["history"]["offload"]["sites"]
-    assert sites and all(len(v) == 2 for v in sites.values())  # two steps of amax per site, saved
+    if scheme == "tensor":
+        assert sites and all(len(v) == 2 for v in sites.values())  # two steps of amax per site, saved
+    else:
+        assert not sites  # current scaling: no history
     b = finetune(FinetuneConfig(output_dir=str(resumed), resume=True, **common))
     sa, sb = adapter_state(straight), adapter_state(resumed)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -96,7 +102,9 @@ def test_offload_all_on_a_stable_diffusion_folder(tmp_path):
 
 
 def test_offload_all_needs_int8_and_lora_is_the_default():
-    assert FinetuneConfig().offload == "lora"
+    assert FinetuneConfig().offload == "lora" and FinetuneConfig().offload_scheme == "row"
+    with pytest.raises(LimitError, match="--offload-scheme must be one of row, tensor, not 'block'"):
+        finetune(FinetuneConfig(offload="all", offload_scheme="block", steps=1, samples=False))
     with pytest.raises(LimitError, match="--offload all .* --precision int8"):
         finetune(FinetuneConfig(precision="fp32", offload="all", steps=1, samples=False))
     with pytest.raises(LimitError, match="--offload must be lora or all"):

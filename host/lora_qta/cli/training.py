@@ -28,10 +28,16 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
                         "LoRA GEMMs of every adapted layer (the frozen base model stays fp32 PyTorch); "
                         "all = every GEMM of the step: also the frozen Linear and Conv2d layers (forward "
                         "and input gradient; convolutions as implicit GEMM on NHWC INT8) and the "
-                        "attention matmuls (Q.K^T, P.V and their backward), with delayed-scaled INT8 "
-                        "outputs; softmax, norms, SiLU, loss and AdamW stay fp32 on the host. "
+                        "attention matmuls (Q.K^T, P.V and their backward), quantized as --offload-scheme "
+                        "says; softmax, norms, SiLU, loss and AdamW stay fp32 on the host. "
                         "report.json's 'offload' gives calls, cycles, bytes, MACs and utilization per "
                         "family (linear, conv, attention, lora), fallbacks and recomputes")
+    s.add_argument("--offload-scheme", default=d.offload_scheme, choices=["row", "tensor"],
+                   help="how --offload all quantizes the frozen layers' and attention's operands: row = "
+                        "current scales per token (per image for a convolution, per row or column for "
+                        "attention), INT32 outputs dequantized on the host with both axes' scales; tensor = "
+                        "delayed per-tensor scales (amax history of 16) with INT8 outputs: less output "
+                        "traffic, larger held-out-loss gap to fp32 (README, 'Whole-step INT8 offload')")
     s.add_argument("--pretrained-model", default=None,
                    help="local diffusers Stable Diffusion folder (unet, vae, text_encoder, tokenizer, "
                         "scheduler); default: the embedded digits model")

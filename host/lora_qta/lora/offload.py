@@ -18,9 +18,24 @@ the frozen base model's GEMMs run INT8 on the accelerator (board or emulation):
   ``dK = dS^T.Q`` backward, each one :meth:`Accelerator.batched_gemm` over (batch x heads).
   Softmax and its backward (``dS = P * (dP - rowsum(dP * P))``) stay fp32 on the host.
 
-Quantization (all symmetric INT8, |q| <= 127):
+Quantization (all symmetric INT8, |q| <= 127), in one of two schemes (:data:`SCHEMES`,
+``--offload-scheme``):
 
-* **weights** are quantized ONCE at :func:`install`, per output channel for the forward and per
+* **row** (the default): every host-quantized operand gets *current* scales along the one
+  legal axis of its GEMM -- constant along the summed dimension, one per row of op(A) or
+  column of op(B): per token for a Linear's X and dY, per image for a convolution's X and dY
+  (every tap an output pixel reads comes from its own image), and for attention per token /
+  per row or column of P and dS / per channel as :class:`_AttnRowFn` tabulates (an operand two
+  GEMMs sum over different dimensions is quantized twice). The weights' per-channel scales are
+  the other axis, so the output takes two scales: it is written INT32 and dequantized on the
+  host (``acc x row scale x column scale``). No history, no saturation, no recompute: the scale
+  comes from the tensor itself (an amax reduction and a quantization on the host, counted in
+  ``host_quant_*``). Why: the samples of a batch sit at different diffusion timesteps, so their
+  activations and gradients differ by orders of magnitude; one per-tensor scale leaves the
+  small ones a few levels (measured: README, "Whole-step INT8 offload").
+* **tensor**: delayed per-tensor scales and INT8 outputs, as follows.
+
+* **weights** (both schemes) are quantized ONCE at :func:`install`, per output channel for the forward and per
   input channel for the input gradient (a scale must be constant along the summed dimension,
   and the input gradient sums over the output channels) -- two INT8 copies per layer, placed
   in device memory once for the run (:func:`place_weights`, :meth:`Accelerator.resident`: a
@@ -28,7 +43,7 @@ Quantization (all symmetric INT8, |q| <= 127):
   :func:`uninstall` frees them. Copies beyond the accelerator's ``resident_limit`` and
   convolution weights whose channels are padded per call stay on the per-call upload path
   (counted in the report's ``weights``).
-* **host-quantized operands** (the activations X entering a Linear/Conv, the gradients dY, Q,
+* **host-quantized operands** (``tensor`` scheme; the activations X entering a Linear/Conv, the gradients dY, Q,
   K, V, the probabilities P, dO and dS): per-tensor scales with *delayed scaling* -- every site
   (a tensor role of one layer, e.g. ``down_blocks.0.resnets.0.conv1.x``) keeps an amax history
   of :data:`HISTORY` entries (as NVIDIA Transformer Engine does for FP8) and quantizes with
@@ -39,7 +54,7 @@ Quantization (all symmetric INT8, |q| <= 127):
   fresh scale from its own amax (counted in ``host_recomputes``); saturations at or below the
   threshold are counted in ``host_saturated``. A site's first use (empty history) takes the
   fresh scale.
-* **GEMM outputs**: the epilogue writes INT8 with per-column (Linear/Conv: per output channel
+* **GEMM outputs** (``tensor`` scheme): the epilogue writes INT8 with per-column (Linear/Conv: per output channel
   of the weight scale) or per-tensor (attention O, dV, dQ, dK) fixed-point scales that fold the
   operand scales and the output site's delayed scale ``max(history) / 127``. The kernel's
   reported amax (max |value| before saturation, in output units) updates the history -- no
@@ -69,7 +84,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, DeviceMemoryError, DivergedError
+from ..errors import CheckpointError, DeviceMemoryError, DivergedError, LimitError
 from ..runtime.accelerator import Accelerator, GemmResult, Resident, fixed_point_scale
 
 QMAX = 127
@@ -81,7 +96,14 @@ saturated is recomputed with a fresh scale; fewer are counted as saturated."""
 MAX_RECOMPUTES = 2
 """Recomputes of one call with fresher scales before it falls back to an INT32 output."""
 FAMILIES = ("linear", "conv", "attention", "lora")
+DIRECTIONS = ("fwd", "bwd")
+"""The forward GEMMs of a family and its input-gradient (backward) GEMMs."""
 OFFLOAD_MODES = ("lora", "all")
+SCHEMES = ("row", "tensor")
+"""How host-quantized operands are scaled: ``row`` -- current per-row scales (per token, per
+image for a convolution, per attention row/column), INT32 outputs dequantized on the host with
+both axes' scales; ``tensor`` -- delayed per-tensor scales, INT8 outputs (see the module
+docstring). The first is the default."""
 EPS = 1e-12
 
 
@@ -146,8 +168,15 @@ Launch = Callable[..., GemmResult]
 class Offload:
     """The state of a whole-step offload: accelerator, amax histories, per-family figures."""
 
-    def __init__(self, acc: Accelerator, threshold: float = SAT_THRESHOLD, history: int = HISTORY):
+    def __init__(self, acc: Accelerator, threshold: float = SAT_THRESHOLD, history: int = HISTORY,
+                 host_fp32: frozenset[str] = frozenset(), scheme: str = SCHEMES[0]):
+        if scheme not in SCHEMES:
+            raise LimitError(f"the offload's quantization scheme must be one of {', '.join(SCHEMES)}, not {scheme!r}")
         self.acc = acc
+        self.scheme = scheme
+        self.host_fp32 = frozenset(host_fp32)
+        """``family.direction`` keys (e.g. ``attention.bwd``) computed in fp32 on the host instead
+        (an ablation for measurements: ``scripts/offload_ablation.py``; empty in training)."""
         self.threshold = threshold
         self.history_length = history
         self.sites: dict[str, AmaxHistory] = {}
@@ -157,6 +186,10 @@ class Offload:
         self.weights: dict[str, int] = {"resident": 0, "per_call": 0}   # frozen INT8 weight copies
         self._restore: list[nn.Module] = []
         self._processors: dict[str, Any] | None = None
+
+    def fp32(self, family: str, direction: str) -> bool:
+        """Whether the ablation keeps this family's GEMMs of ``direction`` fp32 on the host."""
+        return f"{family}.{direction}" in self.host_fp32
 
     def site(self, name: str) -> AmaxHistory:
         h = self.sites.get(name)
@@ -191,6 +224,34 @@ class Offload:
         st.host_quant_elements += q.numel()
         st.host_quant_s += time.perf_counter() - t0
         return q, s
+
+    def quant_rows(self, family: str, x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(INT8 tensor, scales) of ``x`` with current scaling along ``dims`` (the dimensions a
+        GEMM sums over: the scale is ``amax / 127`` over them, one per remaining index, kept as
+        size-1 dimensions for broadcasting). A HOST pass: the amax reduction and the quantization
+        read each row twice (a row stays in cache); counted in ``host_quant_*``."""
+        t0 = time.perf_counter()
+        st = self.stats[family]
+        xf = x.detach().float()
+        amax = xf.abs().amax(dim=dims, keepdim=True) if xf.numel() else xf.new_zeros([1] * xf.ndim)
+        if not bool(torch.isfinite(amax).all()):
+            raise DivergedError(f"NaN or Inf reached the INT8 quantizer ({family}): the training diverged; "
+                                "lower the learning rate")
+        s = amax.clamp_min(EPS) / QMAX
+        q = (xf / s).round_().clamp_(-QMAX, QMAX).to(torch.int8).contiguous()
+        st.host_quant_elements += q.numel()
+        st.host_quant_s += time.perf_counter() - t0
+        return q, s
+
+    def run_int32(self, family: str, launch: Launch, scales: tuple[torch.Tensor, ...], macs: int) -> torch.Tensor:
+        """The dequantized float output of one GEMM with an INT32 output: the accumulator times
+        each of ``scales`` (broadcast: e.g. per row of op(A) and per column of op(B))."""
+        r = launch(out="int32")
+        self.stats[family].add(r, macs)
+        y = _tensor(r.output).float()
+        for sc in scales:
+            y = y * sc
+        return y
 
     # -- one accelerator call with a delayed-scaled INT8 output ----------------------------
     def run(self, family: str, site: str | None, launch: Launch, base: float | np.ndarray, macs: int,
@@ -240,15 +301,19 @@ class Offload:
     # -- checkpoints ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """What a resumed run needs to continue bit-identically, JSON-able: every site's amax
-        history (the delayed scales; Python floats round-trip exactly through JSON) and the
-        per-family figures (recompute, calibration and saturation counters included)."""
-        return {"history_length": self.history_length, "threshold": self.threshold,
+        history (the delayed scales of the ``tensor`` scheme; Python floats round-trip exactly
+        through JSON) and the per-family figures (recompute, calibration and saturation counters
+        included)."""
+        return {"scheme": self.scheme, "history_length": self.history_length, "threshold": self.threshold,
                 "sites": {name: list(h.values) for name, h in self.sites.items()},
                 "stats": {fam: {k: (dict(v) if isinstance(v, dict) else v) for k, v in st.__dict__.items()}
                           for fam, st in self.stats.items()}}
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state` (the amax histories replace any this offload holds)."""
+        if state.get("scheme", "tensor") != self.scheme:
+            raise CheckpointError(f"the checkpoint's offload used the {state.get('scheme', 'tensor')!r} scheme, this "
+                                  f"run {self.scheme!r}")
         if int(state["history_length"]) != self.history_length:
             raise CheckpointError(f"the checkpoint's amax histories hold {state['history_length']} entries, "
                                   f"this offload {self.history_length}")
@@ -281,7 +346,7 @@ class Offload:
         fam["lora"] = lora.as_dict(pes)
         cycles = sum(f["cycles"] for f in fam.values())
         return {
-            "mode": "all", "board": self.acc.board.name, "backend": self.acc.backend,
+            "mode": "all", "scheme": self.scheme, "board": self.acc.board.name, "backend": self.acc.backend,
             "note": "cycles are the kernel's counter: modelled under emulation; host_quant_* is host "
                     "(ARM) work measured on this machine",
             "threshold_saturation_rate": self.threshold, "amax_history": self.history_length,
@@ -331,6 +396,7 @@ class Int8Linear:
         self.wq_bwd, self.sw_bwd = quantize_weight(w, 1)   # per input channel (columns of W)
         self.w_fwd: Any = self.wq_fwd                      # what the calls pass: resident handles
         self.w_bwd: Any = self.wq_bwd                      # once place_weights() placed them
+        self.sw_fwd_t, self.sw_bwd_t = torch.from_numpy(self.sw_fwd).float(), torch.from_numpy(self.sw_bwd).float()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -341,12 +407,25 @@ class Int8Linear:
 
     def forward_int8(self, x2d: torch.Tensor) -> torch.Tensor:
         off, acc = self.off, self.off.acc
+        if off.fp32("linear", "fwd"):
+            return x2d.float() @ self.module.weight.float().t()
+        macs = x2d.shape[0] * self.k * self.n
+        if off.scheme == "row":  # per token x per output channel: INT32 out, dequantized on the host
+            xq, sxr = off.quant_rows("linear", x2d, (1,))
+            return off.run_int32("linear", lambda **ep: acc.gemm(xq, self.w_fwd, trans_b=True, **ep),
+                                 (sxr, self.sw_fwd_t), macs)
         xq, sx = off.quant_input("linear", f"{self.name}.x", x2d)
         launch = lambda **ep: acc.gemm(xq, self.w_fwd, trans_b=True, **ep)  # noqa: E731
         return off.run("linear", f"{self.name}.y", launch, sx * self.sw_fwd, xq.shape[0] * self.k * self.n, "col")
 
     def backward_int8(self, g: torch.Tensor) -> torch.Tensor:
         off, acc = self.off, self.off.acc
+        if off.fp32("linear", "bwd"):
+            return g.float() @ self.module.weight.float()
+        macs = g.shape[0] * self.k * self.n
+        if off.scheme == "row":  # per token x per input channel
+            gq, sgr = off.quant_rows("linear", g, (1,))
+            return off.run_int32("linear", lambda **ep: acc.gemm(gq, self.w_bwd, **ep), (sgr, self.sw_bwd_t), macs)
         gq, sg = off.quant_input("linear", f"{self.name}.dy", g)
         launch = lambda **ep: acc.gemm(gq, self.w_bwd, **ep)  # noqa: E731
         return off.run("linear", f"{self.name}.dx", launch, sg * self.sw_bwd, gq.shape[0] * self.k * self.n, "col")
@@ -399,6 +478,7 @@ class Int8Conv2d:
         self.wq_bwd, self.sw_bwd = quantize_weight(wt, 0)
         self.w_fwd: Any = self.wq_fwd                      # resident handles once placed
         self.w_bwd: Any = self.wq_bwd
+        self.sw_fwd_t, self.sw_bwd_t = torch.from_numpy(self.sw_fwd).float(), torch.from_numpy(self.sw_bwd).float()
 
     def macs(self, imgs: int, ho: int, wo: int) -> int:
         return imgs * ho * wo * self.kh * self.kw * self.cin * self.cout
@@ -411,7 +491,13 @@ class Int8Conv2d:
 
     def forward_int8(self, x: torch.Tensor) -> torch.Tensor:
         off, acc = self.off, self.off.acc
-        xq, sx = off.quant_input("conv", f"{self.name}.x", x.permute(0, 2, 3, 1))
+        if off.fp32("conv", "fwd"):
+            return nn.functional.conv2d(x.float(), self.module.weight.float(), None, self.stride, self.pad)
+        if off.scheme == "row":  # per image (constant over the taps an output pixel reads)
+            xq, sx_img = off.quant_rows("conv", x.permute(0, 2, 3, 1), (1, 2, 3))
+        else:
+            xq, sx = off.quant_input("conv", f"{self.name}.x", x.permute(0, 2, 3, 1))
+
         def launch(**ep):
             return acc.conv2d(xq, self.w_fwd, kernel_size=(self.kh, self.kw), stride=self.stride,
                               padding=self.pad, trans_w=True, **ep)
@@ -419,17 +505,30 @@ class Int8Conv2d:
         imgs, h, w, _ = xq.shape
         ho = (h + 2 * self.pad - self.kh) // self.stride + 1
         wo = (w + 2 * self.pad - self.kw) // self.stride + 1
-        y = off.run("conv", f"{self.name}.y", launch, sx * self.sw_fwd, self.macs(imgs, ho, wo), "col")
+        if off.scheme == "row":
+            y = off.run_int32("conv", launch, (sx_img, self.sw_fwd_t), self.macs(imgs, ho, wo))
+        else:
+            y = off.run("conv", f"{self.name}.y", launch, sx * self.sw_fwd, self.macs(imgs, ho, wo), "col")
         return y.permute(0, 3, 1, 2).contiguous()
 
     def backward_int8(self, g: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         off, acc = self.off, self.off.acc
-        gq, sg = off.quant_input("conv", f"{self.name}.dy", g.permute(0, 2, 3, 1))
+        if off.fp32("conv", "bwd"):
+            return torch.nn.grad.conv2d_input((g.shape[0], self.cin, *hw), self.module.weight.float(), g.float(),
+                                              self.stride, self.pad)
+        if off.scheme == "row":
+            gq, sg_img = off.quant_rows("conv", g.permute(0, 2, 3, 1), (1, 2, 3))
+        else:
+            gq, sg = off.quant_input("conv", f"{self.name}.dy", g.permute(0, 2, 3, 1))
+
         def launch(**ep):
             return acc.conv2d(gq, self.w_bwd, kernel_size=(self.kh, self.kw), stride=1,
                               padding=self.kh - 1 - self.pad, dilation=self.stride, out_size=hw, trans_w=True, **ep)
 
-        dx = off.run("conv", f"{self.name}.dx", launch, sg * self.sw_bwd, self.macs(gq.shape[0], *hw), "col")
+        if off.scheme == "row":
+            dx = off.run_int32("conv", launch, (sg_img, self.sw_bwd_t), self.macs(gq.shape[0], *hw))
+        else:
+            dx = off.run("conv", f"{self.name}.dx", launch, sg * self.sw_bwd, self.macs(gq.shape[0], *hw), "col")
         return dx.permute(0, 3, 1, 2).contiguous()
 
 
@@ -459,27 +558,39 @@ class _AttnFn(torch.autograd.Function):
         qq, sq = off.quant_input("attention", f"{name}.q", q)
         kq, sk = off.quant_input("attention", f"{name}.k", k)
         vq, sv = off.quant_input("attention", f"{name}.v", v)
-        s = off.run("attention", None, lambda **ep: acc.batched_gemm(qq, kq, trans_b=True, **ep), sq * sk,
-                    bh * lq * lk * d) * scale
+        exact = off.fp32("attention", "fwd")  # the ablation: S and O in fp32 on the host
+        if exact:
+            s = q.float() @ k.float().transpose(1, 2) * scale
+        else:
+            s = off.run("attention", None, lambda **ep: acc.batched_gemm(qq, kq, trans_b=True, **ep), sq * sk,
+                        bh * lq * lk * d) * scale
         if mask is not None:
             s = s + mask
         p = s.softmax(dim=-1)
         pq, sp = off.quant_input("attention", f"{name}.p", p)
-        o = off.run("attention", f"{name}.o", lambda **ep: acc.batched_gemm(pq, vq, **ep), sp * sv,
-                    bh * lq * lk * d)
-        ctx.save_for_backward(p)
+        if exact:
+            o = p @ v.float()
+        else:
+            o = off.run("attention", f"{name}.o", lambda **ep: acc.batched_gemm(pq, vq, **ep), sp * sv,
+                        bh * lq * lk * d)
+        ctx.save_for_backward(p, q, k, v)
         ctx.ops = (qq, sq, kq, sk, vq, sv, pq, sp)
         ctx.scale, ctx.off, ctx.name = scale, off, name
         return o.to(q.dtype)
 
     @staticmethod
     def backward(ctx, do):
-        (p,) = ctx.saved_tensors
+        p, q, k, v = ctx.saved_tensors
         qq, sq, kq, sk, vq, sv, pq, sp = ctx.ops
         off, name, acc = ctx.off, ctx.name, ctx.off.acc
         bh, lq, d = qq.shape
         lk = kq.shape[1]
         macs = bh * lq * lk * d
+        if off.fp32("attention", "bwd"):  # the ablation: every backward matmul fp32 on the host
+            do = do.float()
+            dp, dv = do @ v.float().transpose(1, 2), p.transpose(1, 2) @ do
+            ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True)) * ctx.scale
+            return ds @ k.float(), ds.transpose(1, 2) @ q.float(), dv, None, None, None, None
         gq, sg = off.quant_input("attention", f"{name}.do", do.contiguous())
         dp = off.run("attention", None, lambda **ep: acc.batched_gemm(gq, vq, trans_b=True, **ep), sg * sv, macs)
         dv = off.run("attention", f"{name}.dv", lambda **ep: acc.batched_gemm(pq, gq, trans_a=True, **ep),
@@ -495,10 +606,89 @@ class _AttnFn(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
+class _AttnRowFn(torch.autograd.Function):
+    """Attention with the ``row`` scheme: every operand quantized with current scales along the
+    dimension its GEMM does NOT sum over (an operand used by two GEMMs summing over different
+    dimensions is quantized twice, counted), INT32 outputs dequantized with both scales:
+
+    ====================  ==========================  ============================
+    GEMM                  op(A) scale (per row)        op(B) scale (per column)
+    ====================  ==========================  ============================
+    S  = Q . K^T          Q per query token            K per key token
+    O  = P . V            P per query (row of P)       V per channel
+    dP = dO . V^T         dO per query token           V per key token
+    dV = P^T . dO         P per key (column of P)      dO per channel
+    dQ = dS . K           dS per query (row)           K per channel
+    dK = dS^T . Q         dS per key (column)          Q per channel
+    ====================  ==========================  ============================
+
+    (every scale also per batch x head item). Softmax and its backward stay fp32 on the host."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale: float, off: Offload, name: str):
+        acc, fam = off.acc, "attention"
+        bh, lq, d = q.shape
+        lk = k.shape[1]
+        macs = bh * lq * lk * d
+        exact = off.fp32(fam, "fwd")  # the ablation: S and O in fp32 on the host
+        if exact:
+            s = q.float() @ k.float().transpose(1, 2) * scale
+        else:
+            qq, sq = off.quant_rows(fam, q, (2,))
+            kq, sk = off.quant_rows(fam, k, (2,))
+            s = off.run_int32(fam, lambda **ep: acc.batched_gemm(qq, kq, trans_b=True, **ep),
+                              (sq, sk.transpose(1, 2)), macs) * scale
+        if mask is not None:
+            s = s + mask
+        p = s.softmax(dim=-1)
+        if exact:
+            o = p @ v.float()
+        else:
+            pq, sp = off.quant_rows(fam, p, (2,))
+            vq, sv = off.quant_rows(fam, v, (1,))
+            o = off.run_int32(fam, lambda **ep: acc.batched_gemm(pq, vq, **ep), (sp, sv), macs)
+        ctx.save_for_backward(p, q, k, v)
+        ctx.scale, ctx.off = scale, off
+        return o.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, do):
+        p, q, k, v = ctx.saved_tensors
+        off, acc, fam = ctx.off, ctx.off.acc, "attention"
+        bh, lq, d = q.shape
+        macs = bh * lq * k.shape[1] * d
+        do = do.float()
+        if off.fp32(fam, "bwd"):  # the ablation: every backward matmul fp32 on the host
+            dp, dv = do @ v.float().transpose(1, 2), p.transpose(1, 2) @ do
+            ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True)) * ctx.scale
+            return ds @ k.float(), ds.transpose(1, 2) @ q.float(), dv, None, None, None, None
+        dor, s_dor = off.quant_rows(fam, do, (2,))
+        vr, s_vr = off.quant_rows(fam, v, (2,))
+        dp = off.run_int32(fam, lambda **ep: acc.batched_gemm(dor, vr, trans_b=True, **ep),
+                           (s_dor, s_vr.transpose(1, 2)), macs)
+        pc, s_pc = off.quant_rows(fam, p, (1,))
+        doc, s_doc = off.quant_rows(fam, do, (1,))
+        dv = off.run_int32(fam, lambda **ep: acc.batched_gemm(pc, doc, trans_a=True, **ep),
+                           (s_pc.transpose(1, 2), s_doc), macs)
+        ds = p * (dp - (dp * p).sum(dim=-1, keepdim=True)) * ctx.scale
+        dq = dk = None
+        if ctx.needs_input_grad[0]:
+            dsr, s_dsr = off.quant_rows(fam, ds, (2,))
+            kc, s_kc = off.quant_rows(fam, k, (1,))
+            dq = off.run_int32(fam, lambda **ep: acc.batched_gemm(dsr, kc, **ep), (s_dsr, s_kc), macs)
+        if ctx.needs_input_grad[1]:
+            dsc, s_dsc = off.quant_rows(fam, ds, (1,))
+            qc, s_qc = off.quant_rows(fam, q, (1,))
+            dk = off.run_int32(fam, lambda **ep: acc.batched_gemm(dsc, qc, trans_a=True, **ep),
+                               (s_dsc.transpose(1, 2), s_qc), macs)
+        return dq, dk, dv, None, None, None, None
+
+
 def attention_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, off: Offload, name: str,
                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(scale . Q.K^T + mask) . V with the matmuls INT8 on the accelerator; (B*heads, L, d)."""
-    return _AttnFn.apply(q.contiguous(), k.contiguous(), v.contiguous(), mask, float(scale), off, name)
+    fn = _AttnRowFn if off.scheme == "row" else _AttnFn
+    return fn.apply(q.contiguous(), k.contiguous(), v.contiguous(), mask, float(scale), off, name)
 
 
 class Int8AttnProcessor:
@@ -553,21 +743,24 @@ def _is_lora_part(name: str) -> bool:
 
 
 def install(unet: nn.Module, acc: Accelerator, lora_runtime: Any = None, threshold: float = SAT_THRESHOLD,
-            history: int = HISTORY) -> Offload:
+            history: int = HISTORY, families: tuple[str, ...] = ("linear", "conv", "attention"),
+            host_fp32: frozenset[str] = frozenset(), scheme: str = SCHEMES[0]) -> Offload:
     """Put every frozen Linear and Conv2d of ``unet`` and its attention matmuls on ``acc``.
 
     Layers are rewired by setting an instance ``forward`` (module names and state-dict keys do
     not change); :func:`uninstall` restores them. Call after the adapter is added (its LoRA
-    layers are trainable and skipped; a LoRA layer's frozen ``base_layer`` is wrapped)."""
-    off = Offload(acc, threshold, history)
+    layers are trainable and skipped; a LoRA layer's frozen ``base_layer`` is wrapped).
+    ``families``: which frozen families to put on the accelerator (the others stay fp32 in
+    PyTorch); ``host_fp32``: see :attr:`Offload.host_fp32`; ``scheme``: one of :data:`SCHEMES`."""
+    off = Offload(acc, threshold, history, host_fp32, scheme)
     off.lora_runtime = lora_runtime
     for name, m in unet.named_modules():
         if _is_lora_part(name) or "forward" in m.__dict__:
             continue
-        if type(m) is nn.Linear and not m.weight.requires_grad:
+        if type(m) is nn.Linear and not m.weight.requires_grad and "linear" in families:
             m.forward = Int8Linear(off, name, m)
             off.wrapped["linear"] += 1
-        elif type(m) is nn.Conv2d and not m.weight.requires_grad:
+        elif type(m) is nn.Conv2d and not m.weight.requires_grad and "conv" in families:
             reason = conv_unsupported(m)
             if reason is None:
                 m.forward = Int8Conv2d(off, name, m)
@@ -578,7 +771,7 @@ def install(unet: nn.Module, acc: Accelerator, lora_runtime: Any = None, thresho
         else:
             continue
         off._restore.append(m)
-    if hasattr(unet, "set_attn_processor") and hasattr(unet, "attn_processors"):
+    if "attention" in families and hasattr(unet, "set_attn_processor") and hasattr(unet, "attn_processors"):
         off._processors = dict(unet.attn_processors)
         unet.set_attn_processor({n: Int8AttnProcessor(off, n.removesuffix(".processor")) for n in off._processors})
         off.wrapped["attention"] = len(off._processors)

@@ -20,6 +20,7 @@ class FinetuneConfig:
     output_dir: str = "runs/default"
     precision: str = "int8"
     offload: str = "lora"
+    offload_scheme: str = "row"
     board: str | None = None
     backend: str | None = None
     pretrained_model: str | None = None
@@ -60,5 +61,5 @@ class FinetuneConfig:
         out["target_modules"] = list(self.target_modules)
         out["target"] = target
         if self.offload != "lora":  # only when set: identities of LoRA-only runs stay as they were
-            out["offload"] = self.offload
+            out["offload"] = self.offload  # its scheme is in target["offload_numerics"]
         return out

@@ -84,11 +84,13 @@ def run_target(cfg: FinetuneConfig) -> dict[str, Any] | None:
     target = {"board": board.name, "backend": resolve_backend(board, cfg.backend),
               "numerics": {"smooth_alpha": QtaRuntime.SMOOTH_ALPHA, "wgrad_groups": True,
                            "group_ratio": QtaRuntime.GROUP_RATIO}}
-    if cfg.offload == "all":  # the whole-step offload's delayed scaling defines the result too
+    if cfg.offload == "all":  # the whole-step offload's quantization scheme defines the result too
         from ..lora.offload import HISTORY, MAX_RECOMPUTES, SAT_THRESHOLD
 
-        target["offload_numerics"] = {"amax_history": HISTORY, "saturation_threshold": SAT_THRESHOLD,
-                                      "max_recomputes": MAX_RECOMPUTES}
+        target["offload_numerics"] = {"scheme": cfg.offload_scheme}
+        if cfg.offload_scheme == "tensor":  # delayed scaling
+            target["offload_numerics"].update(amax_history=HISTORY, saturation_threshold=SAT_THRESHOLD,
+                                              max_recomputes=MAX_RECOMPUTES)
     return target
 
 
@@ -104,6 +106,10 @@ def check_options(cfg: FinetuneConfig, writer: bool = True) -> None:
         raise LimitError(f"--precision must be fp32 or int8, not {cfg.precision!r}")
     if cfg.offload not in ("lora", "all"):
         raise LimitError(f"--offload must be lora or all, not {cfg.offload!r}")
+    from ..lora.offload import SCHEMES
+
+    if cfg.offload_scheme not in SCHEMES:
+        raise LimitError(f"--offload-scheme must be one of {', '.join(SCHEMES)}, not {cfg.offload_scheme!r}")
     if cfg.offload == "all" and cfg.precision != "int8":
         raise LimitError("--offload all runs every GEMM INT8 on the accelerator: it needs --precision int8")
     if cfg.lr_schedule not in ("constant", "linear", "cosine"):
@@ -545,7 +551,7 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
         if cfg.offload == "all":  # the frozen base model's GEMMs too (lora/offload.py)
             from ..lora.offload import install
 
-            runtime.offload = install(bundle.unet, runtime.acc, runtime)
+            runtime.offload = install(bundle.unet, runtime.acc, runtime, scheme=cfg.offload_scheme)
     else:
         n_layers = sum(1 for m in bundle.unet.modules() if hasattr(m, "lora_A"))
     params = [p for p in bundle.unet.parameters() if p.requires_grad]
