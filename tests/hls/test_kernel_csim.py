@@ -177,3 +177,25 @@ def test_writers_multiply_nothing_at_run_time():
             runtime.append((left, right))
     assert runtime == [], runtime
     assert "ALLOCATION operation instances=mul" not in functions("\n" + code)["write"][1]
+
+
+def _stream_depth(source: str, variable: str, defines: dict[str, int]) -> int:
+    """The depth the kernel's STREAM pragma gives ``variable``: a literal or a generated QTA_ macro."""
+    found = re.search(rf"HLS STREAM variable={variable} depth=(\w+)", source)
+    assert found, f"no STREAM depth pragma for {variable}"
+    word = found.group(1)
+    return int(word) if word.isdigit() else defines[word]
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_scale_fifo_holds_two_blocks_of_the_largest_scale_vector(board):
+    """Review 2 B1: fetch<0> writes a block's scales before its operands and the store reads them
+    only after the array released the block, so scl must hold a whole vector (else deadlock; the
+    C-simulation streams are unbounded and cannot show it) and two for no fetch stall."""
+    from lora_qta.hw.generate import header
+
+    b = config().board(board)
+    defines = {m.group(1): int(m.group(2)) for m in re.finditer(r"#define (QTA_\w+) (\d+)\n", header(board))}
+    depth = _stream_depth(strip_comments((HLS_SRC / "qta_gemm.cpp").read_text()), "scl", defines)
+    vector_beats = -(-max(b.tile_m_max, b.tile_n_max) * 8 // b.axi_bytes)
+    assert depth >= 2 * vector_beats, f"{board}: scl depth {depth} < 2 x {vector_beats} beats"

@@ -60,6 +60,7 @@ def header(board_name: str | None = None) -> str:
         "ROWS": b.array_rows, "COLS": b.array_cols, "AXI_PORTS": b.axi_ports,
         "AXI_BYTES": b.axi_bytes, "AXI_BITS": b.axi_data_width, "EPI_ROWS": b.epilogue_rows,
         "TILE_M_MAX": b.tile_m_max, "TILE_N_MAX": b.tile_n_max, "TILE_K_MAX": b.tile_k_max,
+        "SCL_DEPTH": b.scale_fifo_depth,
         "A_DEPTH": b.a_depth, "A_SIDE_DEPTH": b.a_side_depth, "B_DEPTH": b.b_depth,
         "B_SIDE_DEPTH": b.b_side_depth, "ACC_DEPTH": b.acc_depth, "ACC_SIDE_DEPTH": b.acc_side_depth,
         "MAX_M": b.max_m, "MAX_N": b.max_n, "MAX_K": b.max_k,

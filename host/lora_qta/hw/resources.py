@@ -175,13 +175,15 @@ def resource_rows(board_name: str | None = None) -> list[dict[str, Any]]:
     step_bits = b.axi_ports * (STEP_F_BITS + STEP_W_BITS) + 3 * STEP_C_BITS
     ctl_bits = hdr_fifos * HDR_WORD_BITS + step_bits
     cnt_fifos = b.axi_ports + 3
-    fifo_bits = b.axi_ports * 64 * (8 * bb + 2 * 8 * 4 * sub) + 128 * 8 * bb
-    add("fifos", f"ops (64 beats), cold and wout (64 store words of {32 * sub} bit) per port, one scl (128 "
-        f"beats, port 0) in BRAM: {fifo_bits} bit; {hdr_fifos} header FIFOs of {HDR_WORD_BITS} bit (the header "
+    scl = b.scale_fifo_depth
+    fifo_bits = b.axi_ports * 64 * (8 * bb + 2 * 8 * 4 * sub) + scl * 8 * bb
+    add("fifos", f"ops (64 beats), cold and wout (64 store words of {32 * sub} bit) per port, one scl ({scl} "
+        f"beats of {8 * bb} bit, port 0: two of the largest scale vectors) in BRAM: {fifo_bits} bit; {hdr_fifos} "
+        f"header FIFOs of {HDR_WORD_BITS} bit (the header "
         f"as words) and the step FIFOs narrowed per consumer ({b.axi_ports} x StepF {STEP_F_BITS} bit, "
         f"{b.axi_ports} x StepW {STEP_W_BITS} bit, 3 x StepC {STEP_C_BITS} bit): {ctl_bits} bit, depth 2-4, in "
         f"SRL at 1 LUT per bit; {cnt_fifos} count FIFOs (32 bit, depth 64) in SRL at 2 LUT per bit",
-        bram36=b.axi_ports * (2 * math.ceil(8 * 4 * sub / 72) + math.ceil(8 * bb / 72)) + math.ceil(8 * bb / 72),
+        bram36=b.axi_ports * (2 * math.ceil(8 * 4 * sub / 72) + math.ceil(8 * bb / 72)) + _bram36(8 * bb, scl),
         lut=ctl_bits + cnt_fifos * 32 * 2, ff=ctl_bits // 4)
     add("axi_control", f"{b.axi_ports} m_axi adapters (read + write channels, 64-beat bursts, 2 BRAM36 of "
         "burst buffer per channel), s_axilite with the register map, model/counter processes (per-unit figure)",
