@@ -204,14 +204,18 @@ bool run_case(const Case &cs, int id) {
         return false;
     }
     // cycles_measured: 0 in C-simulation (processes run one after another); in co-simulation the
-    // counter process counts real clock cycles, which must be positive and not far below the
-    // model (the model ignores stalls, so measured >= model is expected; a quarter is the
-    // floor below which the counter or the model is broken). Review B5.
+    // counter process counts real clock cycles. Rule (review 2 B3): under QTA_COSIM a 0 is
+    // accepted, because cosim first runs this testbench against the C function to capture the
+    // inputs (UG1399 "C/RTL verification") and that pass returns 0; a positive count must not be
+    // below a quarter of the model (the model ignores stalls, so measured >= model is expected;
+    // below a quarter the counter or the model is broken). That the RTL pass counted at all (some
+    // "cycles_measured" line > 0 in the cosim log) is still to be read from that log by hand.
 #ifdef QTA_COSIM
-    std::printf("case %d: cycles_measured %llu, cycles_model %llu (ratio %.2f)\n", id, (unsigned long long)cyc_meas,
-                (unsigned long long)cyc_model, cyc_model ? (double)cyc_meas / (double)cyc_model : 0.0);
-    if (cyc_meas == 0 || 4 * cyc_meas < cyc_model) {
-        std::printf("FAIL case %d: cycles_measured %llu in co-simulation (model %llu)\n", id,
+    std::printf("case %d: cycles_measured %llu, cycles_model %llu (ratio %.2f)%s\n", id, (unsigned long long)cyc_meas,
+                (unsigned long long)cyc_model, cyc_model ? (double)cyc_meas / (double)cyc_model : 0.0,
+                cyc_meas == 0 ? " capture pass" : "");
+    if (cyc_meas != 0 && 4 * cyc_meas < cyc_model) {
+        std::printf("FAIL case %d: cycles_measured %llu in co-simulation is below a quarter of the model %llu\n", id,
                     (unsigned long long)cyc_meas, (unsigned long long)cyc_model);
         return false;
     }
