@@ -12,8 +12,9 @@ stops the flow when it exits non-zero. It reads the synthesis reports of a solut
   of this kernel asks for. Real Vitis reports carry ``PipelineII`` and ``PipelineDepth`` per
   pipelined loop but no target, so the kernel's pragmas are the one place targets come from;
 * the estimated clock period is within the target period (``--period``, else the report's);
-* each resource of the top (BRAM_18K, DSP, URAM, LUT, FF) is within ``--budget``, the part's
-  totals from hardware.toml (``QTA_BUDGET`` of config.tcl);
+* each resource of the top (BRAM_18K, DSP, URAM, LUT, FF) is within ``--budget``: the part's
+  totals from hardware.toml less the fit headroom, 85% LUT/FF and 90% DSP/BRAM/URAM
+  (``QTA_BUDGET`` of config.tcl, ``lora_qta.hw.resources.FIT_PERCENT``; review 2 S9);
 * the top's DATAFLOW was applied (``PerformanceEstimates/PipelineType`` is ``dataflow``: HLS
   falls back to sequential execution with only a warning);
 * with ``--config qta_config.h`` (the generated header): DSP >= QTA_ROWS x QTA_COLS (one MAC per

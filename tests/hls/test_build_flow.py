@@ -329,7 +329,7 @@ def test_csynth_gate_checks_dataflow_dsp_and_pipeline_depths(tmp_path):
     header = tmp_path / "qta_config.h"
     header.write_text("#define QTA_ROWS 32\n#define QTA_COLS 32\n#define QTA_ARRAY_PIPELINE 12\n")
     top = tmp_path / "csynth.xml"
-    top.write_text(top.read_text().replace("<DSP>150</DSP>", "<DSP>1100</DSP>", 1))
+    top.write_text(top.read_text().replace("<DSP>120</DSP>", "<DSP>1100</DSP>", 1))
     ok = run([sys.executable, str(GATE), str(tmp_path), "--budget", BUDGET_ZCU104, "--config", str(header)])
     assert ok.returncode == 0, ok.stdout
     two_arrays = top.read_text().replace("<DSP>1100</DSP>", "<DSP>2048</DSP>", 1)
@@ -366,7 +366,7 @@ def test_flow_gate_checks_the_board_dsp_window_and_depths(tmp_path, board, case,
         (stand_in / f.name).write_text(f.read_text())
     top = stand_in / "csynth.xml"
     if case == "fabric_macs":   # the mock adds the board's R x C: a negative rest leaves DSP < R x C
-        top.write_text(top.read_text().replace("<DSP>150</DSP>", "<DSP>-8</DSP>", 1))
+        top.write_text(top.read_text().replace("<DSP>120</DSP>", "<DSP>-8</DSP>", 1))
     else:
         arr = stand_in / "array_step_csynth.xml"
         arr.write_text(arr.read_text().replace("<PipelineDepth>12", "<PipelineDepth>99"))

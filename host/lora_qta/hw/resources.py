@@ -29,6 +29,19 @@ from .config import config
 YOSYS_JSON = Path(__file__).with_name("pe_array_yosys.json")
 FAMILY = {"zynq_us": "xcup", "zynq7": "xc7"}   # hardware.toml family -> synth_xilinx family
 HDR_WORD_BITS = 32
+FIT_PERCENT = {"dsp": 90, "bram36": 90, "uram": 90, "lut": 85, "ff": 85}
+"""Share of the part (%) a build may use: 15% LUT/FF headroom for place and route at the target
+clock, 10% for the hard blocks. The resource-count fit test and the csynth gate's budget
+(``QTA_BUDGET``, review 2 S9) both use it."""
+
+
+def budget(board_name: str | None = None) -> dict[str, int]:
+    """The csynth gate's budget of ``board`` in report units (BRAM_18K, DSP, URAM, LUT, FF):
+    :data:`FIT_PERCENT` of the part's totals."""
+    b = config().board(board_name)
+    totals = {"dsp": ("DSP", b.dsp_total), "bram36": ("BRAM_18K", 2 * b.bram36_total),
+              "uram": ("URAM", b.uram_total), "lut": ("LUT", b.lut_total), "ff": ("FF", b.ff_total)}
+    return {name: total * FIT_PERCENT[key] // 100 for key, (name, total) in totals.items()}
 """Width of a header FIFO: the kernel sends each process the call's header as 32-bit words
 (qta_gemm.cpp ``HdrStream``, review N3)."""
 STEP_F_BITS = 450
