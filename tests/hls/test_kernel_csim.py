@@ -207,3 +207,13 @@ def test_scale_fifo_holds_two_blocks_of_the_largest_scale_vector(board):
     depth = _stream_depth(strip_comments((HLS_SRC / "qta_gemm.cpp").read_text()), "scl", defines)
     vector_beats = -(-max(b.tile_m_max, b.tile_n_max) * 8 // b.axi_bytes)
     assert depth >= 2 * vector_beats, f"{board}: scl depth {depth} < 2 x {vector_beats} beats"
+
+
+def test_pe_multiply_is_bound_to_a_dsp():
+    """Review 2 S7: the PE array's one multiply assigns a variable that a BIND_OP pragma pins to
+    a DSP (op=mul impl=dsp), in the same function, so HLS cannot put the 8x8 products in fabric."""
+    code = strip_comments((HLS_SRC / "qta_gemm.cpp").read_text())
+    body = functions("\n" + code)["array_step"][1]
+    mac = re.search(r"(\w+)\s*=\s*\(int16_t\)\s*\w+\s*\*\s*\(int16_t\)\s*\w+", body)
+    assert mac, "no INT8 x INT8 multiply assigned to a variable in array_step"
+    assert re.search(rf"#pragma HLS BIND_OP variable={mac.group(1)} op=mul impl=dsp", body), mac.group(1)
