@@ -85,7 +85,8 @@ def test_tcl_sets_part_clock_and_budget(board):
 
 
 PYNQ_Z2_LUT = ("PYNQ-Z2 (53k LUTs): with the narrowed control FIFOs (review N3) the 8x8 build fits by the hand "
-               "count (89% LUT) but not with the 15% LUT margin: the four m_axi adapters (17k by the per-unit "
+               "count (98% LUT with the epilogue's five 64-bit shifters counted, review 2 S2) but not with the 15% "
+               "LUT margin: the four m_axi adapters (17k by the per-unit "
                "figure) and the per-unit loader/fetch/write logic (12k) are a third of the part; a csynth "
                "report is what would settle it (hls/README.md, Resources)")
 

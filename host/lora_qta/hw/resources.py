@@ -165,21 +165,29 @@ def resource_rows(board_name: str | None = None) -> list[dict[str, Any]]:
         bram36=b.axi_ports * 2 * _bram36(8 * bb, 2 * tslot), lut=3000 + 600 * b.axi_ports,
         ff=4000 + 2 * b.axi_ports * trows * 8 * bb)
     lanes = b.epilogue_lanes
-    add("epilogue", f"{lanes} lanes: 32x32 signed multiply (4 DSP), hash mix32 two 32-bit constant "
-        f"multiplies (3 DSP each), one 64-bit shifter, rounding, saturation, amax (700 LUT per lane); "
-        f"accumulator read muxes: {b.epilogue_rows} x ({nbb}:1 over {32 * c}-bit tap rows + {c // sub}:1 over "
-        f"{32 * sub}-bit column groups) at 1 LUT6 per 4:1 per bit",
-        dsp=10 * lanes, ff=600 * lanes,
-        lut=700 * lanes + b.epilogue_rows * (32 * c * math.ceil(nbb / 4) + 32 * sub * math.ceil((c // sub) / 4)))
     m32, m64 = (3, 6) if b.family == "zynq_us" else (4, 8)
+    # round_shift builds both rounding paths: five 64-bit variable shifts ((bits<<32)>>(64-sh),
+    # (p+u)>>sh, p>>sh, (1<<sh)-1, 1<<(sh-1)), each a 6-level barrel shifter of 64 bits at
+    # 3 LUT6 (4:1) levels per bit; and the store word's byte position (wpos*MS+u)*eb is a
+    # runtime 32x32 multiply per lane (review 2 S2).
+    shifters = 5 * 64 * 3
+    add("epilogue", f"{lanes} lanes: 32x32 signed multiply (4 DSP), hash mix32 two 32-bit constant "
+        f"multiplies (3 DSP each), the byte position (wpos*MS+u)*eb a runtime 32x32 multiply ({m32} DSP), "
+        f"five 64-bit variable shifters of round_shift ({shifters} LUT: 64 bits x 3 levels of 4:1), rounding, "
+        f"saturation, amax (700 LUT); accumulator read muxes: {b.epilogue_rows} x ({nbb}:1 over {32 * c}-bit "
+        f"tap rows + {c // sub}:1 over {32 * sub}-bit column groups) at 1 LUT6 per 4:1 per bit",
+        dsp=(10 + m32) * lanes, ff=600 * lanes,
+        lut=(700 + shifters) * lanes
+        + b.epilogue_rows * (32 * c * math.ceil(nbb / 4) + 32 * sub * math.ceil((c // sub) / 4)))
     add("multipliers", f"runtime multiplies outside the PE array and the epilogue, each {m32} DSP per 32x32 "
         f"({'DSP48E2' if b.family == 'zynq_us' else 'DSP48E1'}), {m64} per 64x32: descriptors/decode one "
         "shared multiplier (ALLOCATION limit=1) plus one 32-bit divider and one remainder unit (1100 LUT, "
         "2000 FF each); array 2 per step (fold count); loader f*span in each operand's II=1 loop (2) and "
         f"the phase counts (one per operand, ALLOCATION limit=1); {b.axi_ports} fetchers one shared 64x32 "
-        f"each (conv pixel and row addresses, ALLOCATION limit=1); the writers none (row addresses a "
+        f"each (conv pixel and row addresses, ALLOCATION limit=1); the store's accumulator addresses in its "
+        "II=1 outputs loop, fr*nfc (twice) and fc*mt (3, review 2 S3); the writers none (row addresses a "
         "counter of the descriptors, review S4)",
-        dsp=m32 * (1 + 2 + 2 + 2) + m64 * b.axi_ports, lut=2 * 1100 + 200 * (7 + b.axi_ports),
+        dsp=m32 * (1 + 2 + 2 + 2 + 3) + m64 * b.axi_ports, lut=2 * 1100 + 200 * (10 + b.axi_ports),
         ff=2 * 2000)
     add("fetch_write", f"{b.axi_ports} fetch + {b.axi_ports} write processes: 64-bit address adders, burst "
         "and row counters, conv tap counters (per-unit figure)",
