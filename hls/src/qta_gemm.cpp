@@ -65,6 +65,13 @@ constexpr int SEG_MAX = QTA_TILE_K_MAX > QTA_TILE_M_MAX
 constexpr int TBEATS = SEG_MAX / BB;  // beats per row slot
 constexpr int TSLOT = TROWS * TBEATS;  // beats per ping-pong slot of a port's row buffer
 constexpr int SCALE_MAX = QTA_TILE_M_MAX > QTA_TILE_N_MAX ? QTA_TILE_M_MAX : QTA_TILE_N_MAX;
+// The scale FIFO scl (fetch<0> -> store) must hold a whole block's scale vector: fetch<0> writes
+// block b's scales before b's operands, and the store reads them only after the array released
+// b's accumulators, so a vector longer than the FIFO deadlocks (review 2 B1). QTA_SCL_DEPTH
+// (hardware.toml, BoardConfig.scale_fifo_depth) holds two, so fetch of b+1 does not wait either.
+constexpr int SCALE_BEATS_MAX = (SCALE_MAX * 8 + BB - 1) / BB;
+static_assert(QTA_SCL_DEPTH >= SCALE_BEATS_MAX, "scl must hold the largest scale vector of a block (review 2 B1)");
+static_assert(QTA_SCL_DEPTH >= 2 * SCALE_BEATS_MAX, "scl holds two blocks' scale vectors (no fetch stall, review 2 S1)");
 // Modelled cost of one m_axi burst beyond its beats (review S1): the burst loop's entry/exit and
 // the first-beat latency of a read / the write response of a write. Every burst loop of the
 // kernel sits in a non-pipelined row (tap) loop, so bursts do not overlap and each pays it.
@@ -618,7 +625,7 @@ fetch_blocks:
                 const uint64_t base = (h.scales + (uint64_t)idx0 * 8) >> LGBB;
             scale_beats:
                 for (uint32_t e = 0; e < nsb; e++) {
-#pragma HLS LOOP_TRIPCOUNT min=1 max=SCALE_MAX*8/BB
+#pragma HLS LOOP_TRIPCOUNT min=1 max=SCALE_BEATS_MAX
 #pragma HLS PIPELINE II=1
                     scl.write(rd[base + e]);
                 }
@@ -1197,7 +1204,11 @@ array_cycles:
                     const int8_t bin = b_edge_row(ac, i) ? eb_v[i >> LGMS][j] : breg[i - 1 >= 0 ? i - 1 : 0][j];
                     const int8_t bop = os ? bin : breg[i][j];
                     const int32_t add = os ? acc[i][j] : (b_edge_row(ac, i) ? 0 : acc[i - 1 >= 0 ? i - 1 : 0][j]);
-                    const int32_t sum = add + (int32_t)((int16_t)av * (int16_t)bop);
+                    // the INT8 x INT8 product on a DSP48, not fabric (review 2 S7; the gate's DSP >= R x C
+                    // check would only see it after a synthesis run)
+                    const int32_t prod = (int16_t)av * (int16_t)bop;
+#pragma HLS BIND_OP variable=prod op=mul impl=dsp
+                    const int32_t sum = add + prod;
                     areg[i][j] = wload ? (int8_t)0 : av;
                     if (os || wload) breg[i][j] = bin;
                     acc[i][j] = (os ? fold_end : wload) ? 0 : sum;
@@ -1366,7 +1377,7 @@ store_blocks:
             const uint32_t cnt_s = h.smode == 1 ? st.mt : st.nt, nsb = ceil_shift(cnt_s * 8, LGBB);
         scales:
             for (uint32_t e = 0; e < nsb; e++) {
-#pragma HLS LOOP_TRIPCOUNT min=1 max=SCALE_MAX*8/BB
+#pragma HLS LOOP_TRIPCOUNT min=1 max=SCALE_BEATS_MAX
 #pragma HLS PIPELINE II=1
                 const Beat bt = scl.read();
                 for (int q = 0; q < BB / 8; q++) {
@@ -1689,7 +1700,7 @@ void qta_gemm(QTA_TOP_PARAMS) {
 #pragma HLS STREAM variable=s_write depth=4
 #pragma HLS STREAM variable=ops depth=64
 #pragma HLS STREAM variable=cold depth=64
-#pragma HLS STREAM variable=scl depth=128
+    QTA_PRAGMA(HLS STREAM variable=scl depth=QTA_SCL_DEPTH)
 #pragma HLS STREAM variable=wout depth=64
 #pragma HLS STREAM variable=fcnt depth=64
 #pragma HLS STREAM variable=lcnt depth=64

@@ -22,8 +22,8 @@
 # or the design outgrows the part. After csynth (and before any export) hls/tcl/csynth_gate.py
 # reads the solution's csynth.xml reports and the flow stops, exporting nothing, when any loop
 # missed its target II, the estimated clock period exceeds QTA_CLOCK_PERIOD_NS, or a resource
-# exceeds QTA_BUDGET (the part's totals from hardware.toml). The environment variable QTA_PYTHON
-# (default python3) runs it.
+# exceeds QTA_BUDGET (85% of the part's LUT/FF, 90% of its DSP/BRAM/URAM: the fit headroom).
+# The environment variable QTA_PYTHON (default python3) runs it.
 #
 # Targets AMD Vitis HLS 2024.2; 2023.2 and later should work.
 

@@ -24,6 +24,14 @@ def test_cpp_testbench_passes(board):
     assert "read while empty" not in proc.stdout, "a process read a stream before its producer wrote it"
 
 
+def test_cosim_capture_pass_accepts_zero_measured_cycles():
+    """Review 2 B3: cosim first runs the testbench (compiled for cosim) against the C function,
+    which measures 0 cycles; that pass must not fail, or cosim stops before any RTL runs."""
+    proc = csim.run_testbench(config().board("pynq_z2"), defines=("QTA_COSIM",))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert " 0 failed" in proc.stdout and "capture pass" in proc.stdout
+
+
 def test_build_uses_strict_warnings():
     assert {"-std=c++14", "-Wall", "-Werror"} <= set(csim.CXXFLAGS)
 
@@ -177,3 +185,35 @@ def test_writers_multiply_nothing_at_run_time():
             runtime.append((left, right))
     assert runtime == [], runtime
     assert "ALLOCATION operation instances=mul" not in functions("\n" + code)["write"][1]
+
+
+def _stream_depth(source: str, variable: str, defines: dict[str, int]) -> int:
+    """The depth the kernel's STREAM pragma gives ``variable``: a literal or a generated QTA_ macro."""
+    found = re.search(rf"HLS STREAM variable={variable} depth=(\w+)", source)
+    assert found, f"no STREAM depth pragma for {variable}"
+    word = found.group(1)
+    return int(word) if word.isdigit() else defines[word]
+
+
+@pytest.mark.parametrize("board", sorted(config().boards))
+def test_scale_fifo_holds_two_blocks_of_the_largest_scale_vector(board):
+    """Review 2 B1: fetch<0> writes a block's scales before its operands and the store reads them
+    only after the array released the block, so scl must hold a whole vector (else deadlock; the
+    C-simulation streams are unbounded and cannot show it) and two for no fetch stall."""
+    from lora_qta.hw.generate import header
+
+    b = config().board(board)
+    defines = {m.group(1): int(m.group(2)) for m in re.finditer(r"#define (QTA_\w+) (\d+)\n", header(board))}
+    depth = _stream_depth(strip_comments((HLS_SRC / "qta_gemm.cpp").read_text()), "scl", defines)
+    vector_beats = -(-max(b.tile_m_max, b.tile_n_max) * 8 // b.axi_bytes)
+    assert depth >= 2 * vector_beats, f"{board}: scl depth {depth} < 2 x {vector_beats} beats"
+
+
+def test_pe_multiply_is_bound_to_a_dsp():
+    """Review 2 S7: the PE array's one multiply assigns a variable that a BIND_OP pragma pins to
+    a DSP (op=mul impl=dsp), in the same function, so HLS cannot put the 8x8 products in fabric."""
+    code = strip_comments((HLS_SRC / "qta_gemm.cpp").read_text())
+    body = functions("\n" + code)["array_step"][1]
+    mac = re.search(r"(\w+)\s*=\s*\(int16_t\)\s*\w+\s*\*\s*\(int16_t\)\s*\w+", body)
+    assert mac, "no INT8 x INT8 multiply assigned to a variable in array_step"
+    assert re.search(rf"#pragma HLS BIND_OP variable={mac.group(1)} op=mul impl=dsp", body), mac.group(1)

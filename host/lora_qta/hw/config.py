@@ -174,6 +174,15 @@ class BoardConfig:
         return self.axi_data_width // 8
 
     @property
+    def scale_fifo_depth(self) -> int:
+        """Depth in beats of the kernel's scale FIFO ``scl``: two of the largest per-row/column
+        scale vectors a block carries (8 bytes per scale), so that block b+1's scales fit while the
+        store still holds block b's (the fetcher writes a block's scales before its operands and
+        the store reads them only after the array released the block: a shallower FIFO deadlocks,
+        review 2 B1; one vector's depth would stall fetch, review 2 S1)."""
+        return 2 * -(-max(self.tile_m_max, self.tile_n_max) * 8 // self.axi_bytes)
+
+    @property
     def min_sub(self) -> int:
         """Smallest sub-array side (``schedule.min_subarray``)."""
         return config().schedule.min_subarray

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import QtaError
 from .config import DEFAULT_BOARD, board_digest, config
-from .resources import estimate_resources, resource_markdown, resource_table
+from .resources import budget, estimate_resources, resource_markdown, resource_table
 
 WHAT = {
     "header": "qta_config.h for the HLS kernel",
@@ -60,6 +60,7 @@ def header(board_name: str | None = None) -> str:
         "ROWS": b.array_rows, "COLS": b.array_cols, "AXI_PORTS": b.axi_ports,
         "AXI_BYTES": b.axi_bytes, "AXI_BITS": b.axi_data_width, "EPI_ROWS": b.epilogue_rows,
         "TILE_M_MAX": b.tile_m_max, "TILE_N_MAX": b.tile_n_max, "TILE_K_MAX": b.tile_k_max,
+        "SCL_DEPTH": b.scale_fifo_depth,
         "A_DEPTH": b.a_depth, "A_SIDE_DEPTH": b.a_side_depth, "B_DEPTH": b.b_depth,
         "B_SIDE_DEPTH": b.b_side_depth, "ACC_DEPTH": b.acc_depth, "ACC_SIDE_DEPTH": b.acc_side_depth,
         "MAX_M": b.max_m, "MAX_N": b.max_n, "MAX_K": b.max_k,
@@ -141,9 +142,9 @@ def tcl(board_name: str | None = None) -> str:
         "QTA_ADDRESS_RANGE": cfg.address_range,
         "QTA_BITSTREAM_NAME": f"qta_{b.name}",
         "QTA_CONFIG_DIGEST": board_digest(b),
-        # the csynth gate's budget: the part's resources (hls/tcl/csynth_gate.py)
-        "QTA_BUDGET": f"DSP {b.dsp_total} BRAM_18K {2 * b.bram36_total} URAM {b.uram_total} "
-                      f"LUT {b.lut_total} FF {b.ff_total}",
+        # the csynth gate's budget (hls/tcl/csynth_gate.py): the part's resources less the fit
+        # headroom (resources.FIT_PERCENT: 85% LUT/FF, 90% DSP/BRAM/URAM)
+        "QTA_BUDGET": " ".join(f"{k} {v}" for k, v in budget(b.name).items()),
     }
     out = ["# Generated from host/lora_qta/hw/hardware.toml by `lora-qta config tcl`. Do not edit."]
     out += [f"set {k} {{{v}}}" for k, v in values.items()]

@@ -29,6 +29,19 @@ from .config import config
 YOSYS_JSON = Path(__file__).with_name("pe_array_yosys.json")
 FAMILY = {"zynq_us": "xcup", "zynq7": "xc7"}   # hardware.toml family -> synth_xilinx family
 HDR_WORD_BITS = 32
+FIT_PERCENT = {"dsp": 90, "bram36": 90, "uram": 90, "lut": 85, "ff": 85}
+"""Share of the part (%) a build may use: 15% LUT/FF headroom for place and route at the target
+clock, 10% for the hard blocks. The resource-count fit test and the csynth gate's budget
+(``QTA_BUDGET``, review 2 S9) both use it."""
+
+
+def budget(board_name: str | None = None) -> dict[str, int]:
+    """The csynth gate's budget of ``board`` in report units (BRAM_18K, DSP, URAM, LUT, FF):
+    :data:`FIT_PERCENT` of the part's totals."""
+    b = config().board(board_name)
+    totals = {"dsp": ("DSP", b.dsp_total), "bram36": ("BRAM_18K", 2 * b.bram36_total),
+              "uram": ("URAM", b.uram_total), "lut": ("LUT", b.lut_total), "ff": ("FF", b.ff_total)}
+    return {name: total * FIT_PERCENT[key] // 100 for key, (name, total) in totals.items()}
 """Width of a header FIFO: the kernel sends each process the call's header as 32-bit words
 (qta_gemm.cpp ``HdrStream``, review N3)."""
 STEP_F_BITS = 450
@@ -152,21 +165,29 @@ def resource_rows(board_name: str | None = None) -> list[dict[str, Any]]:
         bram36=b.axi_ports * 2 * _bram36(8 * bb, 2 * tslot), lut=3000 + 600 * b.axi_ports,
         ff=4000 + 2 * b.axi_ports * trows * 8 * bb)
     lanes = b.epilogue_lanes
-    add("epilogue", f"{lanes} lanes: 32x32 signed multiply (4 DSP), hash mix32 two 32-bit constant "
-        f"multiplies (3 DSP each), one 64-bit shifter, rounding, saturation, amax (700 LUT per lane); "
-        f"accumulator read muxes: {b.epilogue_rows} x ({nbb}:1 over {32 * c}-bit tap rows + {c // sub}:1 over "
-        f"{32 * sub}-bit column groups) at 1 LUT6 per 4:1 per bit",
-        dsp=10 * lanes, ff=600 * lanes,
-        lut=700 * lanes + b.epilogue_rows * (32 * c * math.ceil(nbb / 4) + 32 * sub * math.ceil((c // sub) / 4)))
     m32, m64 = (3, 6) if b.family == "zynq_us" else (4, 8)
+    # round_shift builds both rounding paths: five 64-bit variable shifts ((bits<<32)>>(64-sh),
+    # (p+u)>>sh, p>>sh, (1<<sh)-1, 1<<(sh-1)), each a 6-level barrel shifter of 64 bits at
+    # 3 LUT6 (4:1) levels per bit; and the store word's byte position (wpos*MS+u)*eb is a
+    # runtime 32x32 multiply per lane (review 2 S2).
+    shifters = 5 * 64 * 3
+    add("epilogue", f"{lanes} lanes: 32x32 signed multiply (4 DSP), hash mix32 two 32-bit constant "
+        f"multiplies (3 DSP each), the byte position (wpos*MS+u)*eb a runtime 32x32 multiply ({m32} DSP), "
+        f"five 64-bit variable shifters of round_shift ({shifters} LUT: 64 bits x 3 levels of 4:1), rounding, "
+        f"saturation, amax (700 LUT); accumulator read muxes: {b.epilogue_rows} x ({nbb}:1 over {32 * c}-bit "
+        f"tap rows + {c // sub}:1 over {32 * sub}-bit column groups) at 1 LUT6 per 4:1 per bit",
+        dsp=(10 + m32) * lanes, ff=600 * lanes,
+        lut=(700 + shifters) * lanes
+        + b.epilogue_rows * (32 * c * math.ceil(nbb / 4) + 32 * sub * math.ceil((c // sub) / 4)))
     add("multipliers", f"runtime multiplies outside the PE array and the epilogue, each {m32} DSP per 32x32 "
         f"({'DSP48E2' if b.family == 'zynq_us' else 'DSP48E1'}), {m64} per 64x32: descriptors/decode one "
         "shared multiplier (ALLOCATION limit=1) plus one 32-bit divider and one remainder unit (1100 LUT, "
         "2000 FF each); array 2 per step (fold count); loader f*span in each operand's II=1 loop (2) and "
         f"the phase counts (one per operand, ALLOCATION limit=1); {b.axi_ports} fetchers one shared 64x32 "
-        f"each (conv pixel and row addresses, ALLOCATION limit=1); the writers none (row addresses a "
+        f"each (conv pixel and row addresses, ALLOCATION limit=1); the store's accumulator addresses in its "
+        "II=1 outputs loop, fr*nfc (twice) and fc*mt (3, review 2 S3); the writers none (row addresses a "
         "counter of the descriptors, review S4)",
-        dsp=m32 * (1 + 2 + 2 + 2) + m64 * b.axi_ports, lut=2 * 1100 + 200 * (7 + b.axi_ports),
+        dsp=m32 * (1 + 2 + 2 + 2 + 3) + m64 * b.axi_ports, lut=2 * 1100 + 200 * (10 + b.axi_ports),
         ff=2 * 2000)
     add("fetch_write", f"{b.axi_ports} fetch + {b.axi_ports} write processes: 64-bit address adders, burst "
         "and row counters, conv tap counters (per-unit figure)",
@@ -175,13 +196,15 @@ def resource_rows(board_name: str | None = None) -> list[dict[str, Any]]:
     step_bits = b.axi_ports * (STEP_F_BITS + STEP_W_BITS) + 3 * STEP_C_BITS
     ctl_bits = hdr_fifos * HDR_WORD_BITS + step_bits
     cnt_fifos = b.axi_ports + 3
-    fifo_bits = b.axi_ports * 64 * (8 * bb + 2 * 8 * 4 * sub) + 128 * 8 * bb
-    add("fifos", f"ops (64 beats), cold and wout (64 store words of {32 * sub} bit) per port, one scl (128 "
-        f"beats, port 0) in BRAM: {fifo_bits} bit; {hdr_fifos} header FIFOs of {HDR_WORD_BITS} bit (the header "
+    scl = b.scale_fifo_depth
+    fifo_bits = b.axi_ports * 64 * (8 * bb + 2 * 8 * 4 * sub) + scl * 8 * bb
+    add("fifos", f"ops (64 beats), cold and wout (64 store words of {32 * sub} bit) per port, one scl ({scl} "
+        f"beats of {8 * bb} bit, port 0: two of the largest scale vectors) in BRAM: {fifo_bits} bit; {hdr_fifos} "
+        f"header FIFOs of {HDR_WORD_BITS} bit (the header "
         f"as words) and the step FIFOs narrowed per consumer ({b.axi_ports} x StepF {STEP_F_BITS} bit, "
         f"{b.axi_ports} x StepW {STEP_W_BITS} bit, 3 x StepC {STEP_C_BITS} bit): {ctl_bits} bit, depth 2-4, in "
         f"SRL at 1 LUT per bit; {cnt_fifos} count FIFOs (32 bit, depth 64) in SRL at 2 LUT per bit",
-        bram36=b.axi_ports * (2 * math.ceil(8 * 4 * sub / 72) + math.ceil(8 * bb / 72)) + math.ceil(8 * bb / 72),
+        bram36=b.axi_ports * (2 * math.ceil(8 * 4 * sub / 72) + math.ceil(8 * bb / 72)) + _bram36(8 * bb, scl),
         lut=ctl_bits + cnt_fifos * 32 * 2, ff=ctl_bits // 4)
     add("axi_control", f"{b.axi_ports} m_axi adapters (read + write channels, 64-beat bursts, 2 BRAM36 of "
         "burst buffer per channel), s_axilite with the register map, model/counter processes (per-unit figure)",

@@ -71,8 +71,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LORA_QTA_CACHE", Path.home() / ".cache" / "lora_qta")) / "csim"
 
 
-def build(board: BoardConfig, out_dir: Path | None = None, testbench: bool = False) -> Path:
+def build(board: BoardConfig, out_dir: Path | None = None, testbench: bool = False,
+          defines: tuple[str, ...] = ()) -> Path:
     """Compile the kernel for ``board``; returns the shared library (or testbench) path.
+    ``defines``: extra preprocessor names (``-D``), e.g. ``QTA_COSIM`` for the testbench as the
+    co-simulation's capture pass compiles it.
 
     The result is cached under a hash of the sources, the generated header and the flags.
     """
@@ -85,7 +88,8 @@ def build(board: BoardConfig, out_dir: Path | None = None, testbench: bool = Fal
     h = hashlib.sha256(hdr.encode())
     for rel in files + list(HEADERS):
         h.update((root / rel).read_bytes())
-    h.update(" ".join(CXXFLAGS).encode())
+    flags = [*CXXFLAGS, *(f"-D{d}" for d in defines)]
+    h.update(" ".join(flags).encode())
     key = h.hexdigest()[:16]
     out_dir = out_dir or cache_dir() / f"{board.name}-{key}"
     target = out_dir / ("qta_gemm_tb" if testbench else f"libqta_{board.name}.so")
@@ -97,7 +101,7 @@ def build(board: BoardConfig, out_dir: Path | None = None, testbench: bool = Fal
     link = [] if testbench else ["-shared", "-fPIC"]
     with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".tmp", delete=False) as tmp:
         tmp_path = Path(tmp.name)
-    cmd = [cxx, *CXXFLAGS, *link, "-isystem", str(ap_types_dir()), f"-I{out_dir}",
+    cmd = [cxx, *flags, *link, "-isystem", str(ap_types_dir()), f"-I{out_dir}",
            f"-I{root / 'src'}", *srcs, "-o", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -185,9 +189,10 @@ def address(arr: np.ndarray) -> int:
     return int(arr.__array_interface__["data"][0])
 
 
-def run_testbench(board: BoardConfig) -> subprocess.CompletedProcess:
-    """Build and run the C++ testbench of ``board`` (what `vitis_hls` csim runs)."""
-    exe = build(board, testbench=True)
+def run_testbench(board: BoardConfig, defines: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Build and run the C++ testbench of ``board`` (what `vitis_hls` csim runs; with
+    ``defines=("QTA_COSIM",)`` what cosim's capture pass runs)."""
+    exe = build(board, testbench=True, defines=defines)
     return subprocess.run([str(exe)], capture_output=True, text=True)
 
 
