@@ -183,7 +183,9 @@ class Offload:
         self.stats: dict[str, FamilyStats] = {f: FamilyStats() for f in FAMILIES if f != "lora"}
         self.lora_runtime = None            # a QtaRuntime, reported as family "lora"
         self.wrapped: dict[str, int] = {"linear": 0, "conv": 0, "conv_fallback": 0, "attention": 0}
-        self.weights: dict[str, int] = {"resident": 0, "per_call": 0}   # frozen INT8 weight copies
+        # frozen INT8 weight copies: resident or per call, and the bytes placed for the run (kept
+        # after the run frees them, so the report written at the end still says what was resident)
+        self.weights: dict[str, int] = {"resident": 0, "per_call": 0, "resident_bytes": 0}
         self._restore: list[nn.Module] = []
         self._processors: dict[str, Any] | None = None
 
@@ -351,7 +353,7 @@ class Offload:
                     "(ARM) work measured on this machine",
             "threshold_saturation_rate": self.threshold, "amax_history": self.history_length,
             "wrapped_layers": dict(self.wrapped), "sites": len(self.sites),
-            "weights": {**self.weights, "resident_bytes": self.acc.resident_bytes},
+            "weights": dict(self.weights),
             "families": fam, "total_cycles": cycles, "total_macs": sum(f["macs"] for f in fam.values()),
             "modelled_board_time_s": cycles / (clock * 1e6),
             "fallback_calls": sum(f["fallback_calls"] for f in fam.values()),
@@ -798,8 +800,10 @@ def place_weights(off: Offload) -> None:
                 off.weights["per_call"] += 1
                 continue
             try:
+                before = off.acc.resident_bytes
                 setattr(layer, attr, off.acc.resident(held, f"{layer.name}.{attr}"))
                 off.weights["resident"] += 1
+                off.weights["resident_bytes"] += off.acc.resident_bytes - before
             except DeviceMemoryError:
                 off.weights["per_call"] += 1
 
