@@ -27,7 +27,7 @@ stops the flow when it exits non-zero. It reads the synthesis reports of a solut
 Control loops that run once per step or block (descriptors/steps, model_steps) are declared at a
 relaxed II (``PIPELINE II=4``) or not pipelined (``PIPELINE off``: no PipelineII in the report)
 in the kernel; :func:`declared_iis` reads those pragmas, so they are held to what the kernel asks
-(review 2 B2). A report loop matches a label exactly or with the ``_N`` suffix HLS gives copies.
+(review 2 B2). A report loop matches a label exactly or with the ``_N``/``.N`` suffix HLS gives copies.
 
 Usage: ``csynth_gate.py REPORT_DIR_OR_CSYNTH_XML --period NS --budget "DSP 1728 BRAM_18K 624 ..."``.
 Exit status: 0 all met, 1 a target missed (each miss printed), 2 no readable report.
@@ -72,11 +72,15 @@ def declared_iis(source: str) -> dict[str, int]:
     return out
 
 
+def copy_base(name: str) -> str:
+    """A report loop's label without the suffix HLS gives a copy (``label_N`` or ``label.N``)."""
+    return re.sub(r"[._]\d+$", "", name)
+
+
 def target_ii(loop_path: str, declared: dict[str, int]) -> int:
     """The II a report loop (``module/.../label``) is held to: its label's declared II, else 1."""
     name = loop_path.rsplit("/", 1)[-1]
-    base = re.sub(r"_\d+$", "", name)
-    return declared.get(name, declared.get(base, 1))
+    return declared.get(name, declared.get(copy_base(name), 1))
 
 
 def _loops(root: ET.Element, module: str) -> list[tuple[str, int]]:
@@ -121,7 +125,10 @@ def _depths(root: ET.Element) -> dict[str, int]:
         for node in summary.iter():
             depth = _float(node.findtext("PipelineDepth")) if len(node) else None
             if depth is not None:
-                out[node.tag] = int(depth)
+                # every copy of a loop (an inlined function's second instance: label_N, label.N)
+                # is held to the same depth: keep the deepest under the label itself
+                for key in {node.tag, copy_base(node.tag)}:
+                    out[key] = max(out.get(key, 0), int(depth))
     return out
 
 
@@ -144,7 +151,8 @@ def check(reports: list[Path], period: float | None, budget: dict[str, float],
                 misses.append(f"II: loop {loop} has no numeric II (not pipelined as asked)")
             elif achieved > want:
                 misses.append(f"II: loop {loop} reached II={achieved}, target {want}")
-        depths.update(_depths(root))
+        for loop, depth in _depths(root).items():  # the deepest over every report
+            depths[loop] = max(depths.get(loop, 0), depth)
     root = ET.parse(top).getroot()
     if (root.findtext("PerformanceEstimates/PipelineType") or "").strip().lower() != "dataflow":
         misses.append("dataflow: the top's PipelineType is not dataflow (DATAFLOW was not applied)")

@@ -282,6 +282,32 @@ def test_csynth_gate_takes_relaxed_iis_from_the_kernel_pragmas(tmp_path):
     assert missing.returncode == 2
 
 
+@pytest.mark.parametrize("suffix", ["_1", ".1"])
+def test_csynth_gate_holds_every_copy_of_a_loop(tmp_path, suffix):
+    """Review 3 G1/G2: HLS names a loop's copies label_N or label.N (``load_operand`` is inlined
+    twice into ``load``): a copy takes its label's II target, and the deepest copy is held to the
+    depth the cycle model charges (before, the copy was unchecked or the last one parsed won)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("csynth_gate", GATE)
+    gate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gate)
+    assert gate.target_ii(f"descriptors/steps{suffix}", {"steps": 4}) == 4
+    for f in (CSYNTH_STANDINS / "meets").iterdir():
+        (tmp_path / f.name).write_text(f.read_text())
+    load = tmp_path / "load_csynth.xml"
+    xml = load.read_text()
+    first = xml[xml.index("      <load_cycles>"):xml.index("      </load_cycles>") + len("      </load_cycles>\n")]
+    copy = first.replace("load_cycles>", f"load_cycles{suffix}>").replace("<PipelineDepth>6", "<PipelineDepth>9")
+    for order in ((copy, first), (first, copy)):  # the deep copy before and after the original
+        load.write_text(xml.replace(first, "".join(order)))
+        misses = gate.check(sorted(tmp_path.glob("*.xml")), None, {}, config={"QTA_LOAD_PIPELINE": 6},
+                            declared={})
+        assert any("loop load_cycles has PipelineDepth 9 > QTA_LOAD_PIPELINE = 6" in m for m in misses), misses
+    load.write_text(xml)
+    assert not [m for m in gate.check(sorted(tmp_path.glob("*.xml")), None, {}, config={"QTA_LOAD_PIPELINE": 6},
+                                      declared={}) if m.startswith("depth")]
+
+
 def test_csynth_stand_ins_follow_the_real_report_schema():
     """No TargetII (real Vitis reports have none); every pipelined loop has PipelineII and
     PipelineDepth; module reports carry SummaryOfViolations (review 2 B2)."""
