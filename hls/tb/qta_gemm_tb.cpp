@@ -395,6 +395,19 @@ Case random_case(int split, bool os) {
     return cs;
 }
 
+// A random OS case reduced to one plain GEMM (no conv, batch 1, no transposes, no split) that the
+// kernel must accept: the base of the large-tile and largest-scale-vector cases below.
+Case plain_os_case() {
+    Case c = random_case(0, true);
+    c.conv = false;
+    c.batch = 1;
+    c.ta = c.tb = false;
+    c.split = 0;
+    c.os = true;
+    c.expect_bad = false;
+    return c;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -413,12 +426,7 @@ int main(int argc, char **argv) {
     // Large-tile accumulate calls: several blocks of the largest tiles, INT32 and INT8, so that the
     // operand, old-C and output FIFOs fill and back-pressure in co-simulation (review B5).
     for (int out8 = 0; out8 <= 1; out8++) {
-        Case big = random_case(0, true);
-        big.conv = false;
-        big.batch = 1;
-        big.ta = big.tb = false;
-        big.split = 0;
-        big.os = true;
+        Case big = plain_os_case();
         big.tm = QTA_TILE_M_MAX < 64 ? QTA_TILE_M_MAX : 64;
         big.tn = QTA_TILE_N_MAX < 256 ? QTA_TILE_N_MAX : 256;
         big.tk = 2 * BB;
@@ -428,19 +436,13 @@ int main(int argc, char **argv) {
         big.accum = true;
         big.out8 = out8;
         big.smode = 0;
-        big.expect_bad = false;
         cases++;
         if (!run_case(big, cases)) failures++;
     }
     // Per-column INT8 scales at the largest tile_n over two blocks: the scale vector is the longest
     // a block carries (tile_n_max x 8 bytes), so scl must hold it while the array runs (review 2 B1).
     for (int smode = 1; smode <= 2; smode++) {
-        Case sc = random_case(0, true);
-        sc.conv = false;
-        sc.batch = 1;
-        sc.ta = sc.tb = false;
-        sc.split = 0;
-        sc.os = true;
+        Case sc = plain_os_case();
         sc.tm = smode == 1 ? QTA_TILE_M_MAX : (QTA_TILE_M_MAX < 32 ? QTA_TILE_M_MAX : 32);
         sc.tn = smode == 2 ? QTA_TILE_N_MAX : (QTA_TILE_N_MAX < 32 ? QTA_TILE_N_MAX : 32);
         sc.tk = 2 * BB;
@@ -450,7 +452,6 @@ int main(int argc, char **argv) {
         sc.accum = false;
         sc.out8 = true;
         sc.smode = smode;
-        sc.expect_bad = false;
         cases++;
         if (!run_case(sc, cases)) failures++;
     }
