@@ -42,8 +42,8 @@ def main() -> None:
         for label in labels:
             precision, offload, scheme, fuse = VARIANTS[label]
             run = root / f"seed{s}" / label
-            cfg = FinetuneConfig(output_dir=str(run), precision=precision, offload=offload, offload_scheme=scheme, fuse_lora=fuse,
-                                 steps=a.steps, seed=s, samples=False, checkpoint_every=10**6, overwrite=True)
+            cfg = FinetuneConfig(output_dir=str(run), precision=precision, offload=offload, offload_scheme=scheme,
+                                 fuse_lora=fuse, steps=a.steps, seed=s, samples=False, checkpoint_every=10**6, overwrite=True)
             if finished_run(cfg):
                 rep = json.loads((run / "report.json").read_text())
             else:
