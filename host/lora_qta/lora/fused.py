@@ -93,7 +93,9 @@ class FusedLinear:
 
     def refresh(self, a: torch.Tensor) -> None:
         """Quantize A per row and write its r rows into the stacked weight (in place, only those
-        rows) if A changed since they were last written (the optimizer step)."""
+        rows) if A changed since they were last written (the optimizer step). Called at the
+        forward: the backward of a step reads the rows its forward wrote, since A only changes
+        between steps."""
         a = a.detach()
         if self._a_written is not None and torch.equal(self._a_written, a):
             return
