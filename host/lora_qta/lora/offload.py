@@ -69,7 +69,9 @@ Quantization (all symmetric INT8, |q| <= 127), in one of two schemes (:data:`SCH
 
 Per-family accounting (:meth:`Offload.report`): calls, modelled cycles, bytes, MACs and
 utilization for ``linear``, ``conv``, ``attention`` and ``lora`` (the LoRA runtime's six GEMMs),
-plus fallbacks and recomputes; the training loop writes it into report.json under ``offload``.
+and ``fused`` with ``fuse_lora`` (:mod:`.fused`: a LoRA layer and its base layer in one call per
+direction), plus fallbacks and recomputes; the training loop writes it into report.json under
+``offload``.
 """
 
 from __future__ import annotations
