@@ -1,5 +1,5 @@
-"""Held-out loss of fp32, int8 LoRA-only and int8 whole-step (--offload all, both schemes)
-fine-tuning of the digits default, per seed (a measurement, not a test): ``python
+"""Held-out loss of fp32, int8 LoRA-only and int8 whole-step (--offload all, both schemes, and
+the row scheme with --fuse-lora) fine-tuning of the digits default, per seed (a measurement, not a test): ``python
 scripts/offload_quality.py STEPS SEED [SEED ...] [--variants fp32,int8-all] [--concept-samples N
 --samples-per-class M]`` (with N > 0 also evaluate's concept accuracy, concept probability and
 known-digit accuracy at the seed's sampling noise). Writes
@@ -17,11 +17,12 @@ from lora_qta.training.config import FinetuneConfig
 from lora_qta.training.evaluate import heldout_loss, measure
 from lora_qta.training.loop import finetune, finished_run
 
-VARIANTS = {  # label: (precision, offload, offload scheme)
-    "fp32": ("fp32", "lora", "row"),
-    "int8": ("int8", "lora", "row"),
-    "int8-all": ("int8", "all", "row"),
-    "int8-all-tensor": ("int8", "all", "tensor"),
+VARIANTS = {  # label: (precision, offload, offload scheme, fuse LoRA with its base layer)
+    "fp32": ("fp32", "lora", "row", False),
+    "int8": ("int8", "lora", "row", False),
+    "int8-all": ("int8", "all", "row", False),
+    "int8-all-tensor": ("int8", "all", "tensor", False),
+    "int8-all-fused": ("int8", "all", "row", True),
 }
 
 
@@ -39,10 +40,10 @@ def main() -> None:
     out = {"steps": a.steps, "seeds": a.seeds, "heldout_loss": {}, "step_s": {}, "metrics": {}}
     for s in a.seeds:
         for label in labels:
-            precision, offload, scheme = VARIANTS[label]
+            precision, offload, scheme, fuse = VARIANTS[label]
             run = root / f"seed{s}" / label
             cfg = FinetuneConfig(output_dir=str(run), precision=precision, offload=offload, offload_scheme=scheme,
-                                 steps=a.steps, seed=s, samples=False, checkpoint_every=10**6, overwrite=True)
+                                 fuse_lora=fuse, steps=a.steps, seed=s, samples=False, checkpoint_every=10**6, overwrite=True)
             if finished_run(cfg):
                 rep = json.loads((run / "report.json").read_text())
             else:

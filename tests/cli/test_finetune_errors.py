@@ -39,6 +39,8 @@ def one_line(capsys, argv) -> str:
     (["--instance-data-dir", "photos"], "--instance-data-dir apply to a Stable Diffusion model"),
     (["--prompt", "a photo of a dog"], "--prompt apply to a Stable Diffusion model"),
     (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+    (["--fuse-lora"], "--fuse-lora fuses each LoRA layer with its base layer on the accelerator: it needs "
+                      "--precision int8 --offload all --offload-scheme row (given: --precision fp32"),
     # item 4: the accelerator splits oversized GEMMs; the limit that remains (memory) is checked first
     (["--batch-size", "100000"], "--batch-size 100000 needs at least"),
 ])

@@ -36,3 +36,15 @@ def test_every_help_text_renders():
 def test_report_commands_explain_their_options(command):
     p = subprocess.run([sys.executable, "-m", "lora_qta.cli", command, "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "--out" in p.stdout
+
+
+@pytest.mark.parametrize("argv, fused", [([], False), (["--fuse-lora"], True)])
+def test_fuse_lora_reaches_the_run_config(monkeypatch, argv, fused):
+    """``finetune --fuse-lora`` sets FinetuneConfig.fuse_lora (default off)."""
+    from lora_qta.cli import main
+    from lora_qta.training import loop
+
+    seen = []
+    monkeypatch.setattr(loop, "finetune", lambda cfg: seen.append(cfg) or {"interrupted": True})
+    assert main(["finetune", "--offload", "all", *argv]) == 130
+    assert seen[0].fuse_lora is fused and seen[0].offload == "all"

@@ -137,3 +137,38 @@ def test_lora_bias_is_supported():
     y_ref.sum().backward()
     g_ref, g_q = ref.to_q.lora_B["default"].bias.grad, q.to_q.lora_B["default"].bias.grad
     assert g_q is not None and torch.allclose(g_q, g_ref)
+
+
+def test_the_unfused_layer_is_exactly_its_six_quantized_gemms():
+    """The unfused path (``QtaLoraFunction``, shared with --fuse-lora through ``lora_up`` and
+    ``lora_grads``) against the six GEMMs written out here on the same quantizers, in integers:
+    H on SmoothQuant-scaled X and per-tensor A, Y on per-token H and per-tensor B, dH and dX with
+    the seeded stochastic rounding of G and dH, dA and dB from the runtime's token sums."""
+    from lora_qta.lora.layer import QtaLoraFunction
+    from lora_qta.lora.quant import smoothing_factors
+
+    torch.manual_seed(5)
+    x, a, b = torch.randn(30, 24) * torch.logspace(-1, 1, 24), torch.randn(4, 24) * 0.2, torch.randn(16, 4) * 0.1
+    g, s, lid = torch.randn(30, 16), 0.5, 3
+    rt = QtaRuntime(Accelerator("zcu104", "fast"), seed=2)
+    rt.step = 7
+    xr, ar, br = (t.clone().requires_grad_(True) for t in (x, a, b))
+    y = QtaLoraFunction.apply(xr, ar, br, s, rt, lid)
+    y.backward(g)
+
+    def mm(p, q):
+        return (p.q.long() @ q.q.long()).float()
+
+    f = smoothing_factors(x.abs().amax(0), a.abs().amax(0), QtaRuntime.SMOOTH_ALPHA)
+    xq, aq = quantize(x / f, "row"), quantize(a * f, "tensor")
+    h = (xq.q.long() @ aq.q.long().T).float() * xq.scale * aq.scale
+    hq, bq = quantize(h, "row"), quantize(b, "tensor")
+    assert torch.equal(y.detach(), (hq.q.long() @ bq.q.long().T).float() * hq.scale * bq.scale * s)
+    gq = quantize(g, "row", rt.generator(lid, 0))
+    dh = mm(gq, bq) * gq.scale * bq.scale * s
+    dhq, at = quantize(dh, "row", rt.generator(lid, 3)), quantize(a, "tensor")
+    assert torch.equal(xr.grad, mm(dhq, at) * dhq.scale * at.scale)
+    ref = QtaRuntime(Accelerator("zcu104", "fast"), seed=2)
+    ref.step = 7
+    assert torch.equal(br.grad, ref.token_sum(LORA_GEMMS[3], g, h, ref.generator(lid, 1)) * s)
+    assert torch.equal(ar.grad, ref.token_sum(LORA_GEMMS[4], dh, x, ref.generator(lid, 2)))

@@ -55,6 +55,32 @@ def test_resident_b_shared_by_a_batch_and_as_convolution_weights(acc):
     assert acc.resident_bytes == 0
 
 
+@pytest.mark.parametrize("backend", ["fast", "csim"])
+def test_rows_rewritten_in_place_give_the_gemm_of_the_new_matrix(backend):
+    """write_rows changes only the given rows of a resident matrix (flushed to device memory): the
+    next GEMMs read the new rows, in both directions, and the handle and its bytes stay."""
+    acc = Accelerator("zcu104", backend)
+    rng = np.random.default_rng(4)
+    w, a, at = _i8(rng, (23, 40)), _i8(rng, (9, 40)), _i8(rng, (9, 23))
+    h = acc.resident(w, "stacked")
+    held = acc.resident_bytes
+    acc.gemm(a, h, trans_b=True)                         # a call before the rewrite
+    new = _i8(rng, (5, 40))
+    assert acc.write_rows(h, 18, new) == 5 * h.ld
+    w2 = w.copy()
+    w2[18:] = new
+    assert np.array_equal(acc.gemm(a, h, trans_b=True).output, a.astype(np.int64) @ w2.T.astype(np.int64))
+    assert np.array_equal(acc.gemm(at, h).output, at.astype(np.int64) @ w2.astype(np.int64))
+    assert acc.resident_bytes == held
+    with pytest.raises(InputDTypeError, match="must be int8"):
+        acc.write_rows(h, 0, new.astype(np.int16))
+    with pytest.raises(InputShapeError, match="do not fit"):
+        acc.write_rows(h, 0, _i8(rng, (2, 39)))
+    acc.free(h)
+    with pytest.raises(ResidentOperandError, match="was freed"):
+        acc.write_rows(h, 0, new)
+
+
 def test_a_freed_or_foreign_handle_is_refused(acc):
     rng = np.random.default_rng(3)
     a, w = _i8(rng, (8, 16)), _i8(rng, (16, 16))

@@ -136,7 +136,7 @@ def test_variant_table():
     assert list(avail)[:2] == ["fp32", "int8"]
     assert variant_config("fp32", FinetuneConfig()).precision == "fp32"
     assert variant_config("int8", FinetuneConfig(precision="fp32")).precision == "int8"
-    assert [v.name for v in VARIANTS] == ["fp32", "int8", "int8-all"]
+    assert [v.name for v in VARIANTS] == ["fp32", "int8", "int8-all", "int8-all-fused"]
     assert parse_variants("int8, fp32") == ["fp32", "int8"]  # the reference first
 
 
@@ -168,6 +168,9 @@ def test_int8_all_runs_have_their_own_identity():
     assert "offload_numerics" in id_all["target"] and "offload_numerics" not in id_lora["target"]
     assert variant_options("int8") == {"precision": "int8", "offload": "lora"}
     assert variant_options("int8-all") == {"precision": "int8", "offload": "all"}
+    fused = variant_config("int8-all-fused", base)
+    assert fused.fuse_lora and fused.identity(run_target(fused))["target"]["offload_numerics"]["fuse_lora"]
+    assert "fuse_lora" not in id_all["target"]["offload_numerics"]  # int8-all's identity stays unfused
 
 
 @pytest.mark.parametrize("text, message", [

@@ -48,14 +48,14 @@ def test_finetune_offload_all_on_the_digits_default_reports_the_four_families(tm
 TIMES = ("wall_s", "host_quant_s")
 
 
-@pytest.mark.parametrize("scheme", ["row", "tensor"])
-def test_resumed_offload_all_run_equals_the_uninterrupted_one(tmp_path, scheme):
+@pytest.mark.parametrize("scheme, fuse", [("row", False), ("tensor", False), ("row", True)])
+def test_resumed_offload_all_run_equals_the_uninterrupted_one(tmp_path, scheme, fuse):
     """The amax histories (delayed scales of the tensor scheme), recompute counters and
     per-family figures are in the checkpoint: an --offload all run interrupted after step 2 and
     resumed ends with the same adapter bytes, loss and counted figures as the run that never
-    stopped (digits default)."""
-    common = dict(precision="int8", offload="all", offload_scheme=scheme, steps=4, checkpoint_every=2,
-                  batch_size=2, num_examples=2, prior_per_class=1, eval_every=2, samples=False)
+    stopped (digits default); with --fuse-lora too (A's rows are rewritten after the resume)."""
+    common = dict(precision="int8", offload="all", offload_scheme=scheme, fuse_lora=fuse, steps=4,
+                  checkpoint_every=2, batch_size=2, num_examples=2, prior_per_class=1, eval_every=2, samples=False)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     a = finetune(FinetuneConfig(output_dir=str(straight), **common))
     assert finetune(FinetuneConfig(output_dir=str(resumed), **common), stop_after=2) == {"interrupted": True,
@@ -72,9 +72,11 @@ def test_resumed_offload_all_run_equals_the_uninterrupted_one(tmp_path, scheme):
     assert (straight / "adapter" / "pytorch_lora_weights.safetensors").read_bytes() == \
         (resumed / "adapter" / "pytorch_lora_weights.safetensors").read_bytes()
     assert a["final_loss"] == b["final_loss"] and a["heldout_loss"] == b["heldout_loss"]
-    for fam in FAMILIES:
+    assert set(a["offload"]["families"]) == set(FAMILIES) | ({"fused"} if fuse else set())
+    for fam in a["offload"]["families"]:
         fa, fb = ({k: v for k, v in r["offload"]["families"][fam].items() if k not in TIMES} for r in (a, b))
         assert fa == fb, fam
+    assert a["offload"].get("fusion") == b["offload"].get("fusion")
     assert a["offload"]["sites"] == b["offload"]["sites"] and a["offload"]["recomputes"] == b["offload"]["recomputes"]
 
 
@@ -109,3 +111,48 @@ def test_offload_all_needs_int8_and_lora_is_the_default():
         finetune(FinetuneConfig(precision="fp32", offload="all", steps=1, samples=False))
     with pytest.raises(LimitError, match="--offload must be lora or all"):
         finetune(FinetuneConfig(offload="everything", steps=1, samples=False))
+
+
+def offload_figures(rep, families=("linear", "lora", "fused")):
+    fam = rep["offload"]["families"]
+    return {k: sum(fam[f][k] for f in families if f in fam) for k in ("calls", "bytes_moved", "cycles", "macs")}
+
+
+def test_fuse_lora_runs_fewer_calls_and_bytes_and_is_recorded(tmp_path):
+    """--fuse-lora: one call per adapted layer for the forward and one for the input gradient
+    (32 and 21 on the digits UNet, whose cross-attention to_k/to_v have no input gradient) instead of
+    two each; recorded in the identity, config and report; its checkpoint refuses an unfused resume."""
+    common = dict(precision="int8", offload="all", steps=2, checkpoint_every=1, batch_size=2, num_examples=2,
+                  prior_per_class=1, eval_every=0, samples=False)
+    plain = finetune(FinetuneConfig(output_dir=str(tmp_path / "plain"), **common))
+    fused_cfg = FinetuneConfig(output_dir=str(tmp_path / "fused"), fuse_lora=True, **common)
+    fused = finetune(fused_cfg)
+    assert "fuse_lora" not in json.dumps(plain["identity"]) and plain["offload"]["fuse_lora"] is False
+    assert fused["identity"]["target"]["offload_numerics"] == {"scheme": "row", "fuse_lora": True}
+    assert fused["config"]["fuse_lora"] is True and fused["offload"]["fuse_lora"] is True
+    off = fused["offload"]
+    assert off["fusion"]["layers"] == fused["lora_layers"] == 32
+    assert off["families"]["fused"]["calls"] == 2 * (32 + 21)
+    per_gemm = fused["accelerator"]["per_gemm"]
+    assert per_gemm["fwd_H=X.At"]["gemms"] == per_gemm["bwd_dX=dH.A"]["gemms"] == 0
+    assert per_gemm["fwd_Y=H.Bt"]["gemms"] == plain["accelerator"]["per_gemm"]["fwd_Y=H.Bt"]["gemms"]
+    f, p = offload_figures(fused), offload_figures(plain)
+    assert f["macs"] == p["macs"]                            # the same work ...
+    assert f["calls"] < p["calls"] and f["bytes_moved"] < p["bytes_moved"]   # ... in fewer calls and bytes
+    assert off["weights"]["resident_bytes"] < plain["offload"]["weights"]["resident_bytes"]
+    for other in ("conv", "attention"):                      # families fusion does not touch
+        assert off["families"][other]["calls"] == plain["offload"]["families"][other]["calls"]
+    with pytest.raises(CheckpointError, match="other options"):
+        finetune(FinetuneConfig(output_dir=str(tmp_path / "fused"), resume=True, **common))
+
+
+@pytest.mark.parametrize("options, what", [
+    (dict(fuse_lora=True), "--offload lora"),
+    (dict(fuse_lora=True, offload="all", offload_scheme="tensor"), "--offload-scheme tensor"),
+    (dict(fuse_lora=True, precision="fp32"), "--precision fp32"),
+])
+def test_fuse_lora_needs_int8_offload_all_and_the_row_scheme(options, what):
+    with pytest.raises(LimitError, match="--fuse-lora .* needs --precision int8 --offload all --offload-scheme row"):
+        finetune(FinetuneConfig(steps=1, samples=False, **options))
+    with pytest.raises(LimitError, match=what):
+        finetune(FinetuneConfig(steps=1, samples=False, **options))

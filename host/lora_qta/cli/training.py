@@ -38,6 +38,13 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
                         "attention), INT32 outputs dequantized on the host with both axes' scales; tensor = "
                         "delayed per-tensor scales (amax history of 16) with INT8 outputs: less output "
                         "traffic, larger held-out-loss gap to fp32 (README, 'Whole-step INT8 offload')")
+    s.add_argument("--fuse-lora", action="store_true",
+                   help="with --offload all (row scheme): run each adapted layer's base GEMM and its LoRA "
+                        "GEMM as one accelerator call: forward [Y | H] = X.[W; A]^T (X quantized once per "
+                        "token, W and A stacked in one resident buffer, A's rows rewritten after each "
+                        "optimizer step) and input gradient dX = [dY | dH].[W; A]; fewer calls and bytes "
+                        "(report.json: offload family 'fused'); the LoRA GEMM H = X.A^T then uses the base's "
+                        "per-token X instead of SmoothQuant (README, 'Whole-step INT8 offload'). Default off")
     s.add_argument("--pretrained-model", default=None,
                    help="local diffusers Stable Diffusion folder (unet, vae, text_encoder, tokenizer, "
                         "scheduler); default: the embedded digits model")
@@ -95,7 +102,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if rep.get("writer") is False:  # a data-parallel rank other than 0: rank 0 reports
         return 0
     t = rep["time_s"]
-    what = f"{cfg.precision} LoRA" + (" (every GEMM offloaded)" if cfg.offload == "all" else "")
+    what = f"{cfg.precision} LoRA" + (" (every GEMM offloaded)" if cfg.offload == "all" else "") \
+        + (", fused with the base layers" if cfg.fuse_lora else "")
     print(f"\nfinished {rep['steps']} steps of {what} (rank {cfg.rank}) on {rep['model']}; "
           f"final loss {rep['final_loss']:.4f}")
     print(f"time (measured on this machine): total {t['total_measured']:.1f} s, accelerator "

@@ -200,6 +200,28 @@ class QtaRuntime:
         return out
 
 
+def lora_up(rt: QtaRuntime, h: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, Quantized]:
+    """Y = H . B^T on the accelerator (H per token, B per tensor); returns Y (before the
+    scaling) and B's INT8 copy, which serves dH = G . B in the backward pass too."""
+    hq = rt.quant(h, "row")
+    bq = rt.quant(b, "tensor")
+    return rt.gemm(Y_HBT, hq.q, bq.q).float() * hq.scale * bq.scale, bq
+
+
+def lora_grads(rt: QtaRuntime, g: torch.Tensor, x: torch.Tensor, h: torch.Tensor, bq: Quantized, s: float,
+               lid: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dH, dA and dB of one LoRA layer from the output gradient ``g`` (its input ``x``, its
+    H = X.A^T and B's INT8 copy ``bq``; ``s`` the scaling): three GEMMs on the accelerator."""
+    # dH = s . G . B           (sums over out-features: per-token scales for G)
+    gq_row = rt.quant(g, "row", rt.generator(lid, 0))
+    dh = rt.gemm(DH_GB, gq_row.q, bq.q).float() * gq_row.scale * bq.scale * s
+    # dB = s . G^T . H         (sums over tokens: balanced magnitude groups, per-channel scales)
+    db = rt.token_sum(DB_GTH, g, h, rt.generator(lid, 1)) * s
+    # dA = dH^T . X            (sums over tokens: the same)
+    da = rt.token_sum(DA_DHTX, dh, x, rt.generator(lid, 2))
+    return dh, da, db
+
+
 class QtaLoraFunction(torch.autograd.Function):
     """The six INT8 GEMMs of one LoRA layer; inputs are 2-D (tokens x features)."""
 
@@ -209,9 +231,7 @@ class QtaLoraFunction(torch.autograd.Function):
         rt = runtime
         xq, asq = rt.smoothed(x, a)
         h = rt.gemm(H_XAT, xq.q, asq.q).float() * xq.scale * asq.scale
-        hq = rt.quant(h, "row")
-        bq = rt.quant(b, "tensor")
-        y = rt.gemm(Y_HBT, hq.q, bq.q).float() * hq.scale * bq.scale
+        y, bq = lora_up(rt, h, b)
         ctx.save_for_backward(x, a, b, h)
         ctx.scaling, ctx.rt, ctx.layer_id = scaling, rt, layer_id
         ctx.bq = bq  # B's INT8 copy serves dH = G.B too
@@ -221,15 +241,7 @@ class QtaLoraFunction(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         x, a, b, h = ctx.saved_tensors
         rt, s, lid = ctx.rt, ctx.scaling, ctx.layer_id
-        g = g.contiguous()
-        # dH = s . G . B           (sums over out-features: per-token scales for G)
-        gq_row = rt.quant(g, "row", rt.generator(lid, 0))
-        bq = ctx.bq
-        dh = rt.gemm(DH_GB, gq_row.q, bq.q).float() * gq_row.scale * bq.scale * s
-        # dB = s . G^T . H         (sums over tokens: balanced magnitude groups, per-channel scales)
-        db = rt.token_sum(DB_GTH, g, h, rt.generator(lid, 1)) * s
-        # dA = dH^T . X            (sums over tokens: the same)
-        da = rt.token_sum(DA_DHTX, dh, x, rt.generator(lid, 2))
+        dh, da, db = lora_grads(rt, g.contiguous(), x, h, ctx.bq, s, lid)
         # dX = dH . A              (sums over the rank: per-token scales for dH)
         dx = None
         if ctx.needs_input_grad[0]:
@@ -245,11 +257,15 @@ class QtaLoraLinear(PeftLoraLinear):
 
     qta_runtime: QtaRuntime | None = None
     qta_layer_id: int = 0
+    qta_fused: Any = None
+    """The :class:`~lora_qta.lora.fused.FusedLinear` of ``--fuse-lora`` (None: unfused)."""
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         rt = self.qta_runtime
         if rt is None or self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None:
             return super().forward(x, *args, **kwargs)
+        if self.qta_fused is not None and self.qta_fused.active():  # --fuse-lora: one GEMM with the base
+            return self.qta_fused(x)
         result = self.base_layer(x, *args, **kwargs)
         for name in self.active_adapters:
             if name not in self.lora_A:

@@ -69,7 +69,9 @@ Quantization (all symmetric INT8, |q| <= 127), in one of two schemes (:data:`SCH
 
 Per-family accounting (:meth:`Offload.report`): calls, modelled cycles, bytes, MACs and
 utilization for ``linear``, ``conv``, ``attention`` and ``lora`` (the LoRA runtime's six GEMMs),
-plus fallbacks and recomputes; the training loop writes it into report.json under ``offload``.
+and ``fused`` with ``fuse_lora`` (:mod:`.fused`: a LoRA layer and its base layer in one call per
+direction), plus fallbacks and recomputes; the training loop writes it into report.json under
+``offload``.
 """
 
 from __future__ import annotations
@@ -188,6 +190,8 @@ class Offload:
         self.weights: dict[str, int] = {"resident": 0, "per_call": 0, "resident_bytes": 0}
         self._restore: list[nn.Module] = []
         self._processors: dict[str, Any] | None = None
+        self.fused: list[Any] = []          # --fuse-lora: FusedLinear layers (lora/fused.py)
+        self.fusion: dict[str, int] = {"layers": 0, "a_rewrites": 0, "a_rewrite_bytes": 0}
 
     def fp32(self, family: str, direction: str) -> bool:
         """Whether the ablation keeps this family's GEMMs of ``direction`` fp32 on the host."""
@@ -306,7 +310,8 @@ class Offload:
         history (the delayed scales of the ``tensor`` scheme; Python floats round-trip exactly
         through JSON) and the per-family figures (recompute, calibration and saturation counters
         included)."""
-        return {"scheme": self.scheme, "history_length": self.history_length, "threshold": self.threshold,
+        return {"scheme": self.scheme, "fuse_lora": bool(self.fused), "fusion": dict(self.fusion),
+                "history_length": self.history_length, "threshold": self.threshold,
                 "sites": {name: list(h.values) for name, h in self.sites.items()},
                 "stats": {fam: {k: (dict(v) if isinstance(v, dict) else v) for k, v in st.__dict__.items()}
                           for fam, st in self.stats.items()}}
@@ -316,9 +321,13 @@ class Offload:
         if state.get("scheme", "tensor") != self.scheme:
             raise CheckpointError(f"the checkpoint's offload used the {state.get('scheme', 'tensor')!r} scheme, this "
                                   f"run {self.scheme!r}")
+        if bool(state.get("fuse_lora", False)) != bool(self.fused):
+            raise CheckpointError(f"the checkpoint's offload ran {'with' if state.get('fuse_lora') else 'without'} "
+                                  f"--fuse-lora, this run {'with' if self.fused else 'without'}")
         if int(state["history_length"]) != self.history_length:
             raise CheckpointError(f"the checkpoint's amax histories hold {state['history_length']} entries, "
                                   f"this offload {self.history_length}")
+        self.fusion.update({k: int(v) for k, v in state.get("fusion", {}).items() if k != "layers"})
         self.sites = {}
         for name, values in state["sites"].items():
             h = self.site(name)
@@ -353,7 +362,8 @@ class Offload:
                     "(ARM) work measured on this machine",
             "threshold_saturation_rate": self.threshold, "amax_history": self.history_length,
             "wrapped_layers": dict(self.wrapped), "sites": len(self.sites),
-            "weights": dict(self.weights),
+            "weights": dict(self.weights), "fuse_lora": bool(self.fused),
+            **({"fusion": dict(self.fusion)} if self.fused else {}),
             "families": fam, "total_cycles": cycles, "total_macs": sum(f["macs"] for f in fam.values()),
             "modelled_board_time_s": cycles / (clock * 1e6),
             "fallback_calls": sum(f["fallback_calls"] for f in fam.values()),
@@ -746,14 +756,19 @@ def _is_lora_part(name: str) -> bool:
 
 def install(unet: nn.Module, acc: Accelerator, lora_runtime: Any = None, threshold: float = SAT_THRESHOLD,
             history: int = HISTORY, families: tuple[str, ...] = ("linear", "conv", "attention"),
-            host_fp32: frozenset[str] = frozenset(), scheme: str = SCHEMES[0]) -> Offload:
+            host_fp32: frozenset[str] = frozenset(), scheme: str = SCHEMES[0], fuse_lora: bool = False) -> Offload:
     """Put every frozen Linear and Conv2d of ``unet`` and its attention matmuls on ``acc``.
 
     Layers are rewired by setting an instance ``forward`` (module names and state-dict keys do
     not change); :func:`uninstall` restores them. Call after the adapter is added (its LoRA
     layers are trainable and skipped; a LoRA layer's frozen ``base_layer`` is wrapped).
     ``families``: which frozen families to put on the accelerator (the others stay fp32 in
-    PyTorch); ``host_fp32``: see :attr:`Offload.host_fp32`; ``scheme``: one of :data:`SCHEMES`."""
+    PyTorch); ``host_fp32``: see :attr:`Offload.host_fp32`; ``scheme``: one of :data:`SCHEMES`;
+    ``fuse_lora``: fuse every LoRA layer with its offloaded base layer (:mod:`.fused`, ``row``
+    scheme only)."""
+    if fuse_lora and scheme != "row":
+        raise LimitError(f"--fuse-lora needs the row offload scheme (per-token X shared by the base and "
+                         f"lora_A), not {scheme!r}")
     off = Offload(acc, threshold, history, host_fp32, scheme)
     off.lora_runtime = lora_runtime
     for name, m in unet.named_modules():
@@ -777,6 +792,10 @@ def install(unet: nn.Module, acc: Accelerator, lora_runtime: Any = None, thresho
         off._processors = dict(unet.attn_processors)
         unet.set_attn_processor({n: Int8AttnProcessor(off, n.removesuffix(".processor")) for n in off._processors})
         off.wrapped["attention"] = len(off._processors)
+    if fuse_lora:
+        from .fused import fuse
+
+        fuse(unet, off)
     place_weights(off)
     return off
 
@@ -793,7 +812,12 @@ def place_weights(off: Offload) -> None:
     convolution weights whose input channels are not a multiple of the beat (padded per call),
     stay on the per-call path; both are counted (``weights_resident``, ``weights_per_call``)."""
     beat = off.acc.board.axi_bytes
+    fused = {id(f.base) for f in off.fused}   # their base weights live in the stacked [W; A]
+    for f in off.fused:
+        f.place()
     for layer in _int8_layers(off):
+        if id(layer) in fused:
+            continue
         for attr, channels in (("w_fwd", getattr(layer, "cin", beat)), ("w_bwd", getattr(layer, "cout", beat))):
             held = getattr(layer, attr)
             if channels % beat:
@@ -810,6 +834,8 @@ def place_weights(off: Offload) -> None:
 
 def free_weights(off: Offload) -> None:
     """Release the resident weights (:func:`place_weights`); the layers use their host copies."""
+    for f in off.fused:
+        f.free()
     for layer in _int8_layers(off):
         for attr, host in (("w_fwd", layer.wq_fwd), ("w_bwd", layer.wq_bwd)):
             held = getattr(layer, attr)
@@ -822,6 +848,10 @@ def uninstall(unet: nn.Module, off: Offload) -> None:
     """Restore the fp32 PyTorch layers and attention processors and free the resident weights
     (the figures stay in ``off``)."""
     free_weights(off)
+    if off.fused:
+        from .fused import unfuse
+
+        unfuse(off)
     for m in off._restore:
         m.__dict__.pop("forward", None)
     off._restore.clear()

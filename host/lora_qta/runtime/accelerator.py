@@ -363,6 +363,26 @@ class Accelerator:
             if hasattr(buf, "freebuffer"):
                 buf.freebuffer()
 
+    def write_rows(self, handle: Resident, start: int, rows: Any) -> int:
+        """Overwrite rows ``start ..`` of a resident operand in place with the INT8 matrix
+        ``rows`` (same column count) and flush only those rows to device memory: a part of a
+        resident matrix that changes during the run (e.g. lora_A stacked under a frozen weight)
+        is rewritten without placing or copying the rest again. Returns the bytes written
+        (rows padded to the beat)."""
+        arr, _ = _as_numpy(rows, f"rows of {handle.name}")
+        if arr.dtype != np.int8:
+            raise InputDTypeError(f"rows written into {handle.name} must be int8, got {arr.dtype}; quantize them first")
+        total, cols = handle.shape
+        if arr.shape[1] != cols or not 0 <= start <= total - arr.shape[0]:
+            raise InputShapeError(f"{arr.shape[0]}x{arr.shape[1]} rows at row {start} do not fit the resident "
+                                  f"{handle.name} ({total}x{cols})")
+        buf = handle.buffer(self)
+        part = buf[start * handle.ld:(start + arr.shape[0]) * handle.ld]
+        view = np.ndarray((arr.shape[0], handle.ld), dtype=np.int8, buffer=part, strides=(handle.ld, 1))
+        view[:, :cols] = arr
+        part.flush()
+        return int(part.nbytes)
+
     def _operand_b(self, b: Any, name: str, ndim: tuple[int, ...]) -> tuple[np.ndarray | Resident, bool]:
         """A resident handle as it is (checked), else :func:`_as_numpy`."""
         if isinstance(b, Resident):

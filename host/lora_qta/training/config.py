@@ -21,6 +21,7 @@ class FinetuneConfig:
     precision: str = "int8"
     offload: str = "lora"
     offload_scheme: str = "row"
+    fuse_lora: bool = False
     board: str | None = None
     backend: str | None = None
     pretrained_model: str | None = None
@@ -61,5 +62,5 @@ class FinetuneConfig:
         out["target_modules"] = list(self.target_modules)
         out["target"] = target
         if self.offload != "lora":  # only when set: identities of LoRA-only runs stay as they were
-            out["offload"] = self.offload  # its scheme is in target["offload_numerics"]
+            out["offload"] = self.offload  # its scheme (and --fuse-lora) in target["offload_numerics"]
         return out

@@ -88,6 +88,8 @@ def run_target(cfg: FinetuneConfig) -> dict[str, Any] | None:
         from ..lora.offload import HISTORY, MAX_RECOMPUTES, SAT_THRESHOLD
 
         target["offload_numerics"] = {"scheme": cfg.offload_scheme}
+        if cfg.fuse_lora:  # only when set: identities of unfused runs stay as they were
+            target["offload_numerics"]["fuse_lora"] = True
         if cfg.offload_scheme == "tensor":  # delayed scaling
             target["offload_numerics"].update(amax_history=HISTORY, saturation_threshold=SAT_THRESHOLD,
                                               max_recomputes=MAX_RECOMPUTES)
@@ -112,6 +114,10 @@ def check_options(cfg: FinetuneConfig, writer: bool = True) -> None:
         raise LimitError(f"--offload-scheme must be one of {', '.join(SCHEMES)}, not {cfg.offload_scheme!r}")
     if cfg.offload == "all" and cfg.precision != "int8":
         raise LimitError("--offload all runs every GEMM INT8 on the accelerator: it needs --precision int8")
+    if cfg.fuse_lora and (cfg.precision != "int8" or cfg.offload != "all" or cfg.offload_scheme != "row"):
+        raise LimitError("--fuse-lora fuses each LoRA layer with its base layer on the accelerator: it needs "
+                         "--precision int8 --offload all --offload-scheme row (given: --precision "
+                         f"{cfg.precision} --offload {cfg.offload} --offload-scheme {cfg.offload_scheme})")
     if cfg.lr_schedule not in ("constant", "linear", "cosine"):
         raise LimitError(f"--lr-schedule must be constant, linear or cosine, not {cfg.lr_schedule!r}")
     if cfg.prediction_type not in ("epsilon", "v_prediction"):
@@ -551,7 +557,8 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
         if cfg.offload == "all":  # the frozen base model's GEMMs too (lora/offload.py)
             from ..lora.offload import install
 
-            runtime.offload = install(bundle.unet, runtime.acc, runtime, scheme=cfg.offload_scheme)
+            runtime.offload = install(bundle.unet, runtime.acc, runtime, scheme=cfg.offload_scheme,
+                                      fuse_lora=cfg.fuse_lora)
     else:
         n_layers = sum(1 for m in bundle.unet.modules() if hasattr(m, "lora_A"))
     params = [p for p in bundle.unet.parameters() if p.requires_grad]

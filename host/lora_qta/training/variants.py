@@ -36,6 +36,8 @@ VARIANTS: tuple[Variant, ...] = (
                     "the rest of the step in PyTorch", {"precision": "int8"}, pins={"offload": "lora"}),
     Variant("int8-all", "the whole training step offloaded to the accelerator",
             {"precision": "int8", "offload": "all"}),
+    Variant("int8-all-fused", "int8-all with each LoRA layer fused with its base layer (--fuse-lora)",
+            {"precision": "int8", "offload": "all", "fuse_lora": True}),
 )
 
 
