@@ -439,8 +439,7 @@ def kernel_accepts(board: BoardConfig, call: GemmCall) -> bool:
     the cache."""
     if not 0 <= call.shift <= 62:
         return False
-    return _accepts(board, replace(call, mult=1, shift=0, seed=0) if call.mult != 1 or call.shift or call.seed
-                    else call)
+    return _accepts(board, call.schedule_key())
 
 
 @lru_cache(maxsize=1 << 14)
@@ -701,9 +700,9 @@ def plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int 
     check_limits(board, call)
     if k_bucket and call.conv is None:
         return bucket_plan(board, call, dataflow, split, k_bucket)
-    key = replace(call, mult=1, shift=0, seed=0)
+    key = call.schedule_key()
     found = _plan_cached(board, key, dataflow, split, False)
-    if key == call:
+    if key is call:
         return found
     return replace(found, call=replace(found.call, mult=call.mult, shift=call.shift, seed=call.seed))
 
@@ -736,7 +735,7 @@ def bucket_plan(board: BoardConfig, call: GemmCall, dataflow: str, split: int | 
     """The plan of ``call`` (a GEMM) from the cached search of its K bucket (see :func:`plan`)."""
     if k_bucket < 1:
         raise PlanError(f"k_bucket must be a positive number of buckets per octave of K, not {k_bucket}")
-    key = replace(call, mult=1, shift=0, seed=0)
+    key = call.schedule_key()
     kb = min(k_bucket_top(board, call.k, k_bucket), board.max_k)
     # the leading dimensions and batch strides do not enter the search: left out, so that every K
     # of the bucket shares it
@@ -744,7 +743,7 @@ def bucket_plan(board: BoardConfig, call: GemmCall, dataflow: str, split: int | 
     found = _plan_cached(board, bucket, dataflow, split, False).call
     tiles = _fit_k_tile(board, key, found)
     report = _report_cached(board, tiles)
-    return Plan(replace(tiles, mult=call.mult, shift=call.shift, seed=call.seed), report)
+    return Plan(tiles if key is call else replace(tiles, mult=call.mult, shift=call.shift, seed=call.seed), report)
 
 
 @lru_cache(maxsize=1 << 14)
