@@ -86,6 +86,7 @@ from torch import nn
 
 from ..errors import CheckpointError, DeviceMemoryError, DivergedError, LimitError
 from ..runtime.accelerator import Accelerator, GemmResult, Resident, fixed_point_scale
+from .quant import quantize_along
 
 QMAX = 127
 HISTORY = 16
@@ -230,17 +231,12 @@ class Offload:
     def quant_rows(self, family: str, x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """(INT8 tensor, scales) of ``x`` with current scaling along ``dims`` (the dimensions a
         GEMM sums over: the scale is ``amax / 127`` over them, one per remaining index, kept as
-        size-1 dimensions for broadcasting). A HOST pass: the amax reduction and the quantization
-        read each row twice (a row stays in cache); counted in ``host_quant_*``."""
+        size-1 dimensions for broadcasting; :func:`~lora_qta.lora.quant.quantize_along`). A HOST
+        pass: the amax reduction and the quantization read each row twice (a row stays in cache);
+        counted in ``host_quant_*``."""
         t0 = time.perf_counter()
         st = self.stats[family]
-        xf = x.detach().float()
-        amax = xf.abs().amax(dim=dims, keepdim=True) if xf.numel() else xf.new_zeros([1] * xf.ndim)
-        if not bool(torch.isfinite(amax).all()):
-            raise DivergedError(f"NaN or Inf reached the INT8 quantizer ({family}): the training diverged; "
-                                "lower the learning rate")
-        s = amax.clamp_min(EPS) / QMAX
-        q = (xf / s).round_().clamp_(-QMAX, QMAX).to(torch.int8).contiguous()
+        q, s = quantize_along(x, dims, where=family)
         st.host_quant_elements += q.numel()
         st.host_quant_s += time.perf_counter() - t0
         return q, s
