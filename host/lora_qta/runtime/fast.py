@@ -25,8 +25,6 @@ is unavailable here (0), as in C-simulation.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 try:  # PyTorch's float32 GEMM (the same thread pool as the training loop)
@@ -40,7 +38,7 @@ K_CHUNK = 1024
 from ..hw.call import ConvGeometry, GemmCall
 from ..hw.config import BoardConfig, config
 from ..hw.reference import AMAX_CAP, effective_shift, rounding_bits
-from .planner import kernel_accepts, model_cycles
+from .planner import cached_model, kernel_accepts
 
 
 def _view(mem: np.ndarray, offset: int, shape: tuple, strides: tuple, dtype) -> np.ndarray:
@@ -187,7 +185,7 @@ def run(board: BoardConfig, call: GemmCall, mem: np.ndarray, offs: dict[str, int
         s, a = _run_items(board, call, mem, offs, item)
         nsat, amax = nsat + s, max(amax, a)
     return {"status": (1 << st["saturated"]) if nsat else 0, "sat_count": min(nsat, 2**32 - 1),
-            "amax": min(amax, AMAX_CAP), "cycles_model": _cycles(board, call.schedule_key()),
+            "amax": min(amax, AMAX_CAP), "cycles_model": cached_model(board, call.schedule_key()).cycles,
             "cycles_measured": 0}
 
 
@@ -249,9 +247,3 @@ def _run_items(board: BoardConfig, call: GemmCall, mem: np.ndarray, offs: dict[s
     if row_bytes > n * eb:  # the beat padding of every row is written with zeros
         _view(mem, co + n * eb, (items, m, row_bytes - n * eb), (call.stride_c, call.ldc * eb, 1), np.uint8)[...] = 0
     return nsat, amax
-
-
-@lru_cache(maxsize=8192)
-def _cycles(board: BoardConfig, call: GemmCall) -> int:
-    """The kernel's modelled cycle count of ``call`` (the planner's model; cached per call)."""
-    return model_cycles(board, call).cycles

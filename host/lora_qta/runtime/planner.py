@@ -291,8 +291,12 @@ class _Schedule:
         if key not in self._types:
             sig = _mode_signature(self.call)
             cin = self.call.conv.cin if self.call.conv is not None else 1
-            steps = [_step_cost(self.board, sig, mt, nt, int(kt), int(k0) % cin, bool(f), bool(lst))
-                     for kt, k0, f, lst in zip(self.kt, self.k0, self.first, self.last)]
+            # a step's cost depends on (K tile, K offset modulo cin, first, last) only: the many
+            # middle chunks of a long K share one key, so the cached cost is looked up once per
+            # distinct key (hashing the mode signature per chunk cost more than the model)
+            keys = list(zip(self.kt.tolist(), (self.k0 % cin).tolist(), self.first.tolist(), self.last.tolist()))
+            cost = {k: _step_cost(self.board, sig, mt, nt, *k) for k in dict.fromkeys(keys)}
+            steps = [cost[k] for k in keys]
             self._types[key] = ([x[0] for x in steps], [x[1] for x in steps], _block_cost(self.board, sig, mt, nt))
         return self._types[key]
 
@@ -742,7 +746,7 @@ def bucket_plan(board: BoardConfig, call: GemmCall, dataflow: str, split: int | 
     bucket = replace(key, k=kb, lda=0, ldb=0, ldc=0, stride_a=0, stride_b=0, stride_c=0)
     found = _plan_cached(board, bucket, dataflow, split, False).call
     tiles = _fit_k_tile(board, key, found)
-    report = _report_cached(board, tiles)
+    report = cached_model(board, tiles)
     return Plan(tiles if key is call else replace(tiles, mult=call.mult, shift=call.shift, seed=call.seed), report)
 
 
@@ -760,12 +764,14 @@ def _fit_k_tile(board: BoardConfig, call: GemmCall, found: GemmCall) -> GemmCall
     best = None
     for t in dict.fromkeys(cands):
         cand = call.with_tiles(found.tile_m, found.tile_n, t, found.dataflow, found.split)
-        cyc = _cycles(board, cand)
+        cyc = cached_model(board, cand).cycles  # the chosen one's report is then cached for the plan
         if best is None or cyc < best[0]:
             best = (cyc, cand)
     return best[1]
 
 
 @lru_cache(maxsize=1 << 14)
-def _report_cached(board: BoardConfig, call: GemmCall) -> CycleReport:
+def cached_model(board: BoardConfig, call: GemmCall) -> CycleReport:
+    """:func:`model_cycles`, cached per call (pass :meth:`GemmCall.schedule_key`): shared by the
+    planner's K-bucket plans and the emulation engine's ``cycles_model`` output."""
     return model_cycles(board, call)
