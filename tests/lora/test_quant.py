@@ -95,3 +95,21 @@ def test_the_input_is_not_modified():
     quantize_along(x, (1,), torch.Generator().manual_seed(2))
     assert torch.equal(x, before)
     assert np.isfinite(x.numpy()).all()
+
+
+def test_int32_outputs_dequantize_as_convert_then_scale():
+    """run_int32: INT32 accumulators beyond 2**24 (rounded when converted to float32) times a
+    per-row and a per-column scale equal ``acc.float() * row * col`` exactly."""
+    off = Offload(Accelerator("zcu104", "fast"))
+    rng = np.random.default_rng(4)
+    a = rng.choice(np.array([-128, 127, 3], dtype=np.int8), (24, 2048))
+    b = rng.choice(np.array([-128, 127, -5], dtype=np.int8), (2048, 40))
+    a[3], b[:, 4], b[0, 4] = 127, 127, 126  # acc[3, 4] = 127 * (2048 * 127 - 1): odd, above 2**24
+    row = torch.from_numpy(rng.uniform(1e-4, 3, (24, 1)).astype(np.float32))
+    col = torch.from_numpy(rng.uniform(1e-4, 3, 40).astype(np.float32))
+    got = off.run_int32("linear", lambda **ep: off.acc.gemm(a, b, **ep), (row, col), 24 * 2048 * 40)
+    acc = torch.from_numpy(a.astype(np.int64) @ b.astype(np.int64)).to(torch.int32)
+    assert int(acc[3, 4]) == 127 * (2048 * 127 - 1) and int(acc[3, 4].float()) != int(acc[3, 4])
+    want = acc.float() * row * col
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert off.stats["linear"].calls == 1

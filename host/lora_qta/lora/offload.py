@@ -243,12 +243,17 @@ class Offload:
 
     def run_int32(self, family: str, launch: Launch, scales: tuple[torch.Tensor, ...], macs: int) -> torch.Tensor:
         """The dequantized float output of one GEMM with an INT32 output: the accumulator times
-        each of ``scales`` (broadcast: e.g. per row of op(A) and per column of op(B))."""
+        each of ``scales`` (float32, broadcast: e.g. per row of op(A) and per column of op(B)),
+        in float32. The first product converts and scales in one pass (the INT32 values are
+        converted to float32 as ``.float()`` would, then multiplied), the others scale in place."""
         r = launch(out="int32")
         self.stats[family].add(r, macs)
-        y = _tensor(r.output).float()
-        for sc in scales:
-            y = y * sc
+        y = _tensor(r.output)
+        if not scales:
+            return y.float()
+        y = torch.mul(y, scales[0].to(torch.float32))
+        for sc in scales[1:]:
+            y.mul_(sc)
         return y
 
     # -- one accelerator call with a delayed-scaled INT8 output ----------------------------
