@@ -118,3 +118,18 @@ def test_driver_refuses_a_value_its_register_cannot_hold():
         acc.ip.start(acc.memory_base, {"a": 0, "b": 64, "c": 128}, replace(call, stride_a=-16))
     with pytest.raises(KernelArgumentError, match=r"c=18446744073709551616"):
         acc.ip.start(acc.memory_base, {"a": 0, "b": 64, "c": 1 << 64}, call)
+
+
+def test_buffers_host_views_sit_half_a_page_off_their_ddr_copies():
+    """The emulated cache copy of a buffer starts at page offset HOST_SKEW, its DDR copy on a
+    page boundary (no 4K aliasing between them in flush/invalidate), and both round-trip data."""
+    from lora_qta.runtime.emulation import HOST_SKEW, PAGE
+
+    acc = Accelerator("zcu104", "fast")
+    for nbytes in (1, 5000, 1 << 20):
+        buf = acc._buffer(f"t{nbytes}", nbytes)
+        assert buf.ctypes.data % PAGE == HOST_SKEW and buf.device_address % PAGE == 0
+        buf[:] = np.arange(buf.size, dtype=np.uint64).astype(np.uint8)
+        buf.flush()
+        ddr = acc.device.ddr.view(buf.device_address, buf.size, "test")
+        assert np.array_equal(ddr, buf)
