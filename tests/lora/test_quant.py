@@ -43,7 +43,8 @@ def cases() -> list[tuple[str, torch.Tensor, tuple[int, ...] | None]]:
     k = torch.arange(-127, 127, dtype=torch.float32)[None, :]
     ties = torch.cat([(k + 0.5) * s, 127 * s], dim=1)  # the last column fixes amax = 127 s
     return [
-        ("rows", rows, (1,)), ("cols", rows, (0,)), ("tensor", rows, None), ("halves", halves, (1,)), ("ties", ties, (1,)),
+        ("rows", rows, (1,)), ("cols", rows, (0,)), ("tensor", rows, None), ("halves", halves, (1,)),
+        ("ties", ties, (1,)),
         ("conv NHWC view, per image", scaled.permute(0, 2, 3, 1), (1, 2, 3)),
         ("attention per row", torch.randn(12, 64, 8, generator=g), (2,)),
         ("attention per column", torch.softmax(torch.randn(12, 64, 64, generator=g), -1), (1,)),

@@ -133,3 +133,17 @@ def test_buffers_host_views_sit_half_a_page_off_their_ddr_copies():
         buf.flush()
         ddr = acc.device.ddr.view(buf.device_address, buf.size, "test")
         assert np.array_equal(ddr, buf)
+
+
+def test_a_single_item_call_writes_zero_batch_strides():
+    """At batch 1 no batch stride is read: the registers hold 0 for all three (as a shared B
+    does), so equal shapes from gemm() and batched_gemm() are one call to the planner's caches."""
+    acc = Accelerator("zcu104", "fast")
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(-9, 9, (20, 48), dtype=np.int8), rng.integers(-9, 9, (48, 24), dtype=np.int8)
+    r1 = acc.gemm(a, b)
+    regs = config().input_block.unpack(acc.device._regs)
+    assert (regs["batch"], regs["stride_a"], regs["stride_b"], regs["stride_c"]) == (1, 0, 0, 0)
+    r2 = acc.batched_gemm(a[None], b[None])
+    assert config().input_block.unpack(acc.device._regs) == regs
+    assert np.array_equal(r1.output, a.astype(np.int32) @ b.astype(np.int32)) and np.array_equal(r2.output[0], r1.output)
