@@ -12,6 +12,8 @@ def test_speed_measure_reports_both_variants_and_the_split():
     s = r["int8_split_s"]
     assert s["accelerator"] > 0 and s["quantization"] > 0
     assert abs(s["accelerator"] + s["quantization"] + s["rest"] - r["int8_step_s"]) < 1e-9
+    assert set(r["cpu_step_s"]) == {"fp32", "int8"} and all(t > 0 for t in r["cpu_step_s"].values())
+    assert "CPU time per step" in report.speed_summary(r)
     # six GEMMs per layer, minus dX where the layer's input needs no gradient
     assert 5 * r["lora_layers"] <= r["gemms_per_step"] <= 6 * r["lora_layers"] and r["lora_layers"] > 0
 
@@ -44,3 +46,4 @@ def test_speed_with_offload_all_times_the_whole_step_variant_too(tmp_path, capsy
     s = r["int8_all_split_s"]
     assert s["accelerator"] > 0 and s["quantization"] > 0
     assert r["int8_all_gemms_per_step"] > r["gemms_per_step"]      # every family, not only LoRA
+    assert set(r["cpu_step_s"]) == {"fp32", "int8", "int8_all"}

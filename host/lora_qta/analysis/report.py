@@ -560,7 +560,11 @@ def speed_summary(r: dict) -> str:
         f"{r['int8_all_split_s']['accelerator'] * 1e3:.1f} ms, host quantization "
         f"{r['int8_all_split_s']['quantization'] * 1e3:.1f} ms, rest {r['int8_all_split_s']['rest'] * 1e3:.1f} ms; "
         f"modelled board GEMM time {r['int8_all_modelled_board_s_per_step'] * 1e3:.1f} ms per step",
-    ] if r.get("offload") == "all" else [])) + "\n"
+    ] if r.get("offload") == "all" else []) + [
+        "  CPU time per step (this process, median): " + ", ".join(
+            f"{name} {t * 1e3:.1f} ms" + (f" ({t / r['cpu_step_s']['fp32']:.2f}x)" if name != "fp32" else "")
+            for name, t in r["cpu_step_s"].items()),
+    ]) + "\n"
 
 
 def throughput_markdown(rows: list[dict], board: str, repeat: int) -> str:

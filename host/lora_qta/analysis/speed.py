@@ -84,15 +84,16 @@ def _variant(precision: str, cfg: FinetuneConfig, engine: str, offload: str = "l
     return bundle, runtime, params, opt, data
 
 
-def _step(variant, cfg: FinetuneConfig, step: int) -> float:
+def _step(variant, cfg: FinetuneConfig, step: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of one training step (CPU: this process's, all threads)."""
     from ..training.loop import train_step
 
     bundle, runtime, params, opt, data = variant
     if runtime is not None:
         runtime.step = step
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     train_step(bundle, cfg, data, params, opt, None, step)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def _offload_times(runtime) -> tuple[float, float]:
@@ -120,15 +121,17 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
     if offload == "all":
         variants.append(("int8_all", _variant("int8", cfg, engine, "all")))
     times = {name: [] for name, _ in variants}
+    cpu = {name: [] for name, _ in variants}
     splits = {name: {"accelerator": [], "quantization": []} for name, _ in variants[1:]}
     for i in range(warmup + steps):
         for name, var in variants:
             rt = var[1]
             a0, q0 = (rt.time_accelerator, rt.time_quantization) if rt else (0.0, 0.0)
             oa0, oq0 = _offload_times(rt)
-            dt = _step(var, cfg, i)
+            dt, dc = _step(var, cfg, i)
             if i >= warmup:
                 times[name].append(dt)
+                cpu[name].append(dc)
                 if rt:
                     oa, oq = _offload_times(rt)
                     splits[name]["accelerator"].append(rt.time_accelerator - a0 + oa - oa0)
@@ -154,4 +157,7 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
         "int8_split_s": {"accelerator": acc, "quantization": qua, "rest": med["int8"] - acc - qua},
         "gemms_per_step": gemms, "lora_layers": attach_runtime(int8[0].unet, int8[1]), "target_ratio": 1.5,
         "offload": offload, **extra,
+        # CPU time of the process per step (median): on a machine shared with other jobs it
+        # varies less with their load than the wall time (waiting for a core is not counted)
+        "cpu_step_s": {k: float(np.median(v)) for k, v in cpu.items()},
     }

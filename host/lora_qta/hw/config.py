@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from dataclasses import dataclass, fields
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,47 @@ class KernelArg:
         if self.kind in ("scalar", "scalar64"):
             return f"{self.type} {self.name}"
         return f"{self.type} *{self.name}"
+
+
+@dataclass(frozen=True)
+class RegisterBlock:
+    """A run of register words read or written as one packed block (one ``struct`` pass instead of
+    a Python loop over registers): ``names`` are its fields in address order, ``layout`` their
+    little-endian packing from offset ``start`` (``I`` a 32-bit, ``Q`` a 64-bit value, ``x`` the
+    bytes of words between fields, written as zero)."""
+
+    start: int
+    names: tuple[str, ...]
+    layout: struct.Struct
+
+    @classmethod
+    def of(cls, fields_: list[tuple[int, int, str]]) -> "RegisterBlock":
+        """The block of ``(offset, bytes, name)`` fields (sorted by offset, not overlapping)."""
+        fmt, at = "<", fields_[0][0]
+        for offset, nbytes, _ in fields_:
+            if offset < at:
+                raise ConfigError(f"hardware.toml: register fields overlap at 0x{offset:X}; fix the offsets")
+            fmt += "x" * (offset - at) + ("Q" if nbytes == 8 else "I")
+            at = offset + nbytes
+        return cls(fields_[0][0], tuple(name for _, _, name in fields_), struct.Struct(fmt))
+
+    @property
+    def size(self) -> int:
+        """Bytes from the first field's offset to the end of the last."""
+        return self.layout.size
+
+    def pack(self, values: dict[str, int]) -> bytes:
+        """The block's bytes from ``values`` (one per field); ``struct.error`` if one does not fit
+        its word or is negative."""
+        return self.layout.pack(*[values[name] for name in self.names])
+
+    def pack_into(self, regs: bytearray, values: dict[str, int]) -> None:
+        """Write ``values`` into a register file ``regs`` (indexed by register offset)."""
+        self.layout.pack_into(regs, self.start, *[values[name] for name in self.names])
+
+    def unpack(self, regs: bytes | bytearray) -> dict[str, int]:
+        """The fields' values from a register file ``regs`` (indexed by register offset)."""
+        return dict(zip(self.names, self.layout.unpack_from(regs, self.start)))
 
 
 @dataclass(frozen=True)
@@ -227,15 +269,31 @@ class Config:
     boards: dict[str, BoardConfig]
     digest: str
 
-    @property
+    @cached_property
     def inputs(self) -> tuple[KernelArg, ...]:
         """The arguments the host writes, in signature order."""
         return tuple(a for a in self.args if a.is_input)
 
-    @property
+    @cached_property
     def outputs(self) -> tuple[KernelArg, ...]:
         """The arguments the kernel writes, in signature order."""
         return tuple(a for a in self.args if not a.is_input)
+
+    @cached_property
+    def input_block(self) -> RegisterBlock:
+        """Every input argument's data words, from the first input to the end of the last (the
+        reserved words between them as zero): what the driver writes in one MMIO burst and the
+        kernel decodes."""
+        return RegisterBlock.of([(a.offset, a.data_bytes, a.name) for a in self.inputs])
+
+    @cached_property
+    def output_block(self) -> RegisterBlock:
+        """Every output's data words and its ap_vld word (field ``<name>_ctrl``): what the kernel
+        writes when it finishes."""
+        words = []
+        for a in self.outputs:
+            words += [(a.offset, a.data_bytes, a.name), (a.valid_offset, 4, f"{a.name}_ctrl")]
+        return RegisterBlock.of(sorted(words))
 
     def ctrl_mask(self, bit: str) -> int:
         """The mask of one bit of ``ctrl`` (``ap_start``, ``ap_done``, ``ap_idle``, ``ap_ready``)."""

@@ -88,6 +88,7 @@ from torch import nn
 
 from ..errors import CheckpointError, DeviceMemoryError, DivergedError, LimitError
 from ..runtime.accelerator import Accelerator, GemmResult, Resident, fixed_point_scale
+from .quant import quantize_along
 
 QMAX = 127
 HISTORY = 16
@@ -234,29 +235,29 @@ class Offload:
     def quant_rows(self, family: str, x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """(INT8 tensor, scales) of ``x`` with current scaling along ``dims`` (the dimensions a
         GEMM sums over: the scale is ``amax / 127`` over them, one per remaining index, kept as
-        size-1 dimensions for broadcasting). A HOST pass: the amax reduction and the quantization
-        read each row twice (a row stays in cache); counted in ``host_quant_*``."""
+        size-1 dimensions for broadcasting; :func:`~lora_qta.lora.quant.quantize_along`). A HOST
+        pass: the amax reduction and the quantization read each row twice (a row stays in cache);
+        counted in ``host_quant_*``."""
         t0 = time.perf_counter()
         st = self.stats[family]
-        xf = x.detach().float()
-        amax = xf.abs().amax(dim=dims, keepdim=True) if xf.numel() else xf.new_zeros([1] * xf.ndim)
-        if not bool(torch.isfinite(amax).all()):
-            raise DivergedError(f"NaN or Inf reached the INT8 quantizer ({family}): the training diverged; "
-                                "lower the learning rate")
-        s = amax.clamp_min(EPS) / QMAX
-        q = (xf / s).round_().clamp_(-QMAX, QMAX).to(torch.int8).contiguous()
+        q, s = quantize_along(x, dims, where=family)
         st.host_quant_elements += q.numel()
         st.host_quant_s += time.perf_counter() - t0
         return q, s
 
     def run_int32(self, family: str, launch: Launch, scales: tuple[torch.Tensor, ...], macs: int) -> torch.Tensor:
         """The dequantized float output of one GEMM with an INT32 output: the accumulator times
-        each of ``scales`` (broadcast: e.g. per row of op(A) and per column of op(B))."""
+        each of ``scales`` (float32, broadcast: e.g. per row of op(A) and per column of op(B)),
+        in float32. The first product converts and scales in one pass (the INT32 values are
+        converted to float32 as ``.float()`` would, then multiplied), the others scale in place."""
         r = launch(out="int32")
         self.stats[family].add(r, macs)
-        y = _tensor(r.output).float()
-        for sc in scales:
-            y = y * sc
+        y = _tensor(r.output)
+        if not scales:
+            return y.float()
+        y = torch.mul(y, scales[0].to(torch.float32))
+        for sc in scales[1:]:
+            y.mul_(sc)
         return y
 
     # -- one accelerator call with a delayed-scaled INT8 output ----------------------------

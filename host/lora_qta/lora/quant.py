@@ -22,6 +22,7 @@ Two exact rescalings keep the INT8 error bounded where one absmax scale per slic
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,22 +44,48 @@ class Quantized:
     scale: torch.Tensor
 
 
-def absmax_scale(x: torch.Tensor, axis: str) -> torch.Tensor:
-    """The absmax scale of a 2-D tensor: ``axis`` is ``tensor``, ``row`` or ``col``."""
-    a = x.detach().abs()
-    if axis == "tensor":
-        m = a.amax()
-    elif axis == "row":
-        m = a.amax(dim=1, keepdim=True)
-    elif axis == "col":
-        m = a.amax(dim=0, keepdim=True)
+AXES = {"tensor": None, "row": (1,), "col": (0,)}
+"""The dimensions of a 2-D tensor one absmax scale spans, per quantization axis (None: all, a
+0-d scale)."""
+
+
+def quantize_along(x: torch.Tensor, dims: tuple[int, ...] | None, generator: torch.Generator | None = None,
+                   where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """(INT8 tensor, scales) of ``x`` (any rank and layout) with absmax scales over ``dims`` (one
+    per remaining index, kept as size-1 dimensions; None: one 0-d scale for the whole tensor):
+    ``q = clamp(round(x / s), -127, 127)``, ``s = max(max|x|, eps) / 127``, rounding half to
+    even, or stochastic (floor(x / s + u), u uniform from ``generator``). ``q`` is C-contiguous.
+
+    One float32 buffer in the layout of ``x`` serves every pass (|x| for the reduction, then
+    x / s rounded and clamped in place), so each runs as a contiguous vectorized loop even for a
+    permuted ``x`` (an NHWC view of an NCHW map), which is transposed once, at the end, as INT8
+    (one byte per element). Raises
+    :class:`~lora_qta.errors.DivergedError` on NaN or Inf (a diverged step; ``where`` names the
+    quantizer)."""
+    xf = x.detach().float()
+    y = torch.empty_like(xf)  # the layout of x (a dense permuted view keeps its strides)
+    if not xf.numel():
+        amax = xf.new_zeros([1] * xf.ndim if dims is not None else [])
     else:
-        raise OptionError(f"unknown quantization axis {axis!r}: use tensor, row or col")
-    return torch.clamp(m.float(), min=EPS) / QMAX
+        torch.abs(xf, out=y)
+        amax = y.amax() if dims is None else y.amax(dim=dims, keepdim=True)
+    # the largest |x| is finite iff no NaN or Inf is anywhere (max propagates NaN); one small
+    # reduction and a Python check: torch.isfinite(...).all() costs 25-80 us per call here
+    if not math.isfinite(float(amax.max())):
+        raise DivergedError(f"NaN or Inf reached the INT8 quantizer{f' ({where})' if where else ''}: the training "
+                            "diverged; lower the learning rate")
+    scale = amax.clamp_min(EPS) / QMAX
+    torch.div(xf, scale, out=y)  # the same correctly rounded float32 quotient as xf / scale
+    if generator is None:
+        y.round_()
+    else:
+        y.add_(torch.rand(y.shape, generator=generator, dtype=y.dtype)).floor_()
+    return y.clamp_(-QMAX, QMAX).to(torch.int8).contiguous(), scale
 
 
 def quantize(x: torch.Tensor, axis: str = "tensor", generator: torch.Generator | None = None) -> Quantized:
-    """Quantize a 2-D float tensor to INT8; stochastic rounding when ``generator`` is given.
+    """Quantize a 2-D float tensor to INT8 (:func:`quantize_along` with the scale of ``axis``:
+    ``tensor``, ``row`` or ``col``); stochastic rounding when ``generator`` is given.
 
     Raises :class:`~lora_qta.errors.DivergedError` (a ``FloatingPointError``) on NaN or Inf
     input (a diverged training step).
@@ -66,17 +93,9 @@ def quantize(x: torch.Tensor, axis: str = "tensor", generator: torch.Generator |
     if x.dim() != 2:
         raise InputShapeError(f"quantize takes 2-D tensors, got shape {tuple(x.shape)}; reshape to "
                               "(rows, columns) first")
-    xf = x.detach().float()
-    scale = absmax_scale(xf, axis)
-    if not torch.isfinite(scale).all():
-        raise DivergedError("NaN or Inf reached the INT8 quantizer: the training diverged; "
-                            "lower the learning rate")
-    y = xf / scale  # a new tensor: the in-place steps below never touch x
-    if generator is None:
-        y.round_()
-    else:
-        y.add_(torch.rand(y.shape, generator=generator, dtype=y.dtype)).floor_()
-    return Quantized(y.clamp_(-QMAX, QMAX).to(torch.int8), scale)
+    if axis not in AXES:
+        raise OptionError(f"unknown quantization axis {axis!r}: use tensor, row or col")
+    return Quantized(*quantize_along(x, AXES[axis], generator))
 
 
 def pow2(x: torch.Tensor) -> torch.Tensor:

@@ -674,7 +674,7 @@ class Accelerator:
                         trans_b=trans_b, out_int8=out8, accumulate=c_np is not None,
                         scale_mode=scale_mode if out8 else "tensor", stochastic=rounding == "stochastic",
                         mult=mult_t, shift=shift_t, seed=int(seed) & 0xFFFFFFFF, batch=batch,
-                        stride_a=stride_a if batch > 1 else 0, stride_b=0 if shared_b else stride_b,
+                        stride_a=stride_a if batch > 1 else 0, stride_b=0 if shared_b or batch == 1 else stride_b,
                         stride_c=stride_c if batch > 1 else 0, conv=conv)
         chosen = planner.plan(self.board, call, dataflow=dataflow, split=split, k_bucket=k_bucket)
         return self._launch(chosen, offsets, cbuf, cview[:, :, :n], strict, as_torch)

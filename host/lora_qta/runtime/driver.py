@@ -13,18 +13,22 @@ Registered as a ``pynq.lib`` entry point so that ``Overlay`` imports it.
 
 from __future__ import annotations
 
+import operator
+import struct
 import time
 from dataclasses import dataclass
 
 from pynq import DefaultIP
 
-from ..errors import DeviceBusyError, DeviceTimeoutError, StaleRegisterMapError
+from ..errors import DeviceBusyError, DeviceTimeoutError, KernelArgumentError, StaleRegisterMapError
 from ..hw.call import GemmCall
 from ..hw.config import config
 
 CTRL_START, CTRL_DONE, CTRL_IDLE = (config().ctrl_mask(b) for b in ("ap_start", "ap_done", "ap_idle"))
 OPERANDS = ("a", "b", "c", "scales")
 """The operands' offset registers (64-bit byte offsets from the memory base)."""
+POINTERS = tuple(a.name for a in config().args if a.kind == "pointer")
+"""The m_axi pointer registers (every one holds the memory base: unified addressing)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,14 @@ class RunInfo:
     def cycles_measured(self) -> int:
         """The kernel's measured cycle count (its counter process; 0 in C-simulation)."""
         return self.outputs["cycles_measured"]
+
+
+def _fits(value: object, nbytes: int) -> bool:
+    """Whether ``value`` is an integer that an unsigned register of ``nbytes`` holds."""
+    try:
+        return 0 <= operator.index(value) < 1 << 8 * nbytes
+    except TypeError:
+        return False
 
 
 def check_register_map(registers: dict | None, where: str) -> None:
@@ -102,16 +114,18 @@ class QtaGemmDriver(DefaultIP):
         ctrl = self.read(self._ctrl)
         if ctrl & CTRL_START or not ctrl & CTRL_IDLE:
             raise DeviceBusyError("the kernel is still running a previous call; wait for it to finish")
-        values = {a.name: memory_base for a in config().args if a.kind == "pointer"}
+        block = config().input_block
+        values = dict.fromkeys(POINTERS, memory_base)
         values.update({name: offsets.get(name, 0) for name in OPERANDS})
         values.update(call.scalar_registers())
-        inputs = config().inputs
-        first = inputs[0].offset
-        block = bytearray(inputs[-1].offset + inputs[-1].data_bytes - first)
-        for arg in inputs:
-            at = arg.offset - first
-            block[at:at + arg.data_bytes] = int(values[arg.name]).to_bytes(arg.data_bytes, "little")
-        self.write(first, bytes(block))
+        try:
+            data = block.pack(values)
+        except struct.error:
+            bad = [f"{a.name}={values[a.name]!r}" for a in config().inputs if not _fits(values[a.name], a.data_bytes)]
+            raise KernelArgumentError(f"argument registers out of range ({', '.join(bad)}): every value must be a "
+                                      "non-negative integer that fits its register; check the offsets and "
+                                      "the call's fields") from None
+        self.write(block.start, data)
         self._t0 = time.perf_counter()
         self.write(self._ctrl, CTRL_START)
 

@@ -39,12 +39,20 @@ from . import fast
 from ..errors import BackendError, DeviceBusyError, DeviceMemoryError, DMAError
 from ..hw.call import GemmCall
 from ..hw.config import BoardConfig, config
-from .driver import OPERANDS
+from .driver import OPERANDS, POINTERS
 
 ENGINES = ("fast", "csim")
 DDR_BASE = 0x1000_0000
 PAGE = 4096
 
+HOST_SKEW = PAGE // 2
+"""Page offset of a buffer's host view (the emulated CPU-cache copy): half a page away from its
+page-aligned DDR copy and from page-aligned arrays, so that flush/invalidate and the copies of
+operands into a buffer do not suffer 4K aliasing (loads and stores whose addresses agree in their
+low 12 bits stall each other; measured on this machine: a 64 KB copy into a buffer 16 bytes off
+its source's page offset took 65 us, 13 us half a page off)."""
+VALID = {f"{a.name}_ctrl": 1 for a in config().outputs}
+"""The outputs' ap_vld words as the kernel leaves them after a call."""
 CTRL_START, CTRL_DONE, CTRL_IDLE, CTRL_READY = (
     config().ctrl_mask(b) for b in ("ap_start", "ap_done", "ap_idle", "ap_ready"))
 
@@ -133,6 +141,13 @@ class EmulatedDDR:
         return self.mem[off:off + nbytes]
 
 
+def _host_bytes(nbytes: int) -> np.ndarray:
+    """``nbytes`` zeroed bytes starting at page offset :data:`HOST_SKEW`."""
+    raw = np.zeros(nbytes + PAGE, dtype=np.uint8)
+    skip = (HOST_SKEW - raw.ctypes.data) % PAGE
+    return raw[skip:skip + nbytes]
+
+
 def hwh_register_map() -> dict[str, dict]:
     """The kernel's registers as an ``ip_dict['registers']`` entry names them (Vitis naming:
     ``a_1``/``a_2`` for the words of a 64-bit argument), generated from the configuration."""
@@ -167,7 +182,7 @@ def _csim_engine(board: BoardConfig, call: GemmCall, ddr: EmulatedDDR, memory_ba
     from . import csim
 
     host = ddr.host_address + (memory_base - ddr.base)
-    pointers = {a.name: host for a in config().args if a.kind == "pointer"}
+    pointers = dict.fromkeys(POINTERS, host)
     regs = {name: offsets.get(name, 0) for name in OPERANDS}
     regs.update(call.scalar_registers())
     return csim.load(board).run(pointers, regs)
@@ -245,7 +260,7 @@ class EmulatedDevice(pynq.Device):
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape)) * dtype.itemsize
         addr, _ = self.ddr.alloc(nbytes)
-        host = np.zeros(max(nbytes, 1), dtype=np.uint8)
+        host = _host_bytes(max(nbytes, 1))
         buf = PynqBuffer(shape, dtype, buffer=host, device_address=addr, bo=addr, device=self,
                          coherent=False)
         self._host[addr] = host
@@ -281,15 +296,6 @@ class EmulatedDevice(pynq.Device):
                            f"0x{self.base:X}..0x{self.base + len(self._regs):X}")
         return off
 
-    def _reg(self, name: str) -> int:
-        off = config().registers[name]
-        return struct.unpack_from("<I", self._regs, off)[0]
-
-    def _reg64(self, name: str) -> int:
-        off = config().registers[name]
-        lo, hi = struct.unpack_from("<II", self._regs, off)
-        return lo | (hi << 32)
-
     def _poll_worker(self) -> None:
         if self._worker is not None and not self._worker.is_alive():
             self._worker = None
@@ -324,8 +330,9 @@ class EmulatedDevice(pynq.Device):
         self._poll_worker()
         if self._worker is not None or self._ctrl & CTRL_START:
             raise DeviceBusyError("ap_start written while the kernel is running; wait for ap_done")
-        call = GemmCall.from_registers({a.name: self._reg(a.name) for a in config().inputs if a.kind == "scalar"})
-        memory_base, offsets = self._dma_check(call)
+        regs = config().input_block.unpack(self._regs)  # every argument register, decoded once
+        call = GemmCall.from_registers(regs)
+        memory_base, offsets = self._dma_check(call, regs)
         self._ctrl = CTRL_START
         self.runs += 1
         if self.hang:
@@ -337,14 +344,15 @@ class EmulatedDevice(pynq.Device):
         self._worker = threading.Thread(target=self._execute, args=(call, memory_base, offsets), daemon=True)
         self._worker.start()
 
-    def _dma_check(self, call: GemmCall) -> tuple[int, dict[str, int] | None]:
-        """Check every range the kernel will touch; (memory base, operand offsets), the offsets
-        None when the kernel rejects its arguments before any memory access."""
+    def _dma_check(self, call: GemmCall, regs: dict[str, int]) -> tuple[int, dict[str, int] | None]:
+        """Check every range the kernel will touch (``regs``: the argument registers); (memory
+        base, operand offsets), the offsets None when the kernel rejects its arguments before any
+        memory access."""
         from .planner import kernel_accepts
 
-        bases = {a.name: self._reg64(a.name) for a in config().args if a.kind == "pointer"}
-        memory_base = next(iter(bases.values()))
-        offsets = {name: self._reg64(name) for name in OPERANDS}
+        bases = {name: regs[name] for name in POINTERS}
+        memory_base = bases[POINTERS[0]]
+        offsets = {name: regs[name] for name in OPERANDS}
         if not call.scaled:
             offsets.pop("scales")
         beat = self.board.axi_bytes
@@ -374,9 +382,8 @@ class EmulatedDevice(pynq.Device):
                            "cycles_model": config().schedule.call_overhead, "cycles_measured": 0}
             else:
                 outputs = self._engine(self.board, call, self.ddr, memory_base, offsets)
-            for arg in config().outputs:
-                struct.pack_into("<Q" if arg.wide else "<I", self._regs, arg.offset, outputs[arg.name])
-                struct.pack_into("<I", self._regs, arg.valid_offset, 1)
+            # every output and its ap_vld word (1), in one pass
+            config().output_block.pack_into(self._regs, {**outputs, **VALID})
         except BaseException as e:  # surfaced to the driver at its next register access
             self._error = e
         finally:

@@ -5,23 +5,25 @@ the GEMM is an exact integer product computed by float32 GEMMs over K chunks of 
 (every product of two INT8 values is at most 2**14 in magnitude, so every partial sum of a chunk,
 in whatever order the BLAS adds it, is an integer of at most 2**24 and exact in float32), the
 chunks summed in INT32 (the configured K <= 131071 keeps every dot product inside INT32); float64
-where PyTorch is missing. The operands are read from their strided views in the emulated DDR; a
-convolution's op(A) is built from the NHWC map with stride tricks (one INT8 copy); a batched
-call whose items write disjoint outputs runs as one batched float32 GEMM per K chunk.
+where PyTorch is missing. With K <= 1024 the product is one float32 GEMM whose result is
+written to an INT32 output as it is converted (:func:`float_product`). The operands are read from
+their strided views in the emulated DDR (converted to float32 in one pass that keeps a transposed
+view transposed); a convolution's op(A) is built from the NHWC map with stride tricks, in float32
+(one copy), or, for a 1x1 window that reads every pixel once in order, is the map itself (a
+strided view, no copy); a batched call whose items write disjoint outputs runs as one batched
+float32 GEMM per K chunk.
 PyTorch's own INT8 GEMM (``torch._int_mm``) is not used: on an AMD EPYC with AVX2 and no
 AVX-512/VNNI it ran 15-65x slower than this float32 path on LoRA shapes (about 0.2 GMAC/s;
 measured with torch 2.13, one thread), and oneDNN mis-reads the strides of its 1 x K views on
 some CPUs (issue 9, pytorch/pytorch#195066). The epilogue is the kernel's integer arithmetic on
-int64 arrays; INT32 outputs without accumulation are written straight from the product. Every
+int64 arrays; INT32 outputs without accumulation are written straight from the product, their
+amax from one min/max pass (``torch.aminmax``, exact on integers). Every
 output row is written in whole beats, its padding with zeros, as the kernel does. The modelled
 cycle count is the planner's (:func:`~lora_qta.runtime.planner.model_cycles`); the measured count
 is unavailable here (0), as in C-simulation.
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
-from functools import lru_cache
 
 import numpy as np
 
@@ -36,7 +38,7 @@ K_CHUNK = 1024
 from ..hw.call import ConvGeometry, GemmCall
 from ..hw.config import BoardConfig, config
 from ..hw.reference import AMAX_CAP, effective_shift, rounding_bits
-from .planner import kernel_accepts, model_cycles
+from .planner import cached_model, kernel_accepts
 
 
 def _view(mem: np.ndarray, offset: int, shape: tuple, strides: tuple, dtype) -> np.ndarray:
@@ -44,21 +46,37 @@ def _view(mem: np.ndarray, offset: int, shape: tuple, strides: tuple, dtype) -> 
     return np.ndarray(shape, dtype=dtype, buffer=mem, offset=offset, strides=strides)
 
 
-def _f32(x: np.ndarray) -> "torch.Tensor":
-    return torch.from_numpy(x.astype(np.float32))
+def _float(x: np.ndarray) -> "torch.Tensor":
+    """An INT8 (or already float32) matrix or batch, views allowed, as a float32 tensor: one
+    conversion pass that keeps the view's layout, so a transposed operand reaches the BLAS as a
+    transposed one (no copy for float32)."""
+    return torch.from_numpy(x).to(torch.float32)
+
+
+def float_product(a: np.ndarray, b: np.ndarray) -> "torch.Tensor | None":
+    """op(A) . op(B) as ONE float32 GEMM (batched for 3-D operands; a 2-D ``b`` is shared), when
+    that is exact: K <= :data:`K_CHUNK`, so every partial sum, in whatever order the BLAS adds,
+    is an integer of magnitude <= K * 2**14 <= 2**24, which float32 holds exactly; the result's
+    elements are those exact integers. None when K is longer (or PyTorch is missing): use
+    :func:`exact_matmul`. ``a`` and ``b`` are INT8 views or float32 arrays of INT8 values."""
+    if torch is None or a.shape[-1] > K_CHUNK:
+        return None
+    return torch.matmul(_float(a), _float(b))
 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """op(A) . op(B) of INT8 matrices, or of batches of them (3-D; a 2-D ``b`` is shared by every
     item), views allowed, exact, as INT32 (int64 without PyTorch): float32 GEMMs (one batched
-    GEMM per K chunk) over K chunks of :data:`K_CHUNK`, whose results are exact integers, summed
-    in INT32."""
+    GEMM per K chunk) over K chunks of :data:`K_CHUNK`, whose results are exact integers (see
+    :func:`float_product`), summed in INT32. ``a`` and ``b`` may also be float32 arrays holding
+    INT8 values (an im2col matrix built in float32)."""
     k = a.shape[-1]
     if torch is None:  # pragma: no cover - float64 holds every partial sum (< 2**53) exactly
         return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
     out = None
     for k0 in range(0, k, K_CHUNK):
-        part = torch.matmul(_f32(a[..., k0:k0 + K_CHUNK]), _f32(b[..., k0:k0 + K_CHUNK, :])).numpy().astype(np.int32)
+        part = torch.matmul(_float(a[..., k0:k0 + K_CHUNK]), _float(b[..., k0:k0 + K_CHUNK, :]))
+        part = part.numpy().astype(np.int32)
         if out is None:
             out = part
         else:
@@ -66,13 +84,18 @@ def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def im2col(x: np.ndarray, geo: ConvGeometry, m: int) -> np.ndarray:
+def im2col(x: np.ndarray, geo: ConvGeometry, m: int, dtype=np.int8) -> np.ndarray:
     """The first ``m`` rows of the im2col matrix of the NHWC map ``x`` (images x h x w x bytes
-    per pixel; the first ``cin`` channels are used): the input scattered into a zero map with
-    the dilation and padding, then every window as a strided view, copied once."""
+    per pixel; the first ``cin`` channels are used), as ``dtype`` (float32: the GEMM's operand
+    directly, no second conversion pass; INT8 values are exact in it): the input scattered into
+    a zero map with the dilation and padding, then every window as a strided view, copied once.
+    A 1x1 window that reads every pixel once in order (stride 1, no padding or dilation) is the
+    map itself: a strided view of ``x``, no copy."""
     imgs = x.shape[0]
+    if (geo.kh, geo.kw, geo.stride, geo.pad, geo.dil) == (1, 1, 1, 0, 1) and (geo.ho, geo.wo) == (geo.h, geo.w):
+        return x.reshape(imgs * geo.pixels, x.shape[3])[:m, :geo.cin]
     hp, wp = (geo.ho - 1) * geo.stride + geo.kh, (geo.wo - 1) * geo.stride + geo.kw
-    padded = np.zeros((imgs, hp, wp, geo.cin), dtype=np.int8)
+    padded = np.zeros((imgs, hp, wp, geo.cin), dtype=dtype)
     hs, ws = np.arange(geo.h), np.arange(geo.w)
     hi, wi = geo.pad + geo.dil * hs, geo.pad + geo.dil * ws
     hk, wk = hi < hp, wi < wp
@@ -110,7 +133,7 @@ def operands(call: GemmCall, mem: np.ndarray, offs: dict[str, int], item: int) -
         g = call.conv
         x = _view(mem, ao, (g.images(m), g.h, g.w, call.lda), (g.h * g.w * call.lda, g.w * call.lda, call.lda, 1),
                   np.int8)
-        opa = im2col(x, g, m)
+        opa = im2col(x, g, m, np.int8 if torch is None else np.float32)
     elif call.trans_a:
         opa = _view(mem, ao, (k, m), (call.lda, 1), np.int8).T
     else:
@@ -162,7 +185,7 @@ def run(board: BoardConfig, call: GemmCall, mem: np.ndarray, offs: dict[str, int
         s, a = _run_items(board, call, mem, offs, item)
         nsat, amax = nsat + s, max(amax, a)
     return {"status": (1 << st["saturated"]) if nsat else 0, "sat_count": min(nsat, 2**32 - 1),
-            "amax": min(amax, AMAX_CAP), "cycles_model": _cycles(board, replace(call, mult=1, shift=0, seed=0)),
+            "amax": min(amax, AMAX_CAP), "cycles_model": cached_model(board, call.schedule_key()).cycles,
             "cycles_measured": 0}
 
 
@@ -180,13 +203,20 @@ def _run_items(board: BoardConfig, call: GemmCall, mem: np.ndarray, offs: dict[s
     else:
         opa, opb = operands(call, mem, offs, item)
     cview = _view(mem, co, (items, m, n), (call.stride_c, call.ldc * eb, eb), out_dtype)
-    acc = exact_matmul(opa, opb).reshape(items, m, n)
+    prod = float_product(opa, opb)  # one exact float32 GEMM when K allows it, else None
     if not call.out_int8 and not call.accumulate:
         # an exact INT32 product: nothing to round, nothing can saturate (|acc| < 2^31)
-        cview[...] = acc
-        nsat, amax = 0, int(np.abs(acc).max())
+        nsat = 0
+        if prod is not None:  # exact integers in float32: converted to INT32 as they are written
+            np.copyto(cview, prod.numpy().reshape(items, m, n), casting="unsafe")
+            lo, hi = torch.aminmax(prod)
+        else:
+            acc = exact_matmul(opa, opb).reshape(items, m, n)
+            cview[...] = acc
+            lo, hi = acc.min(), acc.max()
+        amax = max(-int(lo), int(hi))
     else:
-        acc = acc.astype(np.int64)
+        acc = (prod.numpy() if prod is not None else exact_matmul(opa, opb)).reshape(items, m, n).astype(np.int64)
         if not call.out_int8:
             total = acc + cview.astype(np.int64)
             lo, hi = -(2**31), 2**31 - 1
@@ -217,9 +247,3 @@ def _run_items(board: BoardConfig, call: GemmCall, mem: np.ndarray, offs: dict[s
     if row_bytes > n * eb:  # the beat padding of every row is written with zeros
         _view(mem, co + n * eb, (items, m, row_bytes - n * eb), (call.stride_c, call.ldc * eb, 1), np.uint8)[...] = 0
     return nsat, amax
-
-
-@lru_cache(maxsize=8192)
-def _cycles(board: BoardConfig, call: GemmCall) -> int:
-    """The kernel's modelled cycle count of ``call`` (the planner's model; cached per call)."""
-    return model_cycles(board, call).cycles

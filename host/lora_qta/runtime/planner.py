@@ -291,8 +291,12 @@ class _Schedule:
         if key not in self._types:
             sig = _mode_signature(self.call)
             cin = self.call.conv.cin if self.call.conv is not None else 1
-            steps = [_step_cost(self.board, sig, mt, nt, int(kt), int(k0) % cin, bool(f), bool(lst))
-                     for kt, k0, f, lst in zip(self.kt, self.k0, self.first, self.last)]
+            # a step's cost depends on (K tile, K offset modulo cin, first, last) only: the many
+            # middle chunks of a long K share one key, so the cached cost is looked up once per
+            # distinct key (hashing the mode signature per chunk cost more than the model)
+            keys = list(zip(self.kt.tolist(), (self.k0 % cin).tolist(), self.first.tolist(), self.last.tolist()))
+            cost = {k: _step_cost(self.board, sig, mt, nt, *k) for k in dict.fromkeys(keys)}
+            steps = [cost[k] for k in keys]
             self._types[key] = ([x[0] for x in steps], [x[1] for x in steps], _block_cost(self.board, sig, mt, nt))
         return self._types[key]
 
@@ -439,8 +443,7 @@ def kernel_accepts(board: BoardConfig, call: GemmCall) -> bool:
     the cache."""
     if not 0 <= call.shift <= 62:
         return False
-    return _accepts(board, replace(call, mult=1, shift=0, seed=0) if call.mult != 1 or call.shift or call.seed
-                    else call)
+    return _accepts(board, call.schedule_key())
 
 
 @lru_cache(maxsize=1 << 14)
@@ -701,9 +704,9 @@ def plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int 
     check_limits(board, call)
     if k_bucket and call.conv is None:
         return bucket_plan(board, call, dataflow, split, k_bucket)
-    key = replace(call, mult=1, shift=0, seed=0)
+    key = call.schedule_key()
     found = _plan_cached(board, key, dataflow, split, False)
-    if key == call:
+    if key is call:
         return found
     return replace(found, call=replace(found.call, mult=call.mult, shift=call.shift, seed=call.seed))
 
@@ -736,15 +739,15 @@ def bucket_plan(board: BoardConfig, call: GemmCall, dataflow: str, split: int | 
     """The plan of ``call`` (a GEMM) from the cached search of its K bucket (see :func:`plan`)."""
     if k_bucket < 1:
         raise PlanError(f"k_bucket must be a positive number of buckets per octave of K, not {k_bucket}")
-    key = replace(call, mult=1, shift=0, seed=0)
+    key = call.schedule_key()
     kb = min(k_bucket_top(board, call.k, k_bucket), board.max_k)
     # the leading dimensions and batch strides do not enter the search: left out, so that every K
     # of the bucket shares it
     bucket = replace(key, k=kb, lda=0, ldb=0, ldc=0, stride_a=0, stride_b=0, stride_c=0)
     found = _plan_cached(board, bucket, dataflow, split, False).call
     tiles = _fit_k_tile(board, key, found)
-    report = _report_cached(board, tiles)
-    return Plan(replace(tiles, mult=call.mult, shift=call.shift, seed=call.seed), report)
+    report = cached_model(board, tiles)
+    return Plan(tiles if key is call else replace(tiles, mult=call.mult, shift=call.shift, seed=call.seed), report)
 
 
 @lru_cache(maxsize=1 << 14)
@@ -761,12 +764,14 @@ def _fit_k_tile(board: BoardConfig, call: GemmCall, found: GemmCall) -> GemmCall
     best = None
     for t in dict.fromkeys(cands):
         cand = call.with_tiles(found.tile_m, found.tile_n, t, found.dataflow, found.split)
-        cyc = _cycles(board, cand)
+        cyc = cached_model(board, cand).cycles  # the chosen one's report is then cached for the plan
         if best is None or cyc < best[0]:
             best = (cyc, cand)
     return best[1]
 
 
 @lru_cache(maxsize=1 << 14)
-def _report_cached(board: BoardConfig, call: GemmCall) -> CycleReport:
+def cached_model(board: BoardConfig, call: GemmCall) -> CycleReport:
+    """:func:`model_cycles`, cached per call (pass :meth:`GemmCall.schedule_key`): shared by the
+    planner's K-bucket plans and the emulation engine's ``cycles_model`` output."""
     return model_cycles(board, call)

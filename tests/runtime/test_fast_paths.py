@@ -1,0 +1,149 @@
+"""The fast engine's shortcuts stay bit-exact with C-simulation and the numpy reference: one
+float32 GEMM written straight to INT32 when K <= K_CHUNK (at the 2**24 bound of every partial
+sum), the chunked path just above it, a 1x1 convolution read in place as a strided view of its
+map (padded pixels, a partial last image), a 3x3 one from an im2col matrix built in float32; and
+the driver's one-block register write decodes to the same call in the emulated device."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from lora_qta.errors import KernelArgumentError
+from lora_qta.hw.call import ConvGeometry, GemmCall
+from lora_qta.hw.config import config
+from lora_qta.hw.reference import reference_call
+from lora_qta.runtime import fast
+from lora_qta.runtime.accelerator import Accelerator
+from lora_qta.runtime.image import MemoryImage
+from lora_qta.runtime.planner import plan
+
+ZCU = config().board("zcu104")
+BEAT = ZCU.axi_bytes
+
+
+def _ceil_to(x: int, step: int) -> int:
+    return -(-x // step) * step
+
+
+def both_engines(call: GemmCall, fill: int | None = None, seed: int = 0) -> tuple[MemoryImage, dict]:
+    """Run ``call`` (planned) on one image with C-simulation and the fast engine; assert that
+    the images and output registers are identical; return the C-simulated image and outputs."""
+    img = MemoryImage.build(ZCU, call, np.random.default_rng(seed))
+    if fill is not None:
+        ext = call.extents(BEAT)
+        for name in ("a", "b"):
+            img.mem[img.offsets[name]:img.offsets[name] + ext[name]] = fill
+    c, f = img.copy(), img.copy()
+    out_c, out_f = c.run_csim(ZCU), f.run_fast(ZCU)
+    assert out_c["status"] & 2 == 0, f"the kernel rejected {call}"
+    assert out_c == out_f
+    assert np.array_equal(c.mem, f.mem)
+    return c, out_c
+
+
+@pytest.mark.parametrize("k", [fast.K_CHUNK, fast.K_CHUNK + 1])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, True)])
+def test_one_gemm_and_chunked_paths_at_the_float32_bound(k, ta, tb):
+    """All operands -128: every product is 2**14, so at K = K_CHUNK the single float32 GEMM's
+    sums reach exactly 2**24 (the last exact integer); one more K takes the chunked path."""
+    m, n = 5, 3
+    call = plan(ZCU, GemmCall(m, n, k, _ceil_to(m if ta else k, BEAT), _ceil_to(k if tb else n, BEAT),
+                              _ceil_to(n * 4, BEAT) // 4, 1, 1, 1, trans_a=ta, trans_b=tb)).call
+    img, out = both_engines(call, fill=0x80)
+    assert (img.c(0) == k * 2**14).all() and out["amax"] == k * 2**14
+    a = np.full((m, k), -128, np.int8)
+    assert (fast.float_product(a, a.T[:, :n]) is None) == (k > fast.K_CHUNK)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_float_product_equals_the_int64_product_on_strided_views(batch):
+    rng = np.random.default_rng(batch)
+    mem = rng.integers(-128, 128, (batch, 70, 300), dtype=np.int8)
+    a = mem[:, :37, :250]                   # leading dimension 300 > K
+    b = mem[:, 40:59, :250].transpose(0, 2, 1)  # transposed views (op(B) of trans_b)
+    got = fast.float_product(a, b)
+    assert got.dtype == fast.torch.float32
+    assert np.array_equal(got.numpy().astype(np.int64), a.astype(np.int64) @ b.astype(np.int64))
+
+
+@pytest.mark.parametrize("geo,m_cut", [
+    (ConvGeometry(h=5, w=3, ho=5, wo=3, cin=2 * BEAT, kh=1, kw=1, stride=1, pad=0), 0),   # read in place
+    (ConvGeometry(h=5, w=3, ho=5, wo=3, cin=BEAT, kh=1, kw=1, stride=1, pad=0), 7),       # partial last image
+    (ConvGeometry(h=6, w=6, ho=3, wo=3, cin=BEAT, kh=1, kw=1, stride=2, pad=0), 0),       # 1x1 but strided
+    (ConvGeometry(h=5, w=4, ho=5, wo=4, cin=BEAT, kh=3, kw=3, stride=1, pad=1), 0),       # im2col in float32
+    (ConvGeometry(h=3, w=3, ho=6, wo=6, cin=BEAT, kh=3, kw=3, stride=1, pad=1, dil=2), 0),
+])
+@pytest.mark.parametrize("out8", [False, True])
+def test_convolution_views_match_csim_and_reference(geo, m_cut, out8):
+    """The map's pixels carry one spare beat (lda > cin), so an in-place view must skip it."""
+    imgs = 2
+    m = imgs * geo.pixels - m_cut
+    n = 5
+    eb = 1 if out8 else 4
+    call = GemmCall(m=m, n=n, k=geo.k, lda=geo.cin + BEAT, ldb=_ceil_to(n, BEAT), ldc=_ceil_to(n * eb, BEAT) // eb,
+                    tile_m=1, tile_n=1, tile_k=1, out_int8=out8, mult=3, shift=9, conv=geo)
+    call = plan(ZCU, call).call
+    img, out = both_engines(call, seed=m)
+    # A and B are as they were (the kernel writes C only); C is not accumulated into
+    ref = reference_call([img.a(0)], [img.b(0)], m=m, n=n, k=geo.k, out_int8=out8, mult=3, shift=9, conv=geo)
+    assert np.array_equal(img.c(0), ref.c[0]) and out["amax"] == ref.amax and out["sat_count"] == ref.sat_count
+
+
+def test_register_block_round_trips_every_argument():
+    """The driver's packed block holds every input at its own offset, little-endian (as a
+    register-by-register write would), and decodes back to the same values."""
+    cfg = config()
+    block = cfg.input_block
+    values = {a.name: (0x1234_5678_9ABC_DE00 + i if a.data_bytes == 8 else 0x8765_4300 + i)
+              for i, a in enumerate(cfg.inputs)}
+    data = block.pack(values)
+    regs = bytearray(cfg.address_range)
+    regs[block.start:block.start + len(data)] = data
+    for a in cfg.inputs:
+        assert int.from_bytes(regs[a.offset:a.offset + a.data_bytes], "little") == values[a.name]
+    assert block.unpack(regs) == values
+    out = cfg.output_block
+    vals = {name: 7 for name in out.names}
+    out.pack_into(regs, vals)
+    for a in cfg.outputs:
+        assert int.from_bytes(regs[a.offset:a.offset + a.data_bytes], "little") == 7
+        assert int.from_bytes(regs[a.valid_offset:a.valid_offset + 4], "little") == 7
+
+
+def test_driver_refuses_a_value_its_register_cannot_hold():
+    acc = Accelerator("zcu104", "fast")
+    call = plan(ZCU, GemmCall(4, 4, 16, 16, 16, 4, 1, 1, 1)).call
+    with pytest.raises(KernelArgumentError, match="stride_a=-16"):
+        acc.ip.start(acc.memory_base, {"a": 0, "b": 64, "c": 128}, replace(call, stride_a=-16))
+    with pytest.raises(KernelArgumentError, match=r"c=18446744073709551616"):
+        acc.ip.start(acc.memory_base, {"a": 0, "b": 64, "c": 1 << 64}, call)
+
+
+def test_buffers_host_views_sit_half_a_page_off_their_ddr_copies():
+    """The emulated cache copy of a buffer starts at page offset HOST_SKEW, its DDR copy on a
+    page boundary (no 4K aliasing between them in flush/invalidate), and both round-trip data."""
+    from lora_qta.runtime.emulation import HOST_SKEW, PAGE
+
+    acc = Accelerator("zcu104", "fast")
+    for nbytes in (1, 5000, 1 << 20):
+        buf = acc._buffer(f"t{nbytes}", nbytes)
+        assert buf.ctypes.data % PAGE == HOST_SKEW and buf.device_address % PAGE == 0
+        buf[:] = np.arange(buf.size, dtype=np.uint64).astype(np.uint8)
+        buf.flush()
+        ddr = acc.device.ddr.view(buf.device_address, buf.size, "test")
+        assert np.array_equal(ddr, buf)
+
+
+def test_a_single_item_call_writes_zero_batch_strides():
+    """At batch 1 no batch stride is read: the registers hold 0 for all three (as a shared B
+    does), so equal shapes from gemm() and batched_gemm() are one call to the planner's caches."""
+    acc = Accelerator("zcu104", "fast")
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(-9, 9, (20, 48), dtype=np.int8), rng.integers(-9, 9, (48, 24), dtype=np.int8)
+    r1 = acc.gemm(a, b)
+    regs = config().input_block.unpack(acc.device._regs)
+    assert (regs["batch"], regs["stride_a"], regs["stride_b"], regs["stride_c"]) == (1, 0, 0, 0)
+    r2 = acc.batched_gemm(a[None], b[None])
+    assert config().input_block.unpack(acc.device._regs) == regs
+    assert np.array_equal(r1.output, a.astype(np.int32) @ b.astype(np.int32)) and np.array_equal(r2.output[0], r1.output)
