@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import AdapterError, DeviceMemoryError
+from ..errors import AdapterError
 from ..runtime.accelerator import Resident
 from .layer import lora_grads, lora_up
 from .offload import FamilyStats, Int8Linear, quantize_weight
@@ -76,14 +76,7 @@ class FusedLinear:
     def place(self) -> None:
         """Make the stacked weight resident for the run (W's rows now, A's at the first forward);
         if it does not fit the accelerator's budget it stays on the per-call path (counted)."""
-        acc, weights = self.off.acc, self.off.weights
-        try:
-            before = acc.resident_bytes
-            self.w = acc.resident(self.host, f"{self.name}.stacked")
-            weights["resident"] += 1
-            weights["resident_bytes"] += acc.resident_bytes - before
-        except DeviceMemoryError:
-            weights["per_call"] += 1
+        self.w = self.off.make_resident(self.host, f"{self.name}.stacked")
 
     def free(self) -> None:
         """Release the resident stacked weight; the calls use the host copy afterwards."""
@@ -198,9 +191,9 @@ def fuse(unet: nn.Module, off: Offload) -> int:
 
 
 def unfuse(off: Offload) -> None:
-    """Free the stacked weights and give every fused layer back its unfused path."""
+    """Give every fused layer back its unfused path (called by :func:`~.offload.uninstall` after
+    :func:`~.offload.free_weights` has freed the stacked weights)."""
     for f in off.fused:
-        f.free()
         f.layer.qta_fused = None
 
 

@@ -194,6 +194,20 @@ class Offload:
         self.fused: list[Any] = []          # --fuse-lora: FusedLinear layers (lora/fused.py)
         self.fusion: dict[str, int] = {"layers": 0, "a_rewrites": 0, "a_rewrite_bytes": 0}
 
+    def make_resident(self, host: torch.Tensor, name: str) -> Any:
+        """The resident handle of the INT8 weight ``host`` (:meth:`Accelerator.resident`), or
+        ``host`` itself when it does not fit the accelerator's budget (the per-call path); counted
+        in :attr:`weights` either way."""
+        try:
+            before = self.acc.resident_bytes
+            handle = self.acc.resident(host, name)
+        except DeviceMemoryError:
+            self.weights["per_call"] += 1
+            return host
+        self.weights["resident"] += 1
+        self.weights["resident_bytes"] += self.acc.resident_bytes - before
+        return handle
+
     def fp32(self, family: str, direction: str) -> bool:
         """Whether the ablation keeps this family's GEMMs of ``direction`` fp32 on the host."""
         return f"{family}.{direction}" in self.host_fp32
@@ -824,13 +838,7 @@ def place_weights(off: Offload) -> None:
             if channels % beat:
                 off.weights["per_call"] += 1
                 continue
-            try:
-                before = off.acc.resident_bytes
-                setattr(layer, attr, off.acc.resident(held, f"{layer.name}.{attr}"))
-                off.weights["resident"] += 1
-                off.weights["resident_bytes"] += off.acc.resident_bytes - before
-            except DeviceMemoryError:
-                off.weights["per_call"] += 1
+            setattr(layer, attr, off.make_resident(held, f"{layer.name}.{attr}"))
 
 
 def free_weights(off: Offload) -> None:
