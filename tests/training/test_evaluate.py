@@ -20,7 +20,7 @@ def test_seed_options():
     assert evaluate_seeds(_args("--seeds", "3,5,8")) == [3, 5, 8]
     assert evaluate_seeds(_args("--num-seeds", "2", "--seed", "4")) == [4, 5]
     a = _args()
-    assert a.variants == "fp32,int8" and a.samples_per_class == 20 and a.concept_samples == 100
+    assert a.variants is None and a.samples_per_class is None and a.concept_samples is None and a.combine is None
 
 
 def test_seeds_and_num_seeds_exclude_each_other(capsys):

@@ -154,15 +154,33 @@ def evaluate_seeds(args: argparse.Namespace) -> list[int]:
     return list(range(args.seed, args.seed + n))
 
 
+EVALUATE_RUN_OPTIONS = ("variants", "seeds", "num_seeds", "steps", "samples_per_class", "concept_samples")
+"""The evaluate options that define new runs: left unset (None) they take their defaults, and
+--combine, which trains and measures nothing, refuses them."""
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..training.evaluate import evaluate, format_table
+    from ..errors import OptionError
+    from ..training.evaluate import (DEFAULT_CONCEPT_SAMPLES, DEFAULT_SAMPLES_PER_CLASS, combine, evaluate,
+                                     format_table)
     from ..training.variants import parse_variants
 
-    names = parse_variants(args.variants)  # before anything is loaded
+    if args.combine is not None:
+        given = [f"--{k.replace('_', '-')}" for k in EVALUATE_RUN_OPTIONS if getattr(args, k) is not None]
+        if given or args.no_reuse:
+            raise OptionError(f"--combine pools finished evaluations and trains nothing: leave out "
+                              f"{', '.join(given + (['--no-reuse'] if args.no_reuse else []))}")
+        res = combine(args.combine, args.output_dir)
+        print(format_table(res))
+        print(f"\nwritten: {args.output_dir}/evaluate.json, evaluate_diffs.png (paired differences per seed over "
+              f"the {len(res['seeds'])} pooled seeds; the sample images stay in the combined folders)")
+        return 0
+    names = parse_variants(args.variants or "fp32,int8")  # before anything is loaded
     res = evaluate(args.output_dir, variants=names, seeds=evaluate_seeds(args),
-                   steps=args.steps or FinetuneConfig.steps, samples_per_class=args.samples_per_class,
-                   concept_samples=args.concept_samples, board=args.board, backend=args.backend,
-                   reuse=not args.no_reuse, threads=args.threads,
+                   steps=args.steps or FinetuneConfig.steps,
+                   samples_per_class=DEFAULT_SAMPLES_PER_CLASS if args.samples_per_class is None else args.samples_per_class,
+                   concept_samples=DEFAULT_CONCEPT_SAMPLES if args.concept_samples is None else args.concept_samples,
+                   board=args.board, backend=args.backend, reuse=not args.no_reuse, threads=args.threads,
                    log=lambda text: print(text, file=sys.stderr, flush=True))
     print(format_table(res))
     print(f"\nwritten: {args.output_dir}/evaluate.json, evaluate_diffs.png (paired differences per seed), "
@@ -188,7 +206,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--output-dir", default="runs/evaluate",
                    help="folder of evaluate.json, evaluate_diffs.png, concept_samples.png and the runs "
                         "(runs/<variant>/seed<s>/, one run per folder)")
-    s.add_argument("--variants", default="fp32,int8",
+    s.add_argument("--variants", default=None,
                    help="comma-separated variants to train and compare, fp32 included (default fp32,int8): "
                         + variants_help())
     seeds = s.add_mutually_exclusive_group()
@@ -201,11 +219,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="first seed of --num-seeds")
     s.add_argument("--steps", type=int, default=None,
                    help="fine-tuning steps of each run (default: the finetune default)")
-    s.add_argument("--samples-per-class", type=int, default=20,
-                   help="images generated per known digit for the known-digit accuracy")
-    s.add_argument("--concept-samples", type=int, default=100,
-                   help="images generated for the new token per run (concept accuracy and probability; the "
-                        "binomial sampling error of the accuracy is about 50/sqrt(N) pp at most)")
+    s.add_argument("--samples-per-class", type=int, default=None,
+                   help="images generated per known digit for the known-digit accuracy (default 20)")
+    s.add_argument("--concept-samples", type=int, default=None,
+                   help="images generated for the new token per run (default 100; concept accuracy and "
+                        "probability; the binomial sampling error of the accuracy is about 50/sqrt(N) pp at most)")
     s.add_argument("--no-reuse", action="store_true",
                    help="retrain even if a run folder already holds a finished run with these options "
                         "(reuse needs every option that defines a run to match, the seed included; the report "
@@ -213,5 +231,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=int, default=1,
                    help="PyTorch CPU threads (default 1: the digits model's ops are too small to gain from more "
                         "and lose badly to thread contention on a busy machine)")
+    s.add_argument("--combine", type=comma_list(str), default=None, metavar="DIR,DIR[,...]",
+                   help="pool finished evaluations with disjoint seeds (e.g. seeds split over processes or "
+                        "machines; folders written by evaluate, or their evaluate.json) into --output-dir: the "
+                        "statistics over every seed, nothing trained or measured again; refused if their "
+                        "variants, steps, samples or run options differ or a seed repeats")
     add_target(s)
     s.set_defaults(func=cmd_evaluate)

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import OptionError
+from ..errors import OptionError, OutputDirError
 from . import evalstats as st
 from .config import FinetuneConfig
 from .loop import finetune, finished_run, grid_png, step_generator
@@ -162,7 +162,7 @@ def evaluate(output_dir: str = "runs/evaluate", variants: Sequence[str] | str = 
             if s == seeds[0]:
                 grid.append((f"{name} LoRA\nseed {s}", images))
             report = json.loads((folder / "report.json").read_text())
-            res.update(folder=str(folder), status=status, seed=s,
+            res.update(folder=str(folder), status=status, seed=s, identity=report.get("identity"),
                        train_time_s_measured=report.get("time_s", {}).get("total_measured"),
                        wall_time_s_measured={"train_or_reuse": t_train, "measure": t_measure})
             times["train_s"] += t_train
@@ -192,6 +192,116 @@ def evaluate(output_dir: str = "runs/evaluate", variants: Sequence[str] | str = 
     root.mkdir(parents=True, exist_ok=True)
     (root / "evaluate.json").write_text(json.dumps(result, indent=2))
     grid_png(grid, root / "concept_samples.png", captions=["<sks>"] * 8)
+    plot_differences(result, root / "evaluate_diffs.png")
+    return result
+
+
+RUN_OPTIONS = ("variants", "variant_options", "steps", "samples", "finetune_defaults")
+"""The keys of evaluate.json that every pooled evaluation must share (besides each run's identity)."""
+
+
+def _load_result(source: str) -> tuple[Path, dict[str, Any]]:
+    """An evaluate.json given as its folder or its path."""
+    path = Path(source)
+    path = path / "evaluate.json" if path.is_dir() else path
+    try:
+        result = json.loads(path.read_text())
+    except OSError as e:
+        raise OptionError(f"--combine {source}: cannot read {path} ({e.strerror}); give folders written by "
+                          "lora-qta evaluate (each holding evaluate.json) or the evaluate.json files") from None
+    except ValueError as e:
+        raise OptionError(f"--combine {source}: {path} is not JSON ({e})") from None
+    missing = [k for k in (*RUN_OPTIONS, "seeds", "runs", "base", "target", "label") if k not in result]
+    if missing:
+        raise OptionError(f"--combine {source}: {path} lacks {', '.join(missing)}: not an evaluate.json")
+    return path, result
+
+
+def _run_identity(source: Path, name: str, seed: str, run: dict[str, Any]) -> dict[str, Any]:
+    """A measured run's identity without its seed: from evaluate.json, else from its folder's report.json."""
+    identity = run.get("identity")
+    if identity is None:
+        report = Path(run.get("folder", "")) / "report.json"
+        try:
+            identity = json.loads(report.read_text())["identity"]
+        except (OSError, ValueError, KeyError):
+            raise OptionError(f"--combine: {source} does not record the identity of {name} seed {seed} and its "
+                              f"run folder's report ({report}) cannot be read: without it the runs cannot be "
+                              "checked to share every option; combine on the machine that holds the runs") from None
+    return {k: v for k, v in identity.items() if k != "seed"}
+
+
+def combine(sources: Sequence[str], output_dir: str) -> dict[str, Any]:
+    """Pool finished evaluations with disjoint seeds (e.g. seeds split over two processes or
+    machines) into one result with the statistics over every seed, without training or measuring
+    anything again. Refuses evaluations whose variants, steps, samples or run options differ, a
+    seed measured twice, and an output folder that holds an evaluation of its own; writes
+    evaluate.json and evaluate_diffs.png into ``output_dir``."""
+    if len(sources) < 2:
+        raise OptionError("--combine takes two or more evaluate folders, comma-separated")
+    loaded = [_load_result(s) for s in sources]
+    root = Path(output_dir)
+    own = root / "evaluate.json"
+    for path, _ in loaded:
+        if path.resolve() == own.resolve():
+            raise OutputDirError(f"--output-dir {root} is one of the evaluations to combine: its evaluate.json "
+                                 "would be overwritten; give a new folder")
+    if own.is_file():
+        try:
+            previous = json.loads(own.read_text())
+        except ValueError:
+            previous = {}
+        if "combined_from" not in previous:
+            raise OutputDirError(f"{own} holds an evaluation of its own (not a combination): give a new "
+                                 "--output-dir so that it is not overwritten")
+    first_path, first = loaded[0]
+    for path, res in loaded[1:]:
+        for key in RUN_OPTIONS:
+            if res[key] != first[key]:
+                raise OptionError(f"--combine: {path} and {first_path} differ in {key} ({res[key]!r} vs "
+                                  f"{first[key]!r}): only evaluations of the same variants and options pool")
+    names = first["variants"]
+    runs: dict[str, dict[str, Any]] = {n: {} for n in names}
+    origin: dict[int, Path] = {}
+    identities: dict[str, tuple[dict[str, Any], Path]] = {}
+    for path, res in loaded:
+        for s in res["seeds"]:
+            if s in origin:
+                raise OptionError(f"--combine: seed {s} is in both {origin[s]} and {path}: a seed pooled twice "
+                                  "is no independent pair; leave one out")
+            origin[s] = path
+        for n in names:
+            for s, run in res["runs"][n].items():
+                ident = _run_identity(path, n, s, run)
+                ref = identities.setdefault(n, (ident, path))
+                if ident != ref[0]:
+                    diff = sorted(k for k in set(ident) | set(ref[0]) if ident.get(k) != ref[0].get(k))
+                    raise OptionError(f"--combine: {n} seed {s} of {path} was trained with other options than in "
+                                      f"{ref[1]} ({', '.join(diff)}): only runs that differ in their seed pool")
+                runs[n][s] = run
+    seeds = sorted(origin)
+    summaries, comparisons, target = summarize(runs, names, seeds)
+    base_path, base_src = min(loaded, key=lambda pr: pr[1]["seeds"][0])
+    labels = {res["label"] for _, res in loaded}
+    machines = sorted({res.get("machine", "?") for _, res in loaded})
+    times = {k: sum(res.get("time_s_measured", {}).get(k, 0.0) for _, res in loaded)
+             for k in ("train_s", "measure_s", "total")}
+    result = {
+        **{k: v for k, v in first.items() if k not in ("runs", "metrics", "comparisons", "base")},
+        "label": labels.pop() if len(labels) == 1 else "measured on " + ", ".join(machines),
+        "machine": ", ".join(machines), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": "lora-qta evaluate --combine " + ",".join(str(p.parent) for p, _ in loaded)
+                   + f" --output-dir {output_dir}",
+        "combined_from": [{"path": str(p), "seeds": r["seeds"], "command": r.get("command"), "date": r.get("date"),
+                           "machine": r.get("machine")} for p, r in loaded],
+        "seeds": seeds,
+        "target": {**first["target"], "per_variant": target},
+        "base": base_src["base"], "base_from": str(base_path),
+        "metrics": summaries, "comparisons": comparisons, "runs": runs,
+        "time_s_measured": times,
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    own.write_text(json.dumps(result, indent=2))
     plot_differences(result, root / "evaluate_diffs.png")
     return result
 
@@ -329,5 +439,5 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_CONCEPT_SAMPLES", "DEFAULT_SAMPLES_PER_CLASS", "DEFAULT_SEEDS", "command_line", "evaluate",
+__all__ = ["DEFAULT_CONCEPT_SAMPLES", "DEFAULT_SAMPLES_PER_CLASS", "DEFAULT_SEEDS", "combine", "command_line", "evaluate",
            "format_table", "heldout_loss", "measure", "plot_differences", "summarize"]
