@@ -22,7 +22,7 @@ def _run(seed: int, value: float, identity: dict | None) -> dict:
     return run
 
 
-def _evaluation(folder, seeds, values, steps=300, identity=IDENTITY, with_identity=True):
+def _evaluation(folder, seeds, values, steps=300, identity=IDENTITY, with_identity=True, defaults=None):
     """An evaluate.json as `lora-qta evaluate` writes it, for variants fp32 and int8."""
     runs = {"fp32": {}, "int8": {}}
     for s, (f, q) in zip(seeds, values):
@@ -32,7 +32,7 @@ def _evaluation(folder, seeds, values, steps=300, identity=IDENTITY, with_identi
     result = {"label": "measured on this machine", "machine": "m", "date": "2026-11-26 19:00",
               "command": f"lora-qta evaluate --seeds {','.join(map(str, seeds))}", "variants": ["fp32", "int8"],
               "variant_options": {"fp32": {"precision": "fp32"}, "int8": {"precision": "int8"}}, "seeds": list(seeds),
-              "steps": steps, "samples": {"concept": 200, "per_known_digit": 20}, "finetune_defaults": {"rank": 8},
+              "steps": steps, "samples": {"concept": 200, "per_known_digit": 20}, "finetune_defaults": defaults or {"rank": 8},
               "target": {"rule": "the rule", "per_variant": target}, "base": {k: 0.0 for k in METRICS},
               "metrics": summaries, "comparisons": comparisons, "runs": runs,
               "time_s_measured": {"train_s": 10.0, "measure_s": 5.0, "total": 16.0}}
@@ -78,6 +78,12 @@ def test_other_options_are_refused(tmp_path):
     _evaluation(tmp_path / "b", [3, 4], B_VALUES, steps=100)
     with pytest.raises(OptionError, match="differ in steps"):
         combine([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "out"))
+    # an option added since (at its default) is no difference; another default is
+    _evaluation(tmp_path / "d", [3, 4], B_VALUES, defaults={"rank": 8, "fuse_lora": False})
+    assert combine([str(tmp_path / "a"), str(tmp_path / "d")], str(tmp_path / "out"))["seeds"] == [0, 1, 2, 3, 4]
+    _evaluation(tmp_path / "e", [3, 4], B_VALUES, defaults={"rank": 4, "fuse_lora": False})
+    with pytest.raises(OptionError, match="differ in finetune_defaults"):
+        combine([str(tmp_path / "a"), str(tmp_path / "e")], str(tmp_path / "out2"))
     _evaluation(tmp_path / "c", [3, 4], B_VALUES, identity={**IDENTITY, "learning_rate": 0.01})
     with pytest.raises(OptionError, match=r"fp32 seed 3 .* other options .*\(learning_rate\)"):
         combine([str(tmp_path / "a"), str(tmp_path / "c")], str(tmp_path / "out"))

@@ -257,9 +257,13 @@ def combine(sources: Sequence[str], output_dir: str) -> dict[str, Any]:
     first_path, first = loaded[0]
     for path, res in loaded[1:]:
         for key in RUN_OPTIONS:
-            if res[key] != first[key]:
-                raise OptionError(f"--combine: {path} and {first_path} differ in {key} ({res[key]!r} vs "
-                                  f"{first[key]!r}): only evaluations of the same variants and options pool")
+            mine, theirs = res[key], first[key]
+            if key == "finetune_defaults":  # an option added since keeps its old behaviour at its default;
+                common = mine.keys() & theirs.keys()  # the runs' identities below decide what defines a run
+                mine, theirs = ({k: d[k] for k in common} for d in (mine, theirs))
+            if mine != theirs:
+                raise OptionError(f"--combine: {path} and {first_path} differ in {key} ({mine!r} vs "
+                                  f"{theirs!r}): only evaluations of the same variants and options pool")
     names = first["variants"]
     runs: dict[str, dict[str, Any]] = {n: {} for n in names}
     origin: dict[int, Path] = {}
