@@ -3,12 +3,13 @@
 Two launches, each of two processes running ``lora_qta.cli.main`` through ``worker.py`` (which
 records a digest of every rank's LoRA weights after every step):
 
-* ``killed``: torchrun (``--standalone``: a free port) with lora-qta joining the run itself;
-  rank 1 SIGKILLs itself at step 3 of 6, torchrun's agent stops rank 0 with SIGTERM.
+* ``killed`` and ``killed_tensor`` (the whole step offloaded, ``tensor`` scheme): torchrun
+  (``--standalone``: a free port) with lora-qta joining the run itself; rank 1 SIGKILLs itself
+  at step 3 of 6, torchrun's agent stops rank 0 with SIGTERM.
 * ``launch``: one command per rank with the env:// variables (as on boards without torchrun) on
   a free port; the worker opens the process group once and runs, one after the other: the
-  killed run resumed, the same run straight in fp32 and int8, both ranks given the same
-  --output-dir (as torchrun on one machine), then the bad cases (boards that disagree, a rank
+  killed runs resumed, the same runs straight in fp32, int8 and int8 with the tensor scheme,
+  both ranks given the same --output-dir (as torchrun on one machine), then the bad cases (boards that disagree, a rank
   without its board, NaN on one rank, a NaN gradient on one rank, rank 0's run folder holding
   another run or locked by another process). Otherwise rank 1 gets its own --output-dir, so it
   can neither read rank 0's checkpoints nor hide a write.
@@ -80,11 +81,14 @@ def distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return (num / den) ** 0.5
 
 
-@pytest.fixture(scope="module")
-def killed(tmp_path_factory):
+TENSOR = ["--offload", "all", "--offload-scheme", "tensor"]
+"""The whole-step offload with delayed per-tensor scales: each rank keeps amax histories of its own rows."""
+
+
+def killed_run(tmp: Path, *extra: str) -> tuple[Path, subprocess.CompletedProcess]:
     """torchrun, two ranks, rank 1 killed (SIGKILL) at the start of step 3 (0-based)."""
-    tmp = tmp_path_factory.mktemp("killed")
-    spec = [{"name": "kill", "argv": ["finetune", "--output-dir", str(tmp / "run"), "--precision", "int8", *OPTIONS],
+    spec = [{"name": "kill", "argv": ["finetune", "--output-dir", str(tmp / "run"), "--precision", "int8", *OPTIONS,
+                                      *extra],
              "argv_rank": {"1": ["--output-dir", str(tmp / "rank1")]}, "kill": [1, 3]}]
     (tmp / "spec.json").write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -94,21 +98,37 @@ def killed(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def launch(killed, tmp_path_factory):
+def killed(tmp_path_factory):
+    """int8 LoRA-only, rank 1 killed at step 3."""
+    return killed_run(tmp_path_factory.mktemp("killed"))
+
+
+@pytest.fixture(scope="module")
+def killed_tensor(tmp_path_factory):
+    """The whole step offloaded with the ``tensor`` scheme, rank 1 killed at step 3."""
+    return killed_run(tmp_path_factory.mktemp("killed_tensor"), *TENSOR)
+
+
+@pytest.fixture(scope="module")
+def launch(killed, killed_tensor, tmp_path_factory):
     """One command per rank (env:// on a free port); several runs in one process group."""
     tmp = tmp_path_factory.mktemp("launch")
-    killed_run = killed[0] / "run"
 
     def run(name, precision, *extra, rank1=(), **hooks):
         return {"name": name, "argv": ["finetune", "--output-dir", str(tmp / name), "--precision", precision,
                                        *OPTIONS, *extra],
                 "argv_rank": {"1": ["--output-dir", str(tmp / f"{name}.rank1"), *rank1]}, **hooks}
 
+    def resumed(name, folder, *extra):
+        return {**run(name, "int8"), "argv": ["finetune", "--output-dir", str(folder), "--precision", "int8",
+                                              *OPTIONS, *extra, "--resume"]}
+
     spec = [
-        {**run("resume", "int8", "--resume"), "argv": ["finetune", "--output-dir", str(killed_run), "--precision",
-                                                       "int8", *OPTIONS, "--resume"]},
+        resumed("resume", killed[0] / "run"),
+        resumed("resume_tensor", killed_tensor[0] / "run", *TENSOR),
         run("fp32", "fp32"),
         run("int8", "int8"),
+        run("int8_tensor", "int8", *TENSOR),
         run("mismatch", "int8", rank1=["--board", "kv260"]),
         run("noboard", "int8", rank1=["--backend", "board"]),
         run("nan", "int8", nan=[1, 3]),
@@ -240,6 +260,25 @@ def test_a_killed_rank_is_named_and_the_last_checkpoint_resumes(killed, launch):
     assert report["accelerator"]["counted_over_steps"] == [0, STEPS]
     for p in report["distributed"]["per_rank"]:
         assert p["steps_run"] == STEPS - 2 and p["per_gemm"][fwd]["gemms"] == (STEPS - 2) * layers
+
+
+def test_every_rank_resumes_its_own_delayed_scales(killed_tensor, launch):
+    tmp, proc = killed_tensor
+    assert proc.returncode != 0
+    newest = sorted((tmp / "run" / "checkpoints").iterdir())[-1]  # written by the resumed launch
+    state = json.loads((newest / "state.json").read_text())["history"]
+    ranks = state["offload_ranks"]
+    assert len(ranks) == 2 and ranks[0] == state["offload"]
+    assert ranks[0]["sites"].keys() == ranks[1]["sites"].keys()
+    assert ranks[0]["sites"] != ranks[1]["sites"]  # each rank saw its own rows' amax
+    res = records(launch, "resume_tensor")
+    assert [r["code"] for r in res] == [0, 0]
+    assert [t["step"] for t in res[0]["trace"]] == list(range(2, STEPS))
+    # bit-identical to the uninterrupted two-process run: rank 1 resumed its own histories
+    a, b = adapter(tmp / "run"), adapter(launch / "int8_tensor")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight = records(launch, "int8_tensor")
+    assert [t["lora"] for t in res[1]["trace"]] == [t["lora"] for t in straight[1]["trace"]][2:]
 
 
 def test_bad_cases_stop_every_rank_with_one_line(launch):

@@ -487,6 +487,12 @@ class DataParallel:
                 cls = DistributedError
             raise cls(f"{self._name(r)}: {message}")
 
+    def gather_to_rank0(self, what: str, obj: Any) -> list[Any] | None:
+        """``obj`` of every rank in rank order, on rank 0 (None on the others); a collective."""
+        everyone: list[Any] | None = [None] * self.world if self.rank == 0 else None
+        self._collective(f"gathering the ranks' {what}", tdist.gather_object, obj, everyone, dst=0)
+        return everyone
+
     def checkpoint_from_rank0(self, run: Path) -> Path | None:
         """The newest checkpoint of rank 0's run folder, on every rank: rank 0 reads its files
         and broadcasts them; the other ranks load a temporary copy (no shared filesystem

@@ -581,7 +581,9 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
             if not history.get("offload"):
                 raise CheckpointError(f"{resume_from} holds no whole-step offload state (amax histories): it "
                                       "cannot continue an --offload all run bit-identically")
-            runtime.offload.load_state(history["offload"])
+            ranks = history.get("offload_ranks")  # a data-parallel run's: every rank's own histories
+            own = ranks is not None and dist is not None and len(ranks) == dist.world
+            runtime.offload.load_state(ranks[dist.rank] if own else history["offload"])
     latents = bundle.to_latents(data.images)
     prior_latents = bundle.to_latents(data.prior_images) if data.prior_images is not None else None
     lat_data = type(data)(latents, data.prompts, prior_latents, data.prior_prompts)
@@ -609,12 +611,19 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
             if bad:
                 raise DivergedError(f"the adapter's weights became non-finite ({bad[0]}, ...) by step {step}")
             dist.check_replicas(params, step)
+        off = getattr(runtime, "offload", None)
+        # each rank's amax histories (its own rows' delayed scales) and figures, so that every
+        # rank of a resumed data-parallel run continues from its own state
+        ranks = dist.gather_to_rank0("whole-step offload state", off.state()) \
+            if off is not None and dist is not None else None
         if not writer:
             return
         if runtime is not None:
             history["accelerator"] = runtime.state()
-        if getattr(runtime, "offload", None) is not None:  # amax histories: a resume continues bit-identically
-            history["offload"] = runtime.offload.state()
+        if off is not None:  # amax histories: a resume continues bit-identically
+            history["offload"] = off.state()
+            if ranks is not None:
+                history["offload_ranks"] = ranks
         save_checkpoint(run, step, bundle, optimizer, scheduler,
                         {"identity": identity, "overrides": overrides, "history": history})
 
