@@ -703,7 +703,16 @@ def plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int 
     the mode and tiles of the plan of K rounded up to a multiple of ``k_bucket``, the K tile
     clipped to K (legal: the buffers' demand only shrinks with K); the report is the exact model
     of the call. See :func:`bucket_plan`.
+
+    The plan of a whole call (scale and seed included) is cached too: a training step repeats
+    the same few hundred calls, which then cost one lookup.
     """
+    return _plan_call(board, call, dataflow, split, k_bucket)
+
+
+@lru_cache(maxsize=1 << 12)
+def _plan_call(board: BoardConfig, call: GemmCall, dataflow: str, split: int | None, k_bucket: int | None) -> Plan:
+    """:func:`plan` of one call (its errors are raised each time: exceptions are not cached)."""
     check_limits(board, call)
     if k_bucket and call.conv is None:
         return bucket_plan(board, call, dataflow, split, k_bucket)
