@@ -48,7 +48,7 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from ..errors import AdapterError
 from ..runtime.accelerator import Accelerator
 from .gemms import LORA_GEMMS, LoraGemmKind
-from .quant import Quantized, balance_tokens, dequantize, magnitude_groups, quantize, smoothing_factors
+from .quant import Quantized, balance_factors, dequantize, magnitude_groups, quantize, smoothing_factors
 
 H_XAT, Y_HBT, DH_GB, DB_GTH, DA_DHTX, DX_DHA = LORA_GEMMS
 
@@ -148,8 +148,8 @@ class QtaRuntime:
         otherwise one per-channel scale over all tokens.
         """
         t0 = time.perf_counter()
-        if self.wgrad_groups:
-            p, q, key = balance_tokens(p, q)
+        if self.wgrad_groups:  # balanced as each group's rows are gathered: (p / c)[idx] = p[idx] / c[idx]
+            c, key = balance_factors(p, q)
             groups = magnitude_groups(key, self.GROUP_RATIO)
         else:
             groups = [None]
@@ -158,8 +158,15 @@ class QtaRuntime:
         max_k = self.acc.board.max_k
         part = False
         for idx in groups:
-            pq = self.quant(p if idx is None else p[idx], "col", generator)
-            qq = self.quant(q if idx is None else q[idx], "col")
+            t0 = time.perf_counter()
+            if idx is None:
+                pg, qg = p, q
+            else:
+                cg = c[idx, None]
+                pg, qg = p[idx] / cg, q[idx] * cg
+            self.time_quantization += time.perf_counter() - t0
+            pq = self.quant(pg, "col", generator)
+            qq = self.quant(qg, "col")
             acc = torch.zeros_like(out, dtype=torch.int64)
             for k0 in range(0, pq.q.shape[0], max_k):  # within the kernel's K: exact INT32 per call
                 acc += self.gemm(kind, pq.q[k0:k0 + max_k], qq.q[k0:k0 + max_k], part).long()

@@ -131,18 +131,27 @@ def smoothing_factors(x_absmax: torch.Tensor, a_absmax: torch.Tensor, alpha: flo
     return s
 
 
-def balance_tokens(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows (tokens) t of ``p`` divided and of ``q`` multiplied by c_t = 2^round(log2 sqrt(max|p_t| /
-    max|q_t|)): p^T.q is unchanged, and both operands carry the square root of the token's magnitude.
-
-    Returns (p', q', key) with key_t = max|p_t| * max|q_t|, the token's magnitude product.
-    """
+def balance_factors(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c, key) of :func:`balance_tokens`: c_t = 2^round(log2 sqrt(max|p_t| / max|q_t|)) per row
+    (token) t (1 where either maximum is zero or not finite) and key_t = max|p_t| * max|q_t|."""
     pm = p.detach().abs().amax(1).float()
     qm = q.detach().abs().amax(1).float()
     ok = (pm > 0) & (qm > 0) & torch.isfinite(pm) & torch.isfinite(qm)
     c = torch.ones_like(pm)
     c[ok] = pow2(torch.sqrt(pm[ok] / qm[ok]))
-    return p / c[:, None], q * c[:, None], pm * qm
+    return c, pm * qm
+
+
+def balance_tokens(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows (tokens) t of ``p`` divided and of ``q`` multiplied by c_t = 2^round(log2 sqrt(max|p_t| /
+    max|q_t|)): p^T.q is unchanged, and both operands carry the square root of the token's magnitude.
+
+    Returns (p', q', key) with key_t = max|p_t| * max|q_t|, the token's magnitude product
+    (:func:`balance_factors`; the LoRA runtime applies c to each magnitude group's rows as it
+    gathers them, the same values without a pass over all tokens first).
+    """
+    c, key = balance_factors(p, q)
+    return p / c[:, None], q * c[:, None], key
 
 
 def magnitude_groups(key: torch.Tensor, ratio: float = 16.0) -> list[torch.Tensor]:
