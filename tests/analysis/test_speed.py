@@ -47,3 +47,26 @@ def test_speed_with_offload_all_times_the_whole_step_variant_too(tmp_path, capsy
     assert s["accelerator"] > 0 and s["quantization"] > 0
     assert r["int8_all_gemms_per_step"] > r["gemms_per_step"]      # every family, not only LoRA
     assert set(r["cpu_step_s"]) == {"fp32", "int8", "int8_all"}
+
+
+def test_speed_with_fuse_lora_times_the_fused_whole_step_beside_the_unfused_one(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    assert main(["speed", "--steps", "1", "--warmup", "0", "--batch-size", "2", "--offload", "all",
+                 "--fuse-lora", "--out", str(out)]) == 0
+    assert "--fuse-lora" in capsys.readouterr().out
+    import json
+
+    r = json.loads(out.read_text())
+    assert r["fuse_lora"] is True and r["int8_all_step_s"] > 0 and r["int8_fused_step_s"] > 0
+    assert r["ratio_int8_fused_over_fp32"] == r["int8_fused_step_s"] / r["fp32_step_s"]
+    s = r["int8_fused_split_s"]
+    assert abs(s["accelerator"] + s["quantization"] + s["rest"] - r["int8_fused_step_s"]) < 1e-9
+    # a fused call replaces a base call and a LoRA call (H = X.A^T): fewer calls per step
+    assert r["int8_fused_gemms_per_step"] < r["int8_all_gemms_per_step"]
+    assert set(r["cpu_step_s"]) == {"fp32", "int8", "int8_all", "int8_fused"}
+
+
+def test_speed_refuses_fuse_lora_without_offload_all_as_finetune_does(capsys):
+    assert main(["speed", "--steps", "1", "--warmup", "0", "--fuse-lora"]) == 2
+    err = capsys.readouterr().err
+    assert "--fuse-lora" in err and "--offload all" in err

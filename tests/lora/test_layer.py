@@ -172,3 +172,26 @@ def test_the_unfused_layer_is_exactly_its_six_quantized_gemms():
     ref.step = 7
     assert torch.equal(br.grad, ref.token_sum(LORA_GEMMS[3], g, h, ref.generator(lid, 1)) * s)
     assert torch.equal(ar.grad, ref.token_sum(LORA_GEMMS[4], dh, x, ref.generator(lid, 2)))
+
+
+def test_token_sum_balances_each_group_as_it_gathers_it():
+    """token_sum applies the balancing factors to each magnitude group's rows as it gathers them:
+    the same INT8 operands, scales and result as balancing every token first (balance_tokens) and
+    gathering the groups of the balanced tensors, bit for bit, with stochastic rounding."""
+    from lora_qta.lora.quant import balance_tokens, magnitude_groups
+
+    g = torch.Generator().manual_seed(7)
+    p = torch.randn(700, 24, generator=g) * torch.logspace(-4, 2, 700, dtype=torch.float32)[:, None]
+    q = torch.randn(700, 8, generator=g) * torch.logspace(1, -3, 700, dtype=torch.float32)[:, None]
+    rt = QtaRuntime(Accelerator("zcu104", "fast"), seed=3)
+    got = rt.token_sum(LORA_GEMMS[3], p, q, torch.Generator().manual_seed(5))
+    pb, qb, key = balance_tokens(p, q)
+    groups = magnitude_groups(key, rt.GROUP_RATIO)
+    assert len(groups) == 2
+    gen = torch.Generator().manual_seed(5)
+    want = torch.zeros(24, 8, dtype=torch.float64)
+    for idx in groups:
+        pq, qq = quantize(pb[idx], "col", gen), quantize(qb[idx], "col")
+        acc = pq.q.long().T @ qq.q.long()
+        want += acc.double() * pq.scale.T.double() * qq.scale.double()
+    assert torch.equal(got, want.float())

@@ -9,7 +9,7 @@ import torch
 
 from lora_qta.errors import DivergedError
 from lora_qta.lora.offload import Offload
-from lora_qta.lora.quant import EPS, QMAX, quantize, quantize_along
+from lora_qta.lora.quant import EPS, QMAX, dequantize, quantize, quantize_along
 from lora_qta.runtime.accelerator import Accelerator
 
 
@@ -42,9 +42,14 @@ def cases() -> list[tuple[str, torch.Tensor, tuple[int, ...] | None]]:
     s = torch.tensor([1.2345678, 0.1, 3.3, 7e-5], dtype=torch.float32)[:, None]
     k = torch.arange(-127, 127, dtype=torch.float32)[None, :]
     ties = torch.cat([(k + 0.5) * s, 127 * s], dim=1)  # the last column fixes amax = 127 s
+    # rows of +-amax and its neighbours over every exponent: x / s lands a hair above 127 on some
+    # (the quotient and s = amax / 127 both rounded), which must still round to 127 without a clamp
+    mant = 1 + torch.rand(4096, generator=g)
+    amax = mant * torch.exp2(torch.randint(-120, 120, (4096,), generator=g).float())
+    edge = torch.stack([amax, -amax, torch.nextafter(amax, torch.zeros(1)), amax / 3], dim=1)
     return [
         ("rows", rows, (1,)), ("cols", rows, (0,)), ("tensor", rows, None), ("halves", halves, (1,)),
-        ("ties", ties, (1,)),
+        ("ties", ties, (1,)), ("at amax, every exponent", edge, (1,)),
         ("conv NHWC view, per image", scaled.permute(0, 2, 3, 1), (1, 2, 3)),
         ("attention per row", torch.randn(12, 64, 8, generator=g), (2,)),
         ("attention per column", torch.softmax(torch.randn(12, 64, 64, generator=g), -1), (1,)),
@@ -114,3 +119,15 @@ def test_int32_outputs_dequantize_as_convert_then_scale():
     want = acc.float() * row * col
     assert got.dtype == torch.float32 and torch.equal(got, want)
     assert off.stats["linear"].calls == 1
+
+
+def test_dequantize_equals_convert_then_scale_with_numbers_and_0d_scales():
+    """The LoRA runtime's dequantization (a per-row scale, a 0-d per-tensor scale, the LoRA scaling
+    as a Python number) equals ``acc.float() * row * t * s`` exactly, above 2**24 too."""
+    g = torch.Generator().manual_seed(5)
+    acc = torch.randint(-(2**31), 2**31 - 1, (33, 17), generator=g, dtype=torch.int64).to(torch.int32)
+    row = torch.rand(33, 1, generator=g) * 3
+    t = torch.tensor(0.0123, dtype=torch.float32)
+    got = dequantize(acc, row, t, 0.37)
+    assert got.dtype == torch.float32 and torch.equal(got, acc.float() * row * t * 0.37)
+    assert torch.equal(dequantize(acc), acc.float())

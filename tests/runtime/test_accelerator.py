@@ -1,5 +1,6 @@
 """The host runtime on the real pynq package: emulated device, driver, Accelerator API, errors."""
 
+import gc
 import json
 from dataclasses import replace
 
@@ -378,3 +379,46 @@ def test_result_reports_modelled_and_measured_cycles_and_wall_time(acc):
     assert r.wall_s >= 0 and r.sat_count == 0 and 0 < r.amax <= 64 * 128 * 128
     info = acc.info()
     assert info["axi_ports"] == 4
+
+
+def test_output_registers_read_as_one_block_equal_word_by_word_reads():
+    """The driver reads the outputs as one block: the same values as reading each register (and
+    the high word of a wide one) through pynq.MMIO, on the emulated device (REGISTER_RW) and on
+    a memory-mapped register file as a board has (a numpy view)."""
+    dev = EmulatedDevice("zcu104")
+    ip = QtaGemmDriver(dev.ip_description())
+    a = pynq.allocate((256,), np.int8, target=dev)
+    c = pynq.allocate((256,), np.int32, target=dev)
+    a[:] = np.arange(256) % 7 - 3
+    a.flush()
+    info = ip.run(dev.memory_base, _offsets(dev, a=a, b=a, c=c), _square(dev, 16))
+    words = {arg.name: ip.read(arg.offset) | (ip.read(arg.offset + 4) << 32 if arg.wide else 0)
+             for arg in config().outputs}
+    assert info.outputs == words and info.cycles_model > 0 and info.amax > 0
+
+    class MemoryMapped:  # what pynq.MMIO holds for a MEMORY_MAPPED device: a numpy view of the map
+        array = np.frombuffer(bytes(dev._regs), dtype=np.uint32)
+
+    ip.mmio = MemoryMapped()
+    block = config().output_block
+    assert ip.read_block(block.start, block.size) == bytes(dev._regs[block.start:block.start + block.size])
+
+
+def test_a_repeated_argument_block_is_checked_again_after_its_buffer_is_freed():
+    """The emulated device remembers the decoded call and DMA check of an argument block only
+    while no buffer is allocated or freed: the same registers naming a freed buffer fail."""
+    dev = EmulatedDevice("zcu104")
+    ip = QtaGemmDriver(dev.ip_description())
+    a = pynq.allocate((256,), np.int8, target=dev)
+    c = pynq.allocate((256,), np.int32, target=dev)
+    offsets, call = _offsets(dev, a=a, b=a, c=c), _square(dev, 16)
+    ip.run(dev.memory_base, offsets, call)
+    ip.run(dev.memory_base, offsets, call)  # the remembered decode
+    assert dev.runs == 2 and len(dev._decoded) == 1
+    del a  # the emulated DDR is released when the buffer is collected
+    gc.collect()
+    with pytest.raises(DMAError, match="not inside any allocated buffer"):
+        ip.run(dev.memory_base, offsets, call)
+    with pytest.raises(DMAError, match="past the end"):  # a new, larger call on the same block
+        ip.run(dev.memory_base, _offsets(dev, a=c, b=c, c=c) | {"a": offsets["c"], "c": offsets["c"] + 1024},
+               _square(dev, 48))

@@ -147,3 +147,20 @@ def test_a_single_item_call_writes_zero_batch_strides():
     r2 = acc.batched_gemm(a[None], b[None])
     assert config().input_block.unpack(acc.device._regs) == regs
     assert np.array_equal(r1.output, a.astype(np.int32) @ b.astype(np.int32)) and np.array_equal(r2.output[0], r1.output)
+
+
+def test_kept_buffer_layouts_follow_a_grown_buffer():
+    """The operand layouts the Accelerator keeps are views of its current buffers: after a larger
+    call replaced a buffer, a layout seen before is a view of the new one, and results stay exact."""
+    acc = Accelerator("zcu104", "fast")
+    rng = np.random.default_rng(2)
+    small = rng.integers(-9, 9, (20, 48), dtype=np.int8), rng.integers(-9, 9, (48, 24), dtype=np.int8)
+    big = rng.integers(-9, 9, (600, 480), dtype=np.int8), rng.integers(-9, 9, (480, 96), dtype=np.int8)
+    want = [a.astype(np.int32) @ b.astype(np.int32) for a, b in (small, big)]
+    assert np.array_equal(acc.gemm(*small).output, want[0])
+    before = acc._buffers["a"]
+    assert np.array_equal(acc.gemm(*big).output, want[1])
+    assert acc._buffers["a"] is not before
+    assert np.array_equal(acc.gemm(*small).output, want[0])
+    buf, view, _, _ = acc._padded("a", 1, 20, 48, np.int8)
+    assert buf.base is acc._buffers["a"] and view.base is not None

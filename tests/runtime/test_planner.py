@@ -181,3 +181,24 @@ def test_batch_accumulate_into_overlapping_c_is_refused():
     out = MemoryImage.build(ZCU, replace(call, stride_c=32 * 32 * 4), np.random.default_rng(1))
     img = MemoryImage(call, out.mem, out.offsets)
     assert img.run_csim(ZCU)["status"] == 1 << config().status["bad_args"]
+
+
+def test_a_whole_call_plans_once_and_keeps_its_own_scale_and_seed():
+    """plan() caches per whole call: the same call returns the same plan; a call differing only
+    in its epilogue's scale or seed gets the same schedule with its own scale and seed; a call
+    beyond the limits is refused every time (errors are not cached)."""
+    call = GemmCall(64, 32, 96, 96, 32, 32, 1, 1, 1, out_int8=True, mult=3, shift=5, seed=11)
+    first = plan(ZCU, call)
+    assert plan(ZCU, call) is first
+    other = plan(ZCU, replace(call, mult=7, shift=9, seed=12))
+    assert (other.call.mult, other.call.shift, other.call.seed) == (7, 9, 12)
+    assert replace(other.call, mult=3, shift=5, seed=11) == first.call and other.report == first.report
+    assert first.call.tile_m > 1 and (first.call.m, first.call.n, first.call.k) == (64, 32, 96)
+    big = replace(call, k=ZCU.max_k + 1, lda=_ceil16(ZCU.max_k + 1))
+    for _ in range(2):
+        with pytest.raises(LimitError):
+            plan(ZCU, big)
+
+
+def _ceil16(x: int) -> int:
+    return -(-x // 16) * 16

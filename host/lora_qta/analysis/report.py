@@ -542,6 +542,18 @@ def write_power(rep: dict, frame: Any, out: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- emulation speed
 
+def _whole_step_lines(r: dict, name: str, label: str) -> list[str]:
+    """The two lines of a whole-step variant of :func:`speed_summary` (``int8_all``, ``int8_fused``)."""
+    sp = r[f"{name}_split_s"]
+    return [
+        f"  {label} {r[f'{name}_step_s'] * 1e3:8.1f} ms  = {r[f'ratio_{name}_over_fp32']:.2f}x fp32 "
+        f"(target <= {r['target_ratio_all']}x)",
+        f"    accelerator ({r['engine']}, {r[f'{name}_gemms_per_step']} GEMMs) {sp['accelerator'] * 1e3:.1f} ms, "
+        f"host quantization {sp['quantization'] * 1e3:.1f} ms, rest {sp['rest'] * 1e3:.1f} ms; modelled board "
+        f"GEMM time {r[f'{name}_modelled_board_s_per_step'] * 1e3:.1f} ms per step",
+    ]
+
+
 def speed_summary(r: dict) -> str:
     """One training step, int8 emulated against fp32 (:func:`~.speed.measure`), as text."""
     s = r["int8_split_s"]
@@ -553,14 +565,9 @@ def speed_summary(r: dict) -> str:
         f"(target <= {r['target_ratio']}x)",
         f"    accelerator ({r['engine']}, {r['gemms_per_step']} GEMMs) {s['accelerator'] * 1e3:.1f} ms, "
         f"quantization {s['quantization'] * 1e3:.1f} ms, rest {s['rest'] * 1e3:.1f} ms",
-    ] + ([
-        f"  int8 every GEMM (--offload all) {r['int8_all_step_s'] * 1e3:8.1f} ms  = "
-        f"{r['ratio_int8_all_over_fp32']:.2f}x fp32 (target <= {r['target_ratio_all']}x)",
-        f"    accelerator ({r['engine']}, {r['int8_all_gemms_per_step']} GEMMs) "
-        f"{r['int8_all_split_s']['accelerator'] * 1e3:.1f} ms, host quantization "
-        f"{r['int8_all_split_s']['quantization'] * 1e3:.1f} ms, rest {r['int8_all_split_s']['rest'] * 1e3:.1f} ms; "
-        f"modelled board GEMM time {r['int8_all_modelled_board_s_per_step'] * 1e3:.1f} ms per step",
-    ] if r.get("offload") == "all" else []) + [
+    ] + [line for name, label in (("int8_all", "int8 every GEMM (--offload all)"),
+                                  ("int8_fused", "  the same, --fuse-lora"))
+         if f"{name}_step_s" in r for line in _whole_step_lines(r, name, label)] + [
         "  CPU time per step (this process, median): " + ", ".join(
             f"{name} {t * 1e3:.1f} ms" + (f" ({t / r['cpu_step_s']['fp32']:.2f}x)" if name != "fp32" else "")
             for name, t in r["cpu_step_s"].items()),

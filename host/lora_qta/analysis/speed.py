@@ -7,7 +7,9 @@
   against fp32 PyTorch. Both variants are built from the same shipped model and options and
   timed side by side in one process, alternating step by step so that drift of the machine's
   load hits both alike; the int8 step is split into accelerator (driver + emulated kernel),
-  quantization and the rest.
+  quantization and the rest. With ``offload`` ``all`` the whole-step variant joins the
+  alternation, and with ``fuse_lora`` its fused variant too (``finetune --offload all
+  --fuse-lora``).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def throughput(board: str = "zcu104", repeat: int = 3,
     return rows
 
 
-def _variant(precision: str, cfg: FinetuneConfig, engine: str, offload: str = "lora"):
+def _variant(precision: str, cfg: FinetuneConfig, engine: str, offload: str = "lora", fuse_lora: bool = False):
     from torch.optim import AdamW
 
     from ..lora.layer import QtaRuntime, attach_runtime
@@ -77,7 +79,7 @@ def _variant(precision: str, cfg: FinetuneConfig, engine: str, offload: str = "l
         if offload == "all":
             from ..lora.offload import install
 
-            runtime.offload = install(bundle.unet, runtime.acc, runtime)
+            runtime.offload = install(bundle.unet, runtime.acc, runtime, fuse_lora=fuse_lora)
     params = [p for p in bundle.unet.parameters() if p.requires_grad]
     opt = AdamW(params, lr=cfg.learning_rate)
     data = bundle.training_data(cfg.num_examples, cfg.prior_per_class, cfg.seed)
@@ -104,22 +106,41 @@ def _offload_times(runtime) -> tuple[float, float]:
     return (sum(s.wall_s for s in off.stats.values()), sum(s.host_quant_s for s in off.stats.values()))
 
 
+def _whole_step(name: str, variant, splits: dict, med: dict, runs: int) -> dict:
+    """The figures of a whole-step variant (``int8_all`` or ``int8_fused``): its median step,
+    ratio to fp32, split, calls and modelled board time per step."""
+    rt = variant[1]
+    a, q = float(np.median(splits[name]["accelerator"])), float(np.median(splits[name]["quantization"]))
+    off = rt.offload.report()
+    return {f"{name}_step_s": med[name], f"ratio_{name}_over_fp32": med[name] / med["fp32"],
+            f"{name}_split_s": {"accelerator": a, "quantization": q, "rest": med[name] - a - q},
+            f"{name}_gemms_per_step": sum(f["calls"] for f in off["families"].values()) // runs,
+            f"{name}_modelled_board_s_per_step": off["modelled_board_time_s"] / runs}
+
+
 def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: int = 16,
-            board: str | None = None, offload: str = "lora") -> dict:
+            board: str | None = None, offload: str = "lora", fuse_lora: bool = False) -> dict:
     """Median step times of fp32 and int8 (emulated) and the int8 time split; with ``offload``
     ``all`` also the int8 whole-step variant (every GEMM on the emulated accelerator,
-    ``lora-qta finetune --offload all``), timed in the same alternation. The whole-step split's
-    accelerator time is the driver + emulated kernel wall time of every call."""
+    ``lora-qta finetune --offload all``), and with ``fuse_lora`` its fused variant
+    (``--fuse-lora``, refused without ``offload`` ``all`` as finetune refuses it), timed in the
+    same alternation. The whole-step split's accelerator time is the driver + emulated kernel
+    wall time of every call."""
     import torch
 
     from ..lora.layer import attach_runtime
+    from ..training.loop import check_options
 
     cfg = FinetuneConfig(batch_size=batch_size, board=board, samples=False)
+    check_options(FinetuneConfig(**{**cfg.__dict__, "precision": "int8", "offload": offload,
+                                    "fuse_lora": fuse_lora}), writer=False)
     fp32 = _variant("fp32", cfg, engine)
     int8 = _variant("int8", cfg, engine)
     variants = [("fp32", fp32), ("int8", int8)]
     if offload == "all":
         variants.append(("int8_all", _variant("int8", cfg, engine, "all")))
+    if fuse_lora:
+        variants.append(("int8_fused", _variant("int8", cfg, engine, "all", fuse_lora=True)))
     times = {name: [] for name, _ in variants}
     cpu = {name: [] for name, _ in variants}
     splits = {name: {"accelerator": [], "quantization": []} for name, _ in variants[1:]}
@@ -140,23 +161,18 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
     split = splits["int8"]
     acc, qua = float(np.median(split["accelerator"])), float(np.median(split["quantization"]))
     gemms = sum(s.gemms for s in int8[1].stats.values()) // (warmup + steps)
-    extra = {}
+    extra: dict = {}
+    for name, var in variants[2:]:
+        extra.update(_whole_step(name, var, splits, med, warmup + steps))
     if offload == "all":
-        rt = variants[2][1][1]
-        a, q = float(np.median(splits["int8_all"]["accelerator"])), float(np.median(splits["int8_all"]["quantization"]))
-        off = rt.offload.report()
-        extra = {"int8_all_step_s": med["int8_all"], "ratio_int8_all_over_fp32": med["int8_all"] / med["fp32"],
-                 "int8_all_split_s": {"accelerator": a, "quantization": q, "rest": med["int8_all"] - a - q},
-                 "int8_all_gemms_per_step": sum(f["calls"] for f in off["families"].values()) // (warmup + steps),
-                 "int8_all_modelled_board_s_per_step": off["modelled_board_time_s"] / (warmup + steps),
-                 "target_ratio_all": 2.0}
+        extra["target_ratio_all"] = 2.0
     return {
         "note": "measured on this machine, side by side in one process (median of alternating steps)",
         "engine": engine, "batch_size": batch_size, "steps": steps, "threads": torch.get_num_threads(),
         "fp32_step_s": med["fp32"], "int8_step_s": med["int8"], "ratio_int8_over_fp32": med["int8"] / med["fp32"],
         "int8_split_s": {"accelerator": acc, "quantization": qua, "rest": med["int8"] - acc - qua},
         "gemms_per_step": gemms, "lora_layers": attach_runtime(int8[0].unet, int8[1]), "target_ratio": 1.5,
-        "offload": offload, **extra,
+        "offload": offload, "fuse_lora": fuse_lora, **extra,
         # CPU time of the process per step (median): on a machine shared with other jobs it
         # varies less with their load than the wall time (waiting for a core is not counted)
         "cpu_step_s": {k: float(np.median(v)) for k, v in cpu.items()},

@@ -90,7 +90,7 @@ def cmd_speed(a: argparse.Namespace) -> int:
     from ..analysis import report, speed
 
     torch.set_num_threads(a.threads)
-    r = speed.measure(a.steps, a.warmup, a.engine, a.batch_size, a.board, a.offload)
+    r = speed.measure(a.steps, a.warmup, a.engine, a.batch_size, a.board, a.offload, a.fuse_lora)
     print(report.speed_summary(r), end="")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +175,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--offload", default="lora", choices=["lora", "all"],
                    help="all: also time the int8 whole-step variant (finetune --offload all: every GEMM "
                         "on the emulated accelerator) beside fp32 and int8 LoRA-only")
+    s.add_argument("--fuse-lora", action="store_true",
+                   help="with --offload all: also time the whole step with --fuse-lora (each LoRA layer fused "
+                        "with its base layer, as finetune --fuse-lora runs it) beside the unfused one")
     add_board(s)
     s.add_argument("--threads", type=int, default=1,
                    help="PyTorch CPU threads for both variants (1, as the default fine-tuning uses)")

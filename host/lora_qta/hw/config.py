@@ -123,6 +123,10 @@ class RegisterBlock:
         """The fields' values from a register file ``regs`` (indexed by register offset)."""
         return dict(zip(self.names, self.layout.unpack_from(regs, self.start)))
 
+    def decode(self, data: bytes) -> dict[str, int]:
+        """The fields' values from the block's own :attr:`size` bytes (read from :attr:`start`)."""
+        return dict(zip(self.names, self.layout.unpack(data)))
+
 
 @dataclass(frozen=True)
 class Schedule:

@@ -48,7 +48,7 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from ..errors import AdapterError
 from ..runtime.accelerator import Accelerator
 from .gemms import LORA_GEMMS, LoraGemmKind
-from .quant import Quantized, balance_tokens, magnitude_groups, quantize, smoothing_factors
+from .quant import Quantized, balance_factors, dequantize, magnitude_groups, quantize, smoothing_factors
 
 H_XAT, Y_HBT, DH_GB, DB_GTH, DA_DHTX, DX_DHA = LORA_GEMMS
 
@@ -148,8 +148,8 @@ class QtaRuntime:
         otherwise one per-channel scale over all tokens.
         """
         t0 = time.perf_counter()
-        if self.wgrad_groups:
-            p, q, key = balance_tokens(p, q)
+        if self.wgrad_groups:  # balanced as each group's rows are gathered: (p / c)[idx] = p[idx] / c[idx]
+            c, key = balance_factors(p, q)
             groups = magnitude_groups(key, self.GROUP_RATIO)
         else:
             groups = [None]
@@ -158,8 +158,15 @@ class QtaRuntime:
         max_k = self.acc.board.max_k
         part = False
         for idx in groups:
-            pq = self.quant(p if idx is None else p[idx], "col", generator)
-            qq = self.quant(q if idx is None else q[idx], "col")
+            t0 = time.perf_counter()
+            if idx is None:
+                pg, qg = p, q
+            else:
+                cg = c[idx, None]
+                pg, qg = p[idx] / cg, q[idx] * cg
+            self.time_quantization += time.perf_counter() - t0
+            pq = self.quant(pg, "col", generator)
+            qq = self.quant(qg, "col")
             acc = torch.zeros_like(out, dtype=torch.int64)
             for k0 in range(0, pq.q.shape[0], max_k):  # within the kernel's K: exact INT32 per call
                 acc += self.gemm(kind, pq.q[k0:k0 + max_k], qq.q[k0:k0 + max_k], part).long()
@@ -205,7 +212,7 @@ def lora_up(rt: QtaRuntime, h: torch.Tensor, b: torch.Tensor) -> tuple[torch.Ten
     scaling) and B's INT8 copy, which serves dH = G . B in the backward pass too."""
     hq = rt.quant(h, "row")
     bq = rt.quant(b, "tensor")
-    return rt.gemm(Y_HBT, hq.q, bq.q).float() * hq.scale * bq.scale, bq
+    return dequantize(rt.gemm(Y_HBT, hq.q, bq.q), hq.scale, bq.scale), bq
 
 
 def lora_grads(rt: QtaRuntime, g: torch.Tensor, x: torch.Tensor, h: torch.Tensor, bq: Quantized, s: float,
@@ -214,7 +221,7 @@ def lora_grads(rt: QtaRuntime, g: torch.Tensor, x: torch.Tensor, h: torch.Tensor
     H = X.A^T and B's INT8 copy ``bq``; ``s`` the scaling): three GEMMs on the accelerator."""
     # dH = s . G . B           (sums over out-features: per-token scales for G)
     gq_row = rt.quant(g, "row", rt.generator(lid, 0))
-    dh = rt.gemm(DH_GB, gq_row.q, bq.q).float() * gq_row.scale * bq.scale * s
+    dh = dequantize(rt.gemm(DH_GB, gq_row.q, bq.q), gq_row.scale, bq.scale, s)
     # dB = s . G^T . H         (sums over tokens: balanced magnitude groups, per-channel scales)
     db = rt.token_sum(DB_GTH, g, h, rt.generator(lid, 1)) * s
     # dA = dH^T . X            (sums over tokens: the same)
@@ -230,7 +237,7 @@ class QtaLoraFunction(torch.autograd.Function):
                 runtime: QtaRuntime, layer_id: int) -> torch.Tensor:
         rt = runtime
         xq, asq = rt.smoothed(x, a)
-        h = rt.gemm(H_XAT, xq.q, asq.q).float() * xq.scale * asq.scale
+        h = dequantize(rt.gemm(H_XAT, xq.q, asq.q), xq.scale, asq.scale)
         y, bq = lora_up(rt, h, b)
         ctx.save_for_backward(x, a, b, h)
         ctx.scaling, ctx.rt, ctx.layer_id = scaling, rt, layer_id
@@ -247,8 +254,7 @@ class QtaLoraFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dhq_row = rt.quant(dh, "row", rt.generator(lid, 3))
             aq = rt.quant(a, "tensor")
-            dx = (rt.gemm(DX_DHA, dhq_row.q, aq.q).float()
-                  * dhq_row.scale * aq.scale).to(x.dtype)
+            dx = dequantize(rt.gemm(DX_DHA, dhq_row.q, aq.q), dhq_row.scale, aq.scale).to(x.dtype)
         return dx, da.to(a.dtype), db.to(b.dtype), None, None, None
 
 

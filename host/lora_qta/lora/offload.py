@@ -88,7 +88,7 @@ from torch import nn
 
 from ..errors import CheckpointError, DeviceMemoryError, DivergedError, LimitError
 from ..runtime.accelerator import Accelerator, GemmResult, Resident, fixed_point_scale
-from .quant import quantize_along
+from .quant import dequantize, quantize_along
 
 QMAX = 127
 HISTORY = 16
@@ -262,17 +262,10 @@ class Offload:
     def run_int32(self, family: str, launch: Launch, scales: tuple[torch.Tensor, ...], macs: int) -> torch.Tensor:
         """The dequantized float output of one GEMM with an INT32 output: the accumulator times
         each of ``scales`` (float32, broadcast: e.g. per row of op(A) and per column of op(B)),
-        in float32. The first product converts and scales in one pass (the INT32 values are
-        converted to float32 as ``.float()`` would, then multiplied), the others scale in place."""
+        in float32 (:func:`~lora_qta.lora.quant.dequantize`: fewer passes, the same values)."""
         r = launch(out="int32")
         self.stats[family].add(r, macs)
-        y = _tensor(r.output)
-        if not scales:
-            return y.float()
-        y = torch.mul(y, scales[0].to(torch.float32))
-        for sc in scales[1:]:
-            y.mul_(sc)
-        return y
+        return dequantize(_tensor(r.output), *scales)
 
     # -- one accelerator call with a delayed-scaled INT8 output ----------------------------
     def run(self, family: str, site: str | None, launch: Launch, base: float | np.ndarray, macs: int,

@@ -77,10 +77,25 @@ def quantize_along(x: torch.Tensor, dims: tuple[int, ...] | None, generator: tor
     scale = amax.clamp_min(EPS) / QMAX
     torch.div(xf, scale, out=y)  # the same correctly rounded float32 quotient as xf / scale
     if generator is None:
+        # no clamp pass needed: with s = fl(m / 127) >= (m / 127)(1 - u) (u = 2**-24, m >= |x|),
+        # |fl(x / s)| <= 127 (1 + u) / (1 - u) < 127.00002, which rounds to at most 127
         y.round_()
-    else:
-        y.add_(torch.rand(y.shape, generator=generator, dtype=y.dtype)).floor_()
-    return y.clamp_(-QMAX, QMAX).to(torch.int8).contiguous(), scale
+    else:  # floor(x / s + u) reaches 128 when x / s is a hair above 127: clamped
+        y.add_(torch.rand(y.shape, generator=generator, dtype=y.dtype)).floor_().clamp_(-QMAX, QMAX)
+    return y.to(torch.int8).contiguous(), scale
+
+
+def dequantize(acc: torch.Tensor, *scales: torch.Tensor | float) -> torch.Tensor:
+    """float32 ``acc.float() * scales[0] * scales[1] ...`` of an INT32 accumulator, the same
+    values in fewer passes: the first product (a tensor: per row, per column or 0-d) converts and
+    scales in one pass (an INT32 value becomes float32 as ``.float()`` makes it, then is
+    multiplied), the others (tensors that do not enlarge the result, or numbers) scale in place."""
+    if not scales:
+        return acc.float()
+    y = torch.mul(acc, scales[0].to(torch.float32))
+    for sc in scales[1:]:
+        y.mul_(sc)
+    return y
 
 
 def quantize(x: torch.Tensor, axis: str = "tensor", generator: torch.Generator | None = None) -> Quantized:
@@ -116,18 +131,27 @@ def smoothing_factors(x_absmax: torch.Tensor, a_absmax: torch.Tensor, alpha: flo
     return s
 
 
-def balance_tokens(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rows (tokens) t of ``p`` divided and of ``q`` multiplied by c_t = 2^round(log2 sqrt(max|p_t| /
-    max|q_t|)): p^T.q is unchanged, and both operands carry the square root of the token's magnitude.
-
-    Returns (p', q', key) with key_t = max|p_t| * max|q_t|, the token's magnitude product.
-    """
+def balance_factors(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c, key) of :func:`balance_tokens`: c_t = 2^round(log2 sqrt(max|p_t| / max|q_t|)) per row
+    (token) t (1 where either maximum is zero or not finite) and key_t = max|p_t| * max|q_t|."""
     pm = p.detach().abs().amax(1).float()
     qm = q.detach().abs().amax(1).float()
     ok = (pm > 0) & (qm > 0) & torch.isfinite(pm) & torch.isfinite(qm)
     c = torch.ones_like(pm)
     c[ok] = pow2(torch.sqrt(pm[ok] / qm[ok]))
-    return p / c[:, None], q * c[:, None], pm * qm
+    return c, pm * qm
+
+
+def balance_tokens(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows (tokens) t of ``p`` divided and of ``q`` multiplied by c_t = 2^round(log2 sqrt(max|p_t| /
+    max|q_t|)): p^T.q is unchanged, and both operands carry the square root of the token's magnitude.
+
+    Returns (p', q', key) with key_t = max|p_t| * max|q_t|, the token's magnitude product
+    (:func:`balance_factors`; the LoRA runtime applies c to each magnitude group's rows as it
+    gathers them, the same values without a pass over all tokens first).
+    """
+    c, key = balance_factors(p, q)
+    return p / c[:, None], q * c[:, None], key
 
 
 def magnitude_groups(key: torch.Tensor, ratio: float = 16.0) -> list[torch.Tensor]:

@@ -285,6 +285,7 @@ class Accelerator:
         self.memory_base = int(getattr(self.device, "memory_base", 0))
         self.measures_cycles = bool(getattr(self.device, "measures_cycles", True))
         self._buffers: dict[str, Any] = {}
+        self._layouts: dict[tuple, tuple[Any, np.ndarray, int, int]] = {}  # _padded's views of _buffers
         self.calls = 0
         self.resident_limit = int(resident_limit)
         self._residents: list[Resident] = []
@@ -297,19 +298,31 @@ class Accelerator:
             cap = max(4096, int(nbytes * 1.25))
             buf = pynq.allocate((cap,), dtype=np.uint8, target=self.device)
             self._buffers[role] = buf
+            self._layouts = {k: v for k, v in self._layouts.items() if k[0] != role}  # views of the old one
         return buf[:max(nbytes, 1)]
+
+    LAYOUTS = 512
+    """Padded layouts whose buffer views :meth:`_padded` keeps (a training step uses a few hundred)."""
 
     def _padded(self, role: str, items: int, rows: int, cols: int, dtype) -> tuple[Any, np.ndarray, int, int]:
         """A device buffer holding ``items`` matrices of ``rows`` x ``cols`` ``dtype`` elements
         with each row padded to the AXI beat: (buffer, its host view items x rows x ld, ld in
-        elements, bytes per item)."""
+        elements, bytes per item). The views of a layout are made once and kept while the role's
+        buffer stays the same (slicing a ``PynqBuffer`` costs more than a small call's copy)."""
+        key = (role, items, rows, cols, np.dtype(dtype))
+        found = self._layouts.get(key)
+        if found is not None and found[0].base is self._buffers[role]:
+            return found
         item = np.dtype(dtype).itemsize
         ld_bytes = _ceil_to(max(cols * item, 1), self.board.axi_bytes)
         stride = rows * ld_bytes
         buf = self._buffer(role, items * stride)
         view = np.ndarray((items, rows, ld_bytes // item), dtype=dtype, buffer=buf, offset=0,
                           strides=(stride, ld_bytes, item))
-        return buf, view, ld_bytes // item, stride
+        if len(self._layouts) >= self.LAYOUTS:
+            self._layouts.clear()
+        self._layouts[key] = (buf, view, ld_bytes // item, stride)
+        return self._layouts[key]
 
     def _upload(self, role: str, arr: np.ndarray) -> tuple[Any, int, int]:
         """``arr`` (items x rows x cols) into a padded device buffer: (buffer, ld, bytes per item)."""

@@ -7,7 +7,8 @@ the argument registers through ``pynq.MMIO`` (offsets and order from the argumen
 ``hardware.toml``): the memory base into every m_axi pointer (``rd0..3``, ``wr0..3``: unified
 addressing, 0 on a board), the operands' byte offsets from it (``a``, ``b``, ``c``, ``scales``)
 and the call's scalars; it starts the kernel, polls ``ap_done`` with a timeout and reads the
-output registers (status, sat_count, amax, the modelled and the measured cycle count).
+output registers (status, sat_count, amax, the modelled and the measured cycle count) as one
+block (:meth:`QtaGemmDriver.read_block`).
 Registered as a ``pynq.lib`` entry point so that ``Overlay`` imports it.
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import operator
 import struct
+
+import numpy as np
 import time
 from dataclasses import dataclass
 
@@ -29,6 +32,8 @@ OPERANDS = ("a", "b", "c", "scales")
 """The operands' offset registers (64-bit byte offsets from the memory base)."""
 POINTERS = tuple(a.name for a in config().args if a.kind == "pointer")
 """The m_axi pointer registers (every one holds the memory base: unified addressing)."""
+OUTPUTS = tuple(a.name for a in config().outputs)
+"""The kernel's output registers (status, sat_count, amax, cycle counts)."""
 
 
 @dataclass(frozen=True)
@@ -142,13 +147,22 @@ class QtaGemmDriver(DefaultIP):
             time.sleep(delay)
             delay = min(delay * 2, 1e-3)
         wall = time.perf_counter() - t0
-        outputs = {}
-        for arg in config().outputs:
-            value = self.read(arg.offset)
-            if arg.wide:
-                value |= self.read(arg.offset + 4) << 32
-            outputs[arg.name] = value
-        return RunInfo(outputs, wall)
+        block = config().output_block
+        values = block.decode(self.read_block(block.start, block.size))
+        return RunInfo({name: values[name] for name in OUTPUTS}, wall)
+
+    def read_block(self, offset: int, nbytes: int) -> bytes:
+        """``nbytes`` of registers from ``offset`` (both multiples of 4) in one access instead of a
+        read per word: a slice of the register map where it is memory-mapped (a board), one
+        ``read_registers`` where the device has the REGISTER_RW capability (the emulation),
+        else word by word through ``pynq.MMIO``. Reading the outputs' ap_vld words clears
+        them on a board (clear on read); nothing uses them."""
+        mmio = self.mmio
+        if isinstance(mmio.array, np.ndarray):
+            return mmio.array[offset >> 2:(offset + nbytes) >> 2].tobytes()
+        if mmio.device.has_capability("REGISTER_RW"):
+            return mmio.device.read_registers(mmio.base_addr + offset, nbytes)
+        return b"".join(struct.pack("<I", self.read(at)) for at in range(offset, offset + nbytes, 4))
 
     def run(self, memory_base: int, offsets: dict[str, int], call: GemmCall, timeout: float = 30.0) -> RunInfo:
         """``start`` then ``wait``."""

@@ -77,6 +77,8 @@ class EmulatedDDR:
         self._free: list[tuple[int, int]] = []
         self._next = base
         self._lock = threading.Lock()
+        self.generation = 0
+        """Counts the allocations and frees: a range check made at one generation holds until it changes."""
 
     @property
     def host_address(self) -> int:
@@ -101,6 +103,7 @@ class EmulatedDDR:
                 addr, self._next = self._next, self._next + span
             bisect.insort(self._starts, addr)
             self._sizes[addr], self._spans[addr] = nbytes, span
+            self.generation += 1
         off = addr - self.base
         return addr, self.mem[off:off + nbytes]
 
@@ -112,6 +115,7 @@ class EmulatedDDR:
             span = self._spans.pop(addr)
             del self._sizes[addr]
             self._starts.remove(addr)
+            self.generation += 1
             if hasattr(self._map, "madvise"):
                 self._map.madvise(mmap.MADV_DONTNEED, addr - self.base, span)
             else:  # pragma: no cover - Python builds without madvise
@@ -226,7 +230,7 @@ class EmulatedDevice(pynq.Device):
         self.hang = hang
         self.asynchronous = asynchronous
         self.ddr = EmulatedDDR()
-        self._host: dict[int, np.ndarray] = {}      # allocation address -> host (cache) bytes
+        self._host: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # allocation address -> (host, DDR) bytes
         self.base = self.board.kernel_base_address
         self._regs = bytearray(config().address_range)
         self._ctrl = CTRL_IDLE
@@ -235,6 +239,7 @@ class EmulatedDevice(pynq.Device):
         self.ip_dict = {"qta_gemm_0": self.ip_description()}
         self.mem_dict: dict = {}
         self.runs = 0
+        self._decoded: dict[bytes, tuple[int, tuple[GemmCall, int, dict[str, int] | None]]] = {}
 
     @property
     def memory_base(self) -> int:
@@ -259,11 +264,11 @@ class EmulatedDevice(pynq.Device):
         """A ``PynqBuffer`` in emulated DDR (host view and DDR copy kept apart)."""
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape)) * dtype.itemsize
-        addr, _ = self.ddr.alloc(nbytes)
+        addr, ddr = self.ddr.alloc(nbytes)
         host = _host_bytes(max(nbytes, 1))
         buf = PynqBuffer(shape, dtype, buffer=host, device_address=addr, bo=addr, device=self,
                          coherent=False)
-        self._host[addr] = host
+        self._host[addr] = (host, ddr)
         weakref.finalize(buf, self._release, addr)
         return buf
 
@@ -272,9 +277,7 @@ class EmulatedDevice(pynq.Device):
         self.ddr.free(addr)
 
     def _sync(self, bo: int, offset: int, nbytes: int, to_device: bool) -> None:
-        host = self._host[bo]
-        start, size = self.ddr.block(bo)
-        ddr = self.ddr.mem[start - self.ddr.base:start - self.ddr.base + size]
+        host, ddr = self._host[bo]  # the allocation's two copies, as allocate() made them
         if to_device:
             ddr[offset:offset + nbytes] = host[offset:offset + nbytes]
         else:
@@ -330,9 +333,7 @@ class EmulatedDevice(pynq.Device):
         self._poll_worker()
         if self._worker is not None or self._ctrl & CTRL_START:
             raise DeviceBusyError("ap_start written while the kernel is running; wait for ap_done")
-        regs = config().input_block.unpack(self._regs)  # every argument register, decoded once
-        call = GemmCall.from_registers(regs)
-        memory_base, offsets = self._dma_check(call, regs)
+        call, memory_base, offsets = self._decode()
         self._ctrl = CTRL_START
         self.runs += 1
         if self.hang:
@@ -343,6 +344,29 @@ class EmulatedDevice(pynq.Device):
             return
         self._worker = threading.Thread(target=self._execute, args=(call, memory_base, offsets), daemon=True)
         self._worker.start()
+
+    DECODED = 1024
+    """Argument blocks whose decoded call and DMA check :meth:`_decode` remembers (a training step
+    repeats a few hundred)."""
+
+    def _decode(self) -> tuple[GemmCall, int, dict[str, int] | None]:
+        """The call the argument registers hold, its memory base and operand offsets, after
+        :meth:`_dma_check`. Decoded once per distinct argument block and DDR allocation state:
+        the same register bytes with the same buffers allocated (:attr:`EmulatedDDR.generation`)
+        describe the same call and the same ranges, which the check accepted before; any
+        allocation or free in between checks them anew."""
+        block = config().input_block
+        key = bytes(self._regs[block.start:block.start + block.size])
+        hit = self._decoded.get(key)
+        if hit is not None and hit[0] == self.ddr.generation:
+            return hit[1]
+        regs = block.unpack(self._regs)  # every argument register, decoded once
+        call = GemmCall.from_registers(regs)
+        found = (call, *self._dma_check(call, regs))
+        if len(self._decoded) >= self.DECODED:
+            self._decoded.clear()
+        self._decoded[key] = (self.ddr.generation, found)
+        return found
 
     def _dma_check(self, call: GemmCall, regs: dict[str, int]) -> tuple[int, dict[str, int] | None]:
         """Check every range the kernel will touch (``regs``: the argument registers); (memory

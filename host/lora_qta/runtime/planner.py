@@ -285,11 +285,14 @@ class _Schedule:
         self.first = np.arange(self.nkc) == 0
         self.last = np.arange(self.nkc) == self.nkc - 1
         self._types: dict[tuple[int, int], tuple[list[int], list[int], int]] = {}
+        self._sig: GemmCall | None = None  # the mode signature, built at the first block type
 
     def costs(self, mt: int, nt: int) -> tuple[list[int], list[int], int]:
         key = (mt, nt)
         if key not in self._types:
-            sig = _mode_signature(self.call)
+            if self._sig is None:
+                self._sig = _mode_signature(self.call)
+            sig = self._sig
             cin = self.call.conv.cin if self.call.conv is not None else 1
             # a step's cost depends on (K tile, K offset modulo cin, first, last) only: the many
             # middle chunks of a long K share one key, so the cached cost is looked up once per
@@ -700,7 +703,16 @@ def plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int 
     the mode and tiles of the plan of K rounded up to a multiple of ``k_bucket``, the K tile
     clipped to K (legal: the buffers' demand only shrinks with K); the report is the exact model
     of the call. See :func:`bucket_plan`.
+
+    The plan of a whole call (scale and seed included) is cached too: a training step repeats
+    the same few hundred calls, which then cost one lookup.
     """
+    return _plan_call(board, call, dataflow, split, k_bucket)
+
+
+@lru_cache(maxsize=1 << 12)
+def _plan_call(board: BoardConfig, call: GemmCall, dataflow: str, split: int | None, k_bucket: int | None) -> Plan:
+    """:func:`plan` of one call (its errors are raised each time: exceptions are not cached)."""
     check_limits(board, call)
     if k_bucket and call.conv is None:
         return bucket_plan(board, call, dataflow, split, k_bucket)
