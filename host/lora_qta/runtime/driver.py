@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import operator
 import struct
-
-import numpy as np
 import time
 from dataclasses import dataclass
+
+import numpy as np
 
 from pynq import DefaultIP
 
@@ -152,14 +152,16 @@ class QtaGemmDriver(DefaultIP):
         return RunInfo({name: values[name] for name in OUTPUTS}, wall)
 
     def read_block(self, offset: int, nbytes: int) -> bytes:
-        """``nbytes`` of registers from ``offset`` (both multiples of 4) in one access instead of a
-        read per word: a slice of the register map where it is memory-mapped (a board), one
-        ``read_registers`` where the device has the REGISTER_RW capability (the emulation),
-        else word by word through ``pynq.MMIO``. Reading the outputs' ap_vld words clears
-        them on a board (clear on read); nothing uses them."""
+        """``nbytes`` of registers from ``offset`` (both multiples of 4): where the register map
+        is memory-mapped (a board), one 32-bit load per word from its numpy view, as
+        ``pynq.MMIO.read`` does (an s_axilite slave takes 32-bit reads only, so never a bulk copy
+        that may issue wider loads); one ``read_registers`` where the device has the REGISTER_RW
+        capability (the emulation); else word by word through ``pynq.MMIO``. Reading the
+        outputs' ap_vld words clears them on a board (clear on read); nothing uses them."""
         mmio = self.mmio
         if isinstance(mmio.array, np.ndarray):
-            return mmio.array[offset >> 2:(offset + nbytes) >> 2].tobytes()
+            words = mmio.array
+            return struct.pack(f"<{nbytes >> 2}I", *(int(words[i]) for i in range(offset >> 2, (offset + nbytes) >> 2)))
         if mmio.device.has_capability("REGISTER_RW"):
             return mmio.device.read_registers(mmio.base_addr + offset, nbytes)
         return b"".join(struct.pack("<I", self.read(at)) for at in range(offset, offset + nbytes, 4))
