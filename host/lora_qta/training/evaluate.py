@@ -375,7 +375,11 @@ def plot_differences(result: dict[str, Any], path: Path) -> None:
             else:
                 ax.axhspan(margin, hi, color="red", alpha=0.08, lw=0)
             ax.set_ylim(lo, hi)
-        ax.set_xticks(range(len(seeds) + 1), [f"seed {s}" for s in seeds] + ["mean\n95% CI"], fontsize=7)
+        many = len(seeds) > 6  # short, turned labels so that 15+ seeds stay readable
+        ax.set_xticks(range(len(seeds) + 1), [f"{s}" if many else f"seed {s}" for s in seeds] + ["mean\n95% CI"],
+                      fontsize=7, rotation=90 if many else 0)
+        if many:
+            ax.set_xlabel("training seed", fontsize=7)
         ax.set_title(m.label, fontsize=8)
         ax.set_ylabel(f"difference to fp32 ({m.unit})", fontsize=8)
         ax.tick_params(labelsize=7)
