@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -132,8 +133,7 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
     from ..training.loop import check_options
 
     cfg = FinetuneConfig(batch_size=batch_size, board=board, samples=False)
-    check_options(FinetuneConfig(**{**cfg.__dict__, "precision": "int8", "offload": offload,
-                                    "fuse_lora": fuse_lora}), writer=False)
+    check_options(replace(cfg, precision="int8", offload=offload, fuse_lora=fuse_lora), writer=False)
     fp32 = _variant("fp32", cfg, engine)
     int8 = _variant("int8", cfg, engine)
     variants = [("fp32", fp32), ("int8", int8)]

@@ -285,14 +285,12 @@ class _Schedule:
         self.first = np.arange(self.nkc) == 0
         self.last = np.arange(self.nkc) == self.nkc - 1
         self._types: dict[tuple[int, int], tuple[list[int], list[int], int]] = {}
-        self._sig: GemmCall | None = None  # the mode signature, built at the first block type
+        self.sig = _mode_signature(call)  # what the step costs depend on besides the tiles
 
     def costs(self, mt: int, nt: int) -> tuple[list[int], list[int], int]:
         key = (mt, nt)
         if key not in self._types:
-            if self._sig is None:
-                self._sig = _mode_signature(self.call)
-            sig = self._sig
+            sig = self.sig
             cin = self.call.conv.cin if self.call.conv is not None else 1
             # a step's cost depends on (K tile, K offset modulo cin, first, last) only: the many
             # middle chunks of a long K share one key, so the cached cost is looked up once per
