@@ -88,12 +88,19 @@ def one_run(run: dict, rank: int, out: Path) -> None:
 def worker() -> None:
     spec, out = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
     rank = int(os.environ["RANK"])
-    if len(spec) > 1:
-        import torch.distributed as dist
+    if len(spec) <= 1:
+        one_run(spec[0], rank, out)
+        return
+    import torch.distributed as dist
 
-        dist.init_process_group("gloo")
-    for run in spec:
-        one_run(run, rank, out)
+    dist.init_process_group("gloo")
+    try:
+        for run in spec:
+            one_run(run, rank, out)
+    finally:
+        # a group left open at exit lets gloo's threads outlive the interpreter: SIGABRT
+        # ("terminate called without an active exception"), pytorch/pytorch#190489
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

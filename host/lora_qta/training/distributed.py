@@ -246,6 +246,8 @@ class DataParallel:
         if this object joined it."""
         self._raise_on_term = False
         self._beat.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2 * HEARTBEAT_S)  # not inside a store call when the group goes
         if self._previous_term is not None:
             try:
                 signal.signal(signal.SIGTERM, self._previous_term)
