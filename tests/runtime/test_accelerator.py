@@ -415,10 +415,36 @@ def test_a_repeated_argument_block_is_checked_again_after_its_buffer_is_freed():
     ip.run(dev.memory_base, offsets, call)
     ip.run(dev.memory_base, offsets, call)  # the remembered decode
     assert dev.runs == 2 and len(dev._decoded) == 1
-    del a  # the emulated DDR is released when the buffer is collected
-    gc.collect()
+    a.freebuffer()  # the emulated DDR is released at once, as on a board
     with pytest.raises(DMAError, match="not inside any allocated buffer"):
         ip.run(dev.memory_base, offsets, call)
     with pytest.raises(DMAError, match="past the end"):  # a new, larger call on the same block
         ip.run(dev.memory_base, _offsets(dev, a=c, b=c, c=c) | {"a": offsets["c"], "c": offsets["c"] + 1024},
                _square(dev, 48))
+
+
+def test_freebuffer_gives_the_emulated_ddr_back_at_once_and_only_once():
+    """``freebuffer()`` (or a ``with`` block) releases the allocation without waiting for the
+    garbage collector; views never release it; freeing twice cannot release a later allocation
+    that reuses the address; a freed buffer's flush is refused by name."""
+    dev = EmulatedDevice("zcu104")
+    a = pynq.allocate((4096,), np.int8, target=dev)
+    view = a[100:200]
+    del view
+    gc.collect()
+    assert len(dev.ddr._sizes) == 1            # a view's collection left the allocation alone
+    addr = a.device_address
+    a.freebuffer()
+    assert len(dev.ddr._sizes) == 0            # released now, a still referenced
+    b = pynq.allocate((4096,), np.int8, target=dev)
+    assert b.device_address == addr            # the range is reused first-fit ...
+    a.freebuffer()
+    del a
+    gc.collect()
+    assert len(dev.ddr._sizes) == 1            # ... and the stale buffer cannot release it
+    with pynq.allocate((64,), np.int32, target=dev):
+        assert len(dev.ddr._sizes) == 2
+    assert len(dev.ddr._sizes) == 1
+    b.freebuffer()
+    with pytest.raises(DMAError, match="was freed"):
+        b.flush()

@@ -28,7 +28,6 @@ import mmap
 import os
 import struct
 import threading
-import weakref
 from typing import Callable
 
 import numpy as np
@@ -55,6 +54,19 @@ VALID = {f"{a.name}_ctrl": 1 for a in config().outputs}
 """The outputs' ap_vld words as the kernel leaves them after a call."""
 CTRL_START, CTRL_DONE, CTRL_IDLE, CTRL_READY = (
     config().ctrl_mask(b) for b in ("ap_start", "ap_done", "ap_idle", "ap_ready"))
+
+
+class EmulatedBuffer(PynqBuffer):
+    """A ``PynqBuffer`` of the emulated DDR. pynq's ``freebuffer()`` gives back only XRT memory,
+    so the emulated DDR would stay taken until the garbage collector found the buffer; this one
+    gives its allocation back at once, exactly once: on ``freebuffer()``, at the end of a
+    ``with`` block or when collected. Views (slices) share the allocation and never release it."""
+
+    def freebuffer(self) -> None:
+        give_back = self.__dict__.get("_give_back")  # set on the allocation only, not on its views
+        if give_back is not None and not self.freed:
+            self.freed = True
+            give_back()
 
 
 class EmulatedDDR:
@@ -261,15 +273,16 @@ class EmulatedDevice(pynq.Device):
 
     # -- memory ------------------------------------------------------------------------
     def allocate(self, shape, dtype="u4", **kwargs) -> PynqBuffer:
-        """A ``PynqBuffer`` in emulated DDR (host view and DDR copy kept apart)."""
+        """A ``PynqBuffer`` in emulated DDR (host view and DDR copy kept apart), released by its
+        ``freebuffer()`` (or ``with`` block, or collection) as a board's buffer is."""
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape)) * dtype.itemsize
         addr, ddr = self.ddr.alloc(nbytes)
         host = _host_bytes(max(nbytes, 1))
-        buf = PynqBuffer(shape, dtype, buffer=host, device_address=addr, bo=addr, device=self,
-                         coherent=False)
+        buf = EmulatedBuffer(shape, dtype, buffer=host, device_address=addr, bo=addr, device=self,
+                             coherent=False)
+        buf._give_back = lambda: self._release(addr)
         self._host[addr] = (host, ddr)
-        weakref.finalize(buf, self._release, addr)
         return buf
 
     def _release(self, addr: int) -> None:
@@ -277,7 +290,11 @@ class EmulatedDevice(pynq.Device):
         self.ddr.free(addr)
 
     def _sync(self, bo: int, offset: int, nbytes: int, to_device: bool) -> None:
-        host, ddr = self._host[bo]  # the allocation's two copies, as allocate() made them
+        try:
+            host, ddr = self._host[bo]  # the allocation's two copies, as allocate() made them
+        except KeyError:
+            raise DMAError(f"{'flush' if to_device else 'invalidate'} of the buffer at 0x{bo:X}, which was freed "
+                           "(freebuffer): allocate a new buffer") from None
         if to_device:
             ddr[offset:offset + nbytes] = host[offset:offset + nbytes]
         else:
