@@ -67,6 +67,6 @@ def test_speed_with_fuse_lora_times_the_fused_whole_step_beside_the_unfused_one(
 
 
 def test_speed_refuses_fuse_lora_without_offload_all_as_finetune_does(capsys):
-    assert main(["speed", "--steps", "1", "--warmup", "0", "--fuse-lora"]) == 2
+    assert main(["speed", "--steps", "1", "--warmup", "0", "--offload", "lora", "--fuse-lora"]) == 2
     err = capsys.readouterr().err
     assert "--fuse-lora" in err and "--offload all" in err

@@ -39,6 +39,9 @@ def one_line(capsys, argv) -> str:
     (["--instance-data-dir", "photos"], "--instance-data-dir apply to a Stable Diffusion model"),
     (["--prompt", "a photo of a dog"], "--prompt apply to a Stable Diffusion model"),
     (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+    (["--offload", "all"], "--offload all picks the GEMMs of an int8 run that go to the accelerator; "
+                           "--precision fp32 runs none: drop --offload or use --precision int8"),
+    (["--offload", "lora"], "--offload lora picks the GEMMs of an int8 run"),
     (["--fuse-lora"], "--fuse-lora fuses each LoRA layer with its base layer on the accelerator: it needs "
                       "--precision int8 --offload all --offload-scheme row (given: --precision fp32"),
     # item 4: the accelerator splits oversized GEMMs; the limit that remains (memory) is checked first

@@ -48,3 +48,18 @@ def test_fuse_lora_reaches_the_run_config(monkeypatch, argv, fused):
     monkeypatch.setattr(loop, "finetune", lambda cfg: seen.append(cfg) or {"interrupted": True})
     assert main(["finetune", "--offload", "all", *argv]) == 130
     assert seen[0].fuse_lora is fused and seen[0].offload == "all"
+
+
+@pytest.mark.parametrize("command, argv, offload", [
+    ("run", [], "all"), ("finetune", [], "all"), ("finetune", ["--offload", "lora"], "lora"),
+    ("finetune", ["--precision", "fp32"], "all"),  # fp32 offloads nothing: the field is not read
+])
+def test_offload_reaches_the_run_config_with_the_whole_step_as_default(monkeypatch, command, argv, offload):
+    """``run`` and ``finetune`` offload every GEMM unless told ``--offload lora``."""
+    from lora_qta.cli import main
+    from lora_qta.training import loop
+
+    seen = []
+    monkeypatch.setattr(loop, "finetune", lambda cfg: seen.append(cfg) or {"interrupted": True})
+    assert main([command, *argv]) == 130
+    assert seen[0].offload == offload

@@ -23,8 +23,9 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--precision", default=d.precision, choices=["fp32", "int8"],
                    help="fp32: plain peft LoRA in PyTorch (the reference); int8: the six LoRA GEMMs of "
                         "every adapted layer run INT8 on the accelerator (board or emulation)")
-    s.add_argument("--offload", default=d.offload, choices=["lora", "all"],
-                   help="with --precision int8, which GEMMs run INT8 on the accelerator: lora = the six "
+    s.add_argument("--offload", default=None, choices=["lora", "all"],
+                   help=f"with --precision int8, which GEMMs run INT8 on the accelerator (default {d.offload}; "
+                        "refused with --precision fp32, which runs none): lora = the six "
                         "LoRA GEMMs of every adapted layer (the frozen base model stays fp32 PyTorch); "
                         "all = every GEMM of the step: also the frozen Linear and Conv2d layers (forward "
                         "and input gradient; convolutions as implicit GEMM on NHWC INT8) and the "
@@ -94,7 +95,14 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ..training.loop import finetune
 
+    if args.offload is not None and args.precision != "int8":
+        from ..errors import LimitError
+
+        raise LimitError(f"--offload {args.offload} picks the GEMMs of an int8 run that go to the accelerator; "
+                         f"--precision {args.precision} runs none: drop --offload or use --precision int8")
     values = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig) if f.name in vars(args)}
+    if values["offload"] is None:  # the config's default
+        del values["offload"]
     cfg = FinetuneConfig(**values, samples=not args.no_samples)
     rep = finetune(cfg)
     if rep.get("interrupted"):
@@ -190,7 +198,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """The training subcommands."""
-    s = sub.add_parser("finetune", help="LoRA fine-tuning with the LoRA GEMMs on the accelerator")
+    s = sub.add_parser("finetune", help="LoRA fine-tuning with every GEMM of the step INT8 on the accelerator "
+                                        "(--offload lora: the LoRA GEMMs only; --precision fp32: none)")
     _add_finetune_options(s)
     s.set_defaults(func=cmd_finetune)
 

@@ -19,7 +19,7 @@ class FinetuneConfig:
 
     output_dir: str = "runs/default"
     precision: str = "int8"
-    offload: str = "lora"
+    offload: str = "all"  # int8 runs: every GEMM of the step (lora: the LoRA GEMMs only); fp32: none
     offload_scheme: str = "row"
     fuse_lora: bool = False
     board: str | None = None
@@ -53,7 +53,8 @@ class FinetuneConfig:
 
         ``target``: the resolved accelerator of an int8 run (board, backend and the layer's
         numerics, see :func:`lora_qta.training.loop.run_target`); fp32 runs have none. ``offload``
-        joins it when it is not the default ``lora`` (``--offload all`` trains other numerics).
+        joins it for int8 runs other than LoRA-only (``--offload all`` trains other numerics; an
+        fp32 run offloads nothing, whatever the field says).
         """
         keep = ("precision", "pretrained_model", "instance_data_dir", "prompt", "steps", "batch_size",
                 "learning_rate", "lr_schedule", "warmup_steps", "max_grad_norm", "rank", "alpha",
@@ -61,6 +62,6 @@ class FinetuneConfig:
         out = {k: getattr(self, k) for k in keep}
         out["target_modules"] = list(self.target_modules)
         out["target"] = target
-        if self.offload != "lora":  # only when set: identities of LoRA-only runs stay as they were
+        if self.precision == "int8" and self.offload != "lora":  # identities of LoRA-only runs stay as they were
             out["offload"] = self.offload  # its scheme (and --fuse-lora) in target["offload_numerics"]
         return out

@@ -112,8 +112,6 @@ def check_options(cfg: FinetuneConfig, writer: bool = True) -> None:
 
     if cfg.offload_scheme not in SCHEMES:
         raise LimitError(f"--offload-scheme must be one of {', '.join(SCHEMES)}, not {cfg.offload_scheme!r}")
-    if cfg.offload == "all" and cfg.precision != "int8":
-        raise LimitError("--offload all runs every GEMM INT8 on the accelerator: it needs --precision int8")
     if cfg.fuse_lora and (cfg.precision != "int8" or cfg.offload != "all" or cfg.offload_scheme != "row"):
         raise LimitError("--fuse-lora fuses each LoRA layer with its base layer on the accelerator: it needs "
                          "--precision int8 --offload all --offload-scheme row (given: --precision "
