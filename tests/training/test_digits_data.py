@@ -25,6 +25,23 @@ def test_split_is_deterministic_disjoint_and_complete():
     assert not np.array_equal(train, other_train)
 
 
+def test_the_digits_are_read_once_and_every_caller_gets_its_own_copy():
+    """scikit-learn's CSV is parsed once per process; the cached arrays cannot be written, and a
+    caller that changes what it got does not change what the next caller gets."""
+    from sklearn.datasets import load_digits
+
+    images, labels = digits._sklearn_digits()
+    assert digits._sklearn_digits()[0] is images
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(labels, ref.target)
+    with pytest.raises(ValueError, match="read-only"):
+        images[0, 0, 0] = 1
+    first, _ = digits.load_digits_dataset(split="test")
+    first += 100
+    again, _ = digits.load_digits_dataset(split="test")
+    assert float(again.max()) <= 1.0
+
+
 def test_split_keeps_every_class_about_80_20():
     _, train_labels = digits.load_digits_dataset(split="train")
     _, test_labels = digits.load_digits_dataset(split="test")

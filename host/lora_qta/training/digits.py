@@ -133,6 +133,19 @@ def concept_prompt(token: str = NEW_TOKEN) -> str:
 # --------------------------------------------------------------------------------------- data
 
 
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as read-only (images ``(1797, 8, 8)``, labels) arrays, read once per
+    process: ``load_digits`` parses its gzipped CSV on every call (~50 ms here), and a run asks
+    for the data, its split and the judge's training set many times."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images, labels = np.array(bunch.images), np.array(bunch.target)
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
+
+
 def split_indices(
     seed: int = SPLIT_SEED, train_fraction: float = TRAIN_FRACTION
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -142,9 +155,7 @@ def split_indices(
     a permutation drawn from ``numpy.random.RandomState(seed)``), so both parts keep the class
     balance.  Returns two sorted, disjoint index arrays that together cover all 1797 images.
     """
-    from sklearn.datasets import load_digits
-
-    labels = load_digits().target
+    labels = _sklearn_digits()[1]
     rng = np.random.RandomState(seed)
     train, test = [], []
     for c in range(NUM_CLASSES):
@@ -178,11 +189,9 @@ def load_digits_dataset(
     ``split`` selects the part of the fixed split of :func:`split_indices` (``"test"`` are the
     held-out images for evaluation).  Pretraining uses ``classes=KNOWN_CLASSES, split="train"``.
     """
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    all_images, all_labels = _sklearn_digits()
     if split == "all":
-        idx = np.arange(len(bunch.target))
+        idx = np.arange(len(all_labels))
     elif split in ("train", "test"):
         idx = split_indices()[0 if split == "train" else 1]
     else:
@@ -192,9 +201,9 @@ def load_digits_dataset(
         bad = [c for c in wanted if not 0 <= c < NUM_CLASSES]
         if bad:
             raise OptionError(f"digit classes are 0..9, got {bad}; pick classes from 0..9")
-        idx = idx[np.isin(bunch.target[idx], wanted)]
-    images = upsample_digits(bunch.images[idx])
-    labels = torch.as_tensor(bunch.target[idx], dtype=torch.int64)
+        idx = idx[np.isin(all_labels[idx], wanted)]
+    images = upsample_digits(all_images[idx])
+    labels = torch.as_tensor(all_labels[idx], dtype=torch.int64)
     return images, labels
 
 
