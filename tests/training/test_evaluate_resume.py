@@ -22,16 +22,21 @@ class Interrupted(Exception):
     """Stands for Ctrl-C or a kill in the middle of a measurement."""
 
 
-def _stand_in(pipe, seed, concept_samples, per_class):
-    """measure()'s result format, from the LoRA weights in ``pipe`` (none: the base model)."""
-    lora = [p.detach().double().abs().sum().item() for n, p in pipe.unet.named_parameters() if "lora" in n]
-    x = (sum(lora) * 0.731 + seed / 7 + concept_samples / 11 + per_class / 13) % 1
+def _stand_in_result(x: float, concept_samples: int = 3, per_class: int = 1) -> dict:
+    """measure()'s result format, its figures made from ``x`` in [0, 1), without the images."""
     values = {"concept_accuracy": x, "concept_probability": x / 3, "known_accuracy": 1 - x / 5,
               "heldout_loss": 0.04 + x / 100}
     return {**values, "known_accuracy_per_class": {str(c): 1 - x / (c + 2) for c in range(9)},
             "samples": {"concept": concept_samples, "per_known_digit": per_class},
-            "sampling_se": {m.key: x / 97 for m in st.METRICS},
-            "concept_images": np.random.default_rng(seed).random((min(8, concept_samples), 16, 16), dtype=np.float32)}
+            "sampling_se": {m.key: x / 97 for m in st.METRICS}}
+
+
+def _stand_in(pipe, seed, concept_samples, per_class):
+    """A measurement in measure()'s format, from the LoRA weights in ``pipe`` (none: the base model)."""
+    lora = [p.detach().double().abs().sum().item() for n, p in pipe.unet.named_parameters() if "lora" in n]
+    x = (sum(lora) * 0.731 + seed / 7 + concept_samples / 11 + per_class / 13) % 1
+    images = np.random.default_rng(seed).random((min(8, concept_samples), 16, 16), dtype=np.float32)
+    return {**_stand_in_result(x, concept_samples, per_class), "concept_images": images}
 
 
 class Measure:
@@ -167,3 +172,47 @@ def test_a_replaced_adapter_measures_again(copy):
     # each folder's measurement is now that of the adapter it holds
     assert res["runs"]["fp32"]["0"]["concept_accuracy"] == before["int8"]["0"]["concept_accuracy"]
     assert res["runs"]["int8"]["0"]["concept_accuracy"] == before["fp32"]["0"]["concept_accuracy"]
+
+
+def test_ctrl_c_in_a_training_stops_the_evaluation_and_keeps_what_was_measured(tmp_path, monkeypatch):
+    # finetune takes Ctrl-C itself (it checkpoints and returns): evaluate must stop, not measure a
+    # run that does not exist
+    monkeypatch.setattr(ev, "finetune", lambda cfg: {"interrupted": True, "step": 1})
+    measure = Measure()
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate(tmp_path / "eval", measure)
+    assert measure.calls == 1 and (tmp_path / "eval" / "base_measure.json").is_file()
+
+
+def test_the_command_says_how_to_resume_after_ctrl_c(tmp_path, monkeypatch, capsys):
+    from lora_qta.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "evaluate", interrupted)
+    assert main(["evaluate", "--output-dir", str(tmp_path / "eval")]) == 130
+    assert "the same command again resumes" in capsys.readouterr().err
+
+
+def test_a_cached_measurement_reads_back_exactly_and_a_failed_write_keeps_the_old_one(tmp_path, monkeypatch):
+    from lora_qta.errors import OutputDirError
+    from lora_qta.training import measurecache as cache
+
+    path, key = tmp_path / "measure.json", {"format": cache.MEASURE_FORMAT, "run": None, "sampling_seed": 3}
+    result = {**_stand_in_result(0.1 + 0.2), "concept_images": np.float32([[1 / 3, 1e-38], [np.pi, 0.7]])[None]}
+    cache.save(path, key, result, 1.5)
+    back = cache.load(path, key, print, "test")
+    assert back.seconds == 1.5 and back.result["concept_images"].dtype == np.float32
+    assert back.result["concept_images"].tobytes() == result["concept_images"].tobytes()
+    assert {k: v for k, v in back.result.items() if k != "concept_images"} == \
+        {k: v for k, v in result.items() if k != "concept_images"}
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache.os, "replace", full)
+    with pytest.raises(OutputDirError, match="No space left"):
+        cache.save(path, key, {**result, "concept_accuracy": 0.5}, 2.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["measure.json"]  # no temporary file left
+    assert cache.load(path, key, print, "test").result["concept_accuracy"] == result["concept_accuracy"]

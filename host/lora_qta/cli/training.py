@@ -176,12 +176,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"the {len(res['seeds'])} pooled seeds; the sample images stay in the combined folders)")
         return 0
     names = parse_variants(args.variants or "fp32,int8")  # before anything is loaded
-    res = evaluate(args.output_dir, variants=names, seeds=evaluate_seeds(args),
-                   steps=args.steps or FinetuneConfig.steps,
-                   samples_per_class=DEFAULT_SAMPLES_PER_CLASS if args.samples_per_class is None else args.samples_per_class,
-                   concept_samples=DEFAULT_CONCEPT_SAMPLES if args.concept_samples is None else args.concept_samples,
-                   board=args.board, backend=args.backend, reuse=not args.no_reuse, threads=args.threads,
-                   log=lambda text: print(text, file=sys.stderr, flush=True))
+    try:
+        res = evaluate(args.output_dir, variants=names, seeds=evaluate_seeds(args),
+                       steps=args.steps or FinetuneConfig.steps,
+                       samples_per_class=DEFAULT_SAMPLES_PER_CLASS if args.samples_per_class is None
+                       else args.samples_per_class,
+                       concept_samples=DEFAULT_CONCEPT_SAMPLES if args.concept_samples is None else args.concept_samples,
+                       board=args.board, backend=args.backend, reuse=not args.no_reuse, threads=args.threads,
+                       log=lambda text: print(text, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print(f"\nevaluate: interrupted; the finished runs and every measurement made so far are kept in "
+              f"{args.output_dir}: the same command again resumes from them", file=sys.stderr)
+        return 130
     print(format_table(res))
     print(f"\nwritten: {args.output_dir}/evaluate.json, evaluate_diffs.png (paired differences per seed), "
           f"concept_samples.png; runs in {args.output_dir}/runs/<variant>/seed<s>/ (each with its cached "

@@ -115,14 +115,17 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
 
 
 def _run(name: str, seed: int, root: Path, steps: int, board, backend, reuse: bool) -> tuple[Path, str]:
-    """Train (or reuse) one run of variant ``name`` with ``seed``; returns its folder and status."""
+    """Train (or reuse) one run of variant ``name`` with ``seed``; returns its folder and status.
+    A training stopped by Ctrl-C (finetune checkpoints it and returns) stops the evaluation:
+    KeyboardInterrupt, with every measurement made so far cached."""
     run = root / "runs" / name / f"seed{seed}"
     cfg = variant_config(name, FinetuneConfig(output_dir=str(run), steps=steps, seed=seed, board=board,
                                               backend=backend, samples=False))
     if reuse and finished_run(cfg):  # every option that defines the run must match, no resume overrides
         return run, "reused (finished run with the same options)"
     had = (run / "report.json").is_file() or (run / "checkpoints").is_dir()
-    finetune(replace(cfg, overwrite=True))
+    if finetune(replace(cfg, overwrite=True)).get("interrupted"):
+        raise KeyboardInterrupt
     if not had:
         return run, "trained"
     return run, "trained (replaced a run with other options or unfinished)" if reuse else "trained (--no-reuse)"

@@ -204,8 +204,10 @@ def save(path: Path, key: dict[str, Any], result: dict[str, Any], seconds: float
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        tmp = None
     except OSError as e:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
         raise OutputDirError(f"cannot write the measurement {path} ({e.strerror or e}); the evaluation's "
                              "--output-dir must be writable (free space, permissions)") from None
+    finally:  # also on Ctrl-C: no temporary file is left behind
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
