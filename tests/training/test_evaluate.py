@@ -59,6 +59,7 @@ def test_evaluate_end_to_end_two_seeds(tmp_path, capsys):
             assert run["status"] == "trained" and run["folder"].endswith(f"runs/{name}/seed{s}")
             assert (out / "runs" / name / f"seed{s}" / "adapter" / "pytorch_lora_weights.safetensors").is_file()
             assert 0 <= run["concept_probability"] <= 1 and run["heldout_loss"] > 0
+            assert run["measurement"] == "measured" and (out / "runs" / name / f"seed{s}" / "measure.json").is_file()
         report = json.loads((out / "runs" / name / "seed1" / "report.json").read_text())
         assert report["identity"]["precision"] == name and report["identity"]["seed"] == 1
     c = res["comparisons"]["int8"]["concept_accuracy"]
@@ -66,7 +67,17 @@ def test_evaluate_end_to_end_two_seeds(tmp_path, capsys):
     assert res["target"]["per_variant"]["int8"]["verdict"] == "too few seeds"
     assert (out / "evaluate_diffs.png").stat().st_size > 10_000 and (out / "concept_samples.png").is_file()
 
-    # the same options again: the finished runs are reused, and the report says so
+    # the same options again: the finished runs and their real measurements are reused, read back
+    # from the cache exactly, and the report says so
+    lines = []
     again = evaluate(str(out), variants=["fp32"], seeds=[0, 1], steps=2, samples_per_class=1, concept_samples=3,
-                     log=lambda _: None)
+                     log=lines.append)
     assert all(r["status"].startswith("reused") for r in again["runs"]["fp32"].values())
+    assert all(r["measurement"].startswith("reused from") for r in again["runs"]["fp32"].values())
+    assert again["base"]["measurement"] == f"reused from {out / 'base_measure.json'}"
+    assert sum("measurement reused from" in line for line in lines) == 3
+    for s in ("0", "1"):
+        for key in ("concept_accuracy", "concept_probability", "known_accuracy", "heldout_loss", "sampling_se",
+                    "known_accuracy_per_class", "identity"):
+            assert again["runs"]["fp32"][s][key] == res["runs"]["fp32"][s][key]
+    assert again["metrics"]["fp32"] == res["metrics"]["fp32"]

@@ -184,15 +184,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"the {len(res['seeds'])} pooled seeds; the sample images stay in the combined folders)")
         return 0
     names = parse_variants(args.variants or "fp32,int8")  # before anything is loaded
-    res = evaluate(args.output_dir, variants=names, seeds=evaluate_seeds(args),
-                   steps=args.steps or FinetuneConfig.steps,
-                   samples_per_class=DEFAULT_SAMPLES_PER_CLASS if args.samples_per_class is None else args.samples_per_class,
-                   concept_samples=DEFAULT_CONCEPT_SAMPLES if args.concept_samples is None else args.concept_samples,
-                   board=args.board, backend=args.backend, reuse=not args.no_reuse, threads=args.threads,
-                   log=lambda text: print(text, file=sys.stderr, flush=True))
+    try:
+        res = evaluate(args.output_dir, variants=names, seeds=evaluate_seeds(args),
+                       steps=args.steps or FinetuneConfig.steps,
+                       samples_per_class=DEFAULT_SAMPLES_PER_CLASS if args.samples_per_class is None
+                       else args.samples_per_class,
+                       concept_samples=DEFAULT_CONCEPT_SAMPLES if args.concept_samples is None else args.concept_samples,
+                       board=args.board, backend=args.backend, reuse=not args.no_reuse, threads=args.threads,
+                       log=lambda text: print(text, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print(f"\nevaluate: interrupted; the finished runs and every measurement made so far are kept in "
+              f"{args.output_dir}: the same command again resumes from them (a run stopped in its training is "
+              "trained again from its start: evaluate does not resume its checkpoint)", file=sys.stderr)
+        return 130
     print(format_table(res))
     print(f"\nwritten: {args.output_dir}/evaluate.json, evaluate_diffs.png (paired differences per seed), "
-          f"concept_samples.png; runs in {args.output_dir}/runs/<variant>/seed<s>/")
+          f"concept_samples.png; runs in {args.output_dir}/runs/<variant>/seed<s>/ (each with its cached "
+          "measurement, measure.json)")
     return 0
 
 
@@ -214,7 +222,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                         "paired per training seed, with 95%% confidence intervals")
     s.add_argument("--output-dir", default="runs/evaluate",
                    help="folder of evaluate.json, evaluate_diffs.png, concept_samples.png and the runs "
-                        "(runs/<variant>/seed<s>/, one run per folder)")
+                        "(runs/<variant>/seed<s>/, one run per folder, each with its measurement, measure.json; "
+                        "the base model's is base_measure.json): the same command again resumes a killed "
+                        "evaluation, reusing runs and measurements that match exactly")
     s.add_argument("--variants", default=None,
                    help="comma-separated variants to train and compare, fp32 included (default fp32,int8): "
                         + variants_help())
@@ -234,9 +244,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="images generated for the new token per run (default 100; concept accuracy and "
                         "probability; the binomial sampling error of the accuracy is about 50/sqrt(N) pp at most)")
     s.add_argument("--no-reuse", action="store_true",
-                   help="retrain even if a run folder already holds a finished run with these options "
-                        "(reuse needs every option that defines a run to match, the seed included; the report "
-                        "lists reused runs)")
+                   help="retrain and measure again even if a run folder already holds a finished run with "
+                        "these options and its measurement (reuse needs every option that defines a run or a "
+                        "measurement to match, the seed included; the report lists what was reused)")
     s.add_argument("--threads", type=int, default=1,
                    help="PyTorch CPU threads (default 1: the digits model's ops are too small to gain from more "
                         "and lose badly to thread contention on a busy machine)")

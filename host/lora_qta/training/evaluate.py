@@ -20,6 +20,11 @@ The statistics (paired differences to fp32 per seed, t intervals, the target ver
 sampling error) are :mod:`.evalstats`. One run per folder: ``<output>/runs/<variant>/seed<s>``;
 a folder is reused only if it holds a finished run with every option that defines the run
 (:func:`lora_qta.training.loop.finished_run`), and the report says which runs were reused.
+
+Resumable: each measurement is written into its run's folder (``measure.json``; the base model's
+into ``<output>/base_measure.json``) as soon as it is made, and a later evaluation reuses it only
+when everything that defines it matches (:mod:`.measurecache`), so a killed evaluation loses at
+most the measurement it was making; evaluate.json is built from cached and new measurements alike.
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ import platform
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import OptionError, OutputDirError
 from . import evalstats as st
+from . import measurecache as cache
 from .config import FinetuneConfig
 from .loop import finetune, finished_run, grid_png, step_generator
 from .variants import REFERENCE, parse_variants, variant_config, variant_options
@@ -45,7 +51,7 @@ DEFAULT_SAMPLES_PER_CLASS = 20
 DEFAULT_CONCEPT_SAMPLES = 100
 
 
-def heldout_loss(pipe, seed: int, repeats: int = 4) -> float:
+def heldout_loss(pipe, seed: int, repeats: int = cache.HELDOUT_REPEATS) -> float:
     """Mean noise-prediction MSE on the test split at fixed noise and timesteps."""
     from . import digits as d
 
@@ -109,17 +115,46 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
 
 
 def _run(name: str, seed: int, root: Path, steps: int, board, backend, reuse: bool) -> tuple[Path, str]:
-    """Train (or reuse) one run of variant ``name`` with ``seed``; returns its folder and status."""
+    """Train (or reuse) one run of variant ``name`` with ``seed``; returns its folder and status.
+    A training stopped by Ctrl-C (finetune checkpoints it and returns) stops the evaluation:
+    KeyboardInterrupt, with every measurement made so far cached."""
     run = root / "runs" / name / f"seed{seed}"
     cfg = variant_config(name, FinetuneConfig(output_dir=str(run), steps=steps, seed=seed, board=board,
                                               backend=backend, samples=False))
     if reuse and finished_run(cfg):  # every option that defines the run must match, no resume overrides
         return run, "reused (finished run with the same options)"
     had = (run / "report.json").is_file() or (run / "checkpoints").is_dir()
-    finetune(replace(cfg, overwrite=True))
+    if finetune(replace(cfg, overwrite=True)).get("interrupted"):
+        raise KeyboardInterrupt
     if not had:
         return run, "trained"
     return run, "trained (replaced a run with other options or unfinished)" if reuse else "trained (--no-reuse)"
+
+
+def _measured(path: Path, key: dict[str, Any], load_pipe: Callable[[], Any], concept_samples: int,
+              per_class: int, classifier, prob_model, reuse: bool, log, label: str) -> tuple[dict[str, Any], dict]:
+    """The measurement ``key`` names of the pipeline ``load_pipe()`` returns: read from ``path`` when
+    that holds exactly it (and ``reuse``), else made and written to ``path`` at once. Returns the
+    measurement and how it was obtained (``measurement``, ``measure_time_s_measured``)."""
+    cached = cache.load(path, key, log, label) if reuse else None
+    if cached is not None:
+        log(f"evaluate: {label}: measurement reused from {path}")
+        return cached.result, {"measurement": f"reused from {path}", "measure_time_s_measured": cached.seconds}
+    pipe = load_pipe()
+    t = time.perf_counter()
+    res = measure(pipe, key["sampling_seed"], concept_samples, per_class, classifier, prob_model)
+    seconds = time.perf_counter() - t
+    cache.save(path, key, res, seconds)
+    return res, {"measurement": "measured", "measure_time_s_measured": seconds}
+
+
+def _adapted_pipeline(folder: Path):
+    """A fresh stock pipeline with the run's adapter loaded."""
+    from . import digits as d
+
+    pipe = d.load_shipped_pipeline()
+    pipe.load_lora_weights(str(folder / "adapter"))
+    return pipe
 
 
 def evaluate(output_dir: str = "runs/evaluate", variants: Sequence[str] | str = ("fp32", "int8"),
@@ -128,7 +163,9 @@ def evaluate(output_dir: str = "runs/evaluate", variants: Sequence[str] | str = 
              board: str | None = None, backend: str | None = None, reuse: bool = True,
              threads: int = 1, log=print) -> dict[str, Any]:
     """Fine-tune every variant with every seed, measure them, compare each to fp32 paired per
-    seed; write evaluate.json, evaluate_diffs.png and concept_samples.png into ``output_dir``."""
+    seed; write evaluate.json, evaluate_diffs.png and concept_samples.png into ``output_dir``.
+    Measurements cached by an earlier evaluation are reused when they match exactly (not with
+    ``reuse`` False, which also retrains every run); new ones are cached as they are made."""
     from . import digits as d
 
     names = parse_variants(list(variants) if not isinstance(variants, str) else variants)
@@ -142,8 +179,13 @@ def evaluate(output_dir: str = "runs/evaluate", variants: Sequence[str] | str = 
     torch.set_num_threads(threads)  # the digits model's ops are too small to gain from more (see finetune --threads)
     log(f"evaluate: base model, {concept_samples} concept samples and {samples_per_class} per known digit")
     classifier, prob_model = d.train_digit_classifier(), d.train_digit_probability_model()
-    base = measure(d.load_shipped_pipeline(), seeds[0], concept_samples, samples_per_class, classifier, prob_model)
+    options = cache.measurement_options(concept_samples, samples_per_class, classifier, prob_model)
+    root.mkdir(parents=True, exist_ok=True)
+    base, how = _measured(root / cache.BASE_MEASUREMENT, cache.measurement_key(options, seeds[0], None),
+                          d.load_shipped_pipeline, concept_samples, samples_per_class, classifier, prob_model,
+                          reuse, log, "base model")
     grid = [("base model", base.pop("concept_images"))]
+    base["measurement"] = how["measurement"]
     runs: dict[str, dict[str, Any]] = {}
     times = {"train_s": 0.0, "measure_s": 0.0}
     for name in names:
@@ -153,17 +195,17 @@ def evaluate(output_dir: str = "runs/evaluate", variants: Sequence[str] | str = 
             t = time.perf_counter()
             folder, status = _run(name, s, root, steps, board, backend, reuse)
             t_train = time.perf_counter() - t
-            pipe = d.load_shipped_pipeline()
-            pipe.load_lora_weights(str(folder / "adapter"))
+            report = json.loads((folder / "report.json").read_text())
+            key = cache.measurement_key(options, s, cache.run_key(folder, report.get("identity")))
             t = time.perf_counter()
-            res = measure(pipe, s, concept_samples, samples_per_class, classifier, prob_model)
+            res, how = _measured(folder / cache.MEASUREMENT, key, lambda: _adapted_pipeline(folder), concept_samples,
+                                 samples_per_class, classifier, prob_model, reuse, log, f"{name}, seed {s}")
             t_measure = time.perf_counter() - t
             images = res.pop("concept_images")
             if s == seeds[0]:
                 grid.append((f"{name} LoRA\nseed {s}", images))
-            report = json.loads((folder / "report.json").read_text())
             res.update(folder=str(folder), status=status, seed=s, identity=report.get("identity"),
-                       train_time_s_measured=report.get("time_s", {}).get("total_measured"),
+                       train_time_s_measured=report.get("time_s", {}).get("total_measured"), **how,
                        wall_time_s_measured={"train_or_reuse": t_train, "measure": t_measure})
             times["train_s"] += t_train
             times["measure_s"] += t_measure
@@ -189,7 +231,6 @@ def evaluate(output_dir: str = "runs/evaluate", variants: Sequence[str] | str = 
         "metrics": summaries, "comparisons": comparisons, "runs": runs,
         "time_s_measured": {**times, "total": time.perf_counter() - t0},
     }
-    root.mkdir(parents=True, exist_ok=True)
     (root / "evaluate.json").write_text(json.dumps(result, indent=2))
     grid_png(grid, root / "concept_samples.png", captions=["<sks>"] * 8)
     plot_differences(result, root / "evaluate_diffs.png")
@@ -442,8 +483,12 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"\n1 seed: no seed-to-seed spread and no confidence interval (--seeds takes a list such as "
                      "0,1,2; --num-seeds N takes a count)")
     reused = [f"{v}/seed{s}" for v in names for s, r in result["runs"][v].items() if r["status"].startswith("reused")]
+    cached = [f"{v}/seed{s}" for v in names for s, r in result["runs"][v].items()
+              if r.get("measurement", "").startswith("reused")]  # evaluations before the cache lack the key
+    if result["base"].get("measurement", "").startswith("reused"):
+        cached.insert(0, "base")
     lines.append(f"\n{result['label']}: {result['command']}; runs reused: {', '.join(reused) or 'none'}; "
-                 f"{result['time_s_measured']['total']:.0f} s")
+                 f"measurements reused: {', '.join(cached) or 'none'}; {result['time_s_measured']['total']:.0f} s")
     return "\n".join(lines)
 
 

@@ -20,8 +20,12 @@ from pathlib import Path
 from ..errors import OptionError, OutputDirError, RunLockedError
 
 LOCK = ".lock"
-RUN_ENTRIES = ("checkpoints", "adapter", "samples.png", "samples_before.npy", "loss.png", "report.json", LOCK)
-"""What a run writes into its folder (``--overwrite`` removes these and nothing else)."""
+MEASUREMENT = "measure.json"
+"""``lora-qta evaluate``'s cached measurement of the run (:mod:`lora_qta.training.measurecache`)."""
+RUN_ENTRIES = ("checkpoints", "adapter", "samples.png", "samples_before.npy", "loss.png", "report.json", MEASUREMENT,
+               LOCK)
+"""What a run and its evaluation write into its folder (``--overwrite`` removes these and nothing
+else: a retrained run loses its old measurement with its old adapter)."""
 
 
 class RunFolder:
