@@ -196,3 +196,13 @@ def test_digit_probabilities_score_real_test_images():
     assert np.mean(p.argmax(1) == labels.numpy()) > 0.95
     sevens = labels.numpy() == d.HELD_OUT_CLASS
     assert p[sevens, d.HELD_OUT_CLASS].mean() > 0.8 and p[~sevens, d.HELD_OUT_CLASS].mean() < 0.1
+
+
+def test_evaluate_compares_the_default_fine_tuning_with_fp32_unless_told():
+    """The default variants are the reference and exactly what ``lora-qta finetune`` trains at its
+    defaults, so ``lora-qta evaluate`` measures the main job's quality."""
+    from lora_qta.training.variants import DEFAULT_VARIANTS
+
+    assert parse_variants(list(DEFAULT_VARIANTS)) == ["fp32", "int8-all"]
+    assert variant_config(DEFAULT_VARIANTS[1], FinetuneConfig()) == FinetuneConfig()
+    assert variant_config("int8", FinetuneConfig()) != FinetuneConfig()  # LoRA-only is a choice now

@@ -10,6 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..training.config import FinetuneConfig
+from ..training.variants import DEFAULT_VARIANTS
 from .common import add_target, comma_list, table
 
 
@@ -183,7 +184,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"\nwritten: {args.output_dir}/evaluate.json, evaluate_diffs.png (paired differences per seed over "
               f"the {len(res['seeds'])} pooled seeds; the sample images stay in the combined folders)")
         return 0
-    names = parse_variants(args.variants or "fp32,int8")  # before anything is loaded
+    names = parse_variants(args.variants or list(DEFAULT_VARIANTS))  # before anything is loaded
     try:
         res = evaluate(args.output_dir, variants=names, seeds=evaluate_seeds(args),
                        steps=args.steps or FinetuneConfig.steps,
@@ -226,7 +227,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "the base model's is base_measure.json): the same command again resumes a killed "
                         "evaluation, reusing runs and measurements that match exactly")
     s.add_argument("--variants", default=None,
-                   help="comma-separated variants to train and compare, fp32 included (default fp32,int8): "
+                   help="comma-separated variants to train and compare, fp32 included (default "
+                        f"{','.join(DEFAULT_VARIANTS)}: the reference and the default fine-tuning): "
                         + variants_help())
     seeds = s.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=comma_list(int), default=None,

@@ -44,7 +44,7 @@ from . import evalstats as st
 from . import measurecache as cache
 from .config import FinetuneConfig
 from .loop import finetune, finished_run, grid_png, step_generator
-from .variants import REFERENCE, parse_variants, variant_config, variant_options
+from .variants import DEFAULT_VARIANTS, REFERENCE, parse_variants, variant_config, variant_options
 
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_SAMPLES_PER_CLASS = 20
@@ -157,7 +157,7 @@ def _adapted_pipeline(folder: Path):
     return pipe
 
 
-def evaluate(output_dir: str = "runs/evaluate", variants: Sequence[str] | str = ("fp32", "int8"),
+def evaluate(output_dir: str = "runs/evaluate", variants: Sequence[str] | str = DEFAULT_VARIANTS,
              seeds: Sequence[int] = DEFAULT_SEEDS, steps: int = FinetuneConfig.steps,
              samples_per_class: int = DEFAULT_SAMPLES_PER_CLASS, concept_samples: int = DEFAULT_CONCEPT_SAMPLES,
              board: str | None = None, backend: str | None = None, reuse: bool = True,

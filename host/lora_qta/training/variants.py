@@ -18,6 +18,10 @@ from .config import FinetuneConfig
 REFERENCE = "fp32"
 """The variant every difference is taken to."""
 
+DEFAULT_VARIANTS = ("fp32", "int8-all")
+"""What ``lora-qta evaluate`` compares unless told: the reference and the default fine-tuning
+(``finetune``'s int8 with every GEMM of the step offloaded)."""
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -100,5 +104,5 @@ def variants_help() -> str:
     return "; ".join(parts)
 
 
-__all__ = ["REFERENCE", "VARIANTS", "Variant", "available_variants", "missing_options", "parse_variants",
+__all__ = ["DEFAULT_VARIANTS", "REFERENCE", "VARIANTS", "Variant", "available_variants", "missing_options", "parse_variants",
            "variant_config", "variant_options", "variants_help"]
