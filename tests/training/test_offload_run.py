@@ -42,6 +42,12 @@ def test_finetune_offload_all_on_the_digits_default_reports_the_four_families(tm
     # the LoRA family is the LoRA runtime's six GEMMs
     assert off["families"]["lora"]["calls"] == sum(v["calls"] for v in rep["accelerator"]["per_gemm"].values())
     assert (run / "adapter" / "pytorch_lora_weights.safetensors").is_file()
+    # the run's time split counts the offloaded calls and their host quantization too
+    t, fam = rep["time_s"], off["families"].values()
+    assert t["accelerator_measured"] >= sum(f["wall_s"] for f in fam) > 0
+    assert t["quantization_measured"] >= sum(f["host_quant_s"] for f in fam) > 0
+    assert t["rest_measured"] == pytest.approx(t["total_measured"] - t["accelerator_measured"]
+                                               - t["quantization_measured"])
 
 
 # figures that are measured times on this machine, not counts: they differ between two runs
@@ -161,3 +167,21 @@ def test_fuse_lora_needs_int8_offload_all_and_the_row_scheme(options, what):
         finetune(FinetuneConfig(steps=1, samples=False, **options))
     with pytest.raises(LimitError, match=what):
         finetune(FinetuneConfig(steps=1, samples=False, **options))
+
+
+def test_measured_times_add_the_whole_step_offload_to_the_lora_layers():
+    """The time split of finetune, speed and the data-parallel per-rank figures:
+    QtaRuntime.measured_times() adds the offload's calls and host quantization to the LoRA
+    layers' own (which alone left them in "rest" of an --offload all run)."""
+    from types import SimpleNamespace
+
+    from lora_qta.lora.layer import QtaRuntime
+    from lora_qta.lora.offload import FamilyStats
+    from lora_qta.runtime.accelerator import Accelerator
+
+    rt = QtaRuntime(Accelerator("zcu104", "fast"))
+    rt.time_accelerator, rt.time_quantization = 1.0, 2.0
+    assert rt.measured_times() == (1.0, 2.0)
+    rt.offload = SimpleNamespace(stats={"linear": FamilyStats(wall_s=0.25, host_quant_s=0.5),
+                                        "conv": FamilyStats(wall_s=4.0, host_quant_s=8.0)})
+    assert rt.measured_times() == (5.25, 10.5)

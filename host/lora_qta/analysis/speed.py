@@ -99,14 +99,6 @@ def _step(variant, cfg: FinetuneConfig, step: int) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def _offload_times(runtime) -> tuple[float, float]:
-    """(accelerator, host quantization) seconds of the whole-step offload so far (0 without it)."""
-    off = getattr(runtime, "offload", None)
-    if off is None:
-        return 0.0, 0.0
-    return (sum(s.wall_s for s in off.stats.values()), sum(s.host_quant_s for s in off.stats.values()))
-
-
 def _whole_step(name: str, variant, splits: dict, med: dict, runs: int) -> dict:
     """The figures of a whole-step variant (``int8_all`` or ``int8_fused``): its median step,
     ratio to fp32, split, calls and modelled board time per step."""
@@ -147,16 +139,15 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
     for i in range(warmup + steps):
         for name, var in variants:
             rt = var[1]
-            a0, q0 = (rt.time_accelerator, rt.time_quantization) if rt else (0.0, 0.0)
-            oa0, oq0 = _offload_times(rt)
+            a0, q0 = rt.measured_times() if rt else (0.0, 0.0)
             dt, dc = _step(var, cfg, i)
             if i >= warmup:
                 times[name].append(dt)
                 cpu[name].append(dc)
                 if rt:
-                    oa, oq = _offload_times(rt)
-                    splits[name]["accelerator"].append(rt.time_accelerator - a0 + oa - oa0)
-                    splits[name]["quantization"].append(rt.time_quantization - q0 + oq - oq0)
+                    a1, q1 = rt.measured_times()
+                    splits[name]["accelerator"].append(a1 - a0)
+                    splits[name]["quantization"].append(q1 - q0)
     med = {k: float(np.median(v)) for k, v in times.items()}
     split = splits["int8"]
     acc, qua = float(np.median(split["accelerator"])), float(np.median(split["quantization"]))

@@ -95,6 +95,18 @@ class QtaRuntime:
         self.stats: dict[str, GemmStats] = {kind.key: GemmStats() for kind in LORA_GEMMS}
         self.time_accelerator = 0.0
         self.time_quantization = 0.0
+        self.offload: Any = None
+        """The whole-step offload (:class:`~lora_qta.lora.offload.Offload`) when ``--offload all``
+        installed one: the frozen layers' and attention's calls, timed and counted there."""
+
+    def measured_times(self) -> tuple[float, float]:
+        """(accelerator, quantization) seconds measured so far: the LoRA layers' accelerator
+        calls and quantization and, with the whole-step offload, its calls and host quantization."""
+        a, q = self.time_accelerator, self.time_quantization
+        if self.offload is not None:
+            a += sum(s.wall_s for s in self.offload.stats.values())
+            q += sum(s.host_quant_s for s in self.offload.stats.values())
+        return a, q
 
     def generator(self, layer_id: int, kind: int) -> torch.Generator:
         """The stochastic-rounding generator of one GEMM operand in this step."""

@@ -644,7 +644,7 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
             t0 = time.perf_counter()
             if runtime is not None:
                 runtime.step = step
-                acc0, q0 = runtime.time_accelerator, runtime.time_quantization
+                acc0, q0 = runtime.measured_times()
             try:
                 loss = train_step(bundle, cfg, lat_data, params, optimizer, scheduler, step, dist)
             except DivergedError as e:
@@ -658,8 +658,9 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
             history["loss"].append(float(loss.item()))
             history["time_step"].append(dt)
             if runtime is not None:
-                history["time_accelerator"] += runtime.time_accelerator - acc0
-                history["time_quantization"] += runtime.time_quantization - q0
+                acc1, q1 = runtime.measured_times()
+                history["time_accelerator"] += acc1 - acc0
+                history["time_quantization"] += q1 - q0
             done = step + 1
             progress.update(done, float(loss.item()), dt)
             if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
