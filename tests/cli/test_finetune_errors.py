@@ -83,6 +83,7 @@ def test_the_same_run_writes_the_same_adapter_bytes(tmp_path):
         p = subprocess.run([sys.executable, "-m", "lora_qta.cli", "finetune", "--output-dir", str(out), *QUICK],
                            capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed}, timeout=600)
         assert p.returncode == 0, p.stderr
+        assert "steps of fp32 LoRA (rank 8)" in p.stdout  # an fp32 run offloads nothing, whatever the default
         files.append((out / "adapter" / "pytorch_lora_weights.safetensors").read_bytes())
     assert files[0] == files[1]
     n = int.from_bytes(files[0][:8], "little")

@@ -22,8 +22,9 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
                         "folder: a folder holding files is refused unless --resume or --overwrite is given, and "
                         "a folder another process is writing to is refused (lock file .lock)")
     s.add_argument("--precision", default=d.precision, choices=["fp32", "int8"],
-                   help="fp32: plain peft LoRA in PyTorch (the reference); int8: the six LoRA GEMMs of "
-                        "every adapted layer run INT8 on the accelerator (board or emulation)")
+                   help="fp32: plain peft LoRA in PyTorch (the reference); int8: GEMMs run INT8 on the "
+                        "accelerator (board or emulation), which ones --offload says (default: every GEMM of "
+                        "the step)")
     s.add_argument("--offload", default=None, choices=["lora", "all"],
                    help=f"with --precision int8, which GEMMs run INT8 on the accelerator (default {d.offload}; "
                         "refused with --precision fp32, which runs none): lora = the six "
@@ -111,7 +112,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if rep.get("writer") is False:  # a data-parallel rank other than 0: rank 0 reports
         return 0
     t = rep["time_s"]
-    what = f"{cfg.precision} LoRA" + (" (every GEMM offloaded)" if cfg.offload == "all" else "") \
+    whole = cfg.precision == "int8" and cfg.offload == "all"
+    what = f"{cfg.precision} LoRA" + (" (every GEMM offloaded)" if whole else "") \
         + (", fused with the base layers" if cfg.fuse_lora else "")
     print(f"\nfinished {rep['steps']} steps of {what} (rank {cfg.rank}) on {rep['model']}; "
           f"final loss {rep['final_loss']:.4f}")
