@@ -124,6 +124,11 @@ class CheckpointError(QtaError, RuntimeError):
     run's configuration."""
 
 
+class MeasurementCacheError(QtaError, ValueError):
+    """A cached ``lora-qta evaluate`` measurement (measure.json) that is unreadable or incomplete:
+    evaluate says so and measures again."""
+
+
 class OutputDirError(QtaError, OSError):
     """An output folder that cannot be used: a file, unwritable, or holding another run's files
     (without ``--resume`` or ``--overwrite``)."""

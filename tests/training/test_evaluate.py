@@ -46,7 +46,7 @@ def test_bad_options_fail_before_any_training(tmp_path, capsys, argv, message):
 def test_evaluate_end_to_end_two_seeds(tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["evaluate", "--output-dir", str(out), "--steps", "2", "--samples-per-class", "1",
-                 "--concept-samples", "3", "--seeds", "0,1"]) == 0
+                 "--concept-samples", "3", "--seeds", "0,1", "--variants", "fp32,int8"]) == 0
     text = capsys.readouterr().out
     assert "| int8 - fp32, paired per seed |" in text and "95% CI" in text and "measured on this machine" in text
     res = json.loads((out / "evaluate.json").read_text())

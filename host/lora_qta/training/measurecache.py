@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import OutputDirError
+from ..errors import MeasurementCacheError, OutputDirError
 from . import evalstats as st
 from .models import LORA_FILE
 from .rundir import MEASUREMENT
@@ -154,14 +154,14 @@ def _differences(stored: dict[str, Any], key: dict[str, Any]) -> list[str]:
 def _decode(result: Any) -> dict[str, Any]:
     """A stored result checked to hold every figure of a measurement, its images decoded."""
     if not isinstance(result, dict):
-        raise ValueError("no result")
+        raise MeasurementCacheError("no result")
     for k in ("known_accuracy_per_class", "samples", "sampling_se", IMAGES):
         if k not in result:
-            raise ValueError(f"no {k}")
+            raise MeasurementCacheError(f"no {k}")
     for m in st.METRICS:
         for v in (result.get(m.key), result["sampling_se"].get(m.key)):
             if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise ValueError(f"no number for {m.key}")
+                raise MeasurementCacheError(f"no number for {m.key}")
     img = result[IMAGES]
     values = np.asarray(img["values"], dtype=np.dtype(img["dtype"]))
     return {**result, IMAGES: values.reshape(img["shape"])}
@@ -173,7 +173,7 @@ def load(path: Path, key: dict[str, Any], log: Callable[[str], None], label: str
     try:
         stored = json.loads(path.read_text())
         if not isinstance(stored, dict) or not isinstance(stored.get("key"), dict):
-            raise ValueError("no key")
+            raise MeasurementCacheError("no key")
         if stored["key"] == key:
             return Cached(_decode(stored.get("result")), float(stored.get("measure_s", 0.0)))
     except FileNotFoundError:
