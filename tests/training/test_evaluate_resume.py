@@ -216,3 +216,27 @@ def test_a_cached_measurement_reads_back_exactly_and_a_failed_write_keeps_the_ol
         cache.save(path, key, {**result, "concept_accuracy": 0.5}, 2.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["measure.json"]  # no temporary file left
     assert cache.load(path, key, print, "test").result["concept_accuracy"] == result["concept_accuracy"]
+
+
+def test_a_training_cut_short_continues_from_its_checkpoint(resumed, tmp_path, monkeypatch):
+    """A run whose training was stopped (here after its first of two steps, as Ctrl-C does:
+    finetune checkpoints and returns) continues from that checkpoint on the next evaluation and
+    ends with the adapter bytes of the uninterrupted run; a checkpoint of other options is not
+    used: that run is trained again."""
+    real = ev.finetune
+    monkeypatch.setattr(ev, "finetune", lambda cfg: real(cfg, stop_after=1))
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate(tmp_path / "eval", Measure(), variants=["fp32"])
+    monkeypatch.setattr(ev, "finetune", real)
+    res, _ = _evaluate(tmp_path / "eval", Measure(), variants=["fp32"])
+    assert res["runs"]["fp32"]["0"]["status"].startswith("resumed from its checkpoint step_000001")
+    adapter = "runs/fp32/seed0/adapter/pytorch_lora_weights.safetensors"
+    assert (tmp_path / "eval" / adapter).read_bytes() == (resumed["out"] / adapter).read_bytes()
+
+    monkeypatch.setattr(ev, "finetune", lambda cfg: real(cfg, stop_after=1))
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate(tmp_path / "other", Measure(), variants=["fp32"], steps=3)
+    monkeypatch.setattr(ev, "finetune", real)
+    res, _ = _evaluate(tmp_path / "other", Measure(), variants=["fp32"])  # steps 2: not that checkpoint's run
+    assert res["runs"]["fp32"]["0"]["status"].startswith("trained (replaced")
+    assert (tmp_path / "other" / adapter).read_bytes() == (resumed["out"] / adapter).read_bytes()

@@ -197,8 +197,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        log=lambda text: print(text, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
         print(f"\nevaluate: interrupted; the finished runs and every measurement made so far are kept in "
-              f"{args.output_dir}: the same command again resumes from them (a run stopped in its training is "
-              "trained again from its start: evaluate does not resume its checkpoint)", file=sys.stderr)
+              f"{args.output_dir}: the same command again resumes from them (a run stopped in its training "
+              "continues from its checkpoint)", file=sys.stderr)
         return 130
     print(format_table(res))
     print(f"\nwritten: {args.output_dir}/evaluate.json, evaluate_diffs.png (paired differences per seed), "

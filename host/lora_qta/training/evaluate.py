@@ -39,9 +39,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import OptionError, OutputDirError
+from ..errors import CheckpointError, OptionError, OutputDirError
 from . import evalstats as st
 from . import measurecache as cache
+from .checkpoint import latest_checkpoint
 from .config import FinetuneConfig
 from .loop import finetune, finished_run, grid_png, step_generator
 from .variants import DEFAULT_VARIANTS, REFERENCE, parse_variants, variant_config, variant_options
@@ -116,13 +117,26 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
 
 def _run(name: str, seed: int, root: Path, steps: int, board, backend, reuse: bool) -> tuple[Path, str]:
     """Train (or reuse) one run of variant ``name`` with ``seed``; returns its folder and status.
-    A training stopped by Ctrl-C (finetune checkpoints it and returns) stops the evaluation:
-    KeyboardInterrupt, with every measurement made so far cached."""
+    A run whose training was cut short (killed, or Ctrl-C: finetune checkpoints and returns)
+    continues from its newest checkpoint when that checkpoint has every option of the run
+    (``finetune --resume``, which ends with the bytes of an uninterrupted run), else it is trained
+    again. A training stopped by Ctrl-C stops the evaluation: KeyboardInterrupt, with every
+    measurement made so far cached."""
     run = root / "runs" / name / f"seed{seed}"
     cfg = variant_config(name, FinetuneConfig(output_dir=str(run), steps=steps, seed=seed, board=board,
                                               backend=backend, samples=False))
     if reuse and finished_run(cfg):  # every option that defines the run must match, no resume overrides
         return run, "reused (finished run with the same options)"
+    ckpt = latest_checkpoint(run) if reuse and not (run / "report.json").is_file() else None
+    if ckpt is not None:
+        try:
+            rep = finetune(replace(cfg, resume=True))
+        except CheckpointError:  # a checkpoint of other options (or unreadable): trained again below
+            pass
+        else:
+            if rep.get("interrupted"):
+                raise KeyboardInterrupt
+            return run, f"resumed from its checkpoint {ckpt.name} (an interrupted run with the same options)"
     had = (run / "report.json").is_file() or (run / "checkpoints").is_dir()
     if finetune(replace(cfg, overwrite=True)).get("interrupted"):
         raise KeyboardInterrupt
