@@ -6,7 +6,7 @@ from lora_qta.cli import main
 
 
 def test_speed_measure_reports_both_variants_and_the_split():
-    r = measure(steps=1, warmup=0, batch_size=4)
+    r = measure(steps=1, warmup=0, batch_size=4, offload="lora")
     assert r["fp32_step_s"] > 0 and r["int8_step_s"] > 0
     assert r["ratio_int8_over_fp32"] == r["int8_step_s"] / r["fp32_step_s"]
     s = r["int8_split_s"]

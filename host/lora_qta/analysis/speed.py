@@ -112,7 +112,7 @@ def _whole_step(name: str, variant, splits: dict, med: dict, runs: int) -> dict:
 
 
 def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: int = 16,
-            board: str | None = None, offload: str = "lora", fuse_lora: bool = False) -> dict:
+            board: str | None = None, offload: str = FinetuneConfig.offload, fuse_lora: bool = False) -> dict:
     """Median step times of fp32 and int8 (emulated) and the int8 time split; with ``offload``
     ``all`` also the int8 whole-step variant (every GEMM on the emulated accelerator,
     ``lora-qta finetune --offload all``), and with ``fuse_lora`` its fused variant

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..analysis.energy import HOROWITZ_45NM
 from ..hw.config import DEFAULT_BOARD, config
+from ..training.config import FinetuneConfig
 from .common import add_board, add_target, comma_list
 
 INTS = comma_list(int)
@@ -172,10 +173,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     s.add_argument("--engine", default="fast", choices=["fast", "csim"], help="emulation engine of the int8 variant")
     s.add_argument("--batch-size", type=int, default=16, help="images per step (the default run's)")
-    s.add_argument("--offload", default="all", choices=["lora", "all"],
-                   help="all (default): also time the int8 whole-step variant (finetune's default, --offload "
-                        "all: every GEMM on the emulated accelerator) beside fp32 and int8 LoRA-only; lora: "
-                        "fp32 and int8 LoRA-only only")
+    s.add_argument("--offload", default=FinetuneConfig.offload, choices=["lora", "all"],
+                   help=f"all: also time the int8 whole-step variant (finetune --offload all: every GEMM on "
+                        f"the emulated accelerator) beside fp32 and int8 LoRA-only; lora: fp32 and int8 LoRA-only "
+                        f"only (default {FinetuneConfig.offload}, as finetune's)")
     s.add_argument("--fuse-lora", action="store_true",
                    help="with --offload all: also time the whole step with --fuse-lora (each LoRA layer fused "
                         "with its base layer, as finetune --fuse-lora runs it) beside the unfused one")
