@@ -74,7 +74,7 @@ def test_evaluate_end_to_end_two_seeds(tmp_path, capsys):
                      log=lines.append)
     assert all(r["status"].startswith("reused") for r in again["runs"]["fp32"].values())
     assert all(r["measurement"].startswith("reused from") for r in again["runs"]["fp32"].values())
-    assert again["base"]["measurement"] == f"reused from {out / 'base_measure.json'}"
+    assert again["base"]["measurement"] == f"reused from {out / 'base_measure.seed0.json'}"
     assert sum("measurement reused from" in line for line in lines) == 3
     for s in ("0", "1"):
         for key in ("concept_accuracy", "concept_probability", "known_accuracy", "heldout_loss", "sampling_se",

@@ -1,5 +1,5 @@
 """lora-qta evaluate resumes: each measurement is cached (``measure.json`` in its run folder,
-``base_measure.json`` for the base model) as soon as it is made, and reused only when everything
+``base_measure.seed<s>.json`` for the base model) as soon as it is made, and reused only when everything
 that defines it matches. ``measure`` is replaced here by a quick stand-in in its format (a
 deterministic function of the adapter loaded into the pipeline, the seed and the options) so that
 the cache's behaviour costs seconds; test_evaluate.py reads real measurements back from the cache."""
@@ -77,7 +77,7 @@ def resumed(tmp_path_factory):
     out = tmp_path_factory.mktemp("resumed")
     with pytest.raises(Interrupted):
         _evaluate(out, Measure(fail_at=3))
-    cached = sorted(p.relative_to(out).as_posix() for p in out.rglob("*measure.json"))
+    cached = sorted(p.relative_to(out).as_posix() for p in out.rglob("*measure*.json"))
     measure = Measure()
     result, lines = _evaluate(out, measure)
     ref = tmp_path_factory.mktemp("uninterrupted")
@@ -90,10 +90,10 @@ def resumed(tmp_path_factory):
 
 def test_resumed_evaluation_equals_an_uninterrupted_one(resumed):
     out, ref = resumed["out"], resumed["ref"]
-    assert resumed["cached"] == ["base_measure.json", "runs/fp32/seed0/measure.json"]
+    assert resumed["cached"] == ["base_measure.seed0.json", "runs/fp32/seed0/measure.json"]
     assert resumed["calls"] == 1 and resumed["ref_calls"] == 3  # the rerun measured only the int8 run
     res = resumed["result"]
-    assert res["base"]["measurement"] == f"reused from {out / 'base_measure.json'}"
+    assert res["base"]["measurement"] == f"reused from {out / 'base_measure.seed0.json'}"
     assert res["runs"]["fp32"]["0"]["measurement"].startswith("reused from")
     assert res["runs"]["int8"]["0"]["measurement"] == "measured"
     assert all(r["0"]["status"].startswith("reused") for r in res["runs"].values())
@@ -127,7 +127,7 @@ def test_a_changed_measurement_option_measures_again(copy):
 
 
 def test_unreadable_or_other_format_caches_measure_again(copy):
-    base = copy / "base_measure.json"
+    base = copy / "base_measure.seed0.json"
     fp32, int8 = (copy / f"runs/{n}/seed0/measure.json" for n in ("fp32", "int8"))
     before = _numbers(copy)
     base.write_text(base.read_text()[:200])  # partial
@@ -181,7 +181,7 @@ def test_ctrl_c_in_a_training_stops_the_evaluation_and_keeps_what_was_measured(t
     measure = Measure()
     with pytest.raises(KeyboardInterrupt):
         _evaluate(tmp_path / "eval", measure)
-    assert measure.calls == 1 and (tmp_path / "eval" / "base_measure.json").is_file()
+    assert measure.calls == 1 and (tmp_path / "eval" / "base_measure.seed0.json").is_file()
 
 
 def test_the_command_says_how_to_resume_after_ctrl_c(tmp_path, monkeypatch, capsys):
@@ -240,3 +240,17 @@ def test_a_training_cut_short_continues_from_its_checkpoint(resumed, tmp_path, m
     res, _ = _evaluate(tmp_path / "other", Measure(), variants=["fp32"])  # steps 2: not that checkpoint's run
     assert res["runs"]["fp32"]["0"]["status"].startswith("trained (replaced")
     assert (tmp_path / "other" / adapter).read_bytes() == (resumed["out"] / adapter).read_bytes()
+
+
+def test_an_evaluation_with_another_first_seed_keeps_the_base_measurement(copy):
+    # the base model is sampled with the first seed: an evaluation of seed 1 in the same folder
+    # writes its own base measurement beside seed 0's instead of overwriting it
+    seed0 = (copy / "base_measure.seed0.json").read_bytes()
+    other = Measure()
+    res, _ = _evaluate(copy, other, seeds=[1])
+    assert res["base"]["measurement"] == "measured"
+    assert (copy / "base_measure.seed0.json").read_bytes() == seed0
+    assert (copy / "base_measure.seed1.json").is_file()
+    again = Measure()
+    res, _ = _evaluate(copy, again)
+    assert again.calls == 0 and res["base"]["measurement"] == f"reused from {copy / 'base_measure.seed0.json'}"

@@ -82,6 +82,17 @@ def test_resume_ends_with_the_same_adapter(tiny_digits, tmp_path):
     assert la["final_loss"] == lb["final_loss"] and lb["steps"] == 6
 
 
+def test_fp32_report_names_no_accelerator_settings(tiny_digits, tmp_path):
+    # an fp32 run offloads nothing: its report must not show the int8 fields' defaults as its own
+    run = tmp_path / "run"
+    finetune(FinetuneConfig(output_dir=str(run), precision="fp32", pretrained_model=tiny_digits,
+                            **{**FAST, "steps": 1}))
+    config = json.loads((run / "report.json").read_text())["config"]
+    assert {k: config[k] for k in ("board", "backend", "offload", "fuse_lora")} == dict.fromkeys(
+        ("board", "backend", "offload", "fuse_lora"))
+    assert config["precision"] == "fp32"
+
+
 def test_ctrl_c_saves_a_checkpoint(tiny_digits, tmp_path, monkeypatch):
     real = train.training_batch
 

@@ -226,7 +226,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--output-dir", default="runs/evaluate",
                    help="folder of evaluate.json, evaluate_diffs.png, concept_samples.png and the runs "
                         "(runs/<variant>/seed<s>/, one run per folder, each with its measurement, measure.json; "
-                        "the base model's is base_measure.json): the same command again resumes a killed "
+                        "the base model's is base_measure.seed<s>.json): the same command again resumes a killed "
                         "evaluation, reusing runs and measurements that match exactly")
     s.add_argument("--variants", default=None,
                    help="comma-separated variants to train and compare, fp32 included (default "

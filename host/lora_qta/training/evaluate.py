@@ -22,8 +22,8 @@ a folder is reused only if it holds a finished run with every option that define
 (:func:`lora_qta.training.loop.finished_run`), and the report says which runs were reused.
 
 Resumable: each measurement is written into its run's folder (``measure.json``; the base model's
-into ``<output>/base_measure.json``) as soon as it is made, and a later evaluation reuses it only
-when everything that defines it matches (:mod:`.measurecache`), so a killed evaluation loses at
+into ``<output>/base_measure.seed<s>.json``, s its sampling seed) as soon as it is made, and a
+later evaluation reuses it only when everything that defines it matches (:mod:`.measurecache`), so a killed evaluation loses at
 most the measurement it was making; evaluate.json is built from cached and new measurements alike.
 """
 
@@ -195,7 +195,7 @@ def evaluate(output_dir: str = "runs/evaluate", variants: Sequence[str] | str = 
     classifier, prob_model = d.train_digit_classifier(), d.train_digit_probability_model()
     options = cache.measurement_options(concept_samples, samples_per_class, classifier, prob_model)
     root.mkdir(parents=True, exist_ok=True)
-    base, how = _measured(root / cache.BASE_MEASUREMENT, cache.measurement_key(options, seeds[0], None),
+    base, how = _measured(root / cache.base_measurement(seeds[0]), cache.measurement_key(options, seeds[0], None),
                           d.load_shipped_pipeline, concept_samples, samples_per_class, classifier, prob_model,
                           reuse, log, "base model")
     grid = [("base model", base.pop("concept_images"))]

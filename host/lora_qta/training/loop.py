@@ -734,8 +734,11 @@ def write_outputs(run: Path, cfg: FinetuneConfig, bundle: ModelBundle, runtime: 
     target = identity.get("target")
     report: dict[str, Any] = {
         "identity": identity,
+        # an fp32 run has no accelerator: no board, backend or offload (the fields' defaults are not its)
         "config": {**asdict(cfg), "board": target["board"] if target else None,
-                   "backend": target["backend"] if target else None},
+                   "backend": target["backend"] if target else None,
+                   "offload": cfg.offload if cfg.precision == "int8" else None,
+                   "fuse_lora": cfg.fuse_lora if cfg.precision == "int8" else None},
         "overrides": overrides, "model": bundle.name, "lora_layers": n_layers, "steps": len(history["loss"]),
         "final_loss": history["loss"][-1] if history["loss"] else None,
         "mean_loss_last_20": float(np.mean(history["loss"][-20:])) if history["loss"] else None,

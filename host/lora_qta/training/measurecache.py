@@ -1,7 +1,9 @@
 """The measurements of ``lora-qta evaluate``, cached so that a killed evaluation resumes them.
 
 Each run's measurement (:func:`lora_qta.training.evaluate.measure`) is written into the run's
-folder (``runs/<variant>/seed<s>/measure.json``; the base model's into ``base_measure.json``)
+folder (``runs/<variant>/seed<s>/measure.json``; the base model's into
+``base_measure.seed<s>.json``, one per sampling seed, as the evaluation samples the base model with
+its first seed: evaluations with other seeds in one folder keep each other's)
 the moment it is made: a temporary file renamed over the old one (``os.replace``), so a kill
 leaves the old file or the new one, never half of one. Beside the result the file holds its
 **key**, everything that defines the measurement:
@@ -47,8 +49,10 @@ from .rundir import MEASUREMENT
 MEASURE_FORMAT = 1
 """Version of the cached measurement: raise it when ``measure`` or the stored layout changes."""
 
-BASE_MEASUREMENT = "base_measure.json"
-"""The base model's cached measurement, in the evaluation's output folder."""
+def base_measurement(seed: int) -> str:
+    """The file name of the base model's cached measurement with sampling seed ``seed``, in the
+    evaluation's output folder."""
+    return f"base_measure.seed{seed}.json"
 
 HELDOUT_REPEATS = 4
 """Noise draws per test image of the held-out loss (:func:`~.evaluate.heldout_loss`)."""
@@ -59,7 +63,7 @@ IMAGES = "concept_images"
 SOFTWARE = ("torch", "diffusers", "peft", "numpy", "scikit-learn")
 """The libraries whose versions a measurement is keyed on: they sample and judge the images."""
 
-__all__ = ["BASE_MEASUREMENT", "HELDOUT_REPEATS", "MEASURE_FORMAT", "MEASUREMENT", "Cached", "file_sha256",
+__all__ = ["HELDOUT_REPEATS", "MEASURE_FORMAT", "MEASUREMENT", "Cached", "base_measurement", "file_sha256",
            "judge_identity", "load", "measurement_key", "measurement_options", "run_key", "save"]
 
 
