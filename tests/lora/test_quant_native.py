@@ -91,6 +91,8 @@ def layout_cases() -> list[tuple[str, torch.Tensor, tuple[int, ...] | None]]:
     att = torch.randn(8, 33, 16, generator=g)
     return [
         ("NHWC view per image", maps.permute(0, 2, 3, 1), (1, 2, 3)),
+        ("NHWC view, 8 x 8 tiles", torch.randn(3, 64, 16, 16, generator=g).permute(0, 2, 3, 1), (1, 2, 3)),
+        ("NCDHW as NDHWC", torch.randn(2, 24, 3, 4, 5, generator=g).permute(0, 2, 3, 4, 1), (1, 2, 3, 4)),
         ("NHWC view per tensor", maps.permute(0, 2, 3, 1), None),
         ("attention per row", att, (2,)),
         ("attention per column", att, (1,)),

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import DivergedError, InputShapeError, OptionError
+from ..errors import InputShapeError, OptionError
 from . import quant_native
 
 QMAX = 127
@@ -67,11 +67,8 @@ def quantize_along(x: torch.Tensor, dims: tuple[int, ...] | None, generator: tor
     :class:`~lora_qta.errors.DivergedError` on NaN or Inf (a diverged step; ``where`` names the
     quantizer)."""
     xf = x.detach().float()
-    sp = quant_native.plan(xf, dims)
-    if sp is not None:
-        out = quant_native.quantize(xf, sp, generator, EPS, QMAX)
-        if out is None:
-            raise _diverged(where)
+    out = quant_native.quantize(xf, dims, generator, where, EPS, QMAX)
+    if out is not None:
         return out
     y = torch.empty_like(xf)  # the layout of x (a dense permuted view keeps its strides)
     if not xf.numel():
@@ -82,7 +79,7 @@ def quantize_along(x: torch.Tensor, dims: tuple[int, ...] | None, generator: tor
     # the largest |x| is finite iff no NaN or Inf is anywhere (max propagates NaN); one small
     # reduction and a Python check: torch.isfinite(...).all() costs 25-80 us per call here
     if not math.isfinite(float(amax.max())):
-        raise _diverged(where)
+        raise quant_native.diverged(where)
     scale = amax.clamp_min(EPS) / QMAX
     torch.div(xf, scale, out=y)  # the same correctly rounded float32 quotient as xf / scale
     if generator is None:
@@ -92,12 +89,6 @@ def quantize_along(x: torch.Tensor, dims: tuple[int, ...] | None, generator: tor
     else:  # floor(x / s + u) reaches 128 when x / s is a hair above 127: clamped
         y.add_(torch.rand(y.shape, generator=generator, dtype=y.dtype)).floor_().clamp_(-QMAX, QMAX)
     return y.to(torch.int8).contiguous(), scale
-
-
-def _diverged(where: str) -> DivergedError:
-    """The error of a NaN or Inf met by the quantizer ``where`` names."""
-    return DivergedError(f"NaN or Inf reached the INT8 quantizer{f' ({where})' if where else ''}: the training "
-                         "diverged; lower the learning rate")
 
 
 def dequantize(acc: torch.Tensor, *scales: torch.Tensor | float) -> torch.Tensor:

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import subprocess
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
-from ..errors import CsimBuildError, OptionError
+from ..errors import CsimBuildError, DivergedError, OptionError
 from ..runtime.cxx import cache_root, compile_to, compiler
 
 ENGINE_ENV = "LORA_QTA_HOST_QUANT"
@@ -40,12 +42,12 @@ CXXFLAGS = ("-std=c++14", "-O3", "-ffp-contract=off", "-Wall", "-Werror", "-shar
 NATIVE_ARCH = "-march=native"
 
 
-@dataclass(frozen=True)
-class Split:
+class Split(NamedTuple):
     """How a tensor is quantized in C: its dimensions in memory order (``order``; None when it is
     C-contiguous already) seen as a C-contiguous (b, r, c) block with one scale per (b, r) over c
     (``per_col`` False; b is 1) or per (b, c) over r, and the shape of the scales in memory
-    order (size 1 on the reduced dimensions; () for one 0-d scale)."""
+    order (size 1 on the reduced dimensions; () for one 0-d scale), and how the INT8 result
+    returns to the view's order."""
 
     order: tuple[int, ...] | None
     b: int
@@ -53,6 +55,9 @@ class Split:
     c: int
     per_col: bool
     scale_shape: tuple[int, ...]
+    transpose: tuple[int, int, int] | None = None
+    """(B, R, C) when the INT8 result in memory order is the view's order transposed as blocks
+    (B, R, C) -> (B, C, R), as for an NHWC view of an NCHW map (done in C); else torch permutes."""
 
 
 def engine() -> str:
@@ -71,6 +76,12 @@ def split(xf: torch.Tensor, dims: tuple[int, ...] | None) -> Split | None:
     nd = xf.ndim
     if xf.dtype != torch.float32 or nd == 0 or xf.numel() == 0:
         return None
+    if nd == 2 and xf.is_contiguous():  # the LoRA runtime's and the Linear layers' calls
+        if dims is None:
+            return Split(None, 1, 1, xf.numel(), False, ())
+        if dims == (1,) or dims == (0,):
+            rows, cols = xf.shape
+            return Split(None, 1, rows, cols, dims == (0,), (rows, 1) if dims == (1,) else (1, cols))
     if dims is None:
         reduced = set(range(nd))
     else:
@@ -107,7 +118,17 @@ def split(xf: torch.Tensor, dims: tuple[int, ...] | None) -> Split | None:
     else:
         return None
     scale_shape = () if dims is None else tuple(1 if d in reduced else xf.shape[d] for d in order or range(nd))
-    return Split(order, b, r, c, per_col, scale_shape)
+    return Split(order, b, r, c, per_col, scale_shape, order and block_transpose(order, xf.shape))
+
+
+def block_transpose(order: tuple[int, ...], shape: torch.Size) -> tuple[int, int, int] | None:
+    """(B, R, C) if dimensions in memory order ``order`` are the view's (0..k-1, j..n-1, k..j-1):
+    the view's order is then the memory's as (B, R, C) blocks transposed to (B, C, R)."""
+    k = next(i for i, d in enumerate(order) if d != i)
+    j, n = order[k], len(order)
+    if order != (*range(k), *range(j, n), *range(k, j)):
+        return None
+    return math.prod(shape[:k]), math.prod(shape[j:]), math.prod(shape[k:j])
 
 
 _lib: ctypes.CDLL | None = None
@@ -145,7 +166,8 @@ def library() -> ctypes.CDLL | None:
         lib.qta_quant_apply.argtypes = [p, i64, i64, i64, ctypes.c_int, p, p, f32, p]
         lib.qta_quant_nearest.argtypes = [p, i64, i64, i64, ctypes.c_int, f32, f32, p, p]
         lib.qta_quant_scales.restype = lib.qta_quant_nearest.restype = ctypes.c_int
-        lib.qta_quant_apply.restype = None
+        lib.qta_transpose_i8.argtypes = [p, i64, i64, i64, p]
+        lib.qta_quant_apply.restype = lib.qta_transpose_i8.restype = None
         _lib = lib
     return _lib
 
@@ -159,32 +181,48 @@ def plan(xf: torch.Tensor, dims: tuple[int, ...] | None) -> Split | None:
     return sp if sp is not None and library() is not None else None
 
 
-def quantize(xf: torch.Tensor, sp: Split, generator: torch.Generator | None, eps: float,
-             qmax: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(C-contiguous INT8 tensor, float32 scales) of ``xf`` quantized as ``sp`` says, or None if
-    ``xf`` holds a NaN or an Inf (then ``generator`` has not been drawn from). Stochastic
-    rounding adds ``torch.rand(xf.shape, generator=generator)`` as the torch code does."""
-    lib = library()
+def diverged(where: str) -> DivergedError:
+    """The error of a NaN or Inf met by the quantizer ``where`` names (both engines raise it)."""
+    return DivergedError(f"NaN or Inf reached the INT8 quantizer{f' ({where})' if where else ''}: the training "
+                         "diverged; lower the learning rate")
+
+
+def quantize(xf: torch.Tensor, dims: tuple[int, ...] | None, generator: torch.Generator | None, where: str,
+             eps: float, qmax: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(C-contiguous INT8 tensor, float32 scales) of ``xf`` with absmax scales over ``dims``, or
+    None when the C code does not take it (:func:`plan`). Raises :func:`diverged` if ``xf``
+    holds a NaN or an Inf (before ``generator`` is drawn from). Stochastic rounding adds
+    ``torch.rand(xf.shape, generator=generator)``, as the torch code does."""
+    sp = plan(xf, dims)
+    if sp is None:
+        return None
+    lib = _lib
     xp = xf if sp.order is None else xf.permute(sp.order)
-    q = torch.empty(xp.shape, dtype=torch.int8)
-    scale = torch.empty(sp.scale_shape, dtype=torch.float32)
-    args = (xp.data_ptr(), sp.b, sp.r, sp.c, int(sp.per_col))
+    # numpy allocates faster than torch.empty (~1 us each); the tensors own the arrays
+    q = torch.from_numpy(np.empty(xp.shape, dtype=np.int8))
+    scale = torch.from_numpy(np.empty(sp.scale_shape, dtype=np.float32))
+    args = (xp.data_ptr(), sp.b, sp.r, sp.c, sp.per_col)
     if generator is None:
         if lib.qta_quant_nearest(*args, eps, qmax, scale.data_ptr(), q.data_ptr()):
-            return None
+            raise diverged(where)
     else:
         if lib.qta_quant_scales(*args, eps, qmax, scale.data_ptr()):
-            return None
+            raise diverged(where)
         u = torch.rand(xf.shape, generator=generator, dtype=torch.float32)
         if sp.order is not None:
             u = u.permute(sp.order).contiguous()
         lib.qta_quant_apply(*args, scale.data_ptr(), u.data_ptr(), qmax, q.data_ptr())
     if sp.order is not None:
         back = sorted(range(len(sp.order)), key=sp.order.__getitem__)
-        q = q.permute(back).contiguous()
+        if sp.transpose is not None:
+            out = torch.from_numpy(np.empty(xf.shape, dtype=np.int8))
+            lib.qta_transpose_i8(q.data_ptr(), *sp.transpose, out.data_ptr())
+            q = out
+        else:
+            q = q.permute(back).contiguous()
         if sp.scale_shape:
             scale = scale.permute(back)
     return q, scale
 
 
-__all__ = ["ENGINE_ENV", "Split", "build", "engine", "library", "plan", "quantize", "split"]
+__all__ = ["ENGINE_ENV", "Split", "build", "diverged", "engine", "library", "plan", "quantize", "split"]
