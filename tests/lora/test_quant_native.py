@@ -100,6 +100,8 @@ def layout_cases() -> list[tuple[str, torch.Tensor, tuple[int, ...] | None]]:
         ("attention transposed per column", att.transpose(1, 2), (1,)),
         ("negative dims", att, (-1,)),
         ("a 1-sized middle dimension", torch.randn(4, 1, 9, generator=g), (2,)),
+        ("a contiguous slice at an offset", torch.randn(10, 8, generator=g)[3:7], (1,)),
+        ("an NHWC slice at an offset", torch.randn(4, 8, 3, 3, generator=g)[1:3].permute(0, 2, 3, 1), (1, 2, 3)),
         ("float64 input", torch.randn(9, 11, dtype=torch.float64, generator=g), (1,)),
         ("bfloat16 input", torch.randn(9, 11, generator=g).to(torch.bfloat16), (0,)),
     ]

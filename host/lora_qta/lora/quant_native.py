@@ -2,13 +2,16 @@
 (``quant_native.cpp``), compiled with g++ at first use and called through ctypes.
 
 The torch code of ``quantize_along`` states the semantics; this is a faster route to the same
-bits (tests/lora/test_quant_native.py compares them). It takes a float32 tensor whose memory
-is dense (C-contiguous, or a permuted view of a C-contiguous tensor such as an NHWC view of an
-NCHW map) and whose dimensions, in memory order and leaving out those of size 1, are
+bits (tests/lora/test_quant_native.py compares them). It takes a float32 CPU tensor whose
+memory is dense (C-contiguous, or a permuted view of a C-contiguous tensor such as an NHWC view
+of an NCHW map) and whose dimensions, in memory order and leaving out those of size 1, are
 ``[reduced]``, ``[kept, reduced]`` (one scale per row), ``[reduced, kept]`` (per column) or
 ``[kept, reduced, kept]`` (per column of each block): :func:`split` says how, or None for
-anything else, which the torch code handles. One C call does the amax and the rounding of a row
-while it is in cache; a per-column scale is reduced row by row with a running maximum per column.
+anything else, which the torch code handles. One C call does the amax and the rounding of a
+block of rows while it is in cache (short rows, such as the attention's head dimension, as wide
+blocks); a per-column scale is reduced row by row with a running maximum per column. A permuted
+view is quantized in its memory order and its INT8 result transposed back in C when the view is
+a batch of transposed matrices (an NHWC view), else by torch.
 
 The library is built with ``-O3 -ffp-contract=off`` (no ``-ffast-math``: every operation is exact
 IEEE float32) and ``-march=native`` where the compiler has it, so its cache key
@@ -74,7 +77,7 @@ def split(xf: torch.Tensor, dims: tuple[int, ...] | None) -> Split | None:
     for the whole tensor), or None when the C code does not handle it (empty, 0-d, not dense,
     a layout of reduced and kept dimensions it has no loop for, dimensions out of range)."""
     nd = xf.ndim
-    if xf.dtype != torch.float32 or nd == 0 or xf.numel() == 0:
+    if xf.dtype != torch.float32 or nd == 0 or xf.numel() == 0 or xf.device.type != "cpu":
         return None
     if nd == 2 and xf.is_contiguous():  # the LoRA runtime's and the Linear layers' calls
         if dims is None:
