@@ -57,10 +57,11 @@ def quantize_along(x: torch.Tensor, dims: tuple[int, ...] | None, generator: tor
     ``q = clamp(round(x / s), -127, 127)``, ``s = max(max|x|, eps) / 127``, rounding half to
     even, or stochastic (floor(x / s + u), u uniform from ``generator``). ``q`` is C-contiguous.
 
-    The code below states the semantics. The tensors the training quantizes (float32, dense, the
-    scales over a row-major split of the dimensions in memory order) take a faster route to the
-    same bits: one fused C++ call (:mod:`.quant_native`; ``LORA_QTA_HOST_QUANT=torch`` forces
-    this code). Here one float32 buffer in the layout of ``x`` serves every pass (|x| for the
+    The code below states the semantics. The tensors the training quantizes (float32 on the CPU,
+    dense, the scales over a row-major split of the dimensions in memory order) take a faster
+    route to the same values: one fused C++ call (:mod:`.quant_native`, built with g++ at first
+    use; without a working compiler this code runs after one warning, and
+    ``LORA_QTA_HOST_QUANT=torch`` forces it). Here one float32 buffer in the layout of ``x`` serves every pass (|x| for the
     reduction, then x / s rounded and clamped in place), so each runs as a contiguous vectorized
     loop even for a permuted ``x`` (an NHWC view of an NCHW map), which is transposed once, at
     the end, as INT8 (one byte per element). Raises
