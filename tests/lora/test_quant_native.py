@@ -236,3 +236,26 @@ def test_stochastic_sums_beyond_qmax_are_clamped(monkeypatch):
     z = y + torch.rand(x.shape, generator=torch.Generator().manual_seed(SEED))
     assert int((z.floor() >= 128).sum()) > 0 and int((z.floor() < -127).sum()) > 0  # the case occurs
     assert_same(*both(monkeypatch, x, (1,), True))
+
+
+def test_a_compiler_without_march_native_builds_a_portable_library_with_the_same_bits(monkeypatch, tmp_path):
+    """The build for a compiler that refuses -march=native (baseline instruction set: other
+    vector widths, rounding without SSE4.1) gives the same values too, in another cache entry."""
+    native_path = quant_native.build()
+    wrapper = tmp_path / "cxx"
+    wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && exit 1; done\nexec g++ "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CXX", str(wrapper))
+    monkeypatch.setenv("LORA_QTA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(quant_native, "_lib", None)
+    monkeypatch.setattr(quant_native, "_failed", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert quant_native.library() is not None
+    portable = quant_native.build()
+    assert portable.is_relative_to(tmp_path / "cache") and portable.parent.name != native_path.parent.name
+    for name, x, dims in edge_cases() + layout_cases()[:6]:
+        for stochastic in (False, True):
+            assert_same(*both(monkeypatch, x, dims, stochastic))
+    test_stochastic_sums_that_land_on_an_integer(monkeypatch)
+    test_stochastic_sums_beyond_qmax_are_clamped(monkeypatch)
