@@ -67,6 +67,9 @@ def test_wheel_ships_the_kernel_sources_and_not_the_tool_flows(wheel):
         assert f"lora_qta/hls/{rel}" in names
         assert zipfile.ZipFile(wheel).read(f"lora_qta/hls/{rel}") == (ROOT / "hls" / rel).read_bytes()
     assert not [n for n in names if n.startswith("lora_qta/hls/tcl/")]
+    # the host quantizer's C++ source, compiled at first use like the kernel
+    assert zipfile.ZipFile(wheel).read("lora_qta/lora/quant_native.cpp") == \
+        (ROOT / "host" / "lora_qta" / "lora" / "quant_native.cpp").read_bytes()
 
 
 # Run in another folder with only the wheel's copy of the package on the path (the venv's other
@@ -93,6 +96,15 @@ for m, k, n, ta, tb in [(37, 50, 11, False, True), (8, 130, 21, True, False)]:
     want = (a.T if ta else a).astype(np.int64) @ (b.T if tb else b).astype(np.int64)
     assert np.array_equal(r.output, want) and r.cycles > 0
 assert csim.load(acc.board).path.resolve().is_relative_to(Path(sys.argv[2]).resolve())
+
+# the fused host quantizer, built from the wheel's source into the same cache
+import torch
+from lora_qta.lora import quant_native
+from lora_qta.lora.quant import quantize_along
+
+q, s = quantize_along(torch.arange(-6.0, 6.0).reshape(3, 4), (1,))
+assert quant_native.library() is not None and quant_native.build().is_relative_to(Path(sys.argv[2]).resolve())
+assert q.tolist() == [[-127, -106, -85, -64], [-127, -64, 0, 64], [51, 76, 102, 127]], q.tolist()  # -63.5, 63.5: to even
 print("bit-exact from the wheel")
 """
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import DivergedError, InputShapeError, OptionError
+from ..errors import InputShapeError, OptionError
+from . import quant_native
 
 QMAX = 127
 EPS = 1e-12
@@ -56,13 +57,20 @@ def quantize_along(x: torch.Tensor, dims: tuple[int, ...] | None, generator: tor
     ``q = clamp(round(x / s), -127, 127)``, ``s = max(max|x|, eps) / 127``, rounding half to
     even, or stochastic (floor(x / s + u), u uniform from ``generator``). ``q`` is C-contiguous.
 
-    One float32 buffer in the layout of ``x`` serves every pass (|x| for the reduction, then
-    x / s rounded and clamped in place), so each runs as a contiguous vectorized loop even for a
-    permuted ``x`` (an NHWC view of an NCHW map), which is transposed once, at the end, as INT8
-    (one byte per element). Raises
+    The code below states the semantics. The tensors the training quantizes (float32 on the CPU,
+    dense, the scales over a row-major split of the dimensions in memory order) take a faster
+    route to the same values: one fused C++ call (:mod:`.quant_native`, built with g++ at first
+    use; without a working compiler this code runs after one warning, and
+    ``LORA_QTA_HOST_QUANT=torch`` forces it). Here one float32 buffer in the layout of ``x`` serves every pass (|x| for the
+    reduction, then x / s rounded and clamped in place), so each runs as a contiguous vectorized
+    loop even for a permuted ``x`` (an NHWC view of an NCHW map), which is transposed once, at
+    the end, as INT8 (one byte per element). Raises
     :class:`~lora_qta.errors.DivergedError` on NaN or Inf (a diverged step; ``where`` names the
     quantizer)."""
     xf = x.detach().float()
+    out = quant_native.quantize(xf, dims, generator, where, EPS, QMAX)
+    if out is not None:
+        return out
     y = torch.empty_like(xf)  # the layout of x (a dense permuted view keeps its strides)
     if not xf.numel():
         amax = xf.new_zeros([1] * xf.ndim if dims is not None else [])
@@ -72,8 +80,7 @@ def quantize_along(x: torch.Tensor, dims: tuple[int, ...] | None, generator: tor
     # the largest |x| is finite iff no NaN or Inf is anywhere (max propagates NaN); one small
     # reduction and a Python check: torch.isfinite(...).all() costs 25-80 us per call here
     if not math.isfinite(float(amax.max())):
-        raise DivergedError(f"NaN or Inf reached the INT8 quantizer{f' ({where})' if where else ''}: the training "
-                            "diverged; lower the learning rate")
+        raise quant_native.diverged(where)
     scale = amax.clamp_min(EPS) / QMAX
     torch.div(xf, scale, out=y)  # the same correctly rounded float32 quotient as xf / scale
     if generator is None:

@@ -21,6 +21,7 @@ from typing import Sequence
 
 from ..errors import RtlToolError
 from ..hw.generate import verilog_header
+from ..runtime.cxx import cache_root
 from .contract import ArrayShape
 
 SOURCES = ("qta_array_ctrl.v", "qta_pe_array.v", "qta_array.v")
@@ -45,7 +46,7 @@ def rtl_dir() -> Path:
 
 def cache_dir() -> Path:
     """``$LORA_QTA_CACHE/rtl`` (default ``~/.cache/lora_qta/rtl``)."""
-    return Path(os.environ.get("LORA_QTA_CACHE", Path.home() / ".cache" / "lora_qta")) / "rtl"
+    return cache_root() / "rtl"
 
 
 def _bin(name: str) -> str | None:

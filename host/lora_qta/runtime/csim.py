@@ -16,9 +16,7 @@ import ctypes
 import hashlib
 import importlib.util
 import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ import numpy as np
 from ..errors import CsimBuildError
 from ..hw.config import BoardConfig, KernelArg, board_digest, config
 from ..hw.generate import header
+from .cxx import cache_root, compile_to
 
 HLS_DIR_ENV = "LORA_QTA_HLS_DIR"
 SOURCES = ("src/qta_gemm.cpp", "src/qta_csim_api.cpp")
@@ -67,8 +66,8 @@ def hls_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where built libraries are kept (``$LORA_QTA_CACHE`` or ``~/.cache/lora_qta``)."""
-    return Path(os.environ.get("LORA_QTA_CACHE", Path.home() / ".cache" / "lora_qta")) / "csim"
+    """Where built libraries are kept (``$LORA_QTA_CACHE/csim``, default ``~/.cache/lora_qta/csim``)."""
+    return cache_root() / "csim"
 
 
 def build(board: BoardConfig, out_dir: Path | None = None, testbench: bool = False,
@@ -80,9 +79,6 @@ def build(board: BoardConfig, out_dir: Path | None = None, testbench: bool = Fal
     The result is cached under a hash of the sources, the generated header and the flags.
     """
     root = hls_dir()
-    cxx = os.environ.get("CXX", "g++")
-    if shutil.which(cxx) is None:
-        raise CsimBuildError(f"C++ compiler {cxx!r} not found; install g++ (apt-get install g++)")
     hdr = header(board.name)
     files = list(SOURCES) + ([TESTBENCH] if testbench else [])
     h = hashlib.sha256(hdr.encode())
@@ -99,19 +95,8 @@ def build(board: BoardConfig, out_dir: Path | None = None, testbench: bool = Fal
     (out_dir / "qta_config.h").write_text(hdr)
     srcs = [str(root / f) for f in files if not (testbench and f.endswith("csim_api.cpp"))]
     link = [] if testbench else ["-shared", "-fPIC"]
-    with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".tmp", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    cmd = [cxx, *flags, *link, "-isystem", str(ap_types_dir()), f"-I{out_dir}",
-           f"-I{root / 'src'}", *srcs, "-o", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tmp_path.unlink(missing_ok=True)
-        log = out_dir / "build.log"
-        log.write_text(f"{' '.join(cmd)}\n{proc.stderr}")
-        raise CsimBuildError(f"compiling the kernel with {cxx} failed (exit status {proc.returncode}); "
-                             f"the command and the compiler's messages are in {log}")
-    tmp_path.replace(target)  # atomic: concurrent builders never see a half-written file
-    return target
+    return compile_to(target, [*flags, *link, "-isystem", str(ap_types_dir()), f"-I{out_dir}",
+                               f"-I{root / 'src'}", *srcs], "the kernel")
 
 
 _CTYPES = {"uint32_t": ctypes.c_uint32, "int32_t": ctypes.c_int32, "uint64_t": ctypes.c_uint64,

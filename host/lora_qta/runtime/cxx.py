@@ -1,0 +1,58 @@
+"""Compiling the package's C++ with g++ at first use: the compiler, the cache folder and an
+atomic build, shared by the C-simulated kernel (:mod:`.csim`) and the host quantizer
+(:mod:`lora_qta.lora.native`).
+
+The compiler is ``$CXX`` (default ``g++``); built files are kept under ``$LORA_QTA_CACHE``
+(default ``~/.cache/lora_qta``), one subfolder per user of this module, and named by a hash of
+everything that went into them, so a changed source, flag or compiler builds anew.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..errors import CsimBuildError
+
+
+def compiler() -> str:
+    """The C++ compiler: ``$CXX``, else ``g++``; raises :class:`CsimBuildError` if it is not found."""
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        raise CsimBuildError(f"C++ compiler {cxx!r} not found; install g++ (apt-get install g++)")
+    return cxx
+
+
+def cache_root() -> Path:
+    """``$LORA_QTA_CACHE``, else ``~/.cache/lora_qta``: the folder of every built or cached file."""
+    return Path(os.environ.get("LORA_QTA_CACHE", Path.home() / ".cache" / "lora_qta"))
+
+
+def compile_to(target: Path, args: list[str], what: str) -> Path:
+    """Run ``$CXX *args -o target`` unless ``target`` exists; returns ``target``.
+
+    The output is written to a temporary file and renamed, so concurrent builders never see a
+    half-written file. On failure the command and the compiler's messages go to ``build.log``
+    beside ``target`` and :class:`CsimBuildError` (naming ``what`` was built) is raised."""
+    if target.exists():
+        return target
+    cxx = compiler()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    cmd = [cxx, *args, "-o", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tmp_path.unlink(missing_ok=True)
+        log = target.parent / "build.log"
+        log.write_text(f"{' '.join(cmd)}\n{proc.stderr}")
+        raise CsimBuildError(f"compiling {what} with {cxx} failed (exit status {proc.returncode}); "
+                             f"the command and the compiler's messages are in {log}")
+    tmp_path.replace(target)
+    return target
+
+
+__all__ = ["cache_root", "compile_to", "compiler"]
