@@ -1,6 +1,6 @@
 """Compiling the package's C++ with g++ at first use: the compiler, the cache folder and an
 atomic build, shared by the C-simulated kernel (:mod:`.csim`) and the host quantizer
-(:mod:`lora_qta.lora.native`).
+(:mod:`lora_qta.lora.quant_native`).
 
 The compiler is ``$CXX`` (default ``g++``); built files are kept under ``$LORA_QTA_CACHE``
 (default ``~/.cache/lora_qta``), one subfolder per user of this module, and named by a hash of
