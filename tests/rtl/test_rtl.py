@@ -199,3 +199,31 @@ def test_cli_rtl_sim_and_synth(tmp_path):
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "lora_qta.cli", *args], capture_output=True, text=True)
+
+
+def test_a_simulator_built_by_another_environment_is_not_reused(tmp_path, monkeypatch):
+    # the executable loads cocotb's VPI library from the environment that built it (rpath): a
+    # build left in the shared cache by another virtualenv (since deleted) must not be run
+    from lora_qta.rtl import sim, tools
+
+    monkeypatch.setenv("LORA_QTA_CACHE", str(tmp_path))
+    shape = SHAPES["4x4"]
+    mine = tools._cocotb_paths()
+    other = {**mine, "libs": str(tmp_path / "deleted-venv" / "lib")}
+    assert sim.sim_key(shape, 0, other) != sim.sim_key(shape, 0, mine)
+    stale = tools.cache_dir() / f"sim-{shape.label}-{sim.sim_key(shape, 0, other)}"
+    stale.mkdir(parents=True)
+    (stale / tools.TOP).write_text("built against another environment's cocotb")
+
+    class Building(Exception):
+        pass
+
+    def building(*args, **kwargs):
+        raise Building
+
+    monkeypatch.setattr(sim, "_run", building)
+    monkeypatch.setattr(sim, "_cocotb_paths", lambda: other)
+    assert sim.build_sim(shape) == stale  # the other environment finds its own build
+    monkeypatch.setattr(sim, "_cocotb_paths", lambda: mine)
+    with pytest.raises(Building):  # this one builds its own
+        sim.build_sim(shape)

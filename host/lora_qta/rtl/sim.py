@@ -34,6 +34,16 @@ def lint(shape: ArrayShape) -> str:
     return proc.stdout + proc.stderr
 
 
+def sim_key(shape: ArrayShape, fold_trim: int, cocotb: dict) -> str:
+    """The cache key of a simulator build: the design's parameters, the tools' versions and the
+    folder of cocotb's VPI library (``cocotb["libs"]``). The executable finds that library by the
+    rpath of the environment that built it, so a build is reused only by that environment;
+    another virtualenv, or one deleted and made anew elsewhere, builds its own instead of
+    loading a library that is gone."""
+    return _hash(_vh(shape), _verilator_release(), cocotb["version"], str(cocotb["libs"]), MAKE_FIXES, fold_trim,
+                 "sim-v1")
+
+
 def build_sim(shape: ArrayShape, fold_trim: int = 0) -> Path:
     """Verilate the array for cocotb (VPI) and compile it; returns the build folder (cached).
 
@@ -41,8 +51,7 @@ def build_sim(shape: ArrayShape, fold_trim: int = 0) -> Path:
     than the contract's (the tests show that it then computes wrong results)."""
     exe, env = verilator_env()
     cc = _cocotb_paths()
-    key = _hash(_vh(shape), _verilator_release(), cc["version"], MAKE_FIXES, fold_trim, "sim-v1")
-    out = cache_dir() / f"sim-{shape.label}{f'-trim{fold_trim}' if fold_trim else ''}-{key}"
+    out = cache_dir() / f"sim-{shape.label}{f'-trim{fold_trim}' if fold_trim else ''}-{sim_key(shape, fold_trim, cc)}"
     if (out / TOP).exists():
         return out
     cache_dir().mkdir(parents=True, exist_ok=True)
