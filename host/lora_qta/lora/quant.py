@@ -61,10 +61,10 @@ def quantize_along(x: torch.Tensor, dims: tuple[int, ...] | None, generator: tor
     dense, the scales over a row-major split of the dimensions in memory order) take a faster
     route to the same values: one fused C++ call (:mod:`.quant_native`, built with g++ at first
     use; without a working compiler this code runs after one warning, and
-    ``LORA_QTA_HOST_QUANT=torch`` forces it). Here one float32 buffer in the layout of ``x`` serves every pass (|x| for the
-    reduction, then x / s rounded and clamped in place), so each runs as a contiguous vectorized
-    loop even for a permuted ``x`` (an NHWC view of an NCHW map), which is transposed once, at
-    the end, as INT8 (one byte per element). Raises
+    ``LORA_QTA_HOST_QUANT=torch`` forces it). Here one float32 buffer in the layout of ``x``
+    serves every pass (|x| for the reduction, then x / s rounded and clamped in place), so each
+    runs as a contiguous vectorized loop even for a permuted ``x`` (an NHWC view of an NCHW map),
+    which is transposed once, at the end, as INT8 (one byte per element). Raises
     :class:`~lora_qta.errors.DivergedError` on NaN or Inf (a diverged step; ``where`` names the
     quantizer)."""
     xf = x.detach().float()

@@ -23,8 +23,9 @@ a folder is reused only if it holds a finished run with every option that define
 
 Resumable: each measurement is written into its run's folder (``measure.json``; the base model's
 into ``<output>/base_measure.seed<s>.json``, s its sampling seed) as soon as it is made, and a
-later evaluation reuses it only when everything that defines it matches (:mod:`.measurecache`), so a killed evaluation loses at
-most the measurement it was making; evaluate.json is built from cached and new measurements alike.
+later evaluation reuses it only when everything that defines it matches (:mod:`.measurecache`),
+so a killed evaluation loses at most the measurement it was making; evaluate.json is built from
+cached and new measurements alike.
 """
 
 from __future__ import annotations
