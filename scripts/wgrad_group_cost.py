@@ -15,10 +15,11 @@ import argparse
 from lora_qta.analysis.shapes import lora_gemms, lora_layers
 from lora_qta.hw.config import config
 from lora_qta.lora.gemms import lora_call
-from lora_qta.lora.layer import QtaRuntime
+from lora_qta.lora.layer import DA_DHTX, DB_GTH, QtaRuntime
 from lora_qta.runtime.planner import plan
 
-WGRAD = ("bwd_dB=Gt.H", "bwd_dA=dHt.X")
+WGRAD = (DB_GTH, DA_DHTX)
+"""The two GEMMs that sum over tokens, which run in magnitude groups."""
 
 
 def cost(board, m: int, k: int, n: int, trans_a: bool, trans_b: bool, out_int8: bool = False) -> tuple[int, int]:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     one, even, worst = [0, 0], [0, 0], [0, 0]
     calls = 0
     for g in gemms:
-        if g.kind.key not in WGRAD:
+        if g.kind not in WGRAD:
             continue
         calls += 1
         for acc, ks in ((one, [g.k]), (even, [g.k - g.k // 2, g.k // 2]), (worst, [g.k - 1, 1])):

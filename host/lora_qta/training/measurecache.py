@@ -49,10 +49,12 @@ from .rundir import MEASUREMENT
 MEASURE_FORMAT = 1
 """Version of the cached measurement: raise it when ``measure`` or the stored layout changes."""
 
+
 def base_measurement(seed: int) -> str:
     """The file name of the base model's cached measurement with sampling seed ``seed``, in the
     evaluation's output folder."""
     return f"base_measure.seed{seed}.json"
+
 
 HELDOUT_REPEATS = 4
 """Noise draws per test image of the held-out loss (:func:`~.evaluate.heldout_loss`)."""
