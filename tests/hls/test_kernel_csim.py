@@ -1,6 +1,7 @@
 """The HLS kernel itself: its C++ testbench under g++, and the static rules of hls_rules.py."""
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,22 @@ def test_cosim_capture_pass_accepts_zero_measured_cycles():
     proc = csim.run_testbench(config().board("pynq_z2"), defines=("QTA_COSIM",))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert " 0 failed" in proc.stdout and "capture pass" in proc.stdout
+
+
+def test_build_key_follows_the_ap_types_headers_and_the_compiler(tmp_path, monkeypatch):
+    """A build cached under another hls4ml's ap_int headers, or another compiler, is not reused."""
+    board = config().board("pynq_z2")
+    copy = tmp_path / "ap_types"
+    shutil.copytree(csim.ap_types_dir(), copy)
+    monkeypatch.setattr(csim, "ap_types_dir", lambda: copy)
+    key = csim.build_key(board)
+    assert csim.build_key(board) == key
+    (copy / "ap_int.h").write_bytes((copy / "ap_int.h").read_bytes() + b"\n// another release\n")
+    changed_header = csim.build_key(board)
+    assert changed_header != key
+    monkeypatch.setattr(csim, "compiler_identity", lambda cxx: "g++ (another release) 99.1")
+    assert csim.build_key(board) not in (key, changed_header)
+    assert csim.build_key(board, testbench=True) != csim.build_key(board)
 
 
 def test_build_uses_strict_warnings():

@@ -35,7 +35,7 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
                         "says; softmax, norms, SiLU, loss and AdamW stay fp32 on the host. "
                         "report.json's 'offload' gives calls, cycles, bytes, MACs and utilization per "
                         "family (linear, conv, attention, lora), fallbacks and recomputes")
-    s.add_argument("--offload-scheme", default=d.offload_scheme, choices=["row", "tensor"],
+    s.add_argument("--offload-scheme", default=d.offload_scheme, choices=["row", "tensor", "row8"],
                    help="how --offload all quantizes the frozen layers' and attention's operands: row = "
                         "current scales per token (per image for a convolution, per row or column for "
                         "attention), INT32 outputs dequantized on the host with both axes' scales; tensor = "

@@ -102,7 +102,7 @@ FAMILIES = ("linear", "conv", "attention", "lora")
 DIRECTIONS = ("fwd", "bwd")
 """The forward GEMMs of a family and its input-gradient (backward) GEMMs."""
 OFFLOAD_MODES = ("lora", "all")
-SCHEMES = ("row", "tensor")
+SCHEMES = ("row", "tensor", "row8")
 """How host-quantized operands are scaled: ``row`` -- current per-row scales (per token, per
 image for a convolution, per attention row/column), INT32 outputs dequantized on the host with
 both axes' scales; ``tensor`` -- delayed per-tensor scales, INT8 outputs (see the module
@@ -269,7 +269,7 @@ class Offload:
 
     # -- one accelerator call with a delayed-scaled INT8 output ----------------------------
     def run(self, family: str, site: str | None, launch: Launch, base: float | np.ndarray, macs: int,
-            scale_mode: str = "tensor") -> torch.Tensor:
+            scale_mode: str = "tensor", rows: torch.Tensor | None = None) -> torch.Tensor:
         """The dequantized float output of one GEMM whose INT32 accumulator times ``base`` (the
         product of the operands' scales: a float, or a per-column vector with ``scale_mode``
         ``col``) is the real value. ``site`` None: INT32 output; else INT8 output with the site's
@@ -292,6 +292,8 @@ class Offload:
             if r.sat_count <= self.threshold * elements:
                 st.saturated += r.sat_count
                 hist.push(r.amax * s_out)        # the kernel's amax: no pass over the data
+                if rows is not None:
+                    return dequantize(_tensor(r.output), rows, s_out)
                 return _tensor(r.output).float() * s_out
             st.recomputes += 1
             tries += 1
@@ -304,7 +306,7 @@ class Offload:
         y = _tensor(r.output).float() * base_t
         if hist is not None:
             hist.push(float(y.abs().max()) if y.numel() else 0.0)
-        return y
+        return y if rows is None else y.mul_(rows)
 
     def fallback(self, family: str, reason: str, macs: int) -> None:
         st = self.stats[family]
@@ -434,6 +436,10 @@ class Int8Linear:
             xq, sxr = off.quant_rows("linear", x2d, (1,))
             return off.run_int32("linear", lambda **ep: acc.gemm(xq, self.w_fwd, trans_b=True, **ep),
                                  (sxr, self.sw_fwd_t), macs)
+        if off.scheme == "row8":
+            xq, sxr = off.quant_rows("linear", x2d, (1,))
+            return off.run("linear", f"{self.name}.y", lambda **ep: acc.gemm(xq, self.w_fwd, trans_b=True, **ep),
+                           self.sw_fwd, macs, "col", rows=sxr)
         xq, sx = off.quant_input("linear", f"{self.name}.x", x2d)
         launch = lambda **ep: acc.gemm(xq, self.w_fwd, trans_b=True, **ep)  # noqa: E731
         return off.run("linear", f"{self.name}.y", launch, sx * self.sw_fwd, xq.shape[0] * self.k * self.n, "col")
@@ -446,6 +452,10 @@ class Int8Linear:
         if off.scheme == "row":  # per token x per input channel
             gq, sgr = off.quant_rows("linear", g, (1,))
             return off.run_int32("linear", lambda **ep: acc.gemm(gq, self.w_bwd, **ep), (sgr, self.sw_bwd_t), macs)
+        if off.scheme == "row8":
+            gq, sgr = off.quant_rows("linear", g, (1,))
+            return off.run("linear", f"{self.name}.dx", lambda **ep: acc.gemm(gq, self.w_bwd, **ep),
+                           self.sw_bwd, macs, "col", rows=sgr)
         gq, sg = off.quant_input("linear", f"{self.name}.dy", g)
         launch = lambda **ep: acc.gemm(gq, self.w_bwd, **ep)  # noqa: E731
         return off.run("linear", f"{self.name}.dx", launch, sg * self.sw_bwd, gq.shape[0] * self.k * self.n, "col")
@@ -513,7 +523,7 @@ class Int8Conv2d:
         off, acc = self.off, self.off.acc
         if off.fp32("conv", "fwd"):
             return nn.functional.conv2d(x.float(), self.module.weight.float(), None, self.stride, self.pad)
-        if off.scheme == "row":  # per image (constant over the taps an output pixel reads)
+        if off.scheme in ("row", "row8"):  # per image (constant over the taps an output pixel reads)
             xq, sx_img = off.quant_rows("conv", x.permute(0, 2, 3, 1), (1, 2, 3))
         else:
             xq, sx = off.quant_input("conv", f"{self.name}.x", x.permute(0, 2, 3, 1))
@@ -527,6 +537,8 @@ class Int8Conv2d:
         wo = (w + 2 * self.pad - self.kw) // self.stride + 1
         if off.scheme == "row":
             y = off.run_int32("conv", launch, (sx_img, self.sw_fwd_t), self.macs(imgs, ho, wo))
+        elif off.scheme == "row8":
+            y = off.run("conv", f"{self.name}.y", launch, self.sw_fwd, self.macs(imgs, ho, wo), "col", rows=sx_img)
         else:
             y = off.run("conv", f"{self.name}.y", launch, sx * self.sw_fwd, self.macs(imgs, ho, wo), "col")
         return y.permute(0, 3, 1, 2).contiguous()
@@ -536,7 +548,7 @@ class Int8Conv2d:
         if off.fp32("conv", "bwd"):
             return torch.nn.grad.conv2d_input((g.shape[0], self.cin, *hw), self.module.weight.float(), g.float(),
                                               self.stride, self.pad)
-        if off.scheme == "row":
+        if off.scheme in ("row", "row8"):
             gq, sg_img = off.quant_rows("conv", g.permute(0, 2, 3, 1), (1, 2, 3))
         else:
             gq, sg = off.quant_input("conv", f"{self.name}.dy", g.permute(0, 2, 3, 1))
@@ -547,6 +559,9 @@ class Int8Conv2d:
 
         if off.scheme == "row":
             dx = off.run_int32("conv", launch, (sg_img, self.sw_bwd_t), self.macs(gq.shape[0], *hw))
+        elif off.scheme == "row8":
+            dx = off.run("conv", f"{self.name}.dx", launch, self.sw_bwd, self.macs(gq.shape[0], *hw), "col",
+                         rows=sg_img)
         else:
             dx = off.run("conv", f"{self.name}.dx", launch, sg * self.sw_bwd, self.macs(gq.shape[0], *hw), "col")
         return dx.permute(0, 3, 1, 2).contiguous()
@@ -707,7 +722,7 @@ class _AttnRowFn(torch.autograd.Function):
 def attention_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, off: Offload, name: str,
                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(scale . Q.K^T + mask) . V with the matmuls INT8 on the accelerator; (B*heads, L, d)."""
-    fn = _AttnRowFn if off.scheme == "row" else _AttnFn
+    fn = _AttnRowFn if off.scheme in ("row", "row8") else _AttnFn
     return fn.apply(q.contiguous(), k.contiguous(), v.contiguous(), mask, float(scale), off, name)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import CsimBuildError
 from ..hw.config import BoardConfig, KernelArg, board_digest, config
 from ..hw.generate import header
-from .cxx import cache_root, compile_to
+from .cxx import cache_root, compile_to, compiler, compiler_identity
 
 HLS_DIR_ENV = "LORA_QTA_HLS_DIR"
 SOURCES = ("src/qta_gemm.cpp", "src/qta_csim_api.cpp")
@@ -70,23 +70,41 @@ def cache_dir() -> Path:
     return cache_root() / "csim"
 
 
+def _files(testbench: bool) -> list[str]:
+    return list(SOURCES) + ([TESTBENCH] if testbench else [])
+
+
+def _flags(defines: tuple[str, ...]) -> list[str]:
+    return [*CXXFLAGS, *(f"-D{d}" for d in defines)]
+
+
+def build_key(board: BoardConfig, testbench: bool = False, defines: tuple[str, ...] = ()) -> str:
+    """The cache key of :func:`build`'s output: a hash of the kernel's sources (and testbench),
+    the generated header, the flags, every file of the ``ap_types`` headers (hls4ml's, whose
+    version may change) and the compiler's identity (:func:`~.cxx.compiler_identity`)."""
+    root = hls_dir()
+    h = hashlib.sha256(header(board.name).encode())
+    for rel in _files(testbench) + list(HEADERS):
+        h.update((root / rel).read_bytes())
+    h.update(" ".join(_flags(defines)).encode())
+    ap_dir = ap_types_dir()
+    for f in sorted(p for p in ap_dir.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(ap_dir)).encode() + b"\0" + f.read_bytes())
+    h.update(compiler_identity(compiler()).encode())
+    return h.hexdigest()[:16]
+
+
 def build(board: BoardConfig, out_dir: Path | None = None, testbench: bool = False,
           defines: tuple[str, ...] = ()) -> Path:
     """Compile the kernel for ``board``; returns the shared library (or testbench) path.
     ``defines``: extra preprocessor names (``-D``), e.g. ``QTA_COSIM`` for the testbench as the
     co-simulation's capture pass compiles it.
 
-    The result is cached under a hash of the sources, the generated header and the flags.
+    The result is cached under :func:`build_key`.
     """
-    root = hls_dir()
-    hdr = header(board.name)
-    files = list(SOURCES) + ([TESTBENCH] if testbench else [])
-    h = hashlib.sha256(hdr.encode())
-    for rel in files + list(HEADERS):
-        h.update((root / rel).read_bytes())
-    flags = [*CXXFLAGS, *(f"-D{d}" for d in defines)]
-    h.update(" ".join(flags).encode())
-    key = h.hexdigest()[:16]
+    root, hdr = hls_dir(), header(board.name)
+    files, flags = _files(testbench), _flags(defines)
+    key = build_key(board, testbench, defines)
     out_dir = out_dir or cache_dir() / f"{board.name}-{key}"
     target = out_dir / ("qta_gemm_tb" if testbench else f"libqta_{board.name}.so")
     if target.exists():

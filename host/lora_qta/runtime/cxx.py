@@ -9,6 +9,7 @@ everything that went into them, so a changed source, flag or compiler builds ane
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -24,6 +25,14 @@ def compiler() -> str:
     if shutil.which(cxx) is None:
         raise CsimBuildError(f"C++ compiler {cxx!r} not found; install g++ (apt-get install g++)")
     return cxx
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_identity(cxx: str) -> str:
+    """What names the compiler ``cxx`` in a cache key: its resolved path and ``--version`` output
+    (a changed or upgraded compiler builds anew)."""
+    proc = subprocess.run([cxx, "--version"], capture_output=True, text=True)
+    return f"{shutil.which(cxx)}\n{proc.stdout}"
 
 
 def cache_root() -> Path:
@@ -55,4 +64,4 @@ def compile_to(target: Path, args: list[str], what: str) -> Path:
     return target
 
 
-__all__ = ["cache_root", "compile_to", "compiler"]
+__all__ = ["cache_root", "compile_to", "compiler", "compiler_identity"]

@@ -90,7 +90,7 @@ def run_target(cfg: FinetuneConfig) -> dict[str, Any] | None:
         target["offload_numerics"] = {"scheme": cfg.offload_scheme}
         if cfg.fuse_lora:  # only when set: identities of unfused runs stay as they were
             target["offload_numerics"]["fuse_lora"] = True
-        if cfg.offload_scheme == "tensor":  # delayed scaling
+        if cfg.offload_scheme in ("tensor", "row8"):  # delayed scaling (row8: of its INT8 outputs)
             target["offload_numerics"].update(amax_history=HISTORY, saturation_threshold=SAT_THRESHOLD,
                                               max_recomputes=MAX_RECOMPUTES)
     return target

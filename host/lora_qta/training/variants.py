@@ -40,6 +40,9 @@ VARIANTS: tuple[Variant, ...] = (
                     "the rest of the step in PyTorch", {"precision": "int8"}, pins={"offload": "lora"}),
     Variant("int8-all", "the whole training step offloaded to the accelerator",
             {"precision": "int8", "offload": "all"}),
+    Variant("int8-all-row8", "int8-all with the row8 offload scheme: per-row input scales as row, INT8 outputs "
+                             "from the epilogue with delayed scales (--offload-scheme row8)",
+            {"precision": "int8", "offload": "all", "offload_scheme": "row8"}),
     Variant("int8-all-fused", "int8-all with each LoRA layer fused with its base layer (--fuse-lora)",
             {"precision": "int8", "offload": "all", "fuse_lora": True}),
 )
