@@ -63,3 +63,13 @@ def test_offload_reaches_the_run_config_with_the_whole_step_as_default(monkeypat
     monkeypatch.setattr(loop, "finetune", lambda cfg: seen.append(cfg) or {"interrupted": True})
     assert main([command, *argv]) == 130
     assert seen[0].offload == offload
+
+
+def test_offload_scheme_choices_are_the_offloads_schemes():
+    """The command line (which does not import PyTorch) offers exactly the schemes the offload knows."""
+    from lora_qta.lora.offload import SCHEMES
+
+    for command in ("run", "finetune"):
+        sub = build_parser()._subparsers._group_actions[0].choices[command]
+        opt = next(a for a in sub._actions if a.dest == "offload_scheme")
+        assert tuple(opt.choices) == SCHEMES, command

@@ -54,7 +54,7 @@ def test_finetune_offload_all_on_the_digits_default_reports_the_four_families(tm
 TIMES = ("wall_s", "host_quant_s")
 
 
-@pytest.mark.parametrize("scheme, fuse", [("row", False), ("tensor", False), ("row", True)])
+@pytest.mark.parametrize("scheme, fuse", [("row", False), ("tensor", False), ("row8", False), ("row", True)])
 def test_resumed_offload_all_run_equals_the_uninterrupted_one(tmp_path, scheme, fuse):
     """The amax histories (delayed scales of the tensor scheme), recompute counters and
     per-family figures are in the checkpoint: an --offload all run interrupted after step 2 and
@@ -70,6 +70,8 @@ def test_resumed_offload_all_run_equals_the_uninterrupted_one(tmp_path, scheme, 
     sites = state["history"]["offload"]["sites"]
     if scheme == "tensor":
         assert sites and all(len(v) == 2 for v in sites.values())  # two steps of amax per site, saved
+    elif scheme == "row8":  # delayed scales of the Linear/Conv outputs only (inputs are current)
+        assert sites and all(len(v) == 2 and name.endswith((".y", ".dx")) for name, v in sites.items())
     else:
         assert not sites  # current scaling: no history
     b = finetune(FinetuneConfig(output_dir=str(resumed), resume=True, **common))
@@ -118,7 +120,7 @@ def test_the_whole_step_is_the_default_and_offload_defines_only_int8_runs():
     assert "offload" not in FinetuneConfig(offload="lora").identity()
     fp32 = [FinetuneConfig(precision="fp32", offload=o).identity() for o in ("all", "lora")]
     assert fp32[0] == fp32[1] and "offload" not in fp32[0]
-    with pytest.raises(LimitError, match="--offload-scheme must be one of row, tensor, not 'block'"):
+    with pytest.raises(LimitError, match="--offload-scheme must be one of row, tensor, row8, not 'block'"):
         finetune(FinetuneConfig(offload="all", offload_scheme="block", steps=1, samples=False))
     with pytest.raises(LimitError, match="--offload must be lora or all"):
         finetune(FinetuneConfig(offload="everything", steps=1, samples=False))

@@ -38,9 +38,12 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--offload-scheme", default=d.offload_scheme, choices=["row", "tensor", "row8"],
                    help="how --offload all quantizes the frozen layers' and attention's operands: row = "
                         "current scales per token (per image for a convolution, per row or column for "
-                        "attention), INT32 outputs dequantized on the host with both axes' scales; tensor = "
-                        "delayed per-tensor scales (amax history of 16) with INT8 outputs: less output "
-                        "traffic, larger held-out-loss gap to fp32 (README, 'Whole-step INT8 offload')")
+                        "attention), INT32 outputs dequantized on the host with both axes' scales; row8 = "
+                        "row's operands, and the Linear/Conv outputs written INT8 by the epilogue (the "
+                        "weight's per-channel scale and a delayed scale of the row-normalized output in its "
+                        "multipliers; the host multiplies each row by its input scale): a quarter of the "
+                        "output traffic; tensor = delayed per-tensor scales (amax history of 16) with INT8 "
+                        "outputs: larger held-out-loss gap to fp32 (README, 'Whole-step INT8 offload')")
     s.add_argument("--fuse-lora", action="store_true",
                    help="with --offload all (row scheme): run each adapted layer's base GEMM and its LoRA "
                         "GEMM as one accelerator call: forward [Y | H] = X.[W; A]^T (X quantized once per "

@@ -18,7 +18,7 @@ the frozen base model's GEMMs run INT8 on the accelerator (board or emulation):
   ``dK = dS^T.Q`` backward, each one :meth:`Accelerator.batched_gemm` over (batch x heads).
   Softmax and its backward (``dS = P * (dP - rowsum(dP * P))``) stay fp32 on the host.
 
-Quantization (all symmetric INT8, |q| <= 127), in one of two schemes (:data:`SCHEMES`,
+Quantization (all symmetric INT8, |q| <= 127), in one of three schemes (:data:`SCHEMES`,
 ``--offload-scheme``):
 
 * **row** (the default): every host-quantized operand gets *current* scales along the one
@@ -33,9 +33,20 @@ Quantization (all symmetric INT8, |q| <= 127), in one of two schemes (:data:`SCH
   ``host_quant_*``). Why: the samples of a batch sit at different diffusion timesteps, so their
   activations and gradients differ by orders of magnitude; one per-tensor scale leaves the
   small ones a few levels (measured: README, "Whole-step INT8 offload").
+* **row8**: the operands as ``row`` (current per-row scales on the host), and the Linear and
+  Conv2d outputs INT8 from the epilogue: the output ``y[i, j] = sx[i] * sw[j] * acc[i, j]`` is
+  written as the *row-normalized* ``z[i, j] = sw[j] * acc[i, j]`` (the row scale taken out), with
+  per-column fixed-point multipliers ``sw[j] / s_z`` and a delayed per-tensor scale ``s_z`` of
+  ``z`` -- the ``tensor`` scheme's output handling below (amax history per output site, the
+  kernel's amax, saturation recompute, INT32 calibration call) -- and the host dequantizes
+  ``y = q * sx[i] * s_z``. Dividing by the input's own row scale gives every row of ``z`` the
+  range of a unit-scaled input, so one delayed scale fits samples whose magnitudes differ by
+  orders; it needs no kernel change (the epilogue's per-column mode). The attention matmuls keep
+  ``row``'s INT32 outputs: their per-(batch x head) column scales do not fit the one scale vector
+  of a batched call.
 * **tensor**: delayed per-tensor scales and INT8 outputs, as follows.
 
-* **weights** (both schemes) are quantized ONCE at :func:`install`, per output channel for the forward and per
+* **weights** (every scheme) are quantized ONCE at :func:`install`, per output channel for the forward and per
   input channel for the input gradient (a scale must be constant along the summed dimension,
   and the input gradient sums over the output channels) -- two INT8 copies per layer, placed
   in device memory once for the run (:func:`place_weights`, :meth:`Accelerator.resident`: a
@@ -54,7 +65,7 @@ Quantization (all symmetric INT8, |q| <= 127), in one of two schemes (:data:`SCH
   fresh scale from its own amax (counted in ``host_recomputes``); saturations at or below the
   threshold are counted in ``host_saturated``. A site's first use (empty history) takes the
   fresh scale.
-* **GEMM outputs** (``tensor`` scheme): the epilogue writes INT8 with per-column (Linear/Conv: per output channel
+* **GEMM outputs** (``tensor`` scheme; ``row8``'s Linear/Conv outputs as above): the epilogue writes INT8 with per-column (Linear/Conv: per output channel
   of the weight scale) or per-tensor (attention O, dV, dQ, dK) fixed-point scales that fold the
   operand scales and the output site's delayed scale ``max(history) / 127``. The kernel's
   reported amax (max |value| before saturation, in output units) updates the history -- no
@@ -105,8 +116,9 @@ OFFLOAD_MODES = ("lora", "all")
 SCHEMES = ("row", "tensor", "row8")
 """How host-quantized operands are scaled: ``row`` -- current per-row scales (per token, per
 image for a convolution, per attention row/column), INT32 outputs dequantized on the host with
-both axes' scales; ``tensor`` -- delayed per-tensor scales, INT8 outputs (see the module
-docstring). The first is the default."""
+both axes' scales; ``tensor`` -- delayed per-tensor scales, INT8 outputs; ``row8`` -- ``row``'s
+operands, INT8 Linear/Conv outputs with a delayed scale of the row-normalized output (see the
+module docstring). The first is the default."""
 EPS = 1e-12
 
 
@@ -272,8 +284,10 @@ class Offload:
             scale_mode: str = "tensor", rows: torch.Tensor | None = None) -> torch.Tensor:
         """The dequantized float output of one GEMM whose INT32 accumulator times ``base`` (the
         product of the operands' scales: a float, or a per-column vector with ``scale_mode``
-        ``col``) is the real value. ``site`` None: INT32 output; else INT8 output with the site's
-        delayed scale (see the module docstring)."""
+        ``col``) is the real value, times ``rows`` if given (the per-row input scales of the
+        ``row8`` scheme, broadcast: ``base`` then holds only the column scales and the site's
+        history the row-normalized output's amax). ``site`` None: INT32 output; else INT8 output
+        with the site's delayed scale (see the module docstring)."""
         st = self.stats[family]
         base_np = np.asarray(base, dtype=np.float64)
         base_t = torch.from_numpy(base_np.astype(np.float32)) if base_np.ndim else float(base_np)
