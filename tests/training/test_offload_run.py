@@ -131,6 +131,30 @@ def offload_figures(rep, families=("linear", "lora", "fused")):
     return {k: sum(fam[f][k] for f in families if f in fam) for k in ("calls", "bytes_moved", "cycles", "macs")}
 
 
+def test_row8_writes_int8_linear_and_conv_outputs_and_is_recorded(tmp_path):
+    """--offload-scheme row8: the Linear and Conv outputs come back INT8 (fewer bytes than row's
+    INT32 for the same GEMMs), each output site keeps an amax history whose first call calibrates,
+    attention is row's; the scheme and its delayed-scaling constants are in the run's identity."""
+    common = dict(precision="int8", offload="all", steps=2, checkpoint_every=1, batch_size=2, num_examples=2,
+                  prior_per_class=1, eval_every=0, samples=False)
+    row = finetune(FinetuneConfig(output_dir=str(tmp_path / "row"), **common))
+    row8 = finetune(FinetuneConfig(output_dir=str(tmp_path / "row8"), offload_scheme="row8", **common))
+    numerics = row8["identity"]["target"]["offload_numerics"]
+    assert numerics["scheme"] == "row8" and numerics["amax_history"] == 16
+    off, ref = row8["offload"], row["offload"]
+    assert off["scheme"] == "row8" and off["sites"] > 0
+    for fam in ("linear", "conv"):
+        a, b = off["families"][fam], ref["families"][fam]
+        # the same calls, plus the recomputes (two-entry histories still saturate a few); fewer bytes
+        assert a["calls"] == b["calls"] + a["recomputes"] + a["int32_after_recompute"], fam
+        assert a["macs"] >= b["macs"] and a["bytes_moved"] < b["bytes_moved"], fam
+        assert 0 < a["calibration_calls"] <= off["sites"], fam
+    assert off["families"]["attention"]["bytes_moved"] == ref["families"]["attention"]["bytes_moved"]
+    assert off["families"]["attention"]["calibration_calls"] == 0
+    with pytest.raises(CheckpointError, match="other options"):
+        finetune(FinetuneConfig(output_dir=str(tmp_path / "row8"), resume=True, **common))
+
+
 def test_fuse_lora_runs_fewer_calls_and_bytes_and_is_recorded(tmp_path):
     """--fuse-lora: one call per adapted layer for the forward and one for the input gradient
     (32 and 21 on the digits UNet, whose cross-attention to_k/to_v have no input gradient) instead of
