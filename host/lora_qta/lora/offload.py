@@ -119,6 +119,10 @@ image for a convolution, per attention row/column), INT32 outputs dequantized on
 both axes' scales; ``tensor`` -- delayed per-tensor scales, INT8 outputs; ``row8`` -- ``row``'s
 operands, INT8 Linear/Conv outputs with a delayed scale of the row-normalized output (see the
 module docstring). The first is the default."""
+ROW_SCHEMES = ("row", "row8")
+"""The schemes that quantize operands with current per-row scales."""
+DELAYED_SCHEMES = ("tensor", "row8")
+"""The schemes with INT8 outputs under delayed scaling (amax histories, recomputes)."""
 EPS = 1e-12
 
 
@@ -446,14 +450,12 @@ class Int8Linear:
         if off.fp32("linear", "fwd"):
             return x2d.float() @ self.module.weight.float().t()
         macs = x2d.shape[0] * self.k * self.n
-        if off.scheme == "row":  # per token x per output channel: INT32 out, dequantized on the host
+        if off.scheme in ROW_SCHEMES:  # per token x per output channel
             xq, sxr = off.quant_rows("linear", x2d, (1,))
-            return off.run_int32("linear", lambda **ep: acc.gemm(xq, self.w_fwd, trans_b=True, **ep),
-                                 (sxr, self.sw_fwd_t), macs)
-        if off.scheme == "row8":
-            xq, sxr = off.quant_rows("linear", x2d, (1,))
-            return off.run("linear", f"{self.name}.y", lambda **ep: acc.gemm(xq, self.w_fwd, trans_b=True, **ep),
-                           self.sw_fwd, macs, "col", rows=sxr)
+            launch = lambda **ep: acc.gemm(xq, self.w_fwd, trans_b=True, **ep)  # noqa: E731
+            if off.scheme == "row":  # INT32 out, dequantized on the host
+                return off.run_int32("linear", launch, (sxr, self.sw_fwd_t), macs)
+            return off.run("linear", f"{self.name}.y", launch, self.sw_fwd, macs, "col", rows=sxr)
         xq, sx = off.quant_input("linear", f"{self.name}.x", x2d)
         launch = lambda **ep: acc.gemm(xq, self.w_fwd, trans_b=True, **ep)  # noqa: E731
         return off.run("linear", f"{self.name}.y", launch, sx * self.sw_fwd, xq.shape[0] * self.k * self.n, "col")
@@ -463,13 +465,12 @@ class Int8Linear:
         if off.fp32("linear", "bwd"):
             return g.float() @ self.module.weight.float()
         macs = g.shape[0] * self.k * self.n
-        if off.scheme == "row":  # per token x per input channel
+        if off.scheme in ROW_SCHEMES:  # per token x per input channel
             gq, sgr = off.quant_rows("linear", g, (1,))
-            return off.run_int32("linear", lambda **ep: acc.gemm(gq, self.w_bwd, **ep), (sgr, self.sw_bwd_t), macs)
-        if off.scheme == "row8":
-            gq, sgr = off.quant_rows("linear", g, (1,))
-            return off.run("linear", f"{self.name}.dx", lambda **ep: acc.gemm(gq, self.w_bwd, **ep),
-                           self.sw_bwd, macs, "col", rows=sgr)
+            launch = lambda **ep: acc.gemm(gq, self.w_bwd, **ep)  # noqa: E731
+            if off.scheme == "row":
+                return off.run_int32("linear", launch, (sgr, self.sw_bwd_t), macs)
+            return off.run("linear", f"{self.name}.dx", launch, self.sw_bwd, macs, "col", rows=sgr)
         gq, sg = off.quant_input("linear", f"{self.name}.dy", g)
         launch = lambda **ep: acc.gemm(gq, self.w_bwd, **ep)  # noqa: E731
         return off.run("linear", f"{self.name}.dx", launch, sg * self.sw_bwd, gq.shape[0] * self.k * self.n, "col")
@@ -537,7 +538,7 @@ class Int8Conv2d:
         off, acc = self.off, self.off.acc
         if off.fp32("conv", "fwd"):
             return nn.functional.conv2d(x.float(), self.module.weight.float(), None, self.stride, self.pad)
-        if off.scheme in ("row", "row8"):  # per image (constant over the taps an output pixel reads)
+        if off.scheme in ROW_SCHEMES:  # per image (constant over the taps an output pixel reads)
             xq, sx_img = off.quant_rows("conv", x.permute(0, 2, 3, 1), (1, 2, 3))
         else:
             xq, sx = off.quant_input("conv", f"{self.name}.x", x.permute(0, 2, 3, 1))
@@ -562,7 +563,7 @@ class Int8Conv2d:
         if off.fp32("conv", "bwd"):
             return torch.nn.grad.conv2d_input((g.shape[0], self.cin, *hw), self.module.weight.float(), g.float(),
                                               self.stride, self.pad)
-        if off.scheme in ("row", "row8"):
+        if off.scheme in ROW_SCHEMES:
             gq, sg_img = off.quant_rows("conv", g.permute(0, 2, 3, 1), (1, 2, 3))
         else:
             gq, sg = off.quant_input("conv", f"{self.name}.dy", g.permute(0, 2, 3, 1))
@@ -736,7 +737,7 @@ class _AttnRowFn(torch.autograd.Function):
 def attention_int8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, off: Offload, name: str,
                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(scale . Q.K^T + mask) . V with the matmuls INT8 on the accelerator; (B*heads, L, d)."""
-    fn = _AttnRowFn if off.scheme in ("row", "row8") else _AttnFn
+    fn = _AttnRowFn if off.scheme in ROW_SCHEMES else _AttnFn
     return fn.apply(q.contiguous(), k.contiguous(), v.contiguous(), mask, float(scale), off, name)
 
 
