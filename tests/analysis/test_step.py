@@ -12,8 +12,8 @@ from lora_qta.hw.config import config
 
 ZCU = config().board("zcu104")
 PNG = b"\x89PNG\r\n\x1a\n"
-CONFIGS = [step.CONFIG_BY_KEY[k] for k in ("arm_fp32", "lora_offload", "whole_dynamic", "whole_serial",
-                                           "whole_overlap", "whole_ws")]
+CONFIGS = [step.CONFIG_BY_KEY[k] for k in ("arm_fp32", "lora_offload", "whole_dynamic", "whole_dynamic8",
+                                           "whole_serial", "whole_overlap", "whole_ws")]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,9 @@ def test_offload_configurations(table):
     assert "gemm_fp32" not in whole["host"]
     assert rows["whole_dynamic"]["host"]["quantize"]["seconds"] > 5 * whole["host"]["quantize"]["seconds"]
     assert rows["whole_dynamic"]["host"]["dequantize"]["seconds"] > 0 > whole["host"]["dequantize"]["seconds"]
+    dyn8 = rows["whole_dynamic8"]["host"]
+    for what in ("quantize", "dequantize"):
+        assert whole["host"][what]["seconds"] < dyn8[what]["seconds"] < rows["whole_dynamic"]["host"][what]["seconds"]
     assert rows["whole_ws"]["modes"] and all(m.startswith("ws") for f in rows["whole_ws"]["modes"].values() for m in f)
 
 
@@ -86,6 +89,69 @@ def test_boundary_passes_per_scheme():
     q_operands = {(x.tensor, x.axis if x.src not in ("fixed", "lora") else "") for g in gemms for x in (g.a, g.b)
                   if x.src != "weight"}
     assert len(dyn) == len(q_operands)
+    dyn8 = [w for w in host.boundary_work(ZCU, gemms, everything, "dynamic8") if w.what == "quantize"]
+    assert len(dyn8) == len(q_operands)
+
+
+def test_dynamic8_lies_between_delayed_and_dynamic():
+    """row8 quantizes every operand as the row scheme but reads the frozen layers' INT8 outputs:
+    fewer host bytes than dynamic (quantization, dequantization and cache maintenance each), more
+    than delayed scaling; it fuses the forward pairs alone, as dynamic."""
+    base = inv.step_gemms(inv.trace_step("digits"), 4, ZCU.axi_bytes)
+    assert {w for _, w in step.fusable(base, "dynamic8")} == {"fwd"}
+    gemms = step.choose_fusion(ZCU, base, "dynamic8", "auto", "all")
+    assert {g.op for g in gemms if g.family == "fused"} == {"fwd_fused"}
+    everything = set(range(len(gemms)))
+    work = {s: host.boundary_work(ZCU, gemms, everything, s) for s in ("dynamic", "dynamic8", "delayed")}
+    kinds = {s: host.summarize(w) for s, w in work.items()}
+    for what in ("quantize", "dequantize", "total"):
+        assert kinds["delayed"][what]["bytes"] < kinds["dynamic8"][what]["bytes"] < kinds["dynamic"][what]["bytes"]
+    cache = {s: sum(w.instructions for w in work[s] if w.what == "cache") for s in work}
+    assert cache["delayed"] < cache["dynamic8"] < cache["dynamic"]
+
+
+def _one_boundary(gemms, idx, scheme):
+    """(quantize bytes, dequantize bytes) of the GEMMs ``idx`` offloaded alone."""
+    k = host.summarize(host.boundary_work(ZCU, gemms, set(idx), scheme))
+    return k.get("quantize", {}).get("bytes", 0.0), k.get("dequantize", {}).get("bytes", 0.0)
+
+
+def test_dynamic8_output_widths():
+    """Linear/Conv (and fused) outputs 1 byte per element on the device and at the host's
+    dequantization (read 1, write 4) and requantization (read 1 twice, write 1); attention,
+    LoRA and INT32-only outputs 4 bytes as in the dynamic scheme."""
+    tr = inv.trace_step("digits")
+    gemms = step.choose_fusion(ZCU, inv.step_gemms(tr, 4, ZCU.axi_bytes), "dynamic8", "auto", "all")
+    fams = set()
+    for g in gemms:
+        call, _ = step.device_call(ZCU, g, "dynamic8")
+        int8 = g.family in ("linear", "conv", "fused") and not g.out_int32
+        assert call.out_int8 == int8 == host.int8_output(g, "dynamic8"), g
+        assert call.scale_mode == ("col" if int8 else "tensor")
+        assert host.int8_output(g, "dynamic") is False
+        fams.add((g.family, int8))
+    assert fams >= {("linear", True), ("conv", True), ("fused", True), ("attention", False), ("lora", False)}
+    # a convolution alone: its FP32 input quantized (read 4 + 4, write 1), its INT8 output dequantized
+    i = next(i for i, g in enumerate(gemms) if g.family == "conv" and g.op == "fwd")
+    g = gemms[i]
+    assert _one_boundary(gemms, [i], "dynamic8") == (9.0 * g.a.elements, 5.0 * g.out_elements)
+    assert _one_boundary(gemms, [i], "dynamic") == (9.0 * g.a.elements, 8.0 * g.out_elements)
+    # the scores into softmax stay INT32
+    j = next(j for j, g in enumerate(gemms) if g.family == "attention" and g.op == "qk")
+    assert _one_boundary(gemms, [j], "dynamic8")[1] == 8.0 * gemms[j].out_elements
+    # Q from its projection on the device: quantized from INT8 (3 bytes per element), not INT32 (9)
+    q = gemms[j].a
+    p = next(p for p, g in enumerate(gemms) if g.out_tensor == q.tensor and g.family in ("linear", "fused"))
+    solo, both = _one_boundary(gemms, [j], "dynamic8")[0], _one_boundary(gemms, [p, j], "dynamic8")[0]
+    assert solo + _one_boundary(gemms, [p], "dynamic8")[0] - both == pytest.approx(6.0 * q.elements)
+    # O from P.V (attention, INT32) into to_out: requantized from INT32 in both schemes
+    o = next(j for j, g in enumerate(gemms) if g.family == "attention" and g.op == "pv")
+    t = next(t for t, g in enumerate(gemms) if g.a.tensor == gemms[o].out_tensor and g.family in ("linear", "fused"))
+    assert _one_boundary(gemms, [o, t], "dynamic8")[0] == _one_boundary(gemms, [o, t], "dynamic")[0]
+    # the device moves fewer bytes than with INT32 outputs (the per-column scale vector included)
+    lin = max((g for g in gemms if g.family == "linear"), key=lambda g: g.out_elements)
+    r8, r32 = step.run_gemm(ZCU, lin, "dynamic8", "auto"), step.run_gemm(ZCU, lin, "dynamic", "auto")
+    assert r8.bytes < r32.bytes
 
 
 def test_whole_step_energy_counts_the_arm(whole_energy):
@@ -93,7 +159,11 @@ def test_whole_step_energy_counts_the_arm(whole_energy):
     assert set(v) == set(energy.WHOLE_STEP_VARIANTS)
     assert v["int8_delayed"]["ratio_vs_int8_delayed"] == 1
     assert v["fp32"]["total_pj"] > v["fp16"]["total_pj"] > v["int8_delayed"]["total_pj"]
-    assert v["int8_dynamic"]["host_quantization"]["total_pj"] > v["int8_delayed"]["host_quantization"]["total_pj"]
+    assert v["int8_dynamic"]["host_quantization"]["total_pj"] > v["int8_dynamic8"]["host_quantization"]["total_pj"] \
+        > v["int8_delayed"]["host_quantization"]["total_pj"]
+    assert v["int8_dynamic"]["total_pj"] > v["int8_dynamic8"]["total_pj"] > v["int8_delayed"]["total_pj"]
+    assert v["fp32"]["fp32_vs_this"] == 1 and v["int8_dynamic8"]["fp32_vs_this"] == pytest.approx(
+        v["fp32"]["total_pj"] / v["int8_dynamic8"]["total_pj"])
     for x in v.values():
         assert x["total_pj"] == pytest.approx(x["accelerator"]["total_pj"] + x["host"]["total_pj"])
         assert x["host"]["ddr_pj"] > 0 and x["host"]["arith_pj"] > 0
@@ -132,7 +202,7 @@ def test_every_step_gemm_is_a_kernel_v2_call_the_kernel_accepts(board):
     gemms = step.choose_fusion(b, gemms, "delayed", "auto", "all")
     seen = set()
     for g in gemms:
-        for scheme in ("delayed", "dynamic"):
+        for scheme in ("delayed", "dynamic", "dynamic8"):
             call, n = step.device_call(b, g, scheme)
             assert (call.conv is not None) == (g.family == "conv") and call.macs * n == g.macs
             assert call.batch == (g.heads if g.family == "attention" else 1) and n == g.batch // call.batch

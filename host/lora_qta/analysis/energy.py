@@ -294,7 +294,8 @@ ARM_FP32_LANES = 4
 
 WHOLE_STEP_VARIANTS = {
     "int8_delayed": ("delayed", "int8", "INT8, delayed scaling in the epilogue"),
-    "int8_dynamic": ("dynamic", "int8", "INT8, dynamic host quantization"),
+    "int8_dynamic": ("dynamic", "int8", "INT8, dynamic host quantization (row)"),
+    "int8_dynamic8": ("dynamic8", "int8", "INT8, dynamic host quantization, INT8 Linear/Conv outputs (row8)"),
     "fp16": ("fp16", "fp16", "the same array in FP16"),
     "fp32": ("fp32", "fp32", "the same array in FP32"),
 }
@@ -355,9 +356,10 @@ def whole_step_energy(boards: Sequence[str] = ("zcu104",), models: Sequence[str]
                                     table)
                 out[variant] = {"label": label, "accelerator": acc.as_dict(), "host": h, "host_quantization": quant,
                                 "total_pj": acc.total_pj + h["total_pj"]}
-            base_pj = out["int8_delayed"]["total_pj"]
+            base_pj, fp32_pj = out["int8_delayed"]["total_pj"], out["fp32"]["total_pj"]
             for v in out.values():
                 v["ratio_vs_int8_delayed"] = v["total_pj"] / base_pj
+                v["fp32_vs_this"] = fp32_pj / v["total_pj"]
             acc8 = out["int8_delayed"]["accelerator"]["total_pj"]
             rows.append({"board": bname, "model": model, "rank": rank, "variants": out,
                          "accelerator_only_fp32_vs_int8": out["fp32"]["accelerator"]["total_pj"] / acc8,

@@ -25,6 +25,17 @@ depends on the scheme (:data:`SCHEMES`):
   (weight-gradient-like GEMMs, attention dV and dK) needs per-channel scales, so a tensor used
   both ways is quantized twice; every output the host reads is dequantized once (read 4, write 4).
   Softmax probabilities have a fixed scale (one quantize pass, no absmax).
+* ``dynamic8``: ``--offload-scheme row8``: host input quantization as ``dynamic`` (current
+  per-row scales, an absmax pass and a quantize pass per distinct (tensor, scale axis)), but a
+  frozen Linear/Conv GEMM (and a fused one, :func:`int8_output`) writes INT8 from the epilogue:
+  its row-normalized output ``sw[j] . acc[i, j]`` with per-column multipliers ``sw[j] / s_z``
+  (``s_z`` a delayed per-tensor scale), the row factor ``sx[i]`` left to the host. So a host pass
+  that reads such an output reads 1 byte per element instead of 4 (a quantize pass from it: read
+  1 + 1, write 1; its dequantization ``q . sx[i] . s_z``: read 1, write 4), and its cache
+  maintenance covers 1 byte per element. Attention GEMMs (their per-(image x head) column scales
+  do not fit one scale vector per batched call), LoRA GEMMs and every ``out_int32`` output stay
+  INT32 as in ``dynamic``. The first call of an output site (INT32, calibration) and saturation
+  recomputes are not modelled (nor are they in ``delayed``).
 * ``delayed``: delayed scaling in the epilogue (the issue-13 design): the epilogue writes INT8
   with per-tensor / per-channel scales from the previous step and reports the amax, so a GEMM's
   INT8 output feeds the next GEMM with no host pass; the host pass that produces an operand also
@@ -37,10 +48,14 @@ depends on the scheme (:data:`SCHEMES`):
   element) or hands its FP32 tensors over as they are.
 
 In every accelerator scheme the buffers the host writes for the device are cleaned from its
-caches and the outputs it reads invalidated, by address, one instruction per cache line, at the
-stated ``cache_gbps`` (no DDR traffic of its own: the data has been written back by eviction).
+caches (every device copy: a tensor quantized along two axes has two) and the outputs it reads
+invalidated (in the per-row schemes also a GEMM's output the host requantizes for the next
+GEMM), by address, one instruction per cache line, at the stated ``cache_gbps`` (no DDR traffic
+of its own: the data has been written back by eviction).
 Each accelerator call costs ``call_us`` of ARM time (driver). A GEMM output that is
-accumulated into another GEMM's output on the device costs nothing; where the two are not both on
+accumulated into another GEMM's output on the device costs nothing (in every scheme, although in
+the per-row schemes the two outputs' scales differ per row: an idealization; the run-time adds
+LoRA's Y and dX to the frozen layer's on the host); where the two are not both on
 the accelerator (LoRA's Y and dX added to the frozen layer's when that one runs on the ARM), the
 host adds them (read 8, write 4 bytes per element). AdamW on the LoRA parameters in FP32 (with
 gradient clipping): 32 bytes and 17 FLOP per parameter.
@@ -86,11 +101,18 @@ read for clipping; about 17 FLOP."""
 
 SCHEMES = {
     "dynamic": "host quantization, dynamic absmax scales per token/channel, INT32 outputs (today's LoRA path)",
+    "dynamic8": "host quantization as dynamic; Linear/Conv outputs INT8 (row-normalized, per-column multipliers, "
+                "delayed scale), rows rescaled on the host; attention and LoRA outputs INT32 (--offload-scheme row8)",
     "delayed": "delayed scaling in the epilogue: INT8 outputs with the previous step's scales, amax reported",
     "fp16": "the same array in FP16 (no quantization; host converts inline)",
     "fp32": "the same array in FP32 (no quantization)",
 }
-OPERAND_BYTES = {"dynamic": 1, "delayed": 1, "fp16": 2, "fp32": 4}
+OPERAND_BYTES = {"dynamic": 1, "dynamic8": 1, "delayed": 1, "fp16": 2, "fp32": 4}
+ROW_SCALED = ("dynamic", "dynamic8")
+"""Schemes whose host-quantized operands take current per-row scales: a tensor summed along
+both axes is quantized twice, every GEMM-to-GEMM operand passes through the host."""
+INT8_FAMILIES = ("linear", "conv", "fused")
+"""GEMM families whose outputs ``dynamic8`` writes INT8 (the frozen layers' GEMMs)."""
 
 
 @dataclass(frozen=True)
@@ -168,7 +190,7 @@ def boundary_work(board: BoardConfig, gemms: Sequence[StepGemm], offloaded: set[
     items: list[HostWork] = []
     seen_in: set[tuple] = set()
     seen_out: set[str] = set()
-    cached: set[str] = set()
+    read_back: set[str] = set()
 
     def add(what, g, nbytes, flops):
         items.append(_pass(board, what, g.block, g.direction, nbytes, flops))
@@ -183,28 +205,30 @@ def boundary_work(board: BoardConfig, gemms: Sequence[StepGemm], offloaded: set[
                 continue
             if src == "gemm" and producer.get(x.tensor) not in offloaded:
                 src = "host"
-            if src == "gemm" and scheme != "dynamic":
+            if src == "gemm" and scheme not in ROW_SCALED:
                 continue
-            # per-token and per-channel scales are two quantizations of a tensor in the dynamic
-            # scheme; a fixed or per-tensor scale (softmax probabilities, LoRA weights) is one
-            key = (x.tensor, x.axis if scheme == "dynamic" and src not in ("fixed", "lora") else "")
+            # per-token and per-channel scales are two quantizations of a tensor in the per-row
+            # schemes; a fixed or per-tensor scale (softmax probabilities, LoRA weights) is one
+            key = (x.tensor, x.axis if scheme in ROW_SCALED and src not in ("fixed", "lora") else "")
             if key in seen_in:
                 continue
             seen_in.add(key)
             e = float(x.elements)
             sr = STOCHASTIC_FLOPS * e if x.grad else 0.0
-            if scheme == "dynamic":
+            rb = _out_bytes(gemms[producer[x.tensor]], scheme) if src == "gemm" else 4   # bytes read per element
+            if scheme in ROW_SCALED:
                 if src == "fixed":
                     add("quantize", g, 5 * e, 2 * e)
-                else:                    # absmax pass + quantize pass (from FP32 or INT32)
-                    add("quantize", g, 9 * e, 3 * e + sr)
+                else:                    # absmax pass + quantize pass (from FP32, INT32 or INT8)
+                    add("quantize", g, (2 * rb + 1) * e, 3 * e + sr)
             elif scheme == "delayed":
                 add("quantize", g, 1 * e if src != "lora" else 5 * e, 2 * e + sr)
             elif scheme == "fp16":
                 add("quantize", g, 2 * e if src != "lora" else 6 * e, 1 * e)
-            if src != "gemm" and x.tensor not in cached:
-                cached.add(x.tensor)
-                items.append(_cache(board, g, ob_in * e))
+            items.append(_cache(board, g, ob_in * e))          # the device copy the host writes
+            if src == "gemm" and x.tensor not in read_back:    # the producer's output the host reads
+                read_back.add(x.tensor)
+                items.append(_cache(board, g, rb * e))
         # the output
         out = g.out
         e = float(g.out_elements)
@@ -222,8 +246,8 @@ def boundary_work(board: BoardConfig, gemms: Sequence[StepGemm], offloaded: set[
             continue
         ob = _out_bytes(g, scheme)
         if out in ("host", "host_add"):
-            if scheme == "dynamic":
-                add("dequantize", g, 8 * e, e)
+            if scheme in ROW_SCALED:   # read the output, write FP32
+                add("dequantize", g, (ob + 4) * e, e)
             elif scheme in ("delayed", "fp16"):
                 add("dequantize", g, -(4 - ob) * e, e)
             items.append(_cache(board, g, ob * e))
@@ -242,11 +266,21 @@ def _cache(board: BoardConfig, g: StepGemm, nbytes: float) -> HostWork:
     return HostWork("cache", g.block, g.direction, 0.0, 0.0, nbytes / (h.cache_gbps * 1e9), nbytes / h.cache_line)
 
 
+def int8_output(g: StepGemm, scheme: str) -> bool:
+    """Whether the epilogue writes ``g``'s output INT8 under ``scheme`` (the INT8 schemes; never
+    an ``out_int32`` output; in ``dynamic8`` only the frozen layers' GEMMs, :data:`INT8_FAMILIES`)."""
+    if g.out_int32:
+        return False
+    if scheme == "delayed":
+        return True
+    return scheme == "dynamic8" and g.family in INT8_FAMILIES
+
+
 def _out_bytes(g: StepGemm, scheme: str) -> int:
     """Bytes per output element the device writes for ``g`` under ``scheme``."""
-    if scheme == "delayed":
-        return 4 if g.out_int32 else 1
-    return {"dynamic": 4, "fp16": 2, "fp32": 4}[scheme]
+    if int8_output(g, scheme):
+        return 1
+    return 2 if scheme == "fp16" else 4
 
 
 def lora_add_work(board: BoardConfig, gemms: Sequence[StepGemm], on_arm: Iterable[int]) -> list[HostWork]:

@@ -152,7 +152,8 @@ def energy_plot(rep: dict, path: Path) -> Path:
 # ----------------------------------------------------------------------------- the whole step
 
 SHORT_LABELS = {
-    "arm_fp32": "ARM only, FP32", "lora_offload": "LoRA only (today)", "whole_dynamic": "all, dynamic quant.",
+    "arm_fp32": "ARM only, FP32", "lora_offload": "LoRA only (today)", "whole_dynamic": "all, dynamic (row)",
+    "whole_dynamic8": "all, dynamic8 (row8)",
     "whole_serial": "all, delayed, serial", "whole_overlap": "all, delayed, overlap", "whole_adaptive": "WS/OS, no part.",
     "whole_ws": "fixed WS", "whole_ws_part": "WS + partitions", "whole_os": "fixed OS", "whole_os_part": "OS + partitions",
 }

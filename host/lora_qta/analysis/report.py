@@ -249,8 +249,9 @@ def step_markdown(res: dict, energy: dict | None = None) -> str:
     L += ["", "Kernel modes in the cycle model (kernel v2, the planner whose count the kernel's equals): "
           "convolutions as implicit GEMMs over their NHWC maps, attention as batched GEMMs over the heads.", "",
           "Configurations: the ARM alone in FP32; the LoRA GEMMs on the accelerator (today, dynamic host "
-          "quantization); every GEMM on the accelerator with dynamic host quantization or delayed scaling in the "
-          "epilogue, serial or with the ARM overlapping the accelerator per block "
+          "quantization); every GEMM on the accelerator with dynamic host quantization (INT32 outputs: "
+          "`--offload-scheme row`; or INT8 outputs of the Linear/Conv GEMMs, rows rescaled on the host: `row8`) or "
+          "delayed scaling in the epilogue, serial or with the ARM overlapping the accelerator per block "
           f"({res['tiles']} token tiles), under the planner's adaptive policy and fixed dataflows. Whole-step "
           "configurations fuse a LoRA layer with its frozen layer where that saves cycles.", ""]
     L += [step_summary_markdown(res), ""]
@@ -322,16 +323,21 @@ def step_markdown(res: dict, energy: dict | None = None) -> str:
     return "\n".join(L) + "\n"
 
 
-SUMMARY_CONFIGS = ("arm_fp32", "lora_offload", "whole_serial", "whole_overlap", "whole_ws", "whole_os")
-"""The configurations of the summary table (:func:`step_summary_markdown`)."""
+SUMMARY_CONFIGS = {
+    "arm_fp32": "ARM only, FP32", "lora_offload": "LoRA-only offload",
+    "whole_dynamic": "whole step, row (dynamic), overlapped", "whole_dynamic8": "whole step, row8 (dynamic8), overlapped",
+    "whole_serial": "whole step, delayed, serial", "whole_overlap": "whole step, delayed, overlapped",
+    "whole_ws": "fixed WS (delayed, overlapped)", "whole_os": "fixed OS (delayed, overlapped)",
+}
+"""The configurations of the summary table (:func:`step_summary_markdown`) and their headers."""
 
 
 def step_summary_markdown(res: dict) -> str:
     """One row per model and board: the step time (s) of each configuration of
     :data:`SUMMARY_CONFIGS` with its speedup over the ARM alone, and the adaptive policy over
     fixed WS / OS (step time)."""
-    L = ["| model | board | ARM only, FP32 | LoRA-only offload | whole step, serial | whole step, overlapped | "
-         "fixed WS (overlapped) | fixed OS (overlapped) | auto vs WS / OS |", "|---|---|---|---|---|---|---|---|---|"]
+    L = ["| model | board | " + " | ".join(SUMMARY_CONFIGS.values()) + " | auto vs WS / OS |",
+         "|---|---|" + "---|" * len(SUMMARY_CONFIGS) + "---|"]
     names = {"sd15": "SD 1.5", "sdxl": "SDXL"}
     for (b, m) in dict.fromkeys((r["board"], r["model"]) for r in res["rows"]):
         sel = {r["config"]: r for r in res["rows"] if r["board"] == b and r["model"] == m}
@@ -375,16 +381,18 @@ def step_energy_markdown(rep: dict) -> str:
     """The whole-step energy (:func:`~.energy.whole_step_energy`) as markdown."""
     L = ["## Energy per step, every GEMM on the accelerator", "", f"All figures **{rep['label']}**. J per step.", "",
          "| board | model | variant | array arith | array SRAM | array DDR | ARM DDR | ARM arith | "
-         "of which (de)quant. + cache | total | / INT8 delayed |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "of which (de)quant. + cache | total | / INT8 delayed | FP32 / this |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rep["rows"]:
         for key, v in row["variants"].items():
             a, h = v["accelerator"], v["host"]
             j = [_num(x / 1e12) for x in (a["arith_pj"], a["sram_pj"], a["ddr_pj"], h["ddr_pj"], h["arith_pj"],
                                            v["host_quantization"]["total_pj"], v["total_pj"])]
             L.append(f"| {row['board']} | {row['model']} | {v['label']} | {' | '.join(j)} | "
-                     f"{v['ratio_vs_int8_delayed']:.2f}x |")
-        L.append(f"| {row['board']} | {row['model']} | accelerator alone: FP32 / INT8 {row['accelerator_only_fp32_vs_int8']:.2f}x, "
-                 f"FP16 / INT8 {row['accelerator_only_fp16_vs_int8']:.2f}x | | | | | | | | |")
+                     f"{v['ratio_vs_int8_delayed']:.2f}x | {v['fp32_vs_this']:.2f}x |")
+        L.append(f"| {row['board']} | {row['model']} | accelerator alone (delayed): FP32 / INT8 "
+                 f"{row['accelerator_only_fp32_vs_int8']:.2f}x, FP16 / INT8 {row['accelerator_only_fp16_vs_int8']:.2f}x "
+                 "| | | | | | | | | |")
     t = rep["table_pj"]
     L += ["", f"The FP16/FP32 rows are the same array and schedule computing in that precision, with the ARM handing "
           "over and reading FP16/FP32 tensors (no quantization). CDM-QTA reports "

@@ -23,7 +23,8 @@ frozen base layer's, and whether host work overlaps the accelerator.
 * **Fusion** (:func:`fuse`): the frozen weight and lora_A share the layer input X, so
   ``[Y | H] = X.[W; A]^T`` is one GEMM (N = out + r) that reads X once; the input gradient
   ``dX = [dY | dH].[W; A]`` is one GEMM over K = out + r (only with per-tensor scales for dY and dH:
-  the stacked A is rescaled by their ratio each step; so not in the dynamic per-token scheme).
+  the stacked A is rescaled by their ratio each step; so not in the per-token schemes ``dynamic``
+  and ``dynamic8``).
   ``"best"`` fuses a layer where it saves cycles.
 
 Every figure is **modelled**; nothing is measured on a board.
@@ -75,8 +76,10 @@ CONFIGS = (
     StepConfig("arm_fp32", "ARM only, FP32", "none", "fp32", "auto", False, "none"),
     StepConfig("lora_offload", "LoRA GEMMs offloaded (today: dynamic host quantization)", "lora", "dynamic",
                "auto", False, "none"),
-    StepConfig("whole_dynamic", "whole step offloaded, dynamic host quantization, overlapped", "all", "dynamic",
+    StepConfig("whole_dynamic", "whole step offloaded, dynamic host quantization (row), overlapped", "all", "dynamic",
                "auto", True),
+    StepConfig("whole_dynamic8", "whole step offloaded, dynamic host quantization with INT8 Linear/Conv outputs "
+               "(row8), overlapped", "all", "dynamic8", "auto", True),
     StepConfig("whole_serial", "whole step offloaded, delayed scaling, serial", "all", "delayed", "auto", False),
     StepConfig("whole_overlap", "whole step offloaded, delayed scaling, overlapped", "all", "delayed", "auto", True),
     StepConfig("whole_adaptive", "same, WS/OS per GEMM without partitions", "all", "delayed", "adaptive", True),
@@ -97,10 +100,13 @@ MODELLED = ("modelled (accelerator: the planner's cycle model at the board clock
 # ----------------------------------------------------------------------------- device calls
 
 def out_format(g: inv.StepGemm, scheme: str) -> tuple[bool, str]:
-    """(INT8 output, scale mode) of ``g`` on the device under ``scheme``."""
-    if scheme != "delayed" or g.out_int32:
+    """(INT8 output, scale mode) of ``g`` on the device under ``scheme``
+    (:func:`~.host.int8_output`): delayed scaling multiplies an output that feeds a GEMM by one
+    per-tensor scale and the rest per column; ``dynamic8`` every INT8 output per column (the
+    weight's channel scale over the output's delayed scale)."""
+    if not hostmodel.int8_output(g, scheme):
         return False, "tensor"
-    if g.out == "gemm" and g.family != "fused":
+    if scheme == "delayed" and g.out == "gemm" and g.family != "fused":
         return True, "tensor"
     return True, "col"
 
@@ -255,8 +261,8 @@ def fuse(gemms: Sequence[inv.StepGemm], pairs: Sequence[tuple[str, str]]) -> lis
 
 def fusable(gemms: Sequence[inv.StepGemm], scheme: str) -> list[tuple[str, str]]:
     """The pairs that may fuse under ``scheme`` (the input-gradient pair needs per-tensor scales
-    for dY and dH, so not in the dynamic per-token scheme)."""
-    which = ("fwd",) if scheme == "dynamic" else ("fwd", "dgrad")
+    for dY and dH, so not in the per-token schemes :data:`~.host.ROW_SCALED`)."""
+    which = ("fwd",) if scheme in hostmodel.ROW_SCALED else ("fwd", "dgrad")
     return [key for key in pair_index(gemms) if key[1] in which]
 
 
