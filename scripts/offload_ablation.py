@@ -9,7 +9,7 @@ per CONFIG the mean relative gradient error ``|g - g32| / |g32|``, the mean cosi
 relative loss difference. A CONFIG is ``families[/fp32-keys]``, e.g. ``linear,conv,attention``
 (everything), ``attention`` (attention matmuls only), ``linear,conv,attention/attention.bwd``
 (attention backward kept fp32), with an optional ``@scheme`` (``@tensor``: delayed per-tensor
-scales; default ``row``): see ``install``'s ``families``, ``scheme`` and ``Offload.host_fp32``.
+scales; ``@row8``: row's operands, INT8 Linear/Conv outputs; default ``row``): see ``install``'s ``families``, ``scheme`` and ``Offload.host_fp32``.
 """
 
 import json
