@@ -18,8 +18,9 @@ the frozen base model's GEMMs run INT8 on the accelerator (board or emulation):
   ``dK = dS^T.Q`` backward, each one :meth:`Accelerator.batched_gemm` over (batch x heads).
   Softmax and its backward (``dS = P * (dP - rowsum(dP * P))``) stay fp32 on the host.
 
-Quantization (all symmetric INT8, |q| <= 127), in one of two schemes (:data:`SCHEMES`,
-``--offload-scheme``):
+Quantization (all symmetric INT8, |q| <= 127), in one of the schemes of :data:`SCHEMES`
+(``--offload-scheme``; ``row8`` quantizes as ``row`` and writes the Linear/Conv outputs INT8,
+:data:`~lora_qta.training.config.SCHEME_DOCS`):
 
 * **row** (the default): every host-quantized operand gets *current* scales along the one
   legal axis of its GEMM -- constant along the summed dimension, one per row of op(A) or
@@ -88,6 +89,7 @@ from torch import nn
 
 from ..errors import CheckpointError, DeviceMemoryError, DivergedError, LimitError
 from ..runtime.accelerator import Accelerator, GemmResult, Resident, fixed_point_scale
+from ..training.config import SCHEMES
 from .quant import dequantize, quantize_along
 
 QMAX = 127
@@ -102,11 +104,7 @@ FAMILIES = ("linear", "conv", "attention", "lora")
 DIRECTIONS = ("fwd", "bwd")
 """The forward GEMMs of a family and its input-gradient (backward) GEMMs."""
 OFFLOAD_MODES = ("lora", "all")
-SCHEMES = ("row", "tensor", "row8")
-"""How host-quantized operands are scaled: ``row`` -- current per-row scales (per token, per
-image for a convolution, per attention row/column), INT32 outputs dequantized on the host with
-both axes' scales; ``tensor`` -- delayed per-tensor scales, INT8 outputs (see the module
-docstring). The first is the default."""
+# SCHEMES (imported): the --offload-scheme names, training.config.SCHEME_DOCS says what each does
 EPS = 1e-12
 
 

@@ -37,7 +37,7 @@ from peft import LoraConfig
 from ..errors import CheckpointError, DivergedError, LimitError, OptionError, QtaError
 from ..lora.layer import QtaRuntime, accelerated_lora_config, attach_runtime
 from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, lora_state, non_finite, save_checkpoint
-from .config import DEFAULT_SD_PROMPT, FinetuneConfig
+from .config import DEFAULT_SD_PROMPT, SCHEMES, FinetuneConfig
 from .distributed import DataParallel
 from .models import DigitsBundle, ModelBundle, StableDiffusionBundle
 from .rundir import RunFolder
@@ -108,8 +108,6 @@ def check_options(cfg: FinetuneConfig, writer: bool = True) -> None:
         raise LimitError(f"--precision must be fp32 or int8, not {cfg.precision!r}")
     if cfg.offload not in ("lora", "all"):
         raise LimitError(f"--offload must be lora or all, not {cfg.offload!r}")
-    from ..lora.offload import SCHEMES
-
     if cfg.offload_scheme not in SCHEMES:
         raise LimitError(f"--offload-scheme must be one of {', '.join(SCHEMES)}, not {cfg.offload_scheme!r}")
     if cfg.fuse_lora and (cfg.precision != "int8" or cfg.offload != "all" or cfg.offload_scheme != "row"):
