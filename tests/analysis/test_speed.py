@@ -10,7 +10,8 @@ import pytest
 from lora_qta.analysis import report
 from lora_qta.analysis.speed import measure, throughput
 from lora_qta.cli import main
-from lora_qta.training.config import SCHEMES, FinetuneConfig
+from lora_qta.lora.schemes import SCHEMES
+from lora_qta.training.config import FinetuneConfig
 
 
 def test_speed_measure_reports_both_variants_and_the_split():

@@ -121,7 +121,7 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
     """Median step times of fp32 and int8 (emulated) and the int8 time split; with ``offload``
     ``all`` also the int8 whole-step variant (every GEMM on the emulated accelerator,
     ``lora-qta finetune --offload all``, quantized with ``offload_scheme``, one of
-    :data:`~lora_qta.training.config.SCHEMES`), and with ``fuse_lora`` its fused variant
+    :data:`~lora_qta.lora.schemes.SCHEMES`), and with ``fuse_lora`` its fused variant
     (``--fuse-lora``, refused without ``offload`` ``all`` as finetune refuses it), timed in the
     same alternation. The whole-step split's accelerator time is the driver + emulated kernel
     wall time of every call."""

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..analysis.energy import HOROWITZ_45NM
 from ..hw.config import DEFAULT_BOARD, config
-from ..training.config import SCHEMES, FinetuneConfig, schemes_help
+from ..lora.schemes import SCHEMES, schemes_help
+from ..training.config import FinetuneConfig
 from .common import add_board, add_target, comma_list
 
 INTS = comma_list(int)

@@ -9,7 +9,8 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ..training.config import SCHEMES, FinetuneConfig, schemes_help
+from ..lora.schemes import SCHEMES, schemes_help
+from ..training.config import FinetuneConfig
 from ..training.variants import DEFAULT_VARIANTS
 from .common import add_target, comma_list, table
 

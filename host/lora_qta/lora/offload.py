@@ -20,7 +20,7 @@ the frozen base model's GEMMs run INT8 on the accelerator (board or emulation):
 
 Quantization (all symmetric INT8, |q| <= 127), in one of the schemes of :data:`SCHEMES`
 (``--offload-scheme``; ``row8`` quantizes as ``row`` and writes the Linear/Conv outputs INT8,
-:data:`~lora_qta.training.config.SCHEME_DOCS`):
+:data:`~lora_qta.lora.schemes.SCHEME_DOCS`):
 
 * **row** (the default): every host-quantized operand gets *current* scales along the one
   legal axis of its GEMM -- constant along the summed dimension, one per row of op(A) or
@@ -89,8 +89,8 @@ from torch import nn
 
 from ..errors import CheckpointError, DeviceMemoryError, DivergedError, LimitError
 from ..runtime.accelerator import Accelerator, GemmResult, Resident, fixed_point_scale
-from ..training.config import SCHEMES
 from .quant import dequantize, quantize_along
+from .schemes import SCHEMES
 
 QMAX = 127
 HISTORY = 16
@@ -104,7 +104,6 @@ FAMILIES = ("linear", "conv", "attention", "lora")
 DIRECTIONS = ("fwd", "bwd")
 """The forward GEMMs of a family and its input-gradient (backward) GEMMs."""
 OFFLOAD_MODES = ("lora", "all")
-# SCHEMES (imported): the --offload-scheme names, training.config.SCHEME_DOCS says what each does
 EPS = 1e-12
 
 

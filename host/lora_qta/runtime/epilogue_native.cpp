@@ -4,7 +4,7 @@
 //
 // Integer arithmetic only, the kernel's (hls/README.md, "Epilogue"), so the result does not
 // depend on the vector width the compiler picks:
-//   p      acc * mult in int64 (|acc| < 2^31, |mult| <= 2^31: |p| <= 2^62);
+//   p      acc * mult in int64 (|acc|, |mult| <= 2^31: |p| <= 2^62);
 //   q      shift 0: p; nearest: floor(p / 2^sh) plus one when the remainder is above the half,
 //          or is the half and the quotient is odd (half to even); stochastic: floor((p + u) /
 //          2^sh) with u the 32 random bits moved to the shift (bits >> (32 - sh), or << (sh -
@@ -38,7 +38,7 @@ inline uint32_t mix32(uint32_t x) {
 //               (addend and odd are 0 for sh = 0, leaving p);
 //   stochastic  floor((p + noise) / 2^sh), noise = (bits << 31) >> (63 - sh): bits >> (32 - sh)
 //               for sh <= 32 (0 for sh = 0), bits << (sh - 32) above, exactly.
-// Bounds: |p| < 2^62, addend + odd <= 2^61, noise < 2^62, so u and u + a stay below 2^64.
+// Bounds: |p| <= 2^62, addend + odd <= 2^61, noise <= 2^62 - 2^30, so u + a < 2^64.
 struct Pair {
     int64_t mult;
     uint64_t shift, addend, odd, bias;  // bias = 2^(63 - shift)

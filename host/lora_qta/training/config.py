@@ -6,26 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..lora.schemes import SCHEMES
+
 DEFAULT_SD_PROMPT = "a photo of sks"
-
-SCHEME_DOCS = {
-    "row": "current scales per token (per image for a convolution, per row or column for attention), "
-           "INT32 outputs dequantized on the host with both axes' scales",
-    "tensor": "delayed per-tensor scales (amax history of 16) with INT8 outputs: less output traffic, larger "
-              "held-out-loss gap to fp32 (README, 'Whole-step INT8 offload')",
-    "row8": "inputs as row; Linear/Conv outputs written INT8 by the epilogue with per-column multipliers "
-            "from a delayed scale of the row-normalized output, rows rescaled on the host (attention as row)",
-}
-"""What each quantization scheme of ``--offload all`` does (``--offload-scheme``; details in
-:mod:`lora_qta.lora.offload`), one line each for the command line's help. The first is the default."""
-SCHEMES = tuple(SCHEME_DOCS)
-"""The scheme names (:data:`SCHEME_DOCS`' keys)."""
-
-
-def schemes_help() -> str:
-    """``name = what it does`` for every scheme, for an option's help text."""
-    return "; ".join(f"{name} = {doc}" for name, doc in SCHEME_DOCS.items())
-
 
 RESUME_OVERRIDES = ("learning_rate",)
 """Options a resumed run may change (recorded in the checkpoint and the report): a lower

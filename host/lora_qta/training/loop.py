@@ -36,8 +36,9 @@ from peft import LoraConfig
 
 from ..errors import CheckpointError, DivergedError, LimitError, OptionError, QtaError
 from ..lora.layer import QtaRuntime, accelerated_lora_config, attach_runtime
+from ..lora.schemes import SCHEMES
 from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, lora_state, non_finite, save_checkpoint
-from .config import DEFAULT_SD_PROMPT, SCHEMES, FinetuneConfig
+from .config import DEFAULT_SD_PROMPT, FinetuneConfig
 from .distributed import DataParallel
 from .models import DigitsBundle, ModelBundle, StableDiffusionBundle
 from .rundir import RunFolder
