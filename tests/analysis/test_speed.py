@@ -1,8 +1,17 @@
 """The emulation-speed benchmarks run and report their figures (no timing assertions)."""
 
+import inspect
+import json
+import subprocess
+import sys
+
+import pytest
+
 from lora_qta.analysis import report
 from lora_qta.analysis.speed import measure, throughput
 from lora_qta.cli import main
+from lora_qta.lora.schemes import SCHEMES
+from lora_qta.training.config import FinetuneConfig
 
 
 def test_speed_measure_reports_both_variants_and_the_split():
@@ -64,6 +73,36 @@ def test_speed_with_fuse_lora_times_the_fused_whole_step_beside_the_unfused_one(
     # a fused call replaces a base call and a LoRA call (H = X.A^T): fewer calls per step
     assert r["int8_fused_gemms_per_step"] < r["int8_all_gemms_per_step"]
     assert set(r["cpu_step_s"]) == {"fp32", "int8", "int8_all", "int8_fused"}
+
+
+@pytest.mark.parametrize("scheme", ["row8", "tensor"])
+def test_speed_times_the_whole_step_in_the_scheme_asked_for(tmp_path, capsys, scheme):
+    out = tmp_path / "speed.json"
+    assert main(["speed", "--steps", "1", "--warmup", "0", "--batch-size", "2", "--offload", "all",
+                 "--offload-scheme", scheme, "--out", str(out)]) == 0
+    assert f"--offload all, {scheme} scheme" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    # the scheme asked for, and the one the whole-step variant's offload reports it ran
+    assert r["offload_scheme"] == r["int8_all_scheme"] == scheme and r["int8_all_step_s"] > 0
+
+
+def test_speed_defaults_to_finetunes_scheme_and_refuses_an_unknown_one(capsys):
+    default = inspect.signature(measure).parameters["offload_scheme"].default
+    assert default == FinetuneConfig.offload_scheme == SCHEMES[0]
+    with pytest.raises(SystemExit):
+        main(["speed", "--offload-scheme", "int4"])
+    err = capsys.readouterr().err
+    assert "--offload-scheme" in err and all(s in err for s in SCHEMES)
+    help_text = subprocess.run([sys.executable, "-m", "lora_qta.cli", "speed", "--help"], capture_output=True,
+                               text=True).stdout
+    assert all(f"{s} =" in " ".join(help_text.split()) for s in SCHEMES)
+
+
+def test_speed_refuses_fuse_lora_with_another_scheme_as_finetune_does(capsys):
+    assert main(["speed", "--steps", "1", "--warmup", "0", "--offload", "all", "--offload-scheme", "row8",
+                 "--fuse-lora"]) == 2
+    err = capsys.readouterr().err
+    assert "--fuse-lora" in err and "--offload-scheme row8" in err
 
 
 def test_speed_refuses_fuse_lora_without_offload_all_as_finetune_does(capsys):

@@ -67,9 +67,9 @@ def test_wheel_ships_the_kernel_sources_and_not_the_tool_flows(wheel):
         assert f"lora_qta/hls/{rel}" in names
         assert zipfile.ZipFile(wheel).read(f"lora_qta/hls/{rel}") == (ROOT / "hls" / rel).read_bytes()
     assert not [n for n in names if n.startswith("lora_qta/hls/tcl/")]
-    # the host quantizer's C++ source, compiled at first use like the kernel
-    assert zipfile.ZipFile(wheel).read("lora_qta/lora/quant_native.cpp") == \
-        (ROOT / "host" / "lora_qta" / "lora" / "quant_native.cpp").read_bytes()
+    # the host quantizer's and the fast epilogue's C++ sources, compiled at first use like the kernel
+    for rel in ("lora/quant_native.cpp", "runtime/epilogue_native.cpp"):
+        assert zipfile.ZipFile(wheel).read(f"lora_qta/{rel}") == (ROOT / "host" / "lora_qta" / rel).read_bytes()
 
 
 # Run in another folder with only the wheel's copy of the package on the path (the venv's other
@@ -104,6 +104,15 @@ from lora_qta.lora.quant import quantize_along
 
 q, s = quantize_along(torch.arange(-6.0, 6.0).reshape(3, 4), (1,))
 assert quant_native.library() is not None and quant_native.build().is_relative_to(Path(sys.argv[2]).resolve())
+
+# the fast engine's C++ epilogue, built from the wheel's source into the same cache
+from lora_qta.runtime import epilogue_native
+
+r = Accelerator("pynq_z2", backend="emulation").gemm(np.full((3, 4), 100, np.int8), np.full((4, 2), 100, np.int8),
+                                                    out="int8", mult=1, shift=10)
+assert r.output.tolist() == [[39, 39]] * 3, r.output.tolist()  # 40000 / 1024 = 39.06
+assert epilogue_native.library() is not None
+assert epilogue_native.build().is_relative_to(Path(sys.argv[2]).resolve())
 assert q.tolist() == [[-127, -106, -85, -64], [-127, -64, 0, 64], [51, 76, 102, 127]], q.tolist()  # -63.5, 63.5: to even
 print("bit-exact from the wheel")
 """

@@ -7,10 +7,13 @@ nearest-even and stochastic rounding; accumulate; edge tiles; degenerate shapes 
 B; convolution geometries with 1x1 and 3x3 windows, stride 1 and 2, padding, input dilation 2;
 extreme operand values). The C-simulated kernel and the fast engine must leave byte-identical
 images (outputs, the zero padding of the last beat of every row, every byte they must not touch)
-and identical output registers (status, sat_count, amax, cycles_model); the reference must agree
-with the outputs, and the modelled cycle count must equal the planner's.
+and identical output registers (status, sat_count, amax, cycles_model), with the fast engine's
+C++ INT8 epilogue and with its numpy one; the reference must agree with the outputs, and the
+modelled cycle count must equal the planner's.
 """
 
+import os
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -21,7 +24,7 @@ from hypothesis import strategies as st
 from lora_qta.hw.call import ConvGeometry, GemmCall
 from lora_qta.hw.config import config
 from lora_qta.hw.reference import mix32, reference_call
-from lora_qta.runtime import csim
+from lora_qta.runtime import csim, epilogue_native
 from lora_qta.runtime.image import MemoryImage
 from lora_qta.runtime.planner import fits, kernel_accepts, model_cycles, valid_modes
 
@@ -135,6 +138,20 @@ def reference(img):
                           seed=call.seed, conv=call.conv)
 
 
+@contextmanager
+def numpy_epilogue():
+    """The fast engine with its numpy INT8 epilogue instead of the C++ one (restored after)."""
+    old = os.environ.get(epilogue_native.ENGINE_ENV)
+    os.environ[epilogue_native.ENGINE_ENV] = "numpy"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[epilogue_native.ENGINE_ENV]
+        else:
+            os.environ[epilogue_native.ENGINE_ENV] = old
+
+
 def check(board, call, extreme, seed, with_reference=True):
     img = image(board, call, extreme, seed)
     img_csim, img_fast = img.copy(), img.copy()
@@ -144,6 +161,11 @@ def check(board, call, extreme, seed, with_reference=True):
     assert out_csim == out_fast, f"C-simulation and the fast engine report differently for {call}"
     diff = np.nonzero(img_csim.mem != img_fast.mem)[0]
     assert diff.size == 0, f"C-simulation and the fast engine differ at bytes {diff[:8]} for {call}"
+    if call.out_int8:  # the fast engine's numpy epilogue (the C++ one's statement and fallback) too
+        img_numpy = img.copy()
+        with numpy_epilogue():
+            assert img_numpy.run_fast(board) == out_csim, f"the numpy epilogue reports differently for {call}"
+        assert np.array_equal(img_numpy.mem, img_csim.mem), f"the numpy epilogue differs for {call}"
     assert out_csim["cycles_model"] == model_cycles(board, call).cycles
     assert out_csim["cycles_measured"] == 0  # C-simulation cannot measure cycles
     # every byte outside the output rows (and their beat padding) is untouched

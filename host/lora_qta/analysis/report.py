@@ -573,7 +573,7 @@ def speed_summary(r: dict) -> str:
         f"(target <= {r['target_ratio']}x)",
         f"    accelerator ({r['engine']}, {r['gemms_per_step']} GEMMs) {s['accelerator'] * 1e3:.1f} ms, "
         f"quantization {s['quantization'] * 1e3:.1f} ms, rest {s['rest'] * 1e3:.1f} ms",
-    ] + [line for name, label in (("int8_all", "int8 every GEMM (--offload all)"),
+    ] + [line for name, label in (("int8_all", f"int8 every GEMM (--offload all, {r['offload_scheme']} scheme)"),
                                   ("int8_fused", "  the same, --fuse-lora"))
          if f"{name}_step_s" in r for line in _whole_step_lines(r, name, label)] + [
         "  CPU time per step (this process, median): " + ", ".join(

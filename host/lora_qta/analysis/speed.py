@@ -8,8 +8,8 @@
   timed side by side in one process, alternating step by step so that drift of the machine's
   load hits both alike; the int8 step is split into accelerator (driver + emulated kernel),
   quantization and the rest. With ``offload`` ``all`` the whole-step variant joins the
-  alternation, and with ``fuse_lora`` its fused variant too (``finetune --offload all
-  --fuse-lora``).
+  alternation (in the ``offload_scheme`` asked for, ``finetune --offload-scheme``), and with
+  ``fuse_lora`` its fused variant too (``finetune --offload all --fuse-lora``).
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def throughput(board: str = "zcu104", repeat: int = 3,
 
 
 def _variant(precision: str, cfg: FinetuneConfig, engine: str, offload: str = "lora", fuse_lora: bool = False):
+    """(bundle, runtime, trainable parameters, optimizer, data) of one variant; an ``offload``
+    ``all`` variant quantizes with ``cfg.offload_scheme``."""
     from torch.optim import AdamW
 
     from ..lora.layer import QtaRuntime, attach_runtime
@@ -80,7 +82,8 @@ def _variant(precision: str, cfg: FinetuneConfig, engine: str, offload: str = "l
         if offload == "all":
             from ..lora.offload import install
 
-            runtime.offload = install(bundle.unet, runtime.acc, runtime, fuse_lora=fuse_lora)
+            runtime.offload = install(bundle.unet, runtime.acc, runtime, scheme=cfg.offload_scheme,
+                                      fuse_lora=fuse_lora)
     params = [p for p in bundle.unet.parameters() if p.requires_grad]
     opt = AdamW(params, lr=cfg.learning_rate)
     data = bundle.training_data(cfg.num_examples, cfg.prior_per_class, cfg.seed)
@@ -101,21 +104,24 @@ def _step(variant, cfg: FinetuneConfig, step: int) -> tuple[float, float]:
 
 def _whole_step(name: str, variant, splits: dict, med: dict, runs: int) -> dict:
     """The figures of a whole-step variant (``int8_all`` or ``int8_fused``): its median step,
-    ratio to fp32, split, calls and modelled board time per step."""
+    ratio to fp32, split, calls and modelled board time per step, and the quantization scheme
+    it ran (its offload report's)."""
     rt = variant[1]
     a, q = float(np.median(splits[name]["accelerator"])), float(np.median(splits[name]["quantization"]))
     off = rt.offload.report()
     return {f"{name}_step_s": med[name], f"ratio_{name}_over_fp32": med[name] / med["fp32"],
             f"{name}_split_s": {"accelerator": a, "quantization": q, "rest": med[name] - a - q},
             f"{name}_gemms_per_step": sum(f["calls"] for f in off["families"].values()) // runs,
-            f"{name}_modelled_board_s_per_step": off["modelled_board_time_s"] / runs}
+            f"{name}_modelled_board_s_per_step": off["modelled_board_time_s"] / runs, f"{name}_scheme": off["scheme"]}
 
 
 def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: int = 16,
-            board: str | None = None, offload: str = FinetuneConfig.offload, fuse_lora: bool = False) -> dict:
+            board: str | None = None, offload: str = FinetuneConfig.offload, fuse_lora: bool = False,
+            offload_scheme: str = FinetuneConfig.offload_scheme) -> dict:
     """Median step times of fp32 and int8 (emulated) and the int8 time split; with ``offload``
     ``all`` also the int8 whole-step variant (every GEMM on the emulated accelerator,
-    ``lora-qta finetune --offload all``), and with ``fuse_lora`` its fused variant
+    ``lora-qta finetune --offload all``, quantized with ``offload_scheme``, one of
+    :data:`~lora_qta.lora.schemes.SCHEMES`), and with ``fuse_lora`` its fused variant
     (``--fuse-lora``, refused without ``offload`` ``all`` as finetune refuses it), timed in the
     same alternation. The whole-step split's accelerator time is the driver + emulated kernel
     wall time of every call."""
@@ -124,7 +130,7 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
     from ..lora.layer import attach_runtime
     from ..training.loop import check_options
 
-    cfg = FinetuneConfig(batch_size=batch_size, board=board, samples=False)
+    cfg = FinetuneConfig(batch_size=batch_size, board=board, samples=False, offload_scheme=offload_scheme)
     check_options(replace(cfg, precision="int8", offload=offload, fuse_lora=fuse_lora), writer=False)
     fp32 = _variant("fp32", cfg, engine)
     int8 = _variant("int8", cfg, engine)
@@ -163,7 +169,7 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
         "fp32_step_s": med["fp32"], "int8_step_s": med["int8"], "ratio_int8_over_fp32": med["int8"] / med["fp32"],
         "int8_split_s": {"accelerator": acc, "quantization": qua, "rest": med["int8"] - acc - qua},
         "gemms_per_step": gemms, "lora_layers": attach_runtime(int8[0].unet, int8[1]), "target_ratio": 1.5,
-        "offload": offload, "fuse_lora": fuse_lora, **extra,
+        "offload": offload, "offload_scheme": offload_scheme, "fuse_lora": fuse_lora, **extra,
         # CPU time of the process per step (median): on a machine shared with other jobs it
         # varies less with their load than the wall time (waiting for a core is not counted)
         "cpu_step_s": {k: float(np.median(v)) for k, v in cpu.items()},

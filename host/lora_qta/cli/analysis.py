@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..analysis.energy import HOROWITZ_45NM
 from ..hw.config import DEFAULT_BOARD, config
+from ..lora.schemes import SCHEMES, schemes_help
 from ..training.config import FinetuneConfig
 from .common import add_board, add_target, comma_list
 
@@ -91,7 +92,8 @@ def cmd_speed(a: argparse.Namespace) -> int:
     from ..analysis import report, speed
 
     torch.set_num_threads(a.threads)
-    r = speed.measure(a.steps, a.warmup, a.engine, a.batch_size, a.board, a.offload, a.fuse_lora)
+    r = speed.measure(a.steps, a.warmup, a.engine, a.batch_size, a.board, a.offload, a.fuse_lora,
+                      a.offload_scheme)
     print(report.speed_summary(r), end="")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +179,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help=f"all: also time the int8 whole-step variant (finetune --offload all: every GEMM on "
                         f"the emulated accelerator) beside fp32 and int8 LoRA-only; lora: fp32 and int8 LoRA-only "
                         f"only (default {FinetuneConfig.offload}, as finetune's)")
+    s.add_argument("--offload-scheme", default=FinetuneConfig.offload_scheme, choices=SCHEMES,
+                   help=f"with --offload all: the whole step's quantization scheme, as finetune's (default "
+                        f"{FinetuneConfig.offload_scheme}; --fuse-lora needs row): {schemes_help()}")
     s.add_argument("--fuse-lora", action="store_true",
                    help="with --offload all: also time the whole step with --fuse-lora (each LoRA layer fused "
                         "with its base layer, as finetune --fuse-lora runs it) beside the unfused one")

@@ -9,6 +9,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from ..lora.schemes import SCHEMES, schemes_help
 from ..training.config import FinetuneConfig
 from ..training.variants import DEFAULT_VARIANTS
 from .common import add_target, comma_list, table
@@ -35,15 +36,9 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
                         "says; softmax, norms, SiLU, loss and AdamW stay fp32 on the host. "
                         "report.json's 'offload' gives calls, cycles, bytes, MACs and utilization per "
                         "family (linear, conv, attention, lora), fallbacks and recomputes")
-    s.add_argument("--offload-scheme", default=d.offload_scheme, choices=["row", "tensor", "row8"],
-                   help="how --offload all quantizes the frozen layers' and attention's operands: row = "
-                        "current scales per token (per image for a convolution, per row or column for "
-                        "attention), INT32 outputs dequantized on the host with both axes' scales; row8 = "
-                        "row's operands, and the Linear/Conv outputs written INT8 by the epilogue (the "
-                        "weight's per-channel scale and a delayed scale of the row-normalized output in its "
-                        "multipliers; the host multiplies each row by its input scale): a quarter of the "
-                        "output traffic; tensor = delayed per-tensor scales (amax history of 16) with INT8 "
-                        "outputs: larger held-out-loss gap to fp32 (README, 'Whole-step INT8 offload')")
+    s.add_argument("--offload-scheme", default=d.offload_scheme, choices=SCHEMES,
+                   help=f"how --offload all quantizes the frozen layers' and attention's operands (default "
+                        f"{d.offload_scheme}): {schemes_help()}")
     s.add_argument("--fuse-lora", action="store_true",
                    help="with --offload all (row scheme): run each adapted layer's base GEMM and its LoRA "
                         "GEMM as one accelerator call: forward [Y | H] = X.[W; A]^T (X quantized once per "

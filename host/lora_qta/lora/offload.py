@@ -19,7 +19,7 @@ the frozen base model's GEMMs run INT8 on the accelerator (board or emulation):
   Softmax and its backward (``dS = P * (dP - rowsum(dP * P))``) stay fp32 on the host.
 
 Quantization (all symmetric INT8, |q| <= 127), in one of three schemes (:data:`SCHEMES`,
-``--offload-scheme``):
+``--offload-scheme``; their one-line summaries: :data:`~lora_qta.lora.schemes.SCHEME_DOCS`):
 
 * **row** (the default): every host-quantized operand gets *current* scales along the one
   legal axis of its GEMM -- constant along the summed dimension, one per row of op(A) or
@@ -100,6 +100,7 @@ from torch import nn
 from ..errors import CheckpointError, DeviceMemoryError, DivergedError, LimitError
 from ..runtime.accelerator import Accelerator, GemmResult, Resident, fixed_point_scale
 from .quant import dequantize, quantize_along
+from .schemes import DELAYED_SCHEMES, ROW_SCHEMES, SCHEMES
 
 QMAX = 127
 HISTORY = 16
@@ -113,16 +114,6 @@ FAMILIES = ("linear", "conv", "attention", "lora")
 DIRECTIONS = ("fwd", "bwd")
 """The forward GEMMs of a family and its input-gradient (backward) GEMMs."""
 OFFLOAD_MODES = ("lora", "all")
-SCHEMES = ("row", "tensor", "row8")
-"""How host-quantized operands are scaled: ``row`` -- current per-row scales (per token, per
-image for a convolution, per attention row/column), INT32 outputs dequantized on the host with
-both axes' scales; ``tensor`` -- delayed per-tensor scales, INT8 outputs; ``row8`` -- ``row``'s
-operands, INT8 Linear/Conv outputs with a delayed scale of the row-normalized output (see the
-module docstring). The first is the default."""
-ROW_SCHEMES = ("row", "row8")
-"""The schemes that quantize operands with current per-row scales."""
-DELAYED_SCHEMES = ("tensor", "row8")
-"""The schemes with INT8 outputs under delayed scaling (amax histories, recomputes)."""
 EPS = 1e-12
 
 

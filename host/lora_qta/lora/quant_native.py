@@ -23,10 +23,8 @@ runs, after one warning. ``LORA_QTA_HOST_QUANT=torch`` forces the torch code.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
 import os
-import subprocess
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -35,14 +33,13 @@ import numpy as np
 import torch
 
 from ..errors import CsimBuildError, DivergedError, OptionError
-from ..runtime.cxx import cache_root, compile_to, compiler
+from ..runtime.cxx import build_native
 
 ENGINE_ENV = "LORA_QTA_HOST_QUANT"
 """``torch`` forces the torch code of quantize_along; ``native`` (or unset) uses the C++ one."""
 ENGINES = ("native", "torch")
 SOURCE = "quant_native.cpp"
 CXXFLAGS = ("-std=c++14", "-O3", "-ffp-contract=off", "-Wall", "-Werror", "-shared", "-fPIC")
-NATIVE_ARCH = "-march=native"
 
 
 class Split(NamedTuple):
@@ -140,17 +137,8 @@ _failed: str | None = None  # why the library is not available (warned once)
 
 def build() -> Path:
     """Compile ``quant_native.cpp`` (cached); raises :class:`CsimBuildError` if it cannot be."""
-    cxx = compiler()
-    src = Path(__file__).with_name(SOURCE)
-    source = src.read_bytes()
-    arch: tuple[str, ...] = (NATIVE_ARCH,)
-    probe = subprocess.run([cxx, *arch, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True)
-    if probe.returncode != 0:  # a compiler without -march=native: a portable build
-        arch = ()
-        probe = subprocess.run([cxx, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True)
-    key = hashlib.sha256(source + " ".join((*CXXFLAGS, *arch)).encode() + probe.stdout.encode()).hexdigest()[:16]
-    target = cache_root() / "hostquant" / key / "libqta_quant.so"
-    return compile_to(target, [*CXXFLAGS, *arch, "-x", "c++", str(src)], "the host quantizer")
+    return build_native(Path(__file__).with_name(SOURCE), CXXFLAGS, "hostquant", "libqta_quant.so",
+                        "the host quantizer")
 
 
 def library() -> ctypes.CDLL | None:

@@ -1,6 +1,6 @@
 """Compiling the package's C++ with g++ at first use: the compiler, the cache folder and an
-atomic build, shared by the C-simulated kernel (:mod:`.csim`) and the host quantizer
-(:mod:`lora_qta.lora.quant_native`).
+atomic build, shared by the C-simulated kernel (:mod:`.csim`), the host quantizer
+(:mod:`lora_qta.lora.quant_native`) and the fast engine's epilogue (:mod:`.epilogue_native`).
 
 The compiler is ``$CXX`` (default ``g++``); built files are kept under ``$LORA_QTA_CACHE``
 (default ``~/.cache/lora_qta``), one subfolder per user of this module, and named by a hash of
@@ -10,6 +10,7 @@ everything that went into them, so a changed source, flag or compiler builds ane
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -64,4 +65,24 @@ def compile_to(target: Path, args: list[str], what: str) -> Path:
     return target
 
 
-__all__ = ["cache_root", "compile_to", "compiler", "compiler_identity"]
+NATIVE_ARCH = "-march=native"
+
+
+def build_native(src: Path, flags: tuple[str, ...], subdir: str, name: str, what: str) -> Path:
+    """Compile the shared library ``name`` from ``src`` with ``flags`` plus ``-march=native``
+    where the compiler has it (else a portable build), cached under
+    ``cache_root()/subdir/<key>/name``: the key hashes the source, the flags and the compiler's
+    predefined macros for the target (its version and instruction sets). Raises
+    :class:`CsimBuildError` if it cannot be built (``what`` names it in the message)."""
+    cxx = compiler()
+    source = src.read_bytes()
+    arch: tuple[str, ...] = (NATIVE_ARCH,)
+    probe = subprocess.run([cxx, *arch, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True)
+    if probe.returncode != 0:  # a compiler without -march=native: a portable build
+        arch = ()
+        probe = subprocess.run([cxx, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True)
+    key = hashlib.sha256(source + " ".join((*flags, *arch)).encode() + probe.stdout.encode()).hexdigest()[:16]
+    return compile_to(cache_root() / subdir / key / name, [*flags, *arch, "-x", "c++", str(src)], what)
+
+
+__all__ = ["NATIVE_ARCH", "build_native", "cache_root", "compile_to", "compiler", "compiler_identity"]

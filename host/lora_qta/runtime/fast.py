@@ -15,8 +15,11 @@ float32 GEMM per K chunk.
 PyTorch's own INT8 GEMM (``torch._int_mm``) is not used: on an AMD EPYC with AVX2 and no
 AVX-512/VNNI it ran 15-65x slower than this float32 path on LoRA shapes (about 0.2 GMAC/s;
 measured with torch 2.13, one thread), and oneDNN mis-reads the strides of its 1 x K views on
-some CPUs (issue 9, pytorch/pytorch#195066). The epilogue is the kernel's integer arithmetic on
-int64 arrays; INT32 outputs without accumulation are written straight from the product, their
+some CPUs (issue 9, pytorch/pytorch#195066). The epilogue is the kernel's integer arithmetic:
+for INT8 outputs one C++ pass over the exact products (:mod:`.epilogue_native`: requantization,
+accumulation, saturation count, amax and the strided write), with the int64 numpy code
+(:func:`requantize`, :func:`_epilogue_numpy`) as its statement and fallback; accumulated INT32
+outputs in numpy; INT32 outputs without accumulation are written straight from the product, their
 amax from one min/max pass (``torch.aminmax``, exact on integers). Every
 output row is written in whole beats, its padding with zeros, as the kernel does. The modelled
 cycle count is the planner's (:func:`~lora_qta.runtime.planner.model_cycles`); the measured count
@@ -38,6 +41,7 @@ K_CHUNK = 1024
 from ..hw.call import ConvGeometry, GemmCall
 from ..hw.config import BoardConfig, config
 from ..hw.reference import AMAX_CAP, effective_shift, rounding_bits
+from . import epilogue_native
 from .planner import cached_model, kernel_accepts
 
 
@@ -122,6 +126,46 @@ def requantize(acc: np.ndarray, mult, shift, stochastic: bool, bits: np.ndarray 
     odd = (p >> sh) & 1
     addend = np.where(sh > 0, (np.int64(1) << np.maximum(sh - 1, 0)) - 1, 0)
     return (p + addend + np.where(sh > 0, odd, 0)) >> sh
+
+
+def scales(call: GemmCall, mem: np.ndarray, offs: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The (multiplier, effective shift) int64 arrays of an INT8-output call: one pair per
+    tensor (the call's own), else the m (row) or n (column) pairs it reads from ``mem``."""
+    if call.scale_mode == "tensor":
+        return np.array([call.mult], dtype=np.int64), np.array([call.shift], dtype=np.int64)
+    pairs = _view(mem, offs["scales"], (call.scale_count, 2), (8, 4), np.int32).astype(np.int64)
+    return pairs[:, 0].copy(), effective_shift(pairs[:, 1])
+
+
+def _epilogue_numpy(call: GemmCall, acc: np.ndarray, item: int | None, cview: np.ndarray,
+                    mult: np.ndarray | None, shift: np.ndarray | None) -> tuple[int, int]:
+    """The epilogue of an INT8 output (``mult``, ``shift`` from :func:`scales`) or an
+    accumulated INT32 one (None) on int64 numpy arrays: writes ``cview`` (items x m x n) from
+    the exact products ``acc``; returns (saturated outputs, amax). The statement of the
+    semantics :mod:`.epilogue_native` computes in one C++ pass for INT8 outputs."""
+    items, m, n = acc.shape
+    if not call.out_int8:
+        total = acc + cview.astype(np.int64)
+        lo, hi = -(2**31), 2**31 - 1
+    else:
+        shape = {"tensor": (1, 1), "row": (-1, 1), "col": (1, -1)}[call.scale_mode]
+        bits = None
+        if call.stochastic:  # bits at the output's global index (item * m + row) * n + col
+            first = item or 0
+            rows = (np.arange(first, first + items)[:, None, None] * m + np.arange(m)[None, :, None])
+            bits = rounding_bits(call.seed, rows, np.arange(n)[None, None, :], n)
+        total = requantize(acc, mult.reshape(shape), shift.reshape(shape), call.stochastic, bits)
+        if call.accumulate:
+            total = total + cview.astype(np.int64)
+        lo, hi = -128, 127
+    tmax, tmin = int(total.max()), int(total.min())
+    amax = min(max(tmax, -tmin), AMAX_CAP)
+    nsat = 0
+    if tmax > hi or tmin < lo:  # only then a pass to count and clip
+        nsat = int(np.count_nonzero(total > hi)) + int(np.count_nonzero(total < lo))
+        total = np.clip(total, lo, hi)
+    cview[...] = total
+    return nsat, amax
 
 
 def operands(call: GemmCall, mem: np.ndarray, offs: dict[str, int], item: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,34 +260,15 @@ def _run_items(board: BoardConfig, call: GemmCall, mem: np.ndarray, offs: dict[s
             lo, hi = acc.min(), acc.max()
         amax = max(-int(lo), int(hi))
     else:
-        acc = (prod.numpy() if prod is not None else exact_matmul(opa, opb)).reshape(items, m, n).astype(np.int64)
-        if not call.out_int8:
-            total = acc + cview.astype(np.int64)
-            lo, hi = -(2**31), 2**31 - 1
-        else:
-            if call.scale_mode == "tensor":
-                mult, shift = np.int64(call.mult), np.int64(call.shift)
-            else:
-                cnt = call.scale_count
-                pairs = _view(mem, offs["scales"], (cnt, 2), (8, 4), np.int32).astype(np.int64)
-                shape = (cnt, 1) if call.scale_mode == "row" else (1, cnt)
-                mult, shift = pairs[:, 0].reshape(shape), effective_shift(pairs[:, 1]).reshape(shape)
-            bits = None
-            if call.stochastic:  # bits at the output's global index (item * m + row) * n + col
-                first = item or 0
-                rows = (np.arange(first, first + items)[:, None, None] * m + np.arange(m)[None, :, None])
-                bits = rounding_bits(call.seed, rows, np.arange(n)[None, None, :], n)
-            total = requantize(acc, mult, shift, call.stochastic, bits)
-            if call.accumulate:
-                total = total + cview.astype(np.int64)
-            lo, hi = -128, 127
-        tmax, tmin = int(total.max()), int(total.min())
-        amax = min(max(tmax, -tmin), AMAX_CAP)
-        nsat = 0
-        if tmax > hi or tmin < lo:  # only then a pass to count and clip
-            nsat = int(np.count_nonzero(total > hi)) + int(np.count_nonzero(total < lo))
-            total = np.clip(total, lo, hi)
-        cview[...] = total
+        acc = prod.numpy() if prod is not None else exact_matmul(opa, opb)
+        mult = shift = done = None
+        if call.out_int8:  # one C++ pass where it is available (the same bits as the numpy code)
+            mult, shift = scales(call, mem, offs)
+            done = epilogue_native.epilogue_i8(acc, mult, shift, call.scale_mode, call.stochastic, call.seed,
+                                               (item or 0) * m, call.accumulate, cview)
+        if done is None:
+            done = _epilogue_numpy(call, acc.reshape(items, m, n).astype(np.int64), item, cview, mult, shift)
+        nsat, amax = done  # the amax is capped by run()
     if row_bytes > n * eb:  # the beat padding of every row is written with zeros
         _view(mem, co + n * eb, (items, m, row_bytes - n * eb), (call.stride_c, call.ldc * eb, 1), np.uint8)[...] = 0
     return nsat, amax

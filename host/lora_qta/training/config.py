@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..lora.schemes import SCHEMES
+
 DEFAULT_SD_PROMPT = "a photo of sks"
 
 RESUME_OVERRIDES = ("learning_rate",)
@@ -20,7 +22,7 @@ class FinetuneConfig:
     output_dir: str = "runs/default"
     precision: str = "int8"
     offload: str = "all"  # int8 runs: every GEMM of the step (lora: the LoRA GEMMs only); fp32: none
-    offload_scheme: str = "row"
+    offload_scheme: str = SCHEMES[0]
     fuse_lora: bool = False
     board: str | None = None
     backend: str | None = None

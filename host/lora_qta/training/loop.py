@@ -36,6 +36,7 @@ from peft import LoraConfig
 
 from ..errors import CheckpointError, DivergedError, LimitError, OptionError, QtaError
 from ..lora.layer import QtaRuntime, accelerated_lora_config, attach_runtime
+from ..lora.schemes import DELAYED_SCHEMES, SCHEMES
 from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, lora_state, non_finite, save_checkpoint
 from .config import DEFAULT_SD_PROMPT, FinetuneConfig
 from .distributed import DataParallel
@@ -85,7 +86,7 @@ def run_target(cfg: FinetuneConfig) -> dict[str, Any] | None:
               "numerics": {"smooth_alpha": QtaRuntime.SMOOTH_ALPHA, "wgrad_groups": True,
                            "group_ratio": QtaRuntime.GROUP_RATIO}}
     if cfg.offload == "all":  # the whole-step offload's quantization scheme defines the result too
-        from ..lora.offload import DELAYED_SCHEMES, HISTORY, MAX_RECOMPUTES, SAT_THRESHOLD
+        from ..lora.offload import HISTORY, MAX_RECOMPUTES, SAT_THRESHOLD
 
         target["offload_numerics"] = {"scheme": cfg.offload_scheme}
         if cfg.fuse_lora:  # only when set: identities of unfused runs stay as they were
@@ -108,8 +109,6 @@ def check_options(cfg: FinetuneConfig, writer: bool = True) -> None:
         raise LimitError(f"--precision must be fp32 or int8, not {cfg.precision!r}")
     if cfg.offload not in ("lora", "all"):
         raise LimitError(f"--offload must be lora or all, not {cfg.offload!r}")
-    from ..lora.offload import SCHEMES
-
     if cfg.offload_scheme not in SCHEMES:
         raise LimitError(f"--offload-scheme must be one of {', '.join(SCHEMES)}, not {cfg.offload_scheme!r}")
     if cfg.fuse_lora and (cfg.precision != "int8" or cfg.offload != "all" or cfg.offload_scheme != "row"):
