@@ -8,6 +8,7 @@ import torch
 
 from lora_qta.cli import main
 from lora_qta.errors import CheckpointError, LimitError
+from lora_qta.lora.schemes import SCHEMES
 from lora_qta.training.config import FinetuneConfig
 from lora_qta.training.loop import finetune
 from test_loop import adapter_state, write_images, write_tiny_stable_diffusion
@@ -118,7 +119,7 @@ def test_the_whole_step_is_the_default_and_offload_defines_only_int8_runs():
     assert "offload" not in FinetuneConfig(offload="lora").identity()
     fp32 = [FinetuneConfig(precision="fp32", offload=o).identity() for o in ("all", "lora")]
     assert fp32[0] == fp32[1] and "offload" not in fp32[0]
-    with pytest.raises(LimitError, match="--offload-scheme must be one of row, tensor, not 'block'"):
+    with pytest.raises(LimitError, match=f"--offload-scheme must be one of {', '.join(SCHEMES)}, not 'block'"):
         finetune(FinetuneConfig(offload="all", offload_scheme="block", steps=1, samples=False))
     with pytest.raises(LimitError, match="--offload must be lora or all"):
         finetune(FinetuneConfig(offload="everything", steps=1, samples=False))
