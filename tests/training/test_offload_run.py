@@ -8,6 +8,7 @@ import torch
 
 from lora_qta.cli import main
 from lora_qta.errors import CheckpointError, LimitError
+from lora_qta.lora.schemes import SCHEMES
 from lora_qta.training.config import FinetuneConfig
 from lora_qta.training.loop import finetune
 from test_loop import adapter_state, write_images, write_tiny_stable_diffusion
