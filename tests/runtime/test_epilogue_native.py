@@ -187,6 +187,20 @@ def test_through_the_engine_equals_csim_and_takes_the_c_path(monkeypatch):
         assert len(taken) == count + (batch if geo else 1) and all(t is not None for t in taken[count:])
 
 
+@pytest.mark.parametrize("mult", [2**31, 2**32 + 3, -(2**31)])
+def test_a_multiplier_beyond_int32_is_read_as_its_register_holds_it(mult):
+    """The kernel sees the low 32 bits of a per-tensor multiplier as a signed value (review 4,
+    finding 1): the fast engine (C++ epilogue) computes the same, without overflowing."""
+    rng = np.random.default_rng(5)
+    call = GemmCall(8, 8, 32, 32, 32, 32, 1, 1, 1, out_int8=True, scale_mode="tensor", mult=mult, shift=40, seed=3)
+    call = plan(ZCU, replace(call, mult=1)).call
+    call = replace(call, mult=mult)
+    img = MemoryImage.build(ZCU, call, rng)
+    c, f = img.copy(), img.copy()
+    assert c.run_csim(ZCU) == f.run_fast(ZCU)
+    assert np.array_equal(c.mem, f.mem)
+
+
 def test_what_the_c_path_leaves_out_runs_numpy(monkeypatch):
     view = np.zeros((1, 2, 3), np.int8)
     one = (np.array([3], np.int64), np.array([4], np.int64), "tensor", False, 0, 0, False, view)
@@ -194,6 +208,12 @@ def test_what_the_c_path_leaves_out_runs_numpy(monkeypatch):
     assert epilogue_native.epilogue_i8(np.ones((1, 2, 3), np.int32), *one) is not None
     assert epilogue_native.epilogue_i8(np.ones((1, 2, 3), np.int64), *one) is None        # another dtype
     assert epilogue_native.epilogue_i8(np.ones((1, 3, 2), np.int32).transpose(0, 2, 1), *one) is None
+    for bad in ((np.array([2**31], np.int64), np.array([4], np.int64)), (np.array([3], np.int64), np.array([63], np.int64)),
+                (np.array([3], np.int64), np.array([-1], np.int64))):   # beyond the C code's bounds
+        assert epilogue_native.epilogue_i8(np.ones((1, 2, 3), np.int32), *bad, *one[2:]) is None
+    frozen = np.zeros((1, 2, 3), np.int8)
+    frozen.flags.writeable = False
+    assert epilogue_native.epilogue_i8(np.ones((1, 2, 3), np.int32), *one[:-1], frozen) is None
     monkeypatch.setenv(epilogue_native.ENGINE_ENV, "numpy")
     assert epilogue_native.epilogue_i8(np.ones((1, 2, 3), np.int32), *one) is None
     monkeypatch.setenv(epilogue_native.ENGINE_ENV, "gpu")

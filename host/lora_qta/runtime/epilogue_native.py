@@ -76,7 +76,7 @@ def library() -> ctypes.CDLL | None:
 def epilogue_i8(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, mode: str, stochastic: bool, seed: int,
                 first_row: int, accumulate: bool, out: np.ndarray) -> tuple[int, int] | None:
     """Requantize the exact products ``acc`` (items x m x n, C-contiguous float32 holding
-    integers, or int32) into the INT8 view ``out`` (items x m x n, any strides with unit column
+    integers of magnitude <= 2^24, or int32) into the INT8 view ``out`` (items x m x n, any strides with unit column
     stride; read first when ``accumulate``) with the (``mult``, ``shift``) int64 arrays of
     ``mode`` (one pair for ``tensor``, m for ``row``, n for ``col``; shifts already effective,
     0..62), rounding stochastically with the kernel's bits of ``seed`` when asked (``first_row``:
@@ -85,11 +85,16 @@ def epilogue_i8(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, mode: str,
     library unavailable, another dtype or layout): the caller runs the numpy code."""
     if engine() == "numpy" or acc.dtype not in (np.float32, np.int32) or not acc.flags.c_contiguous:
         return None
-    if out.dtype != np.int8 or out.strides[2] != 1 or library() is None:
+    if not acc.flags.aligned or out.dtype != np.int8 or out.strides[2] != 1 or not out.flags.writeable:
+        return None
+    if library() is None:
         return None
     items, m, n = out.shape
     want = {"tensor": 1, "row": m, "col": n}[mode]
     if acc.size != items * m * n or mult.shape != (want,) or shift.shape != (want,):
+        return None
+    # the C code's bounds (|product| <= 2^62, shifts of 0..62): anything else runs numpy
+    if want and (mult.min() < -(2**31) or mult.max() >= 2**31 or shift.min() < 0 or shift.max() > 62):
         return None
     mult = np.ascontiguousarray(mult, dtype=np.int64)
     shift = np.ascontiguousarray(shift, dtype=np.int64)

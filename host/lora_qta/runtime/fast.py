@@ -131,8 +131,9 @@ def requantize(acc: np.ndarray, mult, shift, stochastic: bool, bits: np.ndarray 
 def scales(call: GemmCall, mem: np.ndarray, offs: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     """The (multiplier, effective shift) int64 arrays of an INT8-output call: one pair per
     tensor (the call's own), else the m (row) or n (column) pairs it reads from ``mem``."""
-    if call.scale_mode == "tensor":
-        return np.array([call.mult], dtype=np.int64), np.array([call.shift], dtype=np.int64)
+    if call.scale_mode == "tensor":  # the multiplier as its 32-bit register holds it (signed)
+        mult = ((call.mult + 2**31) & 0xFFFFFFFF) - 2**31
+        return np.array([mult], dtype=np.int64), np.array([call.shift], dtype=np.int64)
     pairs = _view(mem, offs["scales"], (call.scale_count, 2), (8, 4), np.int32).astype(np.int64)
     return pairs[:, 0].copy(), effective_shift(pairs[:, 1])
 
