@@ -53,6 +53,18 @@ def test_bad_training_options_are_one_line(capsys, tmp_path, extra, message):
     assert not out.exists()  # refused before anything is written
 
 
+@pytest.mark.parametrize("env, engines", [("LORA_QTA_HOST_QUANT", "native or torch"),
+                                          ("LORA_QTA_FAST_EPILOGUE", "native or numpy")])
+def test_a_mistyped_engine_variable_is_refused_before_training(capsys, tmp_path, monkeypatch, env, engines):
+    """Not at the first INT8 call, minutes into a run."""
+    monkeypatch.setenv(env, "nativ")
+    out = tmp_path / "run"
+    quick = [a if a != "fp32" else "int8" for a in QUICK]
+    assert f"{env}='nativ' is not an engine of" in (line := one_line(capsys, ["finetune", "--output-dir", str(out), *quick]))
+    assert line.endswith(f"use {engines}")
+    assert not out.exists()
+
+
 def test_output_folder_that_is_a_file_or_unwritable(capsys, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")

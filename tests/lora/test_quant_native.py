@@ -120,7 +120,7 @@ def test_c_path_equals_the_torch_code(monkeypatch, name, x, dims, stochastic):
 
 def test_the_c_library_is_built():
     """Every comparison above would compare torch with itself if the build fell back silently."""
-    assert quant_native.library() is not None
+    assert quant_native.NATIVE.load() is not None
 
 
 @pytest.mark.parametrize("name,x,dims", [
@@ -173,8 +173,8 @@ def test_without_a_compiler_training_quantizes_with_torch_after_one_warning(monk
     monkeypatch.delenv(quant_native.ENGINE_ENV, raising=False)
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("LORA_QTA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(quant_native, "_lib", None)
-    monkeypatch.setattr(quant_native, "_failed", None)
+    monkeypatch.setattr(quant_native.NATIVE, "lib", None)
+    monkeypatch.setattr(quant_native.NATIVE, "failed", None)
     x = torch.randn(6, 9, generator=torch.Generator().manual_seed(4))
     with pytest.warns(RuntimeWarning, match="no-such-compiler"):
         first = quantize_along(x, (1,))
@@ -241,18 +241,18 @@ def test_stochastic_sums_beyond_qmax_are_clamped(monkeypatch):
 def test_a_compiler_without_march_native_builds_a_portable_library_with_the_same_bits(monkeypatch, tmp_path):
     """The build for a compiler that refuses -march=native (baseline instruction set: other
     vector widths, rounding without SSE4.1) gives the same values too, in another cache entry."""
-    native_path = quant_native.build()
+    native_path = quant_native.NATIVE.build()
     wrapper = tmp_path / "cxx"
     wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && exit 1; done\nexec g++ "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setenv("CXX", str(wrapper))
     monkeypatch.setenv("LORA_QTA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(quant_native, "_lib", None)
-    monkeypatch.setattr(quant_native, "_failed", None)
+    monkeypatch.setattr(quant_native.NATIVE, "lib", None)
+    monkeypatch.setattr(quant_native.NATIVE, "failed", None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert quant_native.library() is not None
-    portable = quant_native.build()
+        assert quant_native.NATIVE.load() is not None
+    portable = quant_native.NATIVE.build()
     assert portable.is_relative_to(tmp_path / "cache") and portable.parent.name != native_path.parent.name
     for name, x, dims in edge_cases() + layout_cases()[:6]:
         for stochastic in (False, True):

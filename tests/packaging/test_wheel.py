@@ -103,7 +103,7 @@ from lora_qta.lora import quant_native
 from lora_qta.lora.quant import quantize_along
 
 q, s = quantize_along(torch.arange(-6.0, 6.0).reshape(3, 4), (1,))
-assert quant_native.library() is not None and quant_native.build().is_relative_to(Path(sys.argv[2]).resolve())
+assert quant_native.NATIVE.load() is not None and quant_native.NATIVE.build().is_relative_to(Path(sys.argv[2]).resolve())
 
 # the fast engine's C++ epilogue, built from the wheel's source into the same cache
 from lora_qta.runtime import epilogue_native
@@ -111,8 +111,8 @@ from lora_qta.runtime import epilogue_native
 r = Accelerator("pynq_z2", backend="emulation").gemm(np.full((3, 4), 100, np.int8), np.full((4, 2), 100, np.int8),
                                                     out="int8", mult=1, shift=10)
 assert r.output.tolist() == [[39, 39]] * 3, r.output.tolist()  # 40000 / 1024 = 39.06
-assert epilogue_native.library() is not None
-assert epilogue_native.build().is_relative_to(Path(sys.argv[2]).resolve())
+assert epilogue_native.NATIVE.load() is not None
+assert epilogue_native.NATIVE.build().is_relative_to(Path(sys.argv[2]).resolve())
 assert q.tolist() == [[-127, -106, -85, -64], [-127, -64, 0, 64], [51, 76, 102, 127]], q.tolist()  # -63.5, 63.5: to even
 print("bit-exact from the wheel")
 """

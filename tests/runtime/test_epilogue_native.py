@@ -84,7 +84,7 @@ def run_both(acc, mult, shift, mode, stochastic=False, seed=0, item=0, accumulat
 
 def test_the_c_library_is_built():
     """Every comparison here would compare numpy with itself if the build fell back silently."""
-    assert epilogue_native.library() is not None
+    assert epilogue_native.NATIVE.load() is not None
 
 
 SPECIAL = [0, 1, -1, 2, -2, 127, -128, 2**24 - 1, -(2**24) + 1, INT32_MAX, -INT32_MAX, INT32_MIN]
@@ -230,8 +230,8 @@ def test_without_a_compiler_the_engine_requantizes_with_numpy_after_one_warning(
     monkeypatch.delenv(epilogue_native.ENGINE_ENV, raising=False)
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("LORA_QTA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(epilogue_native, "_lib", None)
-    monkeypatch.setattr(epilogue_native, "_failed", None)
+    monkeypatch.setattr(epilogue_native.NATIVE, "lib", None)
+    monkeypatch.setattr(epilogue_native.NATIVE, "failed", None)
     first = img.copy()
     with pytest.warns(RuntimeWarning, match="no-such-compiler"):
         assert first.run_fast(ZCU) == want

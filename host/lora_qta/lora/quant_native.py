@@ -24,20 +24,17 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from ..errors import CsimBuildError, DivergedError, OptionError
-from ..runtime.cxx import build_native
+from ..errors import DivergedError
+from ..runtime.cxx import NativeLibrary
 
 ENGINE_ENV = "LORA_QTA_HOST_QUANT"
 """``torch`` forces the torch code of quantize_along; ``native`` (or unset) uses the C++ one."""
-ENGINES = ("native", "torch")
 SOURCE = "quant_native.cpp"
 CXXFLAGS = ("-std=c++14", "-O3", "-ffp-contract=off", "-Wall", "-Werror", "-shared", "-fPIC")
 
@@ -58,15 +55,6 @@ class Split(NamedTuple):
     transpose: tuple[int, int, int] | None = None
     """(B, R, C) when the INT8 result in memory order is the view's order transposed as blocks
     (B, R, C) -> (B, C, R), as for an NHWC view of an NCHW map (done in C); else torch permutes."""
-
-
-def engine() -> str:
-    """The engine ``$LORA_QTA_HOST_QUANT`` asks for (``native`` when unset)."""
-    name = os.environ.get(ENGINE_ENV) or "native"
-    if name not in ENGINES:
-        raise OptionError(f"{ENGINE_ENV}={name!r} is not an engine of the host quantizer: use "
-                          f"{' or '.join(ENGINES)}")
-    return name
 
 
 def split(xf: torch.Tensor, dims: tuple[int, ...] | None) -> Split | None:
@@ -131,45 +119,29 @@ def block_transpose(order: tuple[int, ...], shape: torch.Size) -> tuple[int, int
     return math.prod(shape[:k]), math.prod(shape[j:]), math.prod(shape[k:j])
 
 
-_lib: ctypes.CDLL | None = None
-_failed: str | None = None  # why the library is not available (warned once)
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    lib.qta_quant_scales.argtypes = [p, i64, i64, i64, ctypes.c_int, f32, f32, p]
+    lib.qta_quant_apply.argtypes = [p, i64, i64, i64, ctypes.c_int, p, p, f32, p]
+    lib.qta_quant_nearest.argtypes = [p, i64, i64, i64, ctypes.c_int, f32, f32, p, p]
+    lib.qta_quant_scales.restype = lib.qta_quant_nearest.restype = ctypes.c_int
+    lib.qta_transpose_i8.argtypes = [p, i64, i64, i64, p]
+    lib.qta_quant_apply.restype = lib.qta_transpose_i8.restype = None
 
 
-def build() -> Path:
-    """Compile ``quant_native.cpp`` (cached); raises :class:`CsimBuildError` if it cannot be."""
-    return build_native(Path(__file__).with_name(SOURCE), CXXFLAGS, "hostquant", "libqta_quant.so",
-                        "the host quantizer")
-
-
-def library() -> ctypes.CDLL | None:
-    """The built quantizer, or None (after one warning) when it cannot be built or loaded."""
-    global _lib, _failed
-    if _lib is None and _failed is None:
-        try:
-            lib = ctypes.CDLL(str(build()))
-        except (CsimBuildError, OSError) as e:
-            _failed = str(e)
-            warnings.warn(f"the fused host quantizer is not available ({e}); quantizing with torch, "
-                          "which gives the same values, more slowly", RuntimeWarning, stacklevel=3)
-            return None
-        p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-        lib.qta_quant_scales.argtypes = [p, i64, i64, i64, ctypes.c_int, f32, f32, p]
-        lib.qta_quant_apply.argtypes = [p, i64, i64, i64, ctypes.c_int, p, p, f32, p]
-        lib.qta_quant_nearest.argtypes = [p, i64, i64, i64, ctypes.c_int, f32, f32, p, p]
-        lib.qta_quant_scales.restype = lib.qta_quant_nearest.restype = ctypes.c_int
-        lib.qta_transpose_i8.argtypes = [p, i64, i64, i64, p]
-        lib.qta_quant_apply.restype = lib.qta_transpose_i8.restype = None
-        _lib = lib
-    return _lib
+NATIVE = NativeLibrary(Path(__file__).with_name(SOURCE), CXXFLAGS, "hostquant", "libqta_quant.so",
+                       "the host quantizer", ENGINE_ENV, "torch", _declare)
+"""The C++ quantizer: ``NATIVE.engine()`` reads ``$LORA_QTA_HOST_QUANT``, ``NATIVE.build()``
+compiles it, ``NATIVE.load()`` loads it (None, after one warning, when it cannot be)."""
 
 
 def plan(xf: torch.Tensor, dims: tuple[int, ...] | None) -> Split | None:
     """The :class:`Split` to quantize ``xf`` with in C, or None: the torch code (forced by
     ``$LORA_QTA_HOST_QUANT``, the library unavailable, or a tensor :func:`split` leaves out)."""
-    if engine() == "torch":
+    if NATIVE.engine() == NATIVE.fallback:
         return None
-    sp = split(xf, dims)
-    return sp if sp is not None and library() is not None else None
+    sp = split(xf, dims)  # before loading: a tensor the C code leaves out needs no compiler
+    return sp if sp is not None and NATIVE.load() is not None else None
 
 
 def diverged(where: str) -> DivergedError:
@@ -187,7 +159,7 @@ def quantize(xf: torch.Tensor, dims: tuple[int, ...] | None, generator: torch.Ge
     sp = plan(xf, dims)
     if sp is None:
         return None
-    lib = _lib
+    lib = NATIVE.lib
     xp = xf if sp.order is None else xf.permute(sp.order)
     # numpy allocates faster than torch.empty (~1 us each); the tensors own the arrays
     q = torch.from_numpy(np.empty(xp.shape, dtype=np.int8))
@@ -216,4 +188,4 @@ def quantize(xf: torch.Tensor, dims: tuple[int, ...] | None, generator: torch.Ge
     return q, scale
 
 
-__all__ = ["ENGINE_ENV", "Split", "build", "diverged", "engine", "library", "plan", "quantize", "split"]
+__all__ = ["ENGINE_ENV", "NATIVE", "Split", "diverged", "plan", "quantize", "split"]

@@ -9,15 +9,19 @@ everything that went into them, so a changed source, flag or compiler builds ane
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CsimBuildError
+from ..errors import CsimBuildError, OptionError
 
 
 def compiler() -> str:
@@ -85,4 +89,64 @@ def build_native(src: Path, flags: tuple[str, ...], subdir: str, name: str, what
     return compile_to(cache_root() / subdir / key / name, [*flags, *arch, "-x", "c++", str(src)], what)
 
 
-__all__ = ["NATIVE_ARCH", "build_native", "cache_root", "compile_to", "compiler", "compiler_identity"]
+@dataclass
+class NativeLibrary:
+    """A C++ faster route to what Python code of the package states (the host quantizer, the fast
+    engine's epilogue): built from ``source`` with :func:`build_native` at first use, loaded
+    through ctypes, and chosen or refused by the environment variable ``env``.
+
+    ``env`` unset or ``native`` asks for the library; ``fallback`` (e.g. ``torch``, ``numpy``)
+    forces the Python code, which gives the same bits. If the library cannot be built or loaded,
+    the Python code runs after one warning (``failed`` keeps why)."""
+
+    source: Path
+    flags: tuple[str, ...]
+    subdir: str
+    filename: str
+    what: str
+    """names the library in messages, e.g. ``the host quantizer``"""
+    env: str
+    fallback: str
+    declare: Callable[[ctypes.CDLL], None]
+    """sets the argtypes and restypes of the library's functions"""
+    lib: ctypes.CDLL | None = field(default=None, repr=False)
+    failed: str | None = None
+
+    @property
+    def engines(self) -> tuple[str, str]:
+        return ("native", self.fallback)
+
+    def engine(self) -> str:
+        """The engine ``$env`` asks for (``native`` when unset); raises :class:`OptionError` for
+        a name that is neither."""
+        name = os.environ.get(self.env) or "native"
+        if name not in self.engines:
+            raise OptionError(f"{self.env}={name!r} is not an engine of {self.what}: use "
+                              f"{' or '.join(self.engines)}")
+        return name
+
+    def build(self) -> Path:
+        """Compile the source (cached); raises :class:`CsimBuildError` if it cannot be."""
+        return build_native(self.source, self.flags, self.subdir, self.filename, self.what)
+
+    def load(self) -> ctypes.CDLL | None:
+        """The built library, or None (after one warning) when it cannot be built or loaded."""
+        if self.lib is None and self.failed is None:
+            try:
+                lib = ctypes.CDLL(str(self.build()))
+            except (CsimBuildError, OSError) as e:
+                self.failed = str(e)
+                warnings.warn(f"the C++ code of {self.what} is not available ({e}); running its {self.fallback} "
+                              "code, which gives the same values, more slowly", RuntimeWarning, stacklevel=3)
+                return None
+            self.declare(lib)
+            self.lib = lib
+        return self.lib
+
+    def active(self) -> ctypes.CDLL | None:
+        """The library when ``$env`` asks for it and it loads, else None (the Python code runs)."""
+        return None if self.engine() == self.fallback else self.load()
+
+
+__all__ = ["NATIVE_ARCH", "NativeLibrary", "build_native", "cache_root", "compile_to", "compiler",
+           "compiler_identity"]

@@ -17,60 +17,31 @@ after one warning. ``LORA_QTA_FAST_EPILOGUE=numpy`` forces the numpy code.
 from __future__ import annotations
 
 import ctypes
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import CsimBuildError, OptionError
 from ..hw.reference import mix32
-from .cxx import build_native
+from .cxx import NativeLibrary
 
 ENGINE_ENV = "LORA_QTA_FAST_EPILOGUE"
 """``numpy`` forces the numpy epilogue; ``native`` (or unset) uses the C++ one."""
-ENGINES = ("native", "numpy")
 SOURCE = "epilogue_native.cpp"
 CXXFLAGS = ("-std=c++14", "-O3", "-Wall", "-Werror", "-shared", "-fPIC")
 MODES = {"tensor": 0, "row": 1, "col": 2}
 """The C code's number of each scale mode (hls/README.md: one pair, one per row, one per column)."""
 
-_lib: ctypes.CDLL | None = None
-_failed: str | None = None  # why the library is not available (warned once)
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.qta_epilogue_i8.argtypes = [p, i32, i64, i64, i64, p, p, i32, i32, ctypes.c_uint32, i64, i32, p, i64, i64, p]
+    lib.qta_epilogue_i8.restype = None
 
 
-def engine() -> str:
-    """The engine ``$LORA_QTA_FAST_EPILOGUE`` asks for (``native`` when unset)."""
-    name = os.environ.get(ENGINE_ENV) or "native"
-    if name not in ENGINES:
-        raise OptionError(f"{ENGINE_ENV}={name!r} is not an engine of the fast epilogue: use "
-                          f"{' or '.join(ENGINES)}")
-    return name
-
-
-def build() -> Path:
-    """Compile ``epilogue_native.cpp`` (cached); raises :class:`CsimBuildError` if it cannot be."""
-    return build_native(Path(__file__).with_name(SOURCE), CXXFLAGS, "fastepilogue", "libqta_epilogue.so",
-                        "the fast engine's epilogue")
-
-
-def library() -> ctypes.CDLL | None:
-    """The built epilogue, or None (after one warning) when it cannot be built or loaded."""
-    global _lib, _failed
-    if _lib is None and _failed is None:
-        try:
-            lib = ctypes.CDLL(str(build()))
-        except (CsimBuildError, OSError) as e:
-            _failed = str(e)
-            warnings.warn(f"the fast engine's C++ epilogue is not available ({e}); requantizing with numpy, "
-                          "which gives the same values, more slowly", RuntimeWarning, stacklevel=3)
-            return None
-        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        lib.qta_epilogue_i8.argtypes = [p, i32, i64, i64, i64, p, p, i32, i32, ctypes.c_uint32, i64, i32, p, i64,
-                                        i64, p]
-        lib.qta_epilogue_i8.restype = None
-        _lib = lib
-    return _lib
+NATIVE = NativeLibrary(Path(__file__).with_name(SOURCE), CXXFLAGS, "fastepilogue", "libqta_epilogue.so",
+                       "the fast engine's epilogue", ENGINE_ENV, "numpy", _declare)
+"""The C++ epilogue: ``NATIVE.engine()`` reads ``$LORA_QTA_FAST_EPILOGUE``, ``NATIVE.build()``
+compiles it, ``NATIVE.load()`` loads it (None, after one warning, when it cannot be)."""
 
 
 def epilogue_i8(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, mode: str, stochastic: bool, seed: int,
@@ -83,11 +54,10 @@ def epilogue_i8(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, mode: str,
     the batch row of ``acc``'s first row). Returns (saturated outputs, largest |value| before
     saturation, uncapped), or None when the C code does not take the call (forced numpy,
     library unavailable, another dtype or layout): the caller runs the numpy code."""
-    if engine() == "numpy" or acc.dtype not in (np.float32, np.int32) or not acc.flags.c_contiguous:
+    lib = NATIVE.active()
+    if lib is None or acc.dtype not in (np.float32, np.int32) or not acc.flags.c_contiguous:
         return None
     if not acc.flags.aligned or out.dtype != np.int8 or out.strides[2] != 1 or not out.flags.writeable:
-        return None
-    if library() is None:
         return None
     items, m, n = out.shape
     want = {"tensor": 1, "row": m, "col": n}[mode]
@@ -99,10 +69,10 @@ def epilogue_i8(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, mode: str,
     mult = np.ascontiguousarray(mult, dtype=np.int64)
     shift = np.ascontiguousarray(shift, dtype=np.int64)
     res = np.zeros(2, dtype=np.int64)
-    _lib.qta_epilogue_i8(acc.ctypes.data, acc.dtype == np.float32, items, m, n, mult.ctypes.data,
+    lib.qta_epilogue_i8(acc.ctypes.data, acc.dtype == np.float32, items, m, n, mult.ctypes.data,
                          shift.ctypes.data, MODES[mode], stochastic, int(mix32(seed & 0xFFFFFFFF)), first_row,
                          accumulate, out.ctypes.data, out.strides[0], out.strides[1], res.ctypes.data)
     return int(res[0]), int(res[1])
 
 
-__all__ = ["ENGINE_ENV", "MODES", "build", "engine", "epilogue_i8", "library"]
+__all__ = ["ENGINE_ENV", "MODES", "NATIVE", "epilogue_i8"]

@@ -133,6 +133,12 @@ def check_options(cfg: FinetuneConfig, writer: bool = True) -> None:
     if cfg.resume and cfg.overwrite:
         raise OptionError("--resume and --overwrite contradict each other: --resume continues the run in "
                           "--output-dir, --overwrite replaces it")
+    if cfg.precision == "int8":  # a mistyped engine variable fails here, not at the first INT8 call
+        from ..lora.quant_native import NATIVE as host_quantizer
+        from ..runtime.epilogue_native import NATIVE as fast_epilogue
+
+        host_quantizer.engine()
+        fast_epilogue.engine()
     if writer:
         RunFolder(cfg.output_dir).check_usable()
 
