@@ -154,6 +154,29 @@ def test_dynamic8_output_widths():
     assert r8.bytes < r32.bytes
 
 
+def test_lora_outputs_accumulate_on_the_device_only_with_one_scale():
+    """LoRA's Y (and dX) into the frozen layer's, both offloaded: free with delayed scaling; in
+    the per-row schemes the host dequantizes it (read 4, write 4) and adds it (read 8, write 4),
+    as the run-time does, the same as when the frozen layer runs on the ARM (delayed: its INT8
+    output read, 3 bytes fewer than FP32, then the add)."""
+    gemms = inv.step_gemms(inv.trace_step("digits"), 4, ZCU.axi_bytes)
+    accs = [i for i, g in enumerate(gemms) if g.out == "accumulate"]
+    assert accs and {gemms[i].family for i in accs} == {"lora"}
+
+    def output_bytes(offloaded, scheme, g):
+        return sum(w.bytes for w in host.boundary_work(ZCU, gemms, offloaded, scheme)
+                   if w.what in ("dequantize", "lora_add") and (w.block, w.direction) == (g.block, g.direction))
+
+    for i in accs:
+        g = gemms[i]
+        target = next(t for t, h in enumerate(gemms) if h.out_tensor == g.out_tensor and h.out != "accumulate")
+        e = float(g.out_elements)
+        for scheme, with_target, alone in (("delayed", 0, 9), ("dynamic", 20, 20), ("dynamic8", 20, 20)):
+            added = output_bytes({i, target}, scheme, g) - output_bytes({target}, scheme, g)
+            assert added == pytest.approx(with_target * e), (scheme, g.op)
+            assert output_bytes({i}, scheme, g) == pytest.approx(alone * e), (scheme, g.op)
+
+
 def test_whole_step_energy_counts_the_arm(whole_energy):
     v = whole_energy["rows"][0]["variants"]
     assert set(v) == set(energy.WHOLE_STEP_VARIANTS)

@@ -53,11 +53,11 @@ invalidated (in the per-row schemes also a GEMM's output the host requantizes fo
 GEMM), by address, one instruction per cache line, at the stated ``cache_gbps`` (no DDR traffic
 of its own: the data has been written back by eviction).
 Each accelerator call costs ``call_us`` of ARM time (driver). A GEMM output that is
-accumulated into another GEMM's output on the device costs nothing (in every scheme, although in
-the per-row schemes the two outputs' scales differ per row: an idealization; the run-time adds
-LoRA's Y and dX to the frozen layer's on the host); where the two are not both on
-the accelerator (LoRA's Y and dX added to the frozen layer's when that one runs on the ARM), the
-host adds them (read 8, write 4 bytes per element). AdamW on the LoRA parameters in FP32 (with
+accumulated into another GEMM's output (LoRA's Y and dX into the frozen layer's) is added on
+the device with delayed scaling (one scale for both), at no host cost; in the per-row schemes
+the two outputs' scales differ per row, so the host dequantizes it and adds it (as the run-time
+does), and so it does wherever the two are not both on the accelerator (read 8, write 4 bytes
+per element for the add). AdamW on the LoRA parameters in FP32 (with
 gradient clipping): 32 bytes and 17 FLOP per parameter.
 """
 
@@ -235,13 +235,13 @@ def boundary_work(board: BoardConfig, gemms: Sequence[StepGemm], offloaded: set[
         if out == "gemm" and any(j not in offloaded for j in consumers.get(g.out_tensor, [])):
             out = "host"
         if out == "accumulate":
-            target = producer.get(g.out_tensor)
-            if target in offloaded:
-                continue
-            out = "host_add"
-        if g.out_tensor in seen_out:
+            if producer.get(g.out_tensor) in offloaded and scheme not in ROW_SCALED:
+                continue               # added on the device: both outputs carry one scale
+            out = "host_add"           # its own output, though its tensor is the target's
+        elif g.out_tensor in seen_out:
             continue
-        seen_out.add(g.out_tensor)
+        else:
+            seen_out.add(g.out_tensor)
         if out == "gemm":
             continue
         ob = _out_bytes(g, scheme)
