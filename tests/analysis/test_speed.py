@@ -61,7 +61,7 @@ def test_speed_with_offload_all_times_the_whole_step_variant_too(tmp_path, capsy
 def test_speed_with_fuse_lora_times_the_fused_whole_step_beside_the_unfused_one(tmp_path, capsys):
     out = tmp_path / "speed.json"
     assert main(["speed", "--steps", "1", "--warmup", "0", "--batch-size", "2", "--offload", "all",
-                 "--fuse-lora", "--out", str(out)]) == 0
+                 "--offload-scheme", "row", "--fuse-lora", "--out", str(out)]) == 0
     assert "--fuse-lora" in capsys.readouterr().out
     import json
 
@@ -75,7 +75,7 @@ def test_speed_with_fuse_lora_times_the_fused_whole_step_beside_the_unfused_one(
     assert set(r["cpu_step_s"]) == {"fp32", "int8", "int8_all", "int8_fused"}
 
 
-@pytest.mark.parametrize("scheme", ["row8", "tensor"])
+@pytest.mark.parametrize("scheme", ["row", "tensor"])
 def test_speed_times_the_whole_step_in_the_scheme_asked_for(tmp_path, capsys, scheme):
     out = tmp_path / "speed.json"
     assert main(["speed", "--steps", "1", "--warmup", "0", "--batch-size", "2", "--offload", "all",

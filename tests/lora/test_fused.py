@@ -77,7 +77,7 @@ def test_the_fused_calls_equal_the_unfused_gemms_on_the_same_quantized_operands(
     """[Y | H] = X.[W; A]^T and dX = [dY | dH].[W; A] read the resident stacked buffer; their INT32
     outputs are exactly the two separate GEMMs' (X.W^T next to X.A^T; dY.W + dH.A)."""
     net, acc, rt = make_net()
-    off = offload.install(net, acc, rt, fuse_lora=True)
+    off = offload.install(net, acc, rt, scheme="row", fuse_lora=True)
     x, ctx, g = inputs()
     step(net, x, ctx, g)                                       # places A's rows
     f = net.to_q.qta_fused
@@ -106,7 +106,7 @@ def test_the_fused_layer_equals_the_reference_of_its_math(backend):
     X_q.A_q^T with A per row; dX = L_q.[W_q; A_q] x (token scale) with L = [dY.diag(s_W) |
     dH.diag(s_A)] quantized jointly per token; dA and dB are the LoRA runtime's own."""
     net, acc, rt = make_net(backend=backend)
-    offload.install(net, acc, rt, fuse_lora=True)
+    offload.install(net, acc, rt, scheme="row", fuse_lora=True)
     x, ctx, g = inputs()
     lin = net.to_q
     w, a, b = lin.base_layer.weight, lin.lora_A["default"].weight, lin.lora_B["default"].weight
@@ -143,7 +143,7 @@ def test_the_fused_layer_equals_the_reference_of_its_math(backend):
 
 def test_a_is_rewritten_in_place_only_after_it_changed():
     net, acc, rt = make_net()
-    off = offload.install(net, acc, rt, fuse_lora=True)
+    off = offload.install(net, acc, rt, scheme="row", fuse_lora=True)
     f: FusedLinear = net.to_q.qta_fused
     handle, placed = f.w, acc.resident_bytes
     x, ctx, g = inputs()
@@ -171,7 +171,7 @@ def test_fusion_makes_fewer_calls_and_moves_fewer_bytes_and_places_one_copy_of_w
     figures = {}
     for fuse in (False, True):
         net, acc, rt = make_net()
-        off = offload.install(net, acc, rt, fuse_lora=fuse)
+        off = offload.install(net, acc, rt, scheme="row", fuse_lora=fuse)
         step(net, x, ctx, g)
         fam = off.report()["families"]
         figures[fuse] = (sum(fam[k]["calls"] for k in ("linear", "lora", FAMILY) if k in fam),
@@ -187,7 +187,7 @@ def test_fused_results_are_the_same_resident_or_per_call():
     outs = []
     for resident in (True, False):
         net, acc, rt = make_net()
-        off = offload.install(net, acc, rt, fuse_lora=True)
+        off = offload.install(net, acc, rt, scheme="row", fuse_lora=True)
         if not resident:
             offload.free_weights(off)
             assert acc.resident_bytes == 0
@@ -201,20 +201,20 @@ def test_fusion_refuses_what_it_cannot_express():
         offload.install(net, acc, rt, scheme="tensor", fuse_lora=True)
     net, acc, rt = make_net(dropout=0.1)
     with pytest.raises(AdapterError, match="LoRA dropout"):
-        offload.install(net, acc, rt, fuse_lora=True)
+        offload.install(net, acc, rt, scheme="row", fuse_lora=True)
     net, acc, rt = make_net()
     inject_adapter_in_model(accelerated_lora_config(r=RANK, lora_alpha=RANK, target_modules=["to_q"]), net,
                             adapter_name="second")
     net.to_q.set_adapter(["default", "second"])
     with pytest.raises(AdapterError, match="2 active adapters"):
-        offload.install(net, acc, rt, fuse_lora=True)
+        offload.install(net, acc, rt, scheme="row", fuse_lora=True)
 
 
 def test_suspended_and_uninstalled_fused_layers_run_the_plain_path():
     """Under :func:`offload.suspended` (held-out evaluation) a fused layer is fp32 PyTorch, and
     after uninstall it is the unfused LoRA layer again."""
     net, acc, rt = make_net()
-    off = offload.install(net, acc, rt, fuse_lora=True)
+    off = offload.install(net, acc, rt, scheme="row", fuse_lora=True)
     x, ctx, _ = inputs()
     attach_runtime(net, None)
     with offload.suspended(net, off):

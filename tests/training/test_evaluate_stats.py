@@ -153,7 +153,7 @@ def test_int8_all_is_not_offered_without_the_offload_option():
 @pytest.mark.skipif(not HAS_OFFLOAD, reason="FinetuneConfig.offload does not exist in this build")
 def test_int8_all_is_offered_with_the_offload_option():
     cfg = variant_config("int8-all", FinetuneConfig())
-    assert (cfg.precision, cfg.offload) == ("int8", "all")
+    assert (cfg.precision, cfg.offload, cfg.offload_scheme) == ("int8", "all", "row")
     assert variant_config("int8", FinetuneConfig()).offload == "lora"
 
 
@@ -169,7 +169,8 @@ def test_int8_all_runs_have_their_own_identity():
     assert "offload" not in id_lora and id_all["offload"] == "all"
     assert "offload_numerics" in id_all["target"] and "offload_numerics" not in id_lora["target"]
     assert variant_options("int8") == {"precision": "int8", "offload": "lora"}
-    assert variant_options("int8-all") == {"precision": "int8", "offload": "all"}
+    assert variant_options("int8-all") == {"precision": "int8", "offload": "all", "offload_scheme": "row"}
+    assert id_all["target"]["offload_numerics"]["scheme"] == "row"  # pinned: the default's change left it as it was
     fused = variant_config("int8-all-fused", base)
     assert fused.fuse_lora and fused.identity(run_target(fused))["target"]["offload_numerics"]["fuse_lora"]
     assert "fuse_lora" not in id_all["target"]["offload_numerics"]  # int8-all's identity stays unfused
@@ -205,6 +206,6 @@ def test_evaluate_compares_the_default_fine_tuning_with_fp32_unless_told():
     defaults, so ``lora-qta evaluate`` measures the main job's quality."""
     from lora_qta.training.variants import DEFAULT_VARIANTS
 
-    assert parse_variants(list(DEFAULT_VARIANTS)) == ["fp32", "int8-all"]
+    assert parse_variants(list(DEFAULT_VARIANTS)) == ["fp32", "int8-all-row8"]
     assert variant_config(DEFAULT_VARIANTS[1], FinetuneConfig()) == FinetuneConfig()
     assert variant_config("int8", FinetuneConfig()) != FinetuneConfig()  # LoRA-only is a choice now

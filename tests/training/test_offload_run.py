@@ -113,15 +113,16 @@ def test_offload_all_on_a_stable_diffusion_folder(tmp_path):
 
 
 def test_the_whole_step_is_the_default_and_offload_defines_only_int8_runs():
-    """``--offload all`` (scheme ``row``) is the default since it met issue 13's quality target; an
+    """``--offload all`` is the default since it met issue 13's quality target (scheme ``row``, and
+    ``row8`` since it met it too, with INT8 outputs); an
     fp32 run offloads nothing, so its identity (what --resume and evaluate's reuse compare) holds no
     offload, and an int8 LoRA-only identity stays as it was before the offload existed."""
-    assert FinetuneConfig().offload == "all" and FinetuneConfig().offload_scheme == "row"
+    assert FinetuneConfig().offload == "all" and FinetuneConfig().offload_scheme == "row8"
     assert FinetuneConfig().identity()["offload"] == "all"
     assert "offload" not in FinetuneConfig(offload="lora").identity()
     fp32 = [FinetuneConfig(precision="fp32", offload=o).identity() for o in ("all", "lora")]
     assert fp32[0] == fp32[1] and "offload" not in fp32[0]
-    with pytest.raises(LimitError, match="--offload-scheme must be one of row, tensor, row8, not 'block'"):
+    with pytest.raises(LimitError, match="--offload-scheme must be one of row8, row, tensor, not 'block'"):
         finetune(FinetuneConfig(offload="all", offload_scheme="block", steps=1, samples=False))
     with pytest.raises(LimitError, match="--offload must be lora or all"):
         finetune(FinetuneConfig(offload="everything", steps=1, samples=False))
@@ -160,8 +161,8 @@ def test_fuse_lora_runs_fewer_calls_and_bytes_and_is_recorded(tmp_path):
     """--fuse-lora: one call per adapted layer for the forward and one for the input gradient
     (32 and 21 on the digits UNet, whose cross-attention to_k/to_v have no input gradient) instead of
     two each; recorded in the identity, config and report; its checkpoint refuses an unfused resume."""
-    common = dict(precision="int8", offload="all", steps=2, checkpoint_every=1, batch_size=2, num_examples=2,
-                  prior_per_class=1, eval_every=0, samples=False)
+    common = dict(precision="int8", offload="all", offload_scheme="row", steps=2, checkpoint_every=1, batch_size=2,
+                  num_examples=2, prior_per_class=1, eval_every=0, samples=False)
     plain = finetune(FinetuneConfig(output_dir=str(tmp_path / "plain"), **common))
     fused_cfg = FinetuneConfig(output_dir=str(tmp_path / "fused"), fuse_lora=True, **common)
     fused = finetune(fused_cfg)

@@ -5,13 +5,13 @@ does in detail is :mod:`lora_qta.lora.offload`'s docstring."""
 from __future__ import annotations
 
 SCHEME_DOCS = {
+    "row8": "row's operands, and the Linear/Conv outputs written INT8 by the epilogue (the weight's "
+            "per-channel scale and a delayed scale of the row-normalized output in its multipliers; the host "
+            "multiplies each row by its input scale): a quarter of their output traffic; attention as row",
     "row": "current scales per token (per image for a convolution, per row or column for attention), "
            "INT32 outputs dequantized on the host with both axes' scales",
     "tensor": "delayed per-tensor scales (amax history of 16) with INT8 outputs: less output traffic, larger "
               "held-out-loss gap to fp32 (README, 'Whole-step INT8 offload')",
-    "row8": "row's operands, and the Linear/Conv outputs written INT8 by the epilogue (the weight's "
-            "per-channel scale and a delayed scale of the row-normalized output in its multipliers; the host "
-            "multiplies each row by its input scale): a quarter of their output traffic; attention as row",
 }
 """What each quantization scheme of ``--offload all`` does (``--offload-scheme``; details in
 :mod:`lora_qta.lora.offload`), one line each for the command line's help. The first is the default."""

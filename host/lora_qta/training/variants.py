@@ -18,9 +18,9 @@ from .config import FinetuneConfig
 REFERENCE = "fp32"
 """The variant every difference is taken to."""
 
-DEFAULT_VARIANTS = ("fp32", "int8-all")
+DEFAULT_VARIANTS = ("fp32", "int8-all-row8")
 """What ``lora-qta evaluate`` compares unless told: the reference and the default fine-tuning
-(``finetune``'s int8 with every GEMM of the step offloaded)."""
+(``finetune``'s int8 with every GEMM of the step offloaded, its default scheme ``row8``)."""
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,15 @@ VARIANTS: tuple[Variant, ...] = (
             {"precision": "fp32"}),
     Variant("int8", "the six LoRA GEMMs of every adapted layer INT8 on the accelerator (board or emulation), "
                     "the rest of the step in PyTorch", {"precision": "int8"}, pins={"offload": "lora"}),
-    Variant("int8-all", "the whole training step offloaded to the accelerator",
-            {"precision": "int8", "offload": "all"}),
-    Variant("int8-all-row8", "int8-all with the row8 offload scheme: per-row input scales as row, INT8 outputs "
-                             "from the epilogue with delayed scales (--offload-scheme row8)",
+    Variant("int8-all", "the whole training step offloaded to the accelerator with the row offload scheme "
+                        "(INT32 outputs; --offload-scheme row)",
+            {"precision": "int8", "offload": "all"}, pins={"offload_scheme": "row"}),
+    Variant("int8-all-row8", "the whole training step offloaded with the row8 offload scheme, finetune's "
+                             "default: per-row input scales as row, INT8 outputs from the epilogue with "
+                             "delayed scales",
             {"precision": "int8", "offload": "all", "offload_scheme": "row8"}),
     Variant("int8-all-fused", "int8-all with each LoRA layer fused with its base layer (--fuse-lora)",
-            {"precision": "int8", "offload": "all", "fuse_lora": True}),
+            {"precision": "int8", "offload": "all", "fuse_lora": True}, pins={"offload_scheme": "row"}),
 )
 
 
