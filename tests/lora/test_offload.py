@@ -314,15 +314,16 @@ def ref_rows(x, dims):
     return (x / s).round().clamp(-QMAX, QMAX).to(torch.int64), s
 
 
-def test_the_row_scheme_is_the_default_and_an_unknown_scheme_is_refused(acc):
-    assert Offload(acc).scheme == "row" == offload.SCHEMES[0]
-    with pytest.raises(offload.LimitError, match="scheme must be one of row, tensor"):
+def test_the_row8_scheme_is_the_default_and_an_unknown_scheme_is_refused(acc):
+    """row8 since it met issue 13's quality target on 15 seeds (README); row before it."""
+    assert Offload(acc).scheme == "row8" == offload.SCHEMES[0]
+    with pytest.raises(offload.LimitError, match="scheme must be one of row8, row, tensor"):
         Offload(acc, scheme="block")
 
 
 def test_row_scheme_linear_equals_the_reference(acc):
     lin, x, g = linear_case(seed=7)
-    off = Offload(acc)
+    off = Offload(acc, scheme="row")
     layer = Int8Linear(off, "l", lin)
     y, dx = run_linear(layer, x, g)
     st = off.stats["linear"]
@@ -344,7 +345,7 @@ def test_row_scheme_conv_equals_the_reference(acc, cin, cout, kernel, stride, pa
     x = torch.randn(2, cin, h, w) * torch.tensor([1.0, 100.0]).view(2, 1, 1, 1)   # images 100x apart
     ho, wo = conv(x).shape[2:]
     g = torch.randn(2, cout, ho, wo)
-    off = Offload(acc)
+    off = Offload(acc, scheme="row")
     y, dx = run_linear(Int8Conv2d(off, "c", conv), x, g)
     assert off.stats["conv"].calls == 2 and not off.sites
     xq, sx = ref_rows(x.permute(0, 2, 3, 1), (1, 2, 3))      # per image
@@ -371,7 +372,7 @@ def test_row_scheme_attention_equals_the_reference(acc):
     bh, lq, lk, d, scale = 3, 5, 6, 8, 8 ** -0.5
     q, k, v = (torch.randn(bh, n, d) for n in (lq, lk, lk))
     do = torch.randn(bh, lq, d)
-    off = Offload(acc)
+    off = Offload(acc, scheme="row")
     qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
     o = attention_int8(qr, kr, vr, scale, off, "a")
     o.backward(do)
@@ -560,7 +561,7 @@ def test_the_ablation_knobs_choose_families_and_keep_directions_fp32(acc):
     offload.uninstall(net, off)
     lin, x, g = linear_case(seed=12)
     for key in ("linear.fwd", "linear.bwd"):
-        off = Offload(acc, host_fp32=frozenset({key}))
+        off = Offload(acc, host_fp32=frozenset({key}), scheme="row")
         y, dx = run_linear(Int8Linear(off, "l", lin), x, g)
         xr = x.clone().requires_grad_(True)
         yf = lin(xr)
