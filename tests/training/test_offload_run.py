@@ -37,7 +37,8 @@ def test_finetune_offload_all_on_the_digits_default_reports_the_four_families(tm
     assert rep["config"]["offload"] == "all" and np.isfinite(rep["final_loss"])
     off = rep["offload"]
     check_families(off)
-    assert off["scheme"] == "row" and off["sites"] == 0  # the default: current per-row scales, no histories
+    # the default, row8: current per-row input scales, INT8 Linear/Conv outputs with an amax history per site
+    assert off["scheme"] == "row8" and off["sites"] > 0
     # the digits UNet's convolutions are all supported: nothing fell back to fp32
     assert off["fallback_calls"] == 0 and off["wrapped_layers"]["conv_fallback"] == 0
     # the LoRA family is the LoRA runtime's six GEMMs
@@ -139,7 +140,7 @@ def test_row8_writes_int8_linear_and_conv_outputs_and_is_recorded(tmp_path):
     attention is row's; the scheme and its delayed-scaling constants are in the run's identity."""
     common = dict(precision="int8", offload="all", steps=2, checkpoint_every=1, batch_size=2, num_examples=2,
                   prior_per_class=1, eval_every=0, samples=False)
-    row = finetune(FinetuneConfig(output_dir=str(tmp_path / "row"), **common))
+    row = finetune(FinetuneConfig(output_dir=str(tmp_path / "row"), offload_scheme="row", **common))
     row8 = finetune(FinetuneConfig(output_dir=str(tmp_path / "row8"), offload_scheme="row8", **common))
     numerics = row8["identity"]["target"]["offload_numerics"]
     assert numerics["scheme"] == "row8" and numerics["amax_history"] == 16
@@ -154,7 +155,7 @@ def test_row8_writes_int8_linear_and_conv_outputs_and_is_recorded(tmp_path):
     assert off["families"]["attention"]["bytes_moved"] == ref["families"]["attention"]["bytes_moved"]
     assert off["families"]["attention"]["calibration_calls"] == 0
     with pytest.raises(CheckpointError, match="other options"):
-        finetune(FinetuneConfig(output_dir=str(tmp_path / "row8"), resume=True, **common))
+        finetune(FinetuneConfig(output_dir=str(tmp_path / "row8"), resume=True, offload_scheme="row", **common))
 
 
 def test_fuse_lora_runs_fewer_calls_and_bytes_and_is_recorded(tmp_path):
