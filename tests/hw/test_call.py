@@ -22,3 +22,23 @@ def test_registers_decode_to_the_same_call(ta, tb, df, split, out8, acc, mode, s
     regs = call.scalar_registers()
     assert all(0 <= v < 2**32 for v in regs.values())
     assert GemmCall.from_registers(regs) == call
+
+
+@given(st.integers(1, 64), st.integers(-(2**31), 2**31 - 1), st.integers(0, 62), st.booleans())
+def test_updated_is_dataclasses_replace(k, mult, shift, conv):
+    from dataclasses import replace
+
+    import pytest
+
+    from lora_qta.hw.call import ConvGeometry
+
+    geo = ConvGeometry(h=4, w=4, ho=4, wo=4, cin=64, kh=3, kw=3, stride=1, pad=1, dil=1) if conv else None
+    call = GemmCall(m=16, n=8, k=576 if conv else 64, lda=64, ldb=64, ldc=16, tile_m=16, tile_n=8, tile_k=64,
+                    mult=3, seed=5, conv=geo)
+    changes = {"k": k, "mult": mult, "shift": shift, "dataflow": "ws"}
+    new, ref = call.updated(**changes), replace(call, **changes)
+    assert new == ref and hash(new) == hash(ref) and repr(new) == repr(ref)
+    assert call.k == (576 if conv else 64) and call.mult == 3  # the original is untouched
+    assert call.schedule_key() == replace(call, mult=1, shift=0, seed=0)
+    with pytest.raises(TypeError, match="no field"):
+        call.updated(kk=1)

@@ -3,6 +3,8 @@ offload's ``quant_rows``) give exactly the values and scales of the plain formul
 ``clamp(round(x / s), -127, 127)``, ``s = max(max|x|, eps) / 127`` (or floor(x / s + u) with the
 generator's uniform u), on every layout and at the edges, and refuse NaN and Inf."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -131,3 +133,27 @@ def test_dequantize_equals_convert_then_scale_with_numbers_and_0d_scales():
     got = dequantize(acc, row, t, 0.37)
     assert got.dtype == torch.float32 and torch.equal(got, acc.float() * row * t * 0.37)
     assert torch.equal(dequantize(acc), acc.float())
+    col = torch.rand(1, 17, generator=g)  # a scale that enlarges the result (33 x 1 -> 33 x 17)
+    assert torch.equal(dequantize(acc[:, :1], col.double(), 0.37), acc[:, :1].float() * col * 0.37)
+    accf = acc.float()  # a float32 accumulator is scaled in a copy, never in place
+    before = accf.clone()
+    assert torch.equal(dequantize(accf, row), before * row) and torch.equal(accf, before)
+
+
+def test_balance_factors_leave_zero_and_non_finite_tokens_at_one():
+    """c_t = 2^round(log2 sqrt(max|p_t| / max|q_t|)) per token; 1 where either maximum is zero or
+    not finite (a zero gradient row, an Inf)."""
+    from lora_qta.lora.quant import balance_factors
+
+    g = torch.Generator().manual_seed(3)
+    p, q = torch.randn(40, 8, generator=g) * 50, torch.randn(40, 64, generator=g) / 7
+    p[3], q[5], p[7, 2], q[9, 1] = 0, 0, float("inf"), float("nan")
+    c, key = balance_factors(p, q)
+    pm, qm = p.abs().amax(1), q.abs().amax(1)
+    for t in range(40):
+        if t in (3, 5, 7, 9):
+            assert c[t] == 1
+        else:
+            assert c[t] == 2.0 ** round(math.log2(math.sqrt(pm[t] / qm[t])))
+    finite = torch.isfinite(pm * qm)
+    assert torch.equal(key[finite], (pm * qm)[finite]) and not finite[7] and not finite[9]

@@ -10,7 +10,8 @@ one place (hls/README.md, "Memory contract").
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
+from typing import Any
 
 from .config import config
 
@@ -168,16 +169,27 @@ class GemmCall:
             conv=ConvGeometry.from_registers(regs) if (flags >> f["conv"]) & 1 else None,
         )
 
+    def updated(self, **changes: Any) -> "GemmCall":
+        """``dataclasses.replace(self, **changes)`` for the planner's and the engines' hot paths:
+        the fields copied as they are (every one is an immutable value), so the call's
+        construction is not repeated (15 us for ``replace``, about 1 us here)."""
+        if not changes.keys() <= _FIELDS:
+            raise TypeError(f"GemmCall has no field {sorted(changes.keys() - _FIELDS)}")
+        new = object.__new__(GemmCall)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
     def schedule_key(self) -> "GemmCall":
         """The call with the epilogue's scale and seed left out (mult 1, shift 0, seed 0): they
         change neither the schedule nor the cycle count, so this is the key of the planner's and
         the engines' caches; the call itself when they already are."""
         if self.mult == 1 and self.shift == 0 and self.seed == 0:
             return self
-        return replace(self, mult=1, shift=0, seed=0)
+        return self.updated(mult=1, shift=0, seed=0)
 
     def with_tiles(self, tile_m: int, tile_n: int, tile_k: int, dataflow: str, split: int) -> "GemmCall":
-        return replace(self, tile_m=tile_m, tile_n=tile_n, tile_k=tile_k, dataflow=dataflow, split=split)
+        return self.updated(tile_m=tile_m, tile_n=tile_n, tile_k=tile_k, dataflow=dataflow, split=split)
 
     @property
     def out_bytes(self) -> int:
@@ -234,3 +246,7 @@ class GemmCall:
         if self.scaled:
             out["scales"] = _ceil_to(8 * self.scale_count, beat)
         return out
+
+
+_FIELDS = frozenset(f.name for f in fields(GemmCall))
+"""The field names of :class:`GemmCall` (:meth:`GemmCall.updated` accepts only these)."""

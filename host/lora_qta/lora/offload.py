@@ -303,7 +303,7 @@ class Offload:
                 hist.push(r.amax * s_out)        # the kernel's amax: no pass over the data
                 if rows is not None:
                     return dequantize(_tensor(r.output), rows, s_out)
-                return _tensor(r.output).float() * s_out
+                return dequantize(_tensor(r.output), s_out)
             st.recomputes += 1
             tries += 1
             if tries > MAX_RECOMPUTES:
@@ -312,7 +312,7 @@ class Offload:
             s_out = r.amax * s_out / QMAX         # fresh scale from the amax the kernel saw
         r = launch(out="int32")
         st.add(r, macs)
-        y = _tensor(r.output).float() * base_t
+        y = dequantize(_tensor(r.output), base_t)
         if hist is not None:
             hist.push(float(y.abs().max()) if y.numel() else 0.0)
         return y if rows is None else y.mul_(rows)

@@ -40,7 +40,7 @@ that order until the bound exceeds the best, then a local search of the neighbou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
@@ -258,8 +258,8 @@ def step_tiles(call: GemmCall) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 def _mode_signature(call: GemmCall) -> GemmCall:
     """The fields of ``call`` the per-step costs depend on (shape and tiles left out), as a
     hashable key for the cost caches."""
-    return replace(call, m=1, n=1, k=1, lda=0, ldb=0, ldc=0, tile_m=1, tile_n=1, tile_k=1, mult=1, shift=0,
-                   seed=0, batch=1, stride_a=0, stride_b=0, stride_c=0)
+    return call.updated(m=1, n=1, k=1, lda=0, ldb=0, ldc=0, tile_m=1, tile_n=1, tile_k=1, mult=1, shift=0,
+                        seed=0, batch=1, stride_a=0, stride_b=0, stride_c=0)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -615,7 +615,7 @@ def _search(board: BoardConfig, call: GemmCall, modes: list[tuple[str, int]], ex
         tm, tn, tk = tm[ok], tn[ok], tk[ok]
         if not len(tm):
             continue
-        lb = _lower_bounds(board, replace(call, dataflow=df, split=sp), tm, tn, tk)
+        lb = _lower_bounds(board, call.updated(dataflow=df, split=sp), tm, tn, tk)
         rows.append(np.stack([lb, np.full_like(tm, mi), tm, tn, tk], axis=1))
     if not rows:
         return None
@@ -718,7 +718,7 @@ def _plan_call(board: BoardConfig, call: GemmCall, dataflow: str, split: int | N
     found = _plan_cached(board, key, dataflow, split, False)
     if key is call:
         return found
-    return replace(found, call=replace(found.call, mult=call.mult, shift=call.shift, seed=call.seed))
+    return Plan(found.call.updated(mult=call.mult, shift=call.shift, seed=call.seed), found.report)
 
 
 def exhaustive_plan(board: BoardConfig, call: GemmCall, dataflow: str = "auto", split: int | None = None) -> Plan:
@@ -753,11 +753,11 @@ def bucket_plan(board: BoardConfig, call: GemmCall, dataflow: str, split: int | 
     kb = min(k_bucket_top(board, call.k, k_bucket), board.max_k)
     # the leading dimensions and batch strides do not enter the search: left out, so that every K
     # of the bucket shares it
-    bucket = replace(key, k=kb, lda=0, ldb=0, ldc=0, stride_a=0, stride_b=0, stride_c=0)
+    bucket = key.updated(k=kb, lda=0, ldb=0, ldc=0, stride_a=0, stride_b=0, stride_c=0)
     found = _plan_cached(board, bucket, dataflow, split, False).call
     tiles = _fit_k_tile(board, key, found)
     report = cached_model(board, tiles)
-    return Plan(tiles if key is call else replace(tiles, mult=call.mult, shift=call.shift, seed=call.seed), report)
+    return Plan(tiles if key is call else tiles.updated(mult=call.mult, shift=call.shift, seed=call.seed), report)
 
 
 @lru_cache(maxsize=1 << 14)
