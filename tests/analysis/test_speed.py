@@ -109,3 +109,25 @@ def test_speed_refuses_fuse_lora_without_offload_all_as_finetune_does(capsys):
     assert main(["speed", "--steps", "1", "--warmup", "0", "--offload", "lora", "--fuse-lora"]) == 2
     err = capsys.readouterr().err
     assert "--fuse-lora" in err and "--offload all" in err
+
+
+def test_median_interval_is_the_sign_test_interval():
+    from lora_qta.analysis.speed import median_interval
+
+    assert median_interval([1.0] * 5) is None  # 5 values cannot give 95% (1 - 2/32 < 0.95)
+    six = median_interval([6, 1, 5, 2, 4, 3])  # k = 1: the extremes, 1 - 2/64
+    assert six == {"median": 3.5, "low": 1.0, "high": 6.0, "coverage": 1 - 2 / 64, "n": 6}
+    # n = 20: P(B <= 5) = 21700 / 2**20, so k = 6: the 6th and 15th smallest
+    twenty = median_interval([float(v) for v in range(20, 0, -1)])
+    assert (twenty["low"], twenty["high"], twenty["median"]) == (6.0, 15.0, 10.5)
+    assert twenty["coverage"] == 1 - 2 * 21700 / 2**20
+    assert median_interval(range(1, 21), confidence=0.8)["low"] == 7.0  # P(B <= 6) = 0.058, P(B <= 7) = 0.132
+
+
+def test_speed_reports_the_paired_ratio_with_its_interval(tmp_path, capsys):
+    r = measure(steps=6, warmup=0, batch_size=2, offload="lora")
+    p = r["ratio_int8_over_fp32_paired"]
+    assert p["n"] == 6 and p["low"] <= p["median"] <= p["high"] and p["coverage"] > 0.95
+    assert "paired per step" in report.speed_summary(r) and "97% interval of the median" in report.speed_summary(r)
+    short = measure(steps=2, warmup=0, batch_size=2, offload="lora")
+    assert short["ratio_int8_over_fp32_paired"] is None and "too few steps" in report.speed_summary(short)

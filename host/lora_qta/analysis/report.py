@@ -550,12 +550,21 @@ def write_power(rep: dict, frame: Any, out: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- emulation speed
 
+def _paired(r: dict, name: str) -> str:
+    """The per-step paired ratio of variant ``name`` to fp32 with its interval, as text."""
+    p = r.get(f"ratio_{name}_over_fp32_paired")
+    if p is None:
+        return "; paired per step: too few steps for an interval (6 or more)"
+    return (f"; paired per step {p['median']:.2f}x [{p['low']:.2f}, {p['high']:.2f}] "
+            f"({100 * p['coverage']:.0f}% interval of the median, {p['n']} steps)")
+
+
 def _whole_step_lines(r: dict, name: str, label: str) -> list[str]:
     """The two lines of a whole-step variant of :func:`speed_summary` (``int8_all``, ``int8_fused``)."""
     sp = r[f"{name}_split_s"]
     return [
         f"  {label} {r[f'{name}_step_s'] * 1e3:8.1f} ms  = {r[f'ratio_{name}_over_fp32']:.2f}x fp32 "
-        f"(target <= {r['target_ratio_all']}x)",
+        f"(target <= {r['target_ratio_all']}x){_paired(r, name)}",
         f"    accelerator ({r['engine']}, {r[f'{name}_gemms_per_step']} GEMMs) {sp['accelerator'] * 1e3:.1f} ms, "
         f"host quantization {sp['quantization'] * 1e3:.1f} ms, rest {sp['rest'] * 1e3:.1f} ms; modelled board "
         f"GEMM time {r[f'{name}_modelled_board_s_per_step'] * 1e3:.1f} ms per step",
@@ -570,7 +579,7 @@ def speed_summary(r: dict) -> str:
         f"({r['note']}; {r['threads']} threads)",
         f"  fp32 PyTorch LoRA        {r['fp32_step_s'] * 1e3:8.1f} ms",
         f"  int8 on emulated accel.  {r['int8_step_s'] * 1e3:8.1f} ms  = {r['ratio_int8_over_fp32']:.2f}x fp32 "
-        f"(target <= {r['target_ratio']}x)",
+        f"(target <= {r['target_ratio']}x){_paired(r, 'int8')}",
         f"    accelerator ({r['engine']}, {r['gemms_per_step']} GEMMs) {s['accelerator'] * 1e3:.1f} ms, "
         f"quantization {s['quantization'] * 1e3:.1f} ms, rest {s['rest'] * 1e3:.1f} ms",
     ] + [line for name, label in (("int8_all", f"int8 every GEMM (--offload all, {r['offload_scheme']} scheme)"),

@@ -9,14 +9,19 @@
   load hits both alike; the int8 step is split into accelerator (driver + emulated kernel),
   quantization and the rest. With ``offload`` ``all`` the whole-step variant joins the
   alternation (in the ``offload_scheme`` asked for, ``finetune --offload-scheme``), and with
-  ``fuse_lora`` its fused variant too (``finetune --offload all --fuse-lora``).
+  ``fuse_lora`` its fused variant too (``finetune --offload all --fuse-lora``). Beside each
+  variant's median step, the median of its per-step ratios to the fp32 step run beside it, with
+  a distribution-free interval (:func:`median_interval`): how well this run resolves the ratio
+  (a second run on a shared machine can still land elsewhere: the interval covers one run's
+  step-to-step spread, not the machine's drift between runs).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -90,6 +95,23 @@ def _variant(precision: str, cfg: FinetuneConfig, engine: str, offload: str = "l
     return bundle, runtime, params, opt, data
 
 
+def median_interval(x: Sequence[float], confidence: float = 0.95) -> dict[str, float | int] | None:
+    """The median of ``x`` and a distribution-free interval for it: the order statistics
+    x_(k) and x_(n+1-k) (1-based, sorted) for the largest k whose coverage, 1 - 2 P(B <= k - 1)
+    with B ~ Binomial(n, 1/2), is at least ``confidence`` (the sign-test interval; no assumption
+    on the distribution of the values, which for step times is skewed by the machine's load).
+    None when ``x`` has too few values for that confidence (6 for 95%)."""
+    v = sorted(float(t) for t in x)
+    n = len(v)
+    k, cdf = 0, 0.0  # cdf = P(B <= k - 1)
+    while k < n // 2 and 1 - 2 * (cdf + math.comb(n, k) / 2**n) >= confidence:
+        cdf += math.comb(n, k) / 2**n
+        k += 1
+    if k == 0:
+        return None
+    return {"median": float(np.median(v)), "low": v[k - 1], "high": v[n - k], "coverage": 1 - 2 * cdf, "n": n}
+
+
 def _step(variant, cfg: FinetuneConfig, step: int) -> tuple[float, float]:
     """(wall, CPU) seconds of one training step (CPU: this process's, all threads)."""
     from ..training.loop import train_step
@@ -155,6 +177,9 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
                     splits[name]["accelerator"].append(a1 - a0)
                     splits[name]["quantization"].append(q1 - q0)
     med = {k: float(np.median(v)) for k, v in times.items()}
+    # each step's ratio to the fp32 step run beside it: the machine's drift cancels in the pair
+    paired = {f"ratio_{name}_over_fp32_paired": median_interval(np.array(times[name]) / np.array(times["fp32"]))
+              for name, _ in variants[1:]}
     split = splits["int8"]
     acc, qua = float(np.median(split["accelerator"])), float(np.median(split["quantization"]))
     gemms = sum(s.gemms for s in int8[1].stats.values()) // (warmup + steps)
@@ -169,7 +194,7 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
         "fp32_step_s": med["fp32"], "int8_step_s": med["int8"], "ratio_int8_over_fp32": med["int8"] / med["fp32"],
         "int8_split_s": {"accelerator": acc, "quantization": qua, "rest": med["int8"] - acc - qua},
         "gemms_per_step": gemms, "lora_layers": attach_runtime(int8[0].unet, int8[1]), "target_ratio": 1.5,
-        "offload": offload, "offload_scheme": offload_scheme, "fuse_lora": fuse_lora, **extra,
+        "offload": offload, "offload_scheme": offload_scheme, "fuse_lora": fuse_lora, **extra, **paired,
         # CPU time of the process per step (median): on a machine shared with other jobs it
         # varies less with their load than the wall time (waiting for a core is not counted)
         "cpu_step_s": {k: float(np.median(v)) for k, v in cpu.items()},
