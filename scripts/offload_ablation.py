@@ -9,7 +9,11 @@ per CONFIG the mean relative gradient error ``|g - g32| / |g32|``, the mean cosi
 relative loss difference. A CONFIG is ``families[/fp32-keys]``, e.g. ``linear,conv,attention``
 (everything), ``attention`` (attention matmuls only), ``linear,conv,attention/attention.bwd``
 (attention backward kept fp32), with an optional ``@scheme`` (``@tensor``: delayed per-tensor
-scales; ``@row8``: row's operands, INT8 Linear/Conv outputs; default ``row``): see ``install``'s ``families``, ``scheme`` and ``Offload.host_fp32``.
+scales; ``@row8``: row's operands, INT8 Linear/Conv outputs; default ``row``) and, after it,
+``:history=N`` and ``:threshold=X`` (the amax histories' length and the saturation rate above
+which a call is recomputed; defaults ``HISTORY`` and ``SAT_THRESHOLD``), e.g.
+``linear,conv,attention@row8:history=4``: see ``install``'s ``families``, ``scheme``,
+``history``, ``threshold`` and ``Offload.host_fp32``.
 """
 
 import json
@@ -19,7 +23,7 @@ from pathlib import Path
 import torch
 
 from lora_qta.lora.layer import QtaRuntime, attach_runtime
-from lora_qta.lora.offload import install, suspended, uninstall
+from lora_qta.lora.offload import HISTORY, SAT_THRESHOLD, install, suspended, uninstall
 from lora_qta.runtime.accelerator import Accelerator
 from lora_qta.training.config import FinetuneConfig
 from lora_qta.training.loop import add_lora, load_bundle, loss_of_step, lr_lambda, training_batch
@@ -34,6 +38,10 @@ def grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
 
 def measure(steps: int, seed: int, spec: str) -> dict[str, float]:
     spec, _, scheme = spec.partition("@")
+    scheme, *options = scheme.split(":")
+    opts = dict(o.split("=", 1) for o in options)
+    if not set(opts) <= {"history", "threshold"}:
+        raise SystemExit(f"unknown option(s) {sorted(set(opts) - {'history', 'threshold'})}: use history=N, threshold=X")
     fams, _, keys = spec.partition("/")
     cfg = FinetuneConfig(precision="int8", steps=steps, seed=seed)
     torch.set_num_threads(1)
@@ -43,7 +51,8 @@ def measure(steps: int, seed: int, spec: str) -> dict[str, float]:
     runtime = QtaRuntime(Accelerator(cfg.board, cfg.backend), seed=cfg.seed)
     attach_runtime(bundle.unet, runtime)
     off = install(bundle.unet, runtime.acc, runtime, families=tuple(fams.split(",")) if fams else (),
-                  host_fp32=frozenset(k for k in keys.split(",") if k), scheme=scheme or "row")
+                  host_fp32=frozenset(k for k in keys.split(",") if k), scheme=scheme or "row",
+                  history=int(opts.get("history", HISTORY)), threshold=float(opts.get("threshold", SAT_THRESHOLD)))
     lat = type(data)(bundle.to_latents(data.images), data.prompts, bundle.to_latents(data.prior_images),
                      data.prior_prompts)
     params = [p for p in bundle.unet.parameters() if p.requires_grad]
