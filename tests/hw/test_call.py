@@ -30,6 +30,7 @@ def test_updated_is_dataclasses_replace(k, mult, shift, conv):
 
     import pytest
 
+    from lora_qta.errors import OptionError
     from lora_qta.hw.call import ConvGeometry
 
     geo = ConvGeometry(h=4, w=4, ho=4, wo=4, cin=64, kh=3, kw=3, stride=1, pad=1, dil=1) if conv else None
@@ -40,5 +41,5 @@ def test_updated_is_dataclasses_replace(k, mult, shift, conv):
     assert new == ref and hash(new) == hash(ref) and repr(new) == repr(ref)
     assert call.k == (576 if conv else 64) and call.mult == 3  # the original is untouched
     assert call.schedule_key() == replace(call, mult=1, shift=0, seed=0)
-    with pytest.raises(TypeError, match="no field"):
+    with pytest.raises(OptionError, match="no field"):
         call.updated(kk=1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..errors import OptionError
 from .config import config
 
 DATAFLOWS = ("ws", "os")
@@ -174,7 +175,8 @@ class GemmCall:
         the fields copied as they are (every one is an immutable value), so the call's
         construction is not repeated (15 us for ``replace``, about 1 us here)."""
         if not changes.keys() <= _FIELDS:
-            raise TypeError(f"GemmCall has no field {sorted(changes.keys() - _FIELDS)}")
+            raise OptionError(f"GemmCall has no field {sorted(changes.keys() - _FIELDS)}; its fields: "
+                              f"{sorted(_FIELDS)}")
         new = object.__new__(GemmCall)
         new.__dict__.update(self.__dict__)
         new.__dict__.update(changes)
