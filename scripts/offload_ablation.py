@@ -29,6 +29,10 @@ from lora_qta.training.config import FinetuneConfig
 from lora_qta.training.loop import add_lora, load_bundle, loss_of_step, lr_lambda, training_batch
 
 
+OPTIONS = {"history", "threshold"}
+"""The per-config options after ``@scheme`` (``:history=N``, ``:threshold=X``)."""
+
+
 def grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
     g = torch.cat([p.grad.flatten() for p in params])
     for p in params:
@@ -40,8 +44,8 @@ def measure(steps: int, seed: int, spec: str) -> dict[str, float]:
     spec, _, scheme = spec.partition("@")
     scheme, *options = scheme.split(":")
     opts = dict(o.split("=", 1) for o in options)
-    if not set(opts) <= {"history", "threshold"}:
-        raise SystemExit(f"unknown option(s) {sorted(set(opts) - {'history', 'threshold'})}: use history=N, threshold=X")
+    if not set(opts) <= OPTIONS:
+        raise SystemExit(f"unknown option(s) {sorted(set(opts) - OPTIONS)}: use history=N, threshold=X")
     fams, _, keys = spec.partition("/")
     cfg = FinetuneConfig(precision="int8", steps=steps, seed=seed)
     torch.set_num_threads(1)

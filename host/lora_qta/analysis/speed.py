@@ -29,6 +29,7 @@ from ..lora.gemms import layer_gemms
 from ..runtime.accelerator import Accelerator
 from ..runtime.check import random_operands
 from ..training.config import FinetuneConfig
+from ..training.evalstats import CONFIDENCE
 
 THROUGHPUT_LAYERS = ((4096, 320, 8), (1024, 640, 16), (4096, 320, 64))
 """(tokens, features, rank) of the LoRA layers :func:`throughput` runs (the README's figures)."""
@@ -95,7 +96,7 @@ def _variant(precision: str, cfg: FinetuneConfig, engine: str, offload: str = "l
     return bundle, runtime, params, opt, data
 
 
-def median_interval(x: Sequence[float], confidence: float = 0.95) -> dict[str, float | int] | None:
+def median_interval(x: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, float | int] | None:
     """The median of ``x`` and a distribution-free interval for it: the order statistics
     x_(k) and x_(n+1-k) (1-based, sorted) for the largest k whose coverage, 1 - 2 P(B <= k - 1)
     with B ~ Binomial(n, 1/2), is at least ``confidence`` (the sign-test interval; no assumption
@@ -104,8 +105,11 @@ def median_interval(x: Sequence[float], confidence: float = 0.95) -> dict[str, f
     v = sorted(float(t) for t in x)
     n = len(v)
     k, cdf = 0, 0.0  # cdf = P(B <= k - 1)
-    while k < n // 2 and 1 - 2 * (cdf + math.comb(n, k) / 2**n) >= confidence:
-        cdf += math.comb(n, k) / 2**n
+    while k < n // 2:
+        pk = math.comb(n, k) / 2**n  # P(B = k)
+        if 1 - 2 * (cdf + pk) < confidence:
+            break
+        cdf += pk
         k += 1
     if k == 0:
         return None
