@@ -9,9 +9,10 @@ per CONFIG the mean relative gradient error ``|g - g32| / |g32|``, the mean cosi
 relative loss difference. A CONFIG is ``families[/fp32-keys]``, e.g. ``linear,conv,attention``
 (everything), ``attention`` (attention matmuls only), ``linear,conv,attention/attention.bwd``
 (attention backward kept fp32), with an optional ``@scheme`` (``@tensor``: delayed per-tensor
-scales; ``@row8``: row's operands, INT8 Linear/Conv outputs; default ``row``) and, after it,
-``:history=N`` and ``:threshold=X`` (the amax histories' length and the saturation rate above
-which a call is recomputed; defaults ``HISTORY`` and ``SAT_THRESHOLD``), e.g.
+scales; ``@row8``: row's operands, INT8 Linear/Conv outputs; ``@row8c``: the same with a delayed
+scale per output channel; default ``row``) and, after it, ``:history=N`` and ``:threshold=X``
+(the amax histories' length and the saturation rate above which a call is recomputed; defaults
+the scheme's ``default_history`` and ``SAT_THRESHOLD``), e.g.
 ``linear,conv,attention@row8:history=4``: see ``install``'s ``families``, ``scheme``,
 ``history``, ``threshold`` and ``Offload.host_fp32``.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from lora_qta.lora.layer import QtaRuntime, attach_runtime
-from lora_qta.lora.offload import HISTORY, SAT_THRESHOLD, install, suspended, uninstall
+from lora_qta.lora.offload import SAT_THRESHOLD, install, suspended, uninstall
 from lora_qta.runtime.accelerator import Accelerator
 from lora_qta.training.config import FinetuneConfig
 from lora_qta.training.loop import add_lora, load_bundle, loss_of_step, lr_lambda, training_batch
@@ -43,6 +44,8 @@ def grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
 def measure(steps: int, seed: int, spec: str) -> dict[str, float]:
     spec, _, scheme = spec.partition("@")
     scheme, *options = scheme.split(":")
+    if not all("=" in o for o in options):
+        raise SystemExit(f"options after @scheme are name=value: {options}; use history=N, threshold=X")
     opts = dict(o.split("=", 1) for o in options)
     if not set(opts) <= OPTIONS:
         raise SystemExit(f"unknown option(s) {sorted(set(opts) - OPTIONS)}: use history=N, threshold=X")
@@ -56,7 +59,7 @@ def measure(steps: int, seed: int, spec: str) -> dict[str, float]:
     attach_runtime(bundle.unet, runtime)
     off = install(bundle.unet, runtime.acc, runtime, families=tuple(fams.split(",")) if fams else (),
                   host_fp32=frozenset(k for k in keys.split(",") if k), scheme=scheme or "row",
-                  history=int(opts.get("history", HISTORY)), threshold=float(opts.get("threshold", SAT_THRESHOLD)))
+                  history=int(opts["history"]) if "history" in opts else None, threshold=float(opts.get("threshold", SAT_THRESHOLD)))
     lat = type(data)(bundle.to_latents(data.images), data.prompts, bundle.to_latents(data.prior_images),
                      data.prior_prompts)
     params = [p for p in bundle.unet.parameters() if p.requires_grad]

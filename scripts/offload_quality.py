@@ -23,6 +23,7 @@ VARIANTS = {  # label: (precision, offload, offload scheme, fuse LoRA with its b
     "int8-all": ("int8", "all", "row", False),
     "int8-all-tensor": ("int8", "all", "tensor", False),
     "int8-all-row8": ("int8", "all", "row8", False),
+    "int8-all-row8c": ("int8", "all", "row8c", False),
     "int8-all-fused": ("int8", "all", "row", True),
 }
 

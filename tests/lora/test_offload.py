@@ -2,6 +2,7 @@
 same quantized math (integer accumulators exact, then the epilogue's requantization and the
 dequantization), gradients against fp32, delayed scaling's recompute, counted fallbacks."""
 
+import json
 from collections import deque
 
 import numpy as np
@@ -317,7 +318,7 @@ def ref_rows(x, dims):
 def test_the_row8_scheme_is_the_default_and_an_unknown_scheme_is_refused(acc):
     """row8 since it met issue 13's quality target on 15 seeds (README); row before it."""
     assert Offload(acc).scheme == "row8" == offload.SCHEMES[0]
-    with pytest.raises(offload.LimitError, match="scheme must be one of row8, row, tensor"):
+    with pytest.raises(offload.LimitError, match="scheme must be one of row8, row8c, row, tensor"):
         Offload(acc, scheme="block")
 
 
@@ -570,3 +571,108 @@ def test_the_ablation_knobs_choose_families_and_keep_directions_fp32(acc):
         assert torch.allclose(exact, (yf if key == "linear.fwd" else xr.grad).detach(), rtol=1e-5, atol=1e-6)
         assert not torch.allclose(int8, (xr.grad if key == "linear.fwd" else yf).detach(), rtol=1e-5, atol=1e-6)
         assert off.stats["linear"].calls == 1 and off.stats["linear"].host_quant_elements in (x.numel(), g.numel())
+
+
+# -- the ``row8c`` scheme: row8 with a delayed output scale per output channel -----------------
+def test_row8c_linear_keeps_a_delayed_scale_per_channel_and_equals_the_reference(acc):
+    lin, x, g = linear_case(seed=17)
+    lin.weight[3] *= 50.0                                      # one output channel 50x the others
+    x = x * torch.tensor([1.0, 1000.0]).view(2, 1, 1)
+    off = Offload(acc, scheme="row8c")
+    assert off.history_length == offload.COLUMN_HISTORY == offload.default_history("row8c") == 4
+    layer = Int8Linear(off, "l", lin)
+    y0, _ = run_linear(layer, x, g)                            # calibration: INT32, per-channel amax seeded
+    st = off.stats["linear"]
+    assert st.calibration_calls == 2 and set(off.sites) == {"l.y", "l.dx"}
+    xq, sx = ref_rows(x.reshape(-1, 24), (1,))
+    wq, sw = ref_weight(lin.weight, 0)
+    z = (xq @ wq.T).float() * torch.from_numpy(sw).float()   # the row-normalized output
+    first = off.sites["l.y"].values[0]
+    assert isinstance(first, np.ndarray) and first.shape == (20,)
+    assert np.array_equal(first, z.abs().amax(0).double().numpy())
+    assert torch.equal(y0, (z * sx).reshape(2, 3, 20) + lin.bias)
+    sc = widen_histories(off)
+    assert sc["l.y"].shape == (20,) and sc["l.dx"].shape == (24,)
+    y, dx = run_linear(layer, x, g)
+    assert st.calls == 4 and st.recomputes == 0 and st.saturated == 0
+    s_y = torch.from_numpy(sc["l.y"].astype(np.float32))
+    q = (ref_int8_out(xq @ wq.T, sw, sc["l.y"]) / sc["l.y"]).round().to(torch.int8).float()   # the kernel's INT8
+    assert torch.equal(y, (q * sx * s_y).reshape(2, 3, 20) + lin.bias)
+    gq, sg = ref_rows(g.reshape(-1, 20), (1,))
+    wqb, swb = ref_weight(lin.weight, 1)
+    qd = (ref_int8_out(gq @ wqb, swb, sc["l.dx"]) / sc["l.dx"]).round().to(torch.int8).float()
+    assert torch.equal(dx, (qd * sg * torch.from_numpy(sc["l.dx"].astype(np.float32))).reshape(2, 3, 24))
+    # the history's new entry: each channel's max |q| x its scale, reduced from the INT8 output
+    assert np.array_equal(off.sites["l.y"].values[-1], q.abs().amax(0).double().numpy() * sc["l.y"])
+    # a per-channel scale resolves the small channels that one per-tensor scale (row8) leaves
+    # a few levels: closer to fp32 outside the large channel
+    r8 = Offload(acc, scheme="row8")
+    l8 = Int8Linear(r8, "l", lin)
+    run_linear(l8, x, g)
+    widen_histories(r8)
+    y8, _ = run_linear(l8, x, g)
+    ref = lin(x)
+    small = [j for j in range(20) if j != 3]
+    assert (y - ref)[..., small].norm() < 0.5 * (y8 - ref)[..., small].norm()
+
+
+def test_row8c_histories_keep_channels_in_range_and_round_trip_a_checkpoint(acc):
+    h = offload.AmaxHistory(2)
+    assert h.scale() is None
+    h.push(np.zeros(3))
+    assert h.scale() is None                                   # all zero: calibrate again
+    h.push([4.0, 0.0, 1e-9])                                    # a list, as a checkpoint holds it
+    assert np.array_equal(h.scale(), np.array([4.0, 4.0 / offload.COLUMN_RANGE, 4.0 / offload.COLUMN_RANGE]) / 127)
+    h.push(np.array([1.0, 2.0, 3.0]))                           # the oldest entry leaves (length 2)
+    assert np.array_equal(h.scale(), np.array([4.0, 2.0, 3.0]) / 127)
+    lin, x, g = linear_case(seed=18)
+    off = Offload(acc, scheme="row8c")
+    layer = Int8Linear(off, "l", lin)
+    for _ in range(3):
+        run_linear(layer, x, g)
+    state = json.loads(json.dumps(off.state()))
+    again = Offload(acc, scheme="row8c")
+    again.load_state(state)
+    for name, hist in off.sites.items():
+        assert all(np.array_equal(a, b) for a, b in zip(hist.values, again.sites[name].values))
+        assert np.array_equal(hist.scale(), again.sites[name].scale())
+    with pytest.raises(offload.CheckpointError, match="'row8c' scheme, this run 'row8'"):
+        Offload(acc, scheme="row8").load_state(state)
+
+
+def test_row8c_saturation_recomputes_and_a_saturated_channel_takes_the_kernels_amax(acc):
+    lin, x, _ = linear_case(seed=19)
+    off = Offload(acc, scheme="row8c", threshold=1.0)           # never recompute: count saturations
+    layer = Int8Linear(off, "l", lin)
+    layer(x)
+    stale = off.sites["l.y"].values[0].copy()
+    stale[5] /= 4.0                                              # channel 5's scale 4x too small
+    off.site("l.y").values = deque([stale], maxlen=4)
+    layer(x)
+    st = off.stats["linear"]
+    assert st.saturated > 0 and st.recomputes == 0
+    new = off.sites["l.y"].values[-1]
+    # channel 5 saturated: its entry is the kernel's amax (an upper bound), above what it held
+    assert new[5] > stale[5] * 1.5
+    off2 = Offload(acc, scheme="row8c")                          # the default threshold: recompute
+    l2 = Int8Linear(off2, "l", lin)
+    l2(x)
+    off2.site("l.y").values = deque([off2.sites["l.y"].values[0] * 1e-3], maxlen=4)
+    y = l2(x)
+    assert off2.stats["linear"].recomputes >= 1
+    assert cos(y, lin(x)) >= 0.99
+
+
+@pytest.mark.parametrize("backend", ["csim"])
+def test_row8c_conv_is_the_same_on_csim_as_on_the_fast_engine(backend):
+    torch.manual_seed(20)
+    conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1).requires_grad_(False)
+    x = torch.randn(2, 3, 6, 5) * torch.tensor([1.0, 100.0]).view(2, 1, 1, 1)
+    g = torch.randn(2, 5, 3, 3)
+    outs = []
+    for engine in ("fast", backend):
+        off = Offload(Accelerator("zcu104", engine), scheme="row8c")
+        layer = Int8Conv2d(off, "c", conv)
+        outs.append([run_linear(layer, x, g) for _ in range(3)])   # calibration, then INT8 outputs
+        assert off.stats["conv"].calibration_calls == 2 and off.sites["c.y"].values[-1].shape == (5,)
+    assert all(torch.equal(a, b) for pa, pb in zip(*outs) for a, b in zip(pa, pb))

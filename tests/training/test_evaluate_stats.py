@@ -136,9 +136,11 @@ def test_variant_table():
     assert list(avail)[:2] == ["fp32", "int8"]
     assert variant_config("fp32", FinetuneConfig()).precision == "fp32"
     assert variant_config("int8", FinetuneConfig(precision="fp32")).precision == "int8"
-    assert [v.name for v in VARIANTS] == ["fp32", "int8", "int8-all", "int8-all-row8", "int8-all-fused"]
+    assert [v.name for v in VARIANTS] == ["fp32", "int8", "int8-all", "int8-all-row8", "int8-all-fused",
+                                          "int8-all-row8c"]
     row8 = variant_config("int8-all-row8", FinetuneConfig())
     assert (row8.precision, row8.offload, row8.offload_scheme) == ("int8", "all", "row8")
+    assert variant_config("int8-all-row8c", FinetuneConfig()).offload_scheme == "row8c"
     assert parse_variants("int8, fp32") == ["fp32", "int8"]  # the reference first
 
 

@@ -56,7 +56,8 @@ def test_finetune_offload_all_on_the_digits_default_reports_the_four_families(tm
 TIMES = ("wall_s", "host_quant_s")
 
 
-@pytest.mark.parametrize("scheme, fuse", [("row", False), ("tensor", False), ("row8", False), ("row", True)])
+@pytest.mark.parametrize("scheme, fuse", [("row", False), ("tensor", False), ("row8", False), ("row8c", False),
+                                          ("row", True)])
 def test_resumed_offload_all_run_equals_the_uninterrupted_one(tmp_path, scheme, fuse):
     """The amax histories (delayed scales of the tensor scheme), recompute counters and
     per-family figures are in the checkpoint: an --offload all run interrupted after step 2 and
@@ -74,6 +75,9 @@ def test_resumed_offload_all_run_equals_the_uninterrupted_one(tmp_path, scheme, 
         assert sites and all(len(v) == 2 for v in sites.values())  # two steps of amax per site, saved
     elif scheme == "row8":  # delayed scales of the Linear/Conv outputs only (inputs are current)
         assert sites and all(len(v) == 2 and name.endswith((".y", ".dx")) for name, v in sites.items())
+    elif scheme == "row8c":  # the same, one amax per output channel in each entry (conv_out has one)
+        assert sites and all(len(v) == 2 and all(isinstance(e, list) for e in v) for v in sites.values())
+        assert max(len(v[0]) for v in sites.values()) > 1
     else:
         assert not sites  # current scaling: no history
     b = finetune(FinetuneConfig(output_dir=str(resumed), resume=True, **common))
@@ -123,7 +127,7 @@ def test_the_whole_step_is_the_default_and_offload_defines_only_int8_runs():
     assert "offload" not in FinetuneConfig(offload="lora").identity()
     fp32 = [FinetuneConfig(precision="fp32", offload=o).identity() for o in ("all", "lora")]
     assert fp32[0] == fp32[1] and "offload" not in fp32[0]
-    with pytest.raises(LimitError, match="--offload-scheme must be one of row8, row, tensor, not 'block'"):
+    with pytest.raises(LimitError, match="--offload-scheme must be one of row8, row8c, row, tensor, not 'block'"):
         finetune(FinetuneConfig(offload="all", offload_scheme="block", steps=1, samples=False))
     with pytest.raises(LimitError, match="--offload must be lora or all"):
         finetune(FinetuneConfig(offload="everything", steps=1, samples=False))

@@ -18,7 +18,7 @@ the frozen base model's GEMMs run INT8 on the accelerator (board or emulation):
   ``dK = dS^T.Q`` backward, each one :meth:`Accelerator.batched_gemm` over (batch x heads).
   Softmax and its backward (``dS = P * (dP - rowsum(dP * P))``) stay fp32 on the host.
 
-Quantization (all symmetric INT8, |q| <= 127), in one of three schemes (:data:`SCHEMES`,
+Quantization (all symmetric INT8, |q| <= 127), in one of four schemes (:data:`SCHEMES`,
 ``--offload-scheme``; their one-line summaries: :data:`~lora_qta.lora.schemes.SCHEME_DOCS`):
 
 * **row** (the default): every host-quantized operand gets *current* scales along the one
@@ -44,6 +44,14 @@ Quantization (all symmetric INT8, |q| <= 127), in one of three schemes (:data:`S
   orders; it needs no kernel change (the epilogue's per-column mode). The attention matmuls keep
   ``row``'s INT32 outputs: their per-(batch x head) column scales do not fit the one scale vector
   of a batched call.
+* **row8c**: ``row8`` with a delayed scale per output channel: ``s_z`` becomes a vector
+  ``s_z[j]`` (each output site keeps an amax history of :data:`COLUMN_HISTORY` vectors, one
+  amax per channel; no channel's scale below the largest's / :data:`COLUMN_RANGE`), folded into
+  the same per-column multipliers ``sw[j] / s_z[j]``, so the kernel is unchanged. The kernel
+  reports one amax per call, so the per-channel amax is reduced on the host from the INT8
+  output it dequantizes (a channel at the INT8 limit of a call with saturations takes the
+  kernel's amax, an upper bound); recompute, calibration and attention as ``row8``. Measured:
+  about half of ``row8``'s extra LoRA-gradient error over ``row`` (README).
 * **tensor**: delayed per-tensor scales and INT8 outputs, as follows.
 
 * **weights** (every scheme) are quantized ONCE at :func:`install`, per output channel for the forward and per
@@ -100,11 +108,16 @@ from torch import nn
 from ..errors import CheckpointError, DeviceMemoryError, DivergedError, LimitError
 from ..runtime.accelerator import Accelerator, GemmResult, Resident, fixed_point_scale
 from .quant import dequantize, quantize_along
-from .schemes import DELAYED_SCHEMES, ROW_SCHEMES, SCHEMES
+from .schemes import COLUMN_SCHEMES, DELAYED_SCHEMES, ROW_SCHEMES, SCHEMES
 
 QMAX = 127
 HISTORY = 16
 """Entries of an amax history (Transformer Engine's default for FP8 delayed scaling)."""
+COLUMN_HISTORY = 4
+"""Entries of a per-channel amax history (``row8c``): of 1, 2, 4 and 16 entries, 4 gave the
+lowest LoRA-gradient error in the ablation (README, "Where row8's extra error comes from")."""
+COLUMN_RANGE = 256.0
+"""A per-channel output scale is at least the largest channel's divided by this."""
 SAT_THRESHOLD = 1e-3
 """A quantization (host) or INT8 output (epilogue) with more than this fraction of its elements
 saturated is recomputed with a fresh scale; fewer are counted as saturated."""
@@ -117,19 +130,38 @@ OFFLOAD_MODES = ("lora", "all")
 EPS = 1e-12
 
 
+def default_history(scheme: str) -> int:
+    """The amax history length of ``scheme``: :data:`COLUMN_HISTORY` for the per-channel output
+    scales of :data:`COLUMN_SCHEMES`, else :data:`HISTORY`."""
+    return COLUMN_HISTORY if scheme in COLUMN_SCHEMES else HISTORY
+
+
 class AmaxHistory:
-    """The last :data:`HISTORY` amax values of one quantized tensor site."""
+    """The last ``length`` amax values of one quantized tensor site: floats (a per-tensor scale)
+    or float64 vectors (``row8c``'s output sites: one amax per output channel)."""
 
     def __init__(self, length: int = HISTORY):
-        self.values: deque[float] = deque(maxlen=length)
+        self.values: deque[float | np.ndarray] = deque(maxlen=length)
 
-    def scale(self) -> float | None:
-        """``max(history) / 127``, or None while the history is empty (or all zero)."""
+    def scale(self) -> float | np.ndarray | None:
+        """``max(history) / 127``, or None while the history is empty (or all zero). For vector
+        entries the maximum is per channel, and no channel's scale falls below the largest
+        channel's divided by :data:`COLUMN_RANGE` (a channel that was zero or nearly so keeps a
+        multiplier in the epilogue's range)."""
+        if self.values and isinstance(self.values[0], np.ndarray):
+            m = np.max(np.stack(tuple(self.values)), axis=0)
+            top = float(m.max()) if m.size else 0.0
+            return np.maximum(m, top / COLUMN_RANGE) / QMAX if top > 0 else None
         m = max(self.values, default=0.0)
         return m / QMAX if m > 0 else None
 
-    def push(self, amax: float) -> None:
-        self.values.append(float(amax))
+    def push(self, amax: float | np.ndarray | list[float]) -> None:
+        """Append one amax: a number, or a vector (one per channel; a list from a checkpoint)."""
+        self.values.append(np.array(amax, dtype=np.float64) if np.ndim(amax) else float(amax))
+
+    def saved(self) -> list[float | list[float]]:
+        """The entries as JSON-able Python floats (exact through JSON), for :meth:`Offload.state`."""
+        return [v.tolist() if isinstance(v, np.ndarray) else v for v in self.values]
 
 
 @dataclass
@@ -178,12 +210,15 @@ Launch = Callable[..., GemmResult]
 class Offload:
     """The state of a whole-step offload: accelerator, amax histories, per-family figures."""
 
-    def __init__(self, acc: Accelerator, threshold: float = SAT_THRESHOLD, history: int = HISTORY,
+    def __init__(self, acc: Accelerator, threshold: float = SAT_THRESHOLD, history: int | None = None,
                  host_fp32: frozenset[str] = frozenset(), scheme: str = SCHEMES[0]):
         if scheme not in SCHEMES:
             raise LimitError(f"the offload's quantization scheme must be one of {', '.join(SCHEMES)}, not {scheme!r}")
         self.acc = acc
         self.scheme = scheme
+        self.per_channel = scheme in COLUMN_SCHEMES
+        """Whether the INT8 Linear/Conv outputs take a delayed scale per output channel (``row8c``)."""
+        history = default_history(scheme) if history is None else history
         self.host_fp32 = frozenset(host_fp32)
         """``family.direction`` keys (e.g. ``attention.bwd``) computed in fp32 on the host instead
         (an ablation for measurements: ``scripts/offload_ablation.py``; empty in training)."""
@@ -280,30 +315,34 @@ class Offload:
         """The dequantized float output of one GEMM whose INT32 accumulator times ``base`` (the
         product of the operands' scales: a float, or a per-column vector with ``scale_mode``
         ``col``) is the real value, times ``rows`` if given (the per-row input scales of the
-        ``row8`` scheme, broadcast: ``base`` then holds only the column scales and the site's
+        ``row8`` schemes, broadcast: ``base`` then holds only the column scales and the site's
         history the row-normalized output's amax). ``site`` None: INT32 output; else INT8 output
-        with the site's delayed scale (see the module docstring)."""
+        with the site's delayed scale (see the module docstring): per output channel under
+        ``row8c`` (:attr:`per_channel`, with ``rows``), else per tensor."""
         st = self.stats[family]
         base_np = np.asarray(base, dtype=np.float64)
         base_t = torch.from_numpy(base_np.astype(np.float32)) if base_np.ndim else float(base_np)
         hist = self.site(site) if site is not None else None
+        channels = self.per_channel and rows is not None and scale_mode == "col"
         s_out = hist.scale() if hist is not None else None
         if hist is not None and s_out is None:
             st.calibration_calls += 1
         tries = 0
         while s_out is not None:
             mult, shift = fixed_point_scale(base_np / s_out)
-            if base_np.ndim == 0:
+            if base_np.ndim == 0 and np.ndim(s_out) == 0:
                 mult, shift = int(mult), int(shift)
             r = launch(out="int8", mult=mult, shift=shift, scale_mode=scale_mode)
             st.add(r, macs)
             elements = int(np.prod(r.output.shape))
             if r.sat_count <= self.threshold * elements:
                 st.saturated += r.sat_count
+                q = _tensor(r.output)
+                if channels:     # the host's amax per channel, from the INT8 output it dequantizes
+                    hist.push(_channel_amax_int8(q, r.amax, r.sat_count) * s_out)
+                    return dequantize(q, rows, torch.from_numpy(s_out.astype(np.float32)))
                 hist.push(r.amax * s_out)        # the kernel's amax: no pass over the data
-                if rows is not None:
-                    return dequantize(_tensor(r.output), rows, s_out)
-                return dequantize(_tensor(r.output), s_out)
+                return dequantize(q, rows, s_out) if rows is not None else dequantize(q, s_out)
             st.recomputes += 1
             tries += 1
             if tries > MAX_RECOMPUTES:
@@ -314,7 +353,11 @@ class Offload:
         st.add(r, macs)
         y = dequantize(_tensor(r.output), base_t)
         if hist is not None:
-            hist.push(float(y.abs().max()) if y.numel() else 0.0)
+            if channels:
+                hist.push(y.reshape(-1, y.shape[-1]).abs().amax(0).double().numpy() if y.numel()
+                          else np.zeros(y.shape[-1]))
+            else:
+                hist.push(float(y.abs().max()) if y.numel() else 0.0)
         return y if rows is None else y.mul_(rows)
 
     def fallback(self, family: str, reason: str, macs: int) -> None:
@@ -331,7 +374,7 @@ class Offload:
         included)."""
         return {"scheme": self.scheme, "fuse_lora": bool(self.fused), "fusion": dict(self.fusion),
                 "history_length": self.history_length, "threshold": self.threshold,
-                "sites": {name: list(h.values) for name, h in self.sites.items()},
+                "sites": {name: h.saved() for name, h in self.sites.items()},
                 "stats": {fam: {k: (dict(v) if isinstance(v, dict) else v) for k, v in st.__dict__.items()}
                           for fam, st in self.stats.items()}}
 
@@ -351,7 +394,7 @@ class Offload:
         for name, values in state["sites"].items():
             h = self.site(name)
             for v in values:
-                h.push(float(v))
+                h.push(v)
         for fam, figures in state["stats"].items():
             if fam in self.stats:
                 known = FamilyStats().__dict__
@@ -392,6 +435,19 @@ class Offload:
 
 def _tensor(x: Any) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _channel_amax_int8(q: torch.Tensor, kernel_amax: float, saturated: int) -> np.ndarray:
+    """Per output channel (last axis) max |q| of an INT8 output, float64. When the kernel
+    counted saturated elements, a channel at the INT8 limit takes the kernel's amax (the largest
+    value before saturation over every channel, in each channel's own units: an upper bound of
+    the channel's)."""
+    q2 = q.reshape(-1, q.shape[-1])
+    if not q2.shape[0]:
+        return np.zeros(q2.shape[1])
+    lo, hi = torch.aminmax(q2, dim=0)
+    m = torch.maximum(hi.to(torch.int32), lo.to(torch.int32).neg_()).double().numpy()
+    return np.where(m >= QMAX, max(float(kernel_amax), float(QMAX)), m) if saturated else m
 
 
 def quantize_weight(w2d: torch.Tensor, axis: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -543,7 +599,7 @@ class Int8Conv2d:
         wo = (w + 2 * self.pad - self.kw) // self.stride + 1
         if off.scheme == "row":
             y = off.run_int32("conv", launch, (sx_img, self.sw_fwd_t), self.macs(imgs, ho, wo))
-        elif off.scheme == "row8":
+        elif off.scheme in ROW_SCHEMES:  # row8, row8c
             y = off.run("conv", f"{self.name}.y", launch, self.sw_fwd, self.macs(imgs, ho, wo), "col", rows=sx_img)
         else:
             y = off.run("conv", f"{self.name}.y", launch, sx * self.sw_fwd, self.macs(imgs, ho, wo), "col")
@@ -565,7 +621,7 @@ class Int8Conv2d:
 
         if off.scheme == "row":
             dx = off.run_int32("conv", launch, (sg_img, self.sw_bwd_t), self.macs(gq.shape[0], *hw))
-        elif off.scheme == "row8":
+        elif off.scheme in ROW_SCHEMES:
             dx = off.run("conv", f"{self.name}.dx", launch, self.sw_bwd, self.macs(gq.shape[0], *hw), "col",
                          rows=sg_img)
         else:
@@ -784,7 +840,7 @@ def _is_lora_part(name: str) -> bool:
 
 
 def install(unet: nn.Module, acc: Accelerator, lora_runtime: Any = None, threshold: float = SAT_THRESHOLD,
-            history: int = HISTORY, families: tuple[str, ...] = ("linear", "conv", "attention"),
+            history: int | None = None, families: tuple[str, ...] = ("linear", "conv", "attention"),
             host_fp32: frozenset[str] = frozenset(), scheme: str = SCHEMES[0], fuse_lora: bool = False) -> Offload:
     """Put every frozen Linear and Conv2d of ``unet`` and its attention matmuls on ``acc``.
 
@@ -793,6 +849,7 @@ def install(unet: nn.Module, acc: Accelerator, lora_runtime: Any = None, thresho
     layers are trainable and skipped; a LoRA layer's frozen ``base_layer`` is wrapped).
     ``families``: which frozen families to put on the accelerator (the others stay fp32 in
     PyTorch); ``host_fp32``: see :attr:`Offload.host_fp32`; ``scheme``: one of :data:`SCHEMES`;
+    ``history``: the amax histories' length (None: the scheme's, :func:`default_history`);
     ``fuse_lora``: fuse every LoRA layer with its offloaded base layer (:mod:`.fused`, ``row``
     scheme only)."""
     if fuse_lora and scheme != "row":
@@ -904,6 +961,7 @@ def suspended(unet: nn.Module, off: Offload) -> Iterator[None]:
 
 __all__ = ["AmaxHistory", "FamilyStats", "Offload", "Int8Linear", "Int8Conv2d", "Int8AttnProcessor",
            "attention_int8", "conv_unsupported", "install", "uninstall", "suspended", "quantize_weight", "HISTORY",
+           "COLUMN_HISTORY", "default_history",
            "place_weights", "free_weights",
            "SAT_THRESHOLD", "OFFLOAD_MODES", "FAMILIES", "LimitError", "PlanError"]
 

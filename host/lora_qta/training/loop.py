@@ -86,13 +86,13 @@ def run_target(cfg: FinetuneConfig) -> dict[str, Any] | None:
               "numerics": {"smooth_alpha": QtaRuntime.SMOOTH_ALPHA, "wgrad_groups": True,
                            "group_ratio": QtaRuntime.GROUP_RATIO}}
     if cfg.offload == "all":  # the whole-step offload's quantization scheme defines the result too
-        from ..lora.offload import HISTORY, MAX_RECOMPUTES, SAT_THRESHOLD
+        from ..lora.offload import MAX_RECOMPUTES, SAT_THRESHOLD, default_history
 
         target["offload_numerics"] = {"scheme": cfg.offload_scheme}
         if cfg.fuse_lora:  # only when set: identities of unfused runs stay as they were
             target["offload_numerics"]["fuse_lora"] = True
-        if cfg.offload_scheme in DELAYED_SCHEMES:  # delayed scaling (row8: of its INT8 outputs)
-            target["offload_numerics"].update(amax_history=HISTORY, saturation_threshold=SAT_THRESHOLD,
+        if cfg.offload_scheme in DELAYED_SCHEMES:  # delayed scaling (row8, row8c: of their INT8 outputs)
+            target["offload_numerics"].update(amax_history=default_history(cfg.offload_scheme), saturation_threshold=SAT_THRESHOLD,
                                               max_recomputes=MAX_RECOMPUTES)
     return target
 

@@ -47,6 +47,9 @@ VARIANTS: tuple[Variant, ...] = (
             {"precision": "int8", "offload": "all", "offload_scheme": "row8"}),
     Variant("int8-all-fused", "int8-all with each LoRA layer fused with its base layer (--fuse-lora)",
             {"precision": "int8", "offload": "all", "fuse_lora": True}, pins={"offload_scheme": "row"}),
+    Variant("int8-all-row8c", "int8-all-row8 with a delayed output scale per output channel (--offload-scheme "
+                              "row8c)",
+            {"precision": "int8", "offload": "all", "offload_scheme": "row8c"}),
 )
 
 
