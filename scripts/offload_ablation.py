@@ -59,7 +59,8 @@ def measure(steps: int, seed: int, spec: str) -> dict[str, float]:
     attach_runtime(bundle.unet, runtime)
     off = install(bundle.unet, runtime.acc, runtime, families=tuple(fams.split(",")) if fams else (),
                   host_fp32=frozenset(k for k in keys.split(",") if k), scheme=scheme or "row",
-                  history=int(opts["history"]) if "history" in opts else None, threshold=float(opts.get("threshold", SAT_THRESHOLD)))
+                  history=int(opts["history"]) if "history" in opts else None,
+                  threshold=float(opts.get("threshold", SAT_THRESHOLD)))
     lat = type(data)(bundle.to_latents(data.images), data.prompts, bundle.to_latents(data.prior_images),
                      data.prior_prompts)
     params = [p for p in bundle.unet.parameters() if p.requires_grad]

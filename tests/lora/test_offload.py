@@ -638,6 +638,10 @@ def test_row8c_histories_keep_channels_in_range_and_round_trip_a_checkpoint(acc)
         assert np.array_equal(hist.scale(), again.sites[name].scale())
     with pytest.raises(offload.CheckpointError, match="'row8c' scheme, this run 'row8'"):
         Offload(acc, scheme="row8").load_state(state)
+    bad = json.loads(json.dumps(state))
+    bad["sites"]["l.y"].append(1.0)                              # a number among per-channel vectors
+    with pytest.raises(offload.CheckpointError, match="amax history of l.y mixes entries"):
+        Offload(acc, scheme="row8c").load_state(bad)
 
 
 def test_row8c_saturation_recomputes_and_a_saturated_channel_takes_the_kernels_amax(acc):
@@ -661,6 +665,32 @@ def test_row8c_saturation_recomputes_and_a_saturated_channel_takes_the_kernels_a
     y = l2(x)
     assert off2.stats["linear"].recomputes >= 1
     assert cos(y, lin(x)) >= 0.99
+    # the recomputed call's entry is still one amax per channel, close to each channel's own
+    xq, sx = ref_rows(x.reshape(-1, 24), (1,))
+    wq, sw = ref_weight(lin.weight, 0)
+    true = ((xq @ wq.T).double() * torch.from_numpy(sw)).abs().amax(0).numpy()
+    entry = off2.sites["l.y"].values[-1]
+    assert entry.shape == (20,) and np.allclose(entry, true, rtol=0.03)
+
+
+@pytest.mark.parametrize("cout", [1, 6])
+def test_row8c_conv_is_close_to_fp32_per_image_and_channel(acc, cout):
+    """One output channel (the digits UNet's conv_out) or several; images 100x apart."""
+    torch.manual_seed(21)
+    conv = torch.nn.Conv2d(4, cout, 3, padding=1).requires_grad_(False)
+    x = torch.randn(2, 4, 5, 6) * torch.tensor([1.0, 100.0]).view(2, 1, 1, 1)
+    g = torch.randn(2, cout, 5, 6)
+    off = Offload(acc, scheme="row8c")
+    layer = Int8Conv2d(off, "c", conv)
+    for _ in range(3):
+        y, dx = run_linear(layer, x, g)
+    assert off.stats["conv"].calls == 6 and off.stats["conv"].calibration_calls == 2
+    assert off.sites["c.y"].values[-1].shape == (cout,) and off.sites["c.dx"].values[-1].shape == (4,)
+    xr = x.clone().requires_grad_(True)
+    yf = conv(xr)
+    yf.backward(g)
+    for i in range(2):
+        assert cos(y[i], yf[i]) >= 0.99 and cos(dx[i], xr.grad[i]) >= 0.99
 
 
 @pytest.mark.parametrize("backend", ["csim"])

@@ -25,7 +25,9 @@ depends on the scheme (:data:`SCHEMES`):
   (weight-gradient-like GEMMs, attention dV and dK) needs per-channel scales, so a tensor used
   both ways is quantized twice; every output the host reads is dequantized once (read 4, write 4).
   Softmax probabilities have a fixed scale (one quantize pass, no absmax).
-* ``dynamic8``: ``--offload-scheme row8``: host input quantization as ``dynamic`` (current
+* ``dynamic8``: ``--offload-scheme row8`` (and ``row8c``: its per-channel output amax is a
+  max reduction inside the dequantization pass below, the same bytes, below the model's
+  resolution in FLOP): host input quantization as ``dynamic`` (current
   per-row scales, an absmax pass and a quantize pass per distinct (tensor, scale axis)), but a
   frozen Linear/Conv GEMM (and a fused one, :func:`int8_output`) writes INT8 from the epilogue:
   its row-normalized output ``sw[j] . acc[i, j]`` with per-column multipliers ``sw[j] / s_z``
@@ -102,7 +104,7 @@ read for clipping; about 17 FLOP."""
 SCHEMES = {
     "dynamic": "host quantization, dynamic absmax scales per token/channel, INT32 outputs (today's LoRA path)",
     "dynamic8": "host quantization as dynamic; Linear/Conv outputs INT8 (row-normalized, per-column multipliers, "
-                "delayed scale), rows rescaled on the host; attention and LoRA outputs INT32 (--offload-scheme row8)",
+                "delayed scale), rows rescaled on the host; attention and LoRA outputs INT32 (--offload-scheme row8, row8c)",
     "delayed": "delayed scaling in the epilogue: INT8 outputs with the previous step's scales, amax reported",
     "fp16": "the same array in FP16 (no quantization; host converts inline)",
     "fp32": "the same array in FP32 (no quantization)",

@@ -392,6 +392,11 @@ class Offload:
         self.fusion.update({k: int(v) for k, v in state.get("fusion", {}).items() if k != "layers"})
         self.sites = {}
         for name, values in state["sites"].items():
+            kinds = {len(v) if isinstance(v, list) else None for v in values}
+            if len(kinds) > 1 or (self.per_channel and name.endswith((".y", ".dx")) and None in kinds):
+                raise CheckpointError(f"the checkpoint's amax history of {name} mixes entries "
+                                      f"({sorted(map(str, kinds))}): every entry must be one number, or under "
+                                      "row8c one amax per output channel; resume from another checkpoint")
             h = self.site(name)
             for v in values:
                 h.push(v)
@@ -441,7 +446,9 @@ def _channel_amax_int8(q: torch.Tensor, kernel_amax: float, saturated: int) -> n
     """Per output channel (last axis) max |q| of an INT8 output, float64. When the kernel
     counted saturated elements, a channel at the INT8 limit takes the kernel's amax (the largest
     value before saturation over every channel, in each channel's own units: an upper bound of
-    the channel's)."""
+    the channel's). The INT8 output cannot tell a channel that saturated from one that rounded to
+    the limit, so such a channel's scale may be larger than it needs for the next
+    :data:`COLUMN_HISTORY` calls (a per-column amax reported by the kernel would avoid it)."""
     q2 = q.reshape(-1, q.shape[-1])
     if not q2.shape[0]:
         return np.zeros(q2.shape[1])

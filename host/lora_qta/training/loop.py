@@ -92,8 +92,8 @@ def run_target(cfg: FinetuneConfig) -> dict[str, Any] | None:
         if cfg.fuse_lora:  # only when set: identities of unfused runs stay as they were
             target["offload_numerics"]["fuse_lora"] = True
         if cfg.offload_scheme in DELAYED_SCHEMES:  # delayed scaling (row8, row8c: of their INT8 outputs)
-            target["offload_numerics"].update(amax_history=default_history(cfg.offload_scheme), saturation_threshold=SAT_THRESHOLD,
-                                              max_recomputes=MAX_RECOMPUTES)
+            target["offload_numerics"].update(amax_history=default_history(cfg.offload_scheme),
+                                              saturation_threshold=SAT_THRESHOLD, max_recomputes=MAX_RECOMPUTES)
     return target
 
 
