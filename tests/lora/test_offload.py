@@ -706,3 +706,14 @@ def test_row8c_conv_is_the_same_on_csim_as_on_the_fast_engine(backend):
         outs.append([run_linear(layer, x, g) for _ in range(3)])   # calibration, then INT8 outputs
         assert off.stats["conv"].calibration_calls == 2 and off.sites["c.y"].values[-1].shape == (5,)
     assert all(torch.equal(a, b) for pa, pb in zip(*outs) for a, b in zip(pa, pb))
+
+
+def test_row8c_channel_amax_of_an_int8_output():
+    """The host's per-channel max |q| (the INT8 limits included); with saturations counted, a
+    channel at the limit takes the kernel's amax; an empty output gives zeros."""
+    q = torch.tensor([[3, -128, 0, 127], [-5, 7, 0, -127]], dtype=torch.int8)
+    assert np.array_equal(offload._channel_amax_int8(q, 300.0, 0), [5.0, 128.0, 0.0, 127.0])
+    assert np.array_equal(offload._channel_amax_int8(q, 300.0, 2), [5.0, 300.0, 0.0, 300.0])
+    nhwc = q.reshape(1, 2, 1, 4)
+    assert np.array_equal(offload._channel_amax_int8(nhwc, 300.0, 0), [5.0, 128.0, 0.0, 127.0])
+    assert np.array_equal(offload._channel_amax_int8(torch.zeros(0, 3, dtype=torch.int8), 0.0, 0), [0.0, 0.0, 0.0])
