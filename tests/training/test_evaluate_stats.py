@@ -208,6 +208,6 @@ def test_evaluate_compares_the_default_fine_tuning_with_fp32_unless_told():
     defaults, so ``lora-qta evaluate`` measures the main job's quality."""
     from lora_qta.training.variants import DEFAULT_VARIANTS
 
-    assert parse_variants(list(DEFAULT_VARIANTS)) == ["fp32", "int8-all-row8"]
+    assert parse_variants(list(DEFAULT_VARIANTS)) == ["fp32", "int8-all-row8c"]
     assert variant_config(DEFAULT_VARIANTS[1], FinetuneConfig()) == FinetuneConfig()
     assert variant_config("int8", FinetuneConfig()) != FinetuneConfig()  # LoRA-only is a choice now

@@ -5,11 +5,12 @@ does in detail is :mod:`lora_qta.lora.offload`'s docstring."""
 from __future__ import annotations
 
 SCHEME_DOCS = {
-    "row8": "row's operands, and the Linear/Conv outputs written INT8 by the epilogue (the weight's "
-            "per-channel scale and a delayed scale of the row-normalized output in its multipliers; the host "
-            "multiplies each row by its input scale): a quarter of their output traffic; attention as row",
-    "row8c": "row8 with a delayed scale per output channel (an amax history of 4 per channel, reduced on the "
-             "host from the INT8 output it dequantizes): half of row8's extra LoRA-gradient error, same traffic",
+    "row8c": "row's operands, and the Linear/Conv outputs written INT8 by the epilogue with a delayed scale per "
+             "output channel of the row-normalized output (an amax history of 4 per channel, reduced on the host "
+             "from the INT8 output it dequantizes; the weight's per-channel scale in the same multipliers; the "
+             "host multiplies each row by its input scale): a quarter of their output traffic; attention as row",
+    "row8": "row8c with one delayed scale per output tensor instead of per channel (amax history of 16): the same "
+            "traffic, more LoRA-gradient error, lower concept accuracy (README, 'Whole-step INT8 offload')",
     "row": "current scales per token (per image for a convolution, per row or column for attention), "
            "INT32 outputs dequantized on the host with both axes' scales",
     "tensor": "delayed per-tensor scales (amax history of 16) with INT8 outputs: less output traffic, larger "

@@ -18,9 +18,9 @@ from .config import FinetuneConfig
 REFERENCE = "fp32"
 """The variant every difference is taken to."""
 
-DEFAULT_VARIANTS = ("fp32", "int8-all-row8")
+DEFAULT_VARIANTS = ("fp32", "int8-all-row8c")
 """What ``lora-qta evaluate`` compares unless told: the reference and the default fine-tuning
-(``finetune``'s int8 with every GEMM of the step offloaded, its default scheme ``row8``)."""
+(``finetune``'s int8 with every GEMM of the step offloaded, its default scheme ``row8c``)."""
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,13 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("int8-all", "the whole training step offloaded to the accelerator with the row offload scheme "
                         "(INT32 outputs; --offload-scheme row)",
             {"precision": "int8", "offload": "all"}, pins={"offload_scheme": "row"}),
-    Variant("int8-all-row8", "the whole training step offloaded with the row8 offload scheme, finetune's "
-                             "default: per-row input scales as row, INT8 outputs from the epilogue with "
-                             "delayed scales",
+    Variant("int8-all-row8", "the whole training step offloaded with the row8 offload scheme: per-row input "
+                             "scales as row, INT8 outputs from the epilogue with a delayed scale per tensor",
             {"precision": "int8", "offload": "all", "offload_scheme": "row8"}),
     Variant("int8-all-fused", "int8-all with each LoRA layer fused with its base layer (--fuse-lora)",
             {"precision": "int8", "offload": "all", "fuse_lora": True}, pins={"offload_scheme": "row"}),
-    Variant("int8-all-row8c", "int8-all-row8 with a delayed output scale per output channel (--offload-scheme "
-                              "row8c)",
+    Variant("int8-all-row8c", "the whole training step offloaded with the row8c offload scheme, finetune's "
+                              "default: int8-all-row8 with a delayed output scale per output channel",
             {"precision": "int8", "offload": "all", "offload_scheme": "row8c"}),
 )
 
