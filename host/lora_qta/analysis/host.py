@@ -104,7 +104,8 @@ read for clipping; about 17 FLOP."""
 SCHEMES = {
     "dynamic": "host quantization, dynamic absmax scales per token/channel, INT32 outputs (today's LoRA path)",
     "dynamic8": "host quantization as dynamic; Linear/Conv outputs INT8 (row-normalized, per-column multipliers, "
-                "delayed scale), rows rescaled on the host; attention and LoRA outputs INT32 (--offload-scheme row8, row8c)",
+                "delayed scale), rows rescaled on the host; attention and LoRA outputs INT32 "
+                "(--offload-scheme row8, row8c)",
     "delayed": "delayed scaling in the epilogue: INT8 outputs with the previous step's scales, amax reported",
     "fp16": "the same array in FP16 (no quantization; host converts inline)",
     "fp32": "the same array in FP32 (no quantization)",
