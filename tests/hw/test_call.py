@@ -43,3 +43,20 @@ def test_updated_is_dataclasses_replace(k, mult, shift, conv):
     assert call.schedule_key() == replace(call, mult=1, shift=0, seed=0)
     with pytest.raises(OptionError, match="no field"):
         call.updated(kk=1)
+
+
+def test_the_cached_hash_follows_the_fields():
+    """A call's hash is computed once and kept; a copy made by ``updated`` has its own, equal to
+    a fresh call's with the same fields; pickling leaves the cached hash out (a string's hash
+    differs between processes)."""
+    import pickle
+
+    call = GemmCall(m=16, n=8, k=64, lda=64, ldb=64, ldc=16, tile_m=16, tile_n=8, tile_k=64, dataflow="ws")
+    h = hash(call)
+    other = call.updated(k=32)
+    fresh = GemmCall(m=16, n=8, k=32, lda=64, ldb=64, ldc=16, tile_m=16, tile_n=8, tile_k=64, dataflow="ws")
+    assert hash(other) == hash(fresh) and other == fresh and hash(other) != h
+    back = other.updated(k=64)
+    assert back == call and hash(back) == h and {call: 1}[back] == 1
+    copy = pickle.loads(pickle.dumps(call))
+    assert "_hash" not in copy.__dict__ and copy == call and hash(copy) == h

@@ -6,6 +6,7 @@ the torch code, and a short training run writes the same adapter bytes either wa
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -259,3 +260,42 @@ def test_a_compiler_without_march_native_builds_a_portable_library_with_the_same
             assert_same(*both(monkeypatch, x, dims, stochastic))
     test_stochastic_sums_that_land_on_an_integer(monkeypatch)
     test_stochastic_sums_beyond_qmax_are_clamped(monkeypatch)
+
+
+@pytest.mark.parametrize("shape,rows_shape", [
+    ((333, 17), (333, 1)),          # a Linear output: a scale per token
+    ((2, 3, 4, 9), (2, 1, 1, 1)),   # an NHWC conv output: a scale per image
+    ((5, 7), (1, 1)),               # one scale for every row
+    ((6, 1), (6, 1)), ((1, 1), (1, 1)), ((0, 4), (0, 1)), ((3, 0), (3, 1)),
+])
+def test_fused_dequantization_equals_the_two_products_and_the_channel_amax(monkeypatch, shape, rows_shape):
+    """The C pass of an INT8 output gives dequantize(q, rows, cols)'s bits (the products rounded
+    in that order: random float scales make the other order differ) and max |q| per channel,
+    -128 included; the torch engine and operands it leaves out give None."""
+    from lora_qta.lora.quant import dequantize
+
+    monkeypatch.delenv(quant_native.ENGINE_ENV, raising=False)
+    g = torch.Generator().manual_seed(sum(shape))
+    q = torch.randint(-128, 128, shape, generator=g, dtype=torch.int8)
+    if q.numel():
+        q.view(-1)[0] = -128
+    rows = torch.rand(rows_shape, generator=g) * 3 + 1e-3
+    cols = torch.rand(shape[-1], generator=g) * 1e-2
+    y, colmax = quant_native.dequantize_rows_cols(q, rows, cols)
+    ref = dequantize(q, rows, cols)
+    assert y.dtype == torch.float32 and y.shape == q.shape
+    assert torch.equal(y.view(torch.int32), ref.view(torch.int32))
+    q2 = q.reshape(math.prod(shape[:-1]), shape[-1]).to(torch.int32)
+    want = q2.abs().amax(0).numpy() if q2.shape[0] else torch.zeros(shape[-1], dtype=torch.int32).numpy()
+    assert colmax.dtype == "int32" and (colmax == want).all()
+    if q.numel():
+        assert colmax[0] == 128
+    bad = [(q.to(torch.int32), rows, cols), (q, rows.double(), cols), (q, rows, torch.ones(shape[-1] + 1))]
+    if shape[-1] > 1:  # a scale per column where the rows' go
+        bad.append((q, torch.ones((1,) * (q.dim() - 1) + (shape[-1],)), cols))
+    if q.dim() == 2 and min(shape) > 1:  # a transposed (non-contiguous) output
+        bad.append((q.t(), torch.ones(1, 1), torch.ones(shape[0])))
+    for args in bad:
+        assert quant_native.dequantize_rows_cols(*args) is None
+    monkeypatch.setenv(quant_native.ENGINE_ENV, "torch")
+    assert quant_native.dequantize_rows_cols(q, rows, cols) is None

@@ -164,3 +164,27 @@ def test_kept_buffer_layouts_follow_a_grown_buffer():
     assert np.array_equal(acc.gemm(*small).output, want[0])
     buf, view, _, _ = acc._padded("a", 1, 20, 48, np.int8)
     assert buf.base is acc._buffers["a"] and view.base is not None
+
+
+@pytest.mark.parametrize("batch,m,k,n,views", [
+    (None, 1024, 64, 8, False), (None, 9, 5, 1, True), (3, 20, 7, 8, True), (3, 20, 7, 8, False),
+    (None, 8, 3, 8, False), (None, 1, 4, 1, True), (2, 40, 300, 5, True),
+])
+def test_narrow_products_are_exact_in_either_order(batch, m, k, n, views):
+    """Products with n <= NARROW_N columns (a LoRA rank) run transposed: the same exact integers
+    as the int64 product, on contiguous operands and on transposed strided views, batched with a
+    shared B too; m <= n keeps the direct order."""
+    assert n <= fast.NARROW_N
+    rng = np.random.default_rng(m * n + k)
+    shape = (m, k) if batch is None else (batch, m, k)
+    a = rng.integers(-128, 128, shape, dtype=np.int8)
+    b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    if views:  # op(A) and op(B) as transposes of stored matrices with a longer leading dimension
+        sa = np.zeros(shape[:-2] + (k, m + 3), np.int8)
+        sa[..., :m] = np.swapaxes(a, -1, -2)
+        sb = np.zeros((n, k + 5), np.int8)
+        sb[:, :k] = b.T
+        a, b = np.swapaxes(sa[..., :m], -1, -2), sb[:, :k].T
+    got = fast.float_product(a, b)
+    assert got.dtype == fast.torch.float32 and got.is_contiguous()
+    assert np.array_equal(got.numpy().astype(np.int64), a.astype(np.int64) @ b.astype(np.int64))

@@ -17,7 +17,8 @@ from lora_qta.hw.config import board_digest, config
 from lora_qta.lora.gemms import layer_gemms, lora_call
 from lora_qta.runtime.accelerator import check_alignment
 from lora_qta.runtime.image import MemoryImage
-from lora_qta.runtime.planner import exhaustive_plan, kernel_accepts, model_cycles, plan
+from lora_qta.runtime.planner import (block_costs, exhaustive_plan, fits, kernel_accepts, model_cycles, plan,
+                                     step_costs, valid_modes)
 
 ZCU = config().board("zcu104")
 OPTIMA = json.loads((Path(__file__).parents[1] / "data" / "planner_optima.json").read_text())
@@ -202,3 +203,28 @@ def test_a_whole_call_plans_once_and_keeps_its_own_scale_and_seed():
 
 def _ceil16(x: int) -> int:
     return -(-x // 16) * 16
+
+
+@given(st.sampled_from(sorted(config().boards)), st.integers(0, 99), st.booleans(), st.booleans(), st.booleans(),
+       st.sampled_from(["tensor", "row", "col"]), st.booleans(), st.integers(0, 2**32 - 1))
+def test_one_calls_costs_equal_the_searchs_vectorized_costs(board_name, mode_i, ta, tb, out8, mode, conv, seed):
+    """The cost functions take ints (one call's model, Python arithmetic) or arrays (the search's
+    candidates, numpy): element by element the two give the same step, block and capacity
+    figures, so the search ranks tiles by the model it reports."""
+    board = config().board(board_name)
+    df, split = valid_modes(board)[mode_i % len(valid_modes(board))]
+    geo = ConvGeometry(h=8, w=8, ho=8, wo=8, cin=3 * board.axi_bytes, kh=3, kw=3, stride=1, pad=1) if conv else None
+    call = GemmCall(m=1, n=1, k=1, lda=0, ldb=0, ldc=0, tile_m=1, tile_n=1, tile_k=1, trans_a=ta, trans_b=tb,
+                    dataflow=df, split=split, out_int8=out8, scale_mode=mode if out8 else "tensor", conv=geo)
+    rng = np.random.default_rng(seed)
+    mt, nt, kt = (rng.integers(1, 600, 12) for _ in range(3))
+    k0 = rng.integers(0, 4, 12) * board.axi_bytes
+    first, last = rng.random(12) < 0.5, rng.random(12) < 0.5
+    lv, pv = step_costs(board, call, mt, nt, kt, k0, first, last)
+    bv, fv = block_costs(board, call, mt, nt), fits(board, df, split, mt, nt, kt)
+    for i in range(12):
+        one = (int(mt[i]), int(nt[i]), int(kt[i]))
+        ls, ps = step_costs(board, call, *one, int(k0[i]), bool(first[i]), bool(last[i]))
+        assert (ls, ps) == (lv[i], pv[i]) and type(ls) is int and type(ps) is int
+        assert block_costs(board, call, *one[:2]) == bv[i]
+        assert fits(board, df, split, *one) == fv[i]

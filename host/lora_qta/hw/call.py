@@ -120,6 +120,20 @@ class GemmCall:
     stride_c: int = 0
     conv: ConvGeometry | None = None
 
+    def __hash__(self) -> int:
+        """The hash of the fields, computed once per call: calls key the planner's and the
+        engines' caches, several lookups per GEMM (hashing 25 fields each time cost more than
+        some of the lookups saved)."""
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(self.__dict__[name] for name in _FIELD_ORDER))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields without the cached hash (a string's hash differs between processes)."""
+        return {name: v for name, v in self.__dict__.items() if name != "_hash"}
+
     @property
     def flags(self) -> int:
         """The ``flags`` register value."""
@@ -179,6 +193,7 @@ class GemmCall:
                               f"{sorted(_FIELDS)}")
         new = object.__new__(GemmCall)
         new.__dict__.update(self.__dict__)
+        new.__dict__.pop("_hash", None)  # the copy's fields differ: its hash is its own
         new.__dict__.update(changes)
         return new
 
@@ -250,5 +265,6 @@ class GemmCall:
         return out
 
 
-_FIELDS = frozenset(f.name for f in fields(GemmCall))
+_FIELD_ORDER = tuple(f.name for f in fields(GemmCall))
+_FIELDS = frozenset(_FIELD_ORDER)
 """The field names of :class:`GemmCall` (:meth:`GemmCall.updated` accepts only these)."""

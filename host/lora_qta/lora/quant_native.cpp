@@ -282,4 +282,25 @@ int qta_quant_nearest(const float* x, int64_t B, int64_t R, int64_t C, int per_c
     return 0;
 }
 
+// y (R, C) = (float(q) * rows[r / rps]) * cols[c], each product rounded to float32 as two
+// in-place tensor products are (the host's dequantization of an INT8 output scaled per row of
+// op(A) and per output channel), and colmax[c] = max over r of |q[r, c]|, in the same pass.
+void qta_dequant_rows_cols(const int8_t* q, int64_t R, int64_t C, const float* rows, int64_t rps,
+                           const float* cols, float* y, int32_t* colmax) {
+    for (int64_t c = 0; c < C; ++c) colmax[c] = 0;
+    for (int64_t r = 0; r < R; ++r) {
+        const int8_t* qr = q + r * C;
+        float* yr = y + r * C;
+        const float s = rows[r / rps];
+        for (int64_t c = 0; c < C; ++c) {
+            const float t = static_cast<float>(qr[c]) * s;
+            yr[c] = t * cols[c];
+        }
+        for (int64_t c = 0; c < C; ++c) {
+            const int32_t a = qr[c] < 0 ? -static_cast<int32_t>(qr[c]) : qr[c];
+            colmax[c] = a > colmax[c] ? a : colmax[c];
+        }
+    }
+}
+
 }  // extern "C"

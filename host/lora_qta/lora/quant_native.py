@@ -1,5 +1,7 @@
 """The fused host quantizer: :func:`~lora_qta.lora.quant.quantize_along` in C++
-(``quant_native.cpp``), compiled with g++ at first use and called through ctypes.
+(``quant_native.cpp``), compiled with g++ at first use and called through ctypes; and the
+dequantization of an INT8 output scaled per row and per channel with its per-channel amax in one
+pass (:func:`dequantize_rows_cols`, the ``row8c`` scheme's host step).
 
 The torch code of ``quantize_along`` states the semantics; this is a faster route to the same
 bits (tests/lora/test_quant_native.py compares them). It takes a float32 CPU tensor whose
@@ -127,6 +129,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.qta_quant_scales.restype = lib.qta_quant_nearest.restype = ctypes.c_int
     lib.qta_transpose_i8.argtypes = [p, i64, i64, i64, p]
     lib.qta_quant_apply.restype = lib.qta_transpose_i8.restype = None
+    lib.qta_dequant_rows_cols.argtypes = [p, i64, i64, p, i64, p, p, p]
+    lib.qta_dequant_rows_cols.restype = None
 
 
 NATIVE = NativeLibrary(Path(__file__).with_name(SOURCE), CXXFLAGS, "hostquant", "libqta_quant.so",
@@ -188,4 +192,32 @@ def quantize(xf: torch.Tensor, dims: tuple[int, ...] | None, generator: torch.Ge
     return q, scale
 
 
-__all__ = ["ENGINE_ENV", "NATIVE", "Split", "diverged", "plan", "quantize", "split"]
+def dequantize_rows_cols(q: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+                         ) -> tuple[torch.Tensor, np.ndarray] | None:
+    """(float32 ``q * rows * cols``, per-column max |q| as int32) of an INT8 output in one C
+    pass, or None when the C code does not take it (forced off, the library unavailable, or
+    operands it leaves out): :func:`~lora_qta.lora.quant.dequantize` ``(q, rows, cols)`` then
+    states the values. ``q`` is C-contiguous INT8 with the channels last; ``rows`` float32 of
+    ``q``'s leading dimensions with size-1 ones after them (a scale per token, or per image of
+    an NHWC map); ``cols`` a float32 vector per channel."""
+    if NATIVE.engine() == NATIVE.fallback or q.dtype != torch.int8 or not q.is_contiguous() or q.dim() < 2:
+        return None
+    nd, c = q.dim(), q.shape[-1]
+    if rows.dtype != torch.float32 or rows.dim() != nd or cols.dtype != torch.float32 or cols.shape != (c,):
+        return None
+    j = next((i for i in range(nd) if all(s == 1 for s in rows.shape[i:])), nd)
+    if j == nd or tuple(rows.shape[:j]) != tuple(q.shape[:j]) or NATIVE.load() is None:
+        return None
+    rowsc, colsc = rows.contiguous(), cols.contiguous()
+    r = q.numel() // c if c else 0
+    y = torch.from_numpy(np.empty(q.shape, dtype=np.float32))
+    colmax = np.empty(c, dtype=np.int32)
+    if r and c:
+        NATIVE.lib.qta_dequant_rows_cols(q.data_ptr(), r, c, rowsc.data_ptr(), math.prod(q.shape[j:-1]),
+                                         colsc.data_ptr(), y.data_ptr(), colmax.ctypes.data)
+    else:
+        colmax[:] = 0
+    return y, colmax
+
+
+__all__ = ["ENGINE_ENV", "NATIVE", "Split", "dequantize_rows_cols", "diverged", "plan", "quantize", "split"]

@@ -38,6 +38,9 @@ except ImportError:  # pragma: no cover - torch is a dependency of the package
 K_CHUNK = 1024
 """K of one float32 GEMM: 1024 products of at most 2**14 keep every partial sum within 2**24."""
 
+NARROW_N = 8
+"""Products with at most this many columns (and more rows) run transposed (see :func:`float_product`)."""
+
 from ..hw.call import ConvGeometry, GemmCall
 from ..hw.config import BoardConfig, config
 from ..hw.reference import AMAX_CAP, effective_shift, rounding_bits
@@ -63,10 +66,17 @@ def float_product(a: np.ndarray, b: np.ndarray) -> "torch.Tensor | None":
     that is exact: K <= :data:`K_CHUNK`, so every partial sum, in whatever order the BLAS adds,
     is an integer of magnitude <= K * 2**14 <= 2**24, which float32 holds exactly; the result's
     elements are those exact integers. None when K is longer (or PyTorch is missing): use
-    :func:`exact_matmul`. ``a`` and ``b`` are INT8 views or float32 arrays of INT8 values."""
+    :func:`exact_matmul`. ``a`` and ``b`` are INT8 views or float32 arrays of INT8 values.
+
+    A narrow product (n <= :data:`NARROW_N` < m: a LoRA rank, a weight gradient's columns) runs
+    as (op(B)^T . op(A)^T)^T: the same exact integers, 1.5-4x faster in PyTorch's CPU GEMM for
+    those shapes (measured on this machine, one thread; wider ones ran up to 1.2x slower)."""
     if torch is None or a.shape[-1] > K_CHUNK:
         return None
-    return torch.matmul(_float(a), _float(b))
+    fa, fb = _float(a), _float(b)
+    if fb.shape[-1] <= NARROW_N < fa.shape[-2]:
+        return torch.matmul(fb.transpose(-1, -2), fa.transpose(-1, -2)).transpose(-1, -2).contiguous()
+    return torch.matmul(fa, fb)
 
 
 def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -107,56 +107,87 @@ def array_step_cycles(dataflow: str, lr, lc, sr, sc, mt, nt, kt):
 
 # ----------------------------------------------------------------------------------- costs
 
+def _maximum(a, b):
+    """Element-wise max of ints or integer arrays: Python's ``max`` on two ints (the cost of one
+    call is what a new call's plan pays: a numpy operation on scalars costs ~1 us), else numpy's."""
+    if type(a) is int and type(b) is int:
+        return a if a >= b else b
+    return np.maximum(a, b)
+
+
+def _where(cond, a, b):
+    """``np.where`` of ints or arrays; a Python conditional when ``cond`` is a Python bool."""
+    if type(cond) is bool:
+        return a if cond else b
+    return np.where(cond, a, b)
+
+
+def _integers(*xs):
+    """``xs`` as they are when every one is a Python int or bool (one call's model), else as
+    int64 arrays (the search's candidates; bools as bool arrays)."""
+    if all(type(x) in (int, bool) for x in xs):
+        return xs
+    return tuple(np.asarray(x) if type(x) is bool or getattr(x, "dtype", None) == bool
+                 else np.asarray(x, dtype=np.int64) for x in xs)
+
+
 def _rows_p(n, p, ports: int):
     """Rows of a tile of ``n`` rows that port ``p`` carries (rows r = p mod ports)."""
-    return np.maximum(0, _ceil(np.asarray(n) - p, ports))
+    return _maximum(0, _ceil(n - p, ports))
 
 
-def load_phases(board: BoardConfig, natural, nrows, seg, width):
+def load_phases(board: BoardConfig, natural: bool, nrows, seg, width):
     """Cycles of the loader's loop for one operand (without its pipeline depth): groups of stored
-    rows fill per-port row buffers while the previous group is emitted, two words per cycle."""
+    rows fill per-port row buffers while the previous group is emitted, two words per cycle.
+    ``natural``: the operand's rows are stored along the array edge they feed (one flag for
+    every step; the other arguments ints or arrays)."""
     ports, beat = board.axi_ports, board.axi_bytes
     trows = max(board.array_rows, board.array_cols) // ports
     nb = _ceil(seg, beat)
-    rows_per_group = np.where(natural, ports, width)
+    rows_per_group = ports if natural else width
     groups = _ceil(nrows, rows_per_group)
     last_rows = nrows - (groups - 1) * rows_per_group
     nw = _ceil(seg, width)
-    fill_full = np.where(natural, nb, (width // ports) * nb)
-    fill_last = np.where(natural, nb, _ceil(last_rows, ports) * nb)
-    emit_full = np.where(natural, (ports // 2) * nw, trows + _ceil(seg, 2))
-    emit_last = np.where(natural, _ceil(last_rows, 2) * nw, trows + _ceil(seg, 2))
-    many = (fill_full + np.maximum(groups - 2, 0) * np.maximum(fill_full, emit_full)
-            + np.maximum(fill_last, emit_full) + emit_last)
-    return np.where(groups == 1, fill_last + emit_last, many)
+    if natural:
+        fill_full, fill_last = nb, nb
+        emit_full, emit_last = (ports // 2) * nw, _ceil(last_rows, 2) * nw
+    else:
+        fill_full, fill_last = (width // ports) * nb, _ceil(last_rows, ports) * nb
+        emit_full = emit_last = trows + _ceil(seg, 2)
+    many = (fill_full + _maximum(groups - 2, 0) * _maximum(fill_full, emit_full)
+            + _maximum(fill_last, emit_full) + emit_last)
+    return _where(groups == 1, fill_last + emit_last, many)
 
 
 def step_costs(board: BoardConfig, call: GemmCall, mt, nt, kt, k0, first, last):
-    """(L, P) of steps with tile sizes ``mt``, ``nt``, ``kt`` (arrays or ints), K offset ``k0``,
-    first/last K chunk of their block; the mode and the rest come from ``call``."""
+    """(L, P) of steps with tile sizes ``mt``, ``nt``, ``kt`` (ints, or arrays for the search),
+    K offset ``k0``, first/last K chunk of their block; the mode and the rest come from ``call``."""
     s = config().schedule
     r, c, ports, beat = board.array_rows, board.array_cols, board.axi_ports, board.axi_bytes
     lr, lc, sr, sc = array_shape(board, call.split)
     sp = call.split
     bo = s.burst_overhead + s.ddr_latency  # per burst beyond its beats
-    mt, nt, kt, k0 = (np.asarray(x, dtype=np.int64) for x in (mt, nt, kt, k0))
-    first, last = np.asarray(first), np.asarray(last)
-    # the fetchers, ports along a leading axis: port p carries the stored rows r = p (mod ports)
-    p = np.arange(ports).reshape((ports,) + (1,) * np.broadcast(mt, nt, kt).ndim)
-    f = np.zeros((ports,) + np.broadcast(mt, nt, kt).shape, dtype=np.int64)
-    if call.scaled:  # one contiguous burst on port 0
-        cnt = mt if call.scale_mode == "row" else nt
-        f = f + np.where(first & (p == 0), _ceil(8 * cnt, beat) + bo, 0)
-    if call.conv is not None:
-        cin = call.conv.cin
-        pieces = _ceil(k0 % cin + kt, cin)
-        f = f + _rows_p(mt, p, ports) * (kt // beat + bo * pieces)
-    else:
-        nr, seg = (kt, mt) if call.trans_a else (mt, kt)
-        f = f + _rows_p(nr, p, ports) * (_ceil(seg, beat) + bo)
-    nr, seg = (nt, kt) if call.trans_b else (kt, nt)
-    f = f + _rows_p(nr, p, ports) * (_ceil(seg, beat) + bo)
-    fetch = f.max(axis=0)
+    mt, nt, kt, k0, first, last = _integers(mt, nt, kt, k0, first, last)
+
+    def fetch(p: int):
+        """The fetcher cycles of port ``p`` (it carries the stored rows r = p mod ports)."""
+        f = 0
+        if call.scaled:  # one contiguous burst on port 0
+            cnt = mt if call.scale_mode == "row" else nt
+            f = f + _where(first & (p == 0), _ceil(8 * cnt, beat) + bo, 0)
+        if call.conv is not None:
+            cin = call.conv.cin
+            pieces = _ceil(k0 % cin + kt, cin)
+            f = f + _rows_p(mt, p, ports) * (kt // beat + bo * pieces)
+        else:
+            nr, seg = (kt, mt) if call.trans_a else (mt, kt)
+            f = f + _rows_p(nr, p, ports) * (_ceil(seg, beat) + bo)
+        nr, seg = (nt, kt) if call.trans_b else (kt, nt)
+        return f + _rows_p(nr, p, ports) * (_ceil(seg, beat) + bo)
+
+    fetch_max = fetch(0)
+    for p in range(1, ports):
+        fetch_max = _maximum(fetch_max, fetch(p))
     stored_k = call.trans_a and call.conv is None
     nra, sega = (kt, mt) if stored_k else (mt, kt)
     if call.dataflow == "os":
@@ -166,22 +197,23 @@ def step_costs(board: BoardConfig, call: GemmCall, mt, nt, kt, k0, first, last):
     load_a = load_phases(board, nat_a, nra, sega, wa) + s.load_pipeline
     nrb, segb = (nt, kt) if call.trans_b else (kt, nt)
     load_b = load_phases(board, not call.trans_b, nrb, segb, c if sp <= 0 else sc) + s.load_pipeline
-    lcost = np.maximum(load_a + load_b + s.ddr_latency, fetch)
+    lcost = _maximum(load_a + load_b + s.ddr_latency, fetch_max)
     pcost = array_step_cycles(call.dataflow, lr, lc, sr, sc, mt, nt, kt)
     return lcost, pcost + s.array_pipeline
 
 
 def block_costs(board: BoardConfig, call: GemmCall, mt, nt):
-    """S of blocks of ``mt`` x ``nt`` outputs: the epilogue's loop and its last write response, or
-    the busiest writer's row bursts (port 0), which in accumulate mode are also the old-C reads."""
+    """S of blocks of ``mt`` x ``nt`` outputs (ints or arrays): the epilogue's loop and its last
+    write response, or the busiest writer's row bursts (port 0), which in accumulate mode are
+    also the old-C reads."""
     s = config().schedule
     ports, beat = board.axi_ports, board.axi_bytes
-    mt, nt = np.asarray(mt, dtype=np.int64), np.asarray(nt, dtype=np.int64)
+    mt, nt = _integers(mt, nt)
     store = _ceil(mt, board.epilogue_rows) * _ceil(nt, s.min_subarray) + s.store_pipeline
     if call.scaled:
         store = store + _ceil(8 * (mt if call.scale_mode == "row" else nt), beat) + s.burst_overhead
     write = _ceil(mt, ports) * (_ceil(nt * call.out_bytes, beat) + s.burst_overhead + s.ddr_latency)
-    return np.maximum(store + s.ddr_latency, write)
+    return _maximum(store + s.ddr_latency, write)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -405,29 +437,28 @@ def valid_modes(board: BoardConfig) -> list[tuple[str, int]]:
 
 def fits(board: BoardConfig, dataflow: str, split: int, mt, nt, kt):
     """Whether the feeder banks and accumulators hold steps of ``mt`` x ``nt`` x ``kt`` in this
-    mode (hls/README.md, "Capacity"; vectorized)."""
+    mode (hls/README.md, "Capacity"; ints, or arrays for the search)."""
     r, c = board.array_rows, board.array_cols
     lr, lc, sr, sc = array_shape(board, split)
-    mt, nt, kt = (np.asarray(x, dtype=np.int64) for x in (mt, nt, kt))
+    mt, nt, kt = _integers(mt, nt, kt)
     wa, wb = (r if split >= 0 else sr), (c if split <= 0 else sc)
     ea, eb = (2 ** split if split > 0 else 1), (2 ** -split if split < 0 else 1)
-    ok = np.ones(np.broadcast(mt, nt, kt).shape, dtype=bool)
     if dataflow == "os":
         nfa = _ceil(_ceil(mt, wa), ea)
-        ok &= nfa * kt <= board.a_depth
+        ok = nfa * kt <= board.a_depth
         if split > 0:
-            ok &= nfa * kt <= board.a_side_depth
+            ok = ok & (nfa * kt <= board.a_side_depth)
         acc = _ceil(mt, lr) * _ceil(nt, lc) * sr
     else:
-        ok &= _ceil(kt, sr) * mt <= board.a_depth
+        ok = _ceil(kt, sr) * mt <= board.a_depth
         acc = _ceil(nt, lc) * mt
-    ok &= acc <= board.acc_depth
+    ok = ok & (acc <= board.acc_depth)
     if split < 0:
-        ok &= acc <= board.acc_side_depth
+        ok = ok & (acc <= board.acc_side_depth)
     nfb = _ceil(_ceil(nt, wb), eb)
-    ok &= nfb * kt <= board.b_depth
+    ok = ok & (nfb * kt <= board.b_depth)
     if split < 0:
-        ok &= nfb * kt <= board.b_side_depth
+        ok = ok & (nfb * kt <= board.b_side_depth)
     return ok
 
 
