@@ -31,7 +31,7 @@ def test_buffer_access_counts_of_one_fold():
     col_folds = -(-32 // ZCU.array_cols)   # 32x16 on ZCU104: A is streamed once per column fold
     assert acc == {"a_writes": 32 * 64, "b_writes": 64 * 32, "a_reads": 32 * 64 * col_folds, "b_reads": 64 * 32,
                    "acc_reads": 2 * 32 * 32, "acc_writes": 32 * 32, "outputs": 32 * 32}
-    ws = energy.buffer_accesses(ZCU, GemmCall(**{**call.__dict__, "dataflow": "ws"}))
+    ws = energy.buffer_accesses(ZCU, call.updated(dataflow="ws"))
     assert ws["b_reads"] == 64 * 32 and ws["acc_writes"] == 32 * 32 * 2   # two K folds of 32 rows
 
 

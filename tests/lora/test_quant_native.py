@@ -265,6 +265,7 @@ def test_a_compiler_without_march_native_builds_a_portable_library_with_the_same
 @pytest.mark.parametrize("shape,rows_shape", [
     ((333, 17), (333, 1)),          # a Linear output: a scale per token
     ((2, 3, 4, 9), (2, 1, 1, 1)),   # an NHWC conv output: a scale per image
+    ((2, 3, 4, 9), (2, 3, 1, 1)),   # a scale per image row: two leading dimensions kept
     ((5, 7), (1, 1)),               # one scale for every row
     ((6, 1), (6, 1)), ((1, 1), (1, 1)), ((0, 4), (0, 1)), ((3, 0), (3, 1)),
 ])
@@ -291,6 +292,10 @@ def test_fused_dequantization_equals_the_two_products_and_the_channel_amax(monke
     if q.numel():
         assert colmax[0] == 128
     bad = [(q.to(torch.int32), rows, cols), (q, rows.double(), cols), (q, rows, torch.ones(shape[-1] + 1))]
+    if q.dim() == 2 and shape[0] > 1:  # fewer row scales than rows: never read past them
+        bad.append((q, torch.ones(shape[0] - 1, 1) if shape[0] > 2 else torch.ones(1, 1, 1), cols))
+    if q.dim() == 4:  # leading dimensions that do not match the output's
+        bad += [(q, torch.ones(1, shape[1], 1, 1), cols), (q, torch.ones(shape[0], 1, 1), cols)]
     if shape[-1] > 1:  # a scale per column where the rows' go
         bad.append((q, torch.ones((1,) * (q.dim() - 1) + (shape[-1],)), cols))
     if q.dim() == 2 and min(shape) > 1:  # a transposed (non-contiguous) output

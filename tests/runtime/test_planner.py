@@ -228,3 +228,26 @@ def test_one_calls_costs_equal_the_searchs_vectorized_costs(board_name, mode_i, 
         assert (ls, ps) == (lv[i], pv[i]) and type(ls) is int and type(ps) is int
         assert block_costs(board, call, *one[:2]) == bv[i]
         assert fits(board, df, split, *one) == fv[i]
+
+
+def test_the_cycle_model_gives_the_stored_reports_of_a_grid_of_calls():
+    """Every mode, transpose, epilogue, batch and convolution of scripts/cycle_model_golden.py on
+    every board: the model's report equals the stored one field by field (written by the model
+    before its cost functions took Python ints; regenerate it only with a change of the kernel's
+    schedule)."""
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "scripts" / "cycle_model_golden.py"
+    spec = importlib.util.spec_from_file_location("cycle_model_golden", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    stored = json.loads(script.OUT.read_text())
+    assert stored["fields"] == list(script.FIELDS)
+    for name, data in stored["boards"].items():
+        board = config().board(name)
+        assert data["config_digest"] == board_digest(board), "stale reports: run scripts/cycle_model_golden.py"
+        grid = script.calls(board)
+        assert sorted(grid) == sorted(data["reports"])
+        for key, want in data["reports"].items():
+            got = model_cycles(board, grid[key])
+            assert [getattr(got, f) for f in script.FIELDS] == want, f"{name} {key}"

@@ -202,6 +202,8 @@ def dequantize_rows_cols(q: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
     an NHWC map); ``cols`` a float32 vector per channel."""
     if NATIVE.engine() == NATIVE.fallback or q.dtype != torch.int8 or not q.is_contiguous() or q.dim() < 2:
         return None
+    if not q.device.type == rows.device.type == cols.device.type == "cpu":
+        return None
     nd, c = q.dim(), q.shape[-1]
     if rows.dtype != torch.float32 or rows.dim() != nd or cols.dtype != torch.float32 or cols.shape != (c,):
         return None
