@@ -23,6 +23,9 @@ def test_speed_measure_reports_both_variants_and_the_split():
     assert abs(s["accelerator"] + s["quantization"] + s["rest"] - r["int8_step_s"]) < 1e-9
     assert set(r["cpu_step_s"]) == {"fp32", "int8"} and all(t > 0 for t in r["cpu_step_s"].values())
     assert "CPU time per step" in report.speed_summary(r)
+    # the emulated kernel's own work is a part of the accelerator time, not all of it
+    assert set(r["kernel_step_s"]) == {"int8"} and 0 < r["kernel_step_s"]["int8"] < s["accelerator"]
+    assert "the emulated kernel's work" in report.speed_summary(r)
     # six GEMMs per layer, minus dX where the layer's input needs no gradient
     assert 5 * r["lora_layers"] <= r["gemms_per_step"] <= 6 * r["lora_layers"] and r["lora_layers"] > 0
 
@@ -56,6 +59,7 @@ def test_speed_with_offload_all_times_the_whole_step_variant_too(tmp_path, capsy
     assert s["accelerator"] > 0 and s["quantization"] > 0
     assert r["int8_all_gemms_per_step"] > r["gemms_per_step"]      # every family, not only LoRA
     assert set(r["cpu_step_s"]) == {"fp32", "int8", "int8_all"}
+    assert 0 < r["kernel_step_s"]["int8_all"] < s["accelerator"]
 
 
 def test_speed_with_fuse_lora_times_the_fused_whole_step_beside_the_unfused_one(tmp_path, capsys):
@@ -131,3 +135,30 @@ def test_speed_reports_the_paired_ratio_with_its_interval(tmp_path, capsys):
     assert "paired per step" in report.speed_summary(r) and "97% interval of the median" in report.speed_summary(r)
     short = measure(steps=2, warmup=0, batch_size=2, offload="lora")
     assert short["ratio_int8_over_fp32_paired"] is None and "too few steps" in report.speed_summary(short)
+
+
+def test_the_emulated_device_counts_only_its_engine_time():
+    """kernel_seconds grows by the engine's time per call, inside the driver's wall time."""
+    import time
+
+    import numpy as np
+
+    from lora_qta.analysis.speed import kernel_seconds
+    from lora_qta.runtime.accelerator import Accelerator
+
+    acc = Accelerator("zcu104", "fast")
+    dev = acc.device
+    assert dev.kernel_seconds == 0.0
+    slow = dev._engine
+
+    def engine(*args):  # a kernel that takes at least 20 ms
+        time.sleep(0.02)
+        return slow(*args)
+
+    dev._engine = engine
+    a = np.ones((4, 16), np.int8)
+    t0 = time.perf_counter()
+    acc.gemm(a, a, trans_b=True)
+    wall = time.perf_counter() - t0
+    assert 0.02 <= dev.kernel_seconds <= wall
+    assert kernel_seconds(type("Rt", (), {"acc": acc})()) == dev.kernel_seconds and kernel_seconds(None) == 0.0

@@ -1,7 +1,9 @@
 """The fast engine's shortcuts stay bit-exact with C-simulation and the numpy reference: one
 float32 GEMM written straight to INT32 when K <= K_CHUNK (at the 2**24 bound of every partial
 sum), the chunked path just above it, a 1x1 convolution read in place as a strided view of its
-map (padded pixels, a partial last image), a 3x3 one from an im2col matrix built in float32; and
+map (padded pixels, a partial last image), a 3x3 one as one PyTorch convolution over the padded
+map, or from an im2col matrix built in float32 when K is longer; the float64 paths taken where
+PyTorch's settings allow reduced-precision float32 math; and
 the driver's one-block register write decodes to the same call in the emulated device."""
 
 from dataclasses import replace
@@ -12,6 +14,7 @@ import pytest
 from lora_qta.errors import KernelArgumentError
 from lora_qta.hw.call import ConvGeometry, GemmCall
 from lora_qta.hw.config import config
+from lora_qta.hw.reference import im2col as im2col_reference
 from lora_qta.hw.reference import reference_call
 from lora_qta.runtime import fast
 from lora_qta.runtime.accelerator import Accelerator
@@ -188,3 +191,112 @@ def test_narrow_products_are_exact_in_either_order(batch, m, k, n, views):
     got = fast.float_product(a, b)
     assert got.dtype == fast.torch.float32 and got.is_contiguous()
     assert np.array_equal(got.numpy().astype(np.int64), a.astype(np.int64) @ b.astype(np.int64))
+
+
+@pytest.mark.parametrize("geo,m_cut", [
+    (ConvGeometry(h=5, w=4, ho=5, wo=4, cin=BEAT, kh=3, kw=3, stride=1, pad=1), 0),
+    (ConvGeometry(h=5, w=4, ho=5, wo=4, cin=2 * BEAT, kh=3, kw=3, stride=1, pad=1), 9),     # partial last image
+    (ConvGeometry(h=7, w=6, ho=4, wo=3, cin=BEAT, kh=3, kw=3, stride=2, pad=1), 0),         # strided
+    (ConvGeometry(h=3, w=3, ho=6, wo=6, cin=BEAT, kh=3, kw=3, stride=1, pad=1, dil=2), 0),  # input dilation
+    (ConvGeometry(h=3, w=4, ho=5, wo=7, cin=BEAT, kh=3, kw=3, stride=1, pad=1, dil=2), 0),  # bottom/right cut
+    (ConvGeometry(h=4, w=4, ho=2, wo=2, cin=BEAT, kh=3, kw=3, stride=1, pad=0), 0),         # map larger than read
+    (ConvGeometry(h=1, w=1, ho=1, wo=1, cin=BEAT, kh=3, kw=3, stride=1, pad=1), 0),         # one pixel
+    (ConvGeometry(h=6, w=6, ho=3, wo=3, cin=BEAT, kh=1, kw=1, stride=2, pad=0), 0),         # 1x1 but strided
+    (ConvGeometry(h=3, w=3, ho=1, wo=1, cin=112, kh=3, kw=3, stride=1, pad=0), 0),          # K = 1008, no padding
+])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_float_conv_equals_the_reference_im2col_product(geo, m_cut, trans_b):
+    """One PyTorch convolution over the padded map gives the integers of the reference im2col
+    matrix times op(B) (int64), on a map whose pixels carry a spare beat and a weight view with a
+    longer leading dimension; all operands -128 at the largest K, so the sums reach K * 2**14."""
+    imgs, n = 2, 5
+    m = imgs * geo.pixels - m_cut
+    rng = np.random.default_rng(geo.k + m)
+    x = rng.integers(-128, 128, (imgs, geo.h, geo.w, geo.cin + BEAT), dtype=np.int8)
+    w = rng.integers(-128, 128, (geo.k, n), dtype=np.int8)
+    if geo.cin == 112:
+        x[...], w[...] = -128, -128
+    store = np.zeros((n, geo.k + 7) if trans_b else (geo.k, n + 3), np.int8)
+    if trans_b:
+        store[:, :geo.k] = w.T
+        wmat = store[:, :geo.k].T
+    else:
+        store[:, :n] = w
+        wmat = store[:, :n]
+    got = fast.float_conv(x, geo, wmat, m)
+    assert got.dtype == fast.torch.float32 and got.is_contiguous() and got.shape == (m, n)
+    want = im2col_reference(x, geo, m).astype(np.int64) @ w.astype(np.int64)
+    assert np.array_equal(got.numpy().astype(np.int64), want)
+    if geo.cin == 112:
+        assert (want == geo.k * 2**14).all()
+
+
+def test_float_conv_leaves_long_k_and_in_place_maps_to_the_gemm_paths():
+    x = np.zeros((1, 3, 3, 128), np.int8)
+    long_k = ConvGeometry(h=3, w=3, ho=3, wo=3, cin=128, kh=3, kw=3, stride=1, pad=1)  # K = 1152
+    in_place = ConvGeometry(h=3, w=3, ho=3, wo=3, cin=128, kh=1, kw=1, stride=1, pad=0)
+    assert fast.float_conv(x, long_k, np.zeros((long_k.k, 4), np.int8), 9) is None
+    assert fast.float_conv(x, in_place, np.zeros((in_place.k, 4), np.int8), 9) is None
+
+
+@pytest.mark.parametrize("geo", [ConvGeometry(h=3, w=3, ho=3, wo=3, cin=128, kh=3, kw=3, stride=1, pad=1),  # K > 1024
+                                 ConvGeometry(h=4, w=3, ho=4, wo=3, cin=BEAT, kh=3, kw=3, stride=1, pad=1)])
+@pytest.mark.parametrize("out8", [False, True])
+def test_convolutions_on_either_path_match_csim(geo, out8):
+    """A convolution longer than K_CHUNK multiplies the im2col matrix in K chunks; a shorter one
+    is one PyTorch convolution: both equal C-simulation on one memory image."""
+    n, eb = 6, 1 if out8 else 4
+    call = GemmCall(m=2 * geo.pixels, n=n, k=geo.k, lda=geo.cin, ldb=_ceil_to(geo.k, BEAT),
+                    ldc=_ceil_to(n * eb, BEAT) // eb, tile_m=1, tile_n=1, tile_k=1, trans_b=True, out_int8=out8,
+                    mult=5, shift=12, conv=geo)
+    both_engines(plan(ZCU, call).call, seed=geo.k)
+
+
+@pytest.fixture
+def reduced_precision(request):
+    """One of PyTorch's settings that allow reduced-precision float32 math, restored afterwards."""
+    torch, backends = fast.torch, fast.torch.backends
+    before = (torch.get_float32_matmul_precision(), backends.mkldnn.conv.fp32_precision, backends.mkldnn.enabled)
+    if request.param == "matmul medium":
+        torch.set_float32_matmul_precision("medium")
+    elif request.param == "conv bf16":
+        backends.mkldnn.conv.fp32_precision = "bf16"
+    else:
+        backends.mkldnn.enabled = False
+    yield request.param
+    torch.set_float32_matmul_precision(before[0])
+    backends.mkldnn.conv.fp32_precision = before[1]
+    backends.mkldnn.enabled = before[2]
+
+
+@pytest.mark.parametrize("reduced_precision", ["matmul medium", "conv bf16", "oneDNN off"], indirect=True)
+def test_reduced_precision_settings_take_the_float64_paths(reduced_precision):
+    """A user's setting that lets PyTorch compute float32 products in bf16/TF32 (or picks
+    convolutions that may transform: oneDNN off) turns the affected float32 paths off; the
+    engine still equals C-simulation (float64 products, or im2col + GEMM)."""
+    assert fast.exact_float32() == (reduced_precision != "matmul medium")
+    assert not fast.exact_float32(conv=True)
+    geo = ConvGeometry(h=4, w=3, ho=4, wo=3, cin=BEAT, kh=3, kw=3, stride=1, pad=1)
+    x = np.ones((1, 4, 3, BEAT), np.int8)
+    assert fast.float_conv(x, geo, np.ones((geo.k, 2), np.int8), 12) is None
+    a = np.ones((3, 4), np.int8)
+    assert (fast.float_product(a, a.T) is None) == (reduced_precision == "matmul medium")
+    exact = fast.exact_matmul(a, a.T)  # float64 products give int64 (this CPU has no bf16 math to catch)
+    assert exact.dtype == (np.int64 if reduced_precision == "matmul medium" else np.int32)
+    assert np.array_equal(exact, np.full((3, 3), 4))
+    test_convolutions_on_either_path_match_csim(geo, True)
+    m, k, n = 7, 40, 3
+    call = GemmCall(m, n, k, _ceil_to(k, BEAT), _ceil_to(n, BEAT), _ceil_to(n * 4, BEAT) // 4, 1, 1, 1)
+    both_engines(plan(ZCU, call).call, seed=3)
+
+
+def test_default_settings_keep_the_float32_paths(monkeypatch):
+    assert fast.exact_float32() and fast.exact_float32(conv=True)
+    for name in fast.FPMATH_ENV:  # oneDNN's default math mode for every float32 primitive
+        for value, strict in (("STRICT", True), ("BF16", False)):
+            monkeypatch.setenv(name, value)
+            fast.fpmath_strict.cache_clear()  # read once per process, as oneDNN does
+            assert fast.exact_float32() == strict and fast.exact_float32(conv=True) == strict
+        monkeypatch.delenv(name)
+    fast.fpmath_strict.cache_clear()
+    assert fast.exact_float32(conv=True)

@@ -560,7 +560,7 @@ def _paired(r: dict, name: str) -> str:
 
 
 def _whole_step_lines(r: dict, name: str, label: str) -> list[str]:
-    """The two lines of a whole-step variant of :func:`speed_summary` (``int8_all``, ``int8_fused``)."""
+    """The lines of a whole-step variant of :func:`speed_summary` (``int8_all``, ``int8_fused``)."""
     sp = r[f"{name}_split_s"]
     return [
         f"  {label} {r[f'{name}_step_s'] * 1e3:8.1f} ms  = {r[f'ratio_{name}_over_fp32']:.2f}x fp32 "
@@ -568,7 +568,15 @@ def _whole_step_lines(r: dict, name: str, label: str) -> list[str]:
         f"    accelerator ({r['engine']}, {r[f'{name}_gemms_per_step']} GEMMs) {sp['accelerator'] * 1e3:.1f} ms, "
         f"host quantization {sp['quantization'] * 1e3:.1f} ms, rest {sp['rest'] * 1e3:.1f} ms; modelled board "
         f"GEMM time {r[f'{name}_modelled_board_s_per_step'] * 1e3:.1f} ms per step",
+        _kernel_line(r, name),
     ]
+
+
+def _kernel_line(r: dict, name: str) -> str:
+    """How much of a variant's accelerator time the emulated kernel's own work took."""
+    k, acc = r["kernel_step_s"][name], r[f"{name}_split_s"]["accelerator"]
+    return (f"      of the accelerator time, the emulated kernel's work {k * 1e3:.1f} ms ({k / r['fp32_step_s']:.2f}x "
+            f"the fp32 step); driver, buffers, registers and planner {(acc - k) * 1e3:.1f} ms")
 
 
 def speed_summary(r: dict) -> str:
@@ -582,6 +590,7 @@ def speed_summary(r: dict) -> str:
         f"(target <= {r['target_ratio']}x){_paired(r, 'int8')}",
         f"    accelerator ({r['engine']}, {r['gemms_per_step']} GEMMs) {s['accelerator'] * 1e3:.1f} ms, "
         f"quantization {s['quantization'] * 1e3:.1f} ms, rest {s['rest'] * 1e3:.1f} ms",
+        _kernel_line(r, "int8"),
     ] + [line for name, label in (("int8_all", f"int8 every GEMM (--offload all, {r['offload_scheme']} scheme)"),
                                   ("int8_fused", "  the same, --fuse-lora"))
          if f"{name}_step_s" in r for line in _whole_step_lines(r, name, label)] + [

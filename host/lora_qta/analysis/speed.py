@@ -116,6 +116,13 @@ def median_interval(x: Sequence[float], confidence: float = CONFIDENCE) -> dict[
     return {"median": float(np.median(v)), "low": v[k - 1], "high": v[n - k], "coverage": 1 - 2 * cdf, "n": n}
 
 
+def kernel_seconds(runtime) -> float:
+    """Seconds the emulated kernel of ``runtime``'s accelerator has computed so far (its
+    engine's time, :attr:`~lora_qta.runtime.emulation.EmulatedDevice.kernel_seconds`; 0 on a
+    board, whose kernel runs in the programmable logic)."""
+    return float(getattr(runtime.acc.device, "kernel_seconds", 0.0)) if runtime is not None else 0.0
+
+
 def _step(variant, cfg: FinetuneConfig, step: int) -> tuple[float, float]:
     """(wall, CPU) seconds of one training step (CPU: this process's, all threads)."""
     from ..training.loop import train_step
@@ -168,10 +175,12 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
     times = {name: [] for name, _ in variants}
     cpu = {name: [] for name, _ in variants}
     splits = {name: {"accelerator": [], "quantization": []} for name, _ in variants[1:]}
+    kernel = {name: [] for name, _ in variants[1:]}
     for i in range(warmup + steps):
         for name, var in variants:
             rt = var[1]
             a0, q0 = rt.measured_times() if rt else (0.0, 0.0)
+            k0 = kernel_seconds(rt)
             dt, dc = _step(var, cfg, i)
             if i >= warmup:
                 times[name].append(dt)
@@ -180,6 +189,7 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
                     a1, q1 = rt.measured_times()
                     splits[name]["accelerator"].append(a1 - a0)
                     splits[name]["quantization"].append(q1 - q0)
+                    kernel[name].append(kernel_seconds(rt) - k0)
     med = {k: float(np.median(v)) for k, v in times.items()}
     # each step's ratio to the fp32 step run beside it: the machine's drift cancels in the pair
     paired = {f"ratio_{name}_over_fp32_paired": median_interval(np.array(times[name]) / np.array(times["fp32"]))
@@ -202,4 +212,8 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
         # CPU time of the process per step (median): on a machine shared with other jobs it
         # varies less with their load than the wall time (waiting for a core is not counted)
         "cpu_step_s": {k: float(np.median(v)) for k, v in cpu.items()},
+        # of the accelerator time, the emulated kernel's own work (the engine computing the
+        # calls' results and modelled cycles), median per step; the rest of the accelerator
+        # time is the driver, buffers, register traffic and planner
+        "kernel_step_s": {k: float(np.median(v)) for k, v in kernel.items()},
     }

@@ -8,10 +8,13 @@ chunks summed in INT32 (the configured K <= 131071 keeps every dot product insid
 where PyTorch is missing. With K <= 1024 the product is one float32 GEMM whose result is
 written to an INT32 output as it is converted (:func:`float_product`). The operands are read from
 their strided views in the emulated DDR (converted to float32 in one pass that keeps a transposed
-view transposed); a convolution's op(A) is built from the NHWC map with stride tricks, in float32
-(one copy), or, for a 1x1 window that reads every pixel once in order, is the map itself (a
-strided view, no copy); a batched call whose items write disjoint outputs runs as one batched
-float32 GEMM per K chunk.
+view transposed); a convolution with K <= 1024 is one PyTorch float32 convolution over the
+zero-padded map (:func:`float_conv`; no im2col matrix), a longer one multiplies the im2col matrix
+built from the NHWC map with stride tricks, in float32 (one copy), and a 1x1 window that reads
+every pixel once in order is a GEMM on the map itself (a strided view, no copy); a batched call
+whose items write disjoint outputs runs as one batched float32 GEMM per K chunk. Where a user's
+PyTorch settings allow reduced-precision float32 math (:func:`exact_float32`), the products are
+float64 GEMMs instead.
 PyTorch's own INT8 GEMM (``torch._int_mm``) is not used: on an AMD EPYC with AVX2 and no
 AVX-512/VNNI it ran 15-65x slower than this float32 path on LoRA shapes (about 0.2 GMAC/s;
 measured with torch 2.13, one thread), and oneDNN mis-reads the strides of its 1 x K views on
@@ -27,6 +30,9 @@ is unavailable here (0), as in C-simulation.
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import numpy as np
 
@@ -61,6 +67,45 @@ def _float(x: np.ndarray) -> "torch.Tensor":
     return torch.from_numpy(x if x.dtype == np.float32 else x.astype(np.float32))
 
 
+FPMATH_ENV = ("ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE")
+"""Environment variables that set oneDNN's default floating-point math mode (``strict``, or a
+reduced precision such as ``bf16`` for every float32 primitive)."""
+
+@functools.cache
+def fpmath_strict() -> bool:
+    """Whether :data:`FPMATH_ENV` leaves oneDNN's float32 math strict (read once, as oneDNN
+    reads it once)."""
+    return all(os.environ.get(name, "strict").lower() in ("strict", "") for name in FPMATH_ENV)
+
+
+_GETTER = getattr(torch._C, "_get_fp32_precision_getter", None) if torch is not None else None
+"""The C getter behind ``torch.backends.<backend>.<op>.fp32_precision`` (PyTorch >= 2.9; the
+attribute costs several us per read), or None."""
+
+
+def exact_float32(conv: bool = False) -> bool:
+    """Whether PyTorch's float32 GEMMs (and, with ``conv``, its convolutions) compute in IEEE
+    float32 here, as the exactness arguments below need: no reduced-precision inner products
+    (bf16, TF32) allowed by ``torch.set_float32_matmul_precision`` or the ``fp32_precision``
+    settings of ``torch.backends`` (a user's setting for their own model; with it these
+    products are not exact, and the engine takes its float64 path), and, for a convolution,
+    oneDNN enabled (see :func:`float_conv`). Where PyTorch has the ``fp32_precision`` settings,
+    ``set_float32_matmul_precision`` writes them too, and they are what is read (an op's
+    ``none`` defers to its backend's, that to the generic one, ``none`` there means IEEE).
+    oneDNN's own default (:data:`FPMATH_ENV`) must be strict too."""
+    if not fpmath_strict():
+        return False
+    if _GETTER is None:
+        if torch.get_float32_matmul_precision() != "highest":
+            return False
+    else:
+        parents = (_GETTER("mkldnn", "all"), _GETTER("generic", "all"))
+        for op in ("matmul", "conv") if conv else ("matmul",):
+            if next((p for p in (_GETTER("mkldnn", op), *parents) if p != "none"), "ieee") != "ieee":
+                return False
+    return not conv or bool(torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled())
+
+
 def float_product(a: np.ndarray, b: np.ndarray) -> "torch.Tensor | None":
     """op(A) . op(B) as ONE float32 GEMM (batched for 3-D operands; a 2-D ``b`` is shared), when
     that is exact: K <= :data:`K_CHUNK`, so every partial sum, in whatever order the BLAS adds,
@@ -71,7 +116,7 @@ def float_product(a: np.ndarray, b: np.ndarray) -> "torch.Tensor | None":
     A narrow product (n <= :data:`NARROW_N` < m: a LoRA rank, a weight gradient's columns) runs
     as (op(B)^T . op(A)^T)^T: the same exact integers, 1.5-4x faster in PyTorch's CPU GEMM for
     those shapes (measured on this machine, one thread; wider ones ran up to 1.2x slower)."""
-    if torch is None or a.shape[-1] > K_CHUNK:
+    if torch is None or a.shape[-1] > K_CHUNK or not exact_float32():
         return None
     fa, fb = _float(a), _float(b)
     if fb.shape[-1] <= NARROW_N < fa.shape[-2]:
@@ -84,9 +129,11 @@ def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     item), views allowed, exact, as INT32 (int64 without PyTorch): float32 GEMMs (one batched
     GEMM per K chunk) over K chunks of :data:`K_CHUNK`, whose results are exact integers (see
     :func:`float_product`), summed in INT32. ``a`` and ``b`` may also be float32 arrays holding
-    INT8 values (an im2col matrix built in float32)."""
+    INT8 values (an im2col matrix built in float32). Without PyTorch, or where its float32
+    products are not :func:`exact_float32`, one float64 GEMM (every partial sum < 2**53: exact)
+    gives int64."""
     k = a.shape[-1]
-    if torch is None:  # pragma: no cover - float64 holds every partial sum (< 2**53) exactly
+    if torch is None or not exact_float32():
         return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
     out = None
     for k0 in range(0, k, K_CHUNK):
@@ -99,26 +146,64 @@ def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+def window_map(x: np.ndarray, geo: ConvGeometry, dtype=np.int8) -> np.ndarray:
+    """The map the window slides over: images x hp x wp x cin zeros (``hp = (ho-1)*stride + kh``,
+    likewise ``wp``) with input pixel (y, x) of the NHWC map ``x`` at (pad + dil*y, pad + dil*x)
+    (pixels that land past the map are not read, as in the kernel), as ``dtype``."""
+    imgs = x.shape[0]
+    hp, wp = (geo.ho - 1) * geo.stride + geo.kh, (geo.wo - 1) * geo.stride + geo.kw
+    padded = np.zeros((imgs, hp, wp, geo.cin), dtype=dtype)
+    nh = min(geo.h, max(0, -(-(hp - geo.pad) // geo.dil)))  # input rows/columns inside the map
+    nw = min(geo.w, max(0, -(-(wp - geo.pad) // geo.dil)))
+    if nh and nw:  # the pixels are an arithmetic progression: one strided slice, no fancy index
+        padded[:, geo.pad:geo.pad + geo.dil * (nh - 1) + 1:geo.dil,
+               geo.pad:geo.pad + geo.dil * (nw - 1) + 1:geo.dil, :] = x[:, :nh, :nw, :geo.cin]
+    return padded
+
+
+def reads_in_place(geo: ConvGeometry) -> bool:
+    """Whether the window is 1x1 and reads every pixel once in order (stride 1, no padding or
+    dilation): op(A) is then the map itself."""
+    return (geo.kh, geo.kw, geo.stride, geo.pad, geo.dil) == (1, 1, 1, 0, 1) and (geo.ho, geo.wo) == (geo.h, geo.w)
+
+
 def im2col(x: np.ndarray, geo: ConvGeometry, m: int, dtype=np.int8) -> np.ndarray:
     """The first ``m`` rows of the im2col matrix of the NHWC map ``x`` (images x h x w x bytes
     per pixel; the first ``cin`` channels are used), as ``dtype`` (float32: the GEMM's operand
-    directly, no second conversion pass; INT8 values are exact in it): the input scattered into
-    a zero map with the dilation and padding, then every window as a strided view, copied once.
-    A 1x1 window that reads every pixel once in order (stride 1, no padding or dilation) is the
-    map itself: a strided view of ``x``, no copy."""
+    directly, no second conversion pass; INT8 values are exact in it): every window of the
+    :func:`window_map` as a strided view, copied once. A map that the window
+    :func:`reads_in_place` is returned as a strided view of ``x``, no copy."""
     imgs = x.shape[0]
-    if (geo.kh, geo.kw, geo.stride, geo.pad, geo.dil) == (1, 1, 1, 0, 1) and (geo.ho, geo.wo) == (geo.h, geo.w):
+    if reads_in_place(geo):
         return x.reshape(imgs * geo.pixels, x.shape[3])[:m, :geo.cin]
-    hp, wp = (geo.ho - 1) * geo.stride + geo.kh, (geo.wo - 1) * geo.stride + geo.kw
-    padded = np.zeros((imgs, hp, wp, geo.cin), dtype=dtype)
-    hs, ws = np.arange(geo.h), np.arange(geo.w)
-    hi, wi = geo.pad + geo.dil * hs, geo.pad + geo.dil * ws
-    hk, wk = hi < hp, wi < wp
-    padded[:, hi[hk][:, None], wi[wk][None, :], :] = x[:, hs[hk][:, None], ws[wk][None, :], :geo.cin]
+    padded = window_map(x, geo, dtype)
     s = padded.strides
     win = np.lib.stride_tricks.as_strided(padded, (imgs, geo.ho, geo.wo, geo.kh, geo.kw, geo.cin),
                                           (s[0], geo.stride * s[1], geo.stride * s[2], s[1], s[2], s[3]))
     return win.reshape(imgs * geo.pixels, geo.k)[:m]
+
+
+def float_conv(x: np.ndarray, geo: ConvGeometry, wmat: np.ndarray, m: int) -> "torch.Tensor | None":
+    """The first ``m`` rows of op(A) . op(B) of a convolution call as ONE PyTorch float32
+    convolution, when that is exact: op(A) the im2col matrix of the NHWC INT8 map ``x`` (not
+    built: the convolution slides its window over the :func:`window_map` in float32),
+    ``wmat`` = op(B), K x n in (ky, kx, ci) order, a view. Every output is a sum of K <=
+    :data:`K_CHUNK` products of INT8 values, exact in float32 in any order of summation (see
+    :func:`float_product`); PyTorch's CPU convolutions sum products directly (oneDNN's direct or
+    GEMM-based kernels, XNNPACK, or im2col + GEMM): the transforms that would not be exact
+    (Winograd, FFT: NNPACK, and PyTorch's depthwise 3x3 for groups > 1) are chosen only where
+    oneDNN is disabled (this returns None then) or for grouped convolutions (these are not).
+    None also for a longer K, a map the window :func:`reads_in_place` (that is one GEMM on the map
+    itself), or when :func:`exact_float32` is false: use :func:`im2col` and the GEMM paths.
+    1.4-2.7x faster than im2col + GEMM on the digits model's 3x3 convolutions (measured here,
+    one thread)."""
+    if torch is None or geo.k > K_CHUNK or reads_in_place(geo) or not exact_float32(conv=True):
+        return None
+    n = wmat.shape[1]
+    xt = torch.from_numpy(window_map(x, geo, np.float32)).permute(0, 3, 1, 2)  # channels-last NCHW
+    wt = _float(wmat).T.reshape(n, geo.kh, geo.kw, geo.cin).permute(0, 3, 1, 2)  # n x cin x kh x kw
+    y = torch.nn.functional.conv2d(xt, wt, stride=geo.stride)  # valid: the map holds the padding
+    return y.permute(0, 2, 3, 1).reshape(-1, n)[:m].contiguous()
 
 
 def requantize(acc: np.ndarray, mult, shift, stochastic: bool, bits: np.ndarray | None) -> np.ndarray:
@@ -180,25 +265,32 @@ def _epilogue_numpy(call: GemmCall, acc: np.ndarray, item: int | None, cview: np
     return nsat, amax
 
 
-def operands(call: GemmCall, mem: np.ndarray, offs: dict[str, int], item: int) -> tuple[np.ndarray, np.ndarray]:
-    """op(A), op(B) of batch item ``item`` as views of (or, for a convolution, built from) the
-    memory image; ``offs`` are the operands' byte offsets in ``mem``."""
-    ao, bo = offs["a"] + item * call.stride_a, offs["b"] + item * call.stride_b
-    m, n, k = call.m, call.n, call.k
-    if call.conv is not None:
-        g = call.conv
-        x = _view(mem, ao, (g.images(m), g.h, g.w, call.lda), (g.h * g.w * call.lda, g.w * call.lda, call.lda, 1),
-                  np.int8)
-        opa = im2col(x, g, m, np.int8 if torch is None else np.float32)
-    elif call.trans_a:
-        opa = _view(mem, ao, (k, m), (call.lda, 1), np.int8).T
-    else:
-        opa = _view(mem, ao, (m, k), (call.lda, 1), np.int8)
+def _op_b(call: GemmCall, mem: np.ndarray, bo: int) -> np.ndarray:
+    """op(B) (k x n) as a view of the memory image from byte ``bo``."""
     if call.trans_b:
-        opb = _view(mem, bo, (n, k), (call.ldb, 1), np.int8).T
+        return _view(mem, bo, (call.n, call.k), (call.ldb, 1), np.int8).T
+    return _view(mem, bo, (call.k, call.n), (call.ldb, 1), np.int8)
+
+
+def conv_operands(call: GemmCall, mem: np.ndarray, offs: dict[str, int], item: int) -> tuple[np.ndarray, np.ndarray]:
+    """The NHWC map a convolution call reads (images x h x w x lda bytes; its op(A) is the im2col
+    matrix of the first ``cin`` channels) and op(B), of batch item ``item``, as views."""
+    g = call.conv
+    ao = offs["a"] + item * call.stride_a
+    x = _view(mem, ao, (g.images(call.m), g.h, g.w, call.lda), (g.h * g.w * call.lda, g.w * call.lda, call.lda, 1),
+              np.int8)
+    return x, _op_b(call, mem, offs["b"] + item * call.stride_b)
+
+
+def operands(call: GemmCall, mem: np.ndarray, offs: dict[str, int], item: int) -> tuple[np.ndarray, np.ndarray]:
+    """op(A), op(B) of batch item ``item`` of a GEMM (not a convolution: :func:`conv_operands`)
+    as views of the memory image; ``offs`` are the operands' byte offsets in ``mem``."""
+    ao = offs["a"] + item * call.stride_a
+    if call.trans_a:
+        opa = _view(mem, ao, (call.k, call.m), (call.lda, 1), np.int8).T
     else:
-        opb = _view(mem, bo, (k, n), (call.ldb, 1), np.int8)
-    return opa, opb
+        opa = _view(mem, ao, (call.m, call.k), (call.lda, 1), np.int8)
+    return opa, _op_b(call, mem, offs["b"] + item * call.stride_b)
 
 
 def batch_operands(call: GemmCall, mem: np.ndarray, offs: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +302,7 @@ def batch_operands(call: GemmCall, mem: np.ndarray, offs: dict[str, int]) -> tup
     else:
         opa = _view(mem, offs["a"], (nb, m, k), (call.stride_a, call.lda, 1), np.int8)
     if call.stride_b == 0:
-        return opa, operands(call, mem, offs, 0)[1]
+        return opa, _op_b(call, mem, offs["b"])
     if call.trans_b:
         opb = _view(mem, offs["b"], (nb, n, k), (call.stride_b, call.ldb, 1), np.int8).transpose(0, 2, 1)
     else:
@@ -254,12 +346,18 @@ def _run_items(board: BoardConfig, call: GemmCall, mem: np.ndarray, offs: dict[s
     row_bytes = -(-n * eb // board.axi_bytes) * board.axi_bytes
     items = call.batch if item is None else 1
     co = offs["c"] + (item or 0) * call.stride_c
+    prod = None
     if item is None:
         opa, opb = batch_operands(call, mem, offs)
+    elif call.conv is not None:  # one exact float32 convolution where it can, else im2col
+        x, opb = conv_operands(call, mem, offs, item)
+        prod = float_conv(x, call.conv, opb, m)
+        opa = None if prod is not None else im2col(x, call.conv, m, np.int8 if torch is None else np.float32)
     else:
         opa, opb = operands(call, mem, offs, item)
     cview = _view(mem, co, (items, m, n), (call.stride_c, call.ldc * eb, eb), out_dtype)
-    prod = float_product(opa, opb)  # one exact float32 GEMM when K allows it, else None
+    if prod is None:
+        prod = float_product(opa, opb)  # one exact float32 GEMM when K allows it, else None
     if not call.out_int8 and not call.accumulate:
         # an exact INT32 product: nothing to round, nothing can saturate (|acc| < 2^31)
         nsat = 0
