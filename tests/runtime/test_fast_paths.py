@@ -202,19 +202,24 @@ def test_narrow_products_are_exact_in_either_order(batch, m, k, n, views):
     (ConvGeometry(h=4, w=4, ho=2, wo=2, cin=BEAT, kh=3, kw=3, stride=1, pad=0), 0),         # map larger than read
     (ConvGeometry(h=1, w=1, ho=1, wo=1, cin=BEAT, kh=3, kw=3, stride=1, pad=1), 0),         # one pixel
     (ConvGeometry(h=6, w=6, ho=3, wo=3, cin=BEAT, kh=1, kw=1, stride=2, pad=0), 0),         # 1x1 but strided
+    (ConvGeometry(h=3, w=3, ho=5, wo=5, cin=BEAT, kh=3, kw=3, stride=1, pad=1, dil=2), 0),  # dilated, natural size
+    (ConvGeometry(h=3, w=3, ho=4, wo=4, cin=BEAT, kh=3, kw=3, stride=1, pad=1, dil=2), 0),  # dilated, cropped
     (ConvGeometry(h=3, w=3, ho=1, wo=1, cin=112, kh=3, kw=3, stride=1, pad=0), 0),          # K = 1008, no padding
+    (ConvGeometry(h=4, w=4, ho=1, wo=1, cin=64, kh=4, kw=4, stride=1, pad=0), 0),           # K = 1024: 2**24
 ])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_float_conv_equals_the_reference_im2col_product(geo, m_cut, trans_b):
     """One PyTorch convolution over the padded map gives the integers of the reference im2col
     matrix times op(B) (int64), on a map whose pixels carry a spare beat and a weight view with a
-    longer leading dimension; all operands -128 at the largest K, so the sums reach K * 2**14."""
+    longer leading dimension; all operands -128 where every output reads the whole map, so the
+    sums reach K * 2**14 (2**24 at K = 1024)."""
     imgs, n = 2, 5
     m = imgs * geo.pixels - m_cut
     rng = np.random.default_rng(geo.k + m)
     x = rng.integers(-128, 128, (imgs, geo.h, geo.w, geo.cin + BEAT), dtype=np.int8)
     w = rng.integers(-128, 128, (geo.k, n), dtype=np.int8)
-    if geo.cin == 112:
+    full = geo.pad == 0 and (geo.ho, geo.wo) == (1, 1)  # every output reads the whole map: sums of K * 2**14
+    if full:
         x[...], w[...] = -128, -128
     store = np.zeros((n, geo.k + 7) if trans_b else (geo.k, n + 3), np.int8)
     if trans_b:
@@ -227,7 +232,7 @@ def test_float_conv_equals_the_reference_im2col_product(geo, m_cut, trans_b):
     assert got.dtype == fast.torch.float32 and got.is_contiguous() and got.shape == (m, n)
     want = im2col_reference(x, geo, m).astype(np.int64) @ w.astype(np.int64)
     assert np.array_equal(got.numpy().astype(np.int64), want)
-    if geo.cin == 112:
+    if full:
         assert (want == geo.k * 2**14).all()
 
 
@@ -252,37 +257,63 @@ def test_convolutions_on_either_path_match_csim(geo, out8):
     both_engines(plan(ZCU, call).call, seed=geo.k)
 
 
+PRECISION_SETTINGS = {  # attribute path -> a reduced-precision value
+    "matmul medium": None,  # torch.set_float32_matmul_precision("medium")
+    "conv bf16": ("mkldnn", "conv"), "matmul bf16": ("mkldnn", "matmul"), "mkldnn bf16": ("mkldnn", None),
+    "generic bf16": (None, None), "oneDNN off": None,
+}
+
+
+def _settings() -> list:
+    """Every fp32_precision setting and oneDNN's switch, to restore exactly."""
+    b = fast.torch.backends
+    return [b.mkldnn.matmul.fp32_precision, b.mkldnn.conv.fp32_precision, b.mkldnn.fp32_precision,
+            b.cuda.matmul.fp32_precision, b.fp32_precision, b.mkldnn.enabled]
+
+
+def _restore(values: list) -> None:
+    b = fast.torch.backends
+    b.mkldnn.matmul.fp32_precision, b.mkldnn.conv.fp32_precision, b.mkldnn.fp32_precision = values[:3]
+    b.cuda.matmul.fp32_precision, b.fp32_precision, b.mkldnn.enabled = values[3:]
+
+
 @pytest.fixture
 def reduced_precision(request):
     """One of PyTorch's settings that allow reduced-precision float32 math, restored afterwards."""
     torch, backends = fast.torch, fast.torch.backends
-    before = (torch.get_float32_matmul_precision(), backends.mkldnn.conv.fp32_precision, backends.mkldnn.enabled)
-    if request.param == "matmul medium":
+    before = _settings()
+    name = request.param
+    if name == "matmul medium":
         torch.set_float32_matmul_precision("medium")
-    elif request.param == "conv bf16":
-        backends.mkldnn.conv.fp32_precision = "bf16"
-    else:
+    elif name == "oneDNN off":
         backends.mkldnn.enabled = False
-    yield request.param
-    torch.set_float32_matmul_precision(before[0])
-    backends.mkldnn.conv.fp32_precision = before[1]
-    backends.mkldnn.enabled = before[2]
+    else:
+        backend, op = PRECISION_SETTINGS[name]
+        target = backends if backend is None else getattr(backends, backend)
+        setattr(target if op is None else getattr(target, op), "fp32_precision", "bf16")
+    yield name
+    _restore(before)
+    assert _settings() == before
 
 
-@pytest.mark.parametrize("reduced_precision", ["matmul medium", "conv bf16", "oneDNN off"], indirect=True)
+MATMUL_REDUCED = {"matmul medium", "matmul bf16", "mkldnn bf16", "generic bf16"}
+
+
+@pytest.mark.parametrize("reduced_precision", list(PRECISION_SETTINGS), indirect=True)
 def test_reduced_precision_settings_take_the_float64_paths(reduced_precision):
-    """A user's setting that lets PyTorch compute float32 products in bf16/TF32 (or picks
-    convolutions that may transform: oneDNN off) turns the affected float32 paths off; the
-    engine still equals C-simulation (float64 products, or im2col + GEMM)."""
-    assert fast.exact_float32() == (reduced_precision != "matmul medium")
+    """A user's setting that lets PyTorch compute float32 products in bf16/TF32, at any level of
+    the fp32_precision settings (or picks convolutions that may transform: oneDNN off), turns
+    the affected float32 paths off; the engine still equals C-simulation (float64 products, or
+    im2col + GEMM)."""
+    assert fast.exact_float32() == (reduced_precision not in MATMUL_REDUCED)
     assert not fast.exact_float32(conv=True)
     geo = ConvGeometry(h=4, w=3, ho=4, wo=3, cin=BEAT, kh=3, kw=3, stride=1, pad=1)
     x = np.ones((1, 4, 3, BEAT), np.int8)
     assert fast.float_conv(x, geo, np.ones((geo.k, 2), np.int8), 12) is None
     a = np.ones((3, 4), np.int8)
-    assert (fast.float_product(a, a.T) is None) == (reduced_precision == "matmul medium")
+    assert (fast.float_product(a, a.T) is None) == (reduced_precision in MATMUL_REDUCED)
     exact = fast.exact_matmul(a, a.T)  # float64 products give int64 (this CPU has no bf16 math to catch)
-    assert exact.dtype == (np.int64 if reduced_precision == "matmul medium" else np.int32)
+    assert exact.dtype == (np.int64 if reduced_precision in MATMUL_REDUCED else np.int32)
     assert np.array_equal(exact, np.full((3, 3), 4))
     test_convolutions_on_either_path_match_csim(geo, True)
     m, k, n = 7, 40, 3
@@ -290,9 +321,56 @@ def test_reduced_precision_settings_take_the_float64_paths(reduced_precision):
     both_engines(plan(ZCU, call).call, seed=3)
 
 
+@pytest.mark.parametrize("reduced_precision", list(PRECISION_SETTINGS), indirect=True)
+def test_the_public_attributes_read_the_same_settings(reduced_precision, monkeypatch):
+    """Without PyTorch's C getter the settings are read through torch.backends' attributes:
+    the same verdicts."""
+    want = (fast.exact_float32(), fast.exact_float32(conv=True))
+    monkeypatch.setattr(fast, "PRECISION", fast.public_precision)
+    assert (fast.exact_float32(), fast.exact_float32(conv=True)) == want
+
+
+def test_a_pytorch_without_the_settings_is_asked_the_matmul_precision(monkeypatch):
+    torch = fast.torch
+    before = _settings()
+    monkeypatch.setattr(fast, "SETTINGS", False)
+    monkeypatch.setattr(fast, "PRECISION", lambda backend, op: "none")  # nothing to read
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert fast.exact_float32()
+        torch.set_float32_matmul_precision("medium")
+        assert not fast.exact_float32()
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.fp32_precision = "tf32"  # mixed with the new API: the getter raises
+        with pytest.raises(RuntimeError):
+            torch.get_float32_matmul_precision()
+        assert not fast.exact_float32()
+    finally:
+        _restore(before)
+
+
+def test_a_build_whose_convolution_is_not_exact_falls_back_to_im2col(monkeypatch):
+    """The once-per-process probe: a convolution that does not give the exact sums turns the
+    convolution path off, with a warning, and the engine still equals C-simulation."""
+    exact = fast._conv2d
+    monkeypatch.setattr(fast, "_conv2d", lambda *args: exact(*args) + 0.5)
+    fast.conv_exact_here.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="does not give exact integer sums"):
+            assert not fast.conv_exact_here()
+        geo = ConvGeometry(h=4, w=3, ho=4, wo=3, cin=BEAT, kh=3, kw=3, stride=1, pad=1)
+        assert not fast.exact_float32(conv=True) and fast.exact_float32()
+        assert fast.float_conv(np.ones((1, 4, 3, BEAT), np.int8), geo, np.ones((geo.k, 2), np.int8), 12) is None
+        test_convolutions_on_either_path_match_csim(geo, True)
+    finally:
+        monkeypatch.setattr(fast, "_conv2d", exact)
+        fast.conv_exact_here.cache_clear()
+    assert fast.conv_exact_here()
+
+
 def test_default_settings_keep_the_float32_paths(monkeypatch):
     assert fast.exact_float32() and fast.exact_float32(conv=True)
-    for name in fast.FPMATH_ENV:  # oneDNN's default math mode for every float32 primitive
+    for name in ("ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE"):  # oneDNN's default for every primitive
         for value, strict in (("STRICT", True), ("BF16", False)):
             monkeypatch.setenv(name, value)
             fast.fpmath_strict.cache_clear()  # read once per process, as oneDNN does

@@ -576,7 +576,7 @@ def _kernel_line(r: dict, name: str) -> str:
     """How much of a variant's accelerator time the emulated kernel's own work took."""
     k, acc = r["kernel_step_s"][name], r[f"{name}_split_s"]["accelerator"]
     return (f"      of the accelerator time, the emulated kernel's work {k * 1e3:.1f} ms ({k / r['fp32_step_s']:.2f}x "
-            f"the fp32 step); driver, buffers, registers and planner {(acc - k) * 1e3:.1f} ms")
+            f"the fp32 step); driver, buffers, registers, polling and planner {(acc - k) * 1e3:.1f} ms")
 
 
 def speed_summary(r: dict) -> str:

@@ -214,6 +214,6 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
         "cpu_step_s": {k: float(np.median(v)) for k, v in cpu.items()},
         # of the accelerator time, the emulated kernel's own work (the engine computing the
         # calls' results and modelled cycles), median per step; the rest of the accelerator
-        # time is the driver, buffers, register traffic and planner
+        # time is the driver, buffers, register traffic, completion polling and planner
         "kernel_step_s": {k: float(np.median(v)) for k, v in kernel.items()},
     }

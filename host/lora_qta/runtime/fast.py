@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import numpy as np
 
@@ -71,6 +72,7 @@ FPMATH_ENV = ("ONEDNN_DEFAULT_FPMATH_MODE", "DNNL_DEFAULT_FPMATH_MODE")
 """Environment variables that set oneDNN's default floating-point math mode (``strict``, or a
 reduced precision such as ``bf16`` for every float32 primitive)."""
 
+
 @functools.cache
 def fpmath_strict() -> bool:
     """Whether :data:`FPMATH_ENV` leaves oneDNN's float32 math strict (read once, as oneDNN
@@ -78,9 +80,23 @@ def fpmath_strict() -> bool:
     return all(os.environ.get(name, "strict").lower() in ("strict", "") for name in FPMATH_ENV)
 
 
-_GETTER = getattr(torch._C, "_get_fp32_precision_getter", None) if torch is not None else None
-"""The C getter behind ``torch.backends.<backend>.<op>.fp32_precision`` (PyTorch >= 2.9; the
-attribute costs several us per read), or None."""
+def public_precision(backend: str, op: str) -> str:
+    """``torch.backends.<backend>.<op>.fp32_precision`` through the public attributes
+    (``generic`` is ``torch.backends`` itself, ``all`` the backend's own setting); ``none``
+    where PyTorch has no such setting."""
+    target = torch.backends if backend == "generic" else getattr(torch.backends, backend, None)
+    if op != "all":
+        target = getattr(target, op, None)
+    return str(getattr(target, "fp32_precision", "none"))
+
+
+PRECISION = getattr(torch._C, "_get_fp32_precision_getter", None) or public_precision if torch is not None else None
+"""How :func:`exact_float32` reads a ``fp32_precision`` setting: the C getter behind the
+attributes (PyTorch >= 2.9; an attribute read costs several us), else :func:`public_precision`."""
+
+
+SETTINGS = torch is not None and hasattr(torch.backends, "fp32_precision")
+"""Whether this PyTorch has the ``fp32_precision`` settings (2.9 and later)."""
 
 
 def exact_float32(conv: bool = False) -> bool:
@@ -89,21 +105,51 @@ def exact_float32(conv: bool = False) -> bool:
     (bf16, TF32) allowed by ``torch.set_float32_matmul_precision`` or the ``fp32_precision``
     settings of ``torch.backends`` (a user's setting for their own model; with it these
     products are not exact, and the engine takes its float64 path), and, for a convolution,
-    oneDNN enabled (see :func:`float_conv`). Where PyTorch has the ``fp32_precision`` settings,
-    ``set_float32_matmul_precision`` writes them too, and they are what is read (an op's
-    ``none`` defers to its backend's, that to the generic one, ``none`` there means IEEE).
+    oneDNN enabled and :func:`conv_exact_here` (see :func:`float_conv`).
+    ``set_float32_matmul_precision`` writes the ``fp32_precision`` settings too, and they are
+    what is read (an op's ``none`` defers to its backend's, that to the generic one, ``none``
+    there means IEEE); a PyTorch without them is asked ``get_float32_matmul_precision()``.
     oneDNN's own default (:data:`FPMATH_ENV`) must be strict too."""
     if not fpmath_strict():
         return False
-    if _GETTER is None:
-        if torch.get_float32_matmul_precision() != "highest":
-            return False
-    else:
-        parents = (_GETTER("mkldnn", "all"), _GETTER("generic", "all"))
-        for op in ("matmul", "conv") if conv else ("matmul",):
-            if next((p for p in (_GETTER("mkldnn", op), *parents) if p != "none"), "ieee") != "ieee":
+    if not SETTINGS:
+        try:
+            if torch.get_float32_matmul_precision() != "highest":
                 return False
-    return not conv or bool(torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled())
+        except RuntimeError:  # settings mixed through two APIs: not provably IEEE
+            return False
+    parents = (PRECISION("mkldnn", "all"), PRECISION("generic", "all"))
+    for op in ("matmul", "conv") if conv else ("matmul",):
+        if next((p for p in (PRECISION("mkldnn", op), *parents) if p != "none"), "ieee") != "ieee":
+            return False
+    return not conv or bool(torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled()
+                            and conv_exact_here())
+
+
+@functools.cache
+def conv_exact_here() -> bool:
+    """Once per process: whether this PyTorch build's float32 convolution gives the exact
+    integers on a probe where every partial sum is an integer up to 2**24 (K = 1024 of -128 and
+    random INT8 values, a strided and a padded window), compared with float64 products of the
+    im2col matrix. The argument of :func:`float_conv` rests on how PyTorch dispatches a
+    convolution on this CPU (oneDNN's direct kernels here; ARM's ACL builds are not tested):
+    a build that transforms instead fails the probe, and :func:`float_conv` is then not used
+    (with one warning)."""
+    rng = np.random.default_rng(0)
+    full = ConvGeometry(h=4, w=4, ho=1, wo=1, cin=64, kh=4, kw=4, stride=1, pad=0)  # K = 1024: sums of 2**24
+    strided = ConvGeometry(h=9, w=7, ho=5, wo=4, cin=96, kh=3, kw=3, stride=2, pad=1)
+    probes = [(full, np.full((16, 4, 4, 64), -128, np.int8), np.full((full.k, 5), -128, np.int8)),
+              (strided, rng.integers(-128, 128, (16, 9, 7, 96), dtype=np.int8),
+               rng.integers(-128, 128, (strided.k, 5), dtype=np.int8))]
+    for geo, x, w in probes:
+        got = _conv2d(x, geo, w, x.shape[0] * geo.pixels)
+        want = im2col(x, geo, x.shape[0] * geo.pixels, np.float64) @ w.astype(np.float64)
+        if not np.array_equal(got.numpy(), want):
+            warnings.warn("this PyTorch build's float32 convolution does not give exact integer sums; the fast engine "
+                          "computes convolutions from an im2col matrix instead (slower, exact)", RuntimeWarning,
+                          stacklevel=2)
+            return False
+    return True
 
 
 def float_product(a: np.ndarray, b: np.ndarray) -> "torch.Tensor | None":
@@ -192,13 +238,19 @@ def float_conv(x: np.ndarray, geo: ConvGeometry, wmat: np.ndarray, m: int) -> "t
     :func:`float_product`); PyTorch's CPU convolutions sum products directly (oneDNN's direct or
     GEMM-based kernels, XNNPACK, or im2col + GEMM): the transforms that would not be exact
     (Winograd, FFT: NNPACK, and PyTorch's depthwise 3x3 for groups > 1) are chosen only where
-    oneDNN is disabled (this returns None then) or for grouped convolutions (these are not).
+    oneDNN is disabled (this returns None then) or for grouped convolutions (these are not);
+    the probe :func:`conv_exact_here` checks the build once.
     None also for a longer K, a map the window :func:`reads_in_place` (that is one GEMM on the map
     itself), or when :func:`exact_float32` is false: use :func:`im2col` and the GEMM paths.
-    1.4-2.7x faster than im2col + GEMM on the digits model's 3x3 convolutions (measured here,
-    one thread)."""
+    On the digits model's 3x3 convolutions alone: 1.3-2.2x faster than im2col + GEMM on 16 x 16
+    maps, 0.9-1.1x on 8 x 8 ones (measured here, hot caches, one thread)."""
     if torch is None or geo.k > K_CHUNK or reads_in_place(geo) or not exact_float32(conv=True):
         return None
+    return _conv2d(x, geo, wmat, m)
+
+
+def _conv2d(x: np.ndarray, geo: ConvGeometry, wmat: np.ndarray, m: int) -> "torch.Tensor":
+    """The PyTorch float32 convolution of :func:`float_conv`, unconditionally."""
     n = wmat.shape[1]
     xt = torch.from_numpy(window_map(x, geo, np.float32)).permute(0, 3, 1, 2)  # channels-last NCHW
     wt = _float(wmat).T.reshape(n, geo.kh, geo.kw, geo.cin).permute(0, 3, 1, 2)  # n x cin x kh x kw
