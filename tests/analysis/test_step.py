@@ -256,3 +256,15 @@ def test_step_calls_cycles_equal_the_c_simulated_kernel():
         p = step.best_plan(ZCU, call, "auto")
         out = MemoryImage.build(ZCU, p.call, rng).run_csim(ZCU)
         assert out["status"] & 2 == 0 and out["cycles_model"] == p.report.cycles, (g, p.call)
+
+
+def test_a_slower_driver_call_only_lowers_the_offloaded_steps():
+    """The sensitivity rows of the driver call time (x4, x10, x50 the stated call_us): the ARM
+    alone makes no calls and does not change; every offloaded step slows as the factor grows
+    (the digits step: hundreds of small calls)."""
+    rows = {r["assumption"]: r for r in step.sensitivity(ZCU, inv.trace_step("digits"), 4)}
+    calls = [rows["as stated"]] + [rows[f"driver call time x{f}"] for f in (4, 10, 50)]
+    assert len({r["arm_s"] for r in calls}) == 1
+    for key in ("whole_serial_s", "whole_overlap_s"):
+        times = [r[key] for r in calls]
+        assert times == sorted(times) and times[0] < times[-1]
