@@ -119,3 +119,22 @@ def test_contract_version_2_arguments():
     assert {a.type for a in pointers} == {"qta_beat_t", "const qta_beat_t"}
     assert [a.bundle for a in pointers] == [f"gmem{i}" for i in range(4)] * 2
     assert all(b.axi_ports == 4 and b.macs_per_dsp == 1 for b in cfg.boards.values())
+
+
+def test_a_boards_cached_hash_follows_its_fields():
+    """A board's hash (the key of the planner's and the engines' caches) is computed once and kept;
+    a board replaced in a field (its host facts too) hashes as a fresh one with those fields,
+    and a board equal in every field to the original hashes equal; pickling leaves the cached
+    hash out (a string's hash differs between processes)."""
+    import pickle
+
+    board = config().board("zcu104")
+    h = hash(board)
+    assert board.__dict__["_hash"] == h
+    faster = replace(board, clock_mhz=board.clock_mhz + 50)
+    slower_calls = replace(board, host=replace(board.host, call_us=board.host.call_us * 10))
+    assert faster != board and hash(faster) != h and slower_calls != board and hash(slower_calls) != h
+    back = replace(faster, clock_mhz=board.clock_mhz)
+    assert back == board and hash(back) == h and {board: 1}[back] == 1
+    copy = pickle.loads(pickle.dumps(board))
+    assert "_hash" not in copy.__dict__ and copy == board and hash(copy) == h

@@ -195,3 +195,76 @@ def test_token_sum_balances_each_group_as_it_gathers_it():
         acc = pq.q.long().T @ qq.q.long()
         want += acc.double() * pq.scale.T.double() * qq.scale.double()
     assert torch.equal(got, want.float())
+
+
+def _two_groups(n: int, wide: int, rank: int, narrow_p: bool, seed: int = 7):
+    """p, q of a token sum whose tokens fall into two magnitude groups (p the narrow side when
+    ``narrow_p``: dA = dH^T.X; else q: dB = G^T.H)."""
+    g = torch.Generator().manual_seed(seed)
+    mag = torch.logspace(-4, 2, n, dtype=torch.float32)[:, None]
+    pw, qw = (rank, wide) if narrow_p else (wide, rank)
+    return torch.randn(n, pw, generator=g) * mag, torch.randn(n, qw, generator=g) * mag.flip(0) ** 0.5
+
+
+def _groups_reference(rt, p, q, seed):
+    """token_sum written out: one INT64 product per magnitude group, rescaled and added."""
+    from lora_qta.lora.quant import balance_tokens, magnitude_groups
+
+    pb, qb, key = balance_tokens(p, q)
+    groups = magnitude_groups(key, rt.GROUP_RATIO)
+    gen = torch.Generator().manual_seed(seed)
+    want = torch.zeros(p.shape[1], q.shape[1], dtype=torch.float64)
+    for idx in groups:
+        pq, qq = quantize(pb[idx], "col", gen), quantize(qb[idx], "col")
+        want += (pq.q.long().T @ qq.q.long()).double() * pq.scale.T.double() * qq.scale.double()
+    return want.float(), len(groups)
+
+
+@pytest.mark.parametrize("board,rank,calls", [("zcu104", 4, 1), ("zcu104", 16, 1), ("pynq_z2", 4, 1),
+                                              ("pynq_z2", 16, 2)])
+@pytest.mark.parametrize("kind", [3, 4])
+def test_token_sum_groups_in_one_call_or_apart_give_the_same_bits(board, rank, calls, kind):
+    """The two magnitude groups of dB (q = H the rank side) and dA (p = dH the rank side) run as
+    ONE call with the rank side block-diagonal where the cycle model prefers it (ZCU104; PYNQ-Z2
+    at rank 4) and one call per group where it does not (PYNQ-Z2 at rank 16, whose array the
+    doubled rank no longer fits): the same bits either way, as the sum written out per group.
+    The figures count the calls made and only the useful MACs (not the zero blocks)."""
+    kind = LORA_GEMMS[kind]
+    narrow_p = kind is LORA_GEMMS[4]
+    p, q = _two_groups(2048, 320, rank, narrow_p)
+    rt = QtaRuntime(Accelerator(board, "fast"), seed=3)
+    got = rt.token_sum(kind, p, q, torch.Generator().manual_seed(5))
+    want, groups = _groups_reference(rt, p, q, 5)
+    assert groups == 2
+    assert torch.equal(got, want)
+    st = rt.stats[kind.key]
+    assert (st.gemms, st.calls) == (1, calls)
+    assert st.macs == 2048 * rank * 320
+
+
+def test_one_call_follows_the_kernels_cycle_counter():
+    """The decision (made on the planner's model of densely stored operands) agrees with the
+    emulated kernel's own modelled cycle counter on the calls it compares, on both sides of the
+    choice, and counts the issue time of the call it saves (the board's call_us)."""
+    import dataclasses
+
+    import numpy as np
+
+    cases = [("zcu104", 320, 4, True), ("pynq_z2", 320, 16, False)]
+    for board, wide, rank, expect in cases:
+        acc = Accelerator(board, "fast")
+        rt = QtaRuntime(acc)
+        kind = LORA_GEMMS[4]  # dA = dH^T.X: p = dH (tokens x rank), q = X (tokens x wide)
+        assert rt.one_call(kind, 2048, (rank, wide), 2) is expect
+        rng = np.random.default_rng(0)
+        x = torch.from_numpy(rng.integers(-128, 128, (2048, wide), dtype=np.int8))
+        dh = torch.from_numpy(rng.integers(-128, 128, (2048, 2 * rank), dtype=np.int8))
+        apart = sum(acc.gemm(dh[t0:t0 + 1024, :rank].contiguous(), x[t0:t0 + 1024], trans_a=True, k_bucket=4).cycles
+                    for t0 in (0, 1024))
+        one = acc.gemm(dh, x, trans_a=True, k_bucket=4).cycles
+        issue = acc.board.host.call_us * acc.board.clock_mhz
+        assert (one <= apart + issue) is expect
+    slow = dataclasses.replace(acc.board, host=dataclasses.replace(acc.board.host, call_us=1e4))
+    rt.acc.board = slow  # 10 ms to issue a call: one call wins on PYNQ-Z2 too
+    rt._one_call.clear()
+    assert rt.one_call(kind, 2048, (16, 320), 2) is True

@@ -21,10 +21,11 @@ Two exact rescalings bound the INT8 error (:mod:`.quant`; README "Quantization")
   per-token scales (``QtaRuntime.smooth_alpha``; None turns it off);
 * dB = G^T.H and dA = dH^T.X (sums over tokens) balance each token's magnitude between the two
   operands (a power of two per token) and split the tokens into two magnitude groups, each
-  quantized with its own per-channel scales and run as its own accelerator call, the INT32
-  results rescaled and added in fp32 on the host (``QtaRuntime.wgrad_groups``; False gives one
-  per-channel scale over all tokens). Calls longer than the kernel's K limit are cut and summed
-  exactly in int64.
+  quantized with its own per-channel scales, the INT32 results rescaled and added in fp32 on
+  the host (``QtaRuntime.wgrad_groups``; False gives one per-channel scale over all tokens).
+  Both groups run as one accelerator call, the rank-side operand block-diagonal, where the
+  cycle model says that costs no more than a call per group (``QtaRuntime.one_call``). Calls
+  longer than the kernel's K limit are cut and summed exactly in int64.
 
 :class:`QtaLoraLinear` subclasses peft's ``lora.Linear`` (same parameters and state-dict
 keys, so the adapter saves in the standard diffusers format) and is registered for
@@ -46,8 +47,9 @@ from peft import LoraConfig
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 
 from ..errors import AdapterError
+from ..runtime import planner
 from ..runtime.accelerator import Accelerator
-from .gemms import LORA_GEMMS, LoraGemmKind
+from .gemms import LORA_GEMMS, LoraGemmKind, lora_call
 from .quant import Quantized, balance_factors, dequantize, magnitude_groups, quantize, smoothing_factors
 
 H_XAT, Y_HBT, DH_GB, DB_GTH, DA_DHTX, DX_DHA = LORA_GEMMS
@@ -93,6 +95,7 @@ class QtaRuntime:
         self.stream = stream
         self.step = 0
         self.stats: dict[str, GemmStats] = {kind.key: GemmStats() for kind in LORA_GEMMS}
+        self._one_call: dict[tuple, bool] = {}  # token sums' decisions by shape (one_call)
         self.time_accelerator = 0.0
         self.time_quantization = 0.0
         self.offload: Any = None
@@ -121,9 +124,11 @@ class QtaRuntime:
         self.time_quantization += time.perf_counter() - t0
         return out
 
-    def gemm(self, kind: LoraGemmKind, a: torch.Tensor, b: torch.Tensor, part: bool = False) -> torch.Tensor:
+    def gemm(self, kind: LoraGemmKind, a: torch.Tensor, b: torch.Tensor, part: bool = False,
+             macs: int | None = None) -> torch.Tensor:
         """INT32 result of one INT8 GEMM on the accelerator (operands laid out as ``kind``
-        says), recording its figures; ``part``: a further call of a GEMM already counted."""
+        says), recording its figures; ``part``: a further call of a GEMM already counted;
+        ``macs``: the useful MACs when the call also multiplies known zeros (:meth:`token_sum`)."""
         t0 = time.perf_counter()
         # the weight gradients' K is a token group whose size changes every step: plan per K bucket
         r = self.acc.gemm(a, b, trans_a=kind.trans_a, trans_b=kind.trans_b,
@@ -135,7 +140,7 @@ class QtaRuntime:
         st.cycles += r.cycles
         st.bytes_moved += r.bytes_moved
         m, k = (a.shape[1], a.shape[0]) if kind.trans_a else a.shape
-        st.macs += m * k * (b.shape[0] if kind.trans_b else b.shape[1])
+        st.macs += m * k * (b.shape[0] if kind.trans_b else b.shape[1]) if macs is None else macs
         st.dataflows[r.dataflow + (f"{r.split:+d}" if r.split else "")] += 1
         return r.output
 
@@ -156,8 +161,10 @@ class QtaRuntime:
         (``kind`` dB or dA; ``p`` the gradient, rounded stochastically with ``generator``).
 
         With ``wgrad_groups``: tokens balanced and split into magnitude groups, one set of
-        per-channel scales and one call per group, results added in fp32 (float64 here);
-        otherwise one per-channel scale over all tokens.
+        per-channel scales per group, the groups' INT32 results rescaled and added in fp32
+        (float64 here); otherwise one per-channel scale over all tokens. The groups run as one
+        accelerator call (:meth:`_groups_call`) where the cycle model says it costs no more
+        than one call per group (:meth:`one_call`), else one call per group.
         """
         t0 = time.perf_counter()
         if self.wgrad_groups:  # balanced as each group's rows are gathered: (p / c)[idx] = p[idx] / c[idx]
@@ -166,9 +173,7 @@ class QtaRuntime:
         else:
             groups = [None]
         self.time_quantization += time.perf_counter() - t0
-        out = torch.zeros(p.shape[1], q.shape[1], dtype=torch.float64)
-        max_k = self.acc.board.max_k
-        part = False
+        parts = []  # quantized in group order: the same stochastic-rounding stream whatever the calls
         for idx in groups:
             t0 = time.perf_counter()
             if idx is None:
@@ -177,14 +182,69 @@ class QtaRuntime:
                 cg = c[idx, None]
                 pg, qg = p[idx] / cg, q[idx] * cg
             self.time_quantization += time.perf_counter() - t0
-            pq = self.quant(pg, "col", generator)
-            qq = self.quant(qg, "col")
-            acc = torch.zeros_like(out, dtype=torch.int64)
-            for k0 in range(0, pq.q.shape[0], max_k):  # within the kernel's K: exact INT32 per call
-                acc += self.gemm(kind, pq.q[k0:k0 + max_k], qq.q[k0:k0 + max_k], part).long()
-                part = True
+            parts.append((self.quant(pg, "col", generator), self.quant(qg, "col")))
+        widths = (p.shape[1], q.shape[1])
+        if len(parts) > 1 and p.shape[0] <= self.acc.board.max_k and self.one_call(kind, p.shape[0], widths, len(parts)):
+            accs = self._groups_call(kind, parts)
+        else:
+            accs, part = [], False
+            max_k = self.acc.board.max_k
+            for pq, qq in parts:
+                acc = torch.zeros(widths, dtype=torch.int64)
+                for k0 in range(0, pq.q.shape[0], max_k):  # within the kernel's K: exact INT32 per call
+                    acc += self.gemm(kind, pq.q[k0:k0 + max_k], qq.q[k0:k0 + max_k], part).long()
+                    part = True
+                accs.append(acc)
+        out = torch.zeros(widths, dtype=torch.float64)
+        for (pq, qq), acc in zip(parts, accs):
             out += acc.double() * pq.scale.T.double() * qq.scale.double()
         return out.float()
+
+    def one_call(self, kind: LoraGemmKind, tokens: int, widths: tuple[int, int], groups: int) -> bool:
+        """Whether ``groups`` magnitude groups of a token sum (``tokens`` in all; ``widths`` the
+        columns of p and q) run as one call (:meth:`_groups_call`): when the kernel's cycle model
+        gives that call at most the cycles of one call per group plus the saved calls' issue
+        time (the board's ``call_us``). Decided once per shape, with the tokens split evenly
+        (the group sizes change every step; the modelled ratio hardly changes with the split:
+        README "Emulation speed"). The narrow operand grows ``groups`` times wider: on a board
+        whose array that widening no longer fits, one call per group wins."""
+        key = (kind.key, tokens, widths, groups)
+        found = self._one_call.get(key)
+        if found is None:
+            board = self.acc.board
+            pw, qw = widths
+            wide_p = pw > qw  # the narrow operand (the rank side) is laid out block-diagonally
+            shape = (pw if wide_p else pw * groups, tokens, qw * groups if wide_p else qw)
+
+            def cycles(m: int, k: int, n: int) -> int:
+                call = lora_call((m, k, n, kind.trans_a, kind.trans_b, False))
+                return planner.plan(board, call, k_bucket=self.K_BUCKETS).report.cycles
+
+            sizes = [tokens // groups + (i < tokens % groups) for i in range(groups)]
+            apart = sum(cycles(pw, t, qw) for t in sizes if t)
+            issue = (groups - 1) * board.host.call_us * board.clock_mhz
+            found = self._one_call[key] = cycles(*shape) <= apart + issue
+        return found
+
+    def _groups_call(self, kind: LoraGemmKind, parts: list[tuple[Quantized, Quantized]]) -> list[torch.Tensor]:
+        """Every group's INT32 p_g^T . q_g (int64) from ONE accelerator call: the wide operand's
+        groups stacked along the tokens, the narrow one's (r columns: the rank side) placed
+        block-diagonally (group g's tokens in columns g*r..(g+1)*r, zeros elsewhere), so block g
+        of the result sums over group g's tokens only. Exact: the zeros add nothing and K (all
+        tokens) stays within the kernel's limit; the same integers as one call per group."""
+        narrow_p = parts[0][0].q.shape[1] <= parts[0][1].q.shape[1]
+        r = parts[0][0 if narrow_p else 1].q.shape[1]
+        sizes = [pq.q.shape[0] for pq, _ in parts]
+        wide = torch.cat([(qq if narrow_p else pq).q for pq, qq in parts])
+        block = torch.zeros(sum(sizes), r * len(parts), dtype=torch.int8)
+        t0 = 0
+        for g, (pq, qq) in enumerate(parts):
+            block[t0:t0 + sizes[g], g * r:(g + 1) * r] = (pq if narrow_p else qq).q
+            t0 += sizes[g]
+        a, b = (block, wide) if narrow_p else (wide, block)
+        useful = sum(sizes) * r * wide.shape[1]
+        res = self.gemm(kind, a, b, macs=useful).long()
+        return [res[g * r:(g + 1) * r] if narrow_p else res[:, g * r:(g + 1) * r] for g in range(len(parts))]
 
     def state(self) -> dict[str, Any]:
         """The accumulated figures, JSON-able, for a checkpoint (a resumed run continues them)."""
