@@ -2,10 +2,11 @@
 accuracy"): the modelled cycles and DDR traffic of running every weight-gradient GEMM of a step
 (dB = G^T.H and dA = dH^T.X, which sum over tokens) as two calls, one per magnitude group, instead
 of one over all tokens, for an even split of the tokens and for the worst split (one group of a
-single token); and as ONE call for both groups (the rank-side operand block-diagonal, twice as
-wide: ``QtaRuntime._groups_call``), with how many of the GEMMs training runs that way on this
-board (``QtaRuntime.one_call``: where it costs no more than two calls plus one call's issue time). Modelled by the planner's cycle model (the kernel's ``cycles_model``), planned as
-training plans them (per K bucket, ``QtaRuntime.K_BUCKETS``).
+single token); and as ONE call for both groups (the narrower, rank-side operand block-diagonal,
+twice as wide: ``QtaRuntime._groups_call``), with how many of the GEMMs training runs that way on
+this board (``QtaRuntime.one_call``: where it costs no more than two calls plus one call's issue
+time). Modelled by the planner's cycle model (the kernel's ``cycles_model``), planned as training
+plans them (per K bucket, ``QtaRuntime.K_BUCKETS``).
 
 ``.venv/bin/python scripts/wgrad_group_cost.py [--model sd15] [--rank 4] [--board zcu104]``
 """

@@ -245,16 +245,18 @@ def test_token_sum_groups_in_one_call_or_apart_give_the_same_bits(board, rank, c
 def test_one_call_follows_the_kernels_cycle_counter():
     """The decision (made on the planner's model of densely stored operands) agrees with the
     emulated kernel's own modelled cycle counter on the calls it compares, on both sides of the
-    choice, and counts the issue time of the call it saves (the board's call_us)."""
+    choice; it charges the issue time of the ONE call saved (the board's call_us): a call time
+    just below the cycle difference keeps two calls, just above it takes one; and it is made per
+    board (a board with other host facts is decided anew)."""
     import dataclasses
 
     import numpy as np
 
     cases = [("zcu104", 320, 4, True), ("pynq_z2", 320, 16, False)]
+    kind = LORA_GEMMS[4]  # dA = dH^T.X: p = dH (tokens x rank), q = X (tokens x wide)
     for board, wide, rank, expect in cases:
         acc = Accelerator(board, "fast")
         rt = QtaRuntime(acc)
-        kind = LORA_GEMMS[4]  # dA = dH^T.X: p = dH (tokens x rank), q = X (tokens x wide)
         assert rt.one_call(kind, 2048, (rank, wide), 2) is expect
         rng = np.random.default_rng(0)
         x = torch.from_numpy(rng.integers(-128, 128, (2048, wide), dtype=np.int8))
@@ -264,7 +266,43 @@ def test_one_call_follows_the_kernels_cycle_counter():
         one = acc.gemm(dh, x, trans_a=True, k_bucket=4).cycles
         issue = acc.board.host.call_us * acc.board.clock_mhz
         assert (one <= apart + issue) is expect
-    slow = dataclasses.replace(acc.board, host=dataclasses.replace(acc.board.host, call_us=1e4))
-    rt.acc.board = slow  # 10 ms to issue a call: one call wins on PYNQ-Z2 too
-    rt._one_call.clear()
-    assert rt.one_call(kind, 2048, (16, 320), 2) is True
+    board = acc.board  # PYNQ-Z2, rank 16: one call costs more cycles than two
+    assert one > apart
+    for factor, expect in ((0.75, False), (1.25, True)):
+        call_us = factor * (one - apart) / board.clock_mhz
+        rt.acc.board = dataclasses.replace(board, host=dataclasses.replace(board.host, call_us=call_us))
+        assert rt.one_call(kind, 2048, (16, 320), 2) is expect, factor
+
+
+def test_token_sum_beyond_the_limits_runs_in_pieces_as_before():
+    """Under limits the single call would exceed (the doubled rank side wider than max_n, or
+    more tokens than max_k), the token sum takes one call per group, cut into pieces by the
+    accelerator or by K, and still equals the sum written out per group; nothing raises."""
+    from dataclasses import replace
+
+    for board_limits, narrow_p in (({"max_m": 5, "max_n": 4, "max_k": 7}, False),
+                                   ({"max_m": 4, "max_n": 5, "max_k": 7}, True),
+                                   ({"max_k": 64}, True)):
+        p, q = _two_groups(130, 5, 3, narrow_p, seed=11)
+        rt = QtaRuntime(Accelerator("zcu104", "fast"), seed=3)
+        rt.acc.board = replace(rt.acc.board, **board_limits)
+        got = rt.token_sum(LORA_GEMMS[4 if narrow_p else 3], p, q, torch.Generator().manual_seed(5))
+        want, groups = _groups_reference(rt, p, q, 5)
+        assert groups == 2 and torch.equal(got, want)
+        st = rt.stats[LORA_GEMMS[4 if narrow_p else 3].key]
+        assert st.gemms == 1 and st.calls > 2
+
+
+def test_token_sum_with_equal_widths_or_no_groups():
+    """Equal widths (p's side is laid out block-diagonally) and one group over all tokens
+    (wgrad_groups False: no balancing, one call) both equal the product written out."""
+    p, q = _two_groups(500, 8, 8, True, seed=2)
+    rt = QtaRuntime(Accelerator("zcu104", "fast"), seed=3)
+    got = rt.token_sum(LORA_GEMMS[4], p, q, torch.Generator().manual_seed(5))
+    want, _ = _groups_reference(rt, p, q, 5)
+    assert torch.equal(got, want) and rt.stats[LORA_GEMMS[4].key].calls == 1
+    flat = QtaRuntime(Accelerator("zcu104", "fast"), seed=3, wgrad_groups=False)
+    got = flat.token_sum(LORA_GEMMS[4], p, q, torch.Generator().manual_seed(5))
+    pq, qq = quantize(p, "col", torch.Generator().manual_seed(5)), quantize(q, "col")
+    want = ((pq.q.long().T @ qq.q.long()).double() * pq.scale.T.double() * qq.scale.double()).float()
+    assert torch.equal(got, want) and flat.stats[LORA_GEMMS[4].key].calls == 1

@@ -304,3 +304,33 @@ def test_fused_dequantization_equals_the_two_products_and_the_channel_amax(monke
         assert quant_native.dequantize_rows_cols(*args) is None
     monkeypatch.setenv(quant_native.ENGINE_ENV, "torch")
     assert quant_native.dequantize_rows_cols(q, rows, cols) is None
+
+
+@pytest.mark.parametrize("engine", ["native", "torch"])
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+@pytest.mark.parametrize("dims,permuted", [((0,), False), ((1,), False), ((0,), True)], ids=["col", "row", "perm"])
+def test_out_receives_the_same_values_in_rows_of_a_larger_buffer(monkeypatch, engine, stochastic, dims, permuted):
+    """``out=`` (the LoRA weight gradients quantize each token group into the rows of one operand):
+    the values land in the given rows of a larger buffer, the rows around them untouched, the
+    returned tensor IS that slice, and values and scales equal a plain call, with either engine
+    and for a permuted input (written through a copy)."""
+    from lora_qta.errors import InputShapeError
+
+    if engine == "torch":
+        monkeypatch.setenv(quant_native.ENGINE_ENV, "torch")
+    else:
+        monkeypatch.delenv(quant_native.ENGINE_ENV, raising=False)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(24, 37, generator=g) * torch.logspace(-3, 3, 37)
+    if permuted:
+        x = torch.randn(37, 24, generator=g).T
+    gens = [torch.Generator().manual_seed(SEED) if stochastic else None for _ in range(2)]
+    buf = torch.full((40, 37), 99, dtype=torch.int8)
+    q, s = quantize_along(x, dims, gens[0], out=buf[10:34])
+    rq, rs = quantize_along(x, dims, gens[1])
+    assert q.data_ptr() == buf[10:34].data_ptr() and torch.equal(q, rq) and torch.equal(s, rs)
+    assert torch.equal(buf[:10], torch.full((10, 37), 99, dtype=torch.int8)) and bool((buf[34:] == 99).all())
+    for bad in (torch.zeros(24, 37, dtype=torch.int16), torch.zeros(24, 36, dtype=torch.int8),
+                torch.zeros(37, 24, dtype=torch.int8).T):
+        with pytest.raises(InputShapeError, match="out must be"):
+            quantize_along(x, dims, out=bad)

@@ -23,8 +23,8 @@ Two exact rescalings bound the INT8 error (:mod:`.quant`; README "Quantization")
   operands (a power of two per token) and split the tokens into two magnitude groups, each
   quantized with its own per-channel scales, the INT32 results rescaled and added in fp32 on
   the host (``QtaRuntime.wgrad_groups``; False gives one per-channel scale over all tokens).
-  Both groups run as one accelerator call, the rank-side operand block-diagonal, where the
-  cycle model says that costs no more than a call per group (``QtaRuntime.one_call``). Calls
+  Both groups run as one accelerator call, the narrower operand (the rank side) block-diagonal,
+  where the cycle model says that costs no more than a call per group (``QtaRuntime.one_call``). Calls
   longer than the kernel's K limit are cut and summed exactly in int64.
 
 :class:`QtaLoraLinear` subclasses peft's ``lora.Linear`` (same parameters and state-dict
@@ -42,6 +42,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from peft import LoraConfig
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
@@ -118,11 +119,12 @@ class QtaRuntime:
         g.manual_seed(zlib.crc32(key.encode()))
         return g
 
-    def quant(self, x: torch.Tensor, axis: str, generator: torch.Generator | None = None) -> Quantized:
+    def quant(self, x: torch.Tensor, axis: str, generator: torch.Generator | None = None,
+              out: torch.Tensor | None = None) -> Quantized:
         t0 = time.perf_counter()
-        out = quantize(x, axis, generator)
+        done = quantize(x, axis, generator, out=out)
         self.time_quantization += time.perf_counter() - t0
-        return out
+        return done
 
     def gemm(self, kind: LoraGemmKind, a: torch.Tensor, b: torch.Tensor, part: bool = False,
              macs: int | None = None) -> torch.Tensor:
@@ -164,7 +166,9 @@ class QtaRuntime:
         per-channel scales per group, the groups' INT32 results rescaled and added in fp32
         (float64 here); otherwise one per-channel scale over all tokens. The groups run as one
         accelerator call (:meth:`_groups_call`) where the cycle model says it costs no more
-        than one call per group (:meth:`one_call`), else one call per group.
+        than one call per group (:meth:`one_call`), else one call per group. Either way the
+        groups are quantized in the same order (the same stochastic-rounding stream) to the
+        same INT8 values and scales: the same result, bit for bit.
         """
         t0 = time.perf_counter()
         if self.wgrad_groups:  # balanced as each group's rows are gathered: (p / c)[idx] = p[idx] / c[idx]
@@ -172,8 +176,13 @@ class QtaRuntime:
             groups = magnitude_groups(key, self.GROUP_RATIO)
         else:
             groups = [None]
+        tokens, widths = p.shape[0], (p.shape[1], q.shape[1])
+        one = len(groups) > 1 and self.one_call(kind, tokens, widths, len(groups))
+        narrow_p = widths[0] <= widths[1]  # the operand a single call lays out block-diagonally
+        # one call: the wider operand's groups quantized straight into the rows of one buffer
+        wide = torch.from_numpy(np.empty((tokens, widths[1 if narrow_p else 0]), dtype=np.int8)) if one else None
         self.time_quantization += time.perf_counter() - t0
-        parts = []  # quantized in group order: the same stochastic-rounding stream whatever the calls
+        parts, row = [], 0  # quantized in group order: the same stochastic-rounding stream whatever the calls
         for idx in groups:
             t0 = time.perf_counter()
             if idx is None:
@@ -182,10 +191,12 @@ class QtaRuntime:
                 cg = c[idx, None]
                 pg, qg = p[idx] / cg, q[idx] * cg
             self.time_quantization += time.perf_counter() - t0
-            parts.append((self.quant(pg, "col", generator), self.quant(qg, "col")))
-        widths = (p.shape[1], q.shape[1])
-        if len(parts) > 1 and p.shape[0] <= self.acc.board.max_k and self.one_call(kind, p.shape[0], widths, len(parts)):
-            accs = self._groups_call(kind, parts)
+            into = wide[row:row + pg.shape[0]] if one else None
+            parts.append((self.quant(pg, "col", generator, out=None if narrow_p else into),
+                          self.quant(qg, "col", out=into if narrow_p else None)))
+            row += pg.shape[0]
+        if one:
+            accs = self._groups_call(kind, parts, wide, narrow_p)
         else:
             accs, part = [], False
             max_k = self.acc.board.max_k
@@ -204,17 +215,22 @@ class QtaRuntime:
         """Whether ``groups`` magnitude groups of a token sum (``tokens`` in all; ``widths`` the
         columns of p and q) run as one call (:meth:`_groups_call`): when the kernel's cycle model
         gives that call at most the cycles of one call per group plus the saved calls' issue
-        time (the board's ``call_us``). Decided once per shape, with the tokens split evenly
-        (the group sizes change every step; the modelled ratio hardly changes with the split:
-        README "Emulation speed"). The narrow operand grows ``groups`` times wider: on a board
-        whose array that widening no longer fits, one call per group wins."""
-        key = (kind.key, tokens, widths, groups)
+        time (the board's ``call_us``), and every call compared lies within the board's limits
+        (otherwise the per-group path, which cuts such GEMMs into pieces). Decided once per
+        board and shape, with the tokens split evenly (the group sizes change every step; the
+        modelled choice hardly changes with the split: README "Quantization accuracy"). The
+        narrower operand (the rank side of a layer wider than its rank) grows ``groups`` times
+        wider: on a board whose array that widening no longer fits, one call per group wins."""
+        board = self.acc.board
+        key = (board, kind.key, tokens, widths, groups)
         found = self._one_call.get(key)
         if found is None:
-            board = self.acc.board
             pw, qw = widths
-            wide_p = pw > qw  # the narrow operand (the rank side) is laid out block-diagonally
-            shape = (pw if wide_p else pw * groups, tokens, qw * groups if wide_p else qw)
+            narrow_p = pw <= qw  # as token_sum lays it out
+            m, n = (pw * groups, qw) if narrow_p else (pw, qw * groups)
+            if tokens > board.max_k or max(m, pw) > board.max_m or max(n, qw) > board.max_n:
+                found = self._one_call[key] = False
+                return found
 
             def cycles(m: int, k: int, n: int) -> int:
                 call = lora_call((m, k, n, kind.trans_a, kind.trans_b, False))
@@ -223,27 +239,28 @@ class QtaRuntime:
             sizes = [tokens // groups + (i < tokens % groups) for i in range(groups)]
             apart = sum(cycles(pw, t, qw) for t in sizes if t)
             issue = (groups - 1) * board.host.call_us * board.clock_mhz
-            found = self._one_call[key] = cycles(*shape) <= apart + issue
+            found = self._one_call[key] = cycles(m, tokens, n) <= apart + issue
         return found
 
-    def _groups_call(self, kind: LoraGemmKind, parts: list[tuple[Quantized, Quantized]]) -> list[torch.Tensor]:
-        """Every group's INT32 p_g^T . q_g (int64) from ONE accelerator call: the wide operand's
-        groups stacked along the tokens, the narrow one's (r columns: the rank side) placed
-        block-diagonally (group g's tokens in columns g*r..(g+1)*r, zeros elsewhere), so block g
-        of the result sums over group g's tokens only. Exact: the zeros add nothing and K (all
-        tokens) stays within the kernel's limit; the same integers as one call per group."""
-        narrow_p = parts[0][0].q.shape[1] <= parts[0][1].q.shape[1]
+    def _groups_call(self, kind: LoraGemmKind, parts: list[tuple[Quantized, Quantized]], wide: torch.Tensor,
+                     narrow_p: bool) -> list[torch.Tensor]:
+        """Every group's INT32 p_g^T . q_g (int64) from ONE accelerator call: ``wide``, the wider
+        operand's groups stacked along the tokens (quantized into it by :meth:`token_sum`), and
+        the narrower one's r columns (p's when ``narrow_p``) placed block-diagonally, group g's
+        tokens in columns g*r..(g+1)*r and zeros elsewhere, so block g of the result sums over
+        group g's tokens only. Exact: the zeros add nothing and K (all tokens) stays within the
+        kernel's limit; the same integers as one call per group."""
+        t0 = time.perf_counter()
         r = parts[0][0 if narrow_p else 1].q.shape[1]
-        sizes = [pq.q.shape[0] for pq, _ in parts]
-        wide = torch.cat([(qq if narrow_p else pq).q for pq, qq in parts])
-        block = torch.zeros(sum(sizes), r * len(parts), dtype=torch.int8)
-        t0 = 0
+        block = torch.zeros(wide.shape[0], r * len(parts), dtype=torch.int8)
+        row = 0
         for g, (pq, qq) in enumerate(parts):
-            block[t0:t0 + sizes[g], g * r:(g + 1) * r] = (pq if narrow_p else qq).q
-            t0 += sizes[g]
+            narrow = (pq if narrow_p else qq).q
+            block[row:row + narrow.shape[0], g * r:(g + 1) * r] = narrow
+            row += narrow.shape[0]
+        self.time_quantization += time.perf_counter() - t0  # operand preparation on the host
         a, b = (block, wide) if narrow_p else (wide, block)
-        useful = sum(sizes) * r * wide.shape[1]
-        res = self.gemm(kind, a, b, macs=useful).long()
+        res = self.gemm(kind, a, b, macs=wide.shape[0] * r * wide.shape[1]).long()
         return [res[g * r:(g + 1) * r] if narrow_p else res[:, g * r:(g + 1) * r] for g in range(len(parts))]
 
     def state(self) -> dict[str, Any]:

@@ -51,7 +51,7 @@ AXES = {"tensor": None, "row": (1,), "col": (0,)}
 
 
 def quantize_along(x: torch.Tensor, dims: tuple[int, ...] | None, generator: torch.Generator | None = None,
-                   where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+                   where: str = "", out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(INT8 tensor, scales) of ``x`` (any rank and layout) with absmax scales over ``dims`` (one
     per remaining index, kept as size-1 dimensions; None: one 0-d scale for the whole tensor):
     ``q = clamp(round(x / s), -127, 127)``, ``s = max(max|x|, eps) / 127``, rounding half to
@@ -66,11 +66,15 @@ def quantize_along(x: torch.Tensor, dims: tuple[int, ...] | None, generator: tor
     runs as a contiguous vectorized loop even for a permuted ``x`` (an NHWC view of an NCHW map),
     which is transposed once, at the end, as INT8 (one byte per element). Raises
     :class:`~lora_qta.errors.DivergedError` on NaN or Inf (a diverged step; ``where`` names the
-    quantizer)."""
+    quantizer). ``out``: a C-contiguous INT8 tensor of ``x``'s shape (e.g. rows of a larger
+    operand) that receives ``q`` and is returned as it."""
+    if out is not None and (out.dtype != torch.int8 or tuple(out.shape) != tuple(x.shape) or not out.is_contiguous()):
+        raise InputShapeError(f"out must be a C-contiguous int8 tensor of shape {tuple(x.shape)}, got "
+                              f"{out.dtype} {tuple(out.shape)}{'' if out.is_contiguous() else ' (not contiguous)'}")
     xf = x.detach().float()
-    out = quant_native.quantize(xf, dims, generator, where, EPS, QMAX)
-    if out is not None:
-        return out
+    done = quant_native.quantize(xf, dims, generator, where, EPS, QMAX, out)
+    if done is not None:
+        return done
     y = torch.empty_like(xf)  # the layout of x (a dense permuted view keeps its strides)
     if not xf.numel():
         amax = xf.new_zeros([1] * xf.ndim if dims is not None else [])
@@ -89,6 +93,8 @@ def quantize_along(x: torch.Tensor, dims: tuple[int, ...] | None, generator: tor
         y.round_()
     else:  # floor(x / s + u) reaches 128 when x / s is a hair above 127: clamped
         y.add_(torch.rand(y.shape, generator=generator, dtype=y.dtype)).floor_().clamp_(-QMAX, QMAX)
+    if out is not None:
+        return out.copy_(y), scale
     return y.to(torch.int8).contiguous(), scale
 
 
@@ -119,9 +125,11 @@ def dequantize(acc: torch.Tensor, *scales: torch.Tensor | float) -> torch.Tensor
     return y
 
 
-def quantize(x: torch.Tensor, axis: str = "tensor", generator: torch.Generator | None = None) -> Quantized:
+def quantize(x: torch.Tensor, axis: str = "tensor", generator: torch.Generator | None = None,
+             out: torch.Tensor | None = None) -> Quantized:
     """Quantize a 2-D float tensor to INT8 (:func:`quantize_along` with the scale of ``axis``:
-    ``tensor``, ``row`` or ``col``); stochastic rounding when ``generator`` is given.
+    ``tensor``, ``row`` or ``col``); stochastic rounding when ``generator`` is given; ``out``
+    receives the INT8 values (:func:`quantize_along`).
 
     Raises :class:`~lora_qta.errors.DivergedError` (a ``FloatingPointError``) on NaN or Inf
     input (a diverged training step).
@@ -131,7 +139,7 @@ def quantize(x: torch.Tensor, axis: str = "tensor", generator: torch.Generator |
                               "(rows, columns) first")
     if axis not in AXES:
         raise OptionError(f"unknown quantization axis {axis!r}: use tensor, row or col")
-    return Quantized(*quantize_along(x, AXES[axis], generator))
+    return Quantized(*quantize_along(x, AXES[axis], generator, out=out))
 
 
 def pow2(x: torch.Tensor) -> torch.Tensor:

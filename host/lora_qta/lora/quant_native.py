@@ -155,18 +155,20 @@ def diverged(where: str) -> DivergedError:
 
 
 def quantize(xf: torch.Tensor, dims: tuple[int, ...] | None, generator: torch.Generator | None, where: str,
-             eps: float, qmax: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+             eps: float, qmax: int, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(C-contiguous INT8 tensor, float32 scales) of ``xf`` with absmax scales over ``dims``, or
     None when the C code does not take it (:func:`plan`). Raises :func:`diverged` if ``xf``
     holds a NaN or an Inf (before ``generator`` is drawn from). Stochastic rounding adds
-    ``torch.rand(xf.shape, generator=generator)``, as the torch code does."""
+    ``torch.rand(xf.shape, generator=generator)``, as the torch code does. ``out`` (a
+    C-contiguous INT8 tensor of ``xf``'s shape, checked by the caller) receives the INT8 values,
+    written in place where ``xf`` is C-contiguous, and is returned."""
     sp = plan(xf, dims)
     if sp is None:
         return None
     lib = NATIVE.lib
     xp = xf if sp.order is None else xf.permute(sp.order)
     # numpy allocates faster than torch.empty (~1 us each); the tensors own the arrays
-    q = torch.from_numpy(np.empty(xp.shape, dtype=np.int8))
+    q = out if out is not None and sp.order is None else torch.from_numpy(np.empty(xp.shape, dtype=np.int8))
     scale = torch.from_numpy(np.empty(sp.scale_shape, dtype=np.float32))
     args = (xp.data_ptr(), sp.b, sp.r, sp.c, sp.per_col)
     if generator is None:
@@ -182,13 +184,16 @@ def quantize(xf: torch.Tensor, dims: tuple[int, ...] | None, generator: torch.Ge
     if sp.order is not None:
         back = sorted(range(len(sp.order)), key=sp.order.__getitem__)
         if sp.transpose is not None:
-            out = torch.from_numpy(np.empty(xf.shape, dtype=np.int8))
-            lib.qta_transpose_i8(q.data_ptr(), *sp.transpose, out.data_ptr())
-            q = out
+            view_order = torch.from_numpy(np.empty(xf.shape, dtype=np.int8))
+            lib.qta_transpose_i8(q.data_ptr(), *sp.transpose, view_order.data_ptr())
+            q = view_order
         else:
             q = q.permute(back).contiguous()
         if sp.scale_shape:
             scale = scale.permute(back)
+    if out is not None and q is not out:
+        out.copy_(q)
+        q = out
     return q, scale
 
 
