@@ -24,8 +24,8 @@ Two exact rescalings bound the INT8 error (:mod:`.quant`; README "Quantization")
   quantized with its own per-channel scales, the INT32 results rescaled and added in fp32 on
   the host (``QtaRuntime.wgrad_groups``; False gives one per-channel scale over all tokens).
   Both groups run as one accelerator call, the narrower operand (the rank side) block-diagonal,
-  where the cycle model says that costs no more than a call per group (``QtaRuntime.one_call``). Calls
-  longer than the kernel's K limit are cut and summed exactly in int64.
+  where the cycle model says that costs no more than a call per group (``QtaRuntime.one_call``).
+  Calls longer than the kernel's K limit are cut and summed exactly in int64.
 
 :class:`QtaLoraLinear` subclasses peft's ``lora.Linear`` (same parameters and state-dict
 keys, so the adapter saves in the standard diffusers format) and is registered for
@@ -96,7 +96,7 @@ class QtaRuntime:
         self.stream = stream
         self.step = 0
         self.stats: dict[str, GemmStats] = {kind.key: GemmStats() for kind in LORA_GEMMS}
-        self._one_call: dict[tuple, bool] = {}  # token sums' decisions by shape (one_call)
+        self._one_call: dict[tuple, bool] = {}  # token sums' decisions by board and shape (one_call)
         self.time_accelerator = 0.0
         self.time_quantization = 0.0
         self.offload: Any = None
