@@ -18,7 +18,7 @@ import argparse
 from lora_qta.analysis.shapes import lora_gemms, lora_layers
 from lora_qta.hw.config import config
 from lora_qta.lora.gemms import lora_call
-from lora_qta.lora.layer import DA_DHTX, DB_GTH, QtaRuntime
+from lora_qta.lora.layer import DA_DHTX, DB_GTH, QtaRuntime, groups_call_shape
 from lora_qta.runtime.accelerator import Accelerator
 from lora_qta.runtime.planner import plan
 
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         if g.kind not in WGRAD:
             continue
         calls += 1
-        wide = (g.m * 2, g.n) if g.m <= g.n else (g.m, g.n * 2)  # the narrow (rank) side doubled
-        c1, b1 = cost(board, wide[0], g.k, wide[1], g.trans_a, g.trans_b)
+        _, m, n = groups_call_shape((g.m, g.n), 2)  # the narrower (rank) side doubled
+        c1, b1 = cost(board, m, g.k, n, g.trans_a, g.trans_b)
         block[0] += c1
         block[1] += b1
         pick = runtime.one_call(g.kind, g.k, (g.m, g.n), 2)

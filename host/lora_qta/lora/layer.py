@@ -56,6 +56,15 @@ from .quant import Quantized, balance_factors, dequantize, magnitude_groups, qua
 H_XAT, Y_HBT, DH_GB, DB_GTH, DA_DHTX, DX_DHA = LORA_GEMMS
 
 
+def groups_call_shape(widths: tuple[int, int], groups: int) -> tuple[bool, int, int]:
+    """How one call runs ``groups`` magnitude groups of a token sum p^T . q (``widths``: the
+    columns of p and q; :meth:`QtaRuntime._groups_call`): (whether p is the narrower operand,
+    laid out block-diagonally, ``groups`` times as wide; the call's M; its N)."""
+    pw, qw = widths
+    narrow_p = pw <= qw
+    return (narrow_p, pw * groups, qw) if narrow_p else (narrow_p, pw, qw * groups)
+
+
 @dataclass
 class GemmStats:
     """Accumulated accelerator figures of one GEMM kind."""
@@ -178,7 +187,7 @@ class QtaRuntime:
             groups = [None]
         tokens, widths = p.shape[0], (p.shape[1], q.shape[1])
         one = len(groups) > 1 and self.one_call(kind, tokens, widths, len(groups))
-        narrow_p = widths[0] <= widths[1]  # the operand a single call lays out block-diagonally
+        narrow_p = groups_call_shape(widths, len(groups))[0]  # the operand one call lays out block-diagonally
         # one call: the wider operand's groups quantized straight into the rows of one buffer
         wide = torch.from_numpy(np.empty((tokens, widths[1 if narrow_p else 0]), dtype=np.int8)) if one else None
         self.time_quantization += time.perf_counter() - t0
@@ -226,8 +235,7 @@ class QtaRuntime:
         found = self._one_call.get(key)
         if found is None:
             pw, qw = widths
-            narrow_p = pw <= qw  # as token_sum lays it out
-            m, n = (pw * groups, qw) if narrow_p else (pw, qw * groups)
+            _, m, n = groups_call_shape(widths, groups)
             if tokens > board.max_k or max(m, pw) > board.max_m or max(n, qw) > board.max_n:
                 found = self._one_call[key] = False
                 return found
