@@ -77,6 +77,7 @@ sys.exit(code)
     (["gemm", "300", "320", "8", "--trans-b"], "bit-exact with numpy"),        # fast engine, float64 path
     (["gemm", "64", "96", "40", "--backend", "csim", "--out", "int8"], "bit-exact with numpy"),
     (["demo", "--tokens", "32", "--features", "24", "--rank", "4"], "all outputs bit-exact"),
+    (["calltime", "--calls", "3", "--warmup", "1", "--backend", "csim"], "whole call path (Accelerator.gemm)"),
 ])
 def test_hardware_commands_run_without_torch(args, expect):
     p = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, timeout=600)

@@ -7,7 +7,7 @@ import pytest
 
 from lora_qta.cli import build_parser
 
-COMMANDS = ["info", "gemm", "demo", "csim", "config", "run", "finetune", "evaluate", "bench", "energy",
+COMMANDS = ["info", "gemm", "demo", "calltime", "csim", "config", "run", "finetune", "evaluate", "bench", "energy",
             "power", "speed", "throughput", "rtl"]
 
 

@@ -1,6 +1,6 @@
 """The ``lora-qta`` command line: parsing and dispatch only.
 
-One module per command group: :mod:`.hardware` (info, gemm, demo, csim, config; none needs
+One module per command group: :mod:`.hardware` (info, gemm, demo, calltime, csim, config; none needs
 PyTorch), :mod:`.training` (finetune, run, evaluate), :mod:`.analysis` (bench, energy, power,
 speed, throughput) and :mod:`.rtl` (rtl sim, synth, sweep: the RTL PE array with open tools); :mod:`.common` holds the shared ``--board`` / ``--backend`` options.
 ``lora-qta <command> --help`` explains each option. Every :class:`~lora_qta.errors.QtaError`

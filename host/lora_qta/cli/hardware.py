@@ -1,4 +1,4 @@
-"""Hardware-side commands: ``info``, ``gemm``, ``demo``, ``csim``, ``config``. None of them needs
+"""Hardware-side commands: ``info``, ``gemm``, ``demo``, ``calltime``, ``csim``, ``config``. None of them needs
 PyTorch: this module and what its commands import stay clear of the training stack."""
 
 from __future__ import annotations
@@ -8,9 +8,12 @@ import json
 import sys
 import time
 
+from pathlib import Path
+
+from ..analysis.calltime import SHAPE
 from ..hw import generate
 from ..hw.config import DEFAULT_BOARD, config
-from .common import add_board, add_target, table
+from .common import add_board, add_target, comma_list, table
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -92,6 +95,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_calltime(args: argparse.Namespace) -> int:
+    from ..analysis import calltime
+    from ..runtime.accelerator import Accelerator
+
+    acc = Accelerator(args.board, args.backend)
+    r = calltime.measure(acc, args.calls, args.warmup, tuple(args.shape))
+    print(calltime.summary(r), end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(r, indent=2))
+    return 0
+
+
 def cmd_csim(args: argparse.Namespace) -> int:
     from ..runtime import csim
 
@@ -140,6 +156,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="seed of the random operands")
     add_target(s)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("calltime", help="host time per accelerator call (driver alone and the whole call path), "
+                                        "measured on the board or the emulation: the step model's call_us")
+    s.add_argument("--calls", type=int, default=200, help="timed calls per loop (the median is reported)")
+    s.add_argument("--warmup", type=int, default=20, help="untimed calls per loop first")
+    s.add_argument("--shape", type=comma_list(int), default=list(SHAPE),
+                   help="M,K,N of the GEMM (INT32 output), within the board's limits (default "
+                        f"{','.join(map(str, SHAPE))}: one tile, so the kernel's own part is small)")
+    s.add_argument("--out", type=Path, default=None, help="also write the figures as JSON to this file")
+    add_target(s)
+    s.set_defaults(func=cmd_calltime)
 
     s = sub.add_parser("csim", help="build and run the kernel's C++ testbench with g++")
     add_board(s, DEFAULT_BOARD)
