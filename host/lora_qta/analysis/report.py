@@ -600,6 +600,40 @@ def speed_summary(r: dict) -> str:
     ]) + "\n"
 
 
+def calltime_summary(r: dict) -> str:
+    """The host time per accelerator call (:func:`~.calltime.measure`) as text, with what to do
+    with it."""
+    from .calltime import KERNEL_SHARE
+
+    m, k, n = r["shape"]
+    lines = [f"Host time per accelerator call, {m}x{k}x{n} GEMM on {r['board']} [{r['backend']}], measured "
+             f"{r['measured']}; {r['calls']} calls per loop after {r['warmup']} of warm-up",
+             f"kernel time: {r['kernel_time']}", "",
+             f"  {'loop (median per call, us)':40s} {'wall':>10s} {'kernel':>10s} {'host':>10s}   host 10-90%"]
+    labels = {"driver": "driver (flush, run_call, invalidate)", "gemm": "whole call path (Accelerator.gemm)"}
+    for name, label in labels.items():
+        x = r[name]
+        lines.append(f"  {label:40s} {x['wall_us']['median']:10.1f} {x['kernel_us']['median']:10.1f} "
+                     f"{x['host_us']['median']:10.1f}   {x['host_us']['p10']:.1f}-{x['host_us']['p90']:.1f}")
+    drv, whole = r["driver"]["host_us"]["median"], r["gemm"]["host_us"]["median"]
+    lines += ["", f"hardware.toml states call_us = {r['stated_call_us']:g} us for {r['board']} (register traffic and "
+              f"cache maintenance bookkeeping: the driver loop); measured here: {drv:.1f} us (driver), {whole:.1f} us "
+              f"(whole call path, {whole / r['stated_call_us']:.1f}x the stated figure; the step model's sensitivity "
+              "rows run x10 and x50)"]
+    if r["backend"] == "board" and any(r[x]["kernel_us"]["median"] > KERNEL_SHARE * r[x]["wall_us"]["median"]
+                                       for x in labels):
+        lines.append("note: the kernel takes most of each call, so the completion poll's sleeps (10 us doubling to "
+                     "1 ms) add to the host's part; use a smaller --shape")
+    if r["backend"] == "board":
+        lines.append(f"to model this board with it: set call_us = {drv:.0f} under [boards.{r['board']}.host] in "
+                     f"hardware.toml, then rerun `lora-qta bench` (the kernel's time assumes the configured "
+                     f"{r['clock_mhz']} MHz clock)")
+    else:
+        lines.append("these are not board figures: run `lora-qta calltime --backend board` on the board to measure "
+                     "its ARM cores")
+    return "\n".join(lines) + "\n"
+
+
 def throughput_markdown(rows: list[dict], board: str, repeat: int) -> str:
     """The engines' throughput on LoRA GEMMs (:func:`~.speed.throughput`) as a markdown table."""
     L = [f"Emulation throughput, board {board}, best of {repeat} (measured on this machine)", "",

@@ -117,10 +117,9 @@ def median_interval(x: Sequence[float], confidence: float = CONFIDENCE) -> dict[
 
 
 def kernel_seconds(runtime) -> float:
-    """Seconds the emulated kernel of ``runtime``'s accelerator has computed so far (its
-    engine's time, :attr:`~lora_qta.runtime.emulation.EmulatedDevice.kernel_seconds`; 0 on a
-    board, whose kernel runs in the programmable logic)."""
-    return float(getattr(runtime.acc.device, "kernel_seconds", 0.0)) if runtime is not None else 0.0
+    """Seconds the emulated kernel of ``runtime``'s accelerator has computed so far
+    (:attr:`~lora_qta.runtime.accelerator.Accelerator.kernel_seconds`; 0 on a board)."""
+    return runtime.acc.kernel_seconds if runtime is not None else 0.0
 
 
 def _step(variant, cfg: FinetuneConfig, step: int) -> tuple[float, float]:

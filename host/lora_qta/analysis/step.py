@@ -414,8 +414,9 @@ SENSITIVITY = {
 }
 """Changes of the stated ARM assumptions for :func:`sensitivity` (factors; ``None``: see there).
 The driver call time is stated as the register traffic alone (``call_us``); this package's
-Python call path measured 320-380 us per minimal call on the x86 machine it is developed on
-(hardware.toml, the note on call_us), more on an ARM core: hence the x10 and x50 rows."""
+Python call path measured 320-380 us per minimal call on the x86 machine it is developed on,
+emulated kernel included (hardware.toml, the note on call_us; ``lora-qta calltime`` splits it),
+more on an ARM core: hence the x10 and x50 rows."""
 
 
 def sensitivity(board: BoardConfig, tr: inv.StepTrace, rank: int = 4,

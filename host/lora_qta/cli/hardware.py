@@ -7,7 +7,6 @@ import argparse
 import json
 import sys
 import time
-
 from pathlib import Path
 
 from ..analysis.calltime import SHAPE
@@ -96,12 +95,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_calltime(args: argparse.Namespace) -> int:
-    from ..analysis import calltime
+    from ..analysis import calltime, report
     from ..runtime.accelerator import Accelerator
 
     acc = Accelerator(args.board, args.backend)
-    r = calltime.measure(acc, args.calls, args.warmup, tuple(args.shape))
-    print(calltime.summary(r), end="")
+    r = calltime.measure(acc, args.calls, args.warmup, args.shape)
+    print(report.calltime_summary(r), end="")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(r, indent=2))

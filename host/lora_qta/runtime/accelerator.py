@@ -334,6 +334,13 @@ class Accelerator:
     def _offset(self, buf: Any) -> int:
         return int(buf.device_address) - self.memory_base
 
+    @property
+    def kernel_seconds(self) -> float:
+        """Seconds the emulated kernel has computed so far (its engine's time,
+        :attr:`~lora_qta.runtime.emulation.EmulatedDevice.kernel_seconds`); 0 on a board, whose
+        kernel runs in the programmable logic."""
+        return float(getattr(self.device, "kernel_seconds", 0.0))
+
     # -- resident operands -------------------------------------------------------------
     @property
     def resident_bytes(self) -> int:
