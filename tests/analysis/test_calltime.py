@@ -9,15 +9,52 @@ import pytest
 from lora_qta.analysis import calltime
 from lora_qta.analysis.report import calltime_summary
 from lora_qta.cli import main
-from lora_qta.errors import BackendError, OptionError
+from lora_qta.errors import BackendError, DeviceMemoryError, OptionError
 from lora_qta.runtime.accelerator import Accelerator
 from lora_qta.runtime.driver import RunInfo
 
 
 def test_percentiles_of_known_values():
-    assert calltime.percentiles(range(101)) == {"median": 50.0, "p10": 10.0, "p90": 90.0}
+    assert calltime.percentiles(range(101)) == {"median": 50.0, "p10": 10.0, "p90": 90.0, "n": 101}
     assert calltime.percentiles([4.0, 1.0, 2.0, 3.0]) == {"median": 2.5, "p10": pytest.approx(1.3),
-                                                         "p90": pytest.approx(3.7)}
+                                                         "p90": pytest.approx(3.7), "n": 4}
+
+
+class _Clock:
+    """A perf_counter that advances 10 us per reading: every timed call lasts exactly 10 us."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def perf_counter(self) -> float:
+        self.t += 1e-5
+        return self.t
+
+
+def test_every_timed_call_is_one_sample_and_buffers_are_freed(monkeypatch):
+    import pynq
+
+    acc = Accelerator("zcu104", "fast")
+    monkeypatch.setattr(calltime, "time", _Clock())
+    made, allocate = [], pynq.allocate
+
+    def keep(*args, **kw):  # the test holds every buffer calltime allocates: only freebuffer frees them
+        buf = allocate(*args, **kw)
+        made.append(buf)
+        return buf
+
+    monkeypatch.setattr(pynq, "allocate", keep)
+    flushes, flush = [], acc.device.flush
+    monkeypatch.setattr(acc.device, "flush", lambda *a: (flushes.append(1), flush(*a))[1])
+    r = calltime.measure(acc, calls=5, warmup=3, shape=(5, 7, 3))  # 4 x 3 INT32 bytes: not a whole beat
+    for loop in ("driver", "gemm"):
+        assert r[loop]["wall_us"] == {"median": pytest.approx(10.0), "p10": pytest.approx(10.0),
+                                      "p90": pytest.approx(10.0), "n": 5}
+    # two operand flushes per driver call (warm-up and timed), besides placing them and the gemm loop's uploads
+    assert len(flushes) == 2 + 2 * (5 + 3) + 2 * (5 + 3)
+    # calltime's output buffer (the only 2-D one; the accelerator's own per-role buffers are bytes) is freed
+    out = [b for b in made if b.ndim == 2]
+    assert len(out) == 1 and int(out[0].device_address) not in acc.device._host
 
 
 def test_emulated_loops_run_the_calls_asked_and_split_wall_time(monkeypatch):
@@ -67,6 +104,7 @@ def test_board_kernel_time_is_the_counter_at_the_clock(monkeypatch):
     acc = Accelerator("kv260", "fast")
     _as_board(acc, monkeypatch, 5000)
     r = calltime.measure(acc, calls=4, warmup=1)
+    assert r["clock_mhz"] == acc.board.clock_mhz
     assert r["kernel_time"].startswith("measured (the kernel's cycle counter")
     kernel_us = 5000 / acc.board.clock_mhz
     for loop in ("driver", "gemm"):
@@ -77,6 +115,25 @@ def test_board_kernel_time_is_the_counter_at_the_clock(monkeypatch):
     text = calltime_summary(r)
     drv = r["driver"]["host_us"]["median"]
     assert f"set call_us = {drv:.0f} under [boards.kv260.host]" in text
+    assert f"configured {acc.board.clock_mhz} MHz clock" in text
+
+
+@pytest.mark.parametrize("done_us, warned", [(4.0, False), (200.0, True)])
+def test_a_late_ap_done_on_a_board_is_warned_of(monkeypatch, done_us, warned):
+    acc = Accelerator("zcu104", "fast")
+    _as_board(acc, monkeypatch, 250)  # 1 us of kernel at 250 MHz
+    kernel_us = 250 / acc.board.clock_mhz
+    run_call = acc.run_call  # the counting one; ap_done seen done_us after the kernel's time
+    monkeypatch.setattr(acc, "run_call", lambda call, offsets: replace(run_call(call, offsets),
+                                                                        wall_s=(kernel_us + done_us) * 1e-6))
+    r = calltime.measure(acc, calls=3, warmup=0)
+    assert r["driver"]["done_us"]["median"] == pytest.approx(done_us)
+    text = calltime_summary(r)
+    assert ("completion poll's sleeps" in text) == warned
+    if warned:
+        assert "ap_done came 200.0 us (median) after the kernel's own time" in text
+    # the emulation never warns of a board's poll
+    assert "completion poll's sleeps" not in calltime_summary({**r, "backend": "fast"})
 
 
 def test_board_without_a_count_uses_the_modelled_cycles_and_says_so(monkeypatch):
@@ -94,6 +151,19 @@ def test_a_wrong_product_is_refused_naming_its_loop(monkeypatch):
     with pytest.raises(BackendError, match="driver loop computed a GEMM that does not equal numpy's product"):
         calltime.measure(acc, calls=2, warmup=0)
     assert acc.resident_bytes == 0  # freed on the error too
+
+    acc = Accelerator("zcu104", "fast")
+    resident = acc.resident
+
+    def second_fails(w, name):
+        if name.endswith("b"):
+            raise DeviceMemoryError("no room for b")
+        return resident(w, name)
+
+    monkeypatch.setattr(acc, "resident", second_fails)
+    with pytest.raises(DeviceMemoryError):
+        calltime.measure(acc, calls=1, warmup=0)
+    assert acc.resident_bytes == 0  # a, placed before b failed, is freed
 
     acc = Accelerator("zcu104", "fast")
     gemm = acc.gemm
@@ -128,4 +198,4 @@ def test_command_prints_and_writes_json(tmp_path, capsys):
     assert "whole call path (Accelerator.gemm)" in text and "hardware.toml states call_us = 80 us for pynq_z2" in text
     data = json.loads(out.read_text())
     assert data["board"] == "pynq_z2" and data["shape"] == [16, 32, 16] and set(data["driver"]) == {
-        "wall_us", "kernel_us", "host_us"}
+        "wall_us", "kernel_us", "host_us", "done_us"}

@@ -19,8 +19,9 @@ Each call's wall time minus the kernel's own time is the host's part. The kernel
 measured cycle count at the board's configured clock on a board. Where the bitstream reports no
 count it is the modelled count, and the result says so. On the emulated device it is the emulated
 engine's time on this machine. The driver's completion poll sleeps between reads (10 us, doubling
-up to 1 ms), so a kernel that outlasts the first read adds the poll's overshoot to the host's
-part: a small GEMM keeps that out. Only a board's figures describe a board: on a PC the loops
+up to 1 ms), so on a board a kernel that outlasts the first read adds the sleep's overshoot to
+the host's part: each loop also reports the time from ap_start to ap_done as the host saw it
+beyond the kernel's (``done_us``), and the summary warns when it is large. Only a board's figures describe a board: on a PC the loops
 measure this machine's Python, not the board's ARM cores.
 """
 
@@ -40,15 +41,17 @@ if TYPE_CHECKING:  # the runtime (pynq) is imported when a loop runs: the comman
 SHAPE = (16, 16, 16)
 """(M, K, N) of the default GEMM: one tile of every board, so the kernel's part is small."""
 
-KERNEL_SHARE = 0.5
-"""Above this median share of the kernel in a call's wall time the summary warns that the poll's
-sleeps inflate the host's part."""
+POLL_US = 5.0
+"""Above this median time from ap_start to ap_done beyond the kernel's (microseconds) the summary
+warns, on a board, that the completion poll's sleeps inflate the host's part."""
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
-    """Median and the 10th and 90th percentiles of ``values`` (linear interpolation)."""
-    p10, median, p90 = np.percentile(np.asarray(values, dtype=np.float64), [10, 50, 90])
-    return {"median": float(median), "p10": float(p10), "p90": float(p90)}
+    """Median and the 10th and 90th percentiles of ``values`` (linear interpolation), and how
+    many values there are (``n``)."""
+    v = np.asarray(values, dtype=np.float64)
+    p10, median, p90 = np.percentile(v, [10, 50, 90])
+    return {"median": float(median), "p10": float(p10), "p90": float(p90), "n": int(v.size)}
 
 
 class _KernelClock:
@@ -85,21 +88,25 @@ class _KernelClock:
         return (measured or modelled) / (self.acc.board.clock_mhz * 1e6)
 
 
-def _timed(fn: Callable[[], tuple[int | None, int]], clock: _KernelClock, calls: int,
+def _timed(fn: Callable[[], tuple[int | None, int, float]], clock: _KernelClock, calls: int,
            warmup: int) -> dict[str, dict[str, float]]:
-    """``warmup`` untimed calls of ``fn``, then ``calls`` timed ones: per-call wall, kernel and
-    host times (percentiles, microseconds)."""
+    """``warmup`` untimed calls of ``fn`` (returning the call's measured and modelled cycles and
+    its ap_start-to-ap_done seconds as the driver saw them), then ``calls`` timed ones: per-call
+    wall, kernel and host times and the start-to-done time beyond the kernel's (percentiles,
+    microseconds)."""
     for _ in range(warmup):
         fn()
-    wall, kernel = [], []
+    wall, kernel, done = [], [], []
     for _ in range(calls):
         clock.mark()
         t0 = time.perf_counter()
-        measured, modelled = fn()
+        measured, modelled, done_s = fn()
         wall.append(time.perf_counter() - t0)
         kernel.append(clock.of_call(measured, modelled))
-    w, k = np.asarray(wall) * 1e6, np.asarray(kernel) * 1e6
-    return {"wall_us": percentiles(w), "kernel_us": percentiles(k), "host_us": percentiles(w - k)}
+        done.append(done_s)
+    w, k, d = (np.asarray(x) * 1e6 for x in (wall, kernel, done))
+    return {"wall_us": percentiles(w), "kernel_us": percentiles(k), "host_us": percentiles(w - k),
+            "done_us": percentiles(d - k)}
 
 
 def _check(name: str, got: np.ndarray, want: np.ndarray) -> None:
@@ -134,7 +141,8 @@ def measure(acc: Accelerator, calls: int = 200, warmup: int = 20,
     clock = _KernelClock(acc)
     ra = rb = cbuf = None
     try:
-        ra, rb = acc.resident(a, "calltime a"), acc.resident(b, "calltime b")
+        ra = acc.resident(a, "calltime a")
+        rb = acc.resident(b, "calltime b")
         abuf, bbuf = ra.buffer(acc), rb.buffer(acc)
         ldc = -(-4 * n // board.axi_bytes) * board.axi_bytes // 4  # INT32 rows padded to the beat
         cbuf = pynq.allocate((m, ldc), dtype=np.int32, target=acc.device)
@@ -142,18 +150,18 @@ def measure(acc: Accelerator, calls: int = 200, warmup: int = 20,
                    (("a", abuf), ("b", bbuf), ("c", cbuf))}
         call = planner.plan(board, GemmCall(m, n, k, ra.ld, rb.ld, ldc, 1, 1, 1)).call
 
-        def driver() -> tuple[int | None, int]:
+        def driver() -> tuple[int | None, int, float]:
             abuf.flush()
             bbuf.flush()
             info = acc.run_call(call, offsets)
             cbuf.invalidate()
-            return (info.cycles_measured if acc.measures_cycles else None), info.cycles_model
+            return (info.cycles_measured if acc.measures_cycles else None), info.cycles_model, info.wall_s
 
         last: list[Any] = [None]
 
-        def gemm() -> tuple[int | None, int]:
+        def gemm() -> tuple[int | None, int, float]:
             r = last[0] = acc.gemm(a, b)
-            return r.cycles_measured, r.cycles_model
+            return r.cycles_measured, r.cycles_model, r.wall_s
 
         figures = {"driver": _timed(driver, clock, calls, warmup)}
         _check("driver", np.asarray(cbuf)[:, :n], want)
@@ -173,4 +181,4 @@ def measure(acc: Accelerator, calls: int = 200, warmup: int = 20,
             "cycles_model": int(planner.plan(board, call).report.cycles), **figures}
 
 
-__all__ = ["KERNEL_SHARE", "SHAPE", "measure", "percentiles"]
+__all__ = ["POLL_US", "SHAPE", "measure", "percentiles"]

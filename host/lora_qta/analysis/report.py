@@ -603,7 +603,7 @@ def speed_summary(r: dict) -> str:
 def calltime_summary(r: dict) -> str:
     """The host time per accelerator call (:func:`~.calltime.measure`) as text, with what to do
     with it."""
-    from .calltime import KERNEL_SHARE
+    from .calltime import POLL_US
 
     m, k, n = r["shape"]
     lines = [f"Host time per accelerator call, {m}x{k}x{n} GEMM on {r['board']} [{r['backend']}], measured "
@@ -620,10 +620,10 @@ def calltime_summary(r: dict) -> str:
               f"cache maintenance bookkeeping: the driver loop); measured here: {drv:.1f} us (driver), {whole:.1f} us "
               f"(whole call path, {whole / r['stated_call_us']:.1f}x the stated figure; the step model's sensitivity "
               "rows run x10 and x50)"]
-    if r["backend"] == "board" and any(r[x]["kernel_us"]["median"] > KERNEL_SHARE * r[x]["wall_us"]["median"]
-                                       for x in labels):
-        lines.append("note: the kernel takes most of each call, so the completion poll's sleeps (10 us doubling to "
-                     "1 ms) add to the host's part; use a smaller --shape")
+    poll = max(r[x]["done_us"]["median"] for x in labels)
+    if r["backend"] == "board" and poll > POLL_US:
+        lines.append(f"note: ap_done came {poll:.1f} us (median) after the kernel's own time: the completion poll's "
+                     "sleeps (10 us doubling to 1 ms) are in the host's part")
     if r["backend"] == "board":
         lines.append(f"to model this board with it: set call_us = {drv:.0f} under [boards.{r['board']}.host] in "
                      f"hardware.toml, then rerun `lora-qta bench` (the kernel's time assumes the configured "

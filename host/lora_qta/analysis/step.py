@@ -413,10 +413,10 @@ SENSITIVITY = {
     "cache maintenance at the stream bandwidth": {"cache_gbps": None},
 }
 """Changes of the stated ARM assumptions for :func:`sensitivity` (factors; ``None``: see there).
-The driver call time is stated as the register traffic alone (``call_us``); this package's
-Python call path measured 320-380 us per minimal call on the x86 machine it is developed on,
-emulated kernel included (hardware.toml, the note on call_us; ``lora-qta calltime`` splits it),
-more on an ARM core: hence the x10 and x50 rows."""
+The driver call time is stated as a call's register traffic and cache maintenance bookkeeping
+(``call_us``); this package's whole Python call path measured 320-380 us per minimal call on the
+x86 machine it is developed on, emulated kernel included (hardware.toml, the note on call_us;
+``lora-qta calltime`` measures the host's part), more on an ARM core: hence the x10 and x50 rows."""
 
 
 def sensitivity(board: BoardConfig, tr: inv.StepTrace, rank: int = 4,
