@@ -146,9 +146,9 @@ def measure(acc: Accelerator, calls: int = 200, warmup: int = 20,
         abuf, bbuf = ra.buffer(acc), rb.buffer(acc)
         ldc = -(-4 * n // board.axi_bytes) * board.axi_bytes // 4  # INT32 rows padded to the beat
         cbuf = pynq.allocate((m, ldc), dtype=np.int32, target=acc.device)
-        offsets = {name: int(buf.device_address) - acc.memory_base for name, buf in
-                   (("a", abuf), ("b", bbuf), ("c", cbuf))}
-        call = planner.plan(board, GemmCall(m, n, k, ra.ld, rb.ld, ldc, 1, 1, 1)).call
+        offsets = {"a": acc.offset(abuf), "b": acc.offset(bbuf), "c": acc.offset(cbuf)}
+        planned = planner.plan(board, GemmCall(m, n, k, ra.ld, rb.ld, ldc, 1, 1, 1))
+        call = planned.call
 
         def driver() -> tuple[int | None, int, float]:
             abuf.flush()
@@ -178,7 +178,7 @@ def measure(acc: Accelerator, calls: int = 200, warmup: int = 20,
     return {"board": board.name, "backend": acc.backend, "measured": where, "shape": [m, k, n], "calls": calls,
             "warmup": warmup, "kernel_time": clock.source(), "stated_call_us": board.host.call_us,
             "clock_mhz": board.clock_mhz, "dataflow": call.dataflow,
-            "cycles_model": int(planner.plan(board, call).report.cycles), **figures}
+            "cycles_model": int(planned.report.cycles), **figures}
 
 
 __all__ = ["POLL_US", "SHAPE", "measure", "percentiles"]

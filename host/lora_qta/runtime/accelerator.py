@@ -331,7 +331,9 @@ class Accelerator:
         buf.flush()
         return buf, ld, stride
 
-    def _offset(self, buf: Any) -> int:
+    def offset(self, buf: Any) -> int:
+        """The byte offset of the device buffer ``buf`` from :attr:`memory_base`: what
+        :meth:`run_call` takes for an operand."""
         return int(buf.device_address) - self.memory_base
 
     @property
@@ -684,10 +686,10 @@ class Accelerator:
                                                                                        c_np.itemsize))
         else:
             cbuf, cview, ldc, stride_c = self._padded("c", batch, m, n, out_dtype)
-        offsets = {"a": self._offset(abuf), "b": self._offset(bbuf), "c": self._offset(cbuf)}
+        offsets = {"a": self.offset(abuf), "b": self.offset(bbuf), "c": self.offset(cbuf)}
         if scales is not None:
             sbuf, _, _ = self._upload("scales", scales)
-            offsets["scales"] = self._offset(sbuf)
+            offsets["scales"] = self.offset(sbuf)
         if conv is not None:
             stride_a = 0
         call = GemmCall(m=m, n=n, k=k, lda=lda, ldb=ldb, ldc=ldc, tile_m=1, tile_n=1, tile_k=1, trans_a=trans_a,
