@@ -20,6 +20,8 @@
 //   model        combines the trip counts the processes report into cycles_model;
 //   counter      counts clock cycles until every writer is done: cycles_measured (0 in
 //                C-simulation, where processes run one after another).
+#include <type_traits>
+
 #include "qta_gemm.h"
 
 #include "qta_blocks.h"
@@ -601,14 +603,24 @@ conv_rows:
     return beats;
 }
 
+// The scale sink of the fetchers that read no scales: an empty object, not a stream, so no FIFO
+// is declared that nothing writes or reads. fetch_port's call of its write lies in a branch
+// whose condition is false at compile time (SCALES); C++14 has no `if constexpr`, so the call
+// must still compile.
+struct NoScales {
+    void write(const Beat &) {}
+};
+
 // Fetch process of bundle gmem<PORT>: per step the scales of a new block (SCALES: port 0), the A
 // and B rows of the step, and for accumulate the old C rows of a finished block (as store words).
 // Reports per step the modelled cycles of its operand bursts; the old C rows are the store's
-// (the store reports them with its writers' bursts, review S2/S12).
-template <int PORT, bool SCALES>
+// (the store reports them with its writers' bursts, review S2/S12). ScaleSink: the scale FIFO,
+// or NoScales for a fetcher that reads none (SCALES, from the type: the two cannot disagree).
+template <int PORT, class ScaleSink>
 void fetch_port(const qta_beat_t *rd, HdrStream &hs, hls::stream<StepF> &ss, hls::stream<Beat> &ops,
-                hls::stream<SWord> &cold, hls::stream<Beat> &scl, hls::stream<uint32_t> &cnt) {
+                hls::stream<SWord> &cold, ScaleSink &scl, hls::stream<uint32_t> &cnt) {
 #pragma HLS INLINE
+    constexpr bool SCALES = !std::is_same<ScaleSink, NoScales>::value;
     const Hdr h = recv_hdr(hs);
 fetch_blocks:
     for (uint32_t blk = 0; blk < h.nblocks; blk++) {
@@ -679,15 +691,15 @@ void fetch(const qta_beat_t *rd, HdrStream &hs, hls::stream<StepF> &ss, hls::str
            hls::stream<SWord> &cold, hls::stream<Beat> &scl, hls::stream<uint32_t> &cnt) {
 #pragma HLS ALLOCATION operation instances=mul limit=1
     static_assert(PORT == 0, "the scales are read on port 0");
-    fetch_port<PORT, true>(rd, hs, ss, ops, cold, scl, cnt);
+    fetch_port<PORT>(rd, hs, ss, ops, cold, scl, cnt);
 }
 template <int PORT>
 void fetch(const qta_beat_t *rd, HdrStream &hs, hls::stream<StepF> &ss, hls::stream<Beat> &ops,
            hls::stream<SWord> &cold, hls::stream<uint32_t> &cnt) {
 #pragma HLS ALLOCATION operation instances=mul limit=1
     static_assert(PORT != 0, "port 0 reads the scales");
-    hls::stream<Beat> none;  // never written (SCALES = false)
-    fetch_port<PORT, false>(rd, hs, ss, ops, cold, none, cnt);
+    NoScales none;
+    fetch_port<PORT>(rd, hs, ss, ops, cold, none, cnt);
 }
 
 // ----------------------------------------------------------------------------------- load

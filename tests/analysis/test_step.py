@@ -268,3 +268,25 @@ def test_a_slower_driver_call_only_lowers_the_offloaded_steps():
     for key in ("whole_serial_s", "whole_overlap_s"):
         times = [r[key] for r in calls]
         assert times == sorted(times) and times[0] < times[-1]
+
+
+def test_recomputes_run_their_family_again_and_slow_only_the_offloaded_steps():
+    """compose's ``recompute``: a rate of 1 doubles the family's modelled cycles, bytes and calls
+    and leaves the other families as they were; the sensitivity row at the digits run's measured
+    rates leaves the ARM alone unchanged and slows every offloaded step."""
+    tr = inv.trace_step("digits")
+    cfg = step.CONFIG_BY_KEY["whole_serial"]
+    base = step.compose(ZCU, tr, 4, cfg)
+    twice = step.compose(ZCU, tr, 4, cfg, {"linear": 1.0})
+    for key in ("cycles", "bytes", "calls", "macs"):
+        assert twice["families"]["linear"][key] == pytest.approx(2 * base["families"]["linear"][key], rel=1e-6)
+    for fam in set(base["families"]) - {"linear"}:
+        assert twice["families"][fam] == base["families"][fam]
+    assert twice["t_accelerator_s"] > base["t_accelerator_s"] and twice["t_host_s"] > base["t_host_s"]
+    assert step.compose(ZCU, tr, 4, cfg, {"linear": 0.0}) == base
+    assert 0 < step.RECOMPUTE_RATES["conv"] < step.RECOMPUTE_RATES["linear"] < 1
+    rows = {r["assumption"]: r for r in step.sensitivity(ZCU, tr, 4)}
+    stated, rec = rows["as stated"], rows["saturation recomputes at the digits run's rates"]
+    assert rec["arm_s"] == stated["arm_s"]
+    for key in ("whole_serial_s", "whole_overlap_s"):
+        assert rec[key] > stated[key]

@@ -10,6 +10,10 @@ A deliberately simple checker on source text (comments stripped), in two parts:
     exactly once;
   - ``static``: no static variables inside any function (they break DATAFLOW's single-producer
     rule and keep state across calls);
+  - ``local stream``: a stream declared inside a process is both written and read there;
+  - every rule checks each function definition apart (:func:`definitions`: overloads and member
+    functions included), so a forwarding overload (``f(a)`` calling ``f(a, 0)``) would read as
+    recursion (the kernel has none);
   - ``division``: no ``/`` or ``%`` by a runtime value outside the once-per-call functions
     (``RUNTIME_DIVISION_OK``): loader, PE and epilogue loops use counters and shifts;
   - ``pe index``: in the PE-array functions every index into a partitioned dimension (PE
@@ -76,18 +80,33 @@ def _block(code: str, open_at: int) -> int:
     return j
 
 
-def functions(code: str) -> dict[str, tuple[str, str]]:
-    """Function name -> (parameter list, body) for every function definition (``#define`` lines,
-    with their continuations, are macros, not definitions: blanked first)."""
+def definitions(code: str) -> list[tuple[str, str, str]]:
+    """(name, parameter list, body) of every function definition, overloads included, in source
+    order (``#define`` lines, with their continuations, are macros, not definitions: blanked
+    first)."""
     code = re.sub(r"#[ \t]*define(?:[^\n]*\\\n)*[^\n]*", lambda m: " " * len(m.group(0)), code)
-    out = {}
+    out = []
     for fn in re.finditer(r"(?:^|\n)[\w:<>,\s\*&]*?\b(\w+)\s*\(([^;{]*?)\)\s*(?:const\s*)?\{", code):
         name = fn.group(1)
         if name in ("if", "for", "switch", "while"):
             continue
         end = _block(code, fn.end() - 1)
-        out.setdefault(name, (fn.group(2), code[fn.end():end - 1]))
+        out.append((name, fn.group(2), code[fn.end():end - 1]))
     return out
+
+
+def functions(code: str) -> dict[str, tuple[str, str]]:
+    """Function name -> (parameter list, body) over every definition of that name
+    (:func:`definitions`), for tests that read a function's text: the overloads' and member
+    functions' parameter lists joined with commas and their bodies with newlines, so none is
+    hidden (``fetch`` has two overloads; ``NoScales::write`` shares its name with the ``write``
+    process). The rules themselves check each definition apart."""
+    params_of: dict[str, list[str]] = {}
+    bodies: dict[str, list[str]] = {}
+    for name, params, body in definitions(code):
+        params_of.setdefault(name, []).append(params)
+        bodies.setdefault(name, []).append(body)
+    return {name: (", ".join(p for p in params_of[name] if p.strip()), "\n".join(bodies[name])) for name in bodies}
 
 
 def _constants(code: str) -> set[str]:
@@ -162,9 +181,9 @@ def _partitioned(body: str) -> dict[str, int | None]:
     return out
 
 
-def check_dataflow(code: str, funcs: dict[str, tuple[str, str]]) -> list[str]:
+def check_dataflow(code: str, defs: list[tuple[str, str, str]]) -> list[str]:
     found = []
-    tops = [(n, b) for n, (_, b) in funcs.items() if re.search(r"#pragma\s+HLS\s+DATAFLOW", b)]
+    tops = [(n, b) for n, _, b in defs if re.search(r"#pragma\s+HLS\s+DATAFLOW", b)]
     if not tops:
         return ["dataflow: no function with #pragma HLS DATAFLOW"]
     for name, body in tops:
@@ -187,13 +206,13 @@ def check_dataflow(code: str, funcs: dict[str, tuple[str, str]]) -> list[str]:
     return found
 
 
-def check_stream_index(code: str, funcs: dict[str, tuple[str, str]]) -> list[str]:
+def check_stream_index(code: str, defs: list[tuple[str, str, str]]) -> list[str]:
     """Review N6: an array of streams accessed with a run-time index (``s[i].read()`` with ``i``
     not a constant or an unrolled loop's variable) becomes a switch over every stream of the
     array, each with an access site per iteration: the II cost review B4 found in the store."""
     consts = _constants(code)
     found = []
-    for name, (params, body) in funcs.items():
+    for name, params, body in defs:
         known = _local_constants(body, consts | _unrolled_vars(body))
         for m in re.finditer(r"(?<![\w.])(\w+)\s*\[([^\]]*)\]\s*\.\s*(read|write|read_nb|write_nb)\s*\(", body):
             if not _compile_time(m.group(2), known):
@@ -201,15 +220,48 @@ def check_stream_index(code: str, funcs: dict[str, tuple[str, str]]) -> list[str
     return found
 
 
-def check_static(funcs: dict[str, tuple[str, str]]) -> list[str]:
+STREAM_DECL = re.compile(r"\b(?:hls::stream\s*<[^;{}]*?>|HdrStream)\s+([^;(){}]*(?:\([^;(){}]*\)[^;(){}]*)*);")
+"""A stream declaration: ``hls::stream<T>`` or ``HdrStream`` and its declarators up to the ``;``
+(names, array sizes, an optional ``("label")``). Streams of blocks (``QTA_BLOCKS``) are
+memories, not FIFOs, and are not checked."""
+
+
+def check_local_streams(defs: list[tuple[str, str, str]]) -> list[str]:
+    """A stream declared inside a process (any function without ``#pragma HLS DATAFLOW``, where
+    streams connect processes) is a FIFO of that process alone: it must be both written and read
+    there (``.write``/``.write_nb``, ``.read``/``.read_nb``, on the stream or an element of a
+    stream array). One declared only to fill a parameter (a fetcher's never-written scale FIFO)
+    is a FIFO nothing drives. Limits (none occurs in the kernel): ``<<``/``>>`` on a stream and
+    ``p->q.read()`` are not told apart from other code (the first is not an access, the second
+    counts as one of ``q``); a local stream handed to a helper that reads or writes it is
+    flagged (the kernel's processes use their local FIFOs in place); declarations written
+    ``hls::stream<ap_uint<8> > q``, with a brace-initialized label, or through another typedef
+    than ``HdrStream`` are not seen."""
+    found = []
+    for name, _, body in defs:
+        if re.search(r"#pragma\s+HLS\s+DATAFLOW", body):
+            continue
+        for m in STREAM_DECL.finditer(body):
+            for decl in re.sub(r"\([^()]*\)", "", m.group(1)).split(","):
+                var = re.match(r"\s*(\w+)", decl)
+                if not var:
+                    continue
+                for op, done in (("write", "written"), ("read", "read")):
+                    access = rf"(?<![\w.]){var.group(1)}\s*(?:\[[^\]]*\]\s*)*\.\s*{op}(?:_nb)?\s*\("
+                    if not re.search(access, body):
+                        found.append(f"local stream: {var.group(1)} in {name} is never {done} there")
+    return found
+
+
+def check_static(defs: list[tuple[str, str, str]]) -> list[str]:
     return [f"static: static variable in {name}: {m.group(0).strip()!r}"
-            for name, (_, body) in funcs.items() for m in re.finditer(r"\bstatic\b[^;]*;", body)]
+            for name, _, body in defs for m in re.finditer(r"\bstatic\b[^;]*;", body)]
 
 
-def check_division(code: str, funcs: dict[str, tuple[str, str]]) -> list[str]:
+def check_division(code: str, defs: list[tuple[str, str, str]]) -> list[str]:
     consts = _constants(code)
     found = []
-    for name, (_, body) in funcs.items():
+    for name, _, body in defs:
         if name in RUNTIME_DIVISION_OK:
             continue
         known = _local_constants(body, consts | _unrolled_vars(body))
@@ -224,13 +276,12 @@ def check_division(code: str, funcs: dict[str, tuple[str, str]]) -> list[str]:
     return found
 
 
-def check_pe_index(code: str, funcs: dict[str, tuple[str, str]]) -> list[str]:
+def check_pe_index(code: str, defs: list[tuple[str, str, str]]) -> list[str]:
     consts = _constants(code)
     found = []
-    for name in PE_FUNCTIONS:
-        if name not in funcs:
+    for name, _, body in defs:
+        if name not in PE_FUNCTIONS:
             continue
-        _, body = funcs[name]
         known = _local_constants(body, consts | _unrolled_vars(body))
         arrays: dict[str, int | None] = dict(PE_BANKS)
         arrays.update(_partitioned(body))
@@ -259,12 +310,12 @@ def check_blocks(code: str) -> list[str]:
     return found
 
 
-def check_m_axi(code: str, funcs: dict[str, tuple[str, str]]) -> list[str]:
+def check_m_axi(code: str, defs: list[tuple[str, str, str]]) -> list[str]:
     found = []
     for m in re.finditer(r"typedef\s+([^;]*?)\s+qta_beat_t\s*;", code):
         if re.sub(r"\s+", "", m.group(1)) != "ap_uint<QTA_AXI_BITS>":
             found.append(f"m_axi: qta_beat_t is {m.group(1)}, not ap_uint<QTA_AXI_BITS>")
-    for name, (params, _) in funcs.items():
+    for name, params, _ in defs:
         for p in params.split(","):
             p = p.strip()
             m = re.match(r"(?:const\s+)?([\w:<>]+)\s*\*\s*(\w+)$", p)
@@ -292,16 +343,17 @@ def violations(src: str) -> list[str]:
         window = "\n".join(lines[i + 1:i + 4])
         if not constant and "LOOP_TRIPCOUNT" not in window and "UNROLL" not in window:
             found.append(f"loop without LOOP_TRIPCOUNT at line {i + 1}: {line.strip()}")
-    funcs = functions("\n" + code)
-    for name, (_, body) in funcs.items():
+    defs = definitions("\n" + code)  # each rule sees every definition apart: overloads, members
+    for name, _, body in defs:
         if re.search(rf"(?<![\w.]){name}\s*(<[^>]*>)?\s*\(", body):
             found.append(f"recursion in {name}")
     if re.search(r"#pragma\s+HLS\s+DATAFLOW", code) or re.search(r"\bqta_gemm\s*\(\s*QTA_TOP_PARAMS\s*\)\s*\{", code):
-        found += check_dataflow(code, funcs)
-    found += check_static(funcs)
-    found += check_division(code, funcs)
-    found += check_pe_index(code, funcs)
-    found += check_stream_index(code, funcs)
-    found += check_m_axi(code, funcs)
+        found += check_dataflow(code, defs)
+    found += check_static(defs)
+    found += check_local_streams(defs)
+    found += check_division(code, defs)
+    found += check_pe_index(code, defs)
+    found += check_stream_index(code, defs)
+    found += check_m_axi(code, defs)
     found += check_blocks(code)
     return found

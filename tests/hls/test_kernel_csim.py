@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hls_rules import check_dataflow, functions, strip_comments, violations
+from hls_rules import check_dataflow, definitions, functions, strip_comments, violations
 from lora_qta.hw.config import config
 from lora_qta.runtime import csim
 
@@ -60,9 +60,8 @@ def test_kernel_sources_follow_the_rules(path: Path):
 
 def test_kernel_top_is_one_dataflow_region_of_single_call_site_processes():
     code = strip_comments((HLS_SRC / "qta_gemm.cpp").read_text())
-    funcs = functions("\n" + code)
-    assert check_dataflow(code, funcs) == []
-    body = funcs["qta_gemm"][1]
+    assert check_dataflow(code, definitions("\n" + code)) == []
+    body = functions("\n" + code)["qta_gemm"][1]
     region = body[body.index("DATAFLOW"):]
     for process in ("descriptors(", "fetch<0>(", "fetch<3>(", "load(", "array(", "store(", "write<0>(",
                     "write<3>(", "model(", "counter("):
@@ -125,6 +124,16 @@ VIOLATIONS = [
     ("void top(int a) {\n#pragma HLS DATAFLOW\n  int x = a + 1;\n}", "no process calls"),
     ("void qta_gemm(QTA_TOP_PARAMS) {\n  descriptors(m);\n  load(m);\n}", "no function with #pragma HLS DATAFLOW"),
     ("void fill(int a) {\n  static int buf[16];\n  buf[0] = a;\n}", "static variable"),
+    ("template <int P>\nvoid fetch(int n, hls::stream<int> &s) {\n  s.write(n);\n}\ntemplate <int P>\n"
+     "void fetch(int n) {\n  hls::stream<int> none;\n  fetch_port(n, none);\n}", "local stream: none in fetch is never written"),
+    ("void fifo(int n) {\n  hls::stream<int> q(\"q\"), r[2][2];\n  q.write(n);\n  r[1][0].write(q.read());\n}",
+     "local stream: r in fifo is never read"),
+    ("void fifo(int n) {\n  hls::stream<int> q;\n  t.q.write(n);\n  n = t.q.read();\n}",
+     "local stream: q in fifo is never written"),
+    ("struct S {\n  void fill(int a) {}\n};\nvoid fill(int a) {\n  static int buf[16];\n  buf[0] = a;\n}",
+     "static variable in fill"),
+    ("template <int P>\nvoid fetch_z(int n) {\n  const int w = 4;\n  int r = n % w;\n}\ntemplate <int P>\n"
+     "void fetch_z(int n, int w) {\n  int r = n % w;\n}", "runtime % by 'w' in fetch_z"),
     ("void load_x(int n, int d, int *x) {\n  for (int i = 0; i < n; i++) {\n#pragma HLS LOOP_TRIPCOUNT max=4\n"
      "    x[i] = i / d;\n  }\n}", "runtime / by 'd'"),
     ("void fetch_x(int n, int w) {\n  int r = n % w;\n}", "runtime % by 'w'"),
@@ -191,7 +200,9 @@ def test_writers_multiply_nothing_at_run_time():
     element size a shift and PORT a constant, so no write process binds a multiplier: every
     product has an operand made of constants only."""
     code = strip_comments((HLS_SRC / "qta_gemm.cpp").read_text())
-    body = re.sub(r"#pragma[^\n]*", "", functions("\n" + code)["write"][1])
+    params, body = functions("\n" + code)["write"]
+    assert "qta_beat_t *wr" in params and "ss.read()" in body  # the process, not only NoScales::write
+    body = re.sub(r"#pragma[^\n]*", "", body)
     body = re.sub(r"\((?:uint64_t|uint32_t|int)\)", "", body)  # casts
     constant = {"P", "PORT", "SWB", "BB", "LGBB"}
     runtime = []

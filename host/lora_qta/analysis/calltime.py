@@ -19,9 +19,11 @@ Each call's wall time minus the kernel's own time is the host's part. The kernel
 measured cycle count at the board's configured clock on a board. Where the bitstream reports no
 count it is the modelled count, and the result says so. On the emulated device it is the emulated
 engine's time on this machine. The driver's completion poll sleeps between reads (10 us, doubling
-up to 1 ms), so on a board a kernel that outlasts the first read adds the sleep's overshoot to
-the host's part: each loop also reports the time from ap_start to ap_done as the host saw it
-beyond the kernel's (``done_us``), and the summary warns when it is large. Only a board's figures describe a board: on a PC the loops
+up to 1 ms: ``driver.POLL_FIRST_S``, ``POLL_MAX_S``), so on a board a kernel that outlasts the
+first read adds the sleep's overshoot to the host's part: each loop also reports the time from
+ap_start to ap_done as the host saw it beyond the kernel's (``done_us``), and the summary warns
+when its median exceeds the first sleep (then most calls slept at least once; without a sleep it
+is one register write and one read). Only a board's figures describe a board: on a PC the loops
 measure this machine's Python, not the board's ARM cores.
 """
 
@@ -40,11 +42,6 @@ if TYPE_CHECKING:  # the runtime (pynq) is imported when a loop runs: the comman
 
 SHAPE = (16, 16, 16)
 """(M, K, N) of the default GEMM: one tile of every board, so the kernel's part is small."""
-
-POLL_US = 5.0
-"""Above this median time from ap_start to ap_done beyond the kernel's (microseconds) the summary
-warns, on a board, that the completion poll's sleeps inflate the host's part."""
-
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
     """Median and the 10th and 90th percentiles of ``values`` (linear interpolation), and how
@@ -124,6 +121,7 @@ def measure(acc: Accelerator, calls: int = 200, warmup: int = 20,
     import pynq
 
     from ..runtime import planner
+    from ..runtime.driver import POLL_FIRST_S, POLL_MAX_S
     from ..runtime.check import random_operands
 
     if calls < 1 or warmup < 0:
@@ -178,7 +176,8 @@ def measure(acc: Accelerator, calls: int = 200, warmup: int = 20,
     return {"board": board.name, "backend": acc.backend, "measured": where, "shape": [m, k, n], "calls": calls,
             "warmup": warmup, "kernel_time": clock.source(), "stated_call_us": board.host.call_us,
             "clock_mhz": board.clock_mhz, "dataflow": call.dataflow,
+            "poll_sleep_us": [POLL_FIRST_S * 1e6, POLL_MAX_S * 1e6],
             "cycles_model": int(planned.report.cycles), **figures}
 
 
-__all__ = ["POLL_US", "SHAPE", "measure", "percentiles"]
+__all__ = ["SHAPE", "measure", "percentiles"]

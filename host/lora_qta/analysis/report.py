@@ -302,7 +302,7 @@ def step_markdown(res: dict, energy: dict | None = None) -> str:
                      f"{d['best_fused_pairs']} of {d['pairs']} |")
     if res.get("sensitivity"):
         sv = res["sensitivity"]
-        L += ["", f"## How the speedups depend on the ARM assumptions ({sv['model']} on {sv['board']})", "",
+        L += ["", f"## How the speedups depend on the stated assumptions ({sv['model']} on {sv['board']})", "",
               "| assumption changed | ARM only s | whole step, serial s | speedup | whole step, overlapped s | speedup |",
               "|---|---|---|---|---|---|"]
         for r in sv["rows"]:
@@ -603,8 +603,6 @@ def speed_summary(r: dict) -> str:
 def calltime_summary(r: dict) -> str:
     """The host time per accelerator call (:func:`~.calltime.measure`) as text, with what to do
     with it."""
-    from .calltime import POLL_US
-
     m, k, n = r["shape"]
     lines = [f"Host time per accelerator call, {m}x{k}x{n} GEMM on {r['board']} [{r['backend']}], measured "
              f"{r['measured']}; {r['calls']} calls per loop after {r['warmup']} of warm-up",
@@ -621,9 +619,10 @@ def calltime_summary(r: dict) -> str:
               f"(whole call path, {whole / r['stated_call_us']:.1f}x the stated figure; the step model's sensitivity "
               "rows run x10 and x50)"]
     poll = max(r[x]["done_us"]["median"] for x in labels)
-    if r["backend"] == "board" and poll > POLL_US:
+    first, cap = r["poll_sleep_us"]
+    if r["backend"] == "board" and poll > first:  # beyond the first sleep: most calls slept
         lines.append(f"note: ap_done came {poll:.1f} us (median) after the kernel's own time: the completion poll's "
-                     "sleeps (10 us doubling to 1 ms) are in the host's part")
+                     f"sleeps ({first:g} us doubling to {cap:g} us) are in the host's part")
     if r["backend"] == "board":
         lines.append(f"to model this board with it: set call_us = {drv:.0f} under [boards.{r['board']}.host] in "
                      f"hardware.toml, then rerun `lora-qta bench` (the kernel's time assumes the configured "

@@ -174,7 +174,7 @@ class DeviceResult:
     bytes: int
     macs: int
     pe_cycles: int
-    calls: int
+    calls: float  # whole calls, but a share more with modelled recomputes (compose's ``recompute``)
     mode: str
 
 
@@ -331,9 +331,23 @@ def overlapped(host: dict[tuple[str, str], float], acc: dict[tuple[str, str], fl
     return total
 
 
-def compose(board: BoardConfig, tr: inv.StepTrace, rank: int, cfg: StepConfig) -> dict:
+RECOMPUTE_RATES = {"linear": 2899 / 26599, "conv": 200 / 17600, "fused": 2899 / 26599}
+"""Saturation recomputes per call, by GEMM family, **measured** in the digits default run
+(``make run``, ``row8c``, 300 steps, commit 470c0f1, report.json ``offload.families``: 2,899 of
+26,599 Linear calls and 200 of 17,600 convolution calls were re-issued with a fresh scale; none
+of the attention and LoRA calls): the highest rates measured on the digits model (``row8``: 57 of
+23,757 Linear calls). A fused GEMM holds a Linear output: the Linear rate. The SD 1.5 step model
+counts no recomputes; :func:`sensitivity` applies these rates to it as a stated proxy (no SD 1.5
+run measures them, nor the delayed per-tensor scheme's own)."""
+
+
+def compose(board: BoardConfig, tr: inv.StepTrace, rank: int, cfg: StepConfig,
+            recompute: dict[str, float] | None = None) -> dict:
     """One configuration of one step on ``board``: accelerator and ARM times, the step time
-    (serial and overlapped), utilization and bytes per GEMM family, host work by kind."""
+    (serial and overlapped), utilization and bytes per GEMM family, host work by kind.
+    ``recompute``: family -> recomputed calls per call (:data:`RECOMPUTE_RATES`): each offloaded
+    GEMM of the family runs that share of its calls a second time (cycles, bytes, MACs and driver
+    calls; conservatively every call of the family, INT32 outputs too, which cannot saturate)."""
     gemms = inv.step_gemms(tr, rank, board.axi_bytes)
     params = sum(l.d_in * rank + l.d_out * rank for l in tr.targets_layers)
     if cfg.offload == "all":
@@ -349,6 +363,12 @@ def compose(board: BoardConfig, tr: inv.StepTrace, rank: int, cfg: StepConfig) -
     items += hostmodel.arm_gemm_work(board, [gemms[i] for i in on_arm])
     items += hostmodel.lora_add_work(board, gemms, on_arm)
     results: dict[int, DeviceResult] = {i: run_gemm(board, gemms[i], cfg.scheme, cfg.policy) for i in sorted(off)}
+    for i, r in results.items():
+        extra = (recompute or {}).get(gemms[i].family, 0.0)
+        if extra:  # the recomputed calls run the GEMM's calls again
+            results[i] = replace(r, cycles=round(r.cycles * (1 + extra)), bytes=round(r.bytes * (1 + extra)),
+                                 macs=round(r.macs * (1 + extra)), pe_cycles=round(r.pe_cycles * (1 + extra)),
+                                 calls=r.calls + r.calls * extra)
     items += hostmodel.boundary_work(board, gemms, off, cfg.scheme, {i: r.calls for i, r in results.items()})
     items.append(hostmodel.optimizer_work(board, params))
 
@@ -411,8 +431,11 @@ SENSITIVITY = {
     "driver call time x10": {"call_us": 10.0},
     "driver call time x50": {"call_us": 50.0},
     "cache maintenance at the stream bandwidth": {"cache_gbps": None},
+    "saturation recomputes at the digits run's rates": {"recompute": None},
 }
-"""Changes of the stated ARM assumptions for :func:`sensitivity` (factors; ``None``: see there).
+"""Changes of the stated assumptions for :func:`sensitivity`: factors of the ARM's
+(``None``: see there), and the saturation recomputes the model leaves out (``recompute``: at
+:data:`RECOMPUTE_RATES`).
 The driver call time is stated as a call's register traffic and cache maintenance bookkeeping
 (``call_us``); this package's whole Python call path measured 320-380 us per minimal call on the
 x86 machine it is developed on, emulated kernel included (hardware.toml, the note on call_us;
@@ -421,14 +444,15 @@ x86 machine it is developed on, emulated kernel included (hardware.toml, the not
 
 def sensitivity(board: BoardConfig, tr: inv.StepTrace, rank: int = 4,
                 keys: Sequence[str] = ("arm_fp32", "whole_serial", "whole_overlap")) -> list[dict]:
-    """The speedups over the ARM alone when one stated ARM assumption changes (the accelerator's
-    figures do not depend on them)."""
+    """The speedups over the ARM alone when one stated assumption changes: an ARM figure (the
+    accelerator's figures do not depend on them), or the saturation recomputes counted."""
     out = []
     for name, change in SENSITIVITY.items():
         h = board.host
-        kw = {k: (h.stream_gbps if v is None else getattr(h, k) * v) for k, v in change.items()}
+        rates = RECOMPUTE_RATES if "recompute" in change else None
+        kw = {k: (h.stream_gbps if v is None else getattr(h, k) * v) for k, v in change.items() if k != "recompute"}
         b = replace(board, host=replace(h, **kw))
-        rows = {k: compose(b, tr, rank, CONFIG_BY_KEY[k]) for k in keys}
+        rows = {k: compose(b, tr, rank, CONFIG_BY_KEY[k], rates) for k in keys}
         arm = rows["arm_fp32"]["t_step_s"]
         out.append({"assumption": name, "arm_s": arm,
                     **{f"{k}_s": r["t_step_s"] for k, r in rows.items() if k != "arm_fp32"},

@@ -34,6 +34,9 @@ POINTERS = tuple(a.name for a in config().args if a.kind == "pointer")
 """The m_axi pointer registers (every one holds the memory base: unified addressing)."""
 OUTPUTS = tuple(a.name for a in config().outputs)
 """The kernel's output registers (status, sat_count, amax, cycle counts)."""
+POLL_FIRST_S, POLL_MAX_S = 1e-5, 1e-3
+"""The completion poll's first sleep between ap_done reads and its cap (seconds; each sleep
+doubles the one before)."""
 
 
 @dataclass(frozen=True)
@@ -138,14 +141,14 @@ class QtaGemmDriver(DefaultIP):
         """Poll ap_done until ``timeout`` seconds; returns the output registers and the wall time
         since ap_start."""
         t0 = self._t0 or time.perf_counter()
-        delay = 1e-5
+        delay = POLL_FIRST_S
         while not self.read(self._ctrl) & CTRL_DONE:
             if time.perf_counter() - t0 > timeout:
                 raise DeviceTimeoutError(
                     f"qta_gemm did not raise ap_done within {timeout:.1f} s; the kernel may be hung "
                     "(check the bitstream matches this package) or the timeout too short for this GEMM")
             time.sleep(delay)
-            delay = min(delay * 2, 1e-3)
+            delay = min(delay * 2, POLL_MAX_S)
         wall = time.perf_counter() - t0
         block = config().output_block
         values = block.decode(self.read_block(block.start, block.size))
