@@ -121,3 +121,14 @@ def test_loading_the_digits_model_prints_no_bar(capfd):
     DigitsBundle()
     captured = capfd.readouterr()
     assert "Loading pipeline components" not in captured.err + captured.out
+
+
+def test_a_missing_model_folder_is_the_only_line_on_stderr(tmp_path):
+    """Checked before the Stable Diffusion pipeline is imported: its import's warnings (e.g. a
+    transformers image processor wanting torchvision) do not come before the error."""
+    p = subprocess.run([sys.executable, "-m", "lora_qta.cli", "finetune", "--output-dir", str(tmp_path / "run"),
+                        "--pretrained-model", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [f"lora-qta: error: pretrained model folder {tmp_path / 'missing'} "
+                                             "does not exist"], p.stderr
+    assert not (tmp_path / "run").exists()

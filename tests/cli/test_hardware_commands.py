@@ -46,6 +46,12 @@ def test_demo_checks_all_six_gemms(capsys):
     assert "fwd  H = X.A^T" in out and "bwd dX = dH.A" in out
 
 
+@pytest.mark.parametrize("opt", ["--tokens", "--features", "--rank"])
+def test_demo_names_a_bad_size_option(opt, capsys):
+    assert main(["demo", opt, "0"]) == 2
+    assert f"lora-qta: error: {opt} must be at least 1, got 0" in capsys.readouterr().err
+
+
 # Runs the command line with a meta-path finder in front that refuses every torch module, as on a
 # board image without PyTorch (PYNQ-Z2 has no wheel for it).
 NO_TORCH = """

@@ -33,6 +33,10 @@ def test_finetune_offload_all_on_the_digits_default_reports_the_four_families(tm
                  "--prior-per-class", "1", "--checkpoint-every", "1", "--no-samples", "--output-dir", str(run)]) == 0
     out = capsys.readouterr().out
     assert "--offload all" in out and "attention" in out
+    # --no-samples: the summary lists what the folder holds, no samples.png
+    listed = next(line for line in out.splitlines() if line.startswith("outputs in "))
+    assert "samples.png" not in listed and not (run / "samples.png").exists()
+    assert "adapter/" in listed and "loss.png" in listed and "report.json" in listed and "checkpoints/" in listed
     rep = json.loads((run / "report.json").read_text())
     assert rep["config"]["offload"] == "all" and np.isfinite(rep["final_loss"])
     off = rep["offload"]

@@ -607,12 +607,15 @@ def calltime_summary(r: dict) -> str:
     lines = [f"Host time per accelerator call, {m}x{k}x{n} GEMM on {r['board']} [{r['backend']}], measured "
              f"{r['measured']}; {r['calls']} calls per loop after {r['warmup']} of warm-up",
              f"kernel time: {r['kernel_time']}", "",
-             f"  {'loop (median per call, us)':40s} {'wall':>10s} {'kernel':>10s} {'host':>10s}   host 10-90%"]
+             f"  {'loop (median per call, us)':40s} {'wall':>10s} {'kernel':>10s} {'host':>10s} {'done':>10s}"
+             "   host 10-90%"]
     labels = {"driver": "driver (flush, run_call, invalidate)", "gemm": "whole call path (Accelerator.gemm)"}
     for name, label in labels.items():
         x = r[name]
         lines.append(f"  {label:40s} {x['wall_us']['median']:10.1f} {x['kernel_us']['median']:10.1f} "
-                     f"{x['host_us']['median']:10.1f}   {x['host_us']['p10']:.1f}-{x['host_us']['p90']:.1f}")
+                     f"{x['host_us']['median']:10.1f} {x['done_us']['median']:10.1f}   "
+                     f"{x['host_us']['p10']:.1f}-{x['host_us']['p90']:.1f}")
+    lines.append("  (done: ap_start to ap_done as the host saw it, beyond the kernel's time)")
     drv, whole = r["driver"]["host_us"]["median"], r["gemm"]["host_us"]["median"]
     lines += ["", f"hardware.toml states call_us = {r['stated_call_us']:g} us for {r['board']} (register traffic and "
               f"cache maintenance bookkeeping: the driver loop); measured here: {drv:.1f} us (driver), {whole:.1f} us "

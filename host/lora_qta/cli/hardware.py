@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..analysis.calltime import SHAPE
+from ..errors import OptionError
 from ..hw import generate
 from ..hw.config import DEFAULT_BOARD, config
 from .common import add_board, add_target, comma_list, table
@@ -71,6 +72,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..lora.gemms import check_layer
     from ..runtime.accelerator import Accelerator
 
+    for opt in ("tokens", "features", "rank"):
+        if getattr(args, opt) < 1:
+            raise OptionError(f"--{opt} must be at least 1, got {getattr(args, opt)}")
     acc = Accelerator(args.board, args.backend)
     t0 = time.perf_counter()
     checks = check_layer(acc, args.tokens, args.features, args.rank, args.seed)
@@ -133,8 +137,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("K", type=int, help="inner (summed) dimension")
     s.add_argument("N", type=int, help="columns of op(B) and of the output")
     s.add_argument("--dataflow", default="auto", choices=["auto", "ws", "os", "partitioned"],
-                   help="auto: the planner picks the fastest by its cycle model; ws: weight-stationary; "
-                        "os: output-stationary; partitioned: the best split of the array into sub-arrays")
+                   help="auto: the planner picks the fastest by its cycle model; ws: weight-stationary, "
+                        "os: output-stationary, each with the planner's best split of the array into sub-arrays "
+                        "unless --split is given (--split 0: the whole array); partitioned: the best split in "
+                        "either dataflow")
     s.add_argument("--split", type=int, default=None,
                    help="force the partition exponent s (s>0: 2^s sub-arrays side by side, OS only; "
                         "s<0: 2^-s stacked; 0: whole array)")

@@ -146,9 +146,19 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(f"\n--offload all: every GEMM family on {off['board']} ({off['backend']}); "
               f"{off['modelled_board_time_s']:.3f} s of GEMMs (modelled)\n")
         print(table(rows, ["family", "calls", "cycles", "GMAC", "util", "MB moved", "recomputes", "fallbacks"]))
-    print(f"\noutputs in {Path(cfg.output_dir)}/: adapter/ (diffusers LoRA, loads with pipeline.load_lora_weights), "
-          "samples.png, loss.png, report.json, checkpoints/")
+    print(f"\noutputs in {Path(cfg.output_dir)}/: {', '.join(written_outputs(Path(cfg.output_dir)))}")
     return 0
+
+
+OUTPUTS = (("adapter", "adapter/ (diffusers LoRA, loads with pipeline.load_lora_weights)"),
+           ("samples.png", "samples.png"), ("loss.png", "loss.png"), ("report.json", "report.json"),
+           ("checkpoints", "checkpoints/"))
+"""A run folder's outputs as the summary lists them (name in the folder, text)."""
+
+
+def written_outputs(run: Path) -> list[str]:
+    """The outputs of :data:`OUTPUTS` that ``run`` holds (``--no-samples`` writes no samples.png)."""
+    return [text for name, text in OUTPUTS if (run / name).exists()]
 
 
 def evaluate_seeds(args: argparse.Namespace) -> list[int]:

@@ -55,7 +55,8 @@ def find_bitstream(board: BoardConfig, path: str | os.PathLike | None = None) ->
         raise BitstreamNotFoundError(
             f"no bitstream at {bit}: build it on a machine with Vivado/Vitis HLS 2024.2 with "
             f"`scripts/build_bitstream.sh {board.name}` and copy bitstreams/{board.name}/ to the board "
-            "(see bitstreams/README.md), or use backend='emulation'")
+            "(see bitstreams/README.md), or use the emulation (backend='emulation', on the command line "
+            "--backend emulation)")
     if not bit.with_suffix(".hwh").is_file():
         raise BitstreamNotFoundError(f"{bit.with_suffix('.hwh')} is missing; PYNQ needs the .hwh beside the .bit")
     check_manifest(board, bit.parent / "manifest.json")
@@ -273,7 +274,7 @@ class Accelerator:
         if backend == "board":
             if not on_target():
                 raise BackendError("backend='board' needs a PYNQ board (pynq found none); "
-                                   "use backend='emulation' on a PC")
+                                   "use backend='emulation' on a PC (on the command line --backend emulation)")
             self.overlay = pynq.Overlay(str(find_bitstream(self.board, bitstream)))
             self.ip: QtaGemmDriver = self.overlay.qta_gemm_0
             self.device = self.overlay.device

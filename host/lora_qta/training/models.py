@@ -263,15 +263,14 @@ class StableDiffusionBundle(ModelBundle):
                 "tokenizer", "scheduler/scheduler_config.json")
 
     def __init__(self, folder: str | Path):
-        from diffusers import StableDiffusionPipeline
-
-        folder = Path(folder)
+        folder = Path(folder)  # checked before the pipeline's import, whose warnings would come first
         if not folder.is_dir():
             raise ModelFolderError(f"pretrained model folder {folder} does not exist")
         missing = [r for r in self.REQUIRED if not (folder / r).exists()]
         if missing:
             raise ModelFolderError(f"{folder} is not a diffusers Stable Diffusion folder: missing "
                                    f"{', '.join(missing)}")
+        from diffusers import StableDiffusionPipeline
         try:
             with quiet_loading(not sys.stderr.isatty()):
                 self.pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
