@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from ..errors import BackendError, OptionError
-from ..hw.call import GemmCall
+from ..hw.call import GemmCall, ceil_to
 
 if TYPE_CHECKING:  # the runtime (pynq) is imported when a loop runs: the command line imports SHAPE
     from ..runtime.accelerator import Accelerator
@@ -142,7 +142,7 @@ def measure(acc: Accelerator, calls: int = 200, warmup: int = 20,
         ra = acc.resident(a, "calltime a")
         rb = acc.resident(b, "calltime b")
         abuf, bbuf = ra.buffer(acc), rb.buffer(acc)
-        ldc = -(-4 * n // board.axi_bytes) * board.axi_bytes // 4  # INT32 rows padded to the beat
+        ldc = ceil_to(4 * n, board.axi_bytes) // 4  # INT32 rows padded to the beat
         cbuf = pynq.allocate((m, ldc), dtype=np.int32, target=acc.device)
         offsets = {"a": acc.offset(abuf), "b": acc.offset(bbuf), "c": acc.offset(cbuf)}
         planned = planner.plan(board, GemmCall(m, n, k, ra.ld, rb.ld, ldc, 1, 1, 1))

@@ -63,6 +63,7 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 from ..errors import OptionError
+from ..hw.call import ceil_to
 from ..lora.gemms import LORA_GEMMS
 from . import shapes
 
@@ -446,10 +447,6 @@ def _attn_of(name: str) -> tuple[str, str]:
     return parent, leaf
 
 
-def _ceil_to(x: int, align: int) -> int:
-    return -(-x // align) * align
-
-
 def step_gemms(tr: StepTrace, rank: int, align: int = 1) -> list[StepGemm]:
     """The GEMMs of one training step of ``tr`` with LoRA rank ``rank``, forward then backward,
     operands and output destinations attached (see the module docstring).
@@ -467,7 +464,7 @@ def step_gemms(tr: StepTrace, rank: int, align: int = 1) -> list[StepGemm]:
     dgrad_seen: dict[str, int] = defaultdict(int)
 
     def inner(a: AttentionCall) -> int:
-        return a.heads * _ceil_to(a.head_dim, align)
+        return a.heads * ceil_to(a.head_dim, align)
 
     for l in tr.linears:
         parent, leaf = _attn_of(l.name)
@@ -524,13 +521,13 @@ def step_gemms(tr: StepTrace, rank: int, align: int = 1) -> list[StepGemm]:
         x = Operand(f"{c.name}.x", "host", "token", g.images * g.h * g.w * g.cin)
         w = Operand(f"{c.name}.weight", "weight", "channel", g.cin * g.kh * g.kw * c.cout)
         m, useful = g.images * g.ho * g.wo, g.images * g.ho * g.wo * g.cin * g.kh * g.kw * c.cout
-        gp = replace(g, cin=_ceil_to(g.cin, align))
+        gp = replace(g, cin=ceil_to(g.cin, align))
         fwd.append(StepGemm("conv", c.name, "fwd", "fwd", c.block, m, gp.cin * g.kh * g.kw, c.cout, 1, False, True,
                             x, w, "host", f"{c.name}.y", conv=gp, useful_macs=useful))
         if c.x_grad:
             dy = Operand(f"{c.name}.dy", "host", "token", g.images * g.ho * g.wo * c.cout, True)
             wt = Operand(f"{c.name}.weight_flipped", "weight", "channel", g.cin * g.kh * g.kw * c.cout)
-            dg = ConvGeom(g.images, g.ho, g.wo, _ceil_to(c.cout, align), g.kh, g.kw, 1, g.kh - 1 - g.pad, g.stride,
+            dg = ConvGeom(g.images, g.ho, g.wo, ceil_to(c.cout, align), g.kh, g.kw, 1, g.kh - 1 - g.pad, g.stride,
                           g.h, g.w)
             bwd.append(StepGemm("conv", c.name, "dgrad", "bwd", c.block, g.images * g.h * g.w, dg.cin * g.kh * g.kw,
                                 g.cin, 1, False, False, dy, wt, "host", f"{c.name}.dx", conv=dg, useful_macs=useful))

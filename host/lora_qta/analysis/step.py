@@ -38,9 +38,9 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 from ..errors import PlanError
-from ..hw.call import ConvGeometry, GemmCall
+from ..hw.call import ConvGeometry, GemmCall, ceil_to
 from ..hw.config import BoardConfig, config
-from ..lora.gemms import LD_ALIGN
+from ..lora.gemms import pad_ld
 from ..runtime.planner import plan, valid_modes
 from . import host as hostmodel
 from . import inventory as inv
@@ -111,11 +111,6 @@ def out_format(g: inv.StepGemm, scheme: str) -> tuple[bool, str]:
     return True, "col"
 
 
-def _pad(nbytes: int) -> int:
-    """A dense row padded to whole beats (``LD_ALIGN``: a multiple of every board's beat)."""
-    return -(-nbytes // LD_ALIGN) * LD_ALIGN
-
-
 _TOKEN_PAIRS = {"a": ("pv", "dv", "dq", "dk"), "c": ("qk", "dp")}
 """Attention operands that are token x token matrices per head (P, dS; the scores S and dP):
 stored head after head. Every other attention operand (Q, K, V, O and their gradients) lies in
@@ -136,13 +131,13 @@ def device_call(board: BoardConfig, g: inv.StepGemm, scheme: str) -> tuple[GemmC
     o8, mode = out_format(g, scheme)
     eb = 1 if o8 else 4
     (ra, ca), (rb, cb) = ((g.k, g.m) if g.trans_a else (g.m, g.k)), ((g.n, g.k) if g.trans_b else (g.k, g.n))
-    lda, ldb, ldc = _pad(ca), _pad(cb), _pad(g.n * eb) // eb
+    lda, ldb, ldc = pad_ld(ca), pad_ld(cb), pad_ld(g.n * eb) // eb
     kw: dict = {}
     calls = 1
     if g.family == "attention":
         heads = g.heads
         calls = g.batch // heads
-        width = inv._ceil_to(g.k if g.op in _TOKEN_PAIRS["c"] else g.n, board.axi_bytes)   # head width, padded
+        width = ceil_to(g.k if g.op in _TOKEN_PAIRS["c"] else g.n, board.axi_bytes)   # head width, padded
         if g.op in _TOKEN_PAIRS["a"]:
             sa = ra * lda
         else:

@@ -21,7 +21,8 @@ SCALE_MODES = ("tensor", "row", "col")
 ROUNDINGS = ("nearest_even", "stochastic")
 
 
-def _ceil_to(x: int, step: int) -> int:
+def ceil_to(x: int, step: int) -> int:
+    """``x`` rounded up to a multiple of ``step`` (a row to whole beats, a width to the alignment)."""
     return -(-x // step) * step
 
 
@@ -255,13 +256,13 @@ class GemmCall:
         rb, cb = self.stored_shape_b()
         last = self.batch - 1
         out = {
-            "a": (ra - 1) * self.lda + _ceil_to(ca, beat) + last * self.stride_a,
-            "b": (rb - 1) * self.ldb + _ceil_to(cb, beat) + last * self.stride_b,
-            "c": (self.m - 1) * self.ldc * self.out_bytes + _ceil_to(self.n * self.out_bytes, beat)
+            "a": (ra - 1) * self.lda + ceil_to(ca, beat) + last * self.stride_a,
+            "b": (rb - 1) * self.ldb + ceil_to(cb, beat) + last * self.stride_b,
+            "c": (self.m - 1) * self.ldc * self.out_bytes + ceil_to(self.n * self.out_bytes, beat)
             + last * self.stride_c,
         }
         if self.scaled:
-            out["scales"] = _ceil_to(8 * self.scale_count, beat)
+            out["scales"] = ceil_to(8 * self.scale_count, beat)
         return out
 
 

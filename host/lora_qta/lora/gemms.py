@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from ..errors import OptionError, PlanError
-from ..hw.call import GemmCall
+from ..hw.call import GemmCall, ceil_to
 
 if TYPE_CHECKING:  # the accelerator is imported where a check runs, so that the table stays light
     from ..runtime.accelerator import Accelerator, GemmResult
@@ -132,7 +132,7 @@ def lora_call(key: GemmKey) -> GemmCall:
     (tiles left to the planner; INT8 outputs with the right shift 16)."""
     m, k, n, ta, tb, o8 = key
     eb = 1 if o8 else 4
-    return GemmCall(m=m, n=n, k=k, lda=_pad(m if ta else k), ldb=_pad(k if tb else n), ldc=_pad(n * eb) // eb,
+    return GemmCall(m=m, n=n, k=k, lda=pad_ld(m if ta else k), ldb=pad_ld(k if tb else n), ldc=pad_ld(n * eb) // eb,
                     tile_m=1, tile_n=1, tile_k=1, trans_a=ta, trans_b=tb, out_int8=o8, shift=16 if o8 else 0)
 
 
@@ -141,8 +141,9 @@ LD_ALIGN = 16
 (kernel v2 reads and writes whole beats; a multiple of every board's beat)."""
 
 
-def _pad(nbytes: int) -> int:
-    return -(-nbytes // LD_ALIGN) * LD_ALIGN
+def pad_ld(nbytes: int) -> int:
+    """A dense row of ``nbytes`` padded to whole beats (:data:`LD_ALIGN`)."""
+    return ceil_to(nbytes, LD_ALIGN)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from ..errors import (BackendError, BitstreamNotFoundError, DeviceMemoryError, D
                      InputLayoutError, InputShapeError, KernelArgumentError, LimitError, ResidentOperandError,
                      SaturationError, StaleBitstreamError)
 from ..hw.config import BoardConfig, board_digest, config
-from ..hw.call import ROUNDINGS, SCALE_MODES, ConvGeometry, GemmCall
+from ..hw.call import ROUNDINGS, SCALE_MODES, ConvGeometry, GemmCall, ceil_to
 from ..hw.reference import AMAX_CAP, effective_shift, rounding_bits
 from ..hw.reference import requantize as reference_requantize
 
@@ -216,10 +216,6 @@ def _as_numpy(x: Any, name: str, ndim: tuple[int, ...] = (2,)) -> tuple[np.ndarr
     return arr, is_torch
 
 
-def _ceil_to(x: int, step: int) -> int:
-    return -(-x // step) * step
-
-
 def check_alignment(board: BoardConfig, call: GemmCall, offsets: dict[str, int]) -> None:
     """Raise :class:`KernelArgumentError` naming what breaks kernel v2's alignment rules: every
     operand offset and leading dimension (in bytes) and batch stride a multiple of the AXI beat,
@@ -315,7 +311,7 @@ class Accelerator:
         if found is not None and found[0].base is self._buffers[role]:
             return found
         item = np.dtype(dtype).itemsize
-        ld_bytes = _ceil_to(max(cols * item, 1), self.board.axi_bytes)
+        ld_bytes = ceil_to(max(cols * item, 1), self.board.axi_bytes)
         stride = rows * ld_bytes
         buf = self._buffer(role, items * stride)
         view = np.ndarray((items, rows, ld_bytes // item), dtype=dtype, buffer=buf, offset=0,
@@ -360,7 +356,7 @@ class Accelerator:
         if arr.dtype != np.int8:
             raise InputDTypeError(f"{name} must be int8 to be resident, got {arr.dtype}; quantize it first")
         rows, cols = arr.shape
-        ld = _ceil_to(max(cols, 1), self.board.axi_bytes)
+        ld = ceil_to(max(cols, 1), self.board.axi_bytes)
         need = rows * ld
         if self.resident_bytes + need > self.resident_limit:
             raise DeviceMemoryError(
@@ -611,7 +607,7 @@ class Accelerator:
         if min(ho, wo) < 1:
             raise InputShapeError(f"a {kh}x{kw} window with padding {padding} does not fit the {h}x{wd} input")
         beat = self.board.axi_bytes
-        cin_p = _ceil_to(cin, beat)
+        cin_p = ceil_to(cin, beat)
         if cin_p != cin and isinstance(w_np, Resident):
             raise InputShapeError(f"the convolution has {cin} input channels, not a multiple of the {beat}-byte beat: "
                                   f"its weights are padded per call, which a resident w ({w_np.name}) cannot be; "

@@ -37,7 +37,7 @@ from pynq.buffer import PynqBuffer
 
 from . import fast
 from ..errors import BackendError, DeviceBusyError, DeviceMemoryError, DMAError
-from ..hw.call import GemmCall
+from ..hw.call import GemmCall, ceil_to
 from ..hw.config import BoardConfig, config
 from .driver import OPERANDS, POINTERS
 
@@ -100,7 +100,7 @@ class EmulatedDDR:
 
     def alloc(self, nbytes: int) -> tuple[int, np.ndarray]:
         """Reserve ``nbytes`` (rounded to pages, zero-filled); returns (address, uint8 view)."""
-        span = max(PAGE, -(-nbytes // PAGE) * PAGE)
+        span = max(PAGE, ceil_to(nbytes, PAGE))
         with self._lock:
             for i, (addr, free_span) in enumerate(self._free):
                 if free_span >= span:

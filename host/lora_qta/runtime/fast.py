@@ -48,7 +48,7 @@ K_CHUNK = 1024
 NARROW_N = 8
 """Products with at most this many columns (and more rows) run transposed (see :func:`float_product`)."""
 
-from ..hw.call import ConvGeometry, GemmCall
+from ..hw.call import ConvGeometry, GemmCall, ceil_to
 from ..hw.config import BoardConfig, config
 from ..hw.reference import AMAX_CAP, effective_shift, rounding_bits
 from . import epilogue_native
@@ -395,7 +395,7 @@ def _run_items(board: BoardConfig, call: GemmCall, mem: np.ndarray, offs: dict[s
     writes the outputs; returns (saturated outputs, amax)."""
     m, n, eb = call.m, call.n, call.out_bytes
     out_dtype = np.int8 if call.out_int8 else np.int32
-    row_bytes = -(-n * eb // board.axi_bytes) * board.axi_bytes
+    row_bytes = ceil_to(n * eb, board.axi_bytes)
     items = call.batch if item is None else 1
     co = offs["c"] + (item or 0) * call.stride_c
     prod = None

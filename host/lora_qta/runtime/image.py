@@ -12,14 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..hw.call import GemmCall
+from ..hw.call import GemmCall, ceil_to
 from ..hw.config import BoardConfig, config
 
 ALIGN = 4096
-
-
-def _ceil_to(x: int, step: int) -> int:
-    return -(-x // step) * step
 
 
 def aligned_bytes(nbytes: int) -> np.ndarray:
@@ -50,7 +46,7 @@ class MemoryImage:
         for name in ("a", "b", "c", "scales"):
             if name in ext:
                 offsets[name] = at
-                at = _ceil_to(at + ext[name], beat) + gap * beat
+                at = ceil_to(at + ext[name], beat) + gap * beat
         mem = aligned_bytes(max(at, beat))
         for name in ("a", "b"):
             mem[offsets[name]:offsets[name] + ext[name]] = rng.integers(0, 256, ext[name], dtype=np.uint8)
