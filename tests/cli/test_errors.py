@@ -29,6 +29,35 @@ def test_unknown_board():
     assert "unknown board 'nexys'" in one_error_line(run("config", "tcl", "--board", "nexys"))
 
 
+@pytest.mark.parametrize("var, message", [
+    ("LORA_QTA_BOARD", "LORA_QTA_BOARD='bogus' is not a board: use one of kv260, pynq_z2, zcu104 (the boards of "
+                       "hardware.toml), or unset LORA_QTA_BOARD"),
+    ("LORA_QTA_BACKEND", "LORA_QTA_BACKEND='bogus' is not a backend: use one of auto, board, emulation, csim, fast, "
+                         "or unset LORA_QTA_BACKEND"),
+])
+def test_a_bad_environment_default_names_the_variable(var, message):
+    """Nothing on the command line said 'bogus': the error says where it came from."""
+    assert one_error_line(run("gemm", "8", "8", "8", env={var: "bogus"})) == f"lora-qta: error: {message}"
+
+
+def test_rtl_sim_takes_the_board_from_the_environment(tmp_path):
+    """`rtl sim`'s --board defaults to $LORA_QTA_BOARD, as its help says (it took ZCU104)."""
+    import json
+
+    import numpy as np
+
+    np.save(tmp_path / "a.npy", np.ones((2, 3), np.int8))
+    np.save(tmp_path / "b.npy", np.ones((3, 2), np.int8))
+    args = ["rtl", "sim", "--dataflow", "os", "--a", str(tmp_path / "a.npy"), "--b", str(tmp_path / "b.npy"),
+            "--out", str(tmp_path / "c.npy")]
+    p = run(*args, env={"LORA_QTA_BOARD": "pynq_z2"})
+    if p.returncode != 0 and "verilator" in (p.stderr + p.stdout).lower():
+        pytest.skip("no Verilator here")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["board"] == "pynq_z2"
+    assert "LORA_QTA_BOARD='nexys' is not a board" in one_error_line(run(*args, env={"LORA_QTA_BOARD": "nexys"}))
+
+
 @pytest.mark.parametrize("args, message", [
     (["gemm", "0", "8", "8"], "GEMM dimensions must be at least 1, got M=0"),
     (["gemm", "-3", "8", "8"], "GEMM dimensions must be at least 1, got M=-3"),

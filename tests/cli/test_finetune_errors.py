@@ -33,6 +33,7 @@ def one_line(capsys, argv) -> str:
     (["--learning-rate", "-1"], "--learning-rate must be a positive number, not -1.0"),
     (["--learning-rate", "nan"], "--learning-rate must be a positive number, not nan"),
     (["--alpha", "0"], "--alpha must be a positive number, not 0.0"),
+    (["--rank", "0"], "--rank must be at least 1, not 0"),
     (["--warmup-steps", "-5"], "--warmup-steps must be 0 or more, not -5"),
     (["--num-examples", "100000"], "--num-examples 100000 is more than the digits training split holds (143)"),
     (["--prior-per-class", "5000"], "--prior-per-class 5000 is more than the digits training split holds"),
@@ -51,6 +52,16 @@ def test_bad_training_options_are_one_line(capsys, tmp_path, extra, message):
     out = tmp_path / "run"
     assert message in one_line(capsys, ["finetune", "--output-dir", str(out), *QUICK, *extra])
     assert not out.exists()  # refused before anything is written
+
+
+def test_option_values_are_refused_before_the_training_stack_is_imported(tmp_path):
+    """A mistyped value is refused at once, not after the 10-15 s of importing diffusers and peft."""
+    code = ("import sys; from lora_qta.cli import main; "
+            "rc = main(['finetune', '--learning-rate', '-1', '--output-dir', sys.argv[1]]); "
+            "print(rc, [m for m in ('diffusers', 'peft') if m in sys.modules])")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True)
+    assert p.stdout.split() == ["2", "[]"], p.stdout + p.stderr
+    assert "--learning-rate must be a positive number, not -1.0" in p.stderr
 
 
 @pytest.mark.parametrize("env, engines", [("LORA_QTA_HOST_QUANT", "native or torch"),

@@ -1,5 +1,6 @@
 """Every command is reachable as ``lora-qta <command>`` and explains each of its options."""
 
+import argparse
 import subprocess
 import sys
 
@@ -23,6 +24,37 @@ def test_every_option_has_help(command):
             assert action.help and len(action.help) > 10, (command, action.dest)
 
 
+def _parsers(parser):
+    """(name, parser) of every command and subcommand under ``parser``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", p) for n, p in _parsers(sub))
+
+
+def test_every_option_with_a_default_value_says_it():
+    """`finetune --help` listed --steps, --rank, --learning-rate... without their defaults."""
+    checked = 0
+    for name, sub in _parsers(build_parser()):
+        for action in sub._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert "default" in action.help, (name, action.dest, action.default)
+                checked += 1
+    assert checked > 50
+
+
+def test_finetune_help_shows_the_run_configs_defaults():
+    from lora_qta.training.config import FinetuneConfig
+
+    d = FinetuneConfig()
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["finetune"].format_help().split())
+    for shown in (f"optimizer steps (default {d.steps})", f"LoRA rank r (default {d.rank})",
+                  f"images per step (default {d.batch_size})", f"peak learning rate (default {d.learning_rate})",
+                  f"(default {' '.join(d.target_modules)})", f"(default {d.precision})"):
+        assert shown in text, shown
+
+
 def test_every_help_text_renders():
     """argparse formats help strings with %: a bare "95%" in a command's help broke
     `lora-qta --help` (TypeError). The top-level help and every command's help must render."""
@@ -38,7 +70,7 @@ def test_report_commands_explain_their_options(command):
     assert p.returncode == 0 and "--out" in p.stdout
 
 
-@pytest.mark.parametrize("argv, fused", [([], False), (["--fuse-lora"], True)])
+@pytest.mark.parametrize("argv, fused", [([], False), (["--fuse-lora", "--offload-scheme", "row"], True)])
 def test_fuse_lora_reaches_the_run_config(monkeypatch, argv, fused):
     """``finetune --fuse-lora`` sets FinetuneConfig.fuse_lora (default off)."""
     from lora_qta.cli import main

@@ -83,6 +83,20 @@ def test_resume_checks_precision_backend_and_numerics(tiny_digits_model, tmp_pat
         finetune(cfg_for(run, tiny_digits_model, precision="int8", resume=True))
 
 
+def test_the_identity_names_the_board_of_lora_qta_board(tiny_digits_model, tmp_path, monkeypatch):
+    """Without --board the accelerator is $LORA_QTA_BOARD's board: the run's identity names that
+    board (it named ZCU104 whatever the variable said), so a resume on another board is refused."""
+    run = tmp_path / "r"
+    monkeypatch.setenv("LORA_QTA_BOARD", "kv260")
+    assert train.run_target(FinetuneConfig(precision="int8", backend="fast"))["board"] == "kv260"
+    finetune(cfg_for(run, tiny_digits_model, precision="int8", backend="fast"), stop_after=2)
+    state = json.loads((run / "checkpoints" / "step_000002" / "state.json").read_text())
+    assert state["identity"]["target"]["board"] == "kv260"
+    monkeypatch.delenv("LORA_QTA_BOARD")
+    with pytest.raises(CheckpointError, match="target"):
+        finetune(cfg_for(run, tiny_digits_model, precision="int8", backend="fast", resume=True))
+
+
 def test_checkpoints_are_ordered_by_step_number(tmp_path):
     root = tmp_path / "checkpoints"
     for name in ("step_999999", "step_1000000", ".tmp_step_2000000", "step_3000000"):

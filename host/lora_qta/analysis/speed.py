@@ -160,7 +160,7 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
     import torch
 
     from ..lora.layer import attach_runtime
-    from ..training.loop import check_options
+    from ..training.options import check_options
 
     cfg = FinetuneConfig(batch_size=batch_size, board=board, samples=False, offload_scheme=offload_scheme)
     check_options(replace(cfg, precision="int8", offload=offload, fuse_lora=fuse_lora), writer=False)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from ..errors import QtaError
 from . import analysis, hardware, rtl, training
+from .common import show_defaults
 
 
 NOTEBOOKS_HINT = ("notebooks: `pynq get-notebooks lora-qta -p DIR` on a board; on a PC add --ignore-overlays "
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_commands(sub)
     analysis.add_commands(sub)
     rtl.add_commands(sub)
+    show_defaults(p)
     return p
 
 

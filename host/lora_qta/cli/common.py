@@ -1,5 +1,5 @@
 """What the command groups share: the ``--board`` / ``--backend`` options, comma-separated list
-arguments and plain-text tables."""
+arguments, the defaults shown in every option's help and plain-text tables."""
 
 from __future__ import annotations
 
@@ -35,6 +35,23 @@ def comma_list(convert: Callable[[str], object] = str) -> Callable[[str], list]:
 
     parse.__name__ = f"comma-separated {getattr(convert, '__name__', 'value')} list"
     return parse
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append ``(default X)`` to the help of every option of ``parser`` and its subcommands that
+    has a value by default and whose help does not already say what its default is (a flag,
+    off by default, and an option without a default value say nothing)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                show_defaults(sub)
+            continue
+        default = action.default
+        if (not action.option_strings or action.help in (None, argparse.SUPPRESS) or "default" in action.help
+                or default is None or default is False or default == argparse.SUPPRESS):
+            continue
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        action.help += f" (default {shown})".replace("%", "%%")
 
 
 def table(rows: list[dict], cols: Sequence[str]) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RtlInputError
+from ..hw.config import resolve_board
 from .common import add_board, comma_list
 
 
@@ -40,7 +41,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     a = _load_int8(args.a, "A")
     b = _load_int8(args.b, "B")
-    shape = rtl.board_shape(args.board)
+    shape = rtl.board_shape(resolve_board(args.board).name)
     r = rtl.sim_steps(shape, [(args.dataflow, args.split, a, b)])[0]
     np.save(args.out, r.c)
     exact = bool(np.array_equal(r.c, a.astype(np.int64) @ b.astype(np.int64)))

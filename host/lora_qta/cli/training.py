@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..lora.schemes import SCHEMES, schemes_help
 from ..training.config import FinetuneConfig
+from ..training.options import check_options
 from ..training.variants import DEFAULT_VARIANTS
 from .common import add_target, comma_list, table
 
@@ -24,8 +25,8 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
                         "a folder another process is writing to is refused (lock file .lock)")
     s.add_argument("--precision", default=d.precision, choices=["fp32", "int8"],
                    help="fp32: plain peft LoRA in PyTorch (the reference); int8: GEMMs run INT8 on the "
-                        "accelerator (board or emulation), which ones --offload says (default: every GEMM of "
-                        "the step)")
+                        "accelerator (board or emulation), which ones --offload says (every GEMM of the "
+                        "step unless --offload lora)")
     s.add_argument("--offload", default=None, choices=["lora", "all"],
                    help=f"with --precision int8, which GEMMs run INT8 on the accelerator (default {d.offload}; "
                         "refused with --precision fp32, which runs none): lora = the six "
@@ -93,8 +94,6 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from ..training.loop import finetune
-
     if args.offload is not None and args.precision != "int8":
         from ..errors import LimitError
 
@@ -104,6 +103,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if values["offload"] is None:  # the config's default
         del values["offload"]
     cfg = FinetuneConfig(**values, samples=not args.no_samples)
+    # the option values, before the training stack's imports (10-15 s here); the run folder is
+    # checked by finetune, which knows whether this process writes it (rank 0 of several)
+    check_options(cfg, writer=False)
+    from ..training.loop import finetune
+
     rep = finetune(cfg)
     if rep.get("interrupted"):
         return 130

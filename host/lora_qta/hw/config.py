@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import struct
 from dataclasses import dataclass, fields
 from functools import cached_property, lru_cache
@@ -27,6 +28,8 @@ except ModuleNotFoundError:  # pragma: no cover - exercised on Python 3.10 only
 
 CONFIG_PATH = Path(__file__).with_name("hardware.toml")
 DEFAULT_BOARD = "zcu104"
+BOARD_ENV = "LORA_QTA_BOARD"
+"""The environment variable that names the board when ``--board`` is not given."""
 
 ARG_WORDS = {"pointer": 3, "scalar": 2, "scalar64": 3, "out32": 2, "out64": 3}
 """32-bit s_axilite words per argument kind (Vitis HLS layout: a 64-bit address, input or output
@@ -325,6 +328,23 @@ class Config:
                 f"unknown board {name!r}: use one of {', '.join(sorted(self.boards))} (the boards of hardware.toml)"
             )
         return self.boards[key]
+
+
+def resolve_board(name: str | None = None) -> BoardConfig:
+    """The board ``name`` names, else the one :data:`BOARD_ENV` names, else :data:`DEFAULT_BOARD`:
+    what a ``--board`` whose default is ``$LORA_QTA_BOARD`` means (the accelerator, the run's
+    identity and ``rtl sim`` resolve it here, so they cannot disagree). An unknown name in the
+    variable is refused naming the variable."""
+    if name:
+        return config().board(name)
+    env = os.environ.get(BOARD_ENV)
+    if not env:
+        return config().board()
+    try:
+        return config().board(env)
+    except UnknownBoardError:
+        raise UnknownBoardError(f"{BOARD_ENV}={env!r} is not a board: use one of {', '.join(sorted(config().boards))} "
+                                f"(the boards of hardware.toml), or unset {BOARD_ENV}") from None
 
 
 def _table(raw: dict[str, Any], cls: type, where: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:

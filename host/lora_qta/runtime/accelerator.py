@@ -28,12 +28,14 @@ from .emulation import EmulatedDevice
 from ..errors import (BackendError, BitstreamNotFoundError, DeviceMemoryError, DMAError, InputDTypeError,
                      InputLayoutError, InputShapeError, KernelArgumentError, LimitError, ResidentOperandError,
                      SaturationError, StaleBitstreamError)
-from ..hw.config import BoardConfig, board_digest, config
+from ..hw.config import BoardConfig, board_digest, config, resolve_board
 from ..hw.call import ROUNDINGS, SCALE_MODES, ConvGeometry, GemmCall, ceil_to
 from ..hw.reference import AMAX_CAP, effective_shift, rounding_bits
 from ..hw.reference import requantize as reference_requantize
 
 BACKENDS = ("auto", "board", "emulation", "csim", "fast")
+BACKEND_ENV = "LORA_QTA_BACKEND"
+"""The environment variable that names the backend when none is given."""
 REPO_BITSTREAMS = Path(__file__).resolve().parents[3] / "bitstreams"
 
 try:  # torch is optional for the GEMM API
@@ -83,9 +85,11 @@ def resolve_backend(board: BoardConfig, backend: str | None = None,
     """What ``backend`` (default ``$LORA_QTA_BACKEND`` or ``auto``) means on this machine for
     ``board``: ``board``, ``fast`` or ``csim`` (``auto``: the board when PYNQ finds one and the
     bitstream is there, else ``fast``; ``emulation`` is ``fast``)."""
-    backend = (backend or os.environ.get("LORA_QTA_BACKEND") or "auto").lower()
+    env = None if backend else os.environ.get(BACKEND_ENV)
+    backend = (backend or env or "auto").lower()
     if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        what = f"{BACKEND_ENV}={env!r} is not a backend" if env else f"unknown backend {backend!r}"
+        raise BackendError(f"{what}: use one of {', '.join(BACKENDS)}" + (f", or unset {BACKEND_ENV}" if env else ""))
     if backend == "auto":
         found = True
         try:
@@ -263,7 +267,7 @@ class Accelerator:
     def __init__(self, board: str | None = None, backend: str | None = None,
                  bitstream: str | os.PathLike | None = None, timeout: float = 60.0,
                  resident_limit: int = RESIDENT_LIMIT):
-        self.board = config().board(board or os.environ.get("LORA_QTA_BOARD"))
+        self.board = resolve_board(board)
         backend = resolve_backend(self.board, backend, bitstream)
         self.backend = backend
         self.timeout = timeout

@@ -61,7 +61,7 @@ from .. import __version__
 from .. import errors as error_classes
 from ..errors import (CollectiveError, DistributedError, DivergedError, LimitError, QtaError, RankLostError,
                       RankMismatchError, RankSetupError, RankStoppedError, RendezvousError)
-from ..hw.config import board_digest, config
+from ..hw.config import board_digest, resolve_board
 from .checkpoint import latest_checkpoint, lora_state
 from .config import FinetuneConfig
 
@@ -447,7 +447,7 @@ class DataParallel:
     def facts(self, cfg: FinetuneConfig, bundle: Any, data: Any, acc: Any) -> dict[str, Any]:
         """What every rank of one run must share."""
         try:
-            board = acc.board if acc is not None else config().board(cfg.board or os.environ.get("LORA_QTA_BOARD"))
+            board = acc.board if acc is not None else resolve_board(cfg.board)
             board_name, digest = board.name, board_digest(board)
         except QtaError as e:
             board_name, digest = f"unknown ({e})", None

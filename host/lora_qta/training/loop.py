@@ -36,11 +36,12 @@ from peft import LoraConfig
 
 from ..errors import CheckpointError, DivergedError, LimitError, OptionError, QtaError
 from ..lora.layer import QtaRuntime, accelerated_lora_config, attach_runtime
-from ..lora.schemes import DELAYED_SCHEMES, SCHEMES
+from ..lora.schemes import DELAYED_SCHEMES
 from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, lora_state, non_finite, save_checkpoint
 from .config import DEFAULT_SD_PROMPT, FinetuneConfig
 from .distributed import DataParallel
 from .models import DigitsBundle, ModelBundle, StableDiffusionBundle
+from .options import check_options
 from .rundir import RunFolder
 
 
@@ -78,10 +79,10 @@ def run_target(cfg: FinetuneConfig) -> dict[str, Any] | None:
     of the run's identity; None for fp32 (no accelerator)."""
     if cfg.precision != "int8":
         return None
-    from ..hw.config import config
+    from ..hw.config import resolve_board
     from ..runtime.accelerator import resolve_backend
 
-    board = config().board(cfg.board)
+    board = resolve_board(cfg.board)
     target = {"board": board.name, "backend": resolve_backend(board, cfg.backend),
               "numerics": {"smooth_alpha": QtaRuntime.SMOOTH_ALPHA, "wgrad_groups": True,
                            "group_ratio": QtaRuntime.GROUP_RATIO}}
@@ -97,56 +98,10 @@ def run_target(cfg: FinetuneConfig) -> dict[str, Any] | None:
     return target
 
 
-def _positive_number(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise LimitError(f"{name} must be a positive number, not {value}")
-
-
-def check_options(cfg: FinetuneConfig, writer: bool = True) -> None:
-    """Refuse bad option values before anything is loaded or written. ``writer``: this process
-    writes --output-dir (False on data-parallel ranks other than 0, which never use it)."""
-    if cfg.precision not in ("fp32", "int8"):
-        raise LimitError(f"--precision must be fp32 or int8, not {cfg.precision!r}")
-    if cfg.offload not in ("lora", "all"):
-        raise LimitError(f"--offload must be lora or all, not {cfg.offload!r}")
-    if cfg.offload_scheme not in SCHEMES:
-        raise LimitError(f"--offload-scheme must be one of {', '.join(SCHEMES)}, not {cfg.offload_scheme!r}")
-    if cfg.fuse_lora and (cfg.precision != "int8" or cfg.offload != "all" or cfg.offload_scheme != "row"):
-        raise LimitError("--fuse-lora fuses each LoRA layer with its base layer on the accelerator: it needs "
-                         "--precision int8 --offload all --offload-scheme row (given: --precision "
-                         f"{cfg.precision} --offload {cfg.offload} --offload-scheme {cfg.offload_scheme})")
-    if cfg.lr_schedule not in ("constant", "linear", "cosine"):
-        raise LimitError(f"--lr-schedule must be constant, linear or cosine, not {cfg.lr_schedule!r}")
-    if cfg.prediction_type not in ("epsilon", "v_prediction"):
-        raise LimitError(f"--prediction-type must be epsilon or v_prediction, not {cfg.prediction_type!r}")
-    for name in ("steps", "batch_size", "checkpoint_every", "num_examples"):
-        if getattr(cfg, name) < 1:
-            raise LimitError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(cfg, name)}")
-    for name in ("warmup_steps", "prior_per_class", "eval_every"):
-        if getattr(cfg, name) < 0:
-            raise LimitError(f"--{name.replace('_', '-')} must be 0 or more, not {getattr(cfg, name)}")
-    _positive_number("--learning-rate", cfg.learning_rate)
-    _positive_number("--alpha", cfg.alpha)
-    _positive_number("--max-grad-norm", cfg.max_grad_norm)
-    if cfg.threads is not None and cfg.threads < 1:
-        raise LimitError(f"--threads must be a positive integer, not {cfg.threads}")
-    if cfg.resume and cfg.overwrite:
-        raise OptionError("--resume and --overwrite contradict each other: --resume continues the run in "
-                          "--output-dir, --overwrite replaces it")
-    if cfg.precision == "int8":  # a mistyped engine variable fails here, not at the first INT8 call
-        from ..lora.quant_native import NATIVE as host_quantizer
-        from ..runtime.epilogue_native import NATIVE as fast_epilogue
-
-        host_quantizer.engine()
-        fast_epilogue.engine()
-    if writer:
-        RunFolder(cfg.output_dir).check_usable()
-
-
 def validate(cfg: FinetuneConfig, bundle: ModelBundle, writer: bool = True) -> None:
     """Refuse bad options before any training starts (:func:`check_options` plus what depends on
     the model)."""
-    from ..hw.config import config
+    from ..hw.config import resolve_board
 
     check_options(cfg, writer)
     if isinstance(bundle, DigitsBundle):
@@ -174,7 +129,7 @@ def validate(cfg: FinetuneConfig, bundle: ModelBundle, writer: bool = True) -> N
     if not 1 <= cfg.rank <= narrowest:
         raise LimitError(f"rank {cfg.rank} is not supported: it must be 1..{narrowest} (the narrowest targeted "
                          f"layer has {narrowest} features); lower --rank")
-    config().board(cfg.board)  # an unknown --board fails here, before training
+    resolve_board(cfg.board)  # an unknown --board or $LORA_QTA_BOARD fails here, before training
 
 
 def available_memory() -> int | None:
