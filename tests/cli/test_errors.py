@@ -68,6 +68,86 @@ def test_bad_shapes_and_modes(args, message):
     assert message in one_error_line(run(*args))
 
 
+@pytest.mark.parametrize("args, message", [
+    # a zero or empty value was taken for the default: 300 steps, the default variants
+    (["evaluate", "--steps", "0", "--seeds", "0", "--variants", "fp32"], "--steps must be at least 1, not 0"),
+    (["evaluate", "--variants", ""], "--variants must include fp32"),
+    (["evaluate", "--threads", "0"], "--threads must be a positive integer, not 0"),  # was a RuntimeError
+    # --combine trains nothing: the options of new runs are refused, not ignored
+    (["evaluate", "--combine", "a,b", "--board", "kv260"], "--combine pools finished evaluations and trains "
+                                                           "nothing: leave out --board"),
+    (["evaluate", "--combine", "a,b", "--seed", "3"], "leave out --seed"),
+    # option values named as options, not as a GEMM dimension, a ZeroDivisionError or a ValueError
+    (["energy", "--dram-pj", "0"], "--dram-pj must be a positive number, not 0.0"),
+    (["energy", "--dram-pj", "-5"], "--dram-pj must be a positive number, not -5.0"),
+    (["energy", "--ranks", "0"], "--ranks must be at least 1, not 0"),
+    (["energy", "--ranks", ""], "--ranks names nothing: give at least one value"),
+    (["power", "--rank", "0"], "--rank must be at least 1, not 0"),
+    (["power", "--tokens", "-5"], "--tokens must be at least 1, not -5"),
+    (["power", "--interval", "0"], "--interval must be a positive number, not 0.0"),
+    (["power", "--idle-seconds", "0"], "--idle-seconds must be a positive number, not 0.0"),
+    (["throughput", "--quick", "--repeat", "0"], "--repeat must be at least 1, not 0"),
+])
+def test_bad_option_values_name_the_option(args, message, tmp_path):
+    assert message in one_error_line(run(*args, "--output-dir" if args[0] == "evaluate" else "--out",
+                                         str(tmp_path / "out")) if args[0] != "throughput" else run(*args))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, kind", [
+    (["config", "header", "-o", "{dir}"], "folder"), (["calltime", "--calls", "2", "--out", "{dir}"], "folder"),
+    (["speed", "--out", "{file}/x.json"], "file above"), (["energy", "--out", "{file}"], "file"),
+    (["power", "--out", "{file}"], "file"), (["bench", "--out", "{file}"], "file"),
+    (["rtl", "sim", "--dataflow", "os", "--a", "{a}", "--b", "{a}", "--out", "{dir}"], "folder"),
+])
+def test_an_unusable_output_path_is_refused_before_the_work(args, kind, tmp_path):
+    """Refused at once, not after the work (a power recording was lost to a FileExistsError)."""
+    import numpy as np
+
+    (tmp_path / "afile").write_text("x")
+    np.save(tmp_path / "a.npy", np.ones((2, 2), np.int8))
+    argv = [a.format(dir=tmp_path, file=tmp_path / "afile", a=tmp_path / "a.npy") for a in args]
+    line = one_error_line(run(*argv))
+    expected = {"folder": f"{tmp_path} is a folder: give the file to write",
+                "file": f"{tmp_path / 'afile'} is a file: give a folder",
+                "file above": f"{tmp_path / 'afile'} is a file, not a folder"}[kind]
+    assert expected in line
+
+
+def test_rtl_sim_writes_the_file_it_names(tmp_path):
+    """np.save appended .npy to a name without it, so the reported path did not exist."""
+    import json
+
+    import numpy as np
+
+    np.save(tmp_path / "a.npy", np.ones((2, 3), np.int8))
+    np.save(tmp_path / "b.npy", np.ones((3, 2), np.int8))
+    out = tmp_path / "new" / "C"
+    p = run("rtl", "sim", "--dataflow", "os", "--a", str(tmp_path / "a.npy"), "--b", str(tmp_path / "b.npy"),
+            "--out", str(out))
+    if p.returncode != 0 and "verilator" in (p.stderr + p.stdout).lower():
+        pytest.skip("no Verilator here")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["out"] == str(out) and np.array_equal(np.load(out), np.full((2, 2), 3))
+
+
+@pytest.mark.parametrize("args", [["config", "digest"], ["csim", "--help"]])
+def test_every_board_option_defaults_to_lora_qta_board(args):
+    """`config digest` gave ZCU104's digest while `info` gave the variable's board."""
+    if args[0] == "csim":  # csim's help names the variable as its default, as every --board does
+        assert "$LORA_QTA_BOARD" in " ".join(run(*args).stdout.split())
+        return
+    assert run(*args, env={"LORA_QTA_BOARD": "kv260"}).stdout == run(*args, "--board", "kv260").stdout
+    assert run(*args, env={"LORA_QTA_BOARD": "kv260"}).stdout != run(*args, "--board", "zcu104").stdout
+
+
+def test_a_closed_pipe_is_no_traceback():
+    """`lora-qta info | head -1`."""
+    p = subprocess.run(f"{sys.executable} -m lora_qta.cli info | head -1", shell=True, capture_output=True,
+                       text=True, timeout=600)
+    assert p.stdout.startswith("board") and "Traceback" not in p.stderr, p.stderr
+
+
 @pytest.mark.parametrize("args", [["csim"], ["gemm", "16", "16", "16", "--backend", "csim"]])
 def test_a_missing_compiler_is_one_line(args, tmp_path):
     line = one_error_line(run(*args, env={"CXX": "/nonexistent/g++", "LORA_QTA_CACHE": str(tmp_path)}))

@@ -64,6 +64,32 @@ def test_option_values_are_refused_before_the_training_stack_is_imported(tmp_pat
     assert "--learning-rate must be a positive number, not -1.0" in p.stderr
 
 
+def test_only_finetune_says_resume_with_resume(capsys, monkeypatch, tmp_path):
+    """An interrupted run's loop says nothing of --resume: `evaluate`, which has no such option,
+    runs the same loop and says that the same command continues."""
+    import signal
+
+    from lora_qta.training import loop
+
+    update = loop.Progress.update
+
+    def ctrl_c_at_step_2(self, done, *args):  # Ctrl-C during the second step
+        update(self, done, *args)
+        if done == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(loop.Progress, "update", ctrl_c_at_step_2)
+    out = tmp_path / "run"
+    rep = loop.finetune(loop.FinetuneConfig(output_dir=str(out), steps=4, batch_size=4, num_examples=2,
+                                            prior_per_class=1, samples=False, eval_every=0, precision="fp32",
+                                            checkpoint_every=2))
+    assert rep["interrupted"] and rep["step"] == 2 and "--resume" not in capsys.readouterr().out
+    monkeypatch.setattr(loop, "finetune", lambda cfg: {"interrupted": True, "step": 2, "writer": True})
+    assert main(["finetune", "--output-dir", str(out), *QUICK]) == 130
+    assert "interrupted: checkpoint saved at step 2; continue with the same command and --resume" in \
+        capsys.readouterr().out
+
+
 @pytest.mark.parametrize("env, engines", [("LORA_QTA_HOST_QUANT", "native or torch"),
                                           ("LORA_QTA_FAST_EPILOGUE", "native or numpy")])
 def test_a_mistyped_engine_variable_is_refused_before_training(capsys, tmp_path, monkeypatch, env, engines):

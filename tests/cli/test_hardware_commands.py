@@ -49,7 +49,7 @@ def test_demo_checks_all_six_gemms(capsys):
 @pytest.mark.parametrize("opt", ["--tokens", "--features", "--rank"])
 def test_demo_names_a_bad_size_option(opt, capsys):
     assert main(["demo", opt, "0"]) == 2
-    assert f"lora-qta: error: {opt} must be at least 1, got 0" in capsys.readouterr().err
+    assert f"lora-qta: error: {opt} must be at least 1, not 0" in capsys.readouterr().err
 
 
 # Runs the command line with a meta-path finder in front that refuses every torch module, as on a

@@ -133,5 +133,8 @@ def test_cli_combines_and_refuses_options_that_define_runs(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| int8 - fp32, paired per seed |" in text and "+5.0, -2.0, +10.0, -32.0, -9.0" in text
     assert "lora-qta evaluate --combine" in text
-    assert main(["evaluate", "--combine", srcs, "--seeds", "0,1", "--output-dir", str(tmp_path / "o2")]) == 2
-    assert "leave out --seeds" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    # the time is the sources' (the combine took well under a second), and says so
+    assert "the combined folders' last evaluate commands took" in text
+    for option in (["--seeds", "0,1"], ["--seed", "3"], ["--board", "kv260"], ["--backend", "csim"]):
+        assert main(["evaluate", "--combine", srcs, *option, "--output-dir", str(tmp_path / "o2")]) == 2
+        assert f"leave out {option[0]}" in capsys.readouterr().err and not (tmp_path / "o2").exists()

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .energy import EnergyTable
 from .power import EMULATED_LABEL
 
 # ----------------------------------------------------------------------------- dataflow study
@@ -500,8 +501,11 @@ def energy_markdown(rep: dict) -> str:
     lines += ["", f"Reference: the CDM-QTA paper reports {rep['paper_energy_efficiency']:.2f}x energy efficiency "
               "over its baseline (their figure, a different baseline and technology); ours above are "
               f"{rep['label']}.", "",
-              f"Table (pJ): {', '.join(f'{k} {v:g}' for k, v in rep['table_pj'].items())}; DRAM is the midpoint "
-              "of 1300-2600 pJ per 64-bit access."]
+              f"Table (pJ): {', '.join(f'{k} {v:g}' for k, v in rep['table_pj'].items())}; DRAM "
+              + ("is the midpoint of 1300-2600 pJ per 64-bit access."
+                 if rep['table_pj'].get('dram_64bit') == EnergyTable().dram_64bit else
+                 f"{rep['table_pj'].get('dram_64bit'):g} pJ per 64-bit access as given (--dram-pj; the table's "
+                 "range is 1300-2600 pJ).")]
     return "\n".join(lines) + "\n"
 
 

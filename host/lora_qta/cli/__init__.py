@@ -10,6 +10,7 @@ is printed as one line ``lora-qta: error: ...`` with exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -44,3 +45,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QtaError as e:
         print(f"lora-qta: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`lora-qta info | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's final flush goes nowhere
+        return 1

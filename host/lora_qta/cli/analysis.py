@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from ..analysis.energy import HOROWITZ_45NM
-from ..hw.config import DEFAULT_BOARD, config
+from ..errors import OptionError
+from ..hw.config import DEFAULT_BOARD, config, resolve_board
 from ..lora.schemes import SCHEMES, schemes_help
 from ..training.config import FinetuneConfig
-from .common import add_board, add_target, comma_list
+from .common import add_board, add_target, at_least, comma_list, output_file, output_folder, positive
 
 INTS = comma_list(int)
 NAMES = comma_list()
@@ -26,6 +27,7 @@ def _print_written(paths: list[Path]) -> None:
 def cmd_bench(a: argparse.Namespace) -> int:
     from ..analysis import allreduce, dataflow, energy, plots, report, step
 
+    output_folder(a.out, "--out")
     t0 = time.perf_counter()
     res = dataflow.run_dataflow(a.boards, a.models, a.ranks, a.resolution)
     if a.csim_ranks:
@@ -62,6 +64,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_energy(a: argparse.Namespace) -> int:
     from ..analysis import energy, plots, report
 
+    output_folder(a.out, "--out")
+    for option, values in (("--boards", a.boards), ("--models", a.models), ("--ranks", a.ranks)):
+        if not values:
+            raise OptionError(f"{option} names nothing: give at least one value")
+    at_least("--ranks", min(a.ranks), 1)
+    positive("--dram-pj", a.dram_pj)
     rep = energy.energy_report(a.boards, a.models, a.ranks, energy.EnergyTable(dram_64bit=a.dram_pj))
     print(report.energy_markdown(rep))
     written = report.write_energy(rep, a.out)
@@ -74,8 +82,14 @@ def cmd_energy(a: argparse.Namespace) -> int:
 def cmd_power(a: argparse.Namespace) -> int:
     from ..analysis import plots, power, report
 
-    rep, frame = power.measure(a.board, a.sensors, a.rails, a.interval, a.idle_seconds, a.phase_seconds,
-                               a.tokens, a.features, a.rank, a.idle_watts, a.backend)
+    output_folder(a.out, "--out")  # before the recording, which the error would otherwise lose
+    for option, value in (("--tokens", a.tokens), ("--features", a.features), ("--rank", a.rank)):
+        at_least(option, value, 1)
+    for option, value in (("--interval", a.interval), ("--idle-seconds", a.idle_seconds),
+                          ("--phase-seconds", a.phase_seconds)):
+        positive(option, value)
+    rep, frame = power.measure(resolve_board(a.board).name, a.sensors, a.rails, a.interval, a.idle_seconds,
+                               a.phase_seconds, a.tokens, a.features, a.rank, a.idle_watts, a.backend)
     print(report.power_markdown(rep))
     written = report.write_power(rep, frame, a.out)
     if not a.no_plot:
@@ -91,6 +105,8 @@ def cmd_speed(a: argparse.Namespace) -> int:
 
     from ..analysis import report, speed
 
+    output_file(a.out, "--out")
+    at_least("--threads", a.threads, 1)
     torch.set_num_threads(a.threads)
     r = speed.measure(a.steps, a.warmup, a.engine, a.batch_size, a.board, a.offload, a.fuse_lora,
                       a.offload_scheme)
@@ -104,8 +120,10 @@ def cmd_speed(a: argparse.Namespace) -> int:
 def cmd_throughput(a: argparse.Namespace) -> int:
     from ..analysis import report, speed
 
-    rows = speed.throughput(a.board, a.repeat, speed.QUICK_LAYERS if a.quick else speed.THROUGHPUT_LAYERS)
-    print(report.throughput_markdown(rows, a.board, a.repeat), end="")
+    at_least("--repeat", a.repeat, 1)
+    board = resolve_board(a.board).name
+    rows = speed.throughput(board, a.repeat, speed.QUICK_LAYERS if a.quick else speed.THROUGHPUT_LAYERS)
+    print(report.throughput_markdown(rows, board, a.repeat), end="")
     return 0
 
 
@@ -152,7 +170,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("power", help="record board power rails (or emulated sensors) over GEMM and training "
                                      "phases: energy per GEMM and per step, GOPS/W")
-    add_target(s, board_default=DEFAULT_BOARD, backend_default="board on a board, else emulation")
+    add_target(s, backend_default="board on a board, else emulation")
     s.add_argument("--sensors", default="auto", choices=["auto", "board", "emulated"],
                    help="auto: the board's PYNQ rails if pynq.get_rails() finds any, else emulated sensors")
     s.add_argument("--rails", type=NAMES, default=None,
@@ -193,7 +211,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("throughput", help="emulation engines (fast, csim) against numpy float32 on the GEMMs "
                                           "of LoRA layers, measured")
-    add_board(s, DEFAULT_BOARD)
+    add_board(s)
     s.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (the best is reported)")
     s.add_argument("--quick", action="store_true", help="smaller layers, for a fast smoke run")
     s.set_defaults(func=cmd_throughput)

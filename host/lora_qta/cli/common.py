@@ -4,8 +4,11 @@ arguments, the defaults shown in every option's help and plain-text tables."""
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 from typing import Callable, Sequence
 
+from ..errors import OptionError
 from ..hw.config import DEFAULT_BOARD, config
 
 BACKENDS = ("auto", "board", "emulation", "csim", "fast")
@@ -35,6 +38,45 @@ def comma_list(convert: Callable[[str], object] = str) -> Callable[[str], list]:
 
     parse.__name__ = f"comma-separated {getattr(convert, '__name__', 'value')} list"
     return parse
+
+
+def at_least(option: str, value: int, low: int) -> None:
+    """Refuse ``value`` of ``option`` below ``low``, naming the option (not a GEMM dimension or a
+    Python error deep inside the command)."""
+    if value < low:
+        raise OptionError(f"{option} must be at least {low}, not {value}")
+
+
+def positive(option: str, value: float) -> None:
+    """Refuse a ``value`` of ``option`` that is not a positive finite number."""
+    if not (math.isfinite(value) and value > 0):
+        raise OptionError(f"{option} must be a positive number, not {value}")
+
+
+def output_file(path: Path | None, option: str) -> None:
+    """Refuse ``path`` as the file ``option`` writes before any work is done: a folder, or a file
+    under a path whose existing part is a file, would fail only once the results are in."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise OptionError(f"{option} {path} is a folder: give the file to write (e.g. {path}/<name>)")
+    _no_file_above(path, option)
+
+
+def output_folder(path: Path, option: str) -> None:
+    """Refuse ``path`` as the folder ``option`` writes into before any work is done, if it or a
+    folder above it is a file."""
+    if path.exists() and not path.is_dir():
+        raise OptionError(f"{option} {path} is a file: give a folder (the command writes several files into it)")
+    _no_file_above(path, option)
+
+
+def _no_file_above(path: Path, option: str) -> None:
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OptionError(f"{option} {path}: {parent} is a file, not a folder")
+            return
 
 
 def show_defaults(parser: argparse.ArgumentParser) -> None:

@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 from ..analysis.calltime import SHAPE
-from ..errors import OptionError
 from ..hw import generate
-from ..hw.config import DEFAULT_BOARD, config
-from .common import add_board, add_target, comma_list, table
+from ..hw.config import resolve_board
+from .common import add_board, add_target, at_least, comma_list, output_file, table
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -73,8 +72,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..runtime.accelerator import Accelerator
 
     for opt in ("tokens", "features", "rank"):
-        if getattr(args, opt) < 1:
-            raise OptionError(f"--{opt} must be at least 1, got {getattr(args, opt)}")
+        at_least(f"--{opt}", getattr(args, opt), 1)
     acc = Accelerator(args.board, args.backend)
     t0 = time.perf_counter()
     checks = check_layer(acc, args.tokens, args.features, args.rank, args.seed)
@@ -102,6 +100,7 @@ def cmd_calltime(args: argparse.Namespace) -> int:
     from ..analysis import calltime, report
     from ..runtime.accelerator import Accelerator
 
+    output_file(args.out, "--out")
     acc = Accelerator(args.board, args.backend)
     r = calltime.measure(acc, args.calls, args.warmup, args.shape)
     print(report.calltime_summary(r), end="")
@@ -114,13 +113,14 @@ def cmd_calltime(args: argparse.Namespace) -> int:
 def cmd_csim(args: argparse.Namespace) -> int:
     from ..runtime import csim
 
-    proc = csim.run_testbench(config().board(args.board))
+    proc = csim.run_testbench(resolve_board(args.board))
     sys.stdout.write(proc.stdout)
     sys.stderr.write(proc.stderr)
     return proc.returncode
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    output_file(args.output, "-o/--output")
     generate.write(args.what, args.board, args.output)
     return 0
 
@@ -174,7 +174,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_calltime)
 
     s = sub.add_parser("csim", help="build and run the kernel's C++ testbench with g++")
-    add_board(s, DEFAULT_BOARD)
+    add_board(s)
     s.set_defaults(func=cmd_csim)
 
     s = sub.add_parser("config", help="generate the HLS header, Tcl variables, register map or estimate")

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import RtlInputError
 from ..hw.config import resolve_board
-from .common import add_board, comma_list
+from .common import add_board, comma_list, output_file
 
 
 def _load_int8(path: str, name: str) -> np.ndarray:
@@ -41,9 +41,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
     a = _load_int8(args.a, "A")
     b = _load_int8(args.b, "B")
+    output_file(args.out, "--out")
     shape = rtl.board_shape(resolve_board(args.board).name)
     r = rtl.sim_steps(shape, [(args.dataflow, args.split, a, b)])[0]
-    np.save(args.out, r.c)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "wb") as f:  # the path as given (np.save on a name would append .npy)
+        np.save(f, r.c)
     exact = bool(np.array_equal(r.c, a.astype(np.int64) @ b.astype(np.int64)))
     print(json.dumps({
         "board": shape.board, "array": f"{shape.rows}x{shape.cols}", "min_sub": shape.min_sub,

@@ -110,6 +110,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     rep = finetune(cfg)
     if rep.get("interrupted"):
+        if rep.get("writer", True):
+            at = f" at step {rep['step']}" if "step" in rep else ""
+            print(f"\ninterrupted: checkpoint saved{at}; continue with the same command and --resume")
         return 130
     if rep.get("writer") is False:  # a data-parallel rank other than 0: rank 0 reports
         return 0
@@ -174,10 +177,12 @@ def evaluate_seeds(args: argparse.Namespace) -> list[int]:
     n = 3 if args.num_seeds is None else args.num_seeds
     if n < 1:
         raise OptionError(f"--num-seeds must be at least 1, not {n}")
-    return list(range(args.seed, args.seed + n))
+    first = 0 if args.seed is None else args.seed
+    return list(range(first, first + n))
 
 
-EVALUATE_RUN_OPTIONS = ("variants", "seeds", "num_seeds", "steps", "samples_per_class", "concept_samples")
+EVALUATE_RUN_OPTIONS = ("variants", "seeds", "num_seeds", "seed", "steps", "samples_per_class", "concept_samples",
+                        "board", "backend")
 """The evaluate options that define new runs: left unset (None) they take their defaults, and
 --combine, which trains and measures nothing, refuses them."""
 
@@ -198,10 +203,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"\nwritten: {args.output_dir}/evaluate.json, evaluate_diffs.png (paired differences per seed over "
               f"the {len(res['seeds'])} pooled seeds; the sample images stay in the combined folders)")
         return 0
-    names = parse_variants(args.variants or list(DEFAULT_VARIANTS))  # before anything is loaded
+    # before anything is loaded; an empty or zero value is refused, not taken for the default
+    names = parse_variants(list(DEFAULT_VARIANTS) if args.variants is None else args.variants)
+    if args.threads < 1:
+        raise OptionError(f"--threads must be a positive integer, not {args.threads}")
     try:
         res = evaluate(args.output_dir, variants=names, seeds=evaluate_seeds(args),
-                       steps=args.steps or FinetuneConfig.steps,
+                       steps=FinetuneConfig.steps if args.steps is None else args.steps,
                        samples_per_class=DEFAULT_SAMPLES_PER_CLASS if args.samples_per_class is None
                        else args.samples_per_class,
                        concept_samples=DEFAULT_CONCEPT_SAMPLES if args.concept_samples is None else args.concept_samples,
@@ -251,7 +259,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                             "confidence interval, 3+ for the target verdict")
     seeds.add_argument("--num-seeds", type=int, default=None,
                        help="instead of --seeds: this many seeds from --seed (--seed, --seed+1, ...; default 3)")
-    s.add_argument("--seed", type=int, default=0, help="first seed of --num-seeds")
+    s.add_argument("--seed", type=int, default=None, help="first seed of --num-seeds (default 0)")
     s.add_argument("--steps", type=int, default=None,
                    help="fine-tuning steps of each run (default: the finetune default)")
     s.add_argument("--samples-per-class", type=int, default=None,

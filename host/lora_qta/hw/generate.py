@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from ..errors import QtaError
-from .config import DEFAULT_BOARD, board_digest, config
+from .config import BOARD_ENV, DEFAULT_BOARD, board_digest, config, resolve_board
 from .resources import budget, estimate_resources, resource_markdown, resource_table
 
 WHAT = {
@@ -186,13 +186,14 @@ def render(what: str, board_name: str | None = None) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``python -m lora_qta.hw.generate`` and of ``lora-qta config``."""
     p.add_argument("what", choices=list(WHAT), help="; ".join(f"{k}: {v}" for k, v in WHAT.items()))
-    p.add_argument("--board", default=DEFAULT_BOARD, help=f"board of hardware.toml (default {DEFAULT_BOARD})")
+    p.add_argument("--board", default=None,
+                   help=f"board of hardware.toml (default ${BOARD_ENV} or {DEFAULT_BOARD})")
     p.add_argument("-o", "--output", type=Path, default=None, help="write to this file instead of standard output")
 
 
 def write(what: str, board_name: str | None, output: Path | None) -> None:
     """Render ``what`` to ``output`` (its folder created), or to standard output."""
-    text = render(what, board_name)
+    text = render(what, resolve_board(board_name).name)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)

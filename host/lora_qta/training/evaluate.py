@@ -502,8 +502,11 @@ def format_table(result: dict[str, Any]) -> str:
               if r.get("measurement", "").startswith("reused")]  # evaluations before the cache lack the key
     if result["base"].get("measurement", "").startswith("reused"):
         cached.insert(0, "base")
+    took = result['time_s_measured']['total']
+    took = (f"the combined folders' last evaluate commands took {took:.0f} s in all (the combine trains and "
+            "measures nothing)" if result.get("combined_from") else f"{took:.0f} s")
     lines.append(f"\n{result['label']}: {result['command']}; runs reused: {', '.join(reused) or 'none'}; "
-                 f"measurements reused: {', '.join(cached) or 'none'}; {result['time_s_measured']['total']:.0f} s")
+                 f"measurements reused: {', '.join(cached) or 'none'}; {took}")
     return "\n".join(lines)
 
 

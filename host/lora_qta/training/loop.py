@@ -630,9 +630,8 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
             if (interrupted["flag"] if dist is None else dist.stop):
                 checkpoint(done)
                 progress.close()
-                if writer:
-                    print(f"\ninterrupted: checkpoint saved at step {done}; continue with --resume")
-                return {"interrupted": True, "step": done}
+                # the caller says how to continue (finetune: --resume; evaluate: the same command)
+                return {"interrupted": True, "step": done, "writer": writer}
     finally:
         signal.signal(signal.SIGINT, previous)
         progress.close()
