@@ -77,7 +77,7 @@ def test_fuse_lora_reaches_the_run_config(monkeypatch, argv, fused):
     from lora_qta.training import loop
 
     seen = []
-    monkeypatch.setattr(loop, "finetune", lambda cfg: seen.append(cfg) or {"interrupted": True})
+    monkeypatch.setattr(loop, "finetune", lambda cfg: seen.append(cfg) or {"interrupted": True, "step": 0})
     assert main(["finetune", "--offload", "all", *argv]) == 130
     assert seen[0].fuse_lora is fused and seen[0].offload == "all"
 
@@ -92,7 +92,7 @@ def test_offload_reaches_the_run_config_with_the_whole_step_as_default(monkeypat
     from lora_qta.training import loop
 
     seen = []
-    monkeypatch.setattr(loop, "finetune", lambda cfg: seen.append(cfg) or {"interrupted": True})
+    monkeypatch.setattr(loop, "finetune", lambda cfg: seen.append(cfg) or {"interrupted": True, "step": 0})
     assert main([command, *argv]) == 130
     assert seen[0].offload == offload
 

@@ -13,7 +13,7 @@ from ..lora.schemes import SCHEMES, schemes_help
 from ..training.config import FinetuneConfig
 from ..training.options import check_options
 from ..training.variants import DEFAULT_VARIANTS
-from .common import add_target, comma_list, table
+from .common import add_target, at_least, comma_list, table
 
 
 def _add_finetune_options(s: argparse.ArgumentParser) -> None:
@@ -111,8 +111,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     rep = finetune(cfg)
     if rep.get("interrupted"):
         if rep.get("writer", True):
-            at = f" at step {rep['step']}" if "step" in rep else ""
-            print(f"\ninterrupted: checkpoint saved{at}; continue with the same command and --resume")
+            print(f"\ninterrupted: checkpoint saved at step {rep['step']}; continue with the same command and "
+                  "--resume")
         return 130
     if rep.get("writer") is False:  # a data-parallel rank other than 0: rank 0 reports
         return 0
@@ -170,13 +170,10 @@ def written_outputs(run: Path) -> list[str]:
 
 def evaluate_seeds(args: argparse.Namespace) -> list[int]:
     """The training seeds of ``evaluate``: --seeds LIST, or --num-seeds N from --seed."""
-    from ..errors import OptionError
-
     if args.seeds is not None:
         return args.seeds
     n = 3 if args.num_seeds is None else args.num_seeds
-    if n < 1:
-        raise OptionError(f"--num-seeds must be at least 1, not {n}")
+    at_least("--num-seeds", n, 1)
     first = 0 if args.seed is None else args.seed
     return list(range(first, first + n))
 
