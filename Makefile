@@ -54,7 +54,7 @@ config: $(STAMP) ## generate build/BOARD/qta_config.h, qta_config.vh and config.
 
 bench: $(STAMP)  ## benchmarks (print figures; not tests): dataflow/energy, emulation throughput and speed, yosys sweep of the RTL array
 	$(BIN)/lora-qta bench --out runs/bench
-	$(BIN)/lora-qta throughput
+	$(BIN)/lora-qta throughput --out runs/bench/throughput.json
 	$(BIN)/lora-qta speed --out runs/bench/speed.json
 	$(BIN)/lora-qta rtl sweep
 

@@ -46,6 +46,20 @@ def test_throughput_times_both_engines_on_the_six_gemms_of_a_layer():
     assert "| **all** |" in table and "measured on this machine" in table
 
 
+def test_throughput_cli_writes_what_it_prints(tmp_path, capsys, monkeypatch):
+    """make bench keeps the throughput figures (runs/bench/throughput.json): it printed them only."""
+    from lora_qta.analysis import speed
+
+    monkeypatch.setattr(speed, "QUICK_LAYERS", ((64, 32, 4),))   # one small layer: six GEMMs
+    out = tmp_path / "new" / "throughput.json"
+    assert main(["throughput", "--quick", "--repeat", "1", "--board", "pynq_z2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["board"] == "pynq_z2" and r["repeat"] == 1 and "measured on this machine" in r["note"]
+    assert len(r["gemms"]) == 6 and all(g["fast"] > 0 and g["csim"] > 0 for g in r["gemms"])
+    assert printed == report.throughput_markdown(r["gemms"], "pynq_z2", 1)
+
+
 def test_speed_with_offload_all_times_the_whole_step_variant_too(tmp_path, capsys):
     out = tmp_path / "speed.json"
     assert main(["speed", "--steps", "1", "--warmup", "0", "--batch-size", "2", "--offload", "all",

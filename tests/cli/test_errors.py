@@ -90,7 +90,7 @@ def test_bad_shapes_and_modes(args, message):
 ])
 def test_bad_option_values_name_the_option(args, message, tmp_path):
     assert message in one_error_line(run(*args, "--output-dir" if args[0] == "evaluate" else "--out",
-                                         str(tmp_path / "out")) if args[0] != "throughput" else run(*args))
+                                         str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
 
 
@@ -98,6 +98,7 @@ def test_bad_option_values_name_the_option(args, message, tmp_path):
     (["config", "header", "-o", "{dir}"], "folder"), (["calltime", "--calls", "2", "--out", "{dir}"], "folder"),
     (["speed", "--out", "{file}/x.json"], "file above"), (["energy", "--out", "{file}"], "file"),
     (["power", "--out", "{file}"], "file"), (["bench", "--out", "{file}"], "file"),
+    (["throughput", "--quick", "--out", "{dir}"], "folder"),
     (["rtl", "sim", "--dataflow", "os", "--a", "{a}", "--b", "{a}", "--out", "{dir}"], "folder"),
 ])
 def test_an_unusable_output_path_is_refused_before_the_work(args, kind, tmp_path):
@@ -177,3 +178,17 @@ def test_a_gemm_beyond_the_limits_runs_in_several_calls():
     """Issue 9, item 4: M = 70000 exceeds the ZCU104's 65536; the runtime splits it."""
     p = run("gemm", "70000", "8", "8")
     assert p.returncode == 0 and "bit-exact with numpy" in p.stdout and "2 kernel calls" in p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["finetune"], ["speed"]])
+def test_a_missing_dependency_is_named_not_a_traceback(command, tmp_path):
+    """A PYNQ-Z2 installs without torch (no armv7l wheels): its training commands said
+    ModuleNotFoundError in a traceback. Here torch is made unimportable in the child process."""
+    out = ["--output-dir" if command[0] in ("evaluate", "finetune") else "--out", str(tmp_path / "out")]
+    block = ("import sys; sys.modules['torch'] = None; from lora_qta.cli import main; "
+             "sys.exit(main(sys.argv[1:]))")
+    p = subprocess.run([sys.executable, "-c", block, *command, *out], capture_output=True, text=True,
+                       timeout=600, cwd=tmp_path)
+    line = one_error_line(p)
+    assert f"`lora-qta {command[0]}` needs the Python package torch" in line and "make install" in line
+    assert not (tmp_path / "out").exists()

@@ -129,8 +129,12 @@ def test_verilator_lint_is_clean(name):
     rtl.lint(SHAPES[name])   # -Wall; raises on any warning
 
 
-def test_yosys_synthesizes_a_small_array():
+def test_yosys_synthesizes_a_small_array(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_QTA_CACHE", str(tmp_path))   # a fresh cache: this run synthesizes
     r = rtl.synth("xcup", 4, 4)
+    again = rtl.synth("xcup", 4, 4)                        # read back, and says so
+    assert not r["cached"] and again["cached"]
+    assert {**again, "cached": False} == r
     assert r["tool_version"].startswith("Yosys ")
     assert r["dsp"] == 16                         # one DSP48E2 per PE (INT8 x INT8)
     assert r["ff"] >= 16 * (8 + 8 + 32 + 32)      # A, B, accumulator and output register per PE

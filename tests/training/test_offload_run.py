@@ -31,8 +31,10 @@ def test_finetune_offload_all_on_the_digits_default_reports_the_four_families(tm
     run = tmp_path / "run"
     assert main(["finetune", "--offload", "all", "--steps", "2", "--batch-size", "2", "--num-examples", "2",
                  "--prior-per-class", "1", "--checkpoint-every", "1", "--no-samples", "--output-dir", str(run)]) == 0
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
+    out = printed.out
     assert "--offload all" in out and "attention" in out
+    assert "finetune int8 all GEMMs, row8c: steps 0..2" in printed.err    # the progress line says what it trains
     # --no-samples: the summary lists what the folder holds, no samples.png
     listed = next(line for line in out.splitlines() if line.startswith("outputs in "))
     assert "samples.png" not in listed and not (run / "samples.png").exists()
@@ -138,6 +140,14 @@ def test_the_whole_step_is_the_default_and_offload_defines_only_int8_runs():
         finetune(FinetuneConfig(offload="all", offload_scheme="block", steps=1, samples=False))
     with pytest.raises(LimitError, match="--offload must be lora or all"):
         finetune(FinetuneConfig(offload="everything", steps=1, samples=False))
+
+
+def test_the_progress_label_names_the_numerics_a_run_trains_in():
+    """It said `finetune int8` for LoRA-only and whole-step runs alike."""
+    assert FinetuneConfig(precision="fp32").numerics() == "fp32"
+    assert FinetuneConfig(offload="lora").numerics() == "int8 LoRA GEMMs"
+    assert FinetuneConfig(offload_scheme="row8").numerics() == "int8 all GEMMs, row8"
+    assert FinetuneConfig(offload_scheme="row", fuse_lora=True).numerics() == "int8 all GEMMs, row, fused LoRA"
 
 
 def offload_figures(rep, families=("linear", "lora", "fused")):

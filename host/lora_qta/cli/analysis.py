@@ -98,9 +98,16 @@ def cmd_power(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_speed(a: argparse.Namespace) -> int:
-    import json
+def _write_json(path: Path | None, figures: dict) -> None:
+    """Write a benchmark's ``figures`` to ``path`` (checked earlier by ``output_file``), if given."""
+    if path:
+        import json
 
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def cmd_speed(a: argparse.Namespace) -> int:
     import torch
 
     from ..analysis import report, speed
@@ -111,19 +118,22 @@ def cmd_speed(a: argparse.Namespace) -> int:
     r = speed.measure(a.steps, a.warmup, a.engine, a.batch_size, a.board, a.offload, a.fuse_lora,
                       a.offload_scheme)
     print(report.speed_summary(r), end="")
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(r, indent=2))
+    _write_json(a.out, r)
     return 0
 
 
 def cmd_throughput(a: argparse.Namespace) -> int:
     from ..analysis import report, speed
 
+    output_file(a.out, "--out")
     at_least("--repeat", a.repeat, 1)
     board = resolve_board(a.board).name
-    rows = speed.throughput(board, a.repeat, speed.QUICK_LAYERS if a.quick else speed.THROUGHPUT_LAYERS)
+    layers = speed.QUICK_LAYERS if a.quick else speed.THROUGHPUT_LAYERS
+    rows = speed.throughput(board, a.repeat, layers)
     print(report.throughput_markdown(rows, board, a.repeat), end="")
+    _write_json(a.out, {"note": "measured on this machine; seconds are the best of repeat runs, board_us modelled "
+                                "(the kernel's cycle count at the board clock)",
+                        "board": board, "repeat": a.repeat, "quick": a.quick, "gemms": rows})
     return 0
 
 
@@ -214,4 +224,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_board(s)
     s.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (the best is reported)")
     s.add_argument("--quick", action="store_true", help="smaller layers, for a fast smoke run")
+    s.add_argument("--out", type=Path, default=None, help="also write the figures as JSON to this file")
     s.set_defaults(func=cmd_throughput)

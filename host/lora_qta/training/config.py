@@ -49,6 +49,15 @@ class FinetuneConfig:
     samples: bool = True
     threads: int | None = None
 
+    def numerics(self) -> str:
+        """What this run trains in, in a few words (the progress line's label): ``fp32``,
+        ``int8 LoRA GEMMs`` or ``int8 all GEMMs, <scheme>`` (``, fused LoRA`` with --fuse-lora)."""
+        if self.precision != "int8":
+            return self.precision
+        if self.offload == "lora":
+            return "int8 LoRA GEMMs"
+        return f"int8 all GEMMs, {self.offload_scheme}" + (", fused LoRA" if self.fuse_lora else "")
+
     def identity(self, target: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything that defines the run's result: a resumed run must match it (except the
         :data:`RESUME_OVERRIDES`), and ``evaluate`` reuses a finished run only when it matches.

@@ -598,7 +598,7 @@ def _train(cfg: FinetuneConfig, run: Path, bundle: ModelBundle, data, identity: 
     if dist is not None:
         dist.start(params, interrupted, runtime)
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
-    progress = Progress(start, cfg.steps, f"finetune {cfg.precision}", disable=not writer)
+    progress = Progress(start, cfg.steps, f"finetune {cfg.numerics()}", disable=not writer)
     try:
         for step in range(start, end):
             t0 = time.perf_counter()
