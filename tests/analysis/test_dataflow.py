@@ -39,6 +39,10 @@ def test_bench_writes_tables_json_and_pngs(small_bench, capsys):
     assert "C-simulated" in md and "all equal" in md
     assert "all-reduce of the LoRA gradients" in md and "| 4 | 797,184 | 3.19 | 3.19 |" in md
     assert "modelled (Horowitz 45 nm table)" in (out / "energy.md").read_text()
+    # the image side of the shapes is recorded, and the per-GEMM table names only the ranks it shows
+    assert "Image side: sd15 512 px." in md
+    assert "## Per-GEMM detail (zcu104; ranks 4)" in md    # it said "ranks 4, 16" with no rank-16 rows
+    assert {c["resolution"] for c in json.loads((out / "dataflow.json").read_text())["configs"]} == {512}
 
 
 def test_bench_adaptive_never_loses_and_figures_are_physical(small_bench):

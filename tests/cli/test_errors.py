@@ -61,7 +61,15 @@ def test_rtl_sim_takes_the_board_from_the_environment(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["gemm", "0", "8", "8"], "GEMM dimensions must be at least 1, got M=0"),
     (["gemm", "-3", "8", "8"], "GEMM dimensions must be at least 1, got M=-3"),
-    (["gemm", "8", "8", "8", "--dataflow", "ws", "--split", "1"], "weight-stationary needs split <= 0"),
+    (["gemm", "8", "8", "8", "--dataflow", "ws", "--split", "1"], "for dataflow 'ws' on zcu104: use one of "
+                                                                   "[-3, -2, -1, 0]"),
+    # the splits of the dataflow asked for (a WS hint for OS, and 0 offered for partitioned, before)
+    (["gemm", "8", "8", "8", "--dataflow", "partitioned", "--split", "0"], "use one of [-3, -2, -1, 1, 2]"),
+    (["gemm", "8", "8", "8", "--seed", "-1"], "--seed must be at least 0, not -1"),   # a numpy traceback
+    (["demo", "--seed", "-1"], "--seed must be at least 0, not -1"),
+    # the default INT32 output is not rounded: the option was silently ignored
+    (["gemm", "8", "8", "8", "--rounding", "stochastic"], "--rounding stochastic is the INT8 epilogue's: it "
+                                                          "needs --out int8"),
     (["energy", "--models", "sd21", "--no-plot"], "unknown model 'sd21'"),
 ])
 def test_bad_shapes_and_modes(args, message):
@@ -87,6 +95,26 @@ def test_bad_shapes_and_modes(args, message):
     (["power", "--interval", "0"], "--interval must be a positive number, not 0.0"),
     (["power", "--idle-seconds", "0"], "--idle-seconds must be a positive number, not 0.0"),
     (["throughput", "--quick", "--repeat", "0"], "--repeat must be at least 1, not 0"),
+    # bench: refused before its first stage (after the dataflow sweep had run and was written,
+    # or a traceback, or a GEMM dimension, or the default silently, before)
+    (["bench", "--energy-models", "foo"], "--energy-models: unknown model 'foo'"),
+    (["bench", "--energy-boards", "foo"], "--energy-boards: unknown board 'foo'"),
+    (["bench", "--allreduce-model", "foo"], "--allreduce-model: unknown model 'foo'"),
+    (["bench", "--step-boards", "foo"], "--step-boards: unknown board 'foo'"),
+    (["bench", "--ranks", ""], "--ranks names nothing"),
+    (["bench", "--models", ""], "--models names nothing"),
+    (["bench", "--allreduce-boards", ""], "--allreduce-boards names nothing"),
+    (["bench", "--ranks", "0"], "--ranks must be at least 1, not 0"),
+    (["bench", "--csim-ranks", "0"], "--csim-ranks must be at least 1, not 0"),
+    (["bench", "--step-rank", "0"], "--step-rank must be at least 1, not 0"),
+    (["bench", "--allreduce-boards", "0"], "--allreduce-boards must be at least 1, not 0"),
+    (["bench", "--resolution", "0"], "--resolution must be at least 1, not 0"),
+    (["bench", "--csim-limit", "0"], "--csim-limit must be at least 1, not 0"),
+    (["bench", "--boards", "zcu104", "--detail-board", "kv260"], "--detail-board kv260 is not among --boards"),
+    (["bench", "--ranks", "4", "--detail-ranks", "8"], "--detail-ranks 8: only ranks of --ranks (4) are swept"),
+    # speed: a ZeroDivisionError, NaN figures
+    (["speed", "--steps", "0"], "--steps must be at least 1, not 0"),
+    (["speed", "--warmup", "-1"], "--warmup must be at least 0, not -1"),
 ])
 def test_bad_option_values_name_the_option(args, message, tmp_path):
     assert message in one_error_line(run(*args, "--output-dir" if args[0] == "evaluate" else "--out",
@@ -192,3 +220,21 @@ def test_a_missing_dependency_is_named_not_a_traceback(command, tmp_path):
     line = one_error_line(p)
     assert f"`lora-qta {command[0]}` needs the Python package torch" in line and "make install" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["rtl", "synth", "--family", "xcup", "--rows", "0", "--cols", "4"], "--rows must be at least 1, not 0"),
+    (["rtl", "synth", "--family", "xcup", "--rows", "4", "--cols", "6"],
+     "array sides and min_sub must be powers of two: rows 4, cols 6, min_sub 4"),
+])
+def test_rtl_synth_names_the_sides(args, message):
+    """It showed ArrayShape(...) and blamed a min_sub derived from --rows 0."""
+    assert message in one_error_line(run(*args))
+
+
+def test_a_cache_variable_naming_a_file_is_refused_before_the_work(tmp_path):
+    """yosys ran for 12 s and its result was lost to a NotADirectoryError traceback."""
+    (tmp_path / "afile").write_text("x")
+    line = one_error_line(run("rtl", "synth", "--family", "xcup", "--rows", "4", "--cols", "2", "--min-sub", "2",
+                              env={"LORA_QTA_CACHE": str(tmp_path / "afile")}))
+    assert f"LORA_QTA_CACHE={tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a folder" in line

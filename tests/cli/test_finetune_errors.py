@@ -32,17 +32,22 @@ def one_line(capsys, argv) -> str:
     (["--num-examples", "0"], "--num-examples must be at least 1, not 0"),
     (["--learning-rate", "-1"], "--learning-rate must be a positive number, not -1.0"),
     (["--learning-rate", "nan"], "--learning-rate must be a positive number, not nan"),
+    (["--learning-rate", "inf"], "--learning-rate must be a finite number, not inf"),   # "positive", before
     (["--alpha", "0"], "--alpha must be a positive number, not 0.0"),
     (["--rank", "0"], "--rank must be at least 1, not 0"),
     (["--warmup-steps", "-5"], "--warmup-steps must be 0 or more, not -5"),
     (["--num-examples", "100000"], "--num-examples 100000 is more than the digits training split holds (143)"),
     (["--prior-per-class", "5000"], "--prior-per-class 5000 is more than the digits training split holds"),
-    (["--instance-data-dir", "photos"], "--instance-data-dir apply to a Stable Diffusion model"),
-    (["--prompt", "a photo of a dog"], "--prompt apply to a Stable Diffusion model"),
+    (["--instance-data-dir", "photos"], "--instance-data-dir applies to a Stable Diffusion model"),
+    (["--prompt", "a photo of a dog"], "--prompt applies to a Stable Diffusion model"),
+    (["--prompt", "p", "--instance-data-dir", "x"], "--instance-data-dir and --prompt apply to a Stable Diffusion"),
     (["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
-    (["--offload", "all"], "--offload all picks the GEMMs of an int8 run that go to the accelerator; "
-                           "--precision fp32 runs none: drop --offload or use --precision int8"),
-    (["--offload", "lora"], "--offload lora picks the GEMMs of an int8 run"),
+    (["--offload", "all"], "--offload all: options of an int8 run's accelerator; --precision fp32 runs none: "
+                           "drop them or use --precision int8"),
+    (["--offload", "lora"], "--offload lora: options of an int8 run's accelerator"),
+    # accepted and recorded before, though an fp32 run has no accelerator (the board was dropped)
+    (["--offload-scheme", "tensor"], "--offload-scheme tensor: options of an int8 run's accelerator"),
+    (["--board", "kv260", "--backend", "fast"], "--board kv260, --backend fast: options of an int8 run's"),
     (["--fuse-lora"], "--fuse-lora fuses each LoRA layer with its base layer on the accelerator: it needs "
                       "--precision int8 --offload all --offload-scheme row (given: --precision fp32"),
     # item 4: the accelerator splits oversized GEMMs; the limit that remains (memory) is checked first
@@ -85,7 +90,7 @@ def test_only_finetune_says_resume_with_resume(capsys, monkeypatch, tmp_path):
                                             checkpoint_every=2))
     assert rep["interrupted"] and rep["step"] == 2 and "--resume" not in capsys.readouterr().out
     monkeypatch.setattr(loop, "finetune", lambda cfg: {"interrupted": True, "step": 2, "writer": True})
-    assert main(["finetune", "--output-dir", str(out), *QUICK]) == 130
+    assert main(["finetune", "--output-dir", str(tmp_path / "new"), *QUICK]) == 130
     assert "interrupted: checkpoint saved at step 2; continue with the same command and --resume" in \
         capsys.readouterr().out
 
@@ -167,5 +172,62 @@ def test_a_missing_model_folder_is_the_only_line_on_stderr(tmp_path):
                         "--pretrained-model", str(tmp_path / "missing")], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [f"lora-qta: error: pretrained model folder {tmp_path / 'missing'} "
-                                             "does not exist"], p.stderr
+                                             "does not exist (--pretrained-model)"], p.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    # refused after the model had loaded (8-11 s; --backend board also left a .lock behind): now
+    # before the training stack, with the model-free checks
+    (["--board", "foo"], "unknown board 'foo'"),
+    (["--backend", "board"], "backend='board' needs a PYNQ board (pynq found none)"),
+    (["--pretrained-model", "{file}"], "pretrained model folder {file} is a file, not a folder (--pretrained-model)"),
+    (["--pretrained-model", "{missing}"], "pretrained model folder {missing} does not exist (--pretrained-model)"),
+    (["--pretrained-model", "{tmp}", "--instance-data-dir", "{file}"],
+     "instance data folder {file} is a file, not a folder (--instance-data-dir)"),
+    (["--resume"], "--resume given but {out}/checkpoints holds no checkpoint"),
+    # after the Stable Diffusion model had loaded, before
+    (["--pretrained-model", "{sd}"], "--pretrained-model with a Stable Diffusion folder needs --instance-data-dir"),
+    # ignored before, though recorded in report.json: LoRA-only runs no frozen layer to quantize
+    (["--offload", "lora", "--offload-scheme", "tensor"], "--offload-scheme tensor quantizes the frozen layers"),
+])
+def test_int8_run_options_are_refused_before_the_model_loads(tmp_path, monkeypatch, extra, message):
+    """The accelerator asked for, the model and image folders and --resume's checkpoint."""
+    monkeypatch.delenv("LORA_QTA_BACKEND", raising=False)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    out = tmp_path / "run"
+    names = {"file": tmp_path / "afile", "missing": tmp_path / "nothing", "tmp": tmp_path, "out": out,
+             "sd": tmp_path / "sd"}
+    argv = [a.format(**names) for a in extra]
+    code = ("import sys; from lora_qta.cli import main; rc = main(sys.argv[1:]); "
+            "heavy = [m for m in ('diffusers', 'peft') if m in sys.modules]; "
+            "print('imported:', heavy, file=sys.stderr); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code, "finetune", "--output-dir", str(out), *argv],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert message.format(**names) in p.stderr
+    assert "imported: []" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()   # nothing written: no folder, no lock
+
+
+@pytest.mark.parametrize("holds, resume_ok, message", [
+    (["notes.txt"], False, "already holds notes.txt: choose another --output-dir"),
+    (["report.json"], False, "already holds report.json: replace it with --overwrite, or choose another"),
+    (["checkpoints/step_000002/state.json"], True, "continue that run with --resume, replace it with --overwrite"),
+])
+def test_an_occupied_folder_offers_only_what_would_work(tmp_path, holds, resume_ok, message):
+    """It offered --resume and --overwrite for a folder holding a stranger's notes.txt, where
+    --overwrite is refused and there is no run to resume."""
+    from lora_qta.errors import OutputDirError
+    from lora_qta.training.rundir import RunFolder
+
+    for name in holds:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(OutputDirError) as e:
+        RunFolder(tmp_path).check(resume=False, overwrite=False)
+    assert message in str(e.value)
+    if resume_ok:
+        assert RunFolder(tmp_path).check(resume=True, overwrite=False) == []

@@ -71,12 +71,13 @@ def test_report_commands_explain_their_options(command):
 
 
 @pytest.mark.parametrize("argv, fused", [([], False), (["--fuse-lora", "--offload-scheme", "row"], True)])
-def test_fuse_lora_reaches_the_run_config(monkeypatch, argv, fused):
+def test_fuse_lora_reaches_the_run_config(monkeypatch, tmp_path, argv, fused):
     """``finetune --fuse-lora`` sets FinetuneConfig.fuse_lora (default off)."""
     from lora_qta.cli import main
     from lora_qta.training import loop
 
     seen = []
+    monkeypatch.chdir(tmp_path)  # the default --output-dir, runs/default, checked before finetune
     monkeypatch.setattr(loop, "finetune", lambda cfg: seen.append(cfg) or {"interrupted": True, "step": 0})
     assert main(["finetune", "--offload", "all", *argv]) == 130
     assert seen[0].fuse_lora is fused and seen[0].offload == "all"
@@ -86,12 +87,13 @@ def test_fuse_lora_reaches_the_run_config(monkeypatch, argv, fused):
     ("run", [], "all"), ("finetune", [], "all"), ("finetune", ["--offload", "lora"], "lora"),
     ("finetune", ["--precision", "fp32"], "all"),  # fp32 offloads nothing: the field is not read
 ])
-def test_offload_reaches_the_run_config_with_the_whole_step_as_default(monkeypatch, command, argv, offload):
+def test_offload_reaches_the_run_config_with_the_whole_step_as_default(monkeypatch, tmp_path, command, argv, offload):
     """``run`` and ``finetune`` offload every GEMM unless told ``--offload lora``."""
     from lora_qta.cli import main
     from lora_qta.training import loop
 
     seen = []
+    monkeypatch.chdir(tmp_path)  # the default --output-dir, runs/default, checked before finetune
     monkeypatch.setattr(loop, "finetune", lambda cfg: seen.append(cfg) or {"interrupted": True, "step": 0})
     assert main([command, *argv]) == 130
     assert seen[0].offload == offload

@@ -332,7 +332,7 @@ def test_rank_0_run_folder_refused_stops_every_rank_before_training(launch):
     assert not r0["trace"] and not r1["trace"]
     assert r0["error"].startswith(f"lora-qta: error: --output-dir {launch / 'occupied'} already holds notes.txt")
     assert r1["error"].startswith("lora-qta: error: rank 0 (") and "already holds notes.txt" in r1["error"]
-    assert sorted(p.name for p in (launch / "occupied").iterdir()) == [".lock", "notes.txt"]
+    assert sorted(p.name for p in (launch / "occupied").iterdir()) == ["notes.txt"]  # refused before the lock
     assert not (launch / "occupied.rank1").exists()
     r0, r1 = records(launch, "locked")
     assert r0["code"] == r1["code"] == 2 and not r0["trace"] and not r1["trace"]

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from lora_qta.cli import main
 from lora_qta.errors import CheckpointError, DivergedError, OutputDirError, RunLockedError
-from lora_qta.training import checkpoint as ckpt
+from lora_qta.training import rundir
 from lora_qta.training import loop as train
 from lora_qta.training.config import FinetuneConfig
 from lora_qta.training.loop import finetune, finished_run
@@ -103,14 +103,14 @@ def test_checkpoints_are_ordered_by_step_number(tmp_path):
         (root / name).mkdir(parents=True)
         if not name.endswith("3000000"):  # an incomplete folder (no state.json) is no checkpoint
             (root / name / "state.json").write_text("{}")
-    assert ckpt.latest_checkpoint(tmp_path).name == "step_1000000"
-    assert [s for s, _ in ckpt.checkpoints(tmp_path)] == [999999, 1000000]
+    assert rundir.latest_checkpoint(tmp_path).name == "step_1000000"
+    assert [s for s, _ in rundir.checkpoints(tmp_path)] == [999999, 1000000]
 
 
 def test_clean_up_keeps_the_newest_by_step(tiny_digits_model, tmp_path):
     run = tmp_path / "r"
     finetune(cfg_for(run, tiny_digits_model, precision="fp32", steps=6, checkpoint_every=1), stop_after=6)
-    assert [s for s, _ in ckpt.checkpoints(run)] == [5, 6]
+    assert [s for s, _ in rundir.checkpoints(run)] == [5, 6]
 
 
 # ------------------------------------------------------------------ item 6: lock
@@ -250,3 +250,20 @@ def test_evaluate_reuses_only_a_run_with_the_same_options(tiny_digits_model, tmp
     assert not finished_run(replace(cfg, learning_rate=1e-3))
     assert not finished_run(replace(cfg, steps=3))
     assert not finished_run(replace(cfg, precision="int8"))
+
+
+def test_one_run_spelled_two_ways_has_one_identity():
+    """--resume refused the same target modules in another order (peft adapts the same layers:
+    the adapters were byte-identical) and the documented default prompt given explicitly."""
+    from lora_qta.training.checkpoint import identity_diff
+    from lora_qta.training.config import DEFAULT_SD_PROMPT, FinetuneConfig
+
+    ident = FinetuneConfig(target_modules=["to_q", "to_k"]).identity()
+    assert identity_diff(ident, FinetuneConfig(target_modules=["to_k", "to_q"]).identity()) == {}
+    assert identity_diff(ident, FinetuneConfig(target_modules=["to_q", "to_v"]).identity()) == {
+        "target_modules": (["to_q", "to_k"], ["to_q", "to_v"])}               # shown as given
+    sd = FinetuneConfig(pretrained_model="sd", instance_data_dir="imgs")
+    explicit = FinetuneConfig(pretrained_model="sd", instance_data_dir="imgs", prompt=DEFAULT_SD_PROMPT)
+    assert identity_diff(sd.identity(), explicit.identity()) == {}
+    other = FinetuneConfig(pretrained_model="sd", instance_data_dir="imgs", prompt="a photo of xyz")
+    assert set(identity_diff(sd.identity(), other.identity())) == {"prompt"}

@@ -140,7 +140,8 @@ def run_dataflow(boards: Sequence[str], models: Sequence[str], ranks: Sequence[i
                 all8 = sum(auto_cycles(board, key) * cnt
                            for _, key, cnt in grouped(shapes.lora_gemms(layers, r, int8_outputs="all")))
                 configs.append({
-                    "board": bname, "model": model, "rank": r, "pes": board.pes, "clock_mhz": board.clock_mhz,
+                    "board": bname, "model": model, "resolution": resolution or shapes.model_spec(model).resolution,
+                    "rank": r, "pes": board.pes, "clock_mhz": board.clock_mhz,
                     "axi_bytes": board.axi_bytes, "axi_ports": board.axi_ports, "layers": len(layers), "gemm_instances": 6 * len(layers),
                     "macs": macs, "cycles": totals, "utilization": util, "speedup": speedup,
                     "time_us": {name: c / board.clock_mhz for name, c in totals.items()},

@@ -32,6 +32,8 @@ def dataflow_markdown(res: dict, detail_board: str | None = "zcu104", detail_ran
          f"All cycle, utilization and time figures are **{res['label']}**; batch 1, one training step "
          "(six GEMMs per LoRA layer; to_q, to_k, to_v, to_out.0 of every attention). Policies: "
          + "; ".join(f"`{k}` = {v}" for k, v in res["modes"].items()) + ".", "",
+         "Image side: " + ", ".join(f"{m} {px} px" for m, px in dict.fromkeys(
+             (c["model"], c.get("resolution")) for c in cfgs) if px) + ".", "",
          "## Totals per board, model and rank", "",
          "| board | model | rank | GEMMs | WS cycles | OS cycles | WS/OS cycles | auto cycles | "
          "util WS | util OS | util WS/OS | util auto | WS/OS vs WS | WS/OS vs OS | auto vs WS | auto vs OS | "
@@ -570,8 +572,8 @@ def _whole_step_lines(r: dict, name: str, label: str) -> list[str]:
         f"  {label} {r[f'{name}_step_s'] * 1e3:8.1f} ms  = {r[f'ratio_{name}_over_fp32']:.2f}x fp32 "
         f"(target <= {r['target_ratio_all']}x){_paired(r, name)}",
         f"    accelerator ({r['engine']}, {r[f'{name}_gemms_per_step']} GEMMs) {sp['accelerator'] * 1e3:.1f} ms, "
-        f"host quantization {sp['quantization'] * 1e3:.1f} ms, rest {sp['rest'] * 1e3:.1f} ms; modelled board "
-        f"GEMM time {r[f'{name}_modelled_board_s_per_step'] * 1e3:.1f} ms per step",
+        f"host quantization {sp['quantization'] * 1e3:.1f} ms, rest {sp['rest'] * 1e3:.1f} ms; modelled "
+        f"{r.get('board', 'board')} GEMM time {r[f'{name}_modelled_board_s_per_step'] * 1e3:.1f} ms per step",
         _kernel_line(r, name),
     ]
 
@@ -588,7 +590,7 @@ def speed_summary(r: dict) -> str:
     s = r["int8_split_s"]
     return "\n".join([
         f"One fine-tuning step of the default digits model, batch {r['batch_size']} "
-        f"({r['note']}; {r['threads']} threads)",
+        f"({r['note']}; {r['threads']} thread{'s' if r['threads'] != 1 else ''})",
         f"  fp32 PyTorch LoRA        {r['fp32_step_s'] * 1e3:8.1f} ms",
         f"  int8 on emulated accel.  {r['int8_step_s'] * 1e3:8.1f} ms  = {r['ratio_int8_over_fp32']:.2f}x fp32 "
         f"(target <= {r['target_ratio']}x){_paired(r, 'int8')}",

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..hw.config import resolve_board
 from ..lora.gemms import layer_gemms
 from ..runtime.accelerator import Accelerator
 from ..runtime.check import random_operands
@@ -203,11 +204,14 @@ def measure(steps: int = 8, warmup: int = 2, engine: str = "fast", batch_size: i
         extra["target_ratio_all"] = 2.0
     return {
         "note": "measured on this machine, side by side in one process (median of alternating steps)",
-        "engine": engine, "batch_size": batch_size, "steps": steps, "threads": torch.get_num_threads(),
+        "engine": engine, "board": resolve_board(board).name, "batch_size": batch_size, "steps": steps,
+        "threads": torch.get_num_threads(),
         "fp32_step_s": med["fp32"], "int8_step_s": med["int8"], "ratio_int8_over_fp32": med["int8"] / med["fp32"],
         "int8_split_s": {"accelerator": acc, "quantization": qua, "rest": med["int8"] - acc - qua},
         "gemms_per_step": gemms, "lora_layers": attach_runtime(int8[0].unet, int8[1]), "target_ratio": 1.5,
-        "offload": offload, "offload_scheme": offload_scheme, "fuse_lora": fuse_lora, **extra, **paired,
+        # the scheme of the whole-step variant, which --offload lora does not time
+        "offload": offload, "offload_scheme": offload_scheme if offload == "all" else None, "fuse_lora": fuse_lora,
+        **extra, **paired,
         # CPU time of the process per step (median): on a machine shared with other jobs it
         # varies less with their load than the wall time (waiting for a core is not counted)
         "cpu_step_s": {k: float(np.median(v)) for k, v in cpu.items()},

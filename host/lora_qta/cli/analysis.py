@@ -24,10 +24,61 @@ def _print_written(paths: list[Path]) -> None:
         print(f"wrote {path}")
 
 
+DETAIL_RANKS = (4, 16)
+"""The ranks of dataflow.md's per-GEMM table unless --detail-ranks says otherwise."""
+
+
+def _check_bench(a: argparse.Namespace) -> None:
+    """Every option of ``bench`` before its first stage: a bad value in a later stage's option
+    was found only after the dataflow sweep had run (minutes at the defaults) and was written."""
+    from ..analysis.shapes import model_spec
+    from ..errors import UnknownBoardError
+
+    output_folder(a.out, "--out")
+    lists = [("--boards", a.boards), ("--models", a.models), ("--ranks", a.ranks)]
+    if a.step_models:
+        lists.append(("--step-boards", a.step_boards if a.step_boards is not None else a.boards))
+    if a.energy_models:
+        lists += [("--energy-boards", a.energy_boards), ("--energy-ranks", a.energy_ranks)]
+    if a.allreduce_model:
+        lists.append(("--allreduce-boards", a.allreduce_boards))
+    for option, values in lists:
+        if not values:
+            raise OptionError(f"{option} names nothing: give at least one value")
+    for option, names in (("--boards", a.boards), ("--step-boards", a.step_boards or []),
+                          ("--energy-boards", a.energy_boards if a.energy_models else [])):
+        for name in names:
+            try:
+                config().board(name)
+            except UnknownBoardError as e:
+                raise OptionError(f"{option}: {e}") from None
+    for option, names in (("--models", a.models), ("--step-models", a.step_models),
+                          ("--energy-models", a.energy_models),
+                          ("--allreduce-model", [a.allreduce_model] if a.allreduce_model else [])):
+        for name in names:
+            try:
+                model_spec(name)
+            except OptionError as e:
+                raise OptionError(f"{option}: {e}") from None
+    for option, values in (("--ranks", a.ranks), ("--csim-ranks", a.csim_ranks), ("--energy-ranks", a.energy_ranks),
+                           ("--step-rank", [a.step_rank]), ("--allreduce-boards", a.allreduce_boards)):
+        if values:
+            at_least(option, min(values), 1)
+    for option, value in (("--resolution", a.resolution), ("--csim-limit", a.csim_limit)):
+        if value is not None:  # 0 was taken for the default (--resolution) or checked nothing (--csim-limit)
+            at_least(option, value, 1)
+    if a.detail_board is not None and a.detail_board not in a.boards:
+        raise OptionError(f"--detail-board {a.detail_board} is not among --boards ({','.join(a.boards)}): "
+                          "its per-GEMM table comes from their sweep")
+    if a.detail_ranks is not None and set(a.detail_ranks) - set(a.ranks):
+        raise OptionError(f"--detail-ranks {','.join(map(str, a.detail_ranks))}: only ranks of --ranks "
+                          f"({','.join(map(str, a.ranks))}) are swept")
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from ..analysis import allreduce, dataflow, energy, plots, report, step
 
-    output_folder(a.out, "--out")
+    _check_bench(a)
     t0 = time.perf_counter()
     res = dataflow.run_dataflow(a.boards, a.models, a.ranks, a.resolution)
     if a.csim_ranks:
@@ -35,8 +86,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.allreduce_model:
         res["allreduce"] = allreduce.lora_allreduce(a.allreduce_model, a.ranks, a.allreduce_boards)
     res["seconds"] = time.perf_counter() - t0
-    detail = a.detail_board if a.detail_board in a.boards else None
-    text, written = report.write_dataflow(res, a.out, detail, a.detail_ranks)
+    detail = a.detail_board or (DEFAULT_BOARD if DEFAULT_BOARD in a.boards else a.boards[0])
+    ranks = a.detail_ranks or [r for r in DETAIL_RANKS if r in a.ranks] or a.ranks[:1]
+    text, written = report.write_dataflow(res, a.out, detail, ranks)
     print(text)
     if not a.no_plots:
         written += plots.dataflow_plots(res, a.out)
@@ -114,6 +166,8 @@ def cmd_speed(a: argparse.Namespace) -> int:
 
     output_file(a.out, "--out")
     at_least("--threads", a.threads, 1)
+    at_least("--steps", a.steps, 1)   # 0 divided by zero, -1 gave NaN figures (and invalid JSON)
+    at_least("--warmup", a.warmup, 0)
     torch.set_num_threads(a.threads)
     r = speed.measure(a.steps, a.warmup, a.engine, a.batch_size, a.board, a.offload, a.fuse_lora,
                       a.offload_scheme)
@@ -160,11 +214,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--allreduce-boards", type=INTS, default=[2, 4, 8],
                    help="numbers of boards of the all-reduce table")
     s.add_argument("--energy-models", type=NAMES, default=["digits", "sd15"],
-                   help="models of the energy report ('' to skip); digits = the project's default model")
+                   help="models of the energy report ('' to skip); digits = the project's embedded model")
     s.add_argument("--energy-ranks", type=INTS, default=[4, 16], help="ranks of the energy report")
     s.add_argument("--energy-boards", type=NAMES, default=[DEFAULT_BOARD], help="boards of the energy report")
-    s.add_argument("--detail-board", default=DEFAULT_BOARD, help="board whose per-GEMM table goes into dataflow.md")
-    s.add_argument("--detail-ranks", type=INTS, default=[4, 16], help="ranks of the per-GEMM table")
+    s.add_argument("--detail-board", default=None,
+                   help=f"board of --boards whose per-GEMM table goes into dataflow.md (default {DEFAULT_BOARD} "
+                        "if among --boards, else the first)")
+    s.add_argument("--detail-ranks", type=INTS, default=None,
+                   help=f"ranks of --ranks in the per-GEMM table (default those of "
+                        f"{','.join(map(str, DETAIL_RANKS))} among --ranks, else the first)")
     s.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     s.set_defaults(func=cmd_bench)
 
@@ -202,7 +260,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=int, default=8, help="timed steps per variant (after the warm-up)")
     s.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     s.add_argument("--engine", default="fast", choices=["fast", "csim"], help="emulation engine of the int8 variant")
-    s.add_argument("--batch-size", type=int, default=16, help="images per step (the default run's)")
+    s.add_argument("--batch-size", type=int, default=16, help="images per step, as finetune's")
     s.add_argument("--offload", default=FinetuneConfig.offload, choices=["lora", "all"],
                    help=f"all: also time the int8 whole-step variant (finetune --offload all: every GEMM on "
                         f"the emulated accelerator) beside fp32 and int8 LoRA-only; lora: fp32 and int8 LoRA-only "

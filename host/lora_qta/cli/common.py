@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import OptionError
-from ..hw.config import DEFAULT_BOARD, config
+from ..hw.config import BACKENDS, DEFAULT_BOARD, config
 
-BACKENDS = ("auto", "board", "emulation", "csim", "fast")
 BACKEND_HELP = ("auto: the board if one is found with its bitstream, else emulation; board: PYNQ overlay; "
                 "emulation/fast: emulated device with the vectorized bit-exact engine; csim: emulated device "
                 "running the HLS C++ compiled with g++")
@@ -50,7 +49,7 @@ def at_least(option: str, value: int, low: int) -> None:
 def positive(option: str, value: float) -> None:
     """Refuse a ``value`` of ``option`` that is not a positive finite number."""
     if not (math.isfinite(value) and value > 0):
-        raise OptionError(f"{option} must be a positive number, not {value}")
+        raise OptionError(f"{option} must be a {'finite' if math.isinf(value) else 'positive'} number, not {value}")
 
 
 def output_file(path: Path | None, option: str) -> None:

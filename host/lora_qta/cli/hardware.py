@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..analysis.calltime import SHAPE
+from ..errors import OptionError
 from ..hw import generate
 from ..hw.config import resolve_board
 from .common import add_board, add_target, at_least, comma_list, output_file, table
@@ -45,6 +46,10 @@ def cmd_gemm(args: argparse.Namespace) -> int:
     from ..runtime.accelerator import Accelerator
     from ..runtime.check import checked_random_gemm
 
+    at_least("--seed", args.seed, 0)
+    if args.rounding != "nearest_even" and args.out != "int8":
+        raise OptionError(f"--rounding {args.rounding} is the INT8 epilogue's: it needs --out int8 "
+                          f"(--out {args.out} is not rounded)")
     acc = Accelerator(args.board, args.backend)
     checked = checked_random_gemm(acc, args.M, args.K, args.N, trans_a=args.trans_a, trans_b=args.trans_b,
                                   dataflow=args.dataflow, split=args.split, out=args.out, rounding=args.rounding,
@@ -73,6 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     for opt in ("tokens", "features", "rank"):
         at_least(f"--{opt}", getattr(args, opt), 1)
+    at_least("--seed", args.seed, 0)
     acc = Accelerator(args.board, args.backend)
     t0 = time.perf_counter()
     checks = check_layer(acc, args.tokens, args.features, args.rank, args.seed)

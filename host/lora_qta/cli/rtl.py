@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import RtlInputError
 from ..hw.config import resolve_board
-from .common import add_board, comma_list, output_file
+from .common import add_board, at_least, comma_list, output_file
 
 
 def _load_int8(path: str, name: str) -> np.ndarray:
@@ -64,6 +64,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from .. import rtl
 
+    at_least("--rows", args.rows, 1)
+    at_least("--cols", args.cols, 2)
+    if args.min_sub is not None:
+        at_least("--min-sub", args.min_sub, 1)
     print(json.dumps(rtl.synth(args.family, args.rows, args.cols, args.min_sub), indent=1))
     return 0
 

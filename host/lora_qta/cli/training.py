@@ -5,13 +5,14 @@ not when the parser is built."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 from ..lora.schemes import SCHEMES, schemes_help
 from ..training.config import FinetuneConfig
-from ..training.options import check_options
+from ..training.options import check_options, check_setup
 from ..training.variants import DEFAULT_VARIANTS
 from .common import add_target, at_least, comma_list, table
 
@@ -37,9 +38,10 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
                         "says; softmax, norms, SiLU, loss and AdamW stay fp32 on the host. "
                         "report.json's 'offload' gives calls, cycles, bytes, MACs and utilization per "
                         "family (linear, conv, attention, lora), fallbacks and recomputes")
-    s.add_argument("--offload-scheme", default=d.offload_scheme, choices=SCHEMES,
+    s.add_argument("--offload-scheme", default=None, choices=SCHEMES,
                    help=f"how --offload all quantizes the frozen layers' and attention's operands (default "
-                        f"{d.offload_scheme}): {schemes_help()}")
+                        f"{d.offload_scheme}; refused where nothing is offloaded that it quantizes: --precision "
+                        f"fp32, --offload lora): {schemes_help()}")
     s.add_argument("--fuse-lora", action="store_true",
                    help="with --offload all (row scheme): run each adapted layer's base GEMM and its LoRA "
                         "GEMM as one accelerator call: forward [Y | H] = X.[W; A]^T (X quantized once per "
@@ -93,19 +95,38 @@ def _add_finetune_options(s: argparse.ArgumentParser) -> None:
     add_target(s)
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    if args.offload is not None and args.precision != "int8":
-        from ..errors import LimitError
+def _data_parallel() -> bool:
+    """Whether this process is a rank of a data-parallel launch (torchrun's WORLD_SIZE above 1;
+    an unreadable value counts as one: finetune refuses it, naming the variable)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1) > 1
+    except ValueError:
+        return True
 
-        raise LimitError(f"--offload {args.offload} picks the GEMMs of an int8 run that go to the accelerator; "
-                         f"--precision {args.precision} runs none: drop --offload or use --precision int8")
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from ..errors import LimitError
+
+    if args.precision != "int8":  # options of the accelerator, which an fp32 run does not use
+        given = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("offload", "offload_scheme", "board", "backend")
+                 if getattr(args, k) is not None]
+        if given:
+            raise LimitError(f"{', '.join(given)}: options of an int8 run's accelerator; --precision "
+                             f"{args.precision} runs none: drop them or use --precision int8")
+    elif args.offload == "lora" and args.offload_scheme is not None:
+        raise LimitError(f"--offload-scheme {args.offload_scheme} quantizes the frozen layers and attention of "
+                         "--offload all; --offload lora runs only the LoRA GEMMs on the accelerator: drop one")
     values = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig) if f.name in vars(args)}
-    if values["offload"] is None:  # the config's default
-        del values["offload"]
+    for name in ("offload", "offload_scheme"):
+        if values[name] is None:  # the config's default
+            del values[name]
     cfg = FinetuneConfig(**values, samples=not args.no_samples)
-    # the option values, before the training stack's imports (10-15 s here); the run folder is
-    # checked by finetune, which knows whether this process writes it (rank 0 of several)
+    # the option values and, in a lone process, the accelerator asked for, the folders and the
+    # run folder, before the training stack's imports (10-15 s here); the ranks of a
+    # data-parallel launch refuse the latter together, in finetune
     check_options(cfg, writer=False)
+    if not _data_parallel():
+        check_setup(cfg)
     from ..training.loop import finetune
 
     rep = finetune(cfg)

@@ -19,7 +19,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, UnknownBoardError
+from ..errors import BackendError, ConfigError, UnknownBoardError
 
 try:  # Python 3.11+; the PYNQ 3.x board images run Python 3.10, which needs the tomli backport
     import tomllib
@@ -30,6 +30,10 @@ CONFIG_PATH = Path(__file__).with_name("hardware.toml")
 DEFAULT_BOARD = "zcu104"
 BOARD_ENV = "LORA_QTA_BOARD"
 """The environment variable that names the board when ``--board`` is not given."""
+BACKENDS = ("auto", "board", "emulation", "csim", "fast")
+"""Where the accelerator runs (``--backend``): see :func:`requested_backend`."""
+BACKEND_ENV = "LORA_QTA_BACKEND"
+"""The environment variable that names the backend when none is given."""
 
 ARG_WORDS = {"pointer": 3, "scalar": 2, "scalar64": 3, "out32": 2, "out64": 3}
 """32-bit s_axilite words per argument kind (Vitis HLS layout: a 64-bit address, input or output
@@ -328,6 +332,18 @@ class Config:
                 f"unknown board {name!r}: use one of {', '.join(sorted(self.boards))} (the boards of hardware.toml)"
             )
         return self.boards[key]
+
+
+def requested_backend(backend: str | None = None) -> str:
+    """The backend asked for: ``backend``, else the one :data:`BACKEND_ENV` names, else ``auto``;
+    an unknown name is refused (naming the variable where it came from there). What ``auto``
+    means on this machine is :func:`lora_qta.runtime.accelerator.resolve_backend`'s."""
+    env = None if backend else os.environ.get(BACKEND_ENV)
+    name = (backend or env or "auto").lower()
+    if name not in BACKENDS:
+        what = f"{BACKEND_ENV}={env!r} is not a backend" if env else f"unknown backend {name!r}"
+        raise BackendError(f"{what}: use one of {', '.join(BACKENDS)}" + (f", or unset {BACKEND_ENV}" if env else ""))
+    return name
 
 
 def resolve_board(name: str | None = None) -> BoardConfig:

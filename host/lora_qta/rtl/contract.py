@@ -38,9 +38,13 @@ class ArrayShape:
     def __post_init__(self):
         for v in (self.rows, self.cols, self.min_sub):
             if v < 1 or v & (v - 1):
-                raise RtlInputError(f"array sides and min_sub must be powers of two: {self}")
+                raise RtlInputError(f"array sides and min_sub must be powers of two: {self._sides}")
         if self.rows < self.min_sub or self.cols < self.min_sub or self.cols < 2:
-            raise RtlInputError(f"array sides must be >= min_sub (and cols >= 2): {self}")
+            raise RtlInputError(f"array sides must be >= min_sub (and cols >= 2): {self._sides}")
+
+    @property
+    def _sides(self) -> str:
+        return f"rows {self.rows}, cols {self.cols}, min_sub {self.min_sub}"
 
     @property
     def pes(self) -> int:

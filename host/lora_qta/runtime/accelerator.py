@@ -28,14 +28,11 @@ from .emulation import EmulatedDevice
 from ..errors import (BackendError, BitstreamNotFoundError, DeviceMemoryError, DMAError, InputDTypeError,
                      InputLayoutError, InputShapeError, KernelArgumentError, LimitError, ResidentOperandError,
                      SaturationError, StaleBitstreamError)
-from ..hw.config import BoardConfig, board_digest, config, resolve_board
+from ..hw.config import BoardConfig, board_digest, config, requested_backend, resolve_board
 from ..hw.call import ROUNDINGS, SCALE_MODES, ConvGeometry, GemmCall, ceil_to
 from ..hw.reference import AMAX_CAP, effective_shift, rounding_bits
 from ..hw.reference import requantize as reference_requantize
 
-BACKENDS = ("auto", "board", "emulation", "csim", "fast")
-BACKEND_ENV = "LORA_QTA_BACKEND"
-"""The environment variable that names the backend when none is given."""
 REPO_BITSTREAMS = Path(__file__).resolve().parents[3] / "bitstreams"
 
 try:  # torch is optional for the GEMM API
@@ -85,11 +82,7 @@ def resolve_backend(board: BoardConfig, backend: str | None = None,
     """What ``backend`` (default ``$LORA_QTA_BACKEND`` or ``auto``) means on this machine for
     ``board``: ``board``, ``fast`` or ``csim`` (``auto``: the board when PYNQ finds one and the
     bitstream is there, else ``fast``; ``emulation`` is ``fast``)."""
-    env = None if backend else os.environ.get(BACKEND_ENV)
-    backend = (backend or env or "auto").lower()
-    if backend not in BACKENDS:
-        what = f"{BACKEND_ENV}={env!r} is not a backend" if env else f"unknown backend {backend!r}"
-        raise BackendError(f"{what}: use one of {', '.join(BACKENDS)}" + (f", or unset {BACKEND_ENV}" if env else ""))
+    backend = requested_backend(backend)
     if backend == "auto":
         found = True
         try:
@@ -246,6 +239,15 @@ def check_alignment(board: BoardConfig, call: GemmCall, offsets: dict[str, int])
         raise KernelArgumentError(f"{board.name}: " + "; ".join(problems))
 
 
+def board_bitstream(board: BoardConfig, bitstream: str | os.PathLike | None = None) -> Path:
+    """The bitstream that ``backend='board'`` loads for ``board``, after checking that this
+    machine is a PYNQ board: a PC or a missing bitstream is refused here, before any work."""
+    if not on_target():
+        raise BackendError("backend='board' needs a PYNQ board (pynq found none); "
+                           "use backend='emulation' on a PC (on the command line --backend emulation)")
+    return find_bitstream(board, bitstream)
+
+
 def on_target() -> bool:
     """Whether this machine is a PYNQ board: ``pynq.ps.ON_TARGET`` (pynq 3.1 and later) or, on
     pynq 3.0, which lacks it, the same device-tree entry that pynq 3.1 reads."""
@@ -272,10 +274,7 @@ class Accelerator:
         self.backend = backend
         self.timeout = timeout
         if backend == "board":
-            if not on_target():
-                raise BackendError("backend='board' needs a PYNQ board (pynq found none); "
-                                   "use backend='emulation' on a PC (on the command line --backend emulation)")
-            self.overlay = pynq.Overlay(str(find_bitstream(self.board, bitstream)))
+            self.overlay = pynq.Overlay(str(board_bitstream(self.board, bitstream)))
             self.ip: QtaGemmDriver = self.overlay.qta_gemm_0
             self.device = self.overlay.device
         else:

@@ -40,9 +40,21 @@ def compiler_identity(cxx: str) -> str:
     return f"{shutil.which(cxx)}\n{proc.stdout}"
 
 
+CACHE_ENV = "LORA_QTA_CACHE"
+
+
 def cache_root() -> Path:
-    """``$LORA_QTA_CACHE``, else ``~/.cache/lora_qta``: the folder of every built or cached file."""
-    return Path(os.environ.get("LORA_QTA_CACHE", Path.home() / ".cache" / "lora_qta"))
+    """``$LORA_QTA_CACHE``, else ``~/.cache/lora_qta``: the folder of every built or cached file.
+    A variable naming a file (or a path under one) is refused here, before a build or a synthesis
+    whose result could not be kept."""
+    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "lora_qta"))
+    for p in (root, *root.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise OptionError(f"{CACHE_ENV}={root}: {p} is a file, not a folder; point {CACHE_ENV} at a "
+                                  "folder (or unset it for ~/.cache/lora_qta)")
+            break
+    return root
 
 
 def compile_to(target: Path, args: list[str], what: str) -> Path:

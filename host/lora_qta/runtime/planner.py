@@ -710,10 +710,11 @@ def _modes(board: BoardConfig, dataflow: str, split: int | None) -> list[tuple[s
     elif dataflow != "auto":
         raise PlanError(f"unknown dataflow {dataflow!r}: use auto, ws, os or partitioned")
     if split is not None:
+        offered = sorted({md[1] for md in modes})  # the splits of this dataflow on this board
         modes = [md for md in modes if md[1] == split]
         if not modes:
-            raise PlanError(f"split {split} is not available for dataflow {dataflow!r} on {board.name} "
-                            f"(splits {list(board.splits)}; weight-stationary needs split <= 0)")
+            raise PlanError(f"split {split} is not available for dataflow {dataflow!r} on {board.name}: "
+                            f"use one of {offered}")
     return modes
 
 

@@ -14,7 +14,6 @@ checkpoint with non-finite weights is refused.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,10 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, DivergedError
-from .config import RESUME_OVERRIDES
+from .config import RESUME_OVERRIDES, canonical_identity
 from .models import ModelBundle
+from .rundir import CHECKPOINTS, checkpoints
 
-CHECKPOINTS = "checkpoints"
-_NAME = re.compile(r"step_(\d+)$")
 
 
 def lora_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -39,23 +37,6 @@ def lora_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
 def non_finite(state: dict[str, torch.Tensor]) -> list[str]:
     """Names of the tensors of ``state`` holding NaN or Inf."""
     return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-
-
-def checkpoints(run: Path) -> list[tuple[int, Path]]:
-    """The complete checkpoints of a run folder as (step, folder), oldest step first (by number,
-    not by name)."""
-    found = []
-    for p in (run / CHECKPOINTS).glob("step_*"):
-        m = _NAME.match(p.name)
-        if m and p.is_dir() and (p / "state.json").is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def latest_checkpoint(run: Path) -> Path | None:
-    """The checkpoint with the highest step number, if any."""
-    found = checkpoints(run)
-    return found[-1][1] if found else None
 
 
 def save_checkpoint(run: Path, step: int, bundle: ModelBundle, optimizer, scheduler, state: dict[str, Any],
@@ -83,9 +64,11 @@ def save_checkpoint(run: Path, step: int, bundle: ModelBundle, optimizer, schedu
 
 
 def identity_diff(saved: dict[str, Any], wanted: dict[str, Any], allowed: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Options whose values differ: name -> (saved, wanted), leaving out ``allowed``."""
-    keys = (set(saved) | set(wanted)) - set(allowed)
-    return {k: (saved.get(k), wanted.get(k)) for k in sorted(keys) if saved.get(k) != wanted.get(k)}
+    """Options whose values differ: name -> (saved, wanted), leaving out ``allowed``; compared in
+    :func:`~.config.canonical_identity` form, shown as given."""
+    a, b = canonical_identity(saved), canonical_identity(wanted)
+    keys = {k for k in (set(a) | set(b)) - set(allowed) if a.get(k) != b.get(k)}
+    return {k: (saved.get(k), wanted.get(k)) for k in sorted(keys)}
 
 
 def load_checkpoint(path: Path, bundle: ModelBundle, optimizer, scheduler, identity: dict[str, Any]) -> dict[str, Any]:

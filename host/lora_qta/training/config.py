@@ -76,3 +76,17 @@ class FinetuneConfig:
         if self.precision == "int8" and self.offload != "lora":  # identities of LoRA-only runs stay as they were
             out["offload"] = self.offload  # its scheme (and --fuse-lora) in target["offload_numerics"]
         return out
+
+
+def canonical_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """``identity`` with the spellings of one run made one: the target modules as a set (peft
+    adapts the same layers in any order) and a Stable Diffusion run's prompt given or left to
+    :data:`DEFAULT_SD_PROMPT`. Identities are compared in this form, and stored as given (the
+    identities of earlier runs' checkpoints and reports keep matching)."""
+    out = dict(identity)
+    if isinstance(out.get("target_modules"), list):
+        out["target_modules"] = sorted(out["target_modules"])
+    if out.get("pretrained_model") is not None and out.get("prompt") is None:
+        out["prompt"] = DEFAULT_SD_PROMPT
+    return out
+

@@ -62,8 +62,9 @@ from .. import errors as error_classes
 from ..errors import (CollectiveError, DistributedError, DivergedError, LimitError, QtaError, RankLostError,
                       RankMismatchError, RankSetupError, RankStoppedError, RendezvousError)
 from ..hw.config import board_digest, resolve_board
-from .checkpoint import latest_checkpoint, lora_state
+from .checkpoint import lora_state
 from .config import FinetuneConfig
+from .rundir import latest_checkpoint
 
 TIMEOUT_ENV = "LORA_QTA_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0

@@ -43,7 +43,7 @@ import torch
 from ..errors import CheckpointError, OptionError, OutputDirError
 from . import evalstats as st
 from . import measurecache as cache
-from .checkpoint import latest_checkpoint
+from .rundir import latest_checkpoint
 from .config import FinetuneConfig
 from .loop import finetune, finished_run, grid_png, step_generator
 from .variants import DEFAULT_VARIANTS, REFERENCE, parse_variants, variant_config, variant_options

@@ -34,15 +34,16 @@ import numpy as np
 import torch
 from peft import LoraConfig
 
-from ..errors import CheckpointError, DivergedError, LimitError, OptionError, QtaError
+from ..errors import CheckpointError, DivergedError, LimitError, QtaError
 from ..lora.layer import QtaRuntime, accelerated_lora_config, attach_runtime
 from ..lora.schemes import DELAYED_SCHEMES
-from .checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, lora_state, non_finite, save_checkpoint
+from .checkpoint import identity_diff, load_checkpoint, lora_state, non_finite, save_checkpoint
 from .config import DEFAULT_SD_PROMPT, FinetuneConfig
 from .distributed import DataParallel
 from .models import DigitsBundle, ModelBundle, StableDiffusionBundle
-from .options import check_options
-from .rundir import RunFolder
+from .options import (check_options, check_setup, model_kind, refuse_stable_diffusion_options,
+                      require_instance_data)
+from .rundir import CHECKPOINTS, RunFolder, latest_checkpoint
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -66,12 +67,9 @@ def lr_lambda(cfg: FinetuneConfig):
 
 def load_bundle(cfg: FinetuneConfig) -> ModelBundle:
     """The model of the run: the embedded digits model, or a local Stable Diffusion folder."""
-    if cfg.pretrained_model is None:
-        return DigitsBundle()
-    path = Path(cfg.pretrained_model)
-    if (path / "model_index.json").is_file() and "DigitsPipeline" in (path / "model_index.json").read_text():
-        return DigitsBundle(path)
-    return StableDiffusionBundle(path)
+    if model_kind(cfg.pretrained_model) == "digits":
+        return DigitsBundle(Path(cfg.pretrained_model) if cfg.pretrained_model else None)
+    return StableDiffusionBundle(Path(cfg.pretrained_model))
 
 
 def run_target(cfg: FinetuneConfig) -> dict[str, Any] | None:
@@ -105,11 +103,7 @@ def validate(cfg: FinetuneConfig, bundle: ModelBundle, writer: bool = True) -> N
 
     check_options(cfg, writer)
     if isinstance(bundle, DigitsBundle):
-        given = [opt for opt, v in (("--instance-data-dir", cfg.instance_data_dir), ("--prompt", cfg.prompt)) if v]
-        if given:
-            raise OptionError(f"{' and '.join(given)} apply to a Stable Diffusion model (--pretrained-model "
-                              "PATH): the digits model learns the held-out digit 7 for the token <sks> from "
-                              "--num-examples of its own training images")
+        refuse_stable_diffusion_options(cfg)
         limits = bundle.limits()
         for name, most in limits.items():
             if getattr(cfg, name) > most:
@@ -456,11 +450,12 @@ def _finetune(cfg: FinetuneConfig, bundle: ModelBundle | None, stop_after: int |
     run = Path(cfg.output_dir)
     writer = dist is None or dist.rank == 0  # rank 0 alone locks and writes the run folder
     check_options(cfg, writer)
+    if dist is None:  # data-parallel ranks refuse the target and the run folder together, below
+        check_setup(cfg)
     bundle = bundle or load_bundle(cfg)
     validate(cfg, bundle, writer)
     if isinstance(bundle, StableDiffusionBundle):
-        if not cfg.instance_data_dir:
-            raise LimitError("--pretrained-model with a Stable Diffusion folder needs --instance-data-dir")
+        require_instance_data(cfg)
         data = bundle.training_data(Path(cfg.instance_data_dir), cfg.prompt or DEFAULT_SD_PROMPT)
     else:
         data = bundle.training_data(cfg.num_examples, cfg.prior_per_class, cfg.seed)
@@ -470,8 +465,7 @@ def _finetune(cfg: FinetuneConfig, bundle: ModelBundle | None, stop_after: int |
 
     def claim() -> None:
         """The writer's run folder: one run per folder (resume or overwrite), one process at a time."""
-        if cfg.resume and latest_checkpoint(run) is None:
-            raise CheckpointError(f"--resume given but {run / CHECKPOINTS} holds no checkpoint")
+        folder.check(cfg.resume, cfg.overwrite)  # before the lock creates the folder
         folder.lock()
         try:
             folder.prepare(cfg.resume, cfg.overwrite)
@@ -654,7 +648,8 @@ def finished_run(cfg: FinetuneConfig) -> bool:
     except (OSError, ValueError):
         return False
     return ((run / "adapter" / "pytorch_lora_weights.safetensors").is_file()
-            and report.get("identity") == cfg.identity(run_target(cfg)) and not report.get("overrides"))
+            and isinstance(report.get("identity"), dict)
+            and not identity_diff(report["identity"], cfg.identity(run_target(cfg))) and not report.get("overrides"))
 
 
 FIGURES_EMULATED = {

@@ -25,6 +25,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from ..errors import InstanceDataError, ModelFolderError
+from .options import check_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -225,8 +226,7 @@ def load_instance_images(folder: Path, resolution: int) -> torch.Tensor:
     unreadable files, non-RGB modes and images smaller than the resolution."""
     from PIL import Image, UnidentifiedImageError
 
-    if not folder.is_dir():
-        raise InstanceDataError(f"instance data folder {folder} does not exist")
+    check_folder("--instance-data-dir", folder, InstanceDataError, "instance data folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InstanceDataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -264,8 +264,7 @@ class StableDiffusionBundle(ModelBundle):
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)  # checked before the pipeline's import, whose warnings would come first
-        if not folder.is_dir():
-            raise ModelFolderError(f"pretrained model folder {folder} does not exist")
+        check_folder("--pretrained-model", folder, ModelFolderError, "pretrained model folder")
         missing = [r for r in self.REQUIRED if not (folder / r).exists()]
         if missing:
             raise ModelFolderError(f"{folder} is not a diffusers Stable Diffusion folder: missing "

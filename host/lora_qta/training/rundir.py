@@ -12,20 +12,41 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import time
 from pathlib import Path
 
-from ..errors import OptionError, OutputDirError, RunLockedError
+from ..errors import CheckpointError, OptionError, OutputDirError, RunLockedError
 
 LOCK = ".lock"
+CHECKPOINTS = "checkpoints"
+"""The run's checkpoint folder: ``step_NNNNNN/`` each (:mod:`lora_qta.training.checkpoint`)."""
+_STEP = re.compile(r"step_(\d+)$")
 MEASUREMENT = "measure.json"
 """``lora-qta evaluate``'s cached measurement of the run (:mod:`lora_qta.training.measurecache`)."""
-RUN_ENTRIES = ("checkpoints", "adapter", "samples.png", "samples_before.npy", "loss.png", "report.json", MEASUREMENT,
+RUN_ENTRIES = (CHECKPOINTS, "adapter", "samples.png", "samples_before.npy", "loss.png", "report.json", MEASUREMENT,
                LOCK)
 """What a run and its evaluation write into its folder (``--overwrite`` removes these and nothing
 else: a retrained run loses its old measurement with its old adapter)."""
+
+
+def checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """The complete checkpoints of a run folder as (step, folder), oldest step first (by number,
+    not by name)."""
+    found = []
+    for p in (run / CHECKPOINTS).glob("step_*"):
+        m = _STEP.match(p.name)
+        if m and p.is_dir() and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The checkpoint with the highest step number, if any."""
+    found = checkpoints(run)
+    return found[-1][1] if found else None
 
 
 class RunFolder:
@@ -84,23 +105,39 @@ class RunFolder:
             return []
         return sorted(p for p in self.path.iterdir() if p.name != LOCK)
 
-    def prepare(self, resume: bool, overwrite: bool) -> None:
-        """Apply the one-run-per-folder rule (call with the lock held)."""
+    def check(self, resume: bool, overwrite: bool) -> list[Path]:
+        """Refuse what the one-run-per-folder rule forbids, without changing anything: a path that
+        is or lies under a file, --resume without a checkpoint, a folder holding files without
+        --resume or --overwrite, and --overwrite of files a run does not write. Returns what
+        --overwrite would remove. Called before any work, and again with the lock held."""
         if resume and overwrite:
             raise OptionError("--resume and --overwrite contradict each other: --resume continues the run in "
                               "--output-dir, --overwrite replaces it")
+        self.check_usable()
+        if resume:
+            if latest_checkpoint(self.path) is None:
+                raise CheckpointError(f"--resume given but {self.path / CHECKPOINTS} holds no checkpoint: "
+                                      "leave out --resume to start a run there, or give the run's --output-dir")
+            return []
         found = self.entries()
-        if not found or resume:
-            return
+        if not found:
+            return []
         names = ", ".join(p.name for p in found[:6]) + (", ..." if len(found) > 6 else "")
-        if not overwrite:
-            raise OutputDirError(f"--output-dir {self.path} already holds {names}: continue that run with --resume, "
-                                 "replace it with --overwrite, or choose another --output-dir")
         foreign = [p.name for p in found if p.name not in RUN_ENTRIES and not p.name.startswith(".tmp")]
-        if foreign:
+        if overwrite and foreign:
             raise OutputDirError(f"--overwrite refuses {self.path}: it holds files a run does not write "
                                  f"({', '.join(foreign[:6])}); choose another --output-dir")
-        for p in found:
+        if not overwrite:  # offer only what would work here
+            ways = (["continue that run with --resume"] if latest_checkpoint(self.path) is not None else []) \
+                + ([] if foreign else ["replace it with --overwrite"]) + ["choose another --output-dir"]
+            raise OutputDirError(f"--output-dir {self.path} already holds {names}: "
+                                 + (", ".join(ways[:-1]) + ", or " if len(ways) > 1 else "") + ways[-1])
+        return found
+
+    def prepare(self, resume: bool, overwrite: bool) -> None:
+        """Apply the one-run-per-folder rule (call with the lock held): :meth:`check`, then remove
+        the old run's files if --overwrite."""
+        for p in self.check(resume, overwrite):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
     def __enter__(self) -> "RunFolder":
