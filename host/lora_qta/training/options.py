@@ -1,4 +1,6 @@
-"""The checks of ``finetune``'s option values that need no model: :func:`check_options`.
+"""The checks of ``finetune``'s options that need no model: :func:`check_options` (the values)
+and :func:`check_setup` (what they name on this machine: the accelerator, the model and image
+folders, the run folder).
 
 Kept apart from :mod:`.loop` (which imports PyTorch, diffusers and peft) so that the command
 line refuses a bad value at once instead of after those imports; the checks that depend on the
