@@ -13,7 +13,7 @@ from ..errors import OptionError
 from ..hw.config import DEFAULT_BOARD, config, resolve_board
 from ..lora.schemes import SCHEMES, schemes_help
 from ..training.config import FinetuneConfig
-from .common import add_board, add_target, at_least, comma_list, output_file, output_folder, positive
+from .common import add_board, add_target, at_least, comma_list, nonempty, output_file, output_folder, positive
 
 INTS = comma_list(int)
 NAMES = comma_list()
@@ -43,8 +43,7 @@ def _check_bench(a: argparse.Namespace) -> None:
     if a.allreduce_model:
         lists.append(("--allreduce-boards", a.allreduce_boards))
     for option, values in lists:
-        if not values:
-            raise OptionError(f"{option} names nothing: give at least one value")
+        nonempty(option, values)
     for option, names in (("--boards", a.boards), ("--step-boards", a.step_boards or []),
                           ("--energy-boards", a.energy_boards if a.energy_models else [])):
         for name in names:
@@ -118,8 +117,7 @@ def cmd_energy(a: argparse.Namespace) -> int:
 
     output_folder(a.out, "--out")
     for option, values in (("--boards", a.boards), ("--models", a.models), ("--ranks", a.ranks)):
-        if not values:
-            raise OptionError(f"{option} names nothing: give at least one value")
+        nonempty(option, values)
     at_least("--ranks", min(a.ranks), 1)
     positive("--dram-pj", a.dram_pj)
     rep = energy.energy_report(a.boards, a.models, a.ranks, energy.EnergyTable(dram_64bit=a.dram_pj))

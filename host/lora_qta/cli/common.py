@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 from ..errors import OptionError
 from ..hw.config import BACKENDS, DEFAULT_BOARD, config
+from ..paths import file_in_the_way
 
 BACKEND_HELP = ("auto: the board if one is found with its bitstream, else emulation; board: PYNQ overlay; "
                 "emulation/fast: emulated device with the vectorized bit-exact engine; csim: emulated device "
@@ -46,6 +47,12 @@ def at_least(option: str, value: int, low: int) -> None:
         raise OptionError(f"{option} must be at least {low}, not {value}")
 
 
+def nonempty(option: str, values: Sequence) -> None:
+    """Refuse a list option that names nothing (``--ranks ''``), naming the option."""
+    if not values:
+        raise OptionError(f"{option} names nothing: give at least one value")
+
+
 def positive(option: str, value: float) -> None:
     """Refuse a ``value`` of ``option`` that is not a positive finite number."""
     if not (math.isfinite(value) and value > 0):
@@ -59,7 +66,7 @@ def output_file(path: Path | None, option: str) -> None:
         return
     if path.is_dir():
         raise OptionError(f"{option} {path} is a folder: give the file to write (e.g. {path}/<name>)")
-    _no_file_above(path, option)
+    _no_file_above(path.absolute().parent, path, option)
 
 
 def output_folder(path: Path, option: str) -> None:
@@ -67,15 +74,14 @@ def output_folder(path: Path, option: str) -> None:
     folder above it is a file."""
     if path.exists() and not path.is_dir():
         raise OptionError(f"{option} {path} is a file: give a folder (the command writes several files into it)")
-    _no_file_above(path, option)
+    _no_file_above(path, path, option)
 
 
-def _no_file_above(path: Path, option: str) -> None:
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OptionError(f"{option} {path}: {parent} is a file, not a folder")
-            return
+def _no_file_above(folder: Path, path: Path, option: str) -> None:
+    """Refuse ``path`` of ``option`` when a file stands where ``folder`` (its folder) must be."""
+    blocking = file_in_the_way(folder)
+    if blocking is not None:
+        raise OptionError(f"{option} {path}: {blocking} is a file, not a folder")
 
 
 def show_defaults(parser: argparse.ArgumentParser) -> None:

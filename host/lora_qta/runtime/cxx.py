@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CsimBuildError, OptionError
+from ..paths import file_in_the_way
 
 
 def compiler() -> str:
@@ -48,12 +49,10 @@ def cache_root() -> Path:
     A variable naming a file (or a path under one) is refused here, before a build or a synthesis
     whose result could not be kept."""
     root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "lora_qta"))
-    for p in (root, *root.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise OptionError(f"{CACHE_ENV}={root}: {p} is a file, not a folder; point {CACHE_ENV} at a "
-                                  "folder (or unset it for ~/.cache/lora_qta)")
-            break
+    p = file_in_the_way(root)
+    if p is not None:
+        raise OptionError(f"{CACHE_ENV}={root}: {p} is a file, not a folder; point {CACHE_ENV} at a "
+                          "folder (or unset it for ~/.cache/lora_qta)")
     return root
 
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..errors import CheckpointError, OptionError, OutputDirError, RunLockedError
+from ..paths import file_in_the_way
 
 LOCK = ".lock"
 CHECKPOINTS = "checkpoints"
@@ -58,12 +59,10 @@ class RunFolder:
 
     def check_usable(self) -> None:
         """Refuse a path that is a file or lies under one, before any work is done."""
-        for p in (self.path, *self.path.parents):
-            if p.exists() and not p.is_dir():
-                raise OutputDirError(f"--output-dir {self.path}: {p} is a file, not a folder; "
-                                     "choose another --output-dir")
-            if p.exists():
-                break
+        p = file_in_the_way(self.path)
+        if p is not None:
+            raise OutputDirError(f"--output-dir {self.path}: {p} is a file, not a folder; "
+                                 "choose another --output-dir")
 
     def lock(self) -> None:
         """Create the folder if needed and take its lock (or say which process holds it)."""
