@@ -1,5 +1,5 @@
 """The package's structure, as the README's layout section states it: imports run one way
-(cli -> analysis -> training -> lora -> rtl -> runtime -> hw -> errors; rtl, the RTL evidence, is
+(cli -> analysis -> training -> lora -> rtl -> runtime -> hw -> paths -> errors; rtl, the RTL evidence, is
 imported by cli only, and takes the array's cycle formulas from the runtime's planner), hw/ needs only the standard
 library (numpy for its reference model), every exception class lives in errors.py, and no
 module raises a bare built-in exception."""
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "host" / "lora_qta"
-LAYERS = ["errors", "delivery", "hw", "runtime", "rtl", "lora", "training", "analysis", "cli"]
+LAYERS = ["errors", "paths", "delivery", "hw", "runtime", "rtl", "lora", "training", "analysis", "cli"]
 """Each part may import itself and the parts before it (delivery: PYNQ's notebook hook, alone)."""
 
 # Built-in exceptions a module may still raise, where a protocol asks for them.
